@@ -1,0 +1,240 @@
+//! The command encoding shared by shard window buffers, log entries and replay.
+//!
+//! A shard writes each valid write request straight into its window buffer in this form;
+//! the replication core concatenates the buffers into one log entry without re-encoding,
+//! and replay walks the same bytes. All integers are little-endian.
+//!
+//! ```text
+//! offset  size  field
+//!      0     1  op            0 NOP, 1 GET, 2 SET, 3 DELETE
+//!      1     1  reserved      0
+//!      2     2  key_len       bytes of key, excluding the NUL
+//!      4     4  reserved      0
+//!      8     8  client_id     exactly-once session (0 = none)
+//!     16     8  request_seq   sequence within the session
+//!     24     k  key, NUL      k = align_up(key_len + 1, 8)
+//!   24+k     8  value_len
+//!   32+k     v  value         then zero padding: the command's size is a multiple of 32
+//! ```
+
+use crate::io::align_up;
+
+/// Every command starts and ends on this boundary inside a window or entry.
+pub const COMMAND_ALIGN: usize = 32;
+/// Bytes before the key.
+pub const COMMAND_HEADER_SIZE: usize = 24;
+/// Longest key accepted anywhere in the engine.
+pub const KEY_SIZE_MAX: usize = 1024;
+/// Longest value accepted by the engine (the UDP protocol's own cap is smaller).
+pub const VALUE_SIZE_MAX: usize = 1 << 20;
+const _: () = assert!(COMMAND_HEADER_SIZE % 8 == 0);
+const _: () = assert!(KEY_SIZE_MAX < u16::MAX as usize);
+
+/// A command's operation code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Op {
+    Nop = 0,
+    Get = 1,
+    Set = 2,
+    Delete = 3,
+}
+
+impl Op {
+    /// Decodes an op byte.
+    pub fn from_u8(byte: u8) -> Option<Op> {
+        match byte {
+            0 => Some(Op::Nop),
+            1 => Some(Op::Get),
+            2 => Some(Op::Set),
+            3 => Some(Op::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// One decoded command, borrowing the entry's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandRef<'a> {
+    pub op: Op,
+    pub client_id: u64,
+    pub request_seq: u64,
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+    /// Where the command starts, relative to the start of the commands region.
+    pub offset: usize,
+    /// The command's encoded size, padding included.
+    pub size: usize,
+}
+
+/// The encoded size of a command with these key and value lengths.
+pub const fn encoded_size(key_len: usize, value_len: usize) -> usize {
+    align_up(
+        COMMAND_HEADER_SIZE + align_up(key_len + 1, 8) + 8 + value_len,
+        COMMAND_ALIGN,
+    )
+}
+
+/// Appends one encoded command to `out`. Panics if the key or value exceeds the engine's
+/// limits or the key holds a NUL: callers validate input first.
+pub fn encode(
+    out: &mut Vec<u8>,
+    op: Op,
+    client_id: u64,
+    request_seq: u64,
+    key: &[u8],
+    value: &[u8],
+) {
+    assert!(key.len() <= KEY_SIZE_MAX && value.len() <= VALUE_SIZE_MAX);
+    assert!(!key.contains(&0), "keys never contain NUL");
+    let start = out.len();
+    debug_assert_eq!(start % COMMAND_ALIGN, 0);
+    out.push(op as u8);
+    out.push(0);
+    out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&client_id.to_le_bytes());
+    out.extend_from_slice(&request_seq.to_le_bytes());
+    out.extend_from_slice(key);
+    out.resize(start + COMMAND_HEADER_SIZE + align_up(key.len() + 1, 8), 0);
+    out.extend_from_slice(&(value.len() as u64).to_le_bytes());
+    out.extend_from_slice(value);
+    out.resize(start + encoded_size(key.len(), value.len()), 0);
+}
+
+/// Why a commands region failed to decode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    pub offset: usize,
+    pub reason: &'static str,
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "bad command at offset {}: {}", self.offset, self.reason)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Decodes the command at `offset` of `region`.
+pub fn decode_at(region: &[u8], offset: usize) -> Result<CommandRef<'_>, DecodeError> {
+    let fail = |reason| Err(DecodeError { offset, reason });
+    let rest = &region[offset.min(region.len())..];
+    if rest.len() < COMMAND_HEADER_SIZE + 8 + 8 {
+        return fail("truncated header");
+    }
+    let Some(op) = Op::from_u8(rest[0]) else {
+        return fail("unknown op");
+    };
+    if rest[1] != 0 || rest[4..8] != [0; 4] {
+        return fail("reserved bytes set");
+    }
+    let key_len = u16::from_le_bytes([rest[2], rest[3]]) as usize;
+    if key_len > KEY_SIZE_MAX {
+        return fail("key too long");
+    }
+    let client_id = u64::from_le_bytes(rest[8..16].try_into().unwrap());
+    let request_seq = u64::from_le_bytes(rest[16..24].try_into().unwrap());
+    let value_len_at = COMMAND_HEADER_SIZE + align_up(key_len + 1, 8);
+    if rest.len() < value_len_at + 8 {
+        return fail("truncated key");
+    }
+    let key = &rest[COMMAND_HEADER_SIZE..COMMAND_HEADER_SIZE + key_len];
+    if rest[COMMAND_HEADER_SIZE + key_len] != 0 || key.contains(&0) {
+        return fail("key not NUL-terminated");
+    }
+    let value_len = u64::from_le_bytes(rest[value_len_at..value_len_at + 8].try_into().unwrap());
+    if value_len > VALUE_SIZE_MAX as u64 {
+        return fail("value too long");
+    }
+    let size = encoded_size(key_len, value_len as usize);
+    if rest.len() < size {
+        return fail("truncated value");
+    }
+    let value = &rest[value_len_at + 8..value_len_at + 8 + value_len as usize];
+    Ok(CommandRef {
+        op,
+        client_id,
+        request_seq,
+        key,
+        value,
+        offset,
+        size,
+    })
+}
+
+/// Iterates over the commands of a region, stopping at the first error.
+pub struct Commands<'a> {
+    region: &'a [u8],
+    offset: usize,
+    failed: bool,
+}
+
+impl<'a> Commands<'a> {
+    /// Walks `region`, which holds whole commands back to back.
+    pub fn new(region: &'a [u8]) -> Commands<'a> {
+        Commands {
+            region,
+            offset: 0,
+            failed: false,
+        }
+    }
+}
+
+impl<'a> Iterator for Commands<'a> {
+    type Item = Result<CommandRef<'a>, DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.offset >= self.region.len() {
+            return None;
+        }
+        let result = decode_at(self.region, self.offset);
+        match &result {
+            Ok(cmd) => self.offset += cmd.size,
+            Err(_) => self.failed = true,
+        }
+        Some(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_every_field() {
+        let mut buf = Vec::new();
+        encode(&mut buf, Op::Set, 7, 9, b"alpha", b"value-bytes");
+        encode(&mut buf, Op::Delete, 8, 10, b"", b"");
+        encode(&mut buf, Op::Set, 0, 0, b"k", &[0xAB; 300]);
+        assert_eq!(buf.len() % COMMAND_ALIGN, 0);
+        let cmds: Vec<_> = Commands::new(&buf).map(Result::unwrap).collect();
+        assert_eq!(cmds.len(), 3);
+        assert_eq!(cmds[0].op, Op::Set);
+        assert_eq!((cmds[0].client_id, cmds[0].request_seq), (7, 9));
+        assert_eq!(cmds[0].key, b"alpha");
+        assert_eq!(cmds[0].value, b"value-bytes");
+        assert_eq!(cmds[1].op, Op::Delete);
+        assert_eq!(cmds[1].key, b"");
+        assert_eq!(cmds[2].value, &[0xAB; 300][..]);
+        assert_eq!(cmds[2].offset, cmds[0].size + cmds[1].size);
+        assert_eq!(encoded_size(5, 11), cmds[0].size);
+    }
+
+    #[test]
+    fn rejects_lies_in_lengths() {
+        let mut buf = Vec::new();
+        encode(&mut buf, Op::Set, 1, 1, b"key", b"v");
+        let mut bad = buf.clone();
+        bad[2] = 200; // key_len beyond the region
+        assert!(decode_at(&bad, 0).is_err());
+        let mut bad = buf.clone();
+        bad[32..40].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(decode_at(&bad, 0).is_err());
+        let mut bad = buf.clone();
+        bad[0] = 9;
+        assert!(decode_at(&bad, 0).is_err());
+        assert!(decode_at(&buf[..20], 0).is_err());
+    }
+}

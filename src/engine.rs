@@ -1,0 +1,354 @@
+//! The storage engine: the log, the map that indexes it, and the client sessions that
+//! make writes exactly-once. No sockets, no threads, no clocks: the server's replication
+//! core drives it in production, and tests and the simulator drive it directly.
+//!
+//! Write path: [`Engine::append`] makes an entry durable, [`Engine::apply`] applies it to
+//! the map in log order. Recovery ([`Engine::open`]) loads the newest map checkpoint and
+//! replays the log entries after the index it covers. SET and DELETE are idempotent per
+//! key and the sessions table is checkpointed with the map, so replaying from any
+//! checkpoint reaches the same state.
+
+use crate::command::{Commands, Op};
+use crate::io::Backend;
+use crate::log::{Log, LogError, LogIndex, LogOptions, LogReader, NewEntry, RecoveryReport, Term};
+use crate::store::{Lookup, Map, key_hash};
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Sessions kept for exactly-once writes; past this the least recently written are
+/// dropped (deterministically, by log index), and a retry from a dropped session may apply
+/// twice.
+pub const SESSIONS_MAX: usize = 1 << 20;
+
+/// Tunables of the engine.
+#[derive(Debug, Clone, Default)]
+pub struct EngineOptions {
+    pub log: LogOptions,
+}
+
+/// The outcome of one applied command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A SET stored, a DELETE removed a key.
+    Done,
+    /// A DELETE of an absent key.
+    Absent,
+    /// A retry of a write this session already applied: nothing was changed.
+    Duplicate,
+    /// A NOP or GET in the log: nothing to do.
+    Ignored,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Session {
+    last_seq: u64,
+    last_index: LogIndex,
+}
+
+/// What opening the engine found.
+#[derive(Debug, Clone, Default)]
+pub struct OpenReport {
+    pub log: RecoveryReport,
+    pub checkpoint_index: LogIndex,
+    pub replayed_entries: u64,
+    pub journal_replayed: bool,
+}
+
+/// Errors of the engine.
+#[derive(Debug)]
+pub enum EngineError {
+    Log(LogError),
+    Io(io::Error),
+    /// The map checkpoint claims entries the log does not have.
+    MapAheadOfLog {
+        map_index: LogIndex,
+        log_index: LogIndex,
+    },
+}
+
+impl std::fmt::Display for EngineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EngineError::Log(e) => write!(f, "{e}"),
+            EngineError::Io(e) => write!(f, "map IO error: {e}"),
+            EngineError::MapAheadOfLog {
+                map_index,
+                log_index,
+            } => write!(
+                f,
+                "map checkpoint covers log index {map_index} but the log ends at {log_index}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+impl From<LogError> for EngineError {
+    fn from(e: LogError) -> EngineError {
+        EngineError::Log(e)
+    }
+}
+
+impl From<io::Error> for EngineError {
+    fn from(e: io::Error) -> EngineError {
+        EngineError::Io(e)
+    }
+}
+
+impl EngineError {
+    /// Whether this is a full disk.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            EngineError::Log(e) => e.is_no_space(),
+            EngineError::Io(e) => e.raw_os_error() == Some(libc::ENOSPC),
+            _ => false,
+        }
+    }
+}
+
+/// Log + map + sessions of one node.
+pub struct Engine {
+    backend: Arc<dyn Backend>,
+    dir: PathBuf,
+    log: Log,
+    map: Arc<Map>,
+    sessions: HashMap<u64, Session>,
+    applied_index: LogIndex,
+    applied_term: Term,
+}
+
+impl Engine {
+    /// Opens the engine in `dir`, replaying the log after the map's checkpoint up to
+    /// `replay_to` (all of it when `None`: a single node's log holds only committed
+    /// entries).
+    pub fn open(
+        backend: Arc<dyn Backend>,
+        dir: &Path,
+        options: EngineOptions,
+        replay_to: Option<LogIndex>,
+    ) -> Result<(Engine, OpenReport), EngineError> {
+        backend.create_dir_all(dir)?;
+        let (map, load) = Map::open(backend.as_ref(), dir)?;
+        let (log, log_report) = Log::open(backend.as_ref(), &dir.join("log"), options.log)?;
+        let meta = map.meta();
+        if meta.last_committed_index > log.last_index() {
+            return Err(EngineError::MapAheadOfLog {
+                map_index: meta.last_committed_index,
+                log_index: log.last_index(),
+            });
+        }
+        let mut engine = Engine {
+            backend,
+            dir: dir.to_path_buf(),
+            log,
+            map: Arc::new(map),
+            sessions: decode_sessions(&load.sessions),
+            applied_index: meta.last_committed_index,
+            applied_term: meta.last_committed_term,
+        };
+        let last = replay_to.unwrap_or(u64::MAX).min(engine.log.last_index());
+        let mut replayed = 0;
+        while engine.applied_index < last {
+            engine.apply(engine.applied_index + 1)?;
+            replayed += 1;
+        }
+        let report = OpenReport {
+            log: log_report,
+            checkpoint_index: meta.last_committed_index,
+            replayed_entries: replayed,
+            journal_replayed: load.journal_replayed,
+        };
+        Ok((engine, report))
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The log (read access: indexes, terms, entries).
+    pub fn log(&mut self) -> &mut Log {
+        &mut self.log
+    }
+
+    /// The map, shared with readers on other threads.
+    pub fn map(&self) -> &Arc<Map> {
+        &self.map
+    }
+
+    /// A log reader for another thread.
+    pub fn log_reader(&self) -> Result<LogReader, EngineError> {
+        Ok(self.log.reader(self.backend.as_ref())?)
+    }
+
+    /// Last log index applied to the map.
+    pub fn applied_index(&self) -> LogIndex {
+        self.applied_index
+    }
+
+    /// Index of the last log entry.
+    pub fn last_index(&self) -> LogIndex {
+        self.log.last_index()
+    }
+
+    /// Appends one entry of `num_commands` encoded commands, durably.
+    pub fn append(
+        &mut self,
+        term: Term,
+        num_commands: u64,
+        commands: &[u8],
+    ) -> Result<LogIndex, EngineError> {
+        let entry = NewEntry {
+            term,
+            log_index: self.log.last_index() + 1,
+            num_commands,
+            commands,
+        };
+        Ok(self.log.append(&[entry])?)
+    }
+
+    /// Applies entry `index` (which must be the next one) to the map; returns one outcome
+    /// per command, in order.
+    pub fn apply(&mut self, index: LogIndex) -> Result<Vec<Outcome>, EngineError> {
+        assert_eq!(index, self.applied_index + 1, "entries apply in log order");
+        let entry = self.log.read(index)?;
+        let mut outcomes = Vec::with_capacity(entry.header.num_commands as usize);
+        for cmd in entry.iter() {
+            let cmd = cmd.map_err(|e| LogError::Corrupt {
+                offset: entry.offset,
+                reason: e.to_string(),
+            })?;
+            if matches!(cmd.op, Op::Nop | Op::Get) {
+                outcomes.push(Outcome::Ignored);
+                continue;
+            }
+            if cmd.client_id != 0 {
+                let fresh = self
+                    .sessions
+                    .get(&cmd.client_id)
+                    .is_none_or(|s| cmd.request_seq > s.last_seq);
+                if !fresh {
+                    outcomes.push(Outcome::Duplicate);
+                    continue;
+                }
+                self.sessions.insert(
+                    cmd.client_id,
+                    Session {
+                        last_seq: cmd.request_seq,
+                        last_index: index,
+                    },
+                );
+            }
+            let hash = key_hash(cmd.key);
+            let outcome = match cmd.op {
+                Op::Set => {
+                    self.map
+                        .set(hash, entry.command_file_offset(cmd.offset), cmd.value);
+                    Outcome::Done
+                }
+                Op::Delete if self.map.delete(hash) => Outcome::Done,
+                _ => Outcome::Absent,
+            };
+            outcomes.push(outcome);
+        }
+        self.applied_index = index;
+        self.applied_term = entry.header.term;
+        if self.sessions.len() > SESSIONS_MAX {
+            self.evict_sessions();
+        }
+        Ok(outcomes)
+    }
+
+    /// Drops the least recently written tenth of the sessions.
+    fn evict_sessions(&mut self) {
+        let mut by_age: Vec<(LogIndex, u64)> = self
+            .sessions
+            .iter()
+            .map(|(id, s)| (s.last_index, *id))
+            .collect();
+        by_age.sort_unstable();
+        for (_, id) in by_age.iter().take(SESSIONS_MAX / 10) {
+            self.sessions.remove(id);
+        }
+    }
+
+    /// Appends and applies one entry (a single node, which is its own majority).
+    pub fn commit_local(
+        &mut self,
+        term: Term,
+        num_commands: u64,
+        commands: &[u8],
+    ) -> Result<(LogIndex, Vec<Outcome>), EngineError> {
+        let index = self.append(term, num_commands, commands)?;
+        let outcomes = self.apply(index)?;
+        Ok((index, outcomes))
+    }
+
+    /// Reads a key's current value.
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        match self.map.get(key_hash(key)) {
+            Lookup::Missing => Ok(None),
+            Lookup::Inline(value) => Ok(Some(value)),
+            Lookup::InLog(offset) => Ok(Some(self.log.read_value_at(offset)?)),
+        }
+    }
+
+    /// Writes the map's changed pages and the sessions back, durably.
+    pub fn checkpoint(&mut self) -> Result<(), EngineError> {
+        let blob = encode_sessions(&self.sessions);
+        self.map
+            .checkpoint(self.applied_index, self.applied_term, &blob)?;
+        Ok(())
+    }
+
+    /// The last sequence applied for a client session.
+    pub fn session_seq(&self, client_id: u64) -> Option<u64> {
+        self.sessions.get(&client_id).map(|s| s.last_seq)
+    }
+
+    /// Live sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+}
+
+/// Sessions blob: count, then (client_id, last_seq, last_index) triples, little-endian.
+fn encode_sessions(sessions: &HashMap<u64, Session>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + sessions.len() * 24);
+    out.extend_from_slice(&(sessions.len() as u64).to_le_bytes());
+    let mut ids: Vec<_> = sessions.iter().collect();
+    ids.sort_unstable_by_key(|(id, _)| **id);
+    for (id, s) in ids {
+        out.extend_from_slice(&id.to_le_bytes());
+        out.extend_from_slice(&s.last_seq.to_le_bytes());
+        out.extend_from_slice(&s.last_index.to_le_bytes());
+    }
+    out
+}
+
+fn decode_sessions(blob: &[u8]) -> HashMap<u64, Session> {
+    let mut sessions = HashMap::new();
+    if blob.len() < 8 {
+        return sessions;
+    }
+    let count = u64::from_le_bytes(blob[..8].try_into().unwrap()) as usize;
+    for rec in blob[8..].chunks_exact(24).take(count) {
+        let u = |i: usize| u64::from_le_bytes(rec[i * 8..i * 8 + 8].try_into().unwrap());
+        sessions.insert(
+            u(0),
+            Session {
+                last_seq: u(1),
+                last_index: u(2),
+            },
+        );
+    }
+    sessions
+}
+
+/// Runs `commands` through `Commands` to count them (for callers building entries).
+pub fn count_commands(commands: &[u8]) -> u64 {
+    Commands::new(commands).take_while(Result::is_ok).count() as u64
+}

@@ -1,0 +1,411 @@
+//! An in-memory disk with injectable faults, for crash tests and the simulator.
+//!
+//! Each file keeps two images: the *volatile* one that reads see, and the *durable* one
+//! that survives [`FaultBackend::power_loss`]. Writes land in the volatile image and in a
+//! list of pending operations; `sync` applies the pending list to the durable image.
+//!
+//! Every mutating call (`write_at`, `write_durable_at`, `sync`, `set_len`) is one numbered
+//! *IO point*, counted across all files from 0. A [`Fault`] armed at point N fires there:
+//! - `Fail(errno)`: that call fails with `EIO`/`ENOSPC` and changes nothing; later calls
+//!   work (a transient error or a full disk that the caller must survive);
+//! - `FailFrom(errno)`: that call and every later mutating call fail (a disk that stays full);
+//! - `Crash { torn_sectors }`: the call applies only its first `torn_sectors` sectors (a
+//!   torn write), then the disk stops: every later call fails with `EIO` until the test
+//!   calls [`FaultBackend::power_loss`] and reopens the engine.
+//!
+//! At power loss, unsynced writes are dropped whole ([`PowerLoss::DropUnsynced`]) or sector
+//! by sector at random ([`PowerLoss::KeepRandomSectors`]), since a device may persist the
+//! sectors of one write in any order.
+
+use super::{Backend, BlockFile, SECTOR_SIZE, assert_aligned};
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// A fault armed at one IO point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Fail this call with the given errno; later calls succeed.
+    Fail(i32),
+    /// Fail this and every later mutating call with the given errno.
+    FailFrom(i32),
+    /// Apply the first `torn_sectors` sectors of this write (all of it when larger),
+    /// unsynced, then crash the disk before the call returns.
+    Crash { torn_sectors: usize },
+}
+
+/// What survives a power loss of the writes that were not yet synced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerLoss {
+    /// Every unsynced write is lost.
+    DropUnsynced,
+    /// Each sector of each unsynced write survives with probability 1/2 (seeded).
+    KeepRandomSectors(u64),
+    /// Every unsynced write survives (the device had written its cache back).
+    KeepUnsynced,
+}
+
+#[derive(Debug, Clone)]
+enum Pending {
+    Write { offset: u64, data: Vec<u8> },
+    SetLen(u64),
+}
+
+#[derive(Debug, Default, Clone)]
+struct FileState {
+    volatile: Vec<u8>,
+    durable: Vec<u8>,
+    pending: Vec<Pending>,
+}
+
+#[derive(Debug, Default)]
+struct Disk {
+    files: HashMap<PathBuf, FileState>,
+    dirs: HashSet<PathBuf>,
+    io_points: u64,
+    faults: HashMap<u64, Fault>,
+    fail_from: Option<(u64, i32)>,
+    crashed: bool,
+}
+
+/// A shareable handle to one simulated disk.
+#[derive(Debug, Default, Clone)]
+pub struct FaultBackend {
+    disk: Arc<Mutex<Disk>>,
+}
+
+impl FaultBackend {
+    /// An empty disk with no faults armed.
+    pub fn new() -> FaultBackend {
+        FaultBackend::default()
+    }
+
+    /// Arms `fault` at IO point `point`.
+    pub fn arm(&self, point: u64, fault: Fault) {
+        let mut disk = self.disk.lock().unwrap();
+        match fault {
+            Fault::FailFrom(errno) => disk.fail_from = Some((point, errno)),
+            _ => {
+                disk.faults.insert(point, fault);
+            }
+        }
+    }
+
+    /// Clears every armed fault (the disk has room again, the error is gone).
+    pub fn disarm(&self) {
+        let mut disk = self.disk.lock().unwrap();
+        disk.faults.clear();
+        disk.fail_from = None;
+    }
+
+    /// How many IO points have been passed so far.
+    pub fn io_points(&self) -> u64 {
+        self.disk.lock().unwrap().io_points
+    }
+
+    /// Whether an armed `Crash` has fired.
+    pub fn crashed(&self) -> bool {
+        self.disk.lock().unwrap().crashed
+    }
+
+    /// Simulates a power loss: what was not synced is lost (as `mode` says), faults are
+    /// cleared and the disk works again. Files opened before stay usable but should be
+    /// dropped: the engine is expected to reopen.
+    pub fn power_loss(&self, mode: PowerLoss) {
+        let mut disk = self.disk.lock().unwrap();
+        let mut rng = match mode {
+            PowerLoss::KeepRandomSectors(seed) => seed | 1,
+            _ => 0,
+        };
+        for file in disk.files.values_mut() {
+            if mode == PowerLoss::KeepUnsynced {
+                apply_pending(file);
+            }
+            if let PowerLoss::KeepRandomSectors(_) = mode {
+                for op in std::mem::take(&mut file.pending) {
+                    match op {
+                        Pending::Write { offset, data } => {
+                            for (i, sector) in data.chunks(SECTOR_SIZE).enumerate() {
+                                if xorshift(&mut rng) & 1 == 1 {
+                                    let at = offset as usize + i * SECTOR_SIZE;
+                                    write_into(&mut file.durable, at, sector);
+                                }
+                            }
+                        }
+                        Pending::SetLen(len) => {
+                            if xorshift(&mut rng) & 1 == 1 {
+                                file.durable.resize(len as usize, 0);
+                            }
+                        }
+                    }
+                }
+            }
+            file.pending.clear();
+            file.volatile = file.durable.clone();
+        }
+        disk.faults.clear();
+        disk.fail_from = None;
+        disk.crashed = false;
+    }
+
+    /// The durable bytes of a file (for tests that inspect or damage the image).
+    pub fn durable_image(&self, path: &Path) -> Option<Vec<u8>> {
+        self.disk
+            .lock()
+            .unwrap()
+            .files
+            .get(path)
+            .map(|f| f.durable.clone())
+    }
+
+    /// Replaces a file's durable and volatile image (for tests that damage a file offline).
+    pub fn replace_image(&self, path: &Path, image: Vec<u8>) {
+        let mut disk = self.disk.lock().unwrap();
+        let file = disk.files.entry(path.to_path_buf()).or_default();
+        file.volatile = image.clone();
+        file.durable = image;
+        file.pending.clear();
+    }
+}
+
+fn xorshift(state: &mut u64) -> u64 {
+    let mut x = *state;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    *state = x;
+    x
+}
+
+fn write_into(image: &mut Vec<u8>, at: usize, data: &[u8]) {
+    if image.len() < at + data.len() {
+        image.resize(at + data.len(), 0);
+    }
+    image[at..at + data.len()].copy_from_slice(data);
+}
+
+fn errno(code: i32) -> io::Error {
+    io::Error::from_raw_os_error(code)
+}
+
+impl Backend for FaultBackend {
+    fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn BlockFile>> {
+        let mut disk = self.disk.lock().unwrap();
+        if disk.crashed {
+            return Err(errno(libc::EIO));
+        }
+        if !disk.files.contains_key(path) {
+            if !create {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{}: no such file", path.display()),
+                ));
+            }
+            // A created file's directory entry is made durable at once, as the real
+            // backend does with a directory fsync.
+            disk.files.insert(path.to_path_buf(), FileState::default());
+        }
+        Ok(Box::new(FaultFile {
+            disk: self.disk.clone(),
+            path: path.to_path_buf(),
+        }))
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        let disk = self.disk.lock().unwrap();
+        disk.files.contains_key(path) || disk.dirs.contains(path)
+    }
+
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        self.disk.lock().unwrap().dirs.insert(path.to_path_buf());
+        Ok(())
+    }
+}
+
+struct FaultFile {
+    disk: Arc<Mutex<Disk>>,
+    path: PathBuf,
+}
+
+/// What an IO point should do, decided before it touches any state.
+enum Verdict {
+    Proceed,
+    Fail(io::Error),
+    Tear(usize),
+}
+
+impl Disk {
+    fn next_point(&mut self) -> Verdict {
+        if self.crashed {
+            return Verdict::Fail(errno(libc::EIO));
+        }
+        let point = self.io_points;
+        self.io_points += 1;
+        if let Some((from, code)) = self.fail_from {
+            if point >= from {
+                return Verdict::Fail(errno(code));
+            }
+        }
+        match self.faults.remove(&point) {
+            None => Verdict::Proceed,
+            Some(Fault::Fail(code)) | Some(Fault::FailFrom(code)) => Verdict::Fail(errno(code)),
+            Some(Fault::Crash { torn_sectors }) => {
+                self.crashed = true;
+                Verdict::Tear(torn_sectors)
+            }
+        }
+    }
+}
+
+impl FaultFile {
+    fn write(&mut self, buf: &[u8], offset: u64, durable: bool) -> io::Result<()> {
+        assert_aligned(offset, buf.len());
+        let mut disk = self.disk.lock().unwrap();
+        let (keep, crashed) = match disk.next_point() {
+            Verdict::Proceed => (buf.len(), false),
+            Verdict::Fail(e) => return Err(e),
+            Verdict::Tear(sectors) => (sectors.saturating_mul(SECTOR_SIZE).min(buf.len()), true),
+        };
+        let file = disk.files.get_mut(&self.path).expect("open file exists");
+        let data = &buf[..keep];
+        write_into(&mut file.volatile, offset as usize, data);
+        file.pending.push(Pending::Write {
+            offset,
+            data: data.to_vec(),
+        });
+        if crashed {
+            // The data (or part of it) reached the device's cache, but the caller never
+            // hears of it: the machine died first.
+            return Err(errno(libc::EIO));
+        }
+        if durable {
+            apply_pending(file);
+        }
+        Ok(())
+    }
+}
+
+fn apply_pending(file: &mut FileState) {
+    for op in std::mem::take(&mut file.pending) {
+        match op {
+            Pending::Write { offset, data } => {
+                write_into(&mut file.durable, offset as usize, &data)
+            }
+            Pending::SetLen(len) => file.durable.resize(len as usize, 0),
+        }
+    }
+}
+
+impl BlockFile for FaultFile {
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        assert_aligned(offset, buf.len());
+        let disk = self.disk.lock().unwrap();
+        if disk.crashed {
+            return Err(errno(libc::EIO));
+        }
+        let image = &disk.files[&self.path].volatile;
+        let start = (offset as usize).min(image.len());
+        let end = (start + buf.len()).min(image.len());
+        let n = (end - start) / SECTOR_SIZE * SECTOR_SIZE;
+        buf[..n].copy_from_slice(&image[start..start + n]);
+        Ok(n)
+    }
+
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.write(buf, offset, false)
+    }
+
+    fn write_durable_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.write(buf, offset, true)
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        let mut disk = self.disk.lock().unwrap();
+        match disk.next_point() {
+            Verdict::Proceed => {}
+            Verdict::Fail(e) => return Err(e),
+            Verdict::Tear(_) => return Err(errno(libc::EIO)),
+        }
+        apply_pending(disk.files.get_mut(&self.path).expect("open file exists"));
+        Ok(())
+    }
+
+    fn len(&mut self) -> io::Result<u64> {
+        let disk = self.disk.lock().unwrap();
+        if disk.crashed {
+            return Err(errno(libc::EIO));
+        }
+        Ok(disk.files[&self.path].volatile.len() as u64)
+    }
+
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        let mut disk = self.disk.lock().unwrap();
+        match disk.next_point() {
+            Verdict::Proceed => {}
+            Verdict::Fail(e) => return Err(e),
+            Verdict::Tear(_) => return Err(errno(libc::EIO)),
+        }
+        let file = disk.files.get_mut(&self.path).expect("open file exists");
+        file.volatile.resize(len as usize, 0);
+        file.pending.push(Pending::SetLen(len));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sector(byte: u8) -> Vec<u8> {
+        vec![byte; SECTOR_SIZE]
+    }
+
+    #[test]
+    fn unsynced_writes_are_lost_at_power_loss() {
+        let disk = FaultBackend::new();
+        let path = Path::new("/f");
+        let mut f = disk.open(path, true).unwrap();
+        f.write_at(&sector(1), 0).unwrap();
+        f.sync().unwrap();
+        f.write_at(&sector(2), 0).unwrap();
+        let mut buf = sector(0);
+        f.read_at(&mut buf, 0).unwrap();
+        assert_eq!(buf, sector(2), "reads see unsynced data");
+        disk.power_loss(PowerLoss::DropUnsynced);
+        let mut f = disk.open(path, false).unwrap();
+        f.read_at(&mut buf, 0).unwrap();
+        assert_eq!(buf, sector(1));
+    }
+
+    #[test]
+    fn crash_tears_a_write_and_stops_the_disk() {
+        let disk = FaultBackend::new();
+        let path = Path::new("/f");
+        let mut f = disk.open(path, true).unwrap();
+        disk.arm(0, Fault::Crash { torn_sectors: 1 });
+        let mut data = sector(7);
+        data.extend(sector(8));
+        assert!(f.write_durable_at(&data, 0).is_err());
+        assert!(disk.crashed());
+        assert!(f.sync().is_err(), "a crashed disk refuses IO");
+        disk.power_loss(PowerLoss::KeepRandomSectors(3));
+        let image = disk.durable_image(path).unwrap();
+        assert!(
+            image.len() <= SECTOR_SIZE,
+            "only the first sector could persist"
+        );
+    }
+
+    #[test]
+    fn fail_once_then_recover() {
+        let disk = FaultBackend::new();
+        let mut f = disk.open(Path::new("/f"), true).unwrap();
+        disk.arm(1, Fault::Fail(libc::ENOSPC));
+        f.write_at(&sector(1), 0).unwrap();
+        let err = f.write_at(&sector(2), 512).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+        f.write_at(&sector(3), 512).unwrap();
+        assert_eq!(f.len().unwrap(), 1024);
+    }
+}

@@ -1,0 +1,158 @@
+//! The file IO seam.
+//!
+//! Every byte the storage engine reads or writes goes through [`Backend`] and
+//! [`BlockFile`]. Two implementations exist:
+//!
+//! - [`uring::UringBackend`]: real files opened with `O_DIRECT`, read and written through a
+//!   per-file io_uring. Durable writes use `RWF_DSYNC`, so one submission both writes and
+//!   makes the data durable.
+//! - [`fault::FaultBackend`]: an in-memory disk that keeps a durable image and a list of
+//!   writes not yet synced, and can fail the Nth write with `EIO` or `ENOSPC`, tear a write
+//!   at a sector boundary, and lose every unsynced write at "power loss". Crash tests and the
+//!   cluster simulator run the same engine code on it.
+//!
+//! Invariant (checked by both backends): every buffer, offset and length handed to
+//! `read_at`/`write_at` is a multiple of [`SECTOR_SIZE`], as `O_DIRECT` demands. Callers
+//! work in [`PAGE_SIZE`] units and allocate their buffers with [`AlignedBuf`].
+
+pub mod fault;
+pub mod uring;
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::io;
+use std::ops::{Deref, DerefMut};
+use std::path::Path;
+
+/// The unit of O_DIRECT alignment this crate guarantees (the device's logical block size
+/// may be smaller; never larger on the hosts we support).
+pub const SECTOR_SIZE: usize = 512;
+/// The unit of every on-disk structure: log entries start on it, map pages are it.
+pub const PAGE_SIZE: usize = 4096;
+const _: () = assert!(PAGE_SIZE % SECTOR_SIZE == 0);
+
+/// Opens and manages files. Shared between threads; each opened file is owned by one.
+pub trait Backend: Send + Sync {
+    /// Opens `path` for reading and writing, creating it (empty) when `create` is set.
+    fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn BlockFile>>;
+    /// Whether `path` exists.
+    fn exists(&self, path: &Path) -> bool;
+    /// Creates a directory and its parents.
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+}
+
+/// One open file. All offsets and lengths are sector-aligned.
+pub trait BlockFile: Send {
+    /// Reads up to `buf.len()` bytes at `offset`; returns how many were read (short only at
+    /// end of file, and then rounded down to a sector).
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    /// Writes all of `buf` at `offset`. Not durable until [`BlockFile::sync`].
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `offset` and makes it durable before returning.
+    fn write_durable_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.write_at(buf, offset)?;
+        self.sync()
+    }
+    /// Makes every completed write durable (data and the file size).
+    fn sync(&mut self) -> io::Result<()>;
+    /// The file's size in bytes.
+    fn len(&mut self) -> io::Result<u64>;
+    /// Whether the file is empty.
+    fn is_empty(&mut self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+    /// Truncates or extends (with zeros) the file. Durable after [`BlockFile::sync`].
+    fn set_len(&mut self, len: u64) -> io::Result<()>;
+}
+
+/// Panics unless `offset` and `len` are sector-aligned: a misaligned O_DIRECT request is a
+/// programming error, not an operating one.
+pub(crate) fn assert_aligned(offset: u64, len: usize) {
+    assert!(
+        offset % SECTOR_SIZE as u64 == 0 && len % SECTOR_SIZE == 0,
+        "unaligned IO: offset {offset} len {len}"
+    );
+}
+
+/// Rounds `n` up to a multiple of `to` (a power of two).
+pub const fn align_up(n: usize, to: usize) -> usize {
+    (n + to - 1) & !(to - 1)
+}
+
+/// A zeroed, page-aligned heap buffer whose length is a multiple of [`PAGE_SIZE`], as
+/// O_DIRECT requires.
+pub struct AlignedBuf {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: AlignedBuf owns its allocation exclusively, like a Vec<u8>.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: shared access only hands out &[u8].
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    /// A zeroed buffer of `len` bytes rounded up to a page.
+    pub fn new(len: usize) -> AlignedBuf {
+        let len = align_up(len.max(1), PAGE_SIZE);
+        let layout = Layout::from_size_align(len, PAGE_SIZE).expect("buffer layout");
+        // SAFETY: the layout has non-zero size.
+        let ptr = unsafe { alloc_zeroed(layout) };
+        assert!(!ptr.is_null(), "out of memory allocating {len} bytes");
+        AlignedBuf { ptr, len }
+    }
+
+    /// A buffer holding a copy of `bytes`, zero-padded to a page.
+    pub fn from_slice(bytes: &[u8]) -> AlignedBuf {
+        let mut buf = AlignedBuf::new(bytes.len());
+        buf[..bytes.len()].copy_from_slice(bytes);
+        buf
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        let layout = Layout::from_size_align(self.len, PAGE_SIZE).expect("buffer layout");
+        // SAFETY: allocated in `new` with this very layout.
+        unsafe { dealloc(self.ptr, layout) }
+    }
+}
+
+impl Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: ptr is valid for len bytes for the life of self.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: ptr is valid for len bytes and uniquely borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Clone for AlignedBuf {
+    fn clone(&self) -> AlignedBuf {
+        AlignedBuf::from_slice(self)
+    }
+}
+
+impl std::fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AlignedBuf({} bytes)", self.len)
+    }
+}
+
+/// Reads exactly `buf.len()` bytes at `offset`, failing with `UnexpectedEof` if the file
+/// is shorter.
+pub fn read_exact_at(file: &mut dyn BlockFile, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    let n = file.read_at(buf, offset)?;
+    if n < buf.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("short read at offset {offset}: {n} of {} bytes", buf.len()),
+        ));
+    }
+    Ok(())
+}

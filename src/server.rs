@@ -1,0 +1,1 @@
+//! The server: shard cores and the replication core.

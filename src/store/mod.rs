@@ -1,0 +1,495 @@
+//! The hashmap that indexes the log: 4096-byte bucket pages, grown online by extendible
+//! hashing, checkpointed to disk through a double-write journal.
+//!
+//! Keys are identified by their 128-bit xxh3 hash alone (the design accepts the
+//! collision odds). Each key maps to the log-file offset of its latest SET command, and
+//! values of at most 63 bytes are copied into one of the page's 15 inline slots so a GET
+//! needs no log read.
+//!
+//! # Files
+//!
+//! `map.dat`: page 0 is the metadata page, page `i + 1` holds bucket page `i`.
+//!
+//! ```text
+//! metadata page
+//!    0   8  magic                  b"OLMAP\0\0\x01"
+//!    8   8  last_committed_index   log index the pages reflect
+//!   16   8  last_committed_term
+//!   24   8  slot_count             bucket pages × 128
+//!   32   8  entry_count            live keys
+//!   40   8  page_count             bucket pages
+//!   48   8  global_depth           directory bits
+//!   56   8  checkpoint_sequence
+//!   64 4016 bloom filter           32128 bits, 3 probes per key
+//! 4080  16  xxh3-128 of bytes 0..4080
+//! ```
+//!
+//! `ckpt.0` / `ckpt.1`: alternating double-write journals (see [`checkpoint`]).
+//!
+//! # Growth
+//!
+//! A directory of `2^global_depth` page numbers is indexed by the low bits of the key
+//! hash. When a key must go into a full page, that page alone is split in two by one more
+//! hash bit (doubling the directory first if the page was already at the global depth).
+//! No operation ever moves more than one page's entries. The directory is rebuilt on load
+//! from each page's local depth and prefix, so it is never written to disk.
+//!
+//! # Concurrency
+//!
+//! One writer (the apply loop) and any number of readers (shards serving GETs). Readers
+//! hold the directory lock shared and the page's embedded lock shared; the writer holds
+//! the directory lock shared and the page lock exclusive for an update, and the directory
+//! lock exclusive only for a split.
+
+mod bloom;
+pub mod checkpoint;
+pub mod page;
+
+use crate::io::{AlignedBuf, Backend, BlockFile, PAGE_SIZE, read_exact_at};
+use crate::log::{LogIndex, Term};
+use bloom::Bloom;
+use page::{INLINE_VALUE_SIZE_MAX, NOT_INLINE, PagePtr, PageView, SLOT_COUNT};
+use std::collections::BTreeSet;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+use xxhash_rust::xxh3::xxh3_128;
+
+/// The key hash the map is indexed by.
+pub fn key_hash(key: &[u8]) -> u128 {
+    xxh3_128(key)
+}
+
+/// Bucket pages per arena chunk (1 MiB chunks).
+const PAGES_PER_CHUNK: usize = 256;
+/// The directory never grows beyond this many bits.
+pub const GLOBAL_DEPTH_MAX: u8 = 40;
+
+pub const META_MAGIC: [u8; 8] = *b"OLMAP\0\0\x01";
+const META_BLOOM_OFFSET: usize = 64;
+const META_HASH_OFFSET: usize = PAGE_SIZE - 16;
+pub const BLOOM_BYTES: usize = META_HASH_OFFSET - META_BLOOM_OFFSET;
+const _: () = assert!(BLOOM_BYTES % 8 == 0);
+
+/// Where a key's value is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// Absent.
+    Missing,
+    /// Stored inline: here it is.
+    Inline(Vec<u8>),
+    /// In the log, in the SET command at this file offset.
+    InLog(u64),
+}
+
+/// The metadata the map persists alongside its pages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MapMeta {
+    pub last_committed_index: LogIndex,
+    pub last_committed_term: Term,
+    pub entry_count: u64,
+    pub page_count: u64,
+    pub global_depth: u8,
+    pub checkpoint_sequence: u64,
+}
+
+/// Pages in memory, in stable chunks (pointers never move when the arena grows).
+struct Arena {
+    chunks: Vec<AlignedBuf>,
+    page_count: usize,
+}
+
+impl Arena {
+    fn page(&self, page_no: u32) -> PagePtr {
+        let i = page_no as usize;
+        assert!(i < self.page_count, "page {i} out of range");
+        let chunk = &self.chunks[i / PAGES_PER_CHUNK];
+        // SAFETY: in bounds of a live chunk; mutation happens only through PagePtr under
+        // the page lock, never through a Rust reference to the chunk.
+        PagePtr(unsafe { (chunk.as_ptr() as *mut u8).add((i % PAGES_PER_CHUNK) * PAGE_SIZE) })
+    }
+
+    fn push(&mut self) -> u32 {
+        if self.page_count == self.chunks.len() * PAGES_PER_CHUNK {
+            self.chunks
+                .push(AlignedBuf::new(PAGES_PER_CHUNK * PAGE_SIZE));
+        }
+        self.page_count += 1;
+        (self.page_count - 1) as u32
+    }
+}
+
+struct Layout {
+    arena: Arena,
+    directory: Vec<u32>,
+    global_depth: u8,
+}
+
+impl Layout {
+    fn page_for(&self, hash: u128) -> PagePtr {
+        let mask = (1u64 << self.global_depth) - 1;
+        self.arena
+            .page(self.directory[(hash as u64 & mask) as usize])
+    }
+
+    fn page_no_for(&self, hash: u128) -> u32 {
+        let mask = (1u64 << self.global_depth) - 1;
+        self.directory[(hash as u64 & mask) as usize]
+    }
+}
+
+/// State only the writer touches.
+struct WriterState {
+    dirty: BTreeSet<u32>,
+    meta_dirty: bool,
+    meta: MapMeta,
+    file: Box<dyn BlockFile>,
+    journals: [Box<dyn BlockFile>; 2],
+}
+
+/// The on-disk hashmap, fully resident in memory.
+pub struct Map {
+    layout: RwLock<Layout>,
+    bloom: Bloom,
+    entry_count: AtomicU64,
+    writer: Mutex<WriterState>,
+    dir: PathBuf,
+}
+
+/// What loading the map found.
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    /// The sessions blob stored with the last checkpoint.
+    pub sessions: Vec<u8>,
+    /// Whether a checkpoint journal was replayed into the map file.
+    pub journal_replayed: bool,
+}
+
+impl Map {
+    /// Opens (or creates) the map in `dir`, completing an interrupted checkpoint.
+    pub fn open(backend: &dyn Backend, dir: &Path) -> io::Result<(Map, LoadReport)> {
+        let mut file = backend.open(&dir.join("map.dat"), true)?;
+        let mut journals = [
+            backend.open(&dir.join("ckpt.0"), true)?,
+            backend.open(&dir.join("ckpt.1"), true)?,
+        ];
+        let mut report = LoadReport::default();
+        if let Some(journal) = checkpoint::newest_valid(&mut journals)? {
+            checkpoint::replay(&journal, file.as_mut())?;
+            report.sessions = journal.sessions.clone();
+            report.journal_replayed = true;
+        }
+        let (meta, bloom, arena) = if file.len()? >= PAGE_SIZE as u64 {
+            load_pages(file.as_mut())?
+        } else {
+            (
+                MapMeta::default(),
+                Bloom::new(),
+                Arena {
+                    chunks: Vec::new(),
+                    page_count: 0,
+                },
+            )
+        };
+        let mut map = Map {
+            layout: RwLock::new(Layout {
+                arena,
+                directory: Vec::new(),
+                global_depth: meta.global_depth,
+            }),
+            bloom,
+            entry_count: AtomicU64::new(meta.entry_count),
+            writer: Mutex::new(WriterState {
+                dirty: BTreeSet::new(),
+                meta_dirty: false,
+                meta,
+                file,
+                journals,
+            }),
+            dir: dir.to_path_buf(),
+        };
+        map.rebuild_directory()?;
+        Ok((map, report))
+    }
+
+    fn rebuild_directory(&mut self) -> io::Result<()> {
+        let layout = self.layout.get_mut().unwrap();
+        if layout.arena.page_count == 0 {
+            let p = layout.arena.push();
+            layout.arena.page(p).write().init(0, 0);
+            layout.directory = vec![p];
+            layout.global_depth = 0;
+            let w = self.writer.get_mut().unwrap();
+            w.dirty.insert(p);
+            w.meta_dirty = true;
+            return Ok(());
+        }
+        let depth = layout.global_depth;
+        let mut directory = vec![u32::MAX; 1usize << depth];
+        for p in 0..layout.arena.page_count as u32 {
+            let page = layout.arena.page(p);
+            let guard = page.read();
+            let (d, prefix) = (guard.local_depth(), guard.prefix());
+            if d > depth || prefix >= (1u64 << d) {
+                return Err(io::Error::other(format!(
+                    "map page {p} has local depth {d} and prefix {prefix} under global depth {depth}"
+                )));
+            }
+            let mut j = prefix;
+            while j < directory.len() as u64 {
+                directory[j as usize] = p;
+                j += 1u64 << d;
+            }
+        }
+        if let Some(hole) = directory.iter().position(|&p| p == u32::MAX) {
+            return Err(io::Error::other(format!(
+                "map directory slot {hole} has no page"
+            )));
+        }
+        layout.directory = directory;
+        Ok(())
+    }
+
+    /// The directory this map lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Looks a key up by its hash.
+    pub fn get(&self, hash: u128) -> Lookup {
+        if !self.bloom.may_contain(hash) {
+            return Lookup::Missing;
+        }
+        let layout = self.layout.read().unwrap();
+        let page = layout.page_for(hash);
+        let guard = page.read();
+        let Some(slot) = guard.find(hash) else {
+            return Lookup::Missing;
+        };
+        let word = guard.word(slot);
+        let inline = (word & 0xFF) as u8;
+        if inline == NOT_INLINE {
+            Lookup::InLog(word >> 8)
+        } else {
+            Lookup::Inline(guard.inline_value(inline as usize).to_vec())
+        }
+    }
+
+    /// Records that `hash` is now set by the command at `cmd_byte_offset`, copying
+    /// `value` inline when it is short enough. Writer only.
+    pub fn set(&self, hash: u128, cmd_byte_offset: u64, value: &[u8]) {
+        let inline = (value.len() <= INLINE_VALUE_SIZE_MAX).then_some(value);
+        self.bloom.insert(hash);
+        let mut w = self.writer.lock().unwrap();
+        loop {
+            {
+                let layout = self.layout.read().unwrap();
+                let page_no = layout.page_no_for(hash);
+                let mut guard = layout.arena.page(page_no).write();
+                if let Ok(added) = guard.upsert(hash, cmd_byte_offset, inline) {
+                    if added {
+                        self.entry_count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    w.dirty.insert(page_no);
+                    w.meta_dirty = true;
+                    return;
+                }
+            }
+            self.split(&mut w, hash);
+        }
+    }
+
+    /// Removes `hash`; returns whether it was present. Writer only.
+    pub fn delete(&self, hash: u128) -> bool {
+        if !self.bloom.may_contain(hash) {
+            return false;
+        }
+        let mut w = self.writer.lock().unwrap();
+        let layout = self.layout.read().unwrap();
+        let page_no = layout.page_no_for(hash);
+        let removed = layout.arena.page(page_no).write().remove(hash);
+        if removed {
+            self.entry_count.fetch_sub(1, Ordering::Relaxed);
+            w.dirty.insert(page_no);
+            w.meta_dirty = true;
+        }
+        removed
+    }
+
+    /// Splits the full page that `hash` maps to.
+    fn split(&self, w: &mut WriterState, hash: u128) {
+        let mut layout = self.layout.write().unwrap();
+        let old_no = layout.page_no_for(hash);
+        let old = layout.arena.page(old_no);
+        let depth = old.read().local_depth();
+        if depth == layout.global_depth {
+            assert!(
+                layout.global_depth < GLOBAL_DEPTH_MAX,
+                "directory depth limit reached"
+            );
+            let copy = layout.directory.clone();
+            layout.directory.extend_from_slice(&copy);
+            layout.global_depth += 1;
+        }
+        let prefix = old.read().prefix();
+        let new_no = layout.arena.push();
+        let new = layout.arena.page(new_no);
+        let mut new_guard = new.write();
+        new_guard.init(depth + 1, prefix | 1 << depth);
+        {
+            let mut old_guard = old.write();
+            old_guard.set_depth_prefix(depth + 1, prefix);
+            old_guard.split_into(&mut new_guard, depth as u32);
+        }
+        drop(new_guard);
+        let mut j = prefix | 1 << depth;
+        let step = 1u64 << (depth + 1);
+        while j < layout.directory.len() as u64 {
+            layout.directory[j as usize] = new_no;
+            j += step;
+        }
+        w.dirty.insert(old_no);
+        w.dirty.insert(new_no);
+        w.meta_dirty = true;
+    }
+
+    /// Live keys.
+    pub fn entry_count(&self) -> u64 {
+        self.entry_count.load(Ordering::Relaxed)
+    }
+
+    /// Bucket pages.
+    pub fn page_count(&self) -> usize {
+        self.layout.read().unwrap().arena.page_count
+    }
+
+    /// The persisted metadata as of the last checkpoint or load.
+    pub fn meta(&self) -> MapMeta {
+        self.writer.lock().unwrap().meta
+    }
+
+    /// Pages changed since the last checkpoint.
+    pub fn dirty_page_count(&self) -> usize {
+        self.writer.lock().unwrap().dirty.len()
+    }
+
+    /// Writes every changed page back, durably, recording that the map reflects the log up
+    /// to `index` (of `term`), with `sessions` stored beside it. Writer only; no writes may
+    /// be applied concurrently.
+    pub fn checkpoint(&self, index: LogIndex, term: Term, sessions: &[u8]) -> io::Result<()> {
+        let mut w = self.writer.lock().unwrap();
+        let layout = self.layout.read().unwrap();
+        let meta = MapMeta {
+            last_committed_index: index,
+            last_committed_term: term,
+            entry_count: self.entry_count(),
+            page_count: layout.arena.page_count as u64,
+            global_depth: layout.global_depth,
+            checkpoint_sequence: w.meta.checkpoint_sequence + 1,
+        };
+        let pages: Vec<(u32, AlignedBuf)> = w
+            .dirty
+            .iter()
+            .map(|&p| {
+                let mut buf = AlignedBuf::new(PAGE_SIZE);
+                let ptr = layout.arena.page(p);
+                let _guard = ptr.read();
+                ptr.copy_to(&mut buf);
+                (p, buf)
+            })
+            .collect();
+        drop(layout);
+        let meta_page = encode_meta(&meta, &self.bloom);
+        let slot = (meta.checkpoint_sequence % 2) as usize;
+        let journal = checkpoint::Journal {
+            sequence: meta.checkpoint_sequence,
+            pages,
+            meta_page,
+            sessions: sessions.to_vec(),
+        };
+        let WriterState { file, journals, .. } = &mut *w;
+        checkpoint::write(journals[slot].as_mut(), &journal)?;
+        checkpoint::replay(&journal, file.as_mut())?;
+        w.dirty.clear();
+        w.meta_dirty = false;
+        w.meta = meta;
+        Ok(())
+    }
+}
+
+/// Builds the metadata page.
+fn encode_meta(meta: &MapMeta, bloom: &Bloom) -> AlignedBuf {
+    let mut page = AlignedBuf::new(PAGE_SIZE);
+    page[..8].copy_from_slice(&META_MAGIC);
+    let fields = [
+        meta.last_committed_index,
+        meta.last_committed_term,
+        meta.page_count * SLOT_COUNT as u64,
+        meta.entry_count,
+        meta.page_count,
+        meta.global_depth as u64,
+        meta.checkpoint_sequence,
+    ];
+    for (i, v) in fields.iter().enumerate() {
+        page[8 + i * 8..16 + i * 8].copy_from_slice(&v.to_le_bytes());
+    }
+    bloom.store(&mut page[META_BLOOM_OFFSET..META_HASH_OFFSET]);
+    let hash = xxh3_128(&page[..META_HASH_OFFSET]);
+    page[META_HASH_OFFSET..].copy_from_slice(&hash.to_le_bytes());
+    page
+}
+
+/// Decodes and verifies the metadata page.
+fn decode_meta(page: &[u8]) -> io::Result<(MapMeta, Bloom)> {
+    let hash = u128::from_le_bytes(page[META_HASH_OFFSET..PAGE_SIZE].try_into().unwrap());
+    if page[..8] != META_MAGIC || hash != xxh3_128(&page[..META_HASH_OFFSET]) {
+        return Err(io::Error::other(
+            "map.dat: metadata page failed verification",
+        ));
+    }
+    let u64_at = |i: usize| u64::from_le_bytes(page[8 + i * 8..16 + i * 8].try_into().unwrap());
+    let meta = MapMeta {
+        last_committed_index: u64_at(0),
+        last_committed_term: u64_at(1),
+        entry_count: u64_at(3),
+        page_count: u64_at(4),
+        global_depth: u64_at(5) as u8,
+        checkpoint_sequence: u64_at(6),
+    };
+    if u64_at(2) != meta.page_count * SLOT_COUNT as u64 || meta.global_depth > GLOBAL_DEPTH_MAX {
+        return Err(io::Error::other(
+            "map.dat: metadata fields are inconsistent",
+        ));
+    }
+    Ok((
+        meta,
+        Bloom::load(&page[META_BLOOM_OFFSET..META_HASH_OFFSET]),
+    ))
+}
+
+fn load_pages(file: &mut dyn BlockFile) -> io::Result<(MapMeta, Bloom, Arena)> {
+    let mut meta_page = AlignedBuf::new(PAGE_SIZE);
+    read_exact_at(file, &mut meta_page, 0)?;
+    let (meta, bloom) = decode_meta(&meta_page)?;
+    let mut arena = Arena {
+        chunks: Vec::new(),
+        page_count: 0,
+    };
+    let page_count = meta.page_count as usize;
+    while arena.chunks.len() * PAGES_PER_CHUNK < page_count {
+        arena
+            .chunks
+            .push(AlignedBuf::new(PAGES_PER_CHUNK * PAGE_SIZE));
+    }
+    for (c, chunk) in arena.chunks.iter_mut().enumerate() {
+        let pages = (page_count - c * PAGES_PER_CHUNK).min(PAGES_PER_CHUNK);
+        let offset = ((1 + c * PAGES_PER_CHUNK) * PAGE_SIZE) as u64;
+        read_exact_at(file, &mut chunk[..pages * PAGE_SIZE], offset)?;
+        for p in 0..pages {
+            PagePtr::reset_lock(&mut chunk[p * PAGE_SIZE..(p + 1) * PAGE_SIZE]);
+        }
+    }
+    arena.page_count = page_count;
+    Ok((meta, bloom, arena))
+}
