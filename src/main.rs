@@ -1,1 +1,156 @@
-fn main() {}
+//! `ocean-liner`: the server, its command-line client and its load tool.
+//!
+//! Parses flags and hands off; all logic lives in the library.
+
+use clap::{Parser, Subcommand};
+use ocean_liner::bench::{self, BenchArgs};
+use ocean_liner::client::{Client, ClientOptions, resolve_servers};
+use ocean_liner::server::{self, ServerConfig};
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// A Raft-replicated key-value store built for throughput: per-core UDP shards, writes
+/// batched into one durable O_DIRECT log entry per window.
+///
+/// With no subcommand, starts a server (single node, ./data, UDP 127.0.0.1:9000).
+#[derive(Parser)]
+#[command(name = "ocean-liner", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    server: ServerConfig,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a server (the same as giving no subcommand).
+    Serve(ServerConfig),
+    /// Store VALUE under KEY.
+    Set {
+        key: String,
+        value: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print KEY's value (exit 0); a missing key prints nothing and exits 1.
+    Get {
+        key: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete KEY (deleting an absent key succeeds).
+    Del {
+        key: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print the server's counters.
+    Stats {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Check that a server answers, and print the round-trip time.
+    Ping {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Run a load test against a server and report throughput and latency.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct Target {
+    /// Server address(es), HOST:PORT, comma-separated for a cluster.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    server: String,
+    /// Seconds to keep retrying before giving up.
+    #[arg(long, default_value_t = 5.0)]
+    timeout: f64,
+}
+
+impl Target {
+    fn connect(&self) -> Result<Client, ExitCode> {
+        let servers = resolve_servers(&self.server).map_err(fail)?;
+        let options = ClientOptions {
+            deadline: Duration::from_secs_f64(self.timeout.max(0.05)),
+            ..ClientOptions::default()
+        };
+        Client::connect_cluster(&servers, options).map_err(fail)
+    }
+}
+
+/// Exit code for any failure of a client command (no answer, refused, server failure).
+const EXIT_ERROR: u8 = 2;
+
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("ocean-liner: {e}");
+    ExitCode::from(EXIT_ERROR)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => serve(cli.server),
+        Some(Command::Serve(config)) => serve(config),
+        Some(Command::Bench(args)) => match bench::run_and_print(&args) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => fail(format!("{e:#}")),
+        },
+        Some(command) => client_command(command),
+    };
+    result
+}
+
+fn serve(config: ServerConfig) -> ExitCode {
+    match server::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ocean-liner: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn client_command(command: Command) -> ExitCode {
+    let run = |target: &Target, f: &mut dyn FnMut(&mut Client) -> Result<ExitCode, ExitCode>| {
+        let mut client = match target.connect() {
+            Ok(c) => c,
+            Err(code) => return code,
+        };
+        f(&mut client).unwrap_or_else(|code| code)
+    };
+    match command {
+        Command::Set { key, value, target } => run(&target, &mut |c| {
+            c.set(&key, value.as_bytes()).map_err(fail)?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Get { key, target } => run(&target, &mut |c| match c.get(&key).map_err(fail)? {
+            Some(value) => {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&value);
+                let _ = out.write_all(b"\n");
+                Ok(ExitCode::SUCCESS)
+            }
+            None => {
+                eprintln!("ocean-liner: key {key:?} not found");
+                Ok(ExitCode::from(1))
+            }
+        }),
+        Command::Del { key, target } => run(&target, &mut |c| {
+            c.delete(&key).map_err(fail)?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Stats { target } => run(&target, &mut |c| {
+            print!("{}", c.stats().map_err(fail)?);
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Ping { target } => run(&target, &mut |c| {
+            let rtt = c.ping().map_err(fail)?;
+            println!("pong from {} in {:.0} us", c.current_server(), rtt.as_secs_f64() * 1e6);
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Serve(_) | Command::Bench(_) => unreachable!("handled in main"),
+    }
+}

@@ -1,0 +1,726 @@
+//! A blocking client for the UDP protocol in [`crate::protocol`].
+//!
+//! A [`Client`] owns one UDP socket and one random client id, and keeps exactly one
+//! request outstanding at a time, as the server's exactly-once sessions require. Every
+//! call takes the next sequence number; retransmissions of that call reuse it, so a
+//! write the server already applied is answered again instead of being applied twice.
+//!
+//! Retransmission follows exponential backoff (50 ms doubling to 1 s by default) until
+//! the call's deadline (5 s by default). The client also:
+//! - stores the anti-amplification cookie a server hands out with
+//!   [`Status::CookieRequired`] and resends at once (this is not counted as a failure);
+//! - follows [`Status::NotLeader`] redirects to the leader named in the payload;
+//! - moves on to the next known server when one does not answer;
+//! - backs off and retries on [`Status::Busy`] until the deadline;
+//! - ignores datagrams that are not the answer to the outstanding request.
+//!
+//! ```no_run
+//! use ocean_liner::client::{Client, ClientOptions};
+//!
+//! let mut client = Client::connect("127.0.0.1:9000", ClientOptions::default())?;
+//! client.set("greeting", b"hello")?;
+//! assert_eq!(client.get("greeting")?.as_deref(), Some(&b"hello"[..]));
+//! client.delete("greeting")?;
+//! # Ok::<(), ocean_liner::client::ClientError>(())
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
+use std::time::{Duration, Instant};
+
+use crate::protocol::{
+    self, MAX_DATAGRAM_SIZE, NO_COOKIE, Op, RejectReason, Request, Response, Status,
+};
+
+/// Tuning for a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Total time one call may take, retries included.
+    pub deadline: Duration,
+    /// Wait before the first retransmission (and after the first Busy).
+    pub initial_backoff: Duration,
+    /// Longest wait between retransmissions.
+    pub max_backoff: Duration,
+    /// How many NotLeader redirects one call follows before giving up.
+    pub max_redirects: u32,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            deadline: Duration::from_secs(5),
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(1),
+            max_redirects: 4,
+        }
+    }
+}
+
+/// Why a call failed.
+#[derive(Debug)]
+pub enum ClientError {
+    /// No server answered before the deadline.
+    NoReply {
+        servers: Vec<SocketAddr>,
+        waited: Duration,
+        /// Whether the OS reported the port unreachable (nothing listening).
+        refused: bool,
+    },
+    /// The server answered with an error status (for [`Status::Busy`], after retrying
+    /// until the deadline).
+    Refused { status: Status, message: String },
+    /// Redirects went on longer than [`ClientOptions::max_redirects`], or no leader was
+    /// known before the deadline.
+    NoLeader { last: Option<SocketAddr> },
+    /// The request breaks a protocol rule and was not sent.
+    InvalidRequest(RejectReason),
+    /// An address could not be resolved or was empty.
+    Resolve(String),
+    /// A socket operation failed.
+    Io(io::Error),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::NoReply {
+                servers,
+                waited,
+                refused,
+            } => {
+                let list: Vec<String> = servers.iter().map(ToString::to_string).collect();
+                write!(
+                    f,
+                    "no reply from {} after {:.1} s{}; is the server running? \
+                     start it with `ocean-liner serve`",
+                    list.join(", "),
+                    waited.as_secs_f64(),
+                    if *refused { " (port unreachable)" } else { "" }
+                )
+            }
+            ClientError::Refused { status, message } if message.is_empty() => {
+                write!(f, "server refused the request: {status}")
+            }
+            ClientError::Refused { status, message } => {
+                write!(f, "server refused the request: {status}: {message}")
+            }
+            ClientError::NoLeader { last: Some(addr) } => {
+                write!(
+                    f,
+                    "no leader found (last redirect to {addr}); is the cluster electing?"
+                )
+            }
+            ClientError::NoLeader { last: None } => {
+                write!(
+                    f,
+                    "no leader known to the servers; is the cluster electing?"
+                )
+            }
+            ClientError::InvalidRequest(reason) => write!(f, "invalid request: {reason}"),
+            ClientError::Resolve(msg) => write!(f, "cannot resolve server address: {msg}"),
+            ClientError::Io(e) => write!(f, "socket error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClientError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for ClientError {
+    fn from(e: io::Error) -> Self {
+        ClientError::Io(e)
+    }
+}
+
+/// Resolves a comma-separated list of `host:port` addresses (every address each name
+/// resolves to, in order, without duplicates).
+pub fn resolve_servers(list: &str) -> Result<Vec<SocketAddr>, ClientError> {
+    let mut out = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let addrs = part
+            .to_socket_addrs()
+            .map_err(|e| ClientError::Resolve(format!("{part}: {e}")))?;
+        for addr in addrs {
+            if !out.contains(&addr) {
+                out.push(addr);
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(ClientError::Resolve(format!("no address in {list:?}")));
+    }
+    Ok(out)
+}
+
+/// A random nonzero client id.
+pub fn random_client_id() -> u64 {
+    loop {
+        let id: u64 = rand::random();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+/// A blocking client. See the [module documentation](self).
+#[derive(Debug)]
+pub struct Client {
+    socket: UdpSocket,
+    servers: Vec<SocketAddr>,
+    /// Index into `servers` of the server requests go to.
+    current: usize,
+    /// The peer the socket is connected to.
+    connected: Option<SocketAddr>,
+    client_id: u64,
+    next_seq: u64,
+    cookies: HashMap<SocketAddr, u64>,
+    opts: ClientOptions,
+    send_buf: Vec<u8>,
+    recv_buf: Box<[u8]>,
+}
+
+/// A successful answer, owning its payload.
+struct Answer {
+    status: Status,
+    payload: Vec<u8>,
+}
+
+impl Client {
+    /// Connects to the server(s) at `addr` (anything [`ToSocketAddrs`] accepts, e.g. a
+    /// [`SocketAddr`] or `"host:port"`; a name that resolves to several addresses makes
+    /// them all known servers).
+    pub fn connect<A: ToSocketAddrs>(addr: A, opts: ClientOptions) -> Result<Client, ClientError> {
+        let servers: Vec<SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(|e| ClientError::Resolve(e.to_string()))?
+            .collect();
+        Client::connect_cluster(servers, opts)
+    }
+
+    /// Connects to a cluster (a `Vec` or slice of addresses): requests go to the first
+    /// address until a server redirects or stops answering.
+    pub fn connect_cluster(
+        servers: impl AsRef<[SocketAddr]>,
+        opts: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        let servers = servers.as_ref();
+        let first = *servers
+            .first()
+            .ok_or_else(|| ClientError::Resolve("no server address given".into()))?;
+        let bind: SocketAddr = if first.is_ipv4() {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = UdpSocket::bind(bind)?;
+        let mut unique = Vec::with_capacity(servers.len());
+        for s in servers {
+            if !unique.contains(s) {
+                unique.push(*s);
+            }
+        }
+        Ok(Client {
+            socket,
+            servers: unique,
+            current: 0,
+            connected: None,
+            client_id: random_client_id(),
+            next_seq: 1,
+            cookies: HashMap::new(),
+            opts,
+            send_buf: Vec::with_capacity(MAX_DATAGRAM_SIZE),
+            recv_buf: vec![0u8; MAX_DATAGRAM_SIZE + 1].into_boxed_slice(),
+        })
+    }
+
+    /// This client's id.
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
+    /// The servers this client knows of (redirect targets are added as they appear).
+    pub fn servers(&self) -> &[SocketAddr] {
+        &self.servers
+    }
+
+    /// The server the next request goes to first.
+    pub fn current_server(&self) -> SocketAddr {
+        self.servers[self.current]
+    }
+
+    /// Reads `key`: `Some(value)`, or `None` if it is absent.
+    pub fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, ClientError> {
+        let answer = self.call(Op::Get, key, &[])?;
+        Ok(match answer.status {
+            Status::NotFound => None,
+            _ => Some(answer.payload),
+        })
+    }
+
+    /// Writes `value` under `key`.
+    pub fn set(&mut self, key: &str, value: &[u8]) -> Result<(), ClientError> {
+        self.call(Op::Set, key, value).map(|_| ())
+    }
+
+    /// Removes `key`; removing an absent key succeeds.
+    pub fn delete(&mut self, key: &str) -> Result<(), ClientError> {
+        self.call(Op::Delete, key, &[]).map(|_| ())
+    }
+
+    /// Checks that a server answers; returns the round-trip time of the call.
+    pub fn ping(&mut self) -> Result<Duration, ClientError> {
+        let start = Instant::now();
+        self.call(Op::Ping, "", &[])?;
+        Ok(start.elapsed())
+    }
+
+    /// The server's counters as `key=value` text lines.
+    pub fn stats(&mut self) -> Result<String, ClientError> {
+        let answer = self.call(Op::Stats, "", &[])?;
+        Ok(String::from_utf8_lossy(&answer.payload).into_owned())
+    }
+
+    fn connect_to(&mut self, target: SocketAddr) -> io::Result<()> {
+        if self.connected != Some(target) {
+            self.socket.connect(target)?;
+            self.connected = Some(target);
+        }
+        Ok(())
+    }
+
+    fn server_index(&mut self, addr: SocketAddr) -> usize {
+        match self.servers.iter().position(|s| *s == addr) {
+            Some(i) => i,
+            None => {
+                self.servers.push(addr);
+                self.servers.len() - 1
+            }
+        }
+    }
+
+    /// Sends one request and retries it (same sequence number) until it is answered
+    /// with a final status or the deadline passes.
+    fn call(&mut self, op: Op, key: &str, value: &[u8]) -> Result<Answer, ClientError> {
+        let probe = Request {
+            op,
+            client_id: self.client_id,
+            request_seq: 0,
+            cookie: NO_COOKIE,
+            key,
+            value,
+        };
+        probe.validate().map_err(ClientError::InvalidRequest)?;
+
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let start = Instant::now();
+        let deadline = start + self.opts.deadline;
+        let mut backoff = self.opts.initial_backoff;
+        let mut redirects = 0u32;
+        let mut last_redirect = None;
+        let mut refused = false;
+        // What went wrong most recently, to explain a deadline expiry.
+        let mut last = Trouble::Silence;
+
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(match last {
+                    Trouble::Busy => ClientError::Refused {
+                        status: Status::Busy,
+                        message: "server still busy at the deadline".into(),
+                    },
+                    Trouble::LeaderUnknown => ClientError::NoLeader {
+                        last: last_redirect,
+                    },
+                    Trouble::Silence => ClientError::NoReply {
+                        servers: self.servers.clone(),
+                        waited: now - start,
+                        refused,
+                    },
+                });
+            }
+            let target = self.servers[self.current];
+            let req = Request {
+                request_seq: seq,
+                cookie: self.cookies.get(&target).copied().unwrap_or(NO_COOKIE),
+                ..probe
+            };
+            self.send_buf.clear();
+            protocol::encode_request(&req, &mut self.send_buf);
+
+            let sent = self
+                .connect_to(target)
+                .and_then(|()| self.socket.send(&self.send_buf));
+            let wait_until = deadline.min(Instant::now() + backoff);
+            let outcome = match sent {
+                Ok(_) => self.await_reply(seq, op, wait_until),
+                Err(e) if is_unreachable(&e) => Wait::Unreachable,
+                Err(e) => return Err(ClientError::Io(e)),
+            };
+
+            match outcome {
+                Wait::Reply {
+                    status,
+                    cookie,
+                    payload,
+                } => match status {
+                    Status::Ok | Status::NotFound => return Ok(Answer { status, payload }),
+                    Status::CookieRequired => {
+                        // Resend at once with the cookie. A server that keeps asking for
+                        // the cookie it was just given is treated as not answering.
+                        let had = self.cookies.insert(target, cookie);
+                        if had == Some(cookie) || cookie == NO_COOKIE {
+                            sleep_until(wait_until);
+                            backoff = (backoff * 2).min(self.opts.max_backoff);
+                        }
+                    }
+                    Status::NotLeader => {
+                        match protocol::parse_leader_hint(&payload) {
+                            Some(leader) if leader != target => {
+                                redirects += 1;
+                                last_redirect = Some(leader);
+                                last = Trouble::LeaderUnknown;
+                                if redirects > self.opts.max_redirects {
+                                    return Err(ClientError::NoLeader { last: Some(leader) });
+                                }
+                                self.current = self.server_index(leader);
+                            }
+                            _ => {
+                                // Election in progress: wait, then ask another server.
+                                last = Trouble::LeaderUnknown;
+                                sleep_until(wait_until);
+                                backoff = (backoff * 2).min(self.opts.max_backoff);
+                                self.current = (self.current + 1) % self.servers.len();
+                            }
+                        }
+                    }
+                    Status::Busy => {
+                        last = Trouble::Busy;
+                        sleep_until(wait_until);
+                        backoff = (backoff * 2).min(self.opts.max_backoff);
+                    }
+                    Status::Malformed | Status::TooLarge | Status::Failed | Status::NoSpace => {
+                        return Err(ClientError::Refused {
+                            status,
+                            message: String::from_utf8_lossy(&payload).into_owned(),
+                        });
+                    }
+                },
+                Wait::Unreachable => {
+                    refused = true;
+                    last = Trouble::Silence;
+                    sleep_until(wait_until);
+                    backoff = (backoff * 2).min(self.opts.max_backoff);
+                    self.current = (self.current + 1) % self.servers.len();
+                }
+                Wait::TimedOut => {
+                    last = Trouble::Silence;
+                    backoff = (backoff * 2).min(self.opts.max_backoff);
+                    self.current = (self.current + 1) % self.servers.len();
+                }
+            }
+        }
+    }
+
+    /// Waits until `until` for the answer to `(client_id, seq)`, skipping anything else.
+    fn await_reply(&mut self, seq: u64, op: Op, until: Instant) -> Wait {
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                return Wait::TimedOut;
+            }
+            // A zero read timeout means "block forever"; never pass one.
+            let remaining = (until - now).max(Duration::from_micros(100));
+            if self.socket.set_read_timeout(Some(remaining)).is_err() {
+                return Wait::TimedOut;
+            }
+            let n = match self.socket.recv(&mut self.recv_buf) {
+                Ok(n) => n,
+                Err(e) if is_unreachable(&e) => return Wait::Unreachable,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue;
+                }
+                Err(_) => return Wait::TimedOut,
+            };
+            let Ok(resp) = protocol::parse_response(&self.recv_buf[..n]) else {
+                continue;
+            };
+            if !answers(&resp, self.client_id, seq, op) {
+                continue;
+            }
+            return Wait::Reply {
+                status: resp.status,
+                cookie: resp.cookie,
+                payload: resp.payload.to_vec(),
+            };
+        }
+    }
+}
+
+enum Trouble {
+    Silence,
+    Busy,
+    LeaderUnknown,
+}
+
+enum Wait {
+    Reply {
+        status: Status,
+        cookie: u64,
+        payload: Vec<u8>,
+    },
+    /// The OS reported the destination port unreachable.
+    Unreachable,
+    TimedOut,
+}
+
+/// Whether `resp` answers the outstanding request. A reply to a request the server
+/// could not parse carries op 0, so a missing op is accepted.
+fn answers(resp: &Response<'_>, client_id: u64, seq: u64, op: Op) -> bool {
+    resp.client_id == client_id && resp.request_seq == seq && resp.op.is_none_or(|o| o == op)
+}
+
+fn is_unreachable(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
+    )
+}
+
+fn sleep_until(t: Instant) {
+    let now = Instant::now();
+    if t > now {
+        std::thread::sleep(t - now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{encode_response, parse_request};
+    use std::thread;
+
+    /// What a scripted server saw: (client_id, request_seq, op) per request.
+    type Seen = Vec<(u64, u64, Op)>;
+
+    /// A scripted server: answers each request with `reply(request, count)`.
+    fn fake_server<F>(mut reply: F) -> (SocketAddr, thread::JoinHandle<Seen>)
+    where
+        F: FnMut(&Request<'_>, usize) -> Option<(Status, u64, Vec<u8>)> + Send + 'static,
+    {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
+        let addr = sock.local_addr().unwrap();
+        let handle = thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let Ok(req) = parse_request(&buf[..n]) else {
+                    continue;
+                };
+                seen.push((req.client_id, req.request_seq, req.op));
+                if let Some((status, cookie, payload)) = reply(&req, seen.len()) {
+                    let resp = Response::reply(&req.addressing(), status, cookie, &payload);
+                    let mut out = Vec::new();
+                    encode_response(&resp, &mut out);
+                    sock.send_to(&out, from).unwrap();
+                }
+            }
+            seen
+        });
+        (addr, handle)
+    }
+
+    fn quick() -> ClientOptions {
+        ClientOptions {
+            deadline: Duration::from_millis(600),
+            ..ClientOptions::default()
+        }
+    }
+
+    #[test]
+    fn get_set_delete_against_scripted_server() {
+        let (addr, server) = fake_server(|req, _| {
+            Some(match (req.op, req.key) {
+                (Op::Get, "present") => (Status::Ok, 0, b"v".to_vec()),
+                (Op::Get, _) => (Status::NotFound, 0, vec![]),
+                (Op::Stats, _) => (Status::Ok, 0, b"a=1\n".to_vec()),
+                _ => (Status::Ok, 0, vec![]),
+            })
+        });
+        let mut c = Client::connect(addr, quick()).unwrap();
+        assert_eq!(c.get("present").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(c.get("absent").unwrap(), None);
+        c.set("k", b"value").unwrap();
+        c.delete("k").unwrap();
+        c.ping().unwrap();
+        assert_eq!(c.stats().unwrap(), "a=1\n");
+        let id = c.client_id();
+        drop(c);
+        let seen = server.join().unwrap();
+        let seqs: Vec<u64> = seen.iter().map(|s| s.1).collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6]);
+        assert!(seen.iter().all(|s| s.0 == id));
+    }
+
+    #[test]
+    fn retries_reuse_the_sequence_number() {
+        // Drop the first two transmissions.
+        let (addr, server) = fake_server(|_, n| (n > 2).then(|| (Status::Ok, 0, vec![])));
+        let mut c = Client::connect(addr, ClientOptions::default()).unwrap();
+        c.set("k", b"v").unwrap();
+        drop(c);
+        let seen = server.join().unwrap();
+        assert_eq!(seen.len(), 3);
+        assert!(seen.iter().all(|s| s.1 == 1));
+    }
+
+    #[test]
+    fn cookie_required_is_stored_and_resent() {
+        let (addr, server) = fake_server(|req, _| {
+            Some(if req.cookie == 42 {
+                (Status::Ok, 42, b"big value".to_vec())
+            } else {
+                (Status::CookieRequired, 42, vec![])
+            })
+        });
+        let mut c = Client::connect(addr, quick()).unwrap();
+        assert_eq!(c.get("k").unwrap(), Some(b"big value".to_vec()));
+        assert_eq!(c.get("k").unwrap(), Some(b"big value".to_vec()));
+        drop(c);
+        // One CookieRequired round trip, then the cookie is reused.
+        assert_eq!(server.join().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn not_leader_redirects_are_followed() {
+        let (leader, leader_srv) = fake_server(|_, _| Some((Status::Ok, 0, b"x".to_vec())));
+        let hint = leader.to_string().into_bytes();
+        let (follower, follower_srv) =
+            fake_server(move |_, _| Some((Status::NotLeader, 0, hint.clone())));
+        let mut c = Client::connect(follower, quick()).unwrap();
+        assert_eq!(c.get("k").unwrap(), Some(b"x".to_vec()));
+        assert_eq!(c.current_server(), leader);
+        assert_eq!(c.get("k").unwrap(), Some(b"x".to_vec()));
+        drop(c);
+        assert_eq!(follower_srv.join().unwrap().len(), 1);
+        assert_eq!(leader_srv.join().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn silent_server_fails_over_to_the_next() {
+        let (dead, dead_srv) = fake_server(|_, _| None);
+        let (live, live_srv) = fake_server(|_, _| Some((Status::Ok, 0, vec![])));
+        let mut c = Client::connect_cluster([dead, live], quick()).unwrap();
+        c.set("k", b"v").unwrap();
+        drop(c);
+        assert_eq!(dead_srv.join().unwrap().len(), 1);
+        assert_eq!(live_srv.join().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn error_statuses_are_reported() {
+        let (addr, server) = fake_server(|req, _| {
+            Some(match req.key {
+                "full" => (Status::NoSpace, 0, b"disk full".to_vec()),
+                _ => (Status::Busy, 0, vec![]),
+            })
+        });
+        let mut c = Client::connect(addr, quick()).unwrap();
+        match c.set("full", b"v") {
+            Err(ClientError::Refused {
+                status: Status::NoSpace,
+                message,
+            }) => {
+                assert_eq!(message, "disk full")
+            }
+            other => panic!("{other:?}"),
+        }
+        match c.set("busy", b"v") {
+            Err(ClientError::Refused {
+                status: Status::Busy,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        drop(c);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn no_reply_message_names_the_server() {
+        // A bound socket that never answers.
+        let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = silent.local_addr().unwrap();
+        let opts = ClientOptions {
+            deadline: Duration::from_millis(200),
+            ..ClientOptions::default()
+        };
+        let mut c = Client::connect(addr, opts).unwrap();
+        let err = c.ping().unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(&addr.to_string()), "{msg}");
+        assert!(msg.contains("ocean-liner serve"), "{msg}");
+        assert!(matches!(err, ClientError::NoReply { .. }));
+    }
+
+    #[test]
+    fn closed_port_is_reported_as_unreachable() {
+        let addr = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let opts = ClientOptions {
+            deadline: Duration::from_millis(300),
+            ..ClientOptions::default()
+        };
+        let mut c = Client::connect(addr, opts).unwrap();
+        match c.ping() {
+            Err(ClientError::NoReply { refused: true, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn invalid_requests_are_not_sent() {
+        let mut c = Client::connect("127.0.0.1:9", quick()).unwrap();
+        assert!(matches!(
+            c.get(""),
+            Err(ClientError::InvalidRequest(RejectReason::EmptyKey))
+        ));
+        let big = vec![0u8; MAX_DATAGRAM_SIZE];
+        assert!(matches!(
+            c.set("k", &big),
+            Err(ClientError::InvalidRequest(RejectReason::Oversize))
+        ));
+        assert!(matches!(
+            c.get("a\0"),
+            Err(ClientError::InvalidRequest(RejectReason::KeyContainsNul))
+        ));
+    }
+
+    #[test]
+    fn server_lists_resolve() {
+        let list = resolve_servers("127.0.0.1:9000, 127.0.0.1:9001,127.0.0.1:9000").unwrap();
+        assert_eq!(list.len(), 2);
+        assert!(resolve_servers("").is_err());
+        assert!(resolve_servers("not an address").is_err());
+    }
+}

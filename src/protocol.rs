@@ -1,0 +1,1437 @@
+//! The UDP client wire format.
+//!
+//! Every client request and every server reply is one UDP datagram of at most
+//! [`MAX_DATAGRAM_SIZE`] bytes: a fixed 40-byte header followed by a body whose length
+//! the header states exactly. All integers are little-endian. This module is pure: it
+//! parses and encodes byte slices and owns no sockets. `docs/protocol.md` describes the
+//! same format for people writing a client in another language.
+//!
+//! # Request
+//!
+//! ```text
+//!  0       2   3   4       6       8                               16
+//!  +-------+---+---+-------+-------+-------------------------------+
+//!  | magic |ver|op |key_len| flags |           client_id           |
+//!  +-------+---+---+-------+-------+-------------------------------+
+//! 16                              24                               32
+//!  +-------------------------------+-------------------------------+
+//!  |          request_seq          |            cookie             |
+//!  +-------------------------------+-------------------------------+
+//! 32              36              40
+//!  +---------------+---------------+----------------+--------------+
+//!  |   value_len   |   reserved    | key (key_len)  | value (...)  |
+//!  +---------------+---------------+----------------+--------------+
+//! ```
+//!
+//! - `magic` is `0x4C4F` (the bytes `'O' 'L'` on the wire), `ver` is 1.
+//! - `op`: 1 GET, 2 SET, 3 DELETE, 4 PING, 5 STATS.
+//! - `flags` and `reserved` must be zero.
+//! - `40 + key_len + value_len` must equal the datagram length exactly.
+//! - The key is valid UTF-8 without NUL bytes. GET, SET and DELETE need a non-empty key;
+//!   only SET carries a value; PING and STATS carry neither.
+//!
+//! # Response
+//!
+//! ```text
+//!  0       2   3   4       6       8                               16
+//!  +-------+---+---+-------+-------+-------------------------------+
+//!  | magic |ver|op |status | flags |      client_id (echoed)       |
+//!  +-------+---+---+-------+-------+-------------------------------+
+//! 16                              24                               32
+//!  +-------------------------------+-------------------------------+
+//!  |     request_seq (echoed)      |  cookie (server's, or 0)      |
+//!  +-------------------------------+-------------------------------+
+//! 32              36              40
+//!  +---------------+---------------+-------------------------------+
+//!  |  payload_len  |   reserved    |      payload (payload_len)    |
+//!  +---------------+---------------+-------------------------------+
+//! ```
+//!
+//! `op`, `client_id` and `request_seq` echo the request (the op is 0 when the request's
+//! op byte was not a known op). The payload is the value for a GET hit, `key=value` text
+//! lines for STATS, the leader's client address (`"ip:port"`, possibly empty) for
+//! [`Status::NotLeader`], and an optional short ASCII message for other errors.
+//!
+//! # Anti-amplification cookies
+//!
+//! UDP source addresses can be forged, so the server must not let a forged request make
+//! it send more bytes to a victim than the attacker sent. The server derives a cookie per
+//! source address with [`cookie_for`] from a secret only it knows, and applies one rule:
+//!
+//! > A reply to a request whose `cookie` field is not the valid cookie for its source
+//! > address must not be larger than that request ([`reply_fits_unvalidated`]). If it
+//! > would be, the server instead replies [`Status::CookieRequired`] with the valid
+//! > cookie in the header and an empty payload. (An error reply whose payload is only
+//! > an optional message may instead be sent without the message.)
+//!
+//! That replacement reply is exactly [`RESPONSE_HEADER_SIZE`] bytes, which is never larger
+//! than a request the server could address a reply to (those are at least
+//! [`REQUEST_HEADER_SIZE`] bytes). A client stores the cookie per server address and
+//! resends the same request (same `request_seq`) with it; only someone who receives
+//! packets at the source address learns its cookie. Garbage that does not carry a valid
+//! magic and version ([`Unaddressable`]) gets no reply at all.
+//!
+//! # Exactly-once writes
+//!
+//! A client id has at most one outstanding request at a time. Each new request takes a
+//! higher `request_seq` than the previous one from the same client id; a retransmission
+//! of a request reuses its `request_seq` (and its key and value). The server applies a
+//! write at most once per `(client_id, request_seq)` and answers a retransmission of an
+//! already-applied write with the original outcome.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+/// Largest datagram, request or response, that either side sends or accepts.
+pub const MAX_DATAGRAM_SIZE: usize = 1024;
+/// First two bytes of every datagram (`'O' 'L'` on the wire, little-endian `0x4C4F`).
+pub const MAGIC: u16 = 0x4C4F;
+/// Wire format version carried in byte 2.
+pub const VERSION: u8 = 1;
+/// Size of the fixed request header that precedes the key and value.
+pub const REQUEST_HEADER_SIZE: usize = 40;
+/// Size of the fixed response header that precedes the payload.
+pub const RESPONSE_HEADER_SIZE: usize = 40;
+/// Longest key a request can carry (a key alone filling the datagram).
+pub const MAX_KEY_LEN: usize = MAX_DATAGRAM_SIZE - REQUEST_HEADER_SIZE;
+/// Longest value a SET can carry (with the shortest allowed key, one byte).
+pub const MAX_VALUE_LEN: usize = MAX_DATAGRAM_SIZE - REQUEST_HEADER_SIZE - 1;
+/// Longest response payload.
+pub const MAX_PAYLOAD_LEN: usize = MAX_DATAGRAM_SIZE - RESPONSE_HEADER_SIZE;
+/// Length of the server secret that [`cookie_for`] keys the cookie hash with.
+pub const COOKIE_SECRET_LEN: usize = 16;
+/// The `cookie` value meaning "no cookie".
+pub const NO_COOKIE: u64 = 0;
+
+/// Byte offsets of the header fields. Requests and responses share every offset; bytes
+/// 4..6 hold `key_len` in a request and `status` in a response, and bytes 32..36 hold
+/// `value_len` in a request and `payload_len` in a response.
+pub mod offset {
+    pub const MAGIC: usize = 0;
+    pub const VERSION: usize = 2;
+    pub const OP: usize = 3;
+    pub const KEY_LEN: usize = 4;
+    pub const STATUS: usize = 4;
+    pub const FLAGS: usize = 6;
+    pub const CLIENT_ID: usize = 8;
+    pub const REQUEST_SEQ: usize = 16;
+    pub const COOKIE: usize = 24;
+    pub const VALUE_LEN: usize = 32;
+    pub const PAYLOAD_LEN: usize = 32;
+    pub const RESERVED: usize = 36;
+    pub const BODY: usize = 40;
+}
+
+const _: () = assert!(offset::BODY == REQUEST_HEADER_SIZE);
+const _: () = assert!(offset::BODY == RESPONSE_HEADER_SIZE);
+const _: () = assert!(offset::RESERVED + 4 == REQUEST_HEADER_SIZE);
+const _: () = assert!(REQUEST_HEADER_SIZE < MAX_DATAGRAM_SIZE);
+// The CookieRequired reply must never exceed a request the server can address.
+const _: () = assert!(RESPONSE_HEADER_SIZE <= REQUEST_HEADER_SIZE);
+// Lengths must fit their header fields.
+const _: () = assert!(MAX_KEY_LEN <= u16::MAX as usize);
+const _: () = assert!(MAX_VALUE_LEN <= u32::MAX as usize);
+const _: () = assert!(MAX_PAYLOAD_LEN <= u32::MAX as usize);
+const _: () = assert!(MAX_VALUE_LEN + 1 + REQUEST_HEADER_SIZE == MAX_DATAGRAM_SIZE);
+const _: () = assert!(MAGIC.to_le_bytes()[0] == b'O' && MAGIC.to_le_bytes()[1] == b'L');
+
+/// A request operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Op {
+    /// Read a key; answered [`Status::Ok`] with the value or [`Status::NotFound`].
+    Get = 1,
+    /// Write a key's value.
+    Set = 2,
+    /// Remove a key; deleting an absent key succeeds.
+    Delete = 3,
+    /// Liveness check; answered [`Status::Ok`] with an empty payload.
+    Ping = 4,
+    /// Server counters as `key=value` text lines.
+    Stats = 5,
+}
+
+impl Op {
+    /// Every op, in wire order.
+    pub const ALL: [Op; 5] = [Op::Get, Op::Set, Op::Delete, Op::Ping, Op::Stats];
+
+    /// Decodes a wire op byte.
+    pub fn from_u8(v: u8) -> Option<Op> {
+        match v {
+            1 => Some(Op::Get),
+            2 => Some(Op::Set),
+            3 => Some(Op::Delete),
+            4 => Some(Op::Ping),
+            5 => Some(Op::Stats),
+            _ => None,
+        }
+    }
+
+    /// The wire op byte.
+    pub fn as_u8(self) -> u8 {
+        self as u8
+    }
+
+    /// Whether the op changes the store (and is therefore deduplicated by sequence).
+    pub fn is_write(self) -> bool {
+        matches!(self, Op::Set | Op::Delete)
+    }
+
+    /// Whether the op carries a key.
+    pub fn has_key(self) -> bool {
+        matches!(self, Op::Get | Op::Set | Op::Delete)
+    }
+
+    /// Upper-case name, as used in documentation and tool output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Get => "GET",
+            Op::Set => "SET",
+            Op::Delete => "DELETE",
+            Op::Ping => "PING",
+            Op::Stats => "STATS",
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A response status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u16)]
+pub enum Status {
+    /// Success. GET: the payload is the value. STATS: the payload is the text.
+    Ok = 200,
+    /// GET of a key that is not present.
+    NotFound = 201,
+    /// The request broke a rule of the wire format.
+    Malformed = 400,
+    /// The request lacked a valid cookie and the reply would have been larger than it.
+    /// The header's `cookie` field holds the cookie to resend with.
+    CookieRequired = 407,
+    /// The datagram was larger than [`MAX_DATAGRAM_SIZE`].
+    TooLarge = 413,
+    /// This server is not the leader. The payload is the leader's client address as
+    /// ASCII `"ip:port"`, or empty when the leader is unknown (e.g. during an election).
+    NotLeader = 421,
+    /// The server failed to execute the request.
+    Failed = 500,
+    /// The server is overloaded; retry later with the same sequence number.
+    Busy = 503,
+    /// The server's disk is full; writes fail, reads still work.
+    NoSpace = 507,
+}
+
+impl Status {
+    /// Every status, in numeric order.
+    pub const ALL: [Status; 9] = [
+        Status::Ok,
+        Status::NotFound,
+        Status::Malformed,
+        Status::CookieRequired,
+        Status::TooLarge,
+        Status::NotLeader,
+        Status::Failed,
+        Status::Busy,
+        Status::NoSpace,
+    ];
+
+    /// Decodes a wire status code.
+    pub fn from_u16(v: u16) -> Option<Status> {
+        match v {
+            200 => Some(Status::Ok),
+            201 => Some(Status::NotFound),
+            400 => Some(Status::Malformed),
+            407 => Some(Status::CookieRequired),
+            413 => Some(Status::TooLarge),
+            421 => Some(Status::NotLeader),
+            500 => Some(Status::Failed),
+            503 => Some(Status::Busy),
+            507 => Some(Status::NoSpace),
+            _ => None,
+        }
+    }
+
+    /// The wire status code.
+    pub fn as_u16(self) -> u16 {
+        self as u16
+    }
+
+    /// Whether the request was executed successfully (a GET miss counts as success).
+    pub fn is_success(self) -> bool {
+        matches!(self, Status::Ok | Status::NotFound)
+    }
+
+    /// Short name, as used in tool output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Ok => "Ok",
+            Status::NotFound => "NotFound",
+            Status::Malformed => "Malformed",
+            Status::CookieRequired => "CookieRequired",
+            Status::TooLarge => "TooLarge",
+            Status::NotLeader => "NotLeader",
+            Status::Failed => "Failed",
+            Status::Busy => "Busy",
+            Status::NoSpace => "NoSpace",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.as_u16(), self.name())
+    }
+}
+
+/// A parsed (or to-be-encoded) request. Borrows its key and value from the datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request<'a> {
+    pub op: Op,
+    pub client_id: u64,
+    pub request_seq: u64,
+    /// The cookie the client holds for this server, or [`NO_COOKIE`].
+    pub cookie: u64,
+    pub key: &'a str,
+    pub value: &'a [u8],
+}
+
+impl<'a> Request<'a> {
+    /// Size of the datagram this request encodes to.
+    pub fn encoded_len(&self) -> usize {
+        REQUEST_HEADER_SIZE + self.key.len() + self.value.len()
+    }
+
+    /// Checks the rules [`parse_request`] enforces on the body, so a client can refuse
+    /// to send what the server would reject.
+    pub fn validate(&self) -> Result<(), RejectReason> {
+        if self.encoded_len() > MAX_DATAGRAM_SIZE {
+            return Err(RejectReason::Oversize);
+        }
+        check_body(self.op, self.key.as_bytes(), self.value.len()).map(|_| ())
+    }
+
+    /// The fields a reply to this request is addressed with.
+    pub fn addressing(&self) -> Addressing {
+        Addressing {
+            op: Some(self.op),
+            client_id: self.client_id,
+            request_seq: self.request_seq,
+            cookie: self.cookie,
+        }
+    }
+}
+
+/// A parsed (or to-be-encoded) response. Borrows its payload from the datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Response<'a> {
+    /// The request's op, or `None` (wire 0) when the request's op byte was unknown.
+    pub op: Option<Op>,
+    pub status: Status,
+    pub client_id: u64,
+    pub request_seq: u64,
+    /// The server's cookie for the client's address, or [`NO_COOKIE`].
+    pub cookie: u64,
+    pub payload: &'a [u8],
+}
+
+impl<'a> Response<'a> {
+    /// A reply addressed to `to`.
+    pub fn reply(to: &Addressing, status: Status, cookie: u64, payload: &'a [u8]) -> Self {
+        Response {
+            op: to.op,
+            status,
+            client_id: to.client_id,
+            request_seq: to.request_seq,
+            cookie,
+            payload,
+        }
+    }
+
+    /// The [`Status::CookieRequired`] reply: header only, carrying `cookie`.
+    pub fn cookie_required(to: &Addressing, cookie: u64) -> Response<'static> {
+        Response {
+            op: to.op,
+            status: Status::CookieRequired,
+            client_id: to.client_id,
+            request_seq: to.request_seq,
+            cookie,
+            payload: &[],
+        }
+    }
+
+    /// Size of the datagram this response encodes to.
+    pub fn encoded_len(&self) -> usize {
+        RESPONSE_HEADER_SIZE + self.payload.len()
+    }
+}
+
+/// The header fields of a request that a reply is addressed with. Available even for
+/// requests that are rejected, as long as magic and version were right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addressing {
+    /// `None` when the op byte is not a known op (the reply then carries op 0).
+    pub op: Option<Op>,
+    pub client_id: u64,
+    pub request_seq: u64,
+    /// The cookie the request carried, for the server's validity check.
+    pub cookie: u64,
+}
+
+/// Why [`parse_request`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParseError {
+    /// Not a request of this protocol: drop it silently, send nothing.
+    Unaddressable(Unaddressable),
+    /// A request of this protocol that breaks a rule: reply with
+    /// [`Rejection::status`] to [`Rejection::to`] (subject to the cookie rule).
+    Rejected(Rejection),
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParseError::Unaddressable(u) => write!(f, "unaddressable datagram: {u}"),
+            ParseError::Rejected(r) => write!(f, "{}: {}", r.status(), r.reason.message()),
+        }
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// A datagram that cannot be answered because it is not recognisably ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unaddressable {
+    /// Shorter than a request header (this includes the empty datagram).
+    TooShort,
+    /// The first two bytes are not [`MAGIC`].
+    BadMagic,
+    /// The version byte is not [`VERSION`].
+    BadVersion,
+}
+
+impl fmt::Display for Unaddressable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Unaddressable::TooShort => "shorter than a header",
+            Unaddressable::BadMagic => "bad magic",
+            Unaddressable::BadVersion => "unsupported version",
+        })
+    }
+}
+
+/// A request rejected with enough header to address the reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejection {
+    /// Whom to reply to.
+    pub to: Addressing,
+    /// Which rule the request broke.
+    pub reason: RejectReason,
+}
+
+impl Rejection {
+    /// The status to reply with.
+    pub fn status(&self) -> Status {
+        self.reason.status()
+    }
+
+    /// The error reply, with the reason's message as payload. The caller must still
+    /// apply the cookie rule ([`reply_fits_unvalidated`]) before sending it.
+    pub fn response(&self, cookie: u64) -> Response<'static> {
+        Response::reply(
+            &self.to,
+            self.status(),
+            cookie,
+            self.reason.message().as_bytes(),
+        )
+    }
+}
+
+/// Which rule a rejected request broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// The datagram is larger than [`MAX_DATAGRAM_SIZE`] (status [`Status::TooLarge`]).
+    Oversize,
+    /// The op byte is not a known op.
+    UnknownOp,
+    /// The flags field is not zero.
+    NonZeroFlags,
+    /// The reserved field is not zero.
+    NonZeroReserved,
+    /// `40 + key_len + value_len` is not the datagram length.
+    LengthMismatch,
+    /// GET, SET or DELETE with an empty key.
+    EmptyKey,
+    /// PING or STATS with a key.
+    UnexpectedKey,
+    /// An op other than SET with a value.
+    UnexpectedValue,
+    /// The key contains a NUL byte.
+    KeyContainsNul,
+    /// The key is not valid UTF-8.
+    KeyNotUtf8,
+}
+
+impl RejectReason {
+    /// The status a request rejected for this reason is answered with.
+    pub fn status(self) -> Status {
+        match self {
+            RejectReason::Oversize => Status::TooLarge,
+            _ => Status::Malformed,
+        }
+    }
+
+    /// A short ASCII explanation, sent as the error reply's payload.
+    pub fn message(self) -> &'static str {
+        match self {
+            RejectReason::Oversize => "datagram larger than 1024 bytes",
+            RejectReason::UnknownOp => "unknown op",
+            RejectReason::NonZeroFlags => "flags must be zero",
+            RejectReason::NonZeroReserved => "reserved must be zero",
+            RejectReason::LengthMismatch => "key_len + value_len do not match the datagram",
+            RejectReason::EmptyKey => "key must not be empty",
+            RejectReason::UnexpectedKey => "op takes no key",
+            RejectReason::UnexpectedValue => "op takes no value",
+            RejectReason::KeyContainsNul => "key contains a NUL byte",
+            RejectReason::KeyNotUtf8 => "key is not valid UTF-8",
+        }
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+/// Why [`parse_response`] failed. A client ignores such datagrams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseError {
+    TooShort,
+    BadMagic,
+    BadVersion,
+    Oversize,
+    /// `40 + payload_len` is not the datagram length.
+    LengthMismatch,
+    NonZeroFlags,
+    NonZeroReserved,
+    UnknownOp(u8),
+    UnknownStatus(u16),
+}
+
+impl fmt::Display for ResponseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResponseError::TooShort => f.write_str("response shorter than a header"),
+            ResponseError::BadMagic => f.write_str("response has bad magic"),
+            ResponseError::BadVersion => f.write_str("response has unsupported version"),
+            ResponseError::Oversize => f.write_str("response larger than 1024 bytes"),
+            ResponseError::LengthMismatch => f.write_str("response payload_len mismatch"),
+            ResponseError::NonZeroFlags => f.write_str("response flags not zero"),
+            ResponseError::NonZeroReserved => f.write_str("response reserved not zero"),
+            ResponseError::UnknownOp(op) => write!(f, "response has unknown op {op}"),
+            ResponseError::UnknownStatus(s) => write!(f, "response has unknown status {s}"),
+        }
+    }
+}
+
+impl std::error::Error for ResponseError {}
+
+#[inline]
+fn get_u16(buf: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([buf[at], buf[at + 1]])
+}
+
+#[inline]
+fn get_u32(buf: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"))
+}
+
+#[inline]
+fn get_u64(buf: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(buf[at..at + 8].try_into().expect("8 bytes"))
+}
+
+#[inline]
+fn put(buf: &mut [u8], at: usize, bytes: &[u8]) {
+    buf[at..at + bytes.len()].copy_from_slice(bytes);
+}
+
+/// Checks the op-specific shape and the key rules; returns the key as `&str`.
+fn check_body(op: Op, key: &[u8], value_len: usize) -> Result<&str, RejectReason> {
+    match op {
+        Op::Get | Op::Delete | Op::Set => {
+            if key.is_empty() {
+                return Err(RejectReason::EmptyKey);
+            }
+            if op != Op::Set && value_len != 0 {
+                return Err(RejectReason::UnexpectedValue);
+            }
+        }
+        Op::Ping | Op::Stats => {
+            if !key.is_empty() {
+                return Err(RejectReason::UnexpectedKey);
+            }
+            if value_len != 0 {
+                return Err(RejectReason::UnexpectedValue);
+            }
+        }
+    }
+    if key.contains(&0) {
+        return Err(RejectReason::KeyContainsNul);
+    }
+    std::str::from_utf8(key).map_err(|_| RejectReason::KeyNotUtf8)
+}
+
+/// Parses one request datagram.
+///
+/// Pass the whole datagram. A server should receive into a buffer of at least
+/// `MAX_DATAGRAM_SIZE + 1` bytes: an oversize datagram truncated to that buffer is still
+/// longer than [`MAX_DATAGRAM_SIZE`] and is rejected with [`Status::TooLarge`].
+pub fn parse_request(buf: &[u8]) -> Result<Request<'_>, ParseError> {
+    if buf.len() < REQUEST_HEADER_SIZE {
+        return Err(ParseError::Unaddressable(Unaddressable::TooShort));
+    }
+    if get_u16(buf, offset::MAGIC) != MAGIC {
+        return Err(ParseError::Unaddressable(Unaddressable::BadMagic));
+    }
+    if buf[offset::VERSION] != VERSION {
+        return Err(ParseError::Unaddressable(Unaddressable::BadVersion));
+    }
+    let op = Op::from_u8(buf[offset::OP]);
+    let to = Addressing {
+        op,
+        client_id: get_u64(buf, offset::CLIENT_ID),
+        request_seq: get_u64(buf, offset::REQUEST_SEQ),
+        cookie: get_u64(buf, offset::COOKIE),
+    };
+    let reject = |reason| ParseError::Rejected(Rejection { to, reason });
+    if buf.len() > MAX_DATAGRAM_SIZE {
+        return Err(reject(RejectReason::Oversize));
+    }
+    let Some(op) = op else {
+        return Err(reject(RejectReason::UnknownOp));
+    };
+    if get_u16(buf, offset::FLAGS) != 0 {
+        return Err(reject(RejectReason::NonZeroFlags));
+    }
+    if get_u32(buf, offset::RESERVED) != 0 {
+        return Err(reject(RejectReason::NonZeroReserved));
+    }
+    let key_len = usize::from(get_u16(buf, offset::KEY_LEN));
+    let value_len = get_u32(buf, offset::VALUE_LEN) as usize;
+    // No overflow: key_len < 2^16 and value_len < 2^32 fit a 64-bit usize comfortably.
+    if REQUEST_HEADER_SIZE as u64 + key_len as u64 + value_len as u64 != buf.len() as u64 {
+        return Err(reject(RejectReason::LengthMismatch));
+    }
+    let key_end = REQUEST_HEADER_SIZE + key_len;
+    let key = check_body(op, &buf[REQUEST_HEADER_SIZE..key_end], value_len).map_err(reject)?;
+    Ok(Request {
+        op,
+        client_id: to.client_id,
+        request_seq: to.request_seq,
+        cookie: to.cookie,
+        key,
+        value: &buf[key_end..],
+    })
+}
+
+/// Encodes `req` into the front of `buf` and returns the datagram length.
+///
+/// The request is encoded as given, even if it breaks a rule (use
+/// [`Request::validate`] first to avoid that).
+///
+/// # Panics
+///
+/// If `buf` is shorter than [`Request::encoded_len`], or the key is longer than
+/// `u16::MAX` bytes, or the value longer than `u32::MAX` bytes.
+pub fn encode_request_into(req: &Request<'_>, buf: &mut [u8]) -> usize {
+    let key_len = u16::try_from(req.key.len()).expect("key longer than u16::MAX");
+    let value_len = u32::try_from(req.value.len()).expect("value longer than u32::MAX");
+    let len = req.encoded_len();
+    assert!(
+        buf.len() >= len,
+        "buffer of {} bytes cannot hold a {len}-byte request",
+        buf.len()
+    );
+    put(buf, offset::MAGIC, &MAGIC.to_le_bytes());
+    buf[offset::VERSION] = VERSION;
+    buf[offset::OP] = req.op.as_u8();
+    put(buf, offset::KEY_LEN, &key_len.to_le_bytes());
+    put(buf, offset::FLAGS, &0u16.to_le_bytes());
+    put(buf, offset::CLIENT_ID, &req.client_id.to_le_bytes());
+    put(buf, offset::REQUEST_SEQ, &req.request_seq.to_le_bytes());
+    put(buf, offset::COOKIE, &req.cookie.to_le_bytes());
+    put(buf, offset::VALUE_LEN, &value_len.to_le_bytes());
+    put(buf, offset::RESERVED, &0u32.to_le_bytes());
+    let key_end = REQUEST_HEADER_SIZE + req.key.len();
+    put(buf, REQUEST_HEADER_SIZE, req.key.as_bytes());
+    put(buf, key_end, req.value);
+    len
+}
+
+/// Appends the encoding of `req` to `out`. See [`encode_request_into`].
+pub fn encode_request(req: &Request<'_>, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.resize(start + req.encoded_len(), 0);
+    encode_request_into(req, &mut out[start..]);
+}
+
+/// Parses one response datagram.
+pub fn parse_response(buf: &[u8]) -> Result<Response<'_>, ResponseError> {
+    if buf.len() < RESPONSE_HEADER_SIZE {
+        return Err(ResponseError::TooShort);
+    }
+    if get_u16(buf, offset::MAGIC) != MAGIC {
+        return Err(ResponseError::BadMagic);
+    }
+    if buf[offset::VERSION] != VERSION {
+        return Err(ResponseError::BadVersion);
+    }
+    if buf.len() > MAX_DATAGRAM_SIZE {
+        return Err(ResponseError::Oversize);
+    }
+    let op = match buf[offset::OP] {
+        0 => None,
+        b => Some(Op::from_u8(b).ok_or(ResponseError::UnknownOp(b))?),
+    };
+    let code = get_u16(buf, offset::STATUS);
+    let status = Status::from_u16(code).ok_or(ResponseError::UnknownStatus(code))?;
+    if get_u16(buf, offset::FLAGS) != 0 {
+        return Err(ResponseError::NonZeroFlags);
+    }
+    if get_u32(buf, offset::RESERVED) != 0 {
+        return Err(ResponseError::NonZeroReserved);
+    }
+    let payload_len = get_u32(buf, offset::PAYLOAD_LEN) as u64;
+    if RESPONSE_HEADER_SIZE as u64 + payload_len != buf.len() as u64 {
+        return Err(ResponseError::LengthMismatch);
+    }
+    Ok(Response {
+        op,
+        status,
+        client_id: get_u64(buf, offset::CLIENT_ID),
+        request_seq: get_u64(buf, offset::REQUEST_SEQ),
+        cookie: get_u64(buf, offset::COOKIE),
+        payload: &buf[RESPONSE_HEADER_SIZE..],
+    })
+}
+
+/// Encodes `resp` into the front of `buf` and returns the datagram length.
+///
+/// # Panics
+///
+/// If `buf` is shorter than [`Response::encoded_len`] or the payload is longer than
+/// `u32::MAX` bytes.
+pub fn encode_response_into(resp: &Response<'_>, buf: &mut [u8]) -> usize {
+    let payload_len = u32::try_from(resp.payload.len()).expect("payload longer than u32::MAX");
+    let len = resp.encoded_len();
+    assert!(
+        buf.len() >= len,
+        "buffer of {} bytes cannot hold a {len}-byte response",
+        buf.len()
+    );
+    put(buf, offset::MAGIC, &MAGIC.to_le_bytes());
+    buf[offset::VERSION] = VERSION;
+    buf[offset::OP] = resp.op.map_or(0, Op::as_u8);
+    put(buf, offset::STATUS, &resp.status.as_u16().to_le_bytes());
+    put(buf, offset::FLAGS, &0u16.to_le_bytes());
+    put(buf, offset::CLIENT_ID, &resp.client_id.to_le_bytes());
+    put(buf, offset::REQUEST_SEQ, &resp.request_seq.to_le_bytes());
+    put(buf, offset::COOKIE, &resp.cookie.to_le_bytes());
+    put(buf, offset::PAYLOAD_LEN, &payload_len.to_le_bytes());
+    put(buf, offset::RESERVED, &0u32.to_le_bytes());
+    put(buf, RESPONSE_HEADER_SIZE, resp.payload);
+    len
+}
+
+/// Appends the encoding of `resp` to `out`. See [`encode_response_into`].
+pub fn encode_response(resp: &Response<'_>, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.resize(start + resp.encoded_len(), 0);
+    encode_response_into(resp, &mut out[start..]);
+}
+
+/// The anti-amplification cookie for a source address under the server's `secret`.
+///
+/// A keyed xxh3 hash of the address family, IP and port; never [`NO_COOKIE`]. The
+/// server keeps `secret` random and private (and may rotate it; clients then receive
+/// [`Status::CookieRequired`] again and pick up the new cookie).
+pub fn cookie_for(secret: &[u8; COOKIE_SECRET_LEN], addr: &SocketAddr) -> u64 {
+    // 8 secret bytes + family tag + up to 16 address bytes + 2 port bytes.
+    let mut data = [0u8; 8 + 1 + 16 + 2];
+    let seed = u64::from_le_bytes(secret[..8].try_into().expect("8 bytes"));
+    data[..8].copy_from_slice(&secret[8..]);
+    let ip_end = match addr.ip() {
+        IpAddr::V4(ip) => {
+            data[8] = 4;
+            data[9..13].copy_from_slice(&ip.octets());
+            13
+        }
+        IpAddr::V6(ip) => {
+            data[8] = 6;
+            data[9..25].copy_from_slice(&ip.octets());
+            25
+        }
+    };
+    data[ip_end..ip_end + 2].copy_from_slice(&addr.port().to_le_bytes());
+    let hash = xxhash_rust::xxh3::xxh3_64_with_seed(&data[..ip_end + 2], seed);
+    if hash == NO_COOKIE { 1 } else { hash }
+}
+
+/// Whether a reply of `response_len` bytes may be sent to a source whose request of
+/// `request_len` bytes did not carry its valid cookie: only if it is no larger.
+///
+/// When this is false the server sends [`Response::cookie_required`] instead, which is
+/// [`RESPONSE_HEADER_SIZE`] bytes and therefore always fits.
+pub fn reply_fits_unvalidated(request_len: usize, response_len: usize) -> bool {
+    response_len <= request_len
+}
+
+/// Decodes a [`Status::NotLeader`] payload: the leader's client address as ASCII
+/// `"ip:port"` (`"[v6]:port"` for IPv6). `None` when empty or unparsable.
+pub fn parse_leader_hint(payload: &[u8]) -> Option<SocketAddr> {
+    std::str::from_utf8(payload).ok()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_set() -> Request<'static> {
+        Request {
+            op: Op::Set,
+            client_id: 0x0102_0304_0506_0708,
+            request_seq: 0x1112_1314_1516_1718,
+            cookie: 0x2122_2324_2526_2728,
+            key: "user:42",
+            value: b"hello world",
+        }
+    }
+
+    fn encoded(req: &Request<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_request(req, &mut out);
+        out
+    }
+
+    fn rejected(buf: &[u8]) -> Rejection {
+        match parse_request(buf) {
+            Err(ParseError::Rejected(r)) => r,
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    fn unaddressable(buf: &[u8]) -> Unaddressable {
+        match parse_request(buf) {
+            Err(ParseError::Unaddressable(u)) => u,
+            other => panic!("expected unaddressable, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn request_layout_is_as_documented() {
+        let buf = encoded(&sample_set());
+        assert_eq!(buf.len(), 40 + 7 + 11);
+        assert_eq!(&buf[0..2], b"OL");
+        assert_eq!(buf[2], 1);
+        assert_eq!(buf[3], 2);
+        assert_eq!(&buf[4..6], &7u16.to_le_bytes());
+        assert_eq!(&buf[6..8], &[0, 0]);
+        assert_eq!(&buf[8..16], &[8, 7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(&buf[16..24], &0x1112_1314_1516_1718u64.to_le_bytes());
+        assert_eq!(&buf[24..32], &0x2122_2324_2526_2728u64.to_le_bytes());
+        assert_eq!(&buf[32..36], &11u32.to_le_bytes());
+        assert_eq!(&buf[36..40], &[0, 0, 0, 0]);
+        assert_eq!(&buf[40..47], b"user:42");
+        assert_eq!(&buf[47..], b"hello world");
+    }
+
+    /// The worked example in `docs/protocol.md`.
+    #[test]
+    fn documented_set_example() {
+        let hex = "4f4c0102050000008877665544332211010000000000000001020304050607080500000000000000\
+                   68656c6c6f776f726c64";
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let req = Request {
+            op: Op::Set,
+            client_id: 0x1122_3344_5566_7788,
+            request_seq: 1,
+            cookie: 0x0807_0605_0403_0201,
+            key: "hello",
+            value: b"world",
+        };
+        assert_eq!(bytes.len(), 50);
+        assert_eq!(parse_request(&bytes), Ok(req));
+        assert_eq!(encoded(&req), bytes);
+        let mut reply = Vec::new();
+        encode_response(
+            &Response::cookie_required(&req.addressing(), req.cookie),
+            &mut reply,
+        );
+        assert_eq!(&reply[4..6], &[0x97, 0x01]);
+    }
+
+    #[test]
+    fn request_round_trips_every_op() {
+        let cases = [
+            Request {
+                op: Op::Get,
+                value: b"",
+                ..sample_set()
+            },
+            sample_set(),
+            Request {
+                op: Op::Set,
+                key: "k",
+                value: b"",
+                ..sample_set()
+            },
+            Request {
+                op: Op::Delete,
+                value: b"",
+                ..sample_set()
+            },
+            Request {
+                op: Op::Ping,
+                key: "",
+                value: b"",
+                ..sample_set()
+            },
+            Request {
+                op: Op::Stats,
+                key: "",
+                value: b"",
+                cookie: 0,
+                ..sample_set()
+            },
+            Request {
+                client_id: u64::MAX,
+                request_seq: 0,
+                ..sample_set()
+            },
+            Request {
+                key: "ключ-日本",
+                ..sample_set()
+            },
+        ];
+        for req in cases {
+            assert_eq!(req.validate(), Ok(()), "{req:?}");
+            let buf = encoded(&req);
+            assert_eq!(buf.len(), req.encoded_len());
+            assert_eq!(parse_request(&buf), Ok(req));
+            let mut fixed = [0u8; MAX_DATAGRAM_SIZE];
+            let n = encode_request_into(&req, &mut fixed);
+            assert_eq!(&fixed[..n], &buf[..]);
+        }
+    }
+
+    #[test]
+    fn largest_requests_are_accepted() {
+        let value = vec![7u8; MAX_VALUE_LEN];
+        let req = Request {
+            key: "k",
+            value: &value,
+            ..sample_set()
+        };
+        let buf = encoded(&req);
+        assert_eq!(buf.len(), MAX_DATAGRAM_SIZE);
+        assert_eq!(parse_request(&buf), Ok(req));
+
+        let key = "x".repeat(MAX_KEY_LEN);
+        let req = Request {
+            op: Op::Get,
+            key: &key,
+            value: b"",
+            ..sample_set()
+        };
+        let buf = encoded(&req);
+        assert_eq!(buf.len(), MAX_DATAGRAM_SIZE);
+        assert_eq!(parse_request(&buf), Ok(req));
+    }
+
+    #[test]
+    fn append_encoding_keeps_existing_bytes() {
+        let mut out = vec![9, 9];
+        encode_request(&sample_set(), &mut out);
+        assert_eq!(&out[..2], &[9, 9]);
+        assert_eq!(parse_request(&out[2..]), Ok(sample_set()));
+    }
+
+    #[test]
+    fn short_and_foreign_datagrams_are_unaddressable() {
+        let good = encoded(&sample_set());
+        assert_eq!(unaddressable(&[]), Unaddressable::TooShort);
+        assert_eq!(
+            unaddressable(&good[..REQUEST_HEADER_SIZE - 1]),
+            Unaddressable::TooShort
+        );
+        assert_eq!(unaddressable(&good[..1]), Unaddressable::TooShort);
+
+        let mut bad = good.clone();
+        bad[0] = b'X';
+        assert_eq!(unaddressable(&bad), Unaddressable::BadMagic);
+        let mut bad = good.clone();
+        bad[0..2].copy_from_slice(b"LO");
+        assert_eq!(unaddressable(&bad), Unaddressable::BadMagic);
+
+        for version in [0u8, 2, 255] {
+            let mut bad = good.clone();
+            bad[2] = version;
+            assert_eq!(unaddressable(&bad), Unaddressable::BadVersion);
+        }
+    }
+
+    #[test]
+    fn rejections_carry_the_addressing() {
+        let mut bad = encoded(&sample_set());
+        bad[offset::FLAGS] = 1;
+        let r = rejected(&bad);
+        assert_eq!(r.reason, RejectReason::NonZeroFlags);
+        assert_eq!(r.status(), Status::Malformed);
+        assert_eq!(r.to, sample_set().addressing());
+        let resp = r.response(77);
+        assert_eq!(resp.status, Status::Malformed);
+        assert_eq!(resp.client_id, sample_set().client_id);
+        assert_eq!(resp.request_seq, sample_set().request_seq);
+        assert_eq!(resp.op, Some(Op::Set));
+        assert_eq!(resp.cookie, 77);
+        assert_eq!(resp.payload, b"flags must be zero");
+    }
+
+    #[test]
+    fn unknown_ops_are_malformed_and_echo_op_zero() {
+        for op in [0u8, 6, 200, 255] {
+            let mut bad = encoded(&sample_set());
+            bad[offset::OP] = op;
+            let r = rejected(&bad);
+            assert_eq!(r.reason, RejectReason::UnknownOp);
+            assert_eq!(r.to.op, None);
+            assert_eq!(r.to.client_id, sample_set().client_id);
+            let mut out = Vec::new();
+            encode_response(&r.response(0), &mut out);
+            assert_eq!(out[offset::OP], 0);
+        }
+    }
+
+    #[test]
+    fn nonzero_flags_and_reserved_are_malformed() {
+        for at in [offset::FLAGS, offset::FLAGS + 1] {
+            let mut bad = encoded(&sample_set());
+            bad[at] = 0x80;
+            assert_eq!(rejected(&bad).reason, RejectReason::NonZeroFlags);
+        }
+        for at in offset::RESERVED..offset::RESERVED + 4 {
+            let mut bad = encoded(&sample_set());
+            bad[at] = 1;
+            assert_eq!(rejected(&bad).reason, RejectReason::NonZeroReserved);
+        }
+    }
+
+    #[test]
+    fn length_lies_are_malformed() {
+        let good = encoded(&sample_set());
+        let set_key_len = |buf: &mut Vec<u8>, v: u16| {
+            buf[offset::KEY_LEN..offset::KEY_LEN + 2].copy_from_slice(&v.to_le_bytes())
+        };
+        let set_value_len = |buf: &mut Vec<u8>, v: u32| {
+            buf[offset::VALUE_LEN..offset::VALUE_LEN + 4].copy_from_slice(&v.to_le_bytes())
+        };
+        for key_len in [0u16, 6, 8, 100, u16::MAX] {
+            let mut bad = good.clone();
+            set_key_len(&mut bad, key_len);
+            let reason = rejected(&bad).reason;
+            assert_eq!(reason, RejectReason::LengthMismatch, "key_len {key_len}");
+        }
+        for value_len in [0u32, 10, 12, 1000, u32::MAX] {
+            let mut bad = good.clone();
+            set_value_len(&mut bad, value_len);
+            let reason = rejected(&bad).reason;
+            assert_eq!(
+                reason,
+                RejectReason::LengthMismatch,
+                "value_len {value_len}"
+            );
+        }
+        // Lengths that shift bytes between key and value but keep the sum are legal for
+        // SET (the key changes), so lie in a way that stays inconsistent.
+        let mut bad = good.clone();
+        set_key_len(&mut bad, 8);
+        set_value_len(&mut bad, 11);
+        assert_eq!(rejected(&bad).reason, RejectReason::LengthMismatch);
+        // Trailing garbage and truncated bodies.
+        let mut long = good.clone();
+        long.push(0);
+        assert_eq!(rejected(&long).reason, RejectReason::LengthMismatch);
+        assert_eq!(
+            rejected(&good[..good.len() - 1]).reason,
+            RejectReason::LengthMismatch
+        );
+        assert_eq!(
+            rejected(&good[..REQUEST_HEADER_SIZE]).reason,
+            RejectReason::LengthMismatch
+        );
+    }
+
+    #[test]
+    fn oversize_datagrams_are_too_large() {
+        let value = vec![1u8; MAX_VALUE_LEN + 1];
+        let req = Request {
+            key: "k",
+            value: &value,
+            ..sample_set()
+        };
+        assert_eq!(req.validate(), Err(RejectReason::Oversize));
+        let buf = encoded(&req);
+        assert_eq!(buf.len(), MAX_DATAGRAM_SIZE + 1);
+        let r = rejected(&buf);
+        assert_eq!(r.reason, RejectReason::Oversize);
+        assert_eq!(r.status(), Status::TooLarge);
+        assert_eq!(r.to, req.addressing());
+        // Oversize wins even when the lengths also lie (a truncated receive).
+        let mut garbage = encoded(&sample_set());
+        garbage.resize(4000, 0xAB);
+        assert_eq!(rejected(&garbage).reason, RejectReason::Oversize);
+    }
+
+    #[test]
+    fn body_shape_rules() {
+        let check = |req: Request<'_>, want: RejectReason| {
+            assert_eq!(req.validate(), Err(want), "{req:?}");
+            assert_eq!(rejected(&encoded(&req)).reason, want, "{req:?}");
+        };
+        let base = sample_set();
+        check(Request { key: "", ..base }, RejectReason::EmptyKey);
+        check(
+            Request {
+                op: Op::Get,
+                key: "",
+                value: b"",
+                ..base
+            },
+            RejectReason::EmptyKey,
+        );
+        check(
+            Request {
+                op: Op::Delete,
+                key: "",
+                value: b"",
+                ..base
+            },
+            RejectReason::EmptyKey,
+        );
+        check(
+            Request {
+                op: Op::Get,
+                ..base
+            },
+            RejectReason::UnexpectedValue,
+        );
+        check(
+            Request {
+                op: Op::Delete,
+                ..base
+            },
+            RejectReason::UnexpectedValue,
+        );
+        check(
+            Request {
+                op: Op::Ping,
+                value: b"",
+                ..base
+            },
+            RejectReason::UnexpectedKey,
+        );
+        check(
+            Request {
+                op: Op::Stats,
+                value: b"",
+                ..base
+            },
+            RejectReason::UnexpectedKey,
+        );
+        check(
+            Request {
+                op: Op::Ping,
+                key: "",
+                ..base
+            },
+            RejectReason::UnexpectedValue,
+        );
+        check(
+            Request {
+                op: Op::Stats,
+                key: "",
+                ..base
+            },
+            RejectReason::UnexpectedValue,
+        );
+        check(
+            Request {
+                key: "a\0b",
+                ..base
+            },
+            RejectReason::KeyContainsNul,
+        );
+        check(
+            Request {
+                key: "\0",
+                op: Op::Get,
+                value: b"",
+                ..base
+            },
+            RejectReason::KeyContainsNul,
+        );
+    }
+
+    #[test]
+    fn non_utf8_keys_are_malformed() {
+        for key in [
+            &[0xFFu8][..],
+            &[b'a', 0xC3],
+            &[0xED, 0xA0, 0x80],
+            &[0xC0, 0xAF],
+        ] {
+            let mut buf = encoded(&Request {
+                key: "",
+                op: Op::Ping,
+                value: b"",
+                ..sample_set()
+            });
+            buf[offset::OP] = Op::Get.as_u8();
+            buf[offset::KEY_LEN..offset::KEY_LEN + 2]
+                .copy_from_slice(&(key.len() as u16).to_le_bytes());
+            buf.extend_from_slice(key);
+            assert_eq!(rejected(&buf).reason, RejectReason::KeyNotUtf8, "{key:?}");
+        }
+    }
+
+    #[test]
+    fn every_rejection_has_an_ascii_message_that_fits() {
+        let reasons = [
+            RejectReason::Oversize,
+            RejectReason::UnknownOp,
+            RejectReason::NonZeroFlags,
+            RejectReason::NonZeroReserved,
+            RejectReason::LengthMismatch,
+            RejectReason::EmptyKey,
+            RejectReason::UnexpectedKey,
+            RejectReason::UnexpectedValue,
+            RejectReason::KeyContainsNul,
+            RejectReason::KeyNotUtf8,
+        ];
+        for r in reasons {
+            assert!(r.message().is_ascii() && !r.message().is_empty());
+            assert!(r.message().len() <= MAX_PAYLOAD_LEN);
+        }
+    }
+
+    #[test]
+    fn response_round_trips() {
+        let big = vec![0x5Au8; MAX_PAYLOAD_LEN];
+        let mut cases = vec![
+            Response {
+                op: Some(Op::Get),
+                status: Status::Ok,
+                client_id: 0xDEAD_BEEF,
+                request_seq: 9,
+                cookie: 0x1234,
+                payload: b"value",
+            },
+            Response {
+                op: None,
+                status: Status::Malformed,
+                client_id: 0,
+                request_seq: 0,
+                cookie: 0,
+                payload: b"unknown op",
+            },
+            Response {
+                op: Some(Op::Set),
+                status: Status::NotLeader,
+                client_id: u64::MAX,
+                request_seq: u64::MAX,
+                cookie: u64::MAX,
+                payload: b"10.0.0.2:9000",
+            },
+            Response {
+                op: Some(Op::Stats),
+                status: Status::Ok,
+                client_id: 1,
+                request_seq: 2,
+                cookie: 3,
+                payload: &big,
+            },
+        ];
+        for status in Status::ALL {
+            for op in Op::ALL {
+                cases.push(Response {
+                    op: Some(op),
+                    status,
+                    client_id: 5,
+                    request_seq: 6,
+                    cookie: 7,
+                    payload: b"",
+                });
+            }
+        }
+        for resp in cases {
+            let mut out = Vec::new();
+            encode_response(&resp, &mut out);
+            assert_eq!(out.len(), resp.encoded_len());
+            assert_eq!(parse_response(&out), Ok(resp));
+            let mut fixed = [0u8; MAX_DATAGRAM_SIZE];
+            let n = encode_response_into(&resp, &mut fixed);
+            assert_eq!(&fixed[..n], &out[..]);
+        }
+    }
+
+    #[test]
+    fn response_layout_is_as_documented() {
+        let resp = Response {
+            op: Some(Op::Get),
+            status: Status::NotFound,
+            client_id: 0x0102_0304_0506_0708,
+            request_seq: 3,
+            cookie: 4,
+            payload: b"",
+        };
+        let mut out = Vec::new();
+        encode_response(&resp, &mut out);
+        assert_eq!(out.len(), 40);
+        assert_eq!(&out[0..4], &[b'O', b'L', 1, 1]);
+        assert_eq!(&out[4..6], &201u16.to_le_bytes());
+        assert_eq!(&out[6..8], &[0, 0]);
+        assert_eq!(&out[8..16], &[8, 7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(&out[16..24], &3u64.to_le_bytes());
+        assert_eq!(&out[24..32], &4u64.to_le_bytes());
+        assert_eq!(&out[32..40], &[0; 8]);
+    }
+
+    #[test]
+    fn response_rejections() {
+        let resp = Response {
+            op: Some(Op::Get),
+            status: Status::Ok,
+            client_id: 1,
+            request_seq: 2,
+            cookie: 3,
+            payload: b"abc",
+        };
+        let mut good = Vec::new();
+        encode_response(&resp, &mut good);
+        let mutate = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut b = good.clone();
+            f(&mut b);
+            parse_response(&b).map(|_| ())
+        };
+        assert_eq!(
+            parse_response(&good[..39]).map(|_| ()),
+            Err(ResponseError::TooShort)
+        );
+        assert_eq!(mutate(&|b| b[1] = 0), Err(ResponseError::BadMagic));
+        assert_eq!(mutate(&|b| b[2] = 2), Err(ResponseError::BadVersion));
+        assert_eq!(mutate(&|b| b[3] = 9), Err(ResponseError::UnknownOp(9)));
+        assert_eq!(mutate(&|b| b[4] = 0), Err(ResponseError::UnknownStatus(0)));
+        assert_eq!(mutate(&|b| b[7] = 1), Err(ResponseError::NonZeroFlags));
+        assert_eq!(mutate(&|b| b[39] = 1), Err(ResponseError::NonZeroReserved));
+        assert_eq!(mutate(&|b| b[32] = 4), Err(ResponseError::LengthMismatch));
+        assert_eq!(mutate(&|b| b[32] = 2), Err(ResponseError::LengthMismatch));
+        assert_eq!(mutate(&|b| b.push(0)), Err(ResponseError::LengthMismatch));
+        assert_eq!(mutate(&|b| b.resize(1100, 0)), Err(ResponseError::Oversize));
+    }
+
+    #[test]
+    fn status_codes_round_trip() {
+        let expected = [200u16, 201, 400, 407, 413, 421, 500, 503, 507];
+        for (status, code) in Status::ALL.into_iter().zip(expected) {
+            assert_eq!(status.as_u16(), code);
+            assert_eq!(Status::from_u16(code), Some(status));
+        }
+        let known = (0..=u16::MAX)
+            .filter(|&c| Status::from_u16(c).is_some())
+            .count();
+        assert_eq!(known, Status::ALL.len());
+        assert!(Status::Ok.is_success() && Status::NotFound.is_success());
+        assert!(!Status::Busy.is_success());
+        assert_eq!(Status::NotLeader.to_string(), "421 NotLeader");
+    }
+
+    #[test]
+    fn op_codes_round_trip() {
+        for (i, op) in Op::ALL.into_iter().enumerate() {
+            assert_eq!(op.as_u8() as usize, i + 1);
+            assert_eq!(Op::from_u8(op.as_u8()), Some(op));
+        }
+        assert_eq!(Op::from_u8(0), None);
+        assert_eq!(Op::from_u8(6), None);
+        assert!(Op::Set.is_write() && Op::Delete.is_write() && !Op::Get.is_write());
+    }
+
+    #[test]
+    fn cookies_depend_on_secret_and_address_and_are_never_zero() {
+        let a: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:5001".parse().unwrap();
+        let c: SocketAddr = "127.0.0.2:5000".parse().unwrap();
+        let d: SocketAddr = "[::1]:5000".parse().unwrap();
+        let s1 = [1u8; 16];
+        let mut s2 = [1u8; 16];
+        s2[15] = 2;
+        let ca = cookie_for(&s1, &a);
+        assert_eq!(ca, cookie_for(&s1, &a));
+        assert_ne!(ca, cookie_for(&s1, &b));
+        assert_ne!(ca, cookie_for(&s1, &c));
+        assert_ne!(ca, cookie_for(&s1, &d));
+        assert_ne!(ca, cookie_for(&s2, &a));
+        for port in 0..2000u16 {
+            let addr = SocketAddr::from(([10, 0, 0, 1], port));
+            assert_ne!(cookie_for(&s1, &addr), NO_COOKIE);
+        }
+    }
+
+    #[test]
+    fn cookie_required_reply_fits_every_addressable_request() {
+        let to = sample_set().addressing();
+        let reply = Response::cookie_required(&to, 99);
+        assert_eq!(reply.encoded_len(), RESPONSE_HEADER_SIZE);
+        assert!(reply_fits_unvalidated(
+            REQUEST_HEADER_SIZE,
+            reply.encoded_len()
+        ));
+        assert!(reply_fits_unvalidated(100, 100));
+        assert!(!reply_fits_unvalidated(41, 42));
+        // A GET of a short key cannot be answered with a longer value unvalidated.
+        let get = Request {
+            op: Op::Get,
+            key: "k",
+            value: b"",
+            ..sample_set()
+        };
+        assert!(!reply_fits_unvalidated(
+            get.encoded_len(),
+            RESPONSE_HEADER_SIZE + 100
+        ));
+    }
+
+    #[test]
+    fn leader_hints() {
+        assert_eq!(
+            parse_leader_hint(b"10.1.2.3:9000"),
+            Some("10.1.2.3:9000".parse().unwrap())
+        );
+        assert_eq!(
+            parse_leader_hint(b"[::1]:9000"),
+            Some("[::1]:9000".parse().unwrap())
+        );
+        assert_eq!(parse_leader_hint(b""), None);
+        assert_eq!(parse_leader_hint(b"nonsense"), None);
+        assert_eq!(parse_leader_hint(&[0xFF, 0xFE]), None);
+    }
+}

@@ -1,1 +1,0 @@
-//! The server: shard cores and the replication core.
