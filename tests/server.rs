@@ -1,0 +1,554 @@
+//! End-to-end tests of the real `ocean-liner` binary over real UDP sockets.
+//!
+//! Each test starts the server as a child process on its own port and data directory,
+//! talks to it with the protocol library (or the CLI), and checks what a user relies on:
+//! round trips, many concurrent clients, exactly-once retries, survival of `kill -9`
+//! with every acknowledged write intact, garbage input, the amplification rule, clean
+//! shutdown, and clear start-up errors.
+
+use ocean_liner::protocol::{self, Op, Request, Response, Status};
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ocean-liner");
+
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// A port no other test (or process) uses right now.
+fn free_port() -> u16 {
+    if NEXT_PORT.load(Ordering::Relaxed) == 0 {
+        let base = 20_000 + (std::process::id() % 2000) as u16 * 10;
+        let _ = NEXT_PORT.compare_exchange(0, base, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    loop {
+        let port = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+struct Server {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    fn start() -> Server {
+        let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let dir = tmp.path().join("data");
+        let mut s = Server {
+            child: None,
+            port: free_port(),
+            dir,
+            _tmp: Some(tmp),
+        };
+        s.spawn(&[]);
+        s
+    }
+
+    fn spawn(&mut self, extra: &[&str]) {
+        let child = Command::new(BIN)
+            .args(["--cores", "2", "--no-pin", "--batch-window-ms", "10"])
+            .arg("--client-port")
+            .arg(self.port.to_string())
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut c = Conn::new(self.addr());
+        while Instant::now() < deadline {
+            if c.call_once(Op::Ping, "", b"", Duration::from_millis(100)).is_some() {
+                return;
+            }
+        }
+        panic!("server did not come up on port {}", self.port);
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+
+    fn terminate(&mut self) -> Output {
+        let child = self.child.take().unwrap();
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait_with_output().unwrap()
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .arg("--server")
+            .arg(self.addr().to_string())
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A raw protocol connection: one socket, one client id, explicit sequences.
+struct Conn {
+    socket: UdpSocket,
+    server: SocketAddr,
+    client_id: u64,
+    seq: u64,
+    cookie: u64,
+}
+
+impl Conn {
+    fn new(server: SocketAddr) -> Conn {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        Conn {
+            socket,
+            server,
+            client_id: rand::random::<u64>() | 1,
+            seq: 0,
+            cookie: 0,
+        }
+    }
+
+    fn send(&self, op: Op, seq: u64, key: &str, value: &[u8]) {
+        let req = Request {
+            op,
+            client_id: self.client_id,
+            request_seq: seq,
+            cookie: self.cookie,
+            key,
+            value,
+        };
+        let mut buf = Vec::new();
+        protocol::encode_request(&req, &mut buf);
+        self.socket.send_to(&buf, self.server).unwrap();
+    }
+
+    /// Sends once and waits for the matching reply: (status, payload).
+    fn call_seq(&mut self, op: Op, seq: u64, key: &str, value: &[u8], wait: Duration) -> Option<(Status, Vec<u8>)> {
+        for _ in 0..3 {
+            self.send(op, seq, key, value);
+            let deadline = Instant::now() + wait;
+            let mut buf = [0u8; 2048];
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return None;
+                }
+                self.socket.set_read_timeout(Some(left)).unwrap();
+                let Ok(n) = self.socket.recv(&mut buf) else {
+                    return None;
+                };
+                let Ok(resp) = protocol::parse_response(&buf[..n]) else {
+                    continue;
+                };
+                if resp.request_seq != seq || resp.client_id != self.client_id {
+                    continue;
+                }
+                self.cookie = resp.cookie;
+                if resp.status == Status::CookieRequired {
+                    break; // resend with the cookie
+                }
+                return Some((resp.status, resp.payload.to_vec()));
+            }
+        }
+        None
+    }
+
+    fn call_once(&mut self, op: Op, key: &str, value: &[u8], wait: Duration) -> Option<(Status, Vec<u8>)> {
+        self.seq += 1;
+        self.call_seq(op, self.seq, key, value, wait)
+    }
+
+    /// Retries (same sequence) until answered.
+    fn call(&mut self, op: Op, key: &str, value: &[u8]) -> (Status, Vec<u8>) {
+        self.seq += 1;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(r) = self.call_seq(op, self.seq, key, value, Duration::from_millis(300)) {
+                return r;
+            }
+        }
+        panic!("no reply to {op:?} {key}");
+    }
+}
+
+fn stat(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in stats:\n{text}"))
+}
+
+#[test]
+fn cli_round_trips_and_exit_codes() {
+    let server = Server::start();
+    let out = server.cli(&["set", "greeting", "hello world"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = server.cli(&["get", "greeting"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello world\n");
+    let out = server.cli(&["get", "absent"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+    let long = "v".repeat(900);
+    assert!(server.cli(&["set", "long", &long]).status.success());
+    assert_eq!(String::from_utf8_lossy(&server.cli(&["get", "long"]).stdout).trim_end(), long);
+    assert!(server.cli(&["del", "greeting"]).status.success());
+    assert_eq!(server.cli(&["get", "greeting"]).status.code(), Some(1));
+    // Too large for a datagram: refused before sending, exit 2.
+    let huge = "x".repeat(2000);
+    let out = server.cli(&["set", "k", &huge]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    // Nothing listening: a clear message and exit 2.
+    let out = Command::new(BIN)
+        .args(["get", "k", "--server", &format!("127.0.0.1:{}", free_port()), "--timeout", "0.5"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no reply"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn ten_thousand_concurrent_clients_all_acknowledged_and_readable() {
+    let server = Server::start();
+    const CLIENTS: usize = 10_000;
+    const SOCKETS: usize = 16;
+    let sockets: Vec<UdpSocket> = (0..SOCKETS).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+    for s in &sockets {
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    }
+    let mut cookies = vec![0u64; SOCKETS];
+    let mut acked = vec![false; CLIENTS];
+    let send = |i: usize, cookies: &[u64]| {
+        let key = format!("client-{i}");
+        let value = format!("value-{i}");
+        let req = Request {
+            op: Op::Set,
+            client_id: 1_000_000 + i as u64,
+            request_seq: 1,
+            cookie: cookies[i % SOCKETS],
+            key: &key,
+            value: value.as_bytes(),
+        };
+        let mut buf = Vec::new();
+        protocol::encode_request(&req, &mut buf);
+        sockets[i % SOCKETS].send_to(&buf, server.addr()).unwrap();
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut rounds = 0;
+    while acked.iter().any(|a| !a) {
+        assert!(Instant::now() < deadline, "not every write was acknowledged");
+        rounds += 1;
+        for i in (0..CLIENTS).filter(|&i| !acked[i]) {
+            send(i, &cookies);
+        }
+        let mut buf = [0u8; 2048];
+        for (si, s) in sockets.iter().enumerate() {
+            while let Ok(n) = s.recv(&mut buf) {
+                let resp = protocol::parse_response(&buf[..n]).unwrap();
+                cookies[si] = resp.cookie;
+                if resp.status == Status::Ok {
+                    acked[(resp.client_id - 1_000_000) as usize] = true;
+                } else {
+                    assert_eq!(resp.status, Status::Busy, "unexpected status");
+                }
+            }
+        }
+    }
+    eprintln!("{CLIENTS} writes acknowledged in {rounds} send rounds");
+    let mut c = Conn::new(server.addr());
+    for i in 0..CLIENTS {
+        let (status, value) = c.call(Op::Get, &format!("client-{i}"), b"");
+        assert_eq!(status, Status::Ok, "client-{i}");
+        assert_eq!(value, format!("value-{i}").into_bytes());
+    }
+    let (_, stats) = c.call(Op::Stats, "", b"");
+    let stats = String::from_utf8(stats).unwrap();
+    assert_eq!(stat(&stats, "keys"), CLIENTS as u64);
+    // Retries of acknowledged writes were deduplicated: exactly one apply per client.
+    assert!(stat(&stats, "entries_written") < CLIENTS as u64 / 10, "writes were batched:\n{stats}");
+}
+
+#[test]
+fn retried_writes_apply_once() {
+    let server = Server::start();
+    let mut c = Conn::new(server.addr());
+    assert_eq!(c.call(Op::Set, "k", b"first").0, Status::Ok);
+    let first_seq = c.seq;
+    assert_eq!(c.call(Op::Set, "k", b"second").0, Status::Ok);
+    // A late retry of the first write (its reply was "lost") must not overwrite "second".
+    let (status, _) = c.call_seq(Op::Set, first_seq, "k", b"first", Duration::from_secs(2)).unwrap();
+    assert_eq!(status, Status::Ok);
+    assert_eq!(c.call(Op::Get, "k", b""), (Status::Ok, b"second".to_vec()));
+    // The same request twice in one window applies once.
+    c.seq += 1;
+    let seq = c.seq;
+    c.send(Op::Set, seq, "k", b"third");
+    c.send(Op::Set, seq, "k", b"third");
+    assert_eq!(c.call_seq(Op::Set, seq, "k", b"third", Duration::from_secs(2)).unwrap().0, Status::Ok);
+    // A retry after the key changed under another client does not resurrect the old value.
+    let mut other = Conn::new(server.addr());
+    assert_eq!(other.call(Op::Set, "k", b"fourth").0, Status::Ok);
+    assert_eq!(c.call_seq(Op::Set, seq, "k", b"third", Duration::from_secs(2)).unwrap().0, Status::Ok);
+    assert_eq!(c.call(Op::Get, "k", b""), (Status::Ok, b"fourth".to_vec()));
+    // Dedup survives a restart.
+    let mut server = server;
+    server.kill9();
+    server.spawn(&[]);
+    assert_eq!(c.call_seq(Op::Set, seq, "k", b"third", Duration::from_secs(2)).unwrap().0, Status::Ok);
+    assert_eq!(c.call(Op::Get, "k", b""), (Status::Ok, b"fourth".to_vec()));
+}
+
+#[test]
+fn kill_9_during_writes_keeps_every_acknowledged_write() {
+    let mut server = Server::start();
+    let addr = server.addr();
+    // Writer threads each own a set of keys and write versions 1, 2, 3, ... to each, one
+    // at a time; they record the last acknowledged version and the one in flight.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut c = Conn::new(addr);
+                let mut acked: HashMap<String, (u64, u64)> = HashMap::new();
+                let mut version = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    version += 1;
+                    for k in 0..25 {
+                        let key = format!("w{w}-k{k}");
+                        let value = format!("{version}:{}", "p".repeat((k * 7) % 90));
+                        let entry = acked.entry(key.clone()).or_insert((0, 0));
+                        entry.1 = version;
+                        match c.call_once(Op::Set, &key, value.as_bytes(), Duration::from_millis(500)) {
+                            Some((Status::Ok, _)) => entry.0 = version,
+                            _ => return acked,
+                        }
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    server.kill9();
+    stop.store(true, Ordering::Relaxed);
+    let acked: Vec<HashMap<String, (u64, u64)>> = writers.into_iter().map(|t| t.join().unwrap()).collect();
+    let total: u64 = acked.iter().flat_map(|m| m.values()).map(|v| v.0).sum();
+    assert!(total > 100, "the load acknowledged too few writes ({total}) to test anything");
+    server.spawn(&[]);
+    let mut c = Conn::new(server.addr());
+    let mut checked = 0;
+    for map in &acked {
+        for (key, &(last_acked, in_flight)) in map {
+            let (status, value) = c.call(Op::Get, key, b"");
+            let got: u64 = if status == Status::NotFound {
+                0
+            } else {
+                let v = String::from_utf8(value).unwrap();
+                v.split(':').next().unwrap().parse().unwrap()
+            };
+            assert!(
+                got == last_acked || got == in_flight,
+                "{key}: acknowledged version {last_acked} (in flight {in_flight}) but read {got}"
+            );
+            checked += 1;
+        }
+    }
+    eprintln!("{checked} keys checked after kill -9; {total} version acknowledgements in all");
+}
+
+#[test]
+fn garbage_datagrams_get_errors_and_the_server_keeps_serving() {
+    let server = Server::start();
+    let mut c = Conn::new(server.addr());
+    assert_eq!(c.call(Op::Set, "before", b"1").0, Status::Ok);
+    let raw = UdpSocket::bind("127.0.0.1:0").unwrap();
+    raw.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut valid = Vec::new();
+    protocol::encode_request(
+        &Request { op: Op::Set, client_id: 77, request_seq: 1, cookie: 0, key: "kk", value: b"vv" },
+        &mut valid,
+    );
+    let mut rng = 0x1234_5678_9abc_def0u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut statuses: HashMap<u16, usize> = HashMap::new();
+    let mut sent = [0usize; 6];
+    let mut buf = [0u8; 2048];
+    raw.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    for i in 0..3000 {
+        let kind = i % 6;
+        sent[kind] += 1;
+        let datagram: Vec<u8> = match kind {
+            0 => (0..next() % 1500).map(|_| next() as u8).collect(),
+            1 => valid[..(next() as usize % valid.len())].to_vec(),
+            2 => {
+                let mut v = valid.clone();
+                v[4] = 3 + (next() % 250) as u8; // key_len lies
+                v
+            }
+            3 => {
+                let mut v = valid.clone();
+                v[32..36].copy_from_slice(&(3 + next() as u32 % 100_000).to_le_bytes()); // value_len lies
+                v
+            }
+            4 => {
+                let mut v = valid.clone();
+                v.resize(65_000, 0xAB); // far too large
+                v
+            }
+            _ => {
+                let mut v = valid.clone();
+                let at = next() as usize % v.len();
+                v[at] ^= 1 << (next() % 8);
+                v
+            }
+        };
+        raw.send_to(&datagram, server.addr()).unwrap();
+        // Pace the burst so that neither side's socket buffer overflows.
+        if i % 30 == 29 {
+            while let Ok(n) = raw.recv(&mut buf) {
+                assert!(n <= 1024, "a reply is never larger than the protocol limit");
+                let resp = protocol::parse_response(&buf[..n]).unwrap();
+                *statuses.entry(resp.status.as_u16()).or_default() += 1;
+            }
+        }
+    }
+    // Every oversize datagram and every length lie got its error status.
+    let malformed = statuses.get(&400).copied().unwrap_or(0);
+    assert!(malformed >= sent[2] + sent[3], "malformed requests are answered: {statuses:?}, sent {sent:?}");
+    assert_eq!(statuses.get(&413).copied().unwrap_or(0), sent[4], "oversize requests are answered: {statuses:?}");
+    // The server still answers correctly, and no garbage key reached the log.
+    assert_eq!(c.call(Op::Get, "before", b""), (Status::Ok, b"1".to_vec()));
+    assert_eq!(c.call(Op::Set, "after", b"2").0, Status::Ok);
+    assert_eq!(c.call(Op::Get, "after", b""), (Status::Ok, b"2".to_vec()));
+    let (_, stats) = c.call(Op::Stats, "", b"");
+    let stats = String::from_utf8(stats).unwrap();
+    assert!(stat(&stats, "rejected") > 200 && stat(&stats, "dropped") > 200, "{stats}");
+    let keys = stat(&stats, "keys");
+    // Bit flips of a valid SET can yield valid SETs of other small keys; random bytes and
+    // length lies never can. At most a few dozen such keys exist.
+    assert!(keys < 200, "{keys} keys after garbage:\n{stats}");
+}
+
+#[test]
+fn unvalidated_sources_never_get_a_larger_reply_than_their_request() {
+    let server = Server::start();
+    let mut c = Conn::new(server.addr());
+    let value = vec![b'v'; 900];
+    assert_eq!(c.call(Op::Set, "big", &value).0, Status::Ok);
+    // A fresh source without a cookie: the reply must not exceed the request's size.
+    let raw = UdpSocket::bind("127.0.0.1:0").unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut req = Vec::new();
+    protocol::encode_request(
+        &Request { op: Op::Get, client_id: 5, request_seq: 1, cookie: 0, key: "big", value: b"" },
+        &mut req,
+    );
+    raw.send_to(&req, server.addr()).unwrap();
+    let mut buf = [0u8; 2048];
+    let n = raw.recv(&mut buf).unwrap();
+    assert!(n <= req.len(), "amplification: {n}-byte reply to a {}-byte request", req.len());
+    let resp: Response<'_> = protocol::parse_response(&buf[..n]).unwrap();
+    assert_eq!(resp.status, Status::CookieRequired);
+    // With the cookie, the value comes back.
+    let mut req = Vec::new();
+    protocol::encode_request(
+        &Request { op: Op::Get, client_id: 5, request_seq: 2, cookie: resp.cookie, key: "big", value: b"" },
+        &mut req,
+    );
+    raw.send_to(&req, server.addr()).unwrap();
+    let n = raw.recv(&mut buf).unwrap();
+    let resp = protocol::parse_response(&buf[..n]).unwrap();
+    assert_eq!((resp.status, resp.payload), (Status::Ok, &value[..]));
+}
+
+#[test]
+fn sigterm_finishes_the_window_checkpoints_and_exits_zero() {
+    let mut server = Server::start();
+    let mut c = Conn::new(server.addr());
+    for i in 0..200 {
+        assert_eq!(c.call(Op::Set, &format!("k{i}"), b"v").0, Status::Ok);
+    }
+    let out = server.terminate();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("stopped cleanly"), "{stderr}");
+    server.spawn(&[]);
+    for i in 0..200 {
+        assert_eq!(c.call(Op::Get, &format!("k{i}"), b""), (Status::Ok, b"v".to_vec()));
+    }
+    // The checkpoint at shutdown covered everything: nothing left to replay.
+    let out = server.terminate();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(" 0 replayed"), "{stderr}");
+}
+
+#[test]
+fn start_up_errors_name_the_cause_and_the_fix() {
+    let server = Server::start();
+    // Port in use.
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let out = Command::new(BIN)
+        .args(["--no-pin", "--client-port", &server.port.to_string(), "--data-dir"])
+        .arg(tmp.path().join("d"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--client-port"), "{stderr}");
+    // The same data directory as a running server.
+    let out = Command::new(BIN)
+        .args(["--no-pin", "--client-port", &free_port().to_string(), "--data-dir"])
+        .arg(&server.dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("in use by another"), "{stderr}");
+    // A data directory that cannot be created.
+    let file = tmp.path().join("plain-file");
+    std::fs::write(&file, b"").unwrap();
+    let out = Command::new(BIN)
+        .args(["--no-pin", "--client-port", &free_port().to_string(), "--data-dir"])
+        .arg(Path::new(&file).join("sub"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--data-dir"), "{stderr}");
+    // A bad flag explains itself.
+    let out = Command::new(BIN).args(["--batch-window-ms", "0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("batch-window-ms"));
+}
