@@ -14,8 +14,10 @@
 pub mod bench;
 pub mod client;
 pub mod command;
+pub mod consensus;
 pub mod engine;
 pub mod io;
+pub mod linearizability;
 pub mod log;
 pub mod protocol;
 pub mod server;

@@ -148,7 +148,11 @@ fn client_command(command: Command) -> ExitCode {
         }),
         Command::Ping { target } => run(&target, &mut |c| {
             let rtt = c.ping().map_err(fail)?;
-            println!("pong from {} in {:.0} us", c.current_server(), rtt.as_secs_f64() * 1e6);
+            println!(
+                "pong from {} in {:.0} us",
+                c.current_server(),
+                rtt.as_secs_f64() * 1e6
+            );
             Ok(ExitCode::SUCCESS)
         }),
         Command::Serve(_) | Command::Bench(_) => unreachable!("handled in main"),

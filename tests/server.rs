@@ -69,7 +69,9 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut c = Conn::new(self.addr());
         while Instant::now() < deadline {
-            if c.call_once(Op::Ping, "", b"", Duration::from_millis(100)).is_some() {
+            if c.call_once(Op::Ping, "", b"", Duration::from_millis(100))
+                .is_some()
+            {
                 return;
             }
         }
@@ -148,7 +150,14 @@ impl Conn {
     }
 
     /// Sends once and waits for the matching reply: (status, payload).
-    fn call_seq(&mut self, op: Op, seq: u64, key: &str, value: &[u8], wait: Duration) -> Option<(Status, Vec<u8>)> {
+    fn call_seq(
+        &mut self,
+        op: Op,
+        seq: u64,
+        key: &str,
+        value: &[u8],
+        wait: Duration,
+    ) -> Option<(Status, Vec<u8>)> {
         for _ in 0..3 {
             self.send(op, seq, key, value);
             let deadline = Instant::now() + wait;
@@ -178,18 +187,27 @@ impl Conn {
         None
     }
 
-    fn call_once(&mut self, op: Op, key: &str, value: &[u8], wait: Duration) -> Option<(Status, Vec<u8>)> {
+    fn call_once(
+        &mut self,
+        op: Op,
+        key: &str,
+        value: &[u8],
+        wait: Duration,
+    ) -> Option<(Status, Vec<u8>)> {
         self.seq += 1;
         self.call_seq(op, self.seq, key, value, wait)
     }
 
-    /// Retries (same sequence) until answered.
+    /// Retries (same sequence) until answered with something other than Busy (a node
+    /// whose leadership or lease is not confirmed yet).
     fn call(&mut self, op: Op, key: &str, value: &[u8]) -> (Status, Vec<u8>) {
         self.seq += 1;
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Some(r) = self.call_seq(op, self.seq, key, value, Duration::from_millis(300)) {
-                return r;
+            match self.call_seq(op, self.seq, key, value, Duration::from_millis(300)) {
+                Some((Status::Busy, _)) => std::thread::sleep(Duration::from_millis(20)),
+                Some(r) => return r,
+                None => {}
             }
         }
         panic!("no reply to {op:?} {key}");
@@ -207,7 +225,11 @@ fn stat(text: &str, name: &str) -> u64 {
 fn cli_round_trips_and_exit_codes() {
     let server = Server::start();
     let out = server.cli(&["set", "greeting", "hello world"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = server.cli(&["get", "greeting"]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello world\n");
@@ -217,20 +239,39 @@ fn cli_round_trips_and_exit_codes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
     let long = "v".repeat(900);
     assert!(server.cli(&["set", "long", &long]).status.success());
-    assert_eq!(String::from_utf8_lossy(&server.cli(&["get", "long"]).stdout).trim_end(), long);
+    assert_eq!(
+        String::from_utf8_lossy(&server.cli(&["get", "long"]).stdout).trim_end(),
+        long
+    );
     assert!(server.cli(&["del", "greeting"]).status.success());
     assert_eq!(server.cli(&["get", "greeting"]).status.code(), Some(1));
     // Too large for a datagram: refused before sending, exit 2.
     let huge = "x".repeat(2000);
     let out = server.cli(&["set", "k", &huge]);
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Nothing listening: a clear message and exit 2.
     let out = Command::new(BIN)
-        .args(["get", "k", "--server", &format!("127.0.0.1:{}", free_port()), "--timeout", "0.5"])
+        .args([
+            "get",
+            "k",
+            "--server",
+            &format!("127.0.0.1:{}", free_port()),
+            "--timeout",
+            "0.5",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no reply"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no reply"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -238,7 +279,9 @@ fn ten_thousand_concurrent_clients_all_acknowledged_and_readable() {
     let server = Server::start();
     const CLIENTS: usize = 10_000;
     const SOCKETS: usize = 16;
-    let sockets: Vec<UdpSocket> = (0..SOCKETS).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+    let sockets: Vec<UdpSocket> = (0..SOCKETS)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
     for s in &sockets {
         s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
     }
@@ -262,7 +305,10 @@ fn ten_thousand_concurrent_clients_all_acknowledged_and_readable() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut rounds = 0;
     while acked.iter().any(|a| !a) {
-        assert!(Instant::now() < deadline, "not every write was acknowledged");
+        assert!(
+            Instant::now() < deadline,
+            "not every write was acknowledged"
+        );
         rounds += 1;
         for i in (0..CLIENTS).filter(|&i| !acked[i]) {
             send(i, &cookies);
@@ -291,7 +337,10 @@ fn ten_thousand_concurrent_clients_all_acknowledged_and_readable() {
     let stats = String::from_utf8(stats).unwrap();
     assert_eq!(stat(&stats, "keys"), CLIENTS as u64);
     // Retries of acknowledged writes were deduplicated: exactly one apply per client.
-    assert!(stat(&stats, "entries_written") < CLIENTS as u64 / 10, "writes were batched:\n{stats}");
+    assert!(
+        stat(&stats, "entries_written") < CLIENTS as u64 / 10,
+        "writes were batched:\n{stats}"
+    );
 }
 
 #[test]
@@ -302,7 +351,9 @@ fn retried_writes_apply_once() {
     let first_seq = c.seq;
     assert_eq!(c.call(Op::Set, "k", b"second").0, Status::Ok);
     // A late retry of the first write (its reply was "lost") must not overwrite "second".
-    let (status, _) = c.call_seq(Op::Set, first_seq, "k", b"first", Duration::from_secs(2)).unwrap();
+    let (status, _) = c
+        .call_seq(Op::Set, first_seq, "k", b"first", Duration::from_secs(2))
+        .unwrap();
     assert_eq!(status, Status::Ok);
     assert_eq!(c.call(Op::Get, "k", b""), (Status::Ok, b"second".to_vec()));
     // The same request twice in one window applies once.
@@ -310,17 +361,32 @@ fn retried_writes_apply_once() {
     let seq = c.seq;
     c.send(Op::Set, seq, "k", b"third");
     c.send(Op::Set, seq, "k", b"third");
-    assert_eq!(c.call_seq(Op::Set, seq, "k", b"third", Duration::from_secs(2)).unwrap().0, Status::Ok);
+    assert_eq!(
+        c.call_seq(Op::Set, seq, "k", b"third", Duration::from_secs(2))
+            .unwrap()
+            .0,
+        Status::Ok
+    );
     // A retry after the key changed under another client does not resurrect the old value.
     let mut other = Conn::new(server.addr());
     assert_eq!(other.call(Op::Set, "k", b"fourth").0, Status::Ok);
-    assert_eq!(c.call_seq(Op::Set, seq, "k", b"third", Duration::from_secs(2)).unwrap().0, Status::Ok);
+    assert_eq!(
+        c.call_seq(Op::Set, seq, "k", b"third", Duration::from_secs(2))
+            .unwrap()
+            .0,
+        Status::Ok
+    );
     assert_eq!(c.call(Op::Get, "k", b""), (Status::Ok, b"fourth".to_vec()));
     // Dedup survives a restart.
     let mut server = server;
     server.kill9();
     server.spawn(&[]);
-    assert_eq!(c.call_seq(Op::Set, seq, "k", b"third", Duration::from_secs(2)).unwrap().0, Status::Ok);
+    assert_eq!(
+        c.call_seq(Op::Set, seq, "k", b"third", Duration::from_secs(2))
+            .unwrap()
+            .0,
+        Status::Ok
+    );
     assert_eq!(c.call(Op::Get, "k", b""), (Status::Ok, b"fourth".to_vec()));
 }
 
@@ -345,7 +411,12 @@ fn kill_9_during_writes_keeps_every_acknowledged_write() {
                         let value = format!("{version}:{}", "p".repeat((k * 7) % 90));
                         let entry = acked.entry(key.clone()).or_insert((0, 0));
                         entry.1 = version;
-                        match c.call_once(Op::Set, &key, value.as_bytes(), Duration::from_millis(500)) {
+                        match c.call_once(
+                            Op::Set,
+                            &key,
+                            value.as_bytes(),
+                            Duration::from_millis(500),
+                        ) {
                             Some((Status::Ok, _)) => entry.0 = version,
                             _ => return acked,
                         }
@@ -358,9 +429,13 @@ fn kill_9_during_writes_keeps_every_acknowledged_write() {
     std::thread::sleep(Duration::from_millis(1500));
     server.kill9();
     stop.store(true, Ordering::Relaxed);
-    let acked: Vec<HashMap<String, (u64, u64)>> = writers.into_iter().map(|t| t.join().unwrap()).collect();
+    let acked: Vec<HashMap<String, (u64, u64)>> =
+        writers.into_iter().map(|t| t.join().unwrap()).collect();
     let total: u64 = acked.iter().flat_map(|m| m.values()).map(|v| v.0).sum();
-    assert!(total > 100, "the load acknowledged too few writes ({total}) to test anything");
+    assert!(
+        total > 100,
+        "the load acknowledged too few writes ({total}) to test anything"
+    );
     server.spawn(&[]);
     let mut c = Conn::new(server.addr());
     let mut checked = 0;
@@ -389,10 +464,18 @@ fn garbage_datagrams_get_errors_and_the_server_keeps_serving() {
     let mut c = Conn::new(server.addr());
     assert_eq!(c.call(Op::Set, "before", b"1").0, Status::Ok);
     let raw = UdpSocket::bind("127.0.0.1:0").unwrap();
-    raw.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    raw.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     let mut valid = Vec::new();
     protocol::encode_request(
-        &Request { op: Op::Set, client_id: 77, request_seq: 1, cookie: 0, key: "kk", value: b"vv" },
+        &Request {
+            op: Op::Set,
+            client_id: 77,
+            request_seq: 1,
+            cookie: 0,
+            key: "kk",
+            value: b"vv",
+        },
         &mut valid,
     );
     let mut rng = 0x1234_5678_9abc_def0u64;
@@ -405,7 +488,8 @@ fn garbage_datagrams_get_errors_and_the_server_keeps_serving() {
     let mut statuses: HashMap<u16, usize> = HashMap::new();
     let mut sent = [0usize; 6];
     let mut buf = [0u8; 2048];
-    raw.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    raw.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
     for i in 0..3000 {
         let kind = i % 6;
         sent[kind] += 1;
@@ -446,15 +530,25 @@ fn garbage_datagrams_get_errors_and_the_server_keeps_serving() {
     }
     // Every oversize datagram and every length lie got its error status.
     let malformed = statuses.get(&400).copied().unwrap_or(0);
-    assert!(malformed >= sent[2] + sent[3], "malformed requests are answered: {statuses:?}, sent {sent:?}");
-    assert_eq!(statuses.get(&413).copied().unwrap_or(0), sent[4], "oversize requests are answered: {statuses:?}");
+    assert!(
+        malformed >= sent[2] + sent[3],
+        "malformed requests are answered: {statuses:?}, sent {sent:?}"
+    );
+    assert_eq!(
+        statuses.get(&413).copied().unwrap_or(0),
+        sent[4],
+        "oversize requests are answered: {statuses:?}"
+    );
     // The server still answers correctly, and no garbage key reached the log.
     assert_eq!(c.call(Op::Get, "before", b""), (Status::Ok, b"1".to_vec()));
     assert_eq!(c.call(Op::Set, "after", b"2").0, Status::Ok);
     assert_eq!(c.call(Op::Get, "after", b""), (Status::Ok, b"2".to_vec()));
     let (_, stats) = c.call(Op::Stats, "", b"");
     let stats = String::from_utf8(stats).unwrap();
-    assert!(stat(&stats, "rejected") > 200 && stat(&stats, "dropped") > 200, "{stats}");
+    assert!(
+        stat(&stats, "rejected") > 200 && stat(&stats, "dropped") > 200,
+        "{stats}"
+    );
     let keys = stat(&stats, "keys");
     // Bit flips of a valid SET can yield valid SETs of other small keys; random bytes and
     // length lies never can. At most a few dozen such keys exist.
@@ -470,26 +564,43 @@ fn unvalidated_sources_never_get_a_larger_reply_than_their_request() {
     // A fresh source without a cookie: the reply must not exceed the request's size.
     let raw = UdpSocket::bind("127.0.0.1:0").unwrap();
     raw.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let mut req = Vec::new();
-    protocol::encode_request(
-        &Request { op: Op::Get, client_id: 5, request_seq: 1, cookie: 0, key: "big", value: b"" },
-        &mut req,
-    );
-    raw.send_to(&req, server.addr()).unwrap();
     let mut buf = [0u8; 2048];
-    let n = raw.recv(&mut buf).unwrap();
-    assert!(n <= req.len(), "amplification: {n}-byte reply to a {}-byte request", req.len());
-    let resp: Response<'_> = protocol::parse_response(&buf[..n]).unwrap();
-    assert_eq!(resp.status, Status::CookieRequired);
-    // With the cookie, the value comes back.
-    let mut req = Vec::new();
-    protocol::encode_request(
-        &Request { op: Op::Get, client_id: 5, request_seq: 2, cookie: resp.cookie, key: "big", value: b"" },
-        &mut req,
+    let mut ask = |seq: u64, cookie: u64| -> (Vec<u8>, usize) {
+        let mut req = Vec::new();
+        protocol::encode_request(
+            &Request {
+                op: Op::Get,
+                client_id: 5,
+                request_seq: seq,
+                cookie,
+                key: "big",
+                value: b"",
+            },
+            &mut req,
+        );
+        // Busy (a lease being renewed on a loaded machine) is retried.
+        loop {
+            raw.send_to(&req, server.addr()).unwrap();
+            let n = raw.recv(&mut buf).unwrap();
+            let resp = protocol::parse_response(&buf[..n]).unwrap();
+            if resp.status != Status::Busy {
+                return (buf[..n].to_vec(), req.len());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let (reply, request_len) = ask(1, 0);
+    assert!(
+        reply.len() <= request_len,
+        "amplification: {}-byte reply to a {request_len}-byte request",
+        reply.len()
     );
-    raw.send_to(&req, server.addr()).unwrap();
-    let n = raw.recv(&mut buf).unwrap();
-    let resp = protocol::parse_response(&buf[..n]).unwrap();
+    let resp: Response<'_> = protocol::parse_response(&reply).unwrap();
+    assert_eq!(resp.status, Status::CookieRequired);
+    let cookie = resp.cookie;
+    // With the cookie, the value comes back.
+    let (reply, _) = ask(2, cookie);
+    let resp = protocol::parse_response(&reply).unwrap();
     assert_eq!((resp.status, resp.payload), (Status::Ok, &value[..]));
 }
 
@@ -506,7 +617,10 @@ fn sigterm_finishes_the_window_checkpoints_and_exits_zero() {
     assert!(stderr.contains("stopped cleanly"), "{stderr}");
     server.spawn(&[]);
     for i in 0..200 {
-        assert_eq!(c.call(Op::Get, &format!("k{i}"), b""), (Status::Ok, b"v".to_vec()));
+        assert_eq!(
+            c.call(Op::Get, &format!("k{i}"), b""),
+            (Status::Ok, b"v".to_vec())
+        );
     }
     // The checkpoint at shutdown covered everything: nothing left to replay.
     let out = server.terminate();
@@ -520,7 +634,12 @@ fn start_up_errors_name_the_cause_and_the_fix() {
     // Port in use.
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let out = Command::new(BIN)
-        .args(["--no-pin", "--client-port", &server.port.to_string(), "--data-dir"])
+        .args([
+            "--no-pin",
+            "--client-port",
+            &server.port.to_string(),
+            "--data-dir",
+        ])
         .arg(tmp.path().join("d"))
         .output()
         .unwrap();
@@ -529,7 +648,12 @@ fn start_up_errors_name_the_cause_and_the_fix() {
     assert!(stderr.contains("--client-port"), "{stderr}");
     // The same data directory as a running server.
     let out = Command::new(BIN)
-        .args(["--no-pin", "--client-port", &free_port().to_string(), "--data-dir"])
+        .args([
+            "--no-pin",
+            "--client-port",
+            &free_port().to_string(),
+            "--data-dir",
+        ])
         .arg(&server.dir)
         .output()
         .unwrap();
@@ -540,7 +664,12 @@ fn start_up_errors_name_the_cause_and_the_fix() {
     let file = tmp.path().join("plain-file");
     std::fs::write(&file, b"").unwrap();
     let out = Command::new(BIN)
-        .args(["--no-pin", "--client-port", &free_port().to_string(), "--data-dir"])
+        .args([
+            "--no-pin",
+            "--client-port",
+            &free_port().to_string(),
+            "--data-dir",
+        ])
         .arg(Path::new(&file).join("sub"))
         .output()
         .unwrap();
@@ -548,7 +677,10 @@ fn start_up_errors_name_the_cause_and_the_fix() {
     assert!(!out.status.success());
     assert!(stderr.contains("--data-dir"), "{stderr}");
     // A bad flag explains itself.
-    let out = Command::new(BIN).args(["--batch-window-ms", "0"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["--batch-window-ms", "0"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("batch-window-ms"));
 }

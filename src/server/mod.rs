@@ -10,6 +10,7 @@
 //! - [`shard`]: ingress, validation, window, GETs, replies.
 //! - [`window`]: the per-shard window buffer handed to the replication core.
 //! - [`replication`]: seal → persist → apply → complete.
+//! - [`transport`]: TCP frames between the nodes of a cluster.
 //! - [`udp`]: batched datagram IO.
 //!
 //! Threads share only the map (its pages carry their own locks), the window slots, and
@@ -17,21 +18,25 @@
 
 pub mod replication;
 pub mod shard;
+pub mod transport;
 pub mod udp;
 pub mod window;
 
-use crate::engine::{Engine, EngineOptions};
+use crate::consensus::{NodeConfig, RaftNode};
+use crate::engine::EngineOptions;
 use crate::io::uring::UringBackend;
 use crate::log::LogOptions;
+use crate::log::LogReader;
 use crate::store::Map;
 use anyhow::{Context, bail};
+use replication::ReadMode;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::fs::File;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use window::WindowSlot;
 
@@ -45,9 +50,9 @@ pub struct ServerConfig {
     /// Directory for the log, the map and its checkpoints.
     #[arg(long, default_value = "./data")]
     pub data_dir: PathBuf,
-    /// UDP port for clients.
-    #[arg(long, default_value_t = 9000)]
-    pub client_port: u16,
+    /// UDP port for clients [default: 9000 + --node-id].
+    #[arg(long)]
+    pub client_port: Option<u16>,
     /// Address to listen on. The protocol has no authentication: expose it only on a
     /// network you trust (e.g. --listen-ip 0.0.0.0 on a private network).
     #[arg(long, default_value = "127.0.0.1")]
@@ -67,11 +72,31 @@ pub struct ServerConfig {
     /// Seconds between checkpoints of the map.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub checkpoint_interval_s: u64,
+    /// Peer addresses (HOST:PORT for Raft traffic over TCP) of every node, in node-id
+    /// order, comma-separated. Without it the node is a cluster of one.
+    #[arg(long, value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// This node's position in --peers (0-based).
+    #[arg(long, default_value_t = 0)]
+    pub node_id: usize,
+    /// Identifies the cluster in peer handshakes [default: derived from --peers].
+    #[arg(long)]
+    pub cluster_id: Option<u64>,
+    /// How GETs are made linearizable: a leader lease (no extra round trip; assumes clock
+    /// rates differ by less than 20%), or a ReadIndex round per window.
+    #[arg(long, value_enum, default_value_t = ReadMode::Lease)]
+    pub read_mode: ReadMode,
 }
 
 /// Counters shown by STATS.
 #[derive(Debug, Default)]
 pub struct Stats {
+    pub term: AtomicU64,
+    pub applied_index: AtomicU64,
+    pub leader_changes: AtomicU64,
+    pub election_timeout_ms: AtomicU64,
+    pub rtt_us: AtomicU64,
+    pub rtt_dev_us: AtomicU64,
     pub requests: AtomicU64,
     pub gets: AtomicU64,
     pub dropped: AtomicU64,
@@ -96,20 +121,64 @@ pub struct Shared {
     pub replication_done: AtomicBool,
     pub started: Instant,
     pub batch_window_ms: u64,
+    pub node_index: usize,
+    pub read_mode: ReadMode,
+    /// Raft id of the leader (0 = unknown), and whether it is this node.
+    pub leader_id: AtomicU64,
+    pub is_leader: AtomicBool,
+    /// Reads may be served locally until this instant (ns since `started`).
+    pub lease_until_ns: AtomicU64,
+    /// ReadIndex epochs: a GET that arrives while `read_epoch_next` is E is served once
+    /// `read_epoch_done` ≥ E.
+    pub read_epoch_next: AtomicU64,
+    pub read_epoch_done: AtomicU64,
+    pub reads_waiting: AtomicBool,
+    /// Each node's client address, by node index (learned from peer handshakes).
+    pub client_addrs: Mutex<Vec<SocketAddr>>,
 }
 
 impl Shared {
+    /// The client address of the current leader, if one is known.
+    pub fn leader_client_addr(&self) -> Option<SocketAddr> {
+        let id = self.leader_id.load(Ordering::Acquire) as usize;
+        let addrs = self.client_addrs.lock().unwrap();
+        id.checked_sub(1).and_then(|i| addrs.get(i).copied())
+    }
+
+    /// Whether a GET may be served locally now under the lease.
+    pub fn lease_valid(&self) -> bool {
+        self.is_leader.load(Ordering::Acquire)
+            && (self.started.elapsed().as_nanos() as u64)
+                < self.lease_until_ns.load(Ordering::Acquire)
+    }
+
     /// The STATS payload: `key=value` lines.
     pub fn stats_text(&self) -> String {
         let s = &self.stats;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let role = if self.is_leader.load(Ordering::Relaxed) {
+            "leader"
+        } else {
+            "follower"
+        };
         format!(
-            "role=leader\nterm=1\ncommit_index={}\napplied_index={}\nkeys={}\nmap_pages={}\n\
+            "node_id={}\nrole={role}\nterm={}\nleader_id={}\ncommit_index={}\napplied_index={}\n\
+             elections_seen={}\nelection_timeout_ms={}\nrtt_estimate_us={}\nrtt_deviation_us={}\n\
+             read_mode={:?}\nkeys={}\nmap_pages={}\n\
              entries_written={}\ncommands_applied={}\nlast_entry_commands={}\nrequests={}\ngets={}\n\
              rejected={}\ndropped={}\nbusy={}\nwrite_errors={}\ncheckpoints={}\nlast_checkpoint_us={}\n\
              batch_window_ms={}\nshards={}\nuptime_s={}\n",
+            self.node_index,
+            get(&s.term),
+            get(&self.leader_id).saturating_sub(1) as i64
+                - if get(&self.leader_id) == 0 { 1 } else { 0 },
             get(&s.commit_index),
-            get(&s.commit_index),
+            get(&s.applied_index),
+            get(&s.leader_changes),
+            get(&s.election_timeout_ms),
+            get(&s.rtt_us),
+            get(&s.rtt_dev_us),
+            self.read_mode,
             self.map.entry_count(),
             self.map.page_count(),
             get(&s.entries_written),
@@ -162,8 +231,12 @@ fn preflight(config: &ServerConfig) -> anyhow::Result<()> {
     }
     if let Err(e) = io_uring::IoUring::new(4) {
         let hint = match e.raw_os_error() {
-            Some(libc::ENOMEM) => "the locked-memory limit is too low for io_uring on this kernel: raise `ulimit -l`",
-            Some(libc::EPERM) | Some(libc::ENOSYS) => "a seccomp profile (e.g. a container runtime's default) blocks io_uring: allow io_uring_setup/io_uring_enter",
+            Some(libc::ENOMEM) => {
+                "the locked-memory limit is too low for io_uring on this kernel: raise `ulimit -l`"
+            }
+            Some(libc::EPERM) | Some(libc::ENOSYS) => {
+                "a seccomp profile (e.g. a container runtime's default) blocks io_uring: allow io_uring_setup/io_uring_enter"
+            }
             _ => "io_uring is unavailable",
         };
         bail!("cannot create an io_uring ({e}): {hint} (see kernel-notes.md)");
@@ -181,7 +254,10 @@ fn preflight(config: &ServerConfig) -> anyhow::Result<()> {
 fn lock_data_dir(config: &ServerConfig) -> anyhow::Result<File> {
     let path = config.data_dir.join("LOCK");
     let file = File::create(&path).with_context(|| {
-        format!("data directory {} is not writable (choose another with --data-dir)", config.data_dir.display())
+        format!(
+            "data directory {} is not writable (choose another with --data-dir)",
+            config.data_dir.display()
+        )
     })?;
     // SAFETY: flock on an fd we own.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
@@ -196,7 +272,11 @@ fn lock_data_dir(config: &ServerConfig) -> anyhow::Result<File> {
 /// Binds one shard socket with SO_REUSEPORT. The first bind first proves that no other
 /// process holds the port, since SO_REUSEPORT would otherwise silently share it.
 fn bind_client_socket(addr: SocketAddr, probe: bool) -> anyhow::Result<UdpSocket> {
-    let domain = if addr.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
     if probe {
         let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
         if let Err(e) = s.bind(&addr.into()) {
@@ -226,11 +306,96 @@ fn cookie_secret() -> [u8; 16] {
     secret
 }
 
+/// Raft tick.
+const TICK: Duration = Duration::from_millis(10);
+/// Election timeout floor in ticks (150 ms), and the randomization ceiling (300 ms).
+const ELECTION_TICKS: usize = 15;
+const ELECTION_TICKS_MAX: usize = 30;
+/// Heartbeat interval in ticks (30 ms), on its own timer, independent of windows.
+const HEARTBEAT_TICKS: usize = 3;
+/// A lease lasts this fraction of the election timeout floor (the drift margin).
+const LEASE_FRACTION: f64 = 0.8;
+
+/// The cluster layout the flags describe.
+struct Cluster {
+    peers: Vec<SocketAddr>,
+    node_index: usize,
+    client_addr: SocketAddr,
+    client_addrs: Vec<SocketAddr>,
+    cluster_id: u64,
+}
+
+fn cluster_layout(config: &ServerConfig) -> anyhow::Result<Cluster> {
+    let peers: Vec<SocketAddr> = config
+        .peers
+        .iter()
+        .map(|p| {
+            p.to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--peers: cannot resolve {p:?} (expected HOST:PORT)")
+                })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let n = peers.len().max(1);
+    if config.node_id >= n {
+        bail!(
+            "--node-id {} is out of range: --peers lists {} node(s), so ids run 0..{}",
+            config.node_id,
+            n,
+            n - 1
+        );
+    }
+    let port_of = |k: usize| -> anyhow::Result<u16> {
+        u16::try_from(9000 + k).map_err(|_| anyhow::anyhow!("node {k} has no default client port"))
+    };
+    let client_port = match config.client_port {
+        Some(p) => p,
+        None => port_of(config.node_id)?,
+    };
+    let client_addr = if config.listen_ip.is_unspecified() && !peers.is_empty() {
+        SocketAddr::new(peers[config.node_id].ip(), client_port)
+    } else {
+        SocketAddr::new(config.listen_ip, client_port)
+    };
+    let mut client_addrs = Vec::new();
+    for (k, p) in peers.iter().enumerate() {
+        client_addrs.push(if k == config.node_id {
+            client_addr
+        } else {
+            SocketAddr::new(p.ip(), port_of(k)?)
+        });
+    }
+    if client_addrs.is_empty() {
+        client_addrs.push(client_addr);
+    }
+    let cluster_id = config
+        .cluster_id
+        .unwrap_or_else(|| xxhash_rust::xxh3::xxh3_64(config.peers.join(",").as_bytes()));
+    Ok(Cluster {
+        peers,
+        node_index: config.node_id,
+        client_addr,
+        client_addrs,
+        cluster_id,
+    })
+}
+
+/// What the replication thread hands back once the node's state is open.
+struct Opened {
+    map: Arc<Map>,
+    log_readers: Vec<LogReader>,
+    applied_index: u64,
+    summary: String,
+}
+
 /// Starts a node and blocks until SIGTERM/SIGINT, then shuts down cleanly: no new
-/// requests, the last window committed and answered, a checkpoint, and `Ok`.
+/// requests, the last window proposed and answered, a checkpoint, and `Ok`.
 pub fn run(config: ServerConfig) -> anyhow::Result<()> {
     preflight(&config)?;
     let _lock = lock_data_dir(&config)?;
+    let cluster = cluster_layout(&config)?;
     let available = core_affinity::get_core_ids().unwrap_or_default();
     let cores = config.cores.unwrap_or(available.len().max(1));
     if cores == 0 {
@@ -243,39 +408,16 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         );
     }
     let shard_count = cores.saturating_sub(1).max(1);
-    let options = EngineOptions {
-        log: LogOptions {
-            cache_bytes: config.log_cache_mib << 20,
-            ..LogOptions::default()
-        },
-    };
     let started = Instant::now();
-    let (engine, report) = Engine::open(Arc::new(UringBackend), &config.data_dir, options, None)
-        .map_err(|e| anyhow::anyhow!("cannot open the data in {}: {e}", config.data_dir.display()))?;
-    eprintln!(
-        "ocean-liner: recovered {} log entries (checkpoint at {}, {} replayed{}) with {} keys in {:.1?}",
-        report.log.entries,
-        report.checkpoint_index,
-        report.replayed_entries,
-        report.log.torn_tail_at.map(|o| format!(", torn tail cut at byte {o}")).unwrap_or_default(),
-        engine.map().entry_count(),
-        started.elapsed()
-    );
-    let addr = SocketAddr::new(config.listen_ip, config.client_port);
     let sockets: Vec<UdpSocket> = (0..shard_count)
-        .map(|i| bind_client_socket(addr, i == 0))
+        .map(|i| {
+            bind_client_socket(
+                SocketAddr::new(config.listen_ip, cluster.client_addr.port()),
+                i == 0,
+            )
+        })
         .collect::<anyhow::Result<_>>()?;
-    let shared = Arc::new(Shared {
-        windows: (0..shard_count).map(|_| WindowSlot::default()).collect(),
-        map: engine.map().clone(),
-        stats: Stats::default(),
-        stop: AtomicBool::new(false),
-        shards_idle: AtomicUsize::new(0),
-        replication_done: AtomicBool::new(false),
-        started,
-        batch_window_ms: config.batch_window_ms,
-    });
-    shared.stats.commit_index.store(engine.applied_index(), Ordering::Relaxed);
+
     install_signal_handlers();
     let no_pin = config.no_pin;
     let available = Arc::new(available);
@@ -286,24 +428,170 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
             }
         }
     };
-    let secret = cookie_secret();
-    let window_bytes_max = (config.window_kib_max as usize) << 10;
+
+    // The replication thread opens the node (RaftNode is single-threaded by design) and
+    // sends back what the shards share with it.
+    let voters: Vec<u64> = (1..=cluster.client_addrs.len() as u64).collect();
+    let mut node_config = NodeConfig::new(cluster.node_index as u64 + 1, voters);
+    node_config.election_tick = ELECTION_TICKS;
+    node_config.max_election_tick = ELECTION_TICKS_MAX;
+    node_config.heartbeat_tick = HEARTBEAT_TICKS;
+    node_config.seed = cookie_secret_seed();
+    node_config.engine = EngineOptions {
+        log: LogOptions {
+            cache_bytes: config.log_cache_mib << 20,
+            ..LogOptions::default()
+        },
+    };
+    let (opened_tx, opened_rx) = crossbeam_channel::bounded::<anyhow::Result<Opened>>(1);
+    let (node_tx, node_rx) = crossbeam_channel::bounded::<Arc<Shared>>(1);
     let (flush_tx, flush_rx) = crossbeam_channel::bounded(1);
+    let (inbound_tx, inbound_rx) = crossbeam_channel::bounded(1 << 16);
     let mut completion_txs = Vec::new();
-    let mut shard_threads = Vec::new();
-    for (i, socket) in sockets.into_iter().enumerate() {
+    let mut completion_rxs = Vec::new();
+    for _ in 0..shard_count {
         let (tx, rx) = crossbeam_channel::unbounded();
         completion_txs.push(tx);
+        completion_rxs.push(rx);
+    }
+    let data_dir = config.data_dir.clone();
+    let transport_config = (!cluster.peers.is_empty()).then(|| transport::TransportConfig {
+        node_index: cluster.node_index,
+        peers: cluster.peers.clone(),
+        cluster_id: cluster.cluster_id,
+        client_addr: cluster.client_addr,
+    });
+    let replication_config = replication::ReplicationConfig {
+        batch_window: Duration::from_millis(config.batch_window_ms),
+        checkpoint_interval: Duration::from_secs(config.checkpoint_interval_s),
+        tick: TICK,
+        election_ticks: ELECTION_TICKS,
+        read_mode: config.read_mode,
+        lease_fraction: LEASE_FRACTION,
+    };
+    let repl_pin = pin.clone();
+    let stop_for_transport = Arc::new(AtomicBool::new(false));
+    let transport_stop = stop_for_transport.clone();
+    let replication = std::thread::Builder::new()
+        .name("replication".into())
+        .spawn(move || -> anyhow::Result<()> {
+            repl_pin(0);
+            let opened =
+                RaftNode::open(Arc::new(UringBackend), &data_dir, node_config).and_then(|node| {
+                    let engine = node.engine();
+                    let readers = (0..shard_count)
+                        .map(|_| engine.log_reader())
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| crate::consensus::FatalError(e.to_string()))?;
+                    let report = node.open_report();
+                    let summary = format!(
+                        "{} log entries (checkpoint at {}, {} replayed{}), {} keys",
+                        engine.last_index(),
+                        report.checkpoint_index,
+                        report.replayed_entries,
+                        report
+                            .log
+                            .torn_tail_at
+                            .map(|o| format!(", torn tail cut at byte {o}"))
+                            .unwrap_or_default(),
+                        engine.map().entry_count()
+                    );
+                    let opened = Opened {
+                        map: engine.map().clone(),
+                        log_readers: readers,
+                        applied_index: engine.applied_index(),
+                        summary,
+                    };
+                    drop(engine);
+                    Ok((node, opened))
+                });
+            let node = match opened {
+                Ok((node, opened)) => {
+                    let _ = opened_tx.send(Ok(opened));
+                    node
+                }
+                Err(e) => {
+                    let _ = opened_tx.send(Err(anyhow::anyhow!("{e}")));
+                    return Ok(());
+                }
+            };
+            let Ok(shared) = node_rx.recv() else {
+                return Ok(());
+            };
+            let transport = match transport_config {
+                Some(tc) => Some(transport::Transport::start(tc, inbound_tx, transport_stop)?),
+                None => None,
+            };
+            replication::run(
+                node,
+                shared,
+                flush_rx,
+                inbound_rx,
+                completion_txs,
+                transport,
+                replication_config,
+            )
+        })?;
+    let opened = match opened_rx.recv() {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => {
+            let _ = replication.join();
+            bail!("cannot open the data in {}: {e}", config.data_dir.display());
+        }
+        Err(_) => bail!("the replication thread died while opening the data"),
+    };
+    eprintln!(
+        "ocean-liner: recovered {} in {:.1?}",
+        opened.summary,
+        started.elapsed()
+    );
+    let shared = Arc::new(Shared {
+        windows: (0..shard_count).map(|_| WindowSlot::default()).collect(),
+        map: opened.map,
+        stats: Stats::default(),
+        stop: AtomicBool::new(false),
+        shards_idle: AtomicUsize::new(0),
+        replication_done: AtomicBool::new(false),
+        started,
+        batch_window_ms: config.batch_window_ms,
+        node_index: cluster.node_index,
+        read_mode: config.read_mode,
+        leader_id: AtomicU64::new(0),
+        is_leader: AtomicBool::new(false),
+        lease_until_ns: AtomicU64::new(0),
+        read_epoch_next: AtomicU64::new(1),
+        read_epoch_done: AtomicU64::new(0),
+        reads_waiting: AtomicBool::new(false),
+        client_addrs: Mutex::new(cluster.client_addrs.clone()),
+    });
+    shared
+        .stats
+        .applied_index
+        .store(opened.applied_index, Ordering::Relaxed);
+    shared
+        .stats
+        .commit_index
+        .store(opened.applied_index, Ordering::Relaxed);
+    let secret = cookie_secret();
+    let window_bytes_max = (config.window_kib_max as usize) << 10;
+    let mut shard_threads = Vec::new();
+    for (i, ((socket, completions), log_reader)) in sockets
+        .into_iter()
+        .zip(completion_rxs)
+        .zip(opened.log_readers)
+        .enumerate()
+    {
         let shard = shard::Shard {
             index: i,
             socket,
             shared: shared.clone(),
-            log_reader: engine.log_reader().map_err(|e| anyhow::anyhow!("{e}"))?,
-            completions: rx,
+            log_reader,
+            completions,
             flush_tx: flush_tx.clone(),
             cookie_secret: secret,
             window_bytes_max,
             window_bytes_hard_max: window_bytes_max * 8,
+            waiting_reads: Vec::new(),
         };
         let core_slot = if cores == 1 { 0 } else { i + 1 };
         let pin = pin.clone();
@@ -316,18 +604,17 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
                 })?,
         );
     }
-    let replication_config = replication::ReplicationConfig {
-        batch_window: Duration::from_millis(config.batch_window_ms),
-        checkpoint_interval: Duration::from_secs(config.checkpoint_interval_s),
-    };
-    let repl_shared = shared.clone();
-    let replication = std::thread::Builder::new().name("replication".into()).spawn(move || {
-        pin(0);
-        replication::run(engine, repl_shared, flush_rx, completion_txs, replication_config)
-    })?;
+    let _ = node_tx.send(shared.clone());
     eprintln!(
-        "ocean-liner: serving clients on udp://{addr} with {shard_count} shard(s) + replication on {cores} core(s){}; data in {}",
+        "ocean-liner: node {} serving clients on udp://{} with {shard_count} shard(s) + replication on {cores} core(s){}; {}; data in {}",
+        cluster.node_index,
+        cluster.client_addr,
         if config.no_pin { " (unpinned)" } else { "" },
+        if cluster.peers.is_empty() {
+            "single node".to_string()
+        } else {
+            format!("peers {:?}", cluster.peers)
+        },
         config.data_dir.display()
     );
     while !STOP_SIGNAL.load(Ordering::SeqCst) && !replication.is_finished() {
@@ -335,12 +622,19 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
     }
     eprintln!("ocean-liner: stopping: finishing the current window and checkpointing");
     shared.stop.store(true, Ordering::Release);
-    let result = replication.join().map_err(|_| anyhow::anyhow!("replication thread panicked"))?;
+    let result = replication
+        .join()
+        .map_err(|_| anyhow::anyhow!("replication thread panicked"))?;
     shared.replication_done.store(true, Ordering::Release);
+    stop_for_transport.store(true, Ordering::Release);
     for t in shard_threads {
         let _ = t.join();
     }
     result?;
     eprintln!("ocean-liner: stopped cleanly");
     Ok(())
+}
+
+fn cookie_secret_seed() -> u64 {
+    u64::from_le_bytes(cookie_secret()[..8].try_into().unwrap())
 }

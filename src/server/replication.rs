@@ -1,17 +1,28 @@
-//! The replication core: seals the shards' windows into one log entry every
-//! `batch_window_ms`, makes it durable, applies it, and hands each shard its results.
+//! The replication core: drives the node's [`RaftNode`] — ticks, peer messages, one
+//! proposal per `batch_window_ms` carrying every shard's window — and turns what Raft
+//! applied into completions for the shards.
 //!
-//! Owns the [`Engine`]. With one node the entry is committed as soon as it is durable
-//! (a node alone is its own majority); the loop's order — seal, persist, apply, reply —
-//! is the one the Raft driver keeps.
+//! Per loop turn: wait for a peer message, a shard's "window full" signal, or the next
+//! tick or seal; tick; seal and propose; run the Ready cycle (send, persist, apply); route
+//! applied proposals back to their shards; publish commit/applied/role/lease atomics.
+//!
+//! Reads never enter the log. In lease mode a ReadIndex round runs every heartbeat; when
+//! a quorum confirms it, the leader may serve reads locally until `sent + lease`, where
+//! the lease is shorter than the followers' election timeout by the assumed clock-drift
+//! margin. In index mode one ReadIndex round per window covers every GET that was waiting.
 
 use super::Shared;
+use super::transport::{Inbound, Transport};
 use super::window::Window;
-use crate::engine::{Engine, Outcome};
+use crate::consensus::adaptive::AdaptiveTimeout;
+use crate::consensus::{Event, Output, ProposeError, RaftNode};
+use crate::engine::Outcome;
+use crate::log;
 use crate::protocol::Status;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use std::sync::atomic::Ordering;
+use crossbeam_channel::{Receiver, Sender, select};
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// What a shard gets back for one sealed window.
@@ -20,122 +31,412 @@ pub struct Completion {
     pub statuses: Vec<Status>,
 }
 
+/// How linearizable reads are confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReadMode {
+    /// Leader lease renewed by a quorum round every heartbeat (assumes bounded drift).
+    Lease,
+    /// One ReadIndex quorum round per window for the GETs waiting (no clock assumption).
+    Index,
+}
+
 /// Settings of the replication loop.
 pub struct ReplicationConfig {
     pub batch_window: Duration,
     pub checkpoint_interval: Duration,
+    pub tick: Duration,
+    /// Election timeout floor in ticks (raft-rs's `election_tick`), the lease's basis.
+    pub election_ticks: usize,
+    pub read_mode: ReadMode,
+    /// Fraction of the election timeout a lease lasts (covers clock drift between nodes).
+    pub lease_fraction: f64,
 }
 
-/// The term single-node entries are written with.
-const SINGLE_NODE_TERM: u64 = 1;
+const LEASE_CTX: u64 = 1 << 63;
+const PING_EVERY_TICKS: u64 = 5;
+const INBOUND_DRAIN_MAX: usize = 4096;
+const STOP_DRAIN: Duration = Duration::from_secs(2);
+/// A read round still unanswered after this is issued again.
+const ROUND_RETRY: Duration = Duration::from_millis(60);
 
-/// Runs the loop until `shared.stop` is set, then seals and commits one last window,
-/// checkpoints, and returns.
+struct Loop<'a> {
+    node: RaftNode,
+    shared: Arc<Shared>,
+    completions: Vec<Sender<Completion>>,
+    transport: Option<&'a Transport>,
+    config: ReplicationConfig,
+    adaptive: AdaptiveTimeout,
+    pending: HashMap<u64, Vec<Window>>,
+    next_tag: u64,
+    spares: Vec<Vec<Window>>,
+    entry: Vec<u8>,
+    lease_round: Option<(u64, Instant)>,
+    read_round: Option<(u64, Instant)>,
+    was_leader: bool,
+    ticks: u64,
+}
+
+/// Runs the loop until `shared.stop` is set; then seals one last window, waits (bounded)
+/// for what is in flight to commit, checkpoints, and returns.
 pub fn run(
-    mut engine: Engine,
+    node: RaftNode,
     shared: Arc<Shared>,
     flush_rx: Receiver<()>,
+    inbound_rx: Receiver<Inbound>,
     completions: Vec<Sender<Completion>>,
+    transport: Option<Transport>,
     config: ReplicationConfig,
 ) -> anyhow::Result<()> {
-    let mut spares: Vec<Vec<Window>> = completions.iter().map(|_| Vec::new()).collect();
-    let mut entry = Vec::new();
-    let mut last_checkpoint = Instant::now();
-    let mut next_seal = Instant::now() + config.batch_window;
-    loop {
-        let stopping = shared.stop.load(Ordering::Acquire);
-        if stopping {
-            // Let the shards finish the batch they are on, so the last window holds
-            // everything they accepted.
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while shared.shards_idle.load(Ordering::Acquire) < shared.windows.len() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(1));
+    let spares = completions.iter().map(|_| Vec::new()).collect();
+    let mut l = Loop {
+        node,
+        shared,
+        completions,
+        transport: transport.as_ref(),
+        config,
+        adaptive: AdaptiveTimeout::new(Default::default()),
+        pending: HashMap::new(),
+        next_tag: 1,
+        spares,
+        entry: Vec::new(),
+        lease_round: None,
+        read_round: None,
+        was_leader: false,
+        ticks: 0,
+    };
+    let result = l.main_loop(&flush_rx, &inbound_rx);
+    let checkpoint = l.checkpoint();
+    l.shared.replication_done.store(true, Ordering::Release);
+    result.and(checkpoint)
+}
+
+impl Loop<'_> {
+    fn main_loop(
+        &mut self,
+        flush_rx: &Receiver<()>,
+        inbound_rx: &Receiver<Inbound>,
+    ) -> anyhow::Result<()> {
+        let mut last_checkpoint = Instant::now();
+        let mut next_tick = Instant::now() + self.config.tick;
+        let mut next_seal = Instant::now() + self.config.batch_window;
+        let mut stop_deadline: Option<Instant> = None;
+        loop {
+            let mut seal_now = false;
+            if self.shared.stop.load(Ordering::Acquire) && stop_deadline.is_none() {
+                // Let the shards finish the batch they are on, then seal everything.
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while self.shared.shards_idle.load(Ordering::Acquire) < self.shared.windows.len()
+                    && Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                stop_deadline = Some(Instant::now() + STOP_DRAIN);
+                seal_now = true;
             }
-        } else {
-            match flush_rx.recv_deadline(next_seal) {
-                Ok(()) | Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
+            let wake = next_tick.min(next_seal);
+            select! {
+                recv(inbound_rx) -> m => if let Ok(m) = m { self.inbound(m) },
+                recv(flush_rx) -> _ => seal_now = true,
+                default(wake.saturating_duration_since(Instant::now())) => {}
+            }
+            for m in inbound_rx.try_iter().take(INBOUND_DRAIN_MAX) {
+                self.inbound(m);
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.on_tick(now);
+                next_tick += self.config.tick;
+                if next_tick < now {
+                    next_tick = now + self.config.tick;
+                }
+            }
+            if now >= next_seal || seal_now {
+                self.seal();
+                self.start_read_round();
+                next_seal = now + self.config.batch_window;
+            }
+            self.advance()?;
+            if let Some(deadline) = stop_deadline {
+                if self.pending.is_empty() || Instant::now() >= deadline {
+                    self.fail_pending(Status::Failed);
+                    return Ok(());
+                }
+            }
+            if last_checkpoint.elapsed() >= self.config.checkpoint_interval {
+                self.checkpoint()?;
+                last_checkpoint = Instant::now();
             }
         }
-        next_seal = Instant::now() + config.batch_window;
-        // Seal: take every shard's window.
-        let windows: Vec<Window> = shared
+    }
+
+    fn inbound(&mut self, m: Inbound) {
+        match m {
+            Inbound::Raft(msg) => self.node.step(msg),
+            Inbound::Rtt { rtt, .. } => {
+                self.adaptive.record_rtt(rtt);
+                let s = &self.shared.stats;
+                s.rtt_us.store(
+                    self.adaptive
+                        .estimated_rtt()
+                        .unwrap_or_default()
+                        .as_micros() as u64,
+                    Ordering::Relaxed,
+                );
+                s.rtt_dev_us.store(
+                    self.adaptive.rtt_deviation().as_micros() as u64,
+                    Ordering::Relaxed,
+                );
+            }
+            Inbound::PeerUnreachable(peer) => self.node.report_unreachable(peer as u64 + 1),
+            Inbound::PeerClientAddr { peer, addr } => {
+                if let Some(slot) = self.shared.client_addrs.lock().unwrap().get_mut(peer) {
+                    *slot = addr;
+                }
+            }
+        }
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        self.node.tick();
+        self.ticks += 1;
+        let floor_ticks = (self.adaptive.timeout().as_secs_f64() / self.config.tick.as_secs_f64())
+            .round() as usize;
+        self.node.set_election_floor_ticks(floor_ticks);
+        if let Some(t) = self.transport {
+            if self.ticks % PING_EVERY_TICKS == 0 {
+                t.ping_all();
+            }
+        }
+        // raft-rs drops a read silently (e.g. before a new leader has committed in its
+        // term): a round unanswered after a few heartbeats is retried.
+        if self
+            .lease_round
+            .is_some_and(|(_, sent)| now.duration_since(sent) > ROUND_RETRY)
+        {
+            self.lease_round = None;
+        }
+        if let Some((_, sent)) = self.read_round {
+            if now.duration_since(sent) > ROUND_RETRY {
+                self.read_round = None;
+                self.shared.reads_waiting.store(true, Ordering::Release);
+            }
+        }
+        if self.config.read_mode == ReadMode::Lease
+            && self.node.is_leader()
+            && self.lease_round.is_none()
+        {
+            let ctx = LEASE_CTX | self.ticks;
+            self.node.read_index(ctx);
+            self.lease_round = Some((ctx, now));
+        }
+    }
+
+    /// Takes every shard's window and proposes them as one entry.
+    fn seal(&mut self) {
+        let windows: Vec<Window> = self
+            .shared
             .windows
             .iter()
-            .zip(spares.iter_mut())
+            .zip(self.spares.iter_mut())
             .map(|(slot, spare)| slot.seal(spare.pop().unwrap_or_default()))
             .collect();
         let num_commands: usize = windows.iter().map(|w| w.replies.len()).sum();
-        if num_commands > 0 {
-            entry.clear();
-            for w in &windows {
-                entry.extend_from_slice(&w.commands);
+        if num_commands == 0 {
+            for (shard, w) in windows.into_iter().enumerate() {
+                self.spares[shard].push(w);
             }
-            let result = engine.commit_local(SINGLE_NODE_TERM, num_commands as u64, &entry);
-            let statuses: Vec<Status> = match result {
-                Ok((index, outcomes)) => {
-                    shared.stats.commit_index.store(index, Ordering::Release);
-                    shared.stats.entries_written.fetch_add(1, Ordering::Relaxed);
-                    shared.stats.commands_applied.fetch_add(num_commands as u64, Ordering::Relaxed);
-                    shared.stats.last_entry_commands.store(num_commands as u64, Ordering::Relaxed);
-                    outcomes.iter().map(|o| outcome_status(*o)).collect()
-                }
-                Err(e) => {
-                    let status = if e.is_no_space() { Status::NoSpace } else { Status::Failed };
-                    shared.stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("ocean-liner: window of {num_commands} writes failed: {e}");
-                    vec![status; num_commands]
-                }
+            return;
+        }
+        if !self.node.is_leader() {
+            self.complete(windows, None, Status::NotLeader);
+            return;
+        }
+        self.entry.clear();
+        for w in &windows {
+            self.entry.extend_from_slice(&w.commands);
+        }
+        // A full disk shows here, before anything is proposed: the window fails cleanly.
+        let prepared = self
+            .node
+            .engine()
+            .log()
+            .prepare(log::entry_size(self.entry.len()) as u64);
+        if let Err(e) = prepared {
+            let status = if e.is_no_space() {
+                Status::NoSpace
+            } else {
+                Status::Failed
             };
-            let mut at = 0;
-            for (shard, window) in windows.into_iter().enumerate() {
-                let n = window.replies.len();
-                if n == 0 {
-                    spares[shard].push(window);
-                    continue;
-                }
-                let completion = Completion {
-                    window,
-                    statuses: statuses[at..at + n].to_vec(),
-                };
-                at += n;
-                // A shard that is gone cannot reply; its clients will retry.
-                let _ = completions[shard].send(completion);
-            }
-        } else {
-            for (shard, window) in windows.into_iter().enumerate() {
-                spares[shard].push(window);
-            }
-        }
-        if stopping {
-            break;
-        }
-        if last_checkpoint.elapsed() >= config.checkpoint_interval && engine.map().dirty_page_count() > 0 {
-            checkpoint(&mut engine, &shared);
-            last_checkpoint = Instant::now();
-        }
-    }
-    checkpoint(&mut engine, &shared);
-    shared.replication_done.store(true, Ordering::Release);
-    Ok(())
-}
-
-fn checkpoint(engine: &mut Engine, shared: &Shared) {
-    let start = Instant::now();
-    match engine.checkpoint() {
-        Ok(()) => {
-            shared.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-            shared
+            self.shared
                 .stats
-                .last_checkpoint_us
-                .store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+                .write_errors
+                .fetch_add(1, Ordering::Relaxed);
+            eprintln!("ocean-liner: cannot take a window of {num_commands} writes: {e}");
+            self.complete(windows, None, status);
+            return;
         }
-        // The log still holds everything: a failed checkpoint only lengthens replay.
-        Err(e) => eprintln!("ocean-liner: checkpoint failed (the log keeps the data): {e}"),
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        match self
+            .node
+            .propose(tag, std::mem::take(&mut self.entry), num_commands as u64)
+        {
+            Ok(_) => {
+                self.pending.insert(tag, windows);
+            }
+            Err(ProposeError::NotLeader(_)) => self.complete(windows, None, Status::NotLeader),
+            Err(ProposeError::Busy) => self.complete(windows, None, Status::Busy),
+        }
     }
-}
 
-fn outcome_status(outcome: Outcome) -> Status {
-    match outcome {
-        Outcome::Done | Outcome::Duplicate | Outcome::Absent | Outcome::Ignored => Status::Ok,
+    fn start_read_round(&mut self) {
+        if self.config.read_mode != ReadMode::Index
+            || self.read_round.is_some()
+            || !self.node.is_leader()
+        {
+            return;
+        }
+        if self.shared.reads_waiting.swap(false, Ordering::AcqRel) {
+            let epoch = self.shared.read_epoch_next.fetch_add(1, Ordering::AcqRel);
+            self.node.read_index(epoch);
+            self.read_round = Some((epoch, Instant::now()));
+        }
+    }
+
+    /// Sends each window back to its shard with per-command statuses (from `outcomes`, or
+    /// `status` for all).
+    fn complete(&mut self, windows: Vec<Window>, outcomes: Option<&[Outcome]>, status: Status) {
+        let mut at = 0;
+        for (shard, window) in windows.into_iter().enumerate() {
+            let n = window.replies.len();
+            if n == 0 {
+                self.spares[shard].push(window);
+                continue;
+            }
+            let statuses = match outcomes {
+                Some(o) => o[at..at + n].iter().map(|_| Status::Ok).collect(),
+                None => vec![status; n],
+            };
+            at += n;
+            // A shard that is gone cannot reply; its clients retry.
+            let _ = self.completions[shard].send(Completion { window, statuses });
+        }
+    }
+
+    fn fail_pending(&mut self, status: Status) {
+        for (_, windows) in std::mem::take(&mut self.pending) {
+            self.complete(windows, None, status);
+        }
+    }
+
+    fn advance(&mut self) -> anyhow::Result<()> {
+        let mut out = Output::default();
+        if let Err(e) = self.node.advance(&mut out) {
+            self.fail_pending(Status::Failed);
+            anyhow::bail!("the node must stop: {e}");
+        }
+        if let Some(t) = self.transport {
+            for m in &out.messages {
+                t.send(m);
+            }
+        }
+        let shared = self.shared.clone();
+        let stats = &shared.stats;
+        for event in out.events {
+            match event {
+                Event::Applied {
+                    tag,
+                    index,
+                    outcomes,
+                } => {
+                    if let Some(windows) = self.pending.remove(&tag) {
+                        stats.entries_written.fetch_add(1, Ordering::Relaxed);
+                        stats
+                            .commands_applied
+                            .fetch_add(outcomes.len() as u64, Ordering::Relaxed);
+                        stats
+                            .last_entry_commands
+                            .store(outcomes.len() as u64, Ordering::Relaxed);
+                        let _ = index;
+                        self.complete(windows, Some(&outcomes), Status::Ok);
+                    }
+                }
+                Event::Dropped { tag } => {
+                    if let Some(windows) = self.pending.remove(&tag) {
+                        self.complete(windows, None, Status::NotLeader);
+                    }
+                }
+                Event::ReadReady { ctx, .. } => {
+                    if ctx & LEASE_CTX != 0 {
+                        if let Some((round, sent)) = self.lease_round {
+                            if round == ctx {
+                                let lease = self.config.tick.mul_f64(
+                                    self.config.election_ticks as f64 * self.config.lease_fraction,
+                                );
+                                let until = (sent + lease)
+                                    .duration_since(self.shared.started)
+                                    .as_nanos() as u64;
+                                self.shared.lease_until_ns.store(until, Ordering::Release);
+                                self.lease_round = None;
+                            }
+                        }
+                    } else if self.read_round.is_some_and(|(epoch, _)| epoch == ctx) {
+                        self.shared.read_epoch_done.fetch_max(ctx, Ordering::AcqRel);
+                        self.read_round = None;
+                    }
+                }
+            }
+        }
+        self.publish();
+        Ok(())
+    }
+
+    fn publish(&mut self) {
+        let leader = self.node.is_leader();
+        if leader != self.was_leader {
+            self.was_leader = leader;
+            if !leader {
+                self.shared.lease_until_ns.store(0, Ordering::Release);
+                self.lease_round = None;
+                self.read_round = None;
+            }
+        }
+        let s = &self.shared;
+        s.is_leader.store(leader, Ordering::Release);
+        s.leader_id
+            .store(self.node.leader_id().unwrap_or(0), Ordering::Release);
+        s.stats.term.store(self.node.term(), Ordering::Relaxed);
+        s.stats
+            .commit_index
+            .store(self.node.commit_index(), Ordering::Relaxed);
+        s.stats
+            .applied_index
+            .store(self.node.applied_index(), Ordering::Release);
+        s.stats
+            .leader_changes
+            .store(self.node.leader_changes(), Ordering::Relaxed);
+        let timeout_ms =
+            self.node.election_timeout_ticks() as u64 * self.config.tick.as_millis() as u64;
+        s.stats
+            .election_timeout_ms
+            .store(timeout_ms, Ordering::Relaxed);
+    }
+
+    fn checkpoint(&mut self) -> anyhow::Result<()> {
+        if self.node.engine().map().dirty_page_count() == 0 {
+            return Ok(());
+        }
+        let start = Instant::now();
+        match self.node.checkpoint() {
+            Ok(()) => {
+                let s = &self.shared.stats;
+                s.checkpoints.fetch_add(1, Ordering::Relaxed);
+                s.last_checkpoint_us
+                    .store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+            }
+            // The log still holds everything: a failed checkpoint only lengthens replay.
+            Err(e) => eprintln!("ocean-liner: checkpoint failed (the log keeps the data): {e}"),
+        }
+        Ok(())
     }
 }

@@ -11,6 +11,7 @@
 
 use super::Shared;
 use super::replication::Completion;
+use super::replication::ReadMode;
 use super::udp::{Datagram, Receiver, Sender};
 use super::window::{ReplyTo, Window};
 use crate::command;
@@ -37,6 +38,21 @@ pub struct Shard {
     pub window_bytes_max: usize,
     /// Refuse writes with Busy once the window holds this many bytes.
     pub window_bytes_hard_max: usize,
+    /// GETs waiting for a ReadIndex round (read mode `index`).
+    pub waiting_reads: Vec<WaitingRead>,
+}
+
+/// Most GETs one shard holds waiting for a ReadIndex round before answering Busy.
+pub const WAITING_READS_MAX: usize = 1 << 16;
+
+/// A GET waiting for the ReadIndex epoch it arrived in.
+pub struct WaitingRead {
+    epoch: u64,
+    key: String,
+    from: SocketAddr,
+    request_len: usize,
+    to: Addressing,
+    validated: bool,
 }
 
 impl Shard {
@@ -68,11 +84,15 @@ impl Shard {
                 idle_reported = true;
                 self.shared.shards_idle.fetch_add(1, Ordering::AcqRel);
             }
+            self.serve_waiting_reads(&mut sender);
             while let Ok(done) = self.completions.try_recv() {
                 self.reply_completion(&done, &mut sender);
             }
             sender.flush(&self.socket);
-            if idle_reported && self.shared.replication_done.load(Ordering::Acquire) && self.completions.is_empty() {
+            if idle_reported
+                && self.shared.replication_done.load(Ordering::Acquire)
+                && self.completions.is_empty()
+            {
                 return;
             }
             if idle_reported {
@@ -87,21 +107,35 @@ impl Shard {
 
     /// Queues `response` to `to`, unless the source is unvalidated and the reply would be
     /// larger than its request: then only the cookie goes back.
-    fn respond(&self, sender: &mut Sender, to: SocketAddr, request_len: usize, validated: bool, response: Response<'_>) {
-        let response = if validated || protocol::reply_fits_unvalidated(request_len, response.encoded_len()) {
-            response
-        } else if response.status.is_success() || response.status == Status::NotFound {
-            let to_addr = Addressing {
-                op: response.op,
-                client_id: response.client_id,
-                request_seq: response.request_seq,
-                cookie: 0,
+    fn respond(
+        &self,
+        sender: &mut Sender,
+        to: SocketAddr,
+        request_len: usize,
+        validated: bool,
+        response: Response<'_>,
+    ) {
+        let response =
+            if validated || protocol::reply_fits_unvalidated(request_len, response.encoded_len()) {
+                response
+            } else if response.status.is_success()
+                || response.status == Status::NotFound
+                || (response.status == Status::NotLeader && !response.payload.is_empty())
+            {
+                let to_addr = Addressing {
+                    op: response.op,
+                    client_id: response.client_id,
+                    request_seq: response.request_seq,
+                    cookie: 0,
+                };
+                Response::cookie_required(&to_addr, response.cookie)
+            } else {
+                // An error's message is optional: send the status alone.
+                Response {
+                    payload: &[],
+                    ..response
+                }
             };
-            Response::cookie_required(&to_addr, response.cookie)
-        } else {
-            // An error's message is optional: send the status alone.
-            Response { payload: &[], ..response }
-        };
         sender.push(to, |out| protocol::encode_response(&response, out));
     }
 
@@ -109,13 +143,22 @@ impl Shard {
         let stats = &self.shared.stats;
         stats.requests.fetch_add(1, Ordering::Relaxed);
         let cookie = self.cookie(&d.from);
-        let request_len = if d.truncated { usize::MAX } else { d.bytes.len() };
+        let request_len = if d.truncated {
+            usize::MAX
+        } else {
+            d.bytes.len()
+        };
         let req = match protocol::parse_request(d.bytes) {
             Ok(req) if !d.truncated => req,
             Ok(req) => {
                 // Larger than our receive buffer: certainly over the limit.
                 stats.rejected.fetch_add(1, Ordering::Relaxed);
-                let resp = Response::reply(&req.addressing(), Status::TooLarge, cookie, b"datagram larger than 1024 bytes");
+                let resp = Response::reply(
+                    &req.addressing(),
+                    Status::TooLarge,
+                    cookie,
+                    b"datagram larger than 1024 bytes",
+                );
                 self.respond(sender, d.from, request_len, false, resp);
                 return;
             }
@@ -126,67 +169,228 @@ impl Shard {
             Err(ParseError::Rejected(rejection)) => {
                 stats.rejected.fetch_add(1, Ordering::Relaxed);
                 let validated = rejection.to.cookie == cookie;
-                self.respond(sender, d.from, request_len, validated, rejection.response(cookie));
+                self.respond(
+                    sender,
+                    d.from,
+                    request_len,
+                    validated,
+                    rejection.response(cookie),
+                );
                 return;
             }
         };
         let validated = req.cookie == cookie;
         let to = req.addressing();
         match req.op {
-            Op::Get => self.get(&req, d, validated, cookie, sender),
+            Op::Get => self.get_request(&req, d, validated, cookie, sender),
+            Op::Set | Op::Delete if !self.shared.is_leader.load(Ordering::Acquire) => {
+                self.not_leader(sender, d.from, request_len, validated, &to, cookie);
+            }
             Op::Set | Op::Delete => {
                 let in_window = self.shared.windows[self.index].bytes() + batch.commands.len();
                 if in_window >= self.window_bytes_hard_max {
                     stats.busy.fetch_add(1, Ordering::Relaxed);
-                    self.respond(sender, d.from, request_len, validated, Response::reply(&to, Status::Busy, cookie, b""));
+                    self.respond(
+                        sender,
+                        d.from,
+                        request_len,
+                        validated,
+                        Response::reply(&to, Status::Busy, cookie, b""),
+                    );
                     return;
                 }
                 let (op, value) = match req.op {
                     Op::Set => (command::Op::Set, req.value),
                     _ => (command::Op::Delete, &[][..]),
                 };
-                command::encode(&mut batch.commands, op, req.client_id, req.request_seq, req.key.as_bytes(), value);
+                command::encode(
+                    &mut batch.commands,
+                    op,
+                    req.client_id,
+                    req.request_seq,
+                    req.key.as_bytes(),
+                    value,
+                );
                 batch.replies.push(ReplyTo {
                     addr: d.from,
                     op: req.op,
                     client_id: req.client_id,
                     request_seq: req.request_seq,
+                    validated,
+                    request_len: request_len.min(u16::MAX as usize) as u16,
                 });
             }
-            Op::Ping => self.respond(sender, d.from, request_len, validated, Response::reply(&to, Status::Ok, cookie, b"")),
+            Op::Ping => self.respond(
+                sender,
+                d.from,
+                request_len,
+                validated,
+                Response::reply(&to, Status::Ok, cookie, b""),
+            ),
             Op::Stats => {
                 let text = self.shared.stats_text();
-                self.respond(sender, d.from, request_len, validated, Response::reply(&to, Status::Ok, cookie, text.as_bytes()));
+                self.respond(
+                    sender,
+                    d.from,
+                    request_len,
+                    validated,
+                    Response::reply(&to, Status::Ok, cookie, text.as_bytes()),
+                );
             }
         }
     }
 
-    fn get(&mut self, req: &Request<'_>, d: &Datagram<'_>, validated: bool, cookie: u64, sender: &mut Sender) {
+    fn not_leader(
+        &self,
+        sender: &mut Sender,
+        to_addr: SocketAddr,
+        request_len: usize,
+        validated: bool,
+        to: &Addressing,
+        cookie: u64,
+    ) {
+        let hint = self
+            .shared
+            .leader_client_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let resp = Response::reply(to, Status::NotLeader, cookie, hint.as_bytes());
+        self.respond(sender, to_addr, request_len, validated, resp);
+    }
+
+    /// GET: served locally once this node may (lease valid, or its ReadIndex round done).
+    fn get_request(
+        &mut self,
+        req: &Request<'_>,
+        d: &Datagram<'_>,
+        validated: bool,
+        cookie: u64,
+        sender: &mut Sender,
+    ) {
         let to = req.addressing();
+        if !self.shared.is_leader.load(Ordering::Acquire) {
+            self.not_leader(sender, d.from, d.bytes.len(), validated, &to, cookie);
+            return;
+        }
+        match self.shared.read_mode {
+            ReadMode::Lease if self.shared.lease_valid() => self.get(
+                req.key,
+                d.from,
+                d.bytes.len(),
+                &to,
+                validated,
+                cookie,
+                sender,
+            ),
+            ReadMode::Lease => {
+                // A new leader whose lease is not yet confirmed: the client backs off briefly.
+                self.shared.stats.busy.fetch_add(1, Ordering::Relaxed);
+                self.respond(
+                    sender,
+                    d.from,
+                    d.bytes.len(),
+                    validated,
+                    Response::reply(&to, Status::Busy, cookie, b""),
+                );
+            }
+            ReadMode::Index => {
+                if self.waiting_reads.len() >= WAITING_READS_MAX {
+                    self.respond(
+                        sender,
+                        d.from,
+                        d.bytes.len(),
+                        validated,
+                        Response::reply(&to, Status::Busy, cookie, b""),
+                    );
+                    return;
+                }
+                let epoch = self.shared.read_epoch_next.load(Ordering::Acquire);
+                self.waiting_reads.push(WaitingRead {
+                    epoch,
+                    key: req.key.to_string(),
+                    from: d.from,
+                    request_len: d.bytes.len(),
+                    to,
+                    validated,
+                });
+                self.shared.reads_waiting.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Answers the waiting GETs whose ReadIndex round completed (or NotLeader to all of
+    /// them once this node is no longer the leader).
+    fn serve_waiting_reads(&mut self, sender: &mut Sender) {
+        if self.waiting_reads.is_empty() {
+            return;
+        }
+        let leader = self.shared.is_leader.load(Ordering::Acquire);
+        let done = self.shared.read_epoch_done.load(Ordering::Acquire);
+        let reads = std::mem::take(&mut self.waiting_reads);
+        let mut still = Vec::new();
+        for r in reads {
+            let cookie = self.cookie(&r.from);
+            if !leader {
+                self.not_leader(sender, r.from, r.request_len, r.validated, &r.to, cookie);
+            } else if r.epoch <= done {
+                self.get(
+                    &r.key,
+                    r.from,
+                    r.request_len,
+                    &r.to,
+                    r.validated,
+                    cookie,
+                    sender,
+                );
+            } else {
+                still.push(r);
+            }
+        }
+        if !still.is_empty() {
+            self.shared.reads_waiting.store(true, Ordering::Release);
+        }
+        self.waiting_reads = still;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn get(
+        &mut self,
+        key: &str,
+        from: SocketAddr,
+        request_len: usize,
+        to: &Addressing,
+        validated: bool,
+        cookie: u64,
+        sender: &mut Sender,
+    ) {
+        let to = *to;
         self.shared.stats.gets.fetch_add(1, Ordering::Relaxed);
-        let value = match self.shared.map.get(key_hash(req.key.as_bytes())) {
+        let value = match self.shared.map.get(key_hash(key.as_bytes())) {
             Lookup::Missing => None,
             Lookup::Inline(v) => Some(v),
-            Lookup::InLog(offset) => {
-                match self.log_reader.read_value_at(offset) {
-                    Ok(v) => Some(v),
-                    Err(e) => {
-                        eprintln!("ocean-liner: reading a value from the log failed: {e}");
-                        let resp = Response::reply(&to, Status::Failed, cookie, b"log read failed");
-                        self.respond(sender, d.from, d.bytes.len(), validated, resp);
-                        return;
-                    }
+            Lookup::InLog(offset) => match self.log_reader.read_value_at(offset) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    eprintln!("ocean-liner: reading a value from the log failed: {e}");
+                    let resp = Response::reply(&to, Status::Failed, cookie, b"log read failed");
+                    self.respond(sender, from, request_len, validated, resp);
+                    return;
                 }
-            }
+            },
         };
         let resp = match &value {
             Some(v) => Response::reply(&to, Status::Ok, cookie, v),
             None => Response::reply(&to, Status::NotFound, cookie, b""),
         };
-        self.respond(sender, d.from, d.bytes.len(), validated, resp);
+        self.respond(sender, from, request_len, validated, resp);
     }
 
     fn reply_completion(&self, done: &Completion, sender: &mut Sender) {
+        let hint = self
+            .shared
+            .leader_client_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         for (reply, status) in done.window.replies.iter().zip(&done.statuses) {
             let to = Addressing {
                 op: Some(reply.op),
@@ -194,9 +398,19 @@ impl Shard {
                 request_seq: reply.request_seq,
                 cookie: 0,
             };
-            let resp = Response::reply(&to, *status, self.cookie(&reply.addr), b"");
-            // Write replies are header-only: never larger than the request.
-            sender.push(reply.addr, |out| protocol::encode_response(&resp, out));
+            let payload = if *status == Status::NotLeader {
+                hint.as_bytes()
+            } else {
+                b""
+            };
+            let resp = Response::reply(&to, *status, self.cookie(&reply.addr), payload);
+            self.respond(
+                sender,
+                reply.addr,
+                reply.request_len as usize,
+                reply.validated,
+                resp,
+            );
         }
     }
 }

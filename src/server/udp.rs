@@ -82,7 +82,9 @@ impl Receiver {
             self.received = 0;
             let e = io::Error::last_os_error();
             return match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted => Ok(0),
+                io::ErrorKind::WouldBlock
+                | io::ErrorKind::TimedOut
+                | io::ErrorKind::Interrupted => Ok(0),
                 _ => Err(e),
             };
         }
@@ -134,7 +136,8 @@ impl Sender {
     pub fn flush(&mut self, socket: &UdpSocket) -> usize {
         let mut sent = 0;
         for chunk in self.spans.chunks(BATCH) {
-            let mut addrs: Vec<(libc::sockaddr_storage, u32)> = chunk.iter().map(|s| std_to_sockaddr(&s.2)).collect();
+            let mut addrs: Vec<(libc::sockaddr_storage, u32)> =
+                chunk.iter().map(|s| std_to_sockaddr(&s.2)).collect();
             let mut iovecs: Vec<libc::iovec> = chunk
                 .iter()
                 .map(|&(start, len, _)| libc::iovec {
@@ -187,13 +190,18 @@ fn sockaddr_to_std(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match storage.ss_family as i32 {
         libc::AF_INET => {
             // SAFETY: the family says this is a sockaddr_in.
-            let a: &libc::sockaddr_in = unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
+            let a: &libc::sockaddr_in =
+                unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
             let ip = u32::from_be(a.sin_addr.s_addr);
-            Some(SocketAddr::V4(SocketAddrV4::new(ip.into(), u16::from_be(a.sin_port))))
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip.into(),
+                u16::from_be(a.sin_port),
+            )))
         }
         libc::AF_INET6 => {
             // SAFETY: the family says this is a sockaddr_in6.
-            let a: &libc::sockaddr_in6 = unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
+            let a: &libc::sockaddr_in6 =
+                unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
             Some(SocketAddr::V6(SocketAddrV6::new(
                 a.sin6_addr.s6_addr.into(),
                 u16::from_be(a.sin6_port),
@@ -211,7 +219,8 @@ fn std_to_sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, u32) {
     match addr {
         SocketAddr::V4(a) => {
             // SAFETY: sockaddr_storage is large enough for sockaddr_in.
-            let s: &mut libc::sockaddr_in = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in) };
+            let s: &mut libc::sockaddr_in =
+                unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in) };
             s.sin_family = libc::AF_INET as u16;
             s.sin_port = a.port().to_be();
             s.sin_addr.s_addr = u32::from(*a.ip()).to_be();
@@ -219,7 +228,8 @@ fn std_to_sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, u32) {
         }
         SocketAddr::V6(a) => {
             // SAFETY: sockaddr_storage is large enough for sockaddr_in6.
-            let s: &mut libc::sockaddr_in6 = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6) };
+            let s: &mut libc::sockaddr_in6 =
+                unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6) };
             s.sin6_family = libc::AF_INET6 as u16;
             s.sin6_port = a.port().to_be();
             s.sin6_addr.s6_addr = a.ip().octets();

@@ -16,6 +16,10 @@ pub struct ReplyTo {
     pub op: Op,
     pub client_id: u64,
     pub request_seq: u64,
+    /// Whether the request carried this source's cookie, and its size: together they
+    /// bound how large the reply may be.
+    pub validated: bool,
+    pub request_len: u16,
 }
 
 /// Commands (in log encoding) and their reply addresses, in arrival order.

@@ -1,0 +1,539 @@
+//! The Raft driver: raft-rs's `RawNode` over the node's own log, map and hard state.
+//!
+//! [`RaftNode`] does no network IO, owns no thread and reads no clock: the caller feeds
+//! it ticks and peer messages and collects what to send and what was applied. The server's
+//! replication core drives it with TCP and a timer; the simulator drives it with a
+//! simulated network, clock and disk. Both run exactly this code.
+//!
+//! The Ready loop is synchronous:
+//! 1. messages to followers (the leader's AppendEntries) go out *before* the leader's own
+//!    write, so replication overlaps the leader's disk write;
+//! 2. new entries are appended durably (a conflicting suffix is cut first), then the hard
+//!    state is saved;
+//! 3. messages that promise durability (votes, append responses) go out only after that;
+//! 4. committed entries are applied in log order, and proposals learn their outcome.
+//!
+//! raft-rs counts the leader's own entries toward the quorum only once `advance` says
+//! they are persisted, so nothing commits before the leader's write is durable.
+
+pub mod adaptive;
+pub mod codec;
+pub mod hard_state;
+pub mod storage;
+
+use crate::engine::{Engine, EngineError, EngineOptions, OpenReport, Outcome};
+use crate::io::Backend;
+use crate::log::{LogIndex, NewEntry, Term};
+use hard_state::HardStateFile;
+use raft::eraftpb::{Entry, Message};
+use raft::{RawNode, StateRole};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::Arc;
+use storage::LogStorage;
+
+/// A deliberate bug, compiled in so the simulator can prove it would catch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PlantedBug {
+    #[default]
+    None,
+    /// The leader acknowledges a proposal as soon as its own copy is durable, without
+    /// waiting for a quorum.
+    AckBeforeCommit,
+    /// Followers acknowledge appended entries before writing them.
+    AckBeforePersist,
+}
+
+/// Settings of one node's Raft group.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's Raft id (1-based).
+    pub id: u64,
+    /// Every voter's id, this node included.
+    pub voters: Vec<u64>,
+    /// Ticks without a leader before an election may start (the lease bound too).
+    pub election_tick: usize,
+    /// Upper bound of the randomized election timeout, in ticks.
+    pub max_election_tick: usize,
+    /// Ticks between leader heartbeats.
+    pub heartbeat_tick: usize,
+    /// Largest AppendEntries payload, in bytes.
+    pub max_size_per_msg: u64,
+    /// Proposals beyond this many uncommitted bytes are refused (back-pressure).
+    pub max_uncommitted_size: u64,
+    pub engine: EngineOptions,
+    pub planted_bug: PlantedBug,
+    /// Seeds the draw of randomized election timeouts (raft-rs's own draw uses a thread
+    /// RNG; this node redraws with its own, so a simulation replays exactly).
+    pub seed: u64,
+}
+
+impl NodeConfig {
+    /// Defaults for a node with `id` among `voters`.
+    pub fn new(id: u64, voters: Vec<u64>) -> NodeConfig {
+        NodeConfig {
+            id,
+            voters,
+            election_tick: 15,
+            max_election_tick: 30,
+            heartbeat_tick: 3,
+            max_size_per_msg: 16 << 20,
+            max_uncommitted_size: 512 << 20,
+            engine: EngineOptions::default(),
+            planted_bug: PlantedBug::None,
+            seed: id,
+        }
+    }
+}
+
+/// Something the caller must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The proposal `tag` committed and was applied: one outcome per command.
+    Applied {
+        tag: u64,
+        index: LogIndex,
+        outcomes: Vec<Outcome>,
+    },
+    /// The proposal `tag` will not commit through this node (leadership lost, or its entry
+    /// was replaced). It may still have committed elsewhere; clients retry, and sessions
+    /// keep the retry from applying twice.
+    Dropped { tag: u64 },
+    /// The read `ctx` may be served: this node was leader when it was issued and has
+    /// applied everything committed before it.
+    ReadReady { ctx: u64, index: LogIndex },
+}
+
+/// What one [`RaftNode::advance`] produced.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub messages: Vec<Message>,
+    pub events: Vec<Event>,
+}
+
+/// Why a proposal was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProposeError {
+    /// This node is not the leader; the leader's id if known.
+    NotLeader(Option<u64>),
+    /// Too much is uncommitted, or a leadership transfer is under way.
+    Busy,
+}
+
+/// A failure after which the node must stop (a disk that failed under the log).
+#[derive(Debug)]
+pub struct FatalError(pub String);
+
+impl std::fmt::Display for FatalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for FatalError {}
+
+impl From<EngineError> for FatalError {
+    fn from(e: EngineError) -> FatalError {
+        FatalError(e.to_string())
+    }
+}
+
+/// Forwards raft-rs's warnings and errors to stderr; drops the rest.
+struct StderrDrain {
+    prefix: String,
+}
+
+impl slog::Drain for StderrDrain {
+    type Ok = ();
+    type Err = slog::Never;
+    fn log(&self, record: &slog::Record<'_>, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        if record.level().is_at_least(slog::Level::Warning) {
+            eprintln!("{}raft: {}", self.prefix, record.msg());
+        }
+        Ok(())
+    }
+}
+
+/// One node: raft-rs state machine, log, map, hard state.
+pub struct RaftNode {
+    raw: RawNode<LogStorage>,
+    engine: Rc<RefCell<Engine>>,
+    hard_state: HardStateFile,
+    /// Proposals awaiting their entry's application: index → (term, tag).
+    pending: BTreeMap<LogIndex, (Term, u64)>,
+    /// Reads confirmed by a quorum, waiting for the map to catch up: (ctx, index).
+    pending_reads: Vec<(u64, LogIndex)>,
+    planted_bug: PlantedBug,
+    leader_changes: u64,
+    last_leader: u64,
+    election_tick_range: (usize, usize),
+    /// Lower end of the randomized election timeout, in ticks (the adaptive estimate).
+    election_floor_ticks: usize,
+    open_report: OpenReport,
+    rng: u64,
+    seen: (Term, StateRole),
+}
+
+impl RaftNode {
+    /// Opens a node's state in `dir` (log, map, hard state) and starts its Raft group.
+    /// A single-voter group campaigns at once.
+    pub fn open(
+        backend: Arc<dyn Backend>,
+        dir: &Path,
+        config: NodeConfig,
+    ) -> Result<RaftNode, FatalError> {
+        assert!(
+            config.voters.contains(&config.id),
+            "a node is one of the voters"
+        );
+        backend
+            .create_dir_all(dir)
+            .map_err(|e| FatalError(format!("cannot create {}: {e}", dir.display())))?;
+        let hard_state = HardStateFile::open(backend.as_ref(), dir).map_err(|e| {
+            FatalError(format!(
+                "cannot read the raft state in {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let mut hs = hard_state.get().clone();
+        let (engine, open_report) =
+            Engine::open(backend, dir, config.engine.clone(), Some(hs.commit))?;
+        // The map may be checkpointed past the last saved commit index: those entries were
+        // committed (they were applied), so the commit index is raised to match.
+        hs.commit = hs
+            .commit
+            .max(engine.applied_index())
+            .min(engine.last_index());
+        let applied = engine.applied_index();
+        let engine = Rc::new(RefCell::new(engine));
+        let storage = LogStorage::new(engine.clone(), hs, &config.voters);
+        let raft_config = raft::Config {
+            id: config.id,
+            election_tick: config.election_tick,
+            heartbeat_tick: config.heartbeat_tick,
+            min_election_tick: config.election_tick,
+            max_election_tick: config.max_election_tick,
+            applied,
+            max_size_per_msg: config.max_size_per_msg,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            max_uncommitted_size: config.max_uncommitted_size,
+            ..Default::default()
+        };
+        raft_config
+            .validate()
+            .map_err(|e| FatalError(format!("raft config: {e}")))?;
+        let logger = slog::Logger::root(
+            slog::Fuse(StderrDrain {
+                prefix: format!("node {}: ", config.id),
+            }),
+            slog::o!(),
+        );
+        let mut raw = RawNode::new(&raft_config, storage, &logger)
+            .map_err(|e| FatalError(format!("cannot start raft: {e}")))?;
+        if config.voters.len() == 1 {
+            raw.campaign()
+                .map_err(|e| FatalError(format!("campaign: {e}")))?;
+        }
+        Ok(RaftNode {
+            raw,
+            engine,
+            hard_state,
+            pending: BTreeMap::new(),
+            pending_reads: Vec::new(),
+            planted_bug: config.planted_bug,
+            leader_changes: 0,
+            last_leader: 0,
+            election_tick_range: (config.election_tick, config.max_election_tick),
+            election_floor_ticks: config.election_tick,
+            open_report,
+            rng: config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            seen: (0, StateRole::Follower),
+        }
+        .started())
+    }
+
+    fn started(mut self) -> RaftNode {
+        self.redraw_election_timeout();
+        self
+    }
+
+    /// Advances the logical clock by one tick.
+    pub fn tick(&mut self) {
+        self.raw.tick();
+        self.after_input();
+    }
+
+    /// Redraws the randomized election timeout whenever raft-rs has reset it (a new term
+    /// or role), from this node's own seeded generator and adaptive floor.
+    fn after_input(&mut self) {
+        let now = (self.raw.raft.term, self.raw.raft.state);
+        if now != self.seen {
+            self.seen = now;
+            self.redraw_election_timeout();
+        }
+    }
+
+    fn redraw_election_timeout(&mut self) {
+        let (min, max) = self.election_tick_range;
+        let lo = self.election_floor_ticks.clamp(min, max - 1);
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let t = lo + (self.rng % (max - lo) as u64) as usize;
+        self.raw.raft.set_randomized_election_timeout(t);
+    }
+
+    /// Sets the lower end of future randomized election timeouts, in ticks.
+    pub fn set_election_floor_ticks(&mut self, ticks: usize) {
+        self.election_floor_ticks = ticks;
+    }
+
+    /// The election timeout in force, in ticks.
+    pub fn election_timeout_ticks(&self) -> usize {
+        self.raw.raft.randomized_election_timeout()
+    }
+
+    /// Feeds a message from a peer. Messages for another node or a stale term are
+    /// ignored by raft-rs itself.
+    pub fn step(&mut self, msg: Message) {
+        if let Err(e) = self.raw.step(msg) {
+            // Only messages from unknown peers or local message types end up here.
+            eprintln!("raft: dropped a peer message: {e}");
+        }
+        self.after_input();
+    }
+
+    /// Proposes one window of `num_commands` encoded commands under `tag`.
+    pub fn propose(
+        &mut self,
+        tag: u64,
+        commands: Vec<u8>,
+        num_commands: u64,
+    ) -> Result<LogIndex, ProposeError> {
+        if self.raw.raft.state != StateRole::Leader {
+            return Err(ProposeError::NotLeader(self.leader_id()));
+        }
+        let context = num_commands.to_le_bytes().to_vec();
+        if self.raw.propose(context, commands).is_err() {
+            return Err(ProposeError::Busy);
+        }
+        let index = self.raw.raft.raft_log.last_index();
+        self.pending.insert(index, (self.raw.raft.term, tag));
+        Ok(index)
+    }
+
+    /// Starts a read confirmed by a quorum (ReadIndex); [`Event::ReadReady`] reports it.
+    pub fn read_index(&mut self, ctx: u64) {
+        self.raw.read_index(ctx.to_le_bytes().to_vec());
+    }
+
+    /// Whether this node is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// The current leader's id, if known.
+    pub fn leader_id(&self) -> Option<u64> {
+        let id = self.raw.raft.leader_id;
+        (id != 0).then_some(id)
+    }
+
+    pub fn id(&self) -> u64 {
+        self.raw.raft.id
+    }
+
+    pub fn role(&self) -> StateRole {
+        self.raw.raft.state
+    }
+
+    pub fn term(&self) -> Term {
+        self.raw.raft.term
+    }
+
+    pub fn commit_index(&self) -> LogIndex {
+        self.raw.raft.raft_log.committed
+    }
+
+    pub fn applied_index(&self) -> LogIndex {
+        self.engine.borrow().applied_index()
+    }
+
+    pub fn last_index(&self) -> LogIndex {
+        self.engine.borrow().last_index()
+    }
+
+    /// What recovery found when the node was opened.
+    pub fn open_report(&self) -> &OpenReport {
+        &self.open_report
+    }
+
+    /// How many times this node has seen the leader change.
+    pub fn leader_changes(&self) -> u64 {
+        self.leader_changes
+    }
+
+    /// The engine (map and log) behind this node.
+    pub fn engine(&self) -> std::cell::RefMut<'_, Engine> {
+        self.engine.borrow_mut()
+    }
+
+    /// Tells raft a peer could not be reached (it then probes instead of streaming).
+    pub fn report_unreachable(&mut self, id: u64) {
+        self.raw.report_unreachable(id);
+    }
+
+    /// Handles everything raft-rs has ready: persist, send, apply. Returns what the caller
+    /// must send and answer.
+    pub fn advance(&mut self, out: &mut Output) -> Result<(), FatalError> {
+        if !self.raw.has_ready() {
+            self.drain_reads(out);
+            return Ok(());
+        }
+        let mut rd = self.raw.ready();
+        if let Some(ss) = rd.ss() {
+            if ss.leader_id != self.last_leader {
+                self.last_leader = ss.leader_id;
+                self.leader_changes += 1;
+            }
+            if ss.raft_state != StateRole::Leader {
+                for (_, (_, tag)) in std::mem::take(&mut self.pending) {
+                    out.events.push(Event::Dropped { tag });
+                }
+                self.pending_reads.clear();
+            }
+        }
+        assert!(
+            rd.snapshot().is_empty(),
+            "the log is never compacted: no snapshots"
+        );
+        out.messages.extend(rd.take_messages());
+        if self.planted_bug == PlantedBug::AckBeforePersist {
+            out.messages.extend(rd.take_persisted_messages());
+        }
+        if !rd.entries().is_empty() {
+            self.persist(rd.entries())?;
+            if self.planted_bug == PlantedBug::AckBeforeCommit {
+                let last = rd.entries().last().unwrap().index;
+                let acked: Vec<_> = self.pending.range(..=last).map(|(i, _)| *i).collect();
+                for index in acked {
+                    let (_, tag) = self.pending.remove(&index).unwrap();
+                    out.events.push(Event::Applied {
+                        tag,
+                        index,
+                        outcomes: Vec::new(),
+                    });
+                }
+            }
+        }
+        if let Some(hs) = rd.hs() {
+            self.hard_state
+                .save(hs)
+                .map_err(|e| FatalError(format!("saving the raft state failed: {e}")))?;
+        }
+        out.messages.extend(rd.take_persisted_messages());
+        for rs in rd.take_read_states() {
+            let ctx = u64::from_le_bytes(
+                rs.request_ctx
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .unwrap_or([0; 8]),
+            );
+            self.pending_reads.push((ctx, rs.index));
+        }
+        let committed = rd.take_committed_entries();
+        self.apply(committed, out)?;
+        let mut light = self.raw.advance(rd);
+        out.messages.extend(light.take_messages());
+        let committed = light.take_committed_entries();
+        self.apply(committed, out)?;
+        self.raw.advance_apply();
+        self.drain_reads(out);
+        Ok(())
+    }
+
+    fn persist(&mut self, entries: &[Entry]) -> Result<(), FatalError> {
+        let mut engine = self.engine.borrow_mut();
+        let first = entries[0].index;
+        if first <= engine.last_index() {
+            assert!(
+                first > engine.applied_index(),
+                "raft never rewrites an applied entry"
+            );
+            engine
+                .log()
+                .truncate_from(first)
+                .map_err(|e| FatalError(format!("log truncation failed: {e}")))?;
+        }
+        let new: Vec<NewEntry<'_>> = entries
+            .iter()
+            .map(|e| NewEntry {
+                term: e.term,
+                log_index: e.index,
+                num_commands: e
+                    .context
+                    .get(..8)
+                    .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap())),
+                commands: &e.data,
+            })
+            .collect();
+        engine
+            .log()
+            .append(&new)
+            .map_err(|e| FatalError(format!("log append failed: {e}")))?;
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>, out: &mut Output) -> Result<(), FatalError> {
+        for e in entries {
+            let mut engine = self.engine.borrow_mut();
+            if e.index <= engine.applied_index() {
+                continue;
+            }
+            assert_eq!(
+                engine.log().term(e.index),
+                Some(e.term),
+                "committed entries are in the log"
+            );
+            let outcomes = engine.apply(e.index)?;
+            drop(engine);
+            // Proposals at lower indexes were replaced by another leader's entries.
+            while let Some((&index, _)) = self.pending.first_key_value() {
+                if index > e.index {
+                    break;
+                }
+                let (term, tag) = self.pending.remove(&index).unwrap();
+                if index == e.index && term == e.term {
+                    out.events.push(Event::Applied {
+                        tag,
+                        index,
+                        outcomes: outcomes.clone(),
+                    });
+                } else {
+                    out.events.push(Event::Dropped { tag });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn drain_reads(&mut self, out: &mut Output) {
+        let applied = self.applied_index();
+        self.pending_reads.retain(|&(ctx, index)| {
+            if index <= applied {
+                out.events.push(Event::ReadReady { ctx, index });
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Writes the map's changed pages back (see [`Engine::checkpoint`]).
+    pub fn checkpoint(&mut self) -> Result<(), EngineError> {
+        self.engine.borrow_mut().checkpoint()
+    }
+}

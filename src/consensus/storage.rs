@@ -1,0 +1,107 @@
+//! raft-rs's `Storage`, served from the node's own log.
+//!
+//! Raft log index `i` is log entry `i` of [`crate::log::Log`]; the entry's data is the
+//! window's commands region and its context the command count (8 bytes, little-endian).
+//! The log is never compacted, so the first index is always 1 and no snapshot exists.
+
+use crate::engine::Engine;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// The Raft view of the engine's log.
+pub struct LogStorage {
+    pub(crate) engine: Rc<RefCell<Engine>>,
+    hard_state: HardState,
+    conf_state: ConfState,
+}
+
+impl LogStorage {
+    pub fn new(engine: Rc<RefCell<Engine>>, hard_state: HardState, voters: &[u64]) -> LogStorage {
+        let mut conf_state = ConfState::default();
+        conf_state.voters = voters.to_vec();
+        LogStorage {
+            engine,
+            hard_state,
+            conf_state,
+        }
+    }
+}
+
+fn other(e: impl std::error::Error + Send + Sync + 'static) -> raft::Error {
+    raft::Error::Store(StorageError::Other(Box::new(e)))
+}
+
+/// Builds the raft entry for log entry `index`.
+pub fn raft_entry(engine: &mut Engine, index: u64) -> raft::Result<Entry> {
+    let entry = engine.log().read(index).map_err(other)?;
+    let mut e = Entry::default();
+    e.term = entry.header.term;
+    e.index = index;
+    e.data = bytes::Bytes::copy_from_slice(entry.commands());
+    e.context = bytes::Bytes::copy_from_slice(&entry.header.num_commands.to_le_bytes());
+    Ok(e)
+}
+
+impl raft::Storage for LogStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let max_size = max_size.into().unwrap_or(u64::MAX);
+        let mut engine = self.engine.borrow_mut();
+        if low < 1 {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > engine.last_index() + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let mut out = Vec::with_capacity((high - low) as usize);
+        let mut size = 0u64;
+        for index in low..high {
+            let e = raft_entry(&mut engine, index)?;
+            size += e.data.len() as u64 + 32;
+            if !out.is_empty() && size > max_size {
+                break;
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == 0 {
+            return Ok(0);
+        }
+        let mut engine = self.engine.borrow_mut();
+        engine
+            .log()
+            .term(idx)
+            .ok_or(raft::Error::Store(StorageError::Unavailable))
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.engine.borrow().last_index())
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}

@@ -1,0 +1,333 @@
+//! TCP transport between the nodes of a cluster.
+//!
+//! Each node keeps one outbound connection to every peer (a sender thread per peer, with
+//! reconnection and backoff) and accepts inbound connections from them (a reader thread
+//! per connection). A connection opens with a hello naming the cluster and the sender;
+//! a node of another cluster, an unknown node id, or any malformed frame closes that
+//! connection only.
+//!
+//! ```text
+//! frame     u32 payload_len (≤ FRAME_SIZE_MAX), u8 kind, payload
+//! kind 1    hello: 8 B magic b"OLPEER01", u64 cluster_id, u32 node_index,
+//!           u16 addr_len, client address as text ("ip:port")
+//! kind 2    raft message (see crate::consensus::codec)
+//! kind 3    ping: u64 sender's clock in ns      kind 4  pong: the ping's u64 echoed
+//! ```
+//!
+//! Pings are the heartbeat the adaptive election timeout samples RTT on: they are
+//! answered by the reader thread at once, never behind a disk write.
+
+use crate::consensus::codec;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use raft::eraftpb::Message;
+use std::io::{self, BufWriter, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Largest frame payload.
+pub const FRAME_SIZE_MAX: usize = codec::MESSAGE_SIZE_MAX + 64;
+/// Frames queued per peer before new ones are dropped (Raft retransmits).
+pub const QUEUE_FRAMES_MAX: usize = 4096;
+const HELLO_MAGIC: [u8; 8] = *b"OLPEER01";
+const KIND_HELLO: u8 = 1;
+const KIND_RAFT: u8 = 2;
+const KIND_PING: u8 = 3;
+const KIND_PONG: u8 = 4;
+const BACKOFF_MIN: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// What the transport hands the replication core.
+#[derive(Debug)]
+pub enum Inbound {
+    Raft(Message),
+    Rtt { peer: usize, rtt: Duration },
+    PeerUnreachable(usize),
+    PeerClientAddr { peer: usize, addr: SocketAddr },
+}
+
+enum Frame {
+    Raft(Vec<u8>),
+    Ping(u64),
+    Pong(u64),
+}
+
+/// Settings of one node's transport.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    pub node_index: usize,
+    pub peers: Vec<SocketAddr>,
+    pub cluster_id: u64,
+    pub client_addr: SocketAddr,
+}
+
+/// Handle used by the replication core to send.
+pub struct Transport {
+    outbound: Vec<Option<Sender<Frame>>>,
+    epoch: Instant,
+}
+
+impl Transport {
+    /// Binds the peer port and starts the sender and listener threads.
+    pub fn start(
+        config: TransportConfig,
+        inbound: Sender<Inbound>,
+        stop: Arc<AtomicBool>,
+    ) -> anyhow::Result<Transport> {
+        let me = config.node_index;
+        let listener = TcpListener::bind(config.peers[me]).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen for peers on TCP {}: {e} (is another node using it? check --peers and --node-id)",
+                config.peers[me]
+            )
+        })?;
+        let epoch = Instant::now();
+        let mut outbound = Vec::new();
+        let mut receivers = Vec::new();
+        for (i, addr) in config.peers.iter().enumerate() {
+            if i == me {
+                outbound.push(None);
+                receivers.push(None);
+                continue;
+            }
+            let (tx, rx) = crossbeam_channel::bounded(QUEUE_FRAMES_MAX);
+            outbound.push(Some(tx));
+            receivers.push(Some((i, *addr, rx)));
+        }
+        let outbound_for_readers: Vec<Option<Sender<Frame>>> = outbound.clone();
+        for (i, addr, rx) in receivers.into_iter().flatten() {
+            let config = config.clone();
+            let inbound = inbound.clone();
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name(format!("peer-out-{i}"))
+                .spawn(move || sender_loop(i, addr, rx, &config, inbound, stop))?;
+        }
+        let readers_outbound = Arc::new(outbound_for_readers);
+        std::thread::Builder::new()
+            .name("peer-listen".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    let config = config.clone();
+                    let inbound = inbound.clone();
+                    let outbound = readers_outbound.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("peer-in".into())
+                        .spawn(move || {
+                            if let Err(e) = reader_loop(conn, &config, &inbound, &outbound, epoch) {
+                                if e.kind() != io::ErrorKind::UnexpectedEof {
+                                    eprintln!("ocean-liner: closed a peer connection: {e}");
+                                }
+                            }
+                        });
+                }
+            })?;
+        Ok(Transport { outbound, epoch })
+    }
+
+    /// Queues a Raft message for its destination (dropped if the queue is full or the
+    /// destination is unknown: Raft retransmits).
+    pub fn send(&self, msg: &Message) {
+        let to = msg.to as usize;
+        let Some(Some(tx)) = to.checked_sub(1).and_then(|i| self.outbound.get(i)) else {
+            return;
+        };
+        let mut buf =
+            Vec::with_capacity(128 + msg.entries.iter().map(|e| e.data.len()).sum::<usize>());
+        codec::encode(msg, &mut buf);
+        let _ = tx.try_send(Frame::Raft(buf));
+    }
+
+    /// Sends a ping to every peer.
+    pub fn ping_all(&self) {
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        for tx in self.outbound.iter().flatten() {
+            match tx.try_send(Frame::Ping(now)) {
+                Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
+            }
+        }
+    }
+}
+
+fn write_frame(w: &mut impl Write, kind: u8, payload: &[u8]) -> io::Result<()> {
+    w.write_all(&(payload.len() as u32).to_le_bytes())?;
+    w.write_all(&[kind])?;
+    w.write_all(payload)
+}
+
+fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>, limit: usize) -> io::Result<u8> {
+    let mut head = [0u8; 5];
+    r.read_exact(&mut head)?;
+    let len = u32::from_le_bytes(head[..4].try_into().unwrap()) as usize;
+    if len > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes is over the limit"),
+        ));
+    }
+    buf.resize(len, 0);
+    r.read_exact(buf)?;
+    Ok(head[4])
+}
+
+fn hello(config: &TransportConfig) -> Vec<u8> {
+    let addr = config.client_addr.to_string();
+    let mut out = Vec::new();
+    out.extend_from_slice(&HELLO_MAGIC);
+    out.extend_from_slice(&config.cluster_id.to_le_bytes());
+    out.extend_from_slice(&(config.node_index as u32).to_le_bytes());
+    out.extend_from_slice(&(addr.len() as u16).to_le_bytes());
+    out.extend_from_slice(addr.as_bytes());
+    out
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+fn sender_loop(
+    peer: usize,
+    addr: SocketAddr,
+    rx: Receiver<Frame>,
+    config: &TransportConfig,
+    inbound: Sender<Inbound>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    while !stop.load(Ordering::Relaxed) {
+        let stream = match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = inbound.try_send(Inbound::PeerUnreachable(peer));
+                // Drop what queued up for a dead peer; Raft will send afresh.
+                while rx.try_recv().is_ok() {}
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        backoff = BACKOFF_MIN;
+        let _ = stream.set_nodelay(true);
+        let mut w = BufWriter::with_capacity(256 << 10, stream);
+        if write_frame(&mut w, KIND_HELLO, &hello(config))
+            .and_then(|_| w.flush())
+            .is_err()
+        {
+            continue;
+        }
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let frame = match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(f) => f,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let mut result = write_one(&mut w, &frame);
+            // Coalesce whatever else is queued into the same flush.
+            while result.is_ok() {
+                match rx.try_recv() {
+                    Ok(f) => result = write_one(&mut w, &f),
+                    Err(_) => break,
+                }
+            }
+            if result.and_then(|_| w.flush()).is_err() {
+                let _ = inbound.try_send(Inbound::PeerUnreachable(peer));
+                break;
+            }
+        }
+    }
+}
+
+fn write_one(w: &mut impl Write, frame: &Frame) -> io::Result<()> {
+    match frame {
+        Frame::Raft(bytes) => write_frame(w, KIND_RAFT, bytes),
+        Frame::Ping(t) => write_frame(w, KIND_PING, &t.to_le_bytes()),
+        Frame::Pong(t) => write_frame(w, KIND_PONG, &t.to_le_bytes()),
+    }
+}
+
+fn reader_loop(
+    conn: TcpStream,
+    config: &TransportConfig,
+    inbound: &Sender<Inbound>,
+    outbound: &[Option<Sender<Frame>>],
+    epoch: Instant,
+) -> io::Result<()> {
+    let _ = conn.set_nodelay(true);
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut r = io::BufReader::with_capacity(256 << 10, conn);
+    let mut buf = Vec::new();
+    if read_frame(&mut r, &mut buf, 1024)? != KIND_HELLO
+        || buf.len() < 22
+        || buf[..8] != HELLO_MAGIC
+    {
+        return Err(invalid("peer did not open with a hello".into()));
+    }
+    let cluster_id = u64::from_le_bytes(buf[8..16].try_into().unwrap());
+    if cluster_id != config.cluster_id {
+        return Err(invalid(format!(
+            "refused a node of another cluster (cluster id {cluster_id:#x}, ours {:#x})",
+            config.cluster_id
+        )));
+    }
+    let peer = u32::from_le_bytes(buf[16..20].try_into().unwrap()) as usize;
+    if peer >= config.peers.len() || peer == config.node_index {
+        return Err(invalid(format!(
+            "refused a hello from unknown node index {peer}"
+        )));
+    }
+    let addr_len = u16::from_le_bytes(buf[20..22].try_into().unwrap()) as usize;
+    let addr = buf
+        .get(22..22 + addr_len)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .and_then(|s| s.parse::<SocketAddr>().ok())
+        .ok_or_else(|| invalid("bad client address in hello".into()))?;
+    let _ = inbound.send(Inbound::PeerClientAddr { peer, addr });
+    r.get_ref().set_read_timeout(None)?;
+    loop {
+        let kind = read_frame(&mut r, &mut buf, FRAME_SIZE_MAX)?;
+        match kind {
+            KIND_RAFT => {
+                let msg = codec::decode(&buf).map_err(|e| invalid(e.to_string()))?;
+                if msg.from != peer as u64 + 1 || msg.to != config.node_index as u64 + 1 {
+                    return Err(invalid(format!(
+                        "message from {} to {} on node {peer}'s connection",
+                        msg.from, msg.to
+                    )));
+                }
+                if inbound.send(Inbound::Raft(msg)).is_err() {
+                    return Ok(());
+                }
+            }
+            KIND_PING if buf.len() == 8 => {
+                let t = u64::from_le_bytes(buf[..8].try_into().unwrap());
+                if let Some(Some(tx)) = outbound.get(peer) {
+                    let _ = tx.try_send(Frame::Pong(t));
+                }
+            }
+            KIND_PONG if buf.len() == 8 => {
+                let sent = u64::from_le_bytes(buf[..8].try_into().unwrap());
+                let now = epoch.elapsed().as_nanos() as u64;
+                if let Some(rtt) = now.checked_sub(sent) {
+                    let _ = inbound.try_send(Inbound::Rtt {
+                        peer,
+                        rtt: Duration::from_nanos(rtt),
+                    });
+                }
+            }
+            other => {
+                return Err(invalid(format!(
+                    "unknown frame kind {other} (len {})",
+                    buf.len()
+                )));
+            }
+        }
+    }
+}
