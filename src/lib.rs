@@ -21,4 +21,5 @@ pub mod linearizability;
 pub mod log;
 pub mod protocol;
 pub mod server;
+pub mod sim;
 pub mod store;

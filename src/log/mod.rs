@@ -22,17 +22,18 @@
 //!   E └──────────────────────────────┘ E = align_up(96 + command_length + 96, 4096)
 //!
 //! header (little-endian)
-//!   0  8  magic           b"OLLOG\0\0\x01" (format version 1)
+//!   0  8  magic             b"OLLOG\0\0\x01" (format version 1)
 //!   8  8  term
-//!  16  8  log_index       1-based, consecutive
+//!  16  8  log_index         1-based, consecutive
 //!  24  8  num_commands
-//!  32  8  command_length  bytes of commands, padding excluded
-//!  40 16  commands_hash   xxh3-128 of the commands bytes
-//!  56 16  header_hash     xxh3-128 of header bytes 0..56
+//!  32  8  command_length    bytes of commands, padding excluded
+//!  40  8  batch_first_index index of the first entry of the write this entry was in
+//!  48 16  commands_hash     xxh3-128 of the commands bytes
+//!  64 16  header_hash       xxh3-128 of header bytes 0..64
 //! ```
 //!
 //! The seed design listed a 40-byte header; its own fields (four u64 and a 16-byte hash)
-//! take 48, and the magic and the commands hash bring it to 72.
+//! take 48, and the magic, the batch index and the commands hash bring it to 80.
 //!
 //! # Torn writes and recovery
 //!
@@ -40,9 +41,11 @@
 //! the last entry can have a valid header and trailer around a zeroed middle sector. The
 //! header hash covers the commands hash, so such an entry fails verification. On open the
 //! log is scanned forward; at the first entry that fails verification the rest of the file
-//! is searched for any later valid entry. If one exists, the damage is in the middle of
-//! the log and [`LogError::Corrupt`] names the offset; otherwise it is a torn tail, and
-//! the file is cut there.
+//! is searched for a later valid entry written by a *later* write (its batch began after
+//! the damaged entry). If one exists, the damaged entry had been durable before that
+//! write, so the damage is in the middle of the log and [`LogError::Corrupt`] names the
+//! offset. Otherwise it is a torn tail — possibly a multi-entry write whose later entries
+//! landed while an earlier one did not — and the file is cut there.
 //!
 //! # Space ahead of the writer
 //!
@@ -66,7 +69,7 @@ use xxhash_rust::xxh3::xxh3_128;
 /// Format magic and version of an entry header.
 pub const ENTRY_MAGIC: [u8; 8] = *b"OLLOG\0\0\x01";
 /// Bytes of a header.
-pub const HEADER_SIZE: usize = 72;
+pub const HEADER_SIZE: usize = 80;
 /// Bytes reserved for a header at each end of an entry (keeps commands 32-byte aligned).
 pub const HEADER_SLOT_SIZE: usize = 96;
 const _: () = assert!(HEADER_SLOT_SIZE >= HEADER_SIZE);
@@ -79,7 +82,8 @@ const OFFSET_TERM: usize = 8;
 const OFFSET_INDEX: usize = 16;
 const OFFSET_NUM_COMMANDS: usize = 24;
 const OFFSET_COMMAND_LENGTH: usize = 32;
-const OFFSET_COMMANDS_HASH: usize = 40;
+const OFFSET_BATCH_FIRST: usize = 40;
+const OFFSET_COMMANDS_HASH: usize = 48;
 const OFFSET_HEADER_HASH: usize = OFFSET_COMMANDS_HASH + 16;
 const _: () = assert!(OFFSET_HEADER_HASH + 16 == HEADER_SIZE);
 
@@ -134,6 +138,8 @@ pub struct EntryHeader {
     pub log_index: LogIndex,
     pub num_commands: u64,
     pub command_length: u64,
+    /// Index of the first entry of the write this entry was part of.
+    pub batch_first_index: LogIndex,
     pub commands_hash: u128,
 }
 
@@ -152,6 +158,7 @@ impl EntryHeader {
             .copy_from_slice(&self.num_commands.to_le_bytes());
         out[OFFSET_COMMAND_LENGTH..OFFSET_COMMAND_LENGTH + 8]
             .copy_from_slice(&self.command_length.to_le_bytes());
+        out[OFFSET_BATCH_FIRST..OFFSET_BATCH_FIRST + 8].copy_from_slice(&self.batch_first_index.to_le_bytes());
         out[OFFSET_COMMANDS_HASH..OFFSET_HEADER_HASH]
             .copy_from_slice(&self.commands_hash.to_le_bytes());
         let hash = xxh3_128(&out[..OFFSET_HEADER_HASH]);
@@ -173,13 +180,16 @@ impl EntryHeader {
             log_index: u64_at(OFFSET_INDEX),
             num_commands: u64_at(OFFSET_NUM_COMMANDS),
             command_length: u64_at(OFFSET_COMMAND_LENGTH),
+            batch_first_index: u64_at(OFFSET_BATCH_FIRST),
             commands_hash: u128::from_le_bytes(
                 bytes[OFFSET_COMMANDS_HASH..OFFSET_HEADER_HASH]
                     .try_into()
                     .unwrap(),
             ),
         };
-        (header.command_length as usize <= COMMAND_LENGTH_MAX && header.log_index > 0)
+        (header.command_length as usize <= COMMAND_LENGTH_MAX
+            && header.log_index > 0
+            && header.batch_first_index <= header.log_index)
             .then_some(header)
     }
 }
@@ -363,15 +373,14 @@ impl Log {
                     self.cache.lock().unwrap().insert(entry.offset, entry.bytes);
                 }
                 Err(reason) => {
-                    let skip = EntryHeader::decode(&page).map_or(PAGE_SIZE, |h| h.entry_size());
-                    if let Some(later) =
-                        self.find_valid_entry_after(offset + skip as u64, file_len)?
-                    {
+                    let damaged_index = self.last_index() + 1;
+                    let from = offset + PAGE_SIZE as u64;
+                    if let Some(later) = self.find_later_write(from, file_len, damaged_index)? {
                         return Err(LogError::Corrupt {
                             offset,
                             reason: format!(
-                                "{reason}; a valid entry follows at offset {later}, so this is \
-                                 not a torn tail"
+                                "{reason}; the entry at offset {later} was written after this \
+                                 one, so this is not a torn tail"
                             ),
                         });
                     }
@@ -431,11 +440,12 @@ impl Log {
     }
 
     /// Searches page starts from `from` to the end of the file for a fully valid entry
-    /// with an index past the last good one.
-    fn find_valid_entry_after(
+    /// that a write after the one holding entry `damaged_index` produced.
+    fn find_later_write(
         &mut self,
         from: u64,
         file_len: u64,
+        damaged_index: LogIndex,
     ) -> Result<Option<u64>, LogError> {
         const CHUNK: usize = 1 << 20;
         let mut chunk = AlignedBuf::new(CHUNK);
@@ -450,7 +460,8 @@ impl Log {
                     continue;
                 };
                 let at = base + page_start as u64;
-                if header.log_index <= self.last_index()
+                if header.log_index <= damaged_index
+                    || header.batch_first_index <= damaged_index
                     || at + header.entry_size() as u64 > file_len
                 {
                     continue;
@@ -490,9 +501,10 @@ impl Log {
         let mut buf = AlignedBuf::new(total);
         let mut at = 0usize;
         let mut metas = Vec::with_capacity(new_entries.len());
+        let batch_first_index = new_entries[0].log_index;
         for entry in new_entries {
             let size = entry_size(entry.commands.len());
-            encode_entry(entry, &mut buf[at..at + size]);
+            encode_entry(entry, batch_first_index, &mut buf[at..at + size]);
             metas.push(EntryMeta {
                 offset: self.end_offset + at as u64,
                 term: entry.term,
@@ -656,12 +668,13 @@ impl Log {
     }
 }
 
-fn encode_entry(entry: &NewEntry<'_>, out: &mut [u8]) {
+fn encode_entry(entry: &NewEntry<'_>, batch_first_index: LogIndex, out: &mut [u8]) {
     let header = EntryHeader {
         term: entry.term,
         log_index: entry.log_index,
         num_commands: entry.num_commands,
         command_length: entry.commands.len() as u64,
+        batch_first_index,
         commands_hash: xxh3_128(entry.commands),
     };
     header.encode(&mut out[..HEADER_SIZE]);

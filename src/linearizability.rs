@@ -1,0 +1,988 @@
+//! A linearizability checker for key-value histories.
+//!
+//! A *history* is the list of operations that clients issued against the store, each with
+//! the time it was called, the time its reply arrived (if it ever did) and what the reply
+//! said. The history is *linearizable* if every operation can be assigned a single instant
+//! between its call and its return, such that replaying the operations one at a time in that
+//! order against a sequential model reproduces every observed reply.
+//!
+//! # Model
+//!
+//! Every key is an independent register holding `Option<value>`; keys start absent (`None`).
+//! `Set(v)` stores `Some(v)`, `Delete` stores `None`, and `Get` returns the current contents.
+//! Writes reply [`Output::Ok`]; reads reply [`Output::Value`].
+//!
+//! # Per-key decomposition
+//!
+//! Linearizability is *compositional* (Herlihy & Wing): a history over several objects is
+//! linearizable iff the sub-history of each object is. [`check`] therefore partitions the
+//! history by key and checks each register on its own, smallest sub-history first so that a
+//! violation in a small key is found before the step budget is spent on a large one. This
+//! turns one search over the interleavings of every operation into many much smaller searches.
+//!
+//! # Timed-out operations
+//!
+//! An operation is *timed out* when it never returned (`ret: None`) or its reply is
+//! [`Output::Unknown`]. Its effect is unknown: the request may have been lost, or it may have
+//! been applied, possibly long after the client gave up. A timed-out operation is modelled as
+//! having an infinite return time: it may take effect at any instant after its call, or never.
+//! The result of a timed-out `Get` is unconstrained, so such reads are simply dropped. A
+//! timed-out write that never takes effect is equivalent to one that takes effect after every
+//! other operation, so the search succeeds as soon as every operation that *did* return has
+//! been linearized; pending writes left over are fine.
+//!
+//! # Algorithm
+//!
+//! This is the Wing & Gong search with Lowe's memoization, as used by Porcupine:
+//!
+//! 1. Each operation contributes a *call* entry and a *return* entry. All entries are sorted by
+//!    time (calls before returns at equal times, so operations whose intervals merely touch
+//!    are treated as concurrent; infinite returns sort last) into a doubly linked list.
+//! 2. A depth-first search walks the list from its head. At a call entry it tries to linearize
+//!    that operation next: if the model accepts the operation in the current state, the
+//!    operation's call and return entries are *lifted* out of the list, the previous state is
+//!    pushed on a stack, and the walk restarts from the head. If the model rejects it, the
+//!    walk moves on to the next entry (a later-called concurrent operation).
+//! 3. Reaching a return entry means that operation had to take effect before this point but
+//!    none of the remaining candidates could be placed, so the search backtracks: the last
+//!    linearized operation is popped, re-inserted into the list (dancing-links style) and the
+//!    walk continues after it.
+//! 4. Every (set of linearized operations, model state) pair that is reached is stored in a
+//!    hash set, with the set as a compact bitset. Reaching a known pair again is pruned: the
+//!    remainder of the search depends only on that pair, not on the order that produced it.
+//!
+//! The search is exponential in the worst case, so every loop iteration counts against a
+//! caller-supplied step budget; when it runs out the answer is [`CheckResult::Unknown`].
+//! When no linearization exists, the explanation names the longest linearizable prefix the
+//! search found and the operation that could not be placed after it.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+
+/// What an operation asked the store to do.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Input {
+    Get,
+    Set(Vec<u8>),
+    Delete,
+}
+
+/// What the client observed in reply.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Output {
+    /// The reply to a `Get`: the value read, or `None` if the key was absent.
+    Value(Option<Vec<u8>>),
+    /// The acknowledgement of a `Set` or `Delete`.
+    Ok,
+    /// No usable reply (timed out, connection lost): the operation may or may not have taken
+    /// effect, and a `Get`'s result is unconstrained.
+    Unknown,
+}
+
+/// One client operation on one key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Operation {
+    pub client: u64,
+    pub key: Vec<u8>,
+    pub input: Input,
+    /// When the request was issued.
+    pub call: u64,
+    /// When the reply arrived; `None` if it never did (treated as returning at +infinity).
+    pub ret: Option<u64>,
+    pub output: Output,
+}
+
+impl Operation {
+    /// True if the outcome of this operation is unknown: no reply, or an `Unknown` reply.
+    pub fn is_timed_out(&self) -> bool {
+        self.ret.is_none() || self.output == Output::Unknown
+    }
+}
+
+/// The verdict of a check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckResult {
+    /// The history is linearizable.
+    Ok,
+    /// The sub-history of `key` is not linearizable (or contains a malformed operation).
+    Illegal { key: Vec<u8>, explanation: String },
+    /// The step budget ran out before the search reached a verdict.
+    Unknown,
+}
+
+impl CheckResult {
+    pub fn is_ok(&self) -> bool {
+        matches!(self, CheckResult::Ok)
+    }
+
+    pub fn is_illegal(&self) -> bool {
+        matches!(self, CheckResult::Illegal { .. })
+    }
+
+    pub fn is_unknown(&self) -> bool {
+        matches!(self, CheckResult::Unknown)
+    }
+}
+
+/// Checks a whole history, key by key, spending at most `budget` search steps in total.
+///
+/// Returns the first violation found. If the budget runs out on some key the remaining keys
+/// are still examined with whatever is left, so a violation elsewhere may still be reported;
+/// otherwise the result is [`CheckResult::Unknown`].
+pub fn check(history: &[Operation], budget: u64) -> CheckResult {
+    let mut by_key: HashMap<&[u8], Vec<usize>> = HashMap::new();
+    for (i, op) in history.iter().enumerate() {
+        by_key.entry(op.key.as_slice()).or_default().push(i);
+    }
+    let mut groups: Vec<(&[u8], Vec<usize>)> = by_key.into_iter().collect();
+    groups.sort_by(|a, b| a.1.len().cmp(&b.1.len()).then_with(|| a.0.cmp(b.0)));
+
+    let mut remaining = budget;
+    let mut exhausted = false;
+    for (key, indices) in &groups {
+        match check_register(history, key, indices, &mut remaining) {
+            CheckResult::Ok => {}
+            CheckResult::Unknown => exhausted = true,
+            illegal @ CheckResult::Illegal { .. } => return illegal,
+        }
+    }
+    if exhausted {
+        CheckResult::Unknown
+    } else {
+        CheckResult::Ok
+    }
+}
+
+/// Checks `ops` as the history of a single register, ignoring their `key` fields (the key
+/// of the first operation is used in the report).
+pub fn check_key(ops: &[Operation], budget: u64) -> CheckResult {
+    let key = ops.first().map(|op| op.key.as_slice()).unwrap_or(&[]);
+    let indices: Vec<usize> = (0..ops.len()).collect();
+    let mut remaining = budget;
+    check_register(ops, key, &indices, &mut remaining)
+}
+
+/// Interned register contents: `ABSENT` is `None`, `n > 0` is the `n`-th distinct value.
+type State = u32;
+const ABSENT: State = 0;
+
+/// Sentinel "no entry" link.
+const NIL: usize = usize::MAX;
+/// The list head sentinel lives at entry index 0.
+const HEAD: usize = 0;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    /// A read that observed this state.
+    Get(State),
+    /// A write that leaves this state (`ABSENT` for a delete).
+    Put(State),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct RegisterOp {
+    /// Index into the caller's history, for reporting.
+    origin: usize,
+    action: Action,
+    /// Timed-out write: may take effect any time after its call, or never.
+    pending: bool,
+}
+
+impl Action {
+    fn step(self, state: State) -> Option<State> {
+        match self {
+            Action::Get(observed) => (observed == state).then_some(state),
+            Action::Put(next) => Some(next),
+        }
+    }
+}
+
+/// The entries of the call/return list, with links stored in parallel arrays.
+struct EntryList {
+    next: Vec<usize>,
+    prev: Vec<usize>,
+    /// Operation index of each entry (unused for the head).
+    op: Vec<usize>,
+    /// For a call entry, the index of its return entry; `NIL` for return entries.
+    matching: Vec<usize>,
+}
+
+impl EntryList {
+    /// Builds the time-ordered list. Returns the list and, per operation, its call entry.
+    fn build(history: &[Operation], ops: &[RegisterOp]) -> Self {
+        // (infinite, time, is_return, op): calls sort before returns at equal times.
+        let mut events: Vec<(bool, u64, bool, usize)> = Vec::with_capacity(ops.len() * 2);
+        for (i, op) in ops.iter().enumerate() {
+            let h = &history[op.origin];
+            events.push((false, h.call, false, i));
+            match (op.pending, h.ret) {
+                (false, Some(ret)) => events.push((false, ret, true, i)),
+                _ => events.push((true, 0, true, i)),
+            }
+        }
+        events.sort_unstable();
+
+        let len = events.len() + 1;
+        let mut list = EntryList {
+            next: vec![NIL; len],
+            prev: vec![NIL; len],
+            op: vec![NIL; len],
+            matching: vec![NIL; len],
+        };
+        let mut call_entry = vec![NIL; ops.len()];
+        for (pos, &(_, _, is_return, op)) in events.iter().enumerate() {
+            let e = pos + 1;
+            list.prev[e] = e - 1;
+            list.next[e - 1] = e;
+            list.op[e] = op;
+            if is_return {
+                list.matching[call_entry[op]] = e;
+            } else {
+                call_entry[op] = e;
+            }
+        }
+        list
+    }
+
+    fn is_call(&self, e: usize) -> bool {
+        self.matching[e] != NIL
+    }
+
+    /// Removes a call entry and its return entry from the list.
+    fn lift(&mut self, call: usize) {
+        let (p, n) = (self.prev[call], self.next[call]);
+        self.next[p] = n;
+        self.prev[n] = p; // a call is always followed by at least its own return
+        let ret = self.matching[call];
+        let (p, n) = (self.prev[ret], self.next[ret]);
+        self.next[p] = n;
+        if n != NIL {
+            self.prev[n] = p;
+        }
+    }
+
+    /// Undoes [`EntryList::lift`]; must be applied in the reverse order of lifting.
+    fn unlift(&mut self, call: usize) {
+        let ret = self.matching[call];
+        let (p, n) = (self.prev[ret], self.next[ret]);
+        self.next[p] = ret;
+        if n != NIL {
+            self.prev[n] = ret;
+        }
+        let (p, n) = (self.prev[call], self.next[call]);
+        self.next[p] = call;
+        self.prev[n] = call;
+    }
+}
+
+/// The deepest point at which the search got stuck, for the explanation.
+struct Stuck {
+    depth: usize,
+    /// The operation whose return was reached without it being linearized.
+    op: usize,
+    state: State,
+    /// The last few linearized operations before getting stuck, oldest first.
+    tail: Vec<usize>,
+}
+
+fn check_register<'a>(
+    history: &'a [Operation],
+    key: &[u8],
+    indices: &[usize],
+    budget: &mut u64,
+) -> CheckResult {
+    let illegal = |explanation: String| CheckResult::Illegal {
+        key: key.to_vec(),
+        explanation,
+    };
+
+    // Intern values and translate operations; drop reads whose result is unconstrained.
+    let mut values: Vec<&'a [u8]> = vec![&[]];
+    let mut ids: HashMap<&'a [u8], State> = HashMap::new();
+    let mut intern = |v: Option<&'a [u8]>| -> State {
+        match v {
+            None => ABSENT,
+            Some(v) => *ids.entry(v).or_insert_with(|| {
+                values.push(v);
+                (values.len() - 1) as State
+            }),
+        }
+    };
+    let mut ops = Vec::with_capacity(indices.len());
+    for &i in indices {
+        let h = &history[i];
+        if let Some(ret) = h.ret
+            && ret < h.call
+        {
+            return illegal(format!(
+                "malformed operation {}: returns before it is called",
+                describe(history, i)
+            ));
+        }
+        let action = match (&h.input, &h.output) {
+            (Input::Get, Output::Unknown) => continue,
+            (Input::Get, Output::Value(_)) if h.ret.is_none() => continue,
+            (Input::Get, Output::Value(v)) => Action::Get(intern(v.as_deref())),
+            (Input::Set(v), Output::Ok | Output::Unknown) => Action::Put(intern(Some(v))),
+            (Input::Delete, Output::Ok | Output::Unknown) => Action::Put(ABSENT),
+            _ => {
+                return illegal(format!(
+                    "malformed operation {}: reply does not match the request",
+                    describe(history, i)
+                ));
+            }
+        };
+        ops.push(RegisterOp {
+            origin: i,
+            action,
+            pending: h.is_timed_out(),
+        });
+    }
+
+    let mut remaining = ops.iter().filter(|op| !op.pending).count();
+    if remaining == 0 {
+        return CheckResult::Ok;
+    }
+
+    let mut list = EntryList::build(history, &ops);
+    let mut linearized = vec![0u64; ops.len().div_ceil(64)];
+    let mut visited: HashSet<(Box<[u64]>, State)> = HashSet::new();
+    // (call entry, state before linearizing it)
+    let mut stack: Vec<(usize, State)> = Vec::new();
+    let mut state = ABSENT;
+    let mut stuck: Option<Stuck> = None;
+    let mut entry = list.next[HEAD];
+
+    loop {
+        if *budget == 0 {
+            return CheckResult::Unknown;
+        }
+        *budget -= 1;
+
+        // While a returned operation is unlinearized its return entry is still in the list,
+        // and it sorts before every infinite return, so the walk meets a return entry before
+        // running off the end.
+        debug_assert_ne!(entry, NIL);
+        if entry != NIL && list.is_call(entry) {
+            let op = list.op[entry];
+            if let Some(next_state) = ops[op].action.step(state) {
+                let mut candidate = linearized.clone().into_boxed_slice();
+                candidate[op / 64] |= 1 << (op % 64);
+                if visited.insert((candidate, next_state)) {
+                    stack.push((entry, state));
+                    state = next_state;
+                    linearized[op / 64] |= 1 << (op % 64);
+                    list.lift(entry);
+                    if !ops[op].pending {
+                        remaining -= 1;
+                        if remaining == 0 {
+                            return CheckResult::Ok;
+                        }
+                    }
+                    entry = list.next[HEAD];
+                    continue;
+                }
+            }
+            entry = list.next[entry];
+        } else {
+            if entry != NIL && stuck.as_ref().is_none_or(|s| stack.len() > s.depth) {
+                stuck = Some(Stuck {
+                    depth: stack.len(),
+                    op: list.op[entry],
+                    state,
+                    tail: stack
+                        .iter()
+                        .rev()
+                        .take(3)
+                        .rev()
+                        .map(|&(e, _)| list.op[e])
+                        .collect(),
+                });
+            }
+            let Some((call, previous)) = stack.pop() else {
+                return illegal(explain(history, key, &ops, &values, stuck));
+            };
+            let op = list.op[call];
+            state = previous;
+            linearized[op / 64] &= !(1 << (op % 64));
+            list.unlift(call);
+            if !ops[op].pending {
+                remaining += 1;
+            }
+            entry = list.next[call];
+        }
+    }
+}
+
+fn explain(
+    history: &[Operation],
+    key: &[u8],
+    ops: &[RegisterOp],
+    values: &[&[u8]],
+    stuck: Option<Stuck>,
+) -> String {
+    let mut out = format!(
+        "key {}: no linearization of its {} operations exists",
+        show_bytes(key),
+        ops.len()
+    );
+    let Some(stuck) = stuck else {
+        return out;
+    };
+    let state = match stuck.state {
+        ABSENT => "absent".to_string(),
+        v => show_bytes(values[v as usize]),
+    };
+    let _ = write!(
+        out,
+        "; the longest linearizable prefix has {} operation(s)",
+        stuck.depth
+    );
+    if !stuck.tail.is_empty() {
+        let ellipsis = if stuck.depth > stuck.tail.len() {
+            "..., "
+        } else {
+            ""
+        };
+        let tail: Vec<String> = stuck
+            .tail
+            .iter()
+            .map(|&op| describe(history, ops[op].origin))
+            .collect();
+        let _ = write!(out, " ({ellipsis}{})", tail.join(", "));
+    }
+    let _ = write!(
+        out,
+        " and leaves the value {state}, after which {} cannot take effect before it returns",
+        describe(history, ops[stuck.op].origin)
+    );
+    out
+}
+
+/// A short description of `history[i]`, e.g. `#7 client 2 Get -> "a" [10, 20]`.
+fn describe(history: &[Operation], i: usize) -> String {
+    let op = &history[i];
+    let input = match &op.input {
+        Input::Get => "Get".to_string(),
+        Input::Set(v) => format!("Set({})", show_bytes(v)),
+        Input::Delete => "Delete".to_string(),
+    };
+    let output = match &op.output {
+        Output::Value(None) => "absent".to_string(),
+        Output::Value(Some(v)) => show_bytes(v),
+        Output::Ok => "ok".to_string(),
+        Output::Unknown => "unknown".to_string(),
+    };
+    let ret = match op.ret {
+        Some(t) => t.to_string(),
+        None => "never".to_string(),
+    };
+    format!(
+        "#{i} client {} {input} -> {output} [{}, {ret}]",
+        op.client, op.call
+    )
+}
+
+/// Quoted text if the bytes are short printable ASCII, hex otherwise.
+fn show_bytes(bytes: &[u8]) -> String {
+    const MAX: usize = 24;
+    if bytes.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+        if bytes.len() <= MAX {
+            format!("{:?}", String::from_utf8_lossy(bytes))
+        } else {
+            format!("{:?}...", String::from_utf8_lossy(&bytes[..MAX]))
+        }
+    } else {
+        let mut out = String::from("0x");
+        for b in bytes.iter().take(MAX / 2) {
+            let _ = write!(out, "{b:02x}");
+        }
+        if bytes.len() > MAX / 2 {
+            out.push_str("...");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    const BUDGET: u64 = 1_000_000;
+
+    fn get(client: u64, call: u64, ret: u64, seen: Option<&str>) -> Operation {
+        Operation {
+            client,
+            key: b"k".to_vec(),
+            input: Input::Get,
+            call,
+            ret: Some(ret),
+            output: Output::Value(seen.map(|s| s.as_bytes().to_vec())),
+        }
+    }
+
+    fn set(client: u64, call: u64, ret: u64, value: &str) -> Operation {
+        Operation {
+            client,
+            key: b"k".to_vec(),
+            input: Input::Set(value.as_bytes().to_vec()),
+            call,
+            ret: Some(ret),
+            output: Output::Ok,
+        }
+    }
+
+    fn delete(client: u64, call: u64, ret: u64) -> Operation {
+        Operation {
+            client,
+            key: b"k".to_vec(),
+            input: Input::Delete,
+            call,
+            ret: Some(ret),
+            output: Output::Ok,
+        }
+    }
+
+    fn timed_out(mut op: Operation) -> Operation {
+        op.ret = None;
+        op.output = Output::Unknown;
+        op
+    }
+
+    fn on_key(mut op: Operation, key: &str) -> Operation {
+        op.key = key.as_bytes().to_vec();
+        op
+    }
+
+    #[track_caller]
+    fn assert_ok(history: &[Operation]) {
+        let result = check(history, BUDGET);
+        assert_eq!(result, CheckResult::Ok, "history: {history:#?}");
+    }
+
+    #[track_caller]
+    fn assert_illegal(history: &[Operation]) -> String {
+        match check(history, BUDGET) {
+            CheckResult::Illegal { key, explanation } => {
+                assert!(explanation.contains(&show_bytes(&key)), "{explanation}");
+                explanation
+            }
+            other => panic!("expected Illegal, got {other:?} for {history:#?}"),
+        }
+    }
+
+    #[test]
+    fn empty_and_trivial_histories_are_ok() {
+        assert_ok(&[]);
+        assert_ok(&[get(1, 0, 1, None)]);
+        assert_ok(&[set(1, 0, 1, "1"), get(1, 2, 3, Some("1"))]);
+        assert_eq!(check_key(&[], 0), CheckResult::Ok);
+    }
+
+    #[test]
+    fn stale_read_is_rejected() {
+        // Read of the initial (absent) value after a completed write.
+        let explanation = assert_illegal(&[set(1, 0, 10, "1"), get(2, 20, 30, None)]);
+        assert!(explanation.contains("Get -> absent"), "{explanation}");
+        // Read of an older value after a newer write completed.
+        assert_illegal(&[
+            set(1, 0, 10, "1"),
+            set(1, 20, 30, "2"),
+            get(2, 40, 50, Some("1")),
+        ]);
+        // Close good variants: the read overlaps the write, or sees the new value.
+        assert_ok(&[set(1, 0, 10, "1"), get(2, 5, 30, None)]);
+        assert_ok(&[set(1, 0, 10, "1"), get(2, 20, 30, Some("1"))]);
+        assert_ok(&[
+            set(1, 0, 10, "1"),
+            set(1, 20, 30, "2"),
+            get(2, 25, 50, Some("1")),
+        ]);
+    }
+
+    #[test]
+    fn lost_write_is_rejected() {
+        assert_illegal(&[
+            set(1, 0, 10, "1"),
+            set(2, 20, 30, "2"),
+            get(3, 40, 50, Some("1")),
+        ]);
+        // Acknowledged write, then the key reads as absent.
+        assert_illegal(&[set(1, 0, 10, "1"), get(3, 40, 50, None)]);
+        // Good: the later write is observed; or the writes overlap so either may win.
+        assert_ok(&[
+            set(1, 0, 10, "1"),
+            set(2, 20, 30, "2"),
+            get(3, 40, 50, Some("2")),
+        ]);
+        assert_ok(&[
+            set(1, 0, 25, "1"),
+            set(2, 20, 30, "2"),
+            get(3, 40, 50, Some("1")),
+        ]);
+    }
+
+    #[test]
+    fn resurrected_delete_is_rejected() {
+        let explanation = assert_illegal(&[
+            set(1, 0, 10, "1"),
+            delete(2, 20, 30),
+            get(3, 40, 50, Some("1")),
+        ]);
+        assert!(explanation.contains("Delete"), "{explanation}");
+        assert_ok(&[set(1, 0, 10, "1"), delete(2, 20, 30), get(3, 40, 50, None)]);
+        // The read overlaps the delete, so it may precede it.
+        assert_ok(&[
+            set(1, 0, 10, "1"),
+            delete(2, 20, 30),
+            get(3, 25, 50, Some("1")),
+        ]);
+        // A delete of an absent key leaves it absent.
+        assert_illegal(&[delete(1, 0, 10), get(2, 20, 30, Some("1"))]);
+    }
+
+    #[test]
+    fn double_applied_retry_is_rejected() {
+        // A's write is applied, B overwrites it and that is observed, then A's value shows up
+        // again with no write of it in flight.
+        assert_illegal(&[
+            set(1, 0, 10, "1"),
+            set(2, 20, 30, "2"),
+            get(3, 40, 50, Some("2")),
+            get(3, 60, 70, Some("1")),
+        ]);
+        // Good variant: A's first attempt timed out and was retried. The lost first attempt
+        // may legitimately be applied late, after B's write.
+        assert_ok(&[
+            timed_out(set(1, 0, 0, "1")),
+            set(1, 5, 10, "1"),
+            set(2, 20, 30, "2"),
+            get(3, 40, 50, Some("2")),
+            get(3, 60, 70, Some("1")),
+        ]);
+        // But a late duplicate can only apply once: 1, 2, 1, 2, 1 needs two late writes of 1.
+        assert_illegal(&[
+            timed_out(set(1, 0, 0, "1")),
+            set(1, 5, 10, "1"),
+            set(2, 20, 30, "2"),
+            get(3, 40, 50, Some("2")),
+            get(3, 60, 70, Some("1")),
+            set(2, 80, 90, "2"),
+            get(3, 100, 110, Some("2")),
+            get(3, 120, 130, Some("1")),
+        ]);
+    }
+
+    #[test]
+    fn concurrent_write_and_read() {
+        let write = set(1, 0, 100, "1");
+        assert_ok(&[write.clone(), get(2, 10, 20, None)]);
+        assert_ok(&[write.clone(), get(2, 10, 20, Some("1"))]);
+        assert_ok(&[
+            write.clone(),
+            get(2, 10, 20, Some("1")),
+            get(2, 30, 40, Some("1")),
+        ]);
+        assert_illegal(&[write.clone(), get(2, 10, 20, Some("2"))]);
+        // Once a read has seen the write, a later read cannot un-see it.
+        assert_illegal(&[write, get(2, 10, 20, Some("1")), get(2, 30, 40, None)]);
+    }
+
+    #[test]
+    fn timed_out_write() {
+        let write = timed_out(set(1, 0, 0, "1"));
+        assert_ok(&[
+            write.clone(),
+            get(2, 10, 20, None),
+            get(2, 30, 40, Some("1")),
+        ]);
+        assert_ok(&[write.clone(), get(2, 10, 20, None), get(2, 30, 40, None)]);
+        assert_ok(&[write.clone(), get(2, 10, 20, Some("1"))]);
+        assert_illegal(&[
+            write.clone(),
+            get(2, 10, 20, Some("1")),
+            get(2, 30, 40, None),
+        ]);
+        // It cannot take effect before it was called.
+        let late = timed_out(set(1, 50, 0, "1"));
+        assert_illegal(&[late.clone(), get(2, 10, 20, Some("1"))]);
+        assert_ok(&[late, get(2, 10, 20, None), get(2, 60, 70, Some("1"))]);
+        // A reply of Unknown with a return time is just as uncertain as no reply.
+        let mut unknown = set(1, 0, 5, "1");
+        unknown.output = Output::Unknown;
+        assert_ok(&[
+            unknown.clone(),
+            get(2, 10, 20, None),
+            get(2, 30, 40, Some("1")),
+        ]);
+        // A timed-out delete.
+        assert_ok(&[
+            set(1, 0, 5, "1"),
+            timed_out(delete(2, 6, 0)),
+            get(3, 10, 20, Some("1")),
+            get(3, 30, 40, None),
+        ]);
+        assert_illegal(&[
+            set(1, 0, 5, "1"),
+            timed_out(delete(2, 6, 0)),
+            get(3, 10, 20, None),
+            get(3, 30, 40, Some("1")),
+        ]);
+    }
+
+    #[test]
+    fn timed_out_reads_are_dropped() {
+        let mut lost = get(2, 10, 0, Some("garbage"));
+        lost.ret = None;
+        let mut unknown = get(2, 10, 20, None);
+        unknown.output = Output::Unknown;
+        assert_ok(&[set(1, 0, 5, "1"), lost, unknown, get(2, 30, 40, Some("1"))]);
+    }
+
+    #[test]
+    fn concurrent_writes_observed_consistently() {
+        let w1 = set(1, 0, 50, "1");
+        let w2 = set(2, 0, 50, "2");
+        // Order 1 then 2.
+        assert_ok(&[
+            w1.clone(),
+            w2.clone(),
+            get(3, 10, 20, Some("1")),
+            get(3, 30, 40, Some("2")),
+            get(3, 60, 70, Some("2")),
+        ]);
+        // Order 2 then 1.
+        assert_ok(&[
+            w1.clone(),
+            w2.clone(),
+            get(3, 10, 20, Some("2")),
+            get(3, 30, 40, Some("1")),
+            get(3, 60, 70, Some("1")),
+        ]);
+        // Either final value, as long as all later reads agree.
+        for v in ["1", "2"] {
+            assert_ok(&[
+                w1.clone(),
+                w2.clone(),
+                get(3, 60, 70, Some(v)),
+                get(4, 80, 90, Some(v)),
+            ]);
+        }
+        // Flip-flopping after both writes completed is impossible.
+        assert_illegal(&[
+            w1.clone(),
+            w2.clone(),
+            get(3, 60, 70, Some("1")),
+            get(3, 80, 90, Some("2")),
+            get(3, 100, 110, Some("1")),
+        ]);
+        // Two readers disagreeing, in sequence, about the final value.
+        assert_illegal(&[
+            w1.clone(),
+            w2.clone(),
+            get(3, 60, 70, Some("2")),
+            get(4, 80, 90, Some("1")),
+        ]);
+        // Flip-flopping during the writes is also impossible with one write of each.
+        assert_illegal(&[
+            w1,
+            w2,
+            get(3, 5, 10, Some("1")),
+            get(3, 15, 20, Some("2")),
+            get(3, 25, 30, Some("1")),
+        ]);
+    }
+
+    #[test]
+    fn touching_intervals_are_concurrent() {
+        // The read is called at the instant the write returns: treated as overlapping.
+        assert_ok(&[set(1, 0, 10, "1"), get(2, 10, 20, None)]);
+        assert_illegal(&[set(1, 0, 10, "1"), get(2, 11, 20, None)]);
+    }
+
+    #[test]
+    fn keys_are_independent() {
+        let history = [
+            on_key(set(1, 0, 10, "1"), "a"),
+            on_key(set(2, 0, 10, "2"), "b"),
+            on_key(get(3, 20, 30, Some("1")), "a"),
+            on_key(get(3, 20, 30, Some("2")), "b"),
+            on_key(get(3, 40, 50, None), "c"),
+        ];
+        assert_ok(&history);
+        // A read of key b seeing key a's value is a violation on key b only.
+        let mut bad = history.clone();
+        bad[3] = on_key(get(3, 20, 30, Some("1")), "b");
+        match check(&bad, BUDGET) {
+            CheckResult::Illegal { key, .. } => assert_eq!(key, b"b"),
+            other => panic!("expected Illegal, got {other:?}"),
+        }
+        // check_key ignores keys: as one register, a, b, a... is not linearizable.
+        assert!(check_key(&history, BUDGET).is_illegal());
+        assert!(check_key(&history[..1], BUDGET).is_ok());
+    }
+
+    #[test]
+    fn malformed_operations_are_reported() {
+        let mut bad_reply = set(1, 0, 10, "1");
+        bad_reply.output = Output::Value(None);
+        assert!(check(&[bad_reply], BUDGET).is_illegal());
+        let mut get_ok = get(1, 0, 10, None);
+        get_ok.output = Output::Ok;
+        assert!(check(&[get_ok], BUDGET).is_illegal());
+        let backwards = set(1, 10, 5, "1");
+        assert!(check(&[backwards], BUDGET).is_illegal());
+    }
+
+    #[test]
+    fn budget_exhaustion_is_unknown() {
+        let history = [
+            set(1, 0, 50, "1"),
+            set(2, 0, 50, "2"),
+            get(3, 10, 20, Some("1")),
+            get(3, 30, 40, Some("2")),
+            get(3, 60, 70, Some("2")),
+        ];
+        assert_eq!(check(&history, 1), CheckResult::Unknown);
+        assert_eq!(check(&history, 0), CheckResult::Unknown);
+        assert_eq!(check_key(&history, 1), CheckResult::Unknown);
+        assert_eq!(check(&history, BUDGET), CheckResult::Ok);
+        // The budget is shared across keys.
+        let (history, _) = random_history(7, 600, 4, 8);
+        assert_eq!(check(&history, 50), CheckResult::Unknown);
+    }
+
+    /// SplitMix64: a small deterministic generator for test histories.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// Simulates clients issuing overlapping operations against a real sequential store:
+    /// each operation takes effect at a random point inside its interval (some timed-out
+    /// writes never take effect at all) and outputs are computed by applying the operations
+    /// in that order. Returns the history and the indices of reads that returned.
+    fn random_history(
+        seed: u64,
+        ops: usize,
+        keys: u64,
+        clients: u64,
+    ) -> (Vec<Operation>, Vec<usize>) {
+        let mut rng = Rng(seed);
+        let mut clock = vec![0u64; clients as usize];
+        let mut history = Vec::with_capacity(ops);
+        // (linearization point, history index); `None` for writes that never happen.
+        let mut points: Vec<(u64, usize)> = Vec::with_capacity(ops);
+        for i in 0..ops {
+            let client = rng.below(clients);
+            let call = clock[client as usize] + rng.below(5);
+            let duration = 2 + rng.below(30);
+            let ret = call + duration;
+            clock[client as usize] = ret;
+            let key = format!("key{}", rng.below(keys)).into_bytes();
+            let input = match rng.below(10) {
+                0..5 => Input::Get,
+                5..9 => Input::Set(format!("v{}", rng.below(4)).into_bytes()),
+                _ => Input::Delete,
+            };
+            let timed_out = rng.below(50) == 0;
+            let takes_effect = !timed_out || (input != Input::Get && rng.below(2) == 0);
+            if takes_effect {
+                points.push((call + 1 + rng.below(duration - 1), i));
+            }
+            history.push(Operation {
+                client,
+                key,
+                input,
+                call,
+                ret: (!timed_out).then_some(ret),
+                output: if timed_out {
+                    Output::Unknown
+                } else {
+                    Output::Ok
+                },
+            });
+        }
+        points.sort_unstable();
+        let mut store: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        let mut reads = Vec::new();
+        for (_, i) in points {
+            let op = &mut history[i];
+            match &op.input {
+                Input::Get => {
+                    op.output = Output::Value(store.get(&op.key).cloned());
+                    reads.push(i);
+                }
+                Input::Set(v) => {
+                    store.insert(op.key.clone(), v.clone());
+                }
+                Input::Delete => {
+                    store.remove(&op.key);
+                }
+            }
+        }
+        (history, reads)
+    }
+
+    #[test]
+    fn random_valid_history_is_ok_and_a_mutation_is_caught() {
+        let (mut history, reads) = random_history(42, 3000, 6, 16);
+        let pending = history.iter().filter(|op| op.is_timed_out()).count();
+        assert!(
+            pending > 10,
+            "the history should include timed-out operations"
+        );
+
+        let start = Instant::now();
+        assert_eq!(check(&history, 10_000_000), CheckResult::Ok);
+        let elapsed = start.elapsed();
+        assert!(
+            elapsed.as_secs_f64() < 2.0,
+            "valid history took {elapsed:?}"
+        );
+
+        // Corrupt one read in the middle of the history with a value nobody wrote.
+        let victim = reads[reads.len() / 2];
+        history[victim].output = Output::Value(Some(b"never written".to_vec()));
+        let start = Instant::now();
+        match check(&history, 10_000_000) {
+            CheckResult::Illegal { key, explanation } => {
+                assert_eq!(key, history[victim].key);
+                assert!(explanation.contains("never written"), "{explanation}");
+            }
+            other => panic!("expected Illegal, got {other:?}"),
+        }
+        let elapsed = start.elapsed();
+        assert!(
+            elapsed.as_secs_f64() < 2.0,
+            "mutated history took {elapsed:?}"
+        );
+    }
+
+    #[test]
+    fn random_valid_histories_across_seeds() {
+        for seed in 0..20 {
+            let (history, _) = random_history(seed, 400, 2, 8);
+            assert_eq!(check(&history, 10_000_000), CheckResult::Ok, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn show_bytes_is_readable() {
+        assert_eq!(show_bytes(b"abc"), "\"abc\"");
+        assert_eq!(show_bytes(&[0, 255]), "0x00ff");
+        assert!(show_bytes(&[b'x'; 100]).ends_with("..."));
+    }
+}
