@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# A local Ocean Liner cluster on loopback, for trying things out and for tests.
+#
+#   tools/cluster.sh start N [DIR]   start N nodes (peers on 127.0.0.1:8000+K, clients on 9000+K)
+#   tools/cluster.sh status [DIR]    one line per node: id, client address, role, term, commit index
+#   tools/cluster.sh kill K [DIR]    SIGKILL node K
+#   tools/cluster.sh restart K [DIR] start node K again with its data
+#   tools/cluster.sh stop [DIR]      SIGTERM every node and wait for a clean exit
+#
+# DIR defaults to ./cluster. Environment: OCEAN_LINER (the binary; default: the release
+# build of this checkout, built if missing), PEER_PORT_BASE (8000), CLIENT_PORT_BASE (9000),
+# OL_ARGS (extra server flags, e.g. "--read-mode index").
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+bin=${OCEAN_LINER:-$here/target/release/ocean-liner}
+peer_base=${PEER_PORT_BASE:-8000}
+client_base=${CLIENT_PORT_BASE:-9000}
+
+die() { echo "cluster.sh: $*" >&2; exit 2; }
+
+ensure_bin() {
+    if [ ! -x "$bin" ]; then
+        [ -z "${OCEAN_LINER:-}" ] || die "OCEAN_LINER=$bin is not executable"
+        (cd "$here" && cargo build --release --quiet) || die "cargo build failed"
+    fi
+}
+
+node_count() { cat "$1/nodes" 2>/dev/null || die "no cluster in $1 (run: $0 start N $1)"; }
+
+peers_of() {
+    local n=$1 list="" k
+    for ((k = 0; k < n; k++)); do list+="${list:+,}127.0.0.1:$((peer_base + k))"; done
+    echo "$list"
+}
+
+pid_of() { cat "$1/node-$2.pid" 2>/dev/null || true; }
+
+alive() { local pid; pid=$(pid_of "$1" "$2"); [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+
+start_node() {
+    local dir=$1 k=$2 n
+    n=$(node_count "$dir")
+    ((k >= 0 && k < n)) || die "node id $k is out of range 0..$((n - 1))"
+    alive "$dir" "$k" && die "node $k is already running (pid $(pid_of "$dir" "$k"))"
+    # shellcheck disable=SC2086
+    "$bin" --no-pin --cores 2 --peers "$(peers_of "$n")" --node-id "$k" \
+        --client-port $((client_base + k)) --data-dir "$dir/node-$k" ${OL_ARGS:-} \
+        >>"$dir/node-$k.log" 2>&1 &
+    echo $! >"$dir/node-$k.pid"
+}
+
+cmd=${1:-}
+case "$cmd" in
+start)
+    n=${2:-}; dir=${3:-./cluster}
+    [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "usage: $0 start N [DIR]"
+    ensure_bin
+    mkdir -p "$dir"
+    echo "$n" >"$dir/nodes"
+    for ((k = 0; k < n; k++)); do start_node "$dir" "$k"; done
+    # Wait (bounded) until some node reports itself leader.
+    for _ in $(seq 1 100); do
+        now=$("$0" status "$dir" 2>/dev/null || true)
+        if grep -q " leader " <<<"$now"; then echo "$now"; exit 0; fi
+        sleep 0.1
+    done
+    "$0" status "$dir"
+    die "no leader after 10 s; see $dir/node-*.log"
+    ;;
+status)
+    dir=${2:-./cluster}; n=$(node_count "$dir"); ensure_bin
+    for ((k = 0; k < n; k++)); do
+        addr=127.0.0.1:$((client_base + k))
+        if stats=$("$bin" stats --server "$addr" --timeout 0.5 2>/dev/null); then
+            role=$(sed -n 's/^role=//p' <<<"$stats")
+            term=$(sed -n 's/^term=//p' <<<"$stats")
+            commit=$(sed -n 's/^commit_index=//p' <<<"$stats")
+            echo "node $k $addr $role term $term commit $commit"
+        else
+            echo "node $k $addr down"
+        fi
+    done
+    ;;
+kill)
+    k=${2:-}; dir=${3:-./cluster}
+    [[ "$k" =~ ^[0-9]+$ ]] || die "usage: $0 kill K [DIR]"
+    pid=$(pid_of "$dir" "$k"); [ -n "$pid" ] || die "node $k has no pid file"
+    kill -9 "$pid" 2>/dev/null || true
+    ;;
+restart)
+    k=${2:-}; dir=${3:-./cluster}
+    [[ "$k" =~ ^[0-9]+$ ]] || die "usage: $0 restart K [DIR]"
+    ensure_bin
+    if alive "$dir" "$k"; then kill -9 "$(pid_of "$dir" "$k")"; sleep 0.2; fi
+    start_node "$dir" "$k"
+    ;;
+stop)
+    dir=${2:-./cluster}; n=$(node_count "$dir")
+    for ((k = 0; k < n; k++)); do
+        pid=$(pid_of "$dir" "$k"); [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null || true
+    done
+    for ((k = 0; k < n; k++)); do
+        for _ in $(seq 1 100); do alive "$dir" "$k" || break; sleep 0.1; done
+        alive "$dir" "$k" && kill -9 "$(pid_of "$dir" "$k")" 2>/dev/null || true
+        rm -f "$dir/node-$k.pid"
+    done
+    ;;
+*)
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac
