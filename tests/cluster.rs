@@ -1,0 +1,307 @@
+//! A real three-node cluster: separate processes, TCP between them, UDP clients.
+//!
+//! Method: start three `ocean-liner` processes on loopback, run a mixed load from several
+//! client threads (each key has one writer; every thread also reads other keys) and
+//! record every operation with its call and return times. Mid-load, `kill -9` the leader
+//! and measure how long until another node reports itself leader (must be under 1 s);
+//! restart it. Then kill every node with SIGKILL, restart them all, read every key back,
+//! and check (1) each key holds its last acknowledged value (or the one write that was
+//! in flight), (2) the whole recorded history is linearizable.
+
+use ocean_liner::client::{Client, ClientOptions};
+use ocean_liner::linearizability::{self, CheckResult, Input, Operation, Output};
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ocean-liner");
+
+struct Node {
+    child: Option<Child>,
+    peer_port: u16,
+    client_port: u16,
+}
+
+struct Cluster {
+    nodes: Vec<Node>,
+    dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+fn free_tcp_and_udp_port(start: u16) -> u16 {
+    (start..60_000)
+        .find(|&p| {
+            TcpListener::bind(("127.0.0.1", p)).is_ok() && UdpSocket::bind(("127.0.0.1", p)).is_ok()
+        })
+        .unwrap()
+}
+
+impl Cluster {
+    fn start(n: usize) -> Cluster {
+        let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let base = 30_000 + (std::process::id() % 1000) as u16 * 20;
+        let mut next = base;
+        let mut nodes = Vec::new();
+        for _ in 0..n {
+            let peer_port = free_tcp_and_udp_port(next);
+            let client_port = free_tcp_and_udp_port(peer_port + 1);
+            next = client_port + 1;
+            nodes.push(Node {
+                child: None,
+                peer_port,
+                client_port,
+            });
+        }
+        let mut c = Cluster {
+            nodes,
+            dir: tmp.path().to_path_buf(),
+            _tmp: tmp,
+        };
+        for k in 0..n {
+            c.spawn(k);
+        }
+        c
+    }
+
+    fn peers(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.peer_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn spawn(&mut self, k: usize) {
+        let child = Command::new(BIN)
+            .args(["--no-pin", "--cores", "2", "--batch-window-ms", "10"])
+            .args(["--peers", &self.peers(), "--node-id", &k.to_string()])
+            .args(["--client-port", &self.nodes[k].client_port.to_string()])
+            .arg("--data-dir")
+            .arg(self.dir.join(format!("node-{k}")))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.nodes[k].child = Some(child);
+    }
+
+    fn kill9(&mut self, k: usize) {
+        if let Some(mut c) = self.nodes[k].child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    fn client_addrs(&self) -> Vec<SocketAddr> {
+        self.nodes
+            .iter()
+            .map(|n| SocketAddr::from(([127, 0, 0, 1], n.client_port)))
+            .collect()
+    }
+
+    /// (node index, term) of a node that reports itself leader, if any.
+    fn leader(&self, except: Option<usize>) -> Option<(usize, u64)> {
+        for (k, addr) in self.client_addrs().into_iter().enumerate() {
+            if Some(k) == except || self.nodes[k].child.is_none() {
+                continue;
+            }
+            let opts = ClientOptions {
+                deadline: Duration::from_millis(100),
+                ..ClientOptions::default()
+            };
+            let Ok(mut c) = Client::connect(addr, opts) else {
+                continue;
+            };
+            if let Ok(stats) = c.stats() {
+                if stats.contains("role=leader\n") {
+                    let term = stats
+                        .lines()
+                        .find_map(|l| l.strip_prefix("term="))
+                        .and_then(|t| t.parse().ok())
+                        .unwrap_or(0);
+                    return Some((k, term));
+                }
+            }
+        }
+        None
+    }
+
+    fn wait_for_leader(
+        &self,
+        except: Option<usize>,
+        limit: Duration,
+    ) -> Option<(usize, u64, Duration)> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some((k, term)) = self.leader(except) {
+                return Some((k, term, start.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for k in 0..self.nodes.len() {
+            self.kill9(k);
+        }
+    }
+}
+
+fn now_us(epoch: Instant) -> u64 {
+    epoch.elapsed().as_micros() as u64
+}
+
+#[test]
+fn three_nodes_survive_leader_kill_and_full_restart_linearizably() {
+    let mut cluster = Cluster::start(3);
+    let (first_leader, _, _) = cluster
+        .wait_for_leader(None, Duration::from_secs(10))
+        .expect("a leader is elected");
+    let addrs = cluster.client_addrs();
+    let epoch = Instant::now();
+    let history = Arc::new(Mutex::new(Vec::<Operation>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    const WRITERS: usize = 4;
+    const KEYS_PER_WRITER: usize = 5;
+    let threads: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (addrs, history, stop) = (addrs.clone(), history.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let opts = ClientOptions {
+                    deadline: Duration::from_secs(3),
+                    ..ClientOptions::default()
+                };
+                let mut client = Client::connect_cluster(&addrs, opts).unwrap();
+                // (last acknowledged version, version in flight) per own key
+                let mut versions: HashMap<String, (u64, u64)> = HashMap::new();
+                let mut version = 0u64;
+                let mut i = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let (key, input) = if i % 2 == 0 {
+                        version += 1;
+                        let key = format!("w{w}-k{}", i / 2 % KEYS_PER_WRITER);
+                        (key, Input::Set(format!("{version}").into_bytes()))
+                    } else {
+                        let other = (w + i) % WRITERS;
+                        (format!("w{other}-k{}", i % KEYS_PER_WRITER), Input::Get)
+                    };
+                    let call = now_us(epoch);
+                    let (ret, output) = match &input {
+                        Input::Set(v) => {
+                            let entry = versions.entry(key.clone()).or_insert((0, 0));
+                            entry.1 = version;
+                            match client.set(&key, v) {
+                                Ok(()) => {
+                                    entry.0 = version;
+                                    (Some(now_us(epoch)), Output::Ok)
+                                }
+                                Err(_) => (None, Output::Unknown),
+                            }
+                        }
+                        _ => match client.get(&key) {
+                            Ok(v) => (Some(now_us(epoch)), Output::Value(v)),
+                            Err(_) => (None, Output::Unknown),
+                        },
+                    };
+                    history.lock().unwrap().push(Operation {
+                        client: w as u64,
+                        key: key.into_bytes(),
+                        input,
+                        call,
+                        ret,
+                        output,
+                    });
+                }
+                versions
+            })
+        })
+        .collect();
+
+    std::thread::sleep(Duration::from_millis(1500));
+    cluster.kill9(first_leader);
+    let (new_leader, _, failover) = cluster
+        .wait_for_leader(Some(first_leader), Duration::from_secs(5))
+        .expect("a new leader is elected");
+    eprintln!("leader {first_leader} killed; node {new_leader} leads after {failover:?}");
+    assert!(
+        failover < Duration::from_secs(1),
+        "failover took {failover:?}"
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    cluster.spawn(first_leader);
+    std::thread::sleep(Duration::from_millis(1000));
+    stop.store(true, Ordering::Relaxed);
+    let versions: Vec<HashMap<String, (u64, u64)>> =
+        threads.into_iter().map(|t| t.join().unwrap()).collect();
+
+    // Every node dies at once and comes back from its own disk.
+    for k in 0..3 {
+        cluster.kill9(k);
+    }
+    for k in 0..3 {
+        cluster.spawn(k);
+    }
+    cluster
+        .wait_for_leader(None, Duration::from_secs(10))
+        .expect("a leader after the full restart");
+    let mut client = Client::connect_cluster(
+        &addrs,
+        ClientOptions {
+            deadline: Duration::from_secs(10),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let mut history = Arc::try_unwrap(history).unwrap().into_inner().unwrap();
+    let mut acknowledged = 0;
+    for map in &versions {
+        for (key, &(last_acked, in_flight)) in map {
+            let call = now_us(epoch);
+            let value = client.get(key).expect("reads work after the restart");
+            history.push(Operation {
+                client: 1000,
+                key: key.clone().into_bytes(),
+                input: Input::Get,
+                call,
+                ret: Some(now_us(epoch)),
+                output: Output::Value(value.clone()),
+            });
+            let got: u64 = value.map_or(0, |v| String::from_utf8(v).unwrap().parse().unwrap());
+            assert!(
+                got == last_acked || got == in_flight,
+                "{key}: last acknowledged version {last_acked} (in flight {in_flight}), read {got}"
+            );
+            acknowledged += (last_acked > 0) as usize;
+        }
+    }
+    let writes = history
+        .iter()
+        .filter(|o| matches!(o.input, Input::Set(_)) && o.ret.is_some())
+        .count();
+    eprintln!(
+        "{} operations recorded, {writes} acknowledged writes, {acknowledged} keys checked",
+        history.len()
+    );
+    assert!(
+        writes > 100,
+        "too few writes were acknowledged ({writes}) to test anything"
+    );
+    match linearizability::check(&history, 50_000_000) {
+        CheckResult::Ok => {}
+        CheckResult::Illegal { key, explanation } => {
+            panic!(
+                "not linearizable on {}: {explanation}",
+                String::from_utf8_lossy(&key)
+            )
+        }
+        CheckResult::Unknown => panic!("the linearizability check ran out of budget"),
+    }
+}
