@@ -55,7 +55,7 @@ const MAX_KEYS: u64 = 10_000_000_000;
 /// Largest `--value-size` that fits a datagram with a key name.
 pub const MAX_VALUE_SIZE: usize = MAX_DATAGRAM_SIZE - REQUEST_HEADER_SIZE - KEY_NAME_LEN;
 /// Socket buffer size requested from the kernel (it may grant less).
-const SOCKET_BUFFER_BYTES: usize = 4 << 20;
+const SOCKET_BUFFER_BYTES: usize = 16 << 20;
 /// Workers report interval statistics this often.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 /// First Busy backoff; doubles per consecutive Busy up to [`BUSY_BACKOFF_MAX`].
@@ -990,9 +990,9 @@ impl Worker {
             let s = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))
                 .context("creating a UDP socket")?;
             s.set_nonblocking(true)?;
-            // Best effort: the kernel caps these at net.core.{r,w}mem_max.
-            let _ = s.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
-            let _ = s.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+            // Above net.core.{r,w}mem_max when allowed (root), else capped by them.
+            crate::server::udp::set_buffer_size(&s, SOCKET_BUFFER_BYTES, true);
+            crate::server::udp::set_buffer_size(&s, SOCKET_BUFFER_BYTES, false);
             s.bind(&bind.into())
                 .with_context(|| format!("binding a UDP socket to {bind}"))?;
             sockets.push(s);

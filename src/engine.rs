@@ -11,7 +11,7 @@
 use crate::command::{Commands, Op};
 use crate::io::Backend;
 use crate::log::{Log, LogError, LogIndex, LogOptions, LogReader, NewEntry, RecoveryReport, Term};
-use crate::store::{Lookup, Map, key_hash};
+use crate::store::{CheckpointJob, Lookup, Map, key_hash};
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -302,6 +302,24 @@ impl Engine {
         self.map
             .checkpoint(self.applied_index, self.applied_term, &blob)?;
         Ok(())
+    }
+
+    /// Snapshots the changed pages and the sessions for a checkpoint whose IO can run on
+    /// another thread ([`CheckpointJob::write`], then [`Engine::checkpoint_end`]). `None`
+    /// while a previous job is still out.
+    pub fn checkpoint_begin(&mut self) -> Option<CheckpointJob> {
+        let blob = encode_sessions(&self.sessions);
+        self.map
+            .checkpoint_begin(self.applied_index, self.applied_term, &blob)
+    }
+
+    /// Completes a job started by [`Engine::checkpoint_begin`].
+    pub fn checkpoint_end(
+        &mut self,
+        job: CheckpointJob,
+        result: io::Result<()>,
+    ) -> Result<(), EngineError> {
+        Ok(self.map.checkpoint_end(job, result)?)
     }
 
     /// The last sequence applied for a client session.

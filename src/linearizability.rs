@@ -33,28 +33,38 @@
 //!
 //! # Algorithm
 //!
-//! This is the Wing & Gong search with Lowe's memoization, as used by Porcupine:
+//! This is the Wing & Gong search with Lowe's memoization, as in Porcupine, plus pruning
+//! rules specific to registers:
 //!
 //! 1. Each operation contributes a *call* entry and a *return* entry. All entries are sorted by
 //!    time (calls before returns at equal times, so operations whose intervals merely touch
 //!    are treated as concurrent; infinite returns sort last) into a doubly linked list.
-//! 2. A depth-first search walks the list from its head. At a call entry it tries to linearize
-//!    that operation next: if the model accepts the operation in the current state, the
-//!    operation's call and return entries are *lifted* out of the list, the previous state is
-//!    pushed on a stack, and the walk restarts from the head. If the model rejects it, the
-//!    walk moves on to the next entry (a later-called concurrent operation).
-//! 3. Reaching a return entry means that operation had to take effect before this point but
-//!    none of the remaining candidates could be placed, so the search backtracks: the last
-//!    linearized operation is popped, re-inserted into the list (dancing-links style) and the
-//!    walk continues after it.
-//! 4. Every (set of linearized operations, model state) pair that is reached is stored in a
+//! 2. A depth-first search builds a linearization one operation at a time. At each node the
+//!    *candidates* are the operations whose call entries precede the first return entry
+//!    still in the list: an operation called after some remaining operation returned must
+//!    follow it. Linearizing a candidate that the model accepts *lifts* its two entries out
+//!    of the list and descends; when a node has no candidate left to try, the search
+//!    backtracks, re-inserting the last operation's entries (dancing-links style) and trying
+//!    the next candidate of the node above.
+//! 3. Every (set of linearized operations, model state) pair that is reached is stored in a
 //!    hash set, with the set as a compact bitset. Reaching a known pair again is pruned: the
 //!    remainder of the search depends only on that pair, not on the order that produced it.
+//! 4. Candidates are pruned with rules that keep the search complete, because any
+//!    linearization can be rearranged to fit them: a read that sees the current state is
+//!    linearized at once without branching; a write whose value no remaining read observes
+//!    is linearized as soon as some write must be (a timed-out one is dropped); among writes
+//!    leaving the same state only the earliest-returning one is tried. The other writes are
+//!    tried first if a concurrent read is waiting for their value. Without these rules a
+//!    plain Porcupine search drowns in the interleavings of reads once a dozen operations on
+//!    one key are in flight at once; with them, valid histories are usually checked with
+//!    next to no backtracking.
 //!
-//! The search is exponential in the worst case, so every loop iteration counts against a
-//! caller-supplied step budget; when it runs out the answer is [`CheckResult::Unknown`].
-//! When no linearization exists, the explanation names the longest linearizable prefix the
-//! search found and the operation that could not be placed after it.
+//! The search is exponential in the worst case (checking a register with repeated values is
+//! NP-complete), so every list entry examined and every candidate tried counts as one step
+//! against a caller-supplied budget; when it runs out the answer is [`CheckResult::Unknown`].
+//! Memory grows with the number of distinct pairs memoized, which is at most the steps taken.
+//! When no linearization exists, the explanation names the longest prefix the search managed
+//! to linearize and the operation that could not be placed after it.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -126,9 +136,9 @@ impl CheckResult {
 
 /// Checks a whole history, key by key, spending at most `budget` search steps in total.
 ///
-/// Returns the first violation found. If the budget runs out on some key the remaining keys
-/// are still examined with whatever is left, so a violation elsewhere may still be reported;
-/// otherwise the result is [`CheckResult::Unknown`].
+/// Keys are checked smallest sub-history first and the first violation found is returned.
+/// If the budget runs out before every key has been decided, the result is
+/// [`CheckResult::Unknown`].
 pub fn check(history: &[Operation], budget: u64) -> CheckResult {
     let mut by_key: HashMap<&[u8], Vec<usize>> = HashMap::new();
     for (i, op) in history.iter().enumerate() {
@@ -138,19 +148,13 @@ pub fn check(history: &[Operation], budget: u64) -> CheckResult {
     groups.sort_by(|a, b| a.1.len().cmp(&b.1.len()).then_with(|| a.0.cmp(b.0)));
 
     let mut remaining = budget;
-    let mut exhausted = false;
     for (key, indices) in &groups {
         match check_register(history, key, indices, &mut remaining) {
             CheckResult::Ok => {}
-            CheckResult::Unknown => exhausted = true,
-            illegal @ CheckResult::Illegal { .. } => return illegal,
+            verdict => return verdict,
         }
     }
-    if exhausted {
-        CheckResult::Unknown
-    } else {
-        CheckResult::Ok
-    }
+    CheckResult::Ok
 }
 
 /// Checks `ops` as the history of a single register, ignoring their `key` fields (the key
@@ -208,7 +212,7 @@ struct EntryList {
 }
 
 impl EntryList {
-    /// Builds the time-ordered list. Returns the list and, per operation, its call entry.
+    /// Builds the time-ordered list; entries are numbered in list order after the head.
     fn build(history: &[Operation], ops: &[RegisterOp]) -> Self {
         // (infinite, time, is_return, op): calls sort before returns at equal times.
         let mut events: Vec<(bool, u64, bool, usize)> = Vec::with_capacity(ops.len() * 2);
@@ -339,78 +343,286 @@ fn check_register<'a>(
         });
     }
 
-    let mut remaining = ops.iter().filter(|op| !op.pending).count();
+    // Number operations in return order (timed-out ones last) so that the linearized set is
+    // a run of ones followed by a short, sparse tail; see `Search::linearize`.
+    ops.sort_by_key(|op| match (op.pending, history[op.origin].ret) {
+        (false, Some(ret)) => (false, ret),
+        _ => (true, 0),
+    });
+    let remaining = ops.iter().filter(|op| !op.pending).count();
     if remaining == 0 {
         return CheckResult::Ok;
     }
 
-    let mut list = EntryList::build(history, &ops);
-    let mut linearized = vec![0u64; ops.len().div_ceil(64)];
-    let mut visited: HashSet<(Box<[u64]>, State)> = HashSet::new();
-    // (call entry, state before linearizing it)
-    let mut stack: Vec<(usize, State)> = Vec::new();
-    let mut state = ABSENT;
-    let mut stuck: Option<Stuck> = None;
-    let mut entry = list.next[HEAD];
+    let mut search = Search::new(history, &ops, values.len(), remaining);
+    match search.run(budget) {
+        Some(true) => CheckResult::Ok,
+        Some(false) => illegal(explain(history, key, &ops, &values, search.stuck)),
+        None => CheckResult::Unknown,
+    }
+}
 
-    loop {
-        if *budget == 0 {
-            return CheckResult::Unknown;
+/// One node of the search: the operations that may be linearized next at it.
+struct Level {
+    /// Where this node's candidates start in [`Search::pool`].
+    start: usize,
+    /// The next candidate to try.
+    next: usize,
+}
+
+/// One linearized operation on the current path.
+struct Step {
+    /// Its call entry.
+    entry: usize,
+    /// The model state before it.
+    state: State,
+}
+
+/// The depth-first search over one register's history.
+struct Search<'o> {
+    ops: &'o [RegisterOp],
+    list: EntryList,
+    /// Bitset of linearized operations.
+    linearized: Vec<u64>,
+    /// Every (linearized set, state) pair reached so far, the set in the compact form made
+    /// by [`Search::linearize`].
+    visited: HashSet<(u32, Box<[u64]>, State)>,
+    /// The operations linearized so far, in order.
+    path: Vec<Step>,
+    /// The nodes on the current path: `levels.len() == path.len() + 1`.
+    levels: Vec<Level>,
+    /// Candidate call entries of every level, concatenated.
+    pool: Vec<usize>,
+    state: State,
+    /// Per state, how many unlinearized reads observe it.
+    readers: Vec<u32>,
+    /// Operations that returned and are not yet linearized.
+    remaining: usize,
+    stuck: Option<Stuck>,
+}
+
+impl<'o> Search<'o> {
+    fn new(history: &[Operation], ops: &'o [RegisterOp], states: usize, remaining: usize) -> Self {
+        let mut readers = vec![0; states];
+        for op in ops {
+            if let Action::Get(observed) = op.action {
+                readers[observed as usize] += 1;
+            }
         }
-        *budget -= 1;
+        Search {
+            ops,
+            list: EntryList::build(history, ops),
+            linearized: vec![0u64; ops.len().div_ceil(64)],
+            visited: HashSet::new(),
+            path: Vec::new(),
+            levels: Vec::new(),
+            pool: Vec::new(),
+            state: ABSENT,
+            readers,
+            remaining,
+            stuck: None,
+        }
+    }
 
-        // While a returned operation is unlinearized its return entry is still in the list,
-        // and it sorts before every infinite return, so the walk meets a return entry before
-        // running off the end.
-        debug_assert_ne!(entry, NIL);
-        if entry != NIL && list.is_call(entry) {
-            let op = list.op[entry];
-            if let Some(next_state) = ops[op].action.step(state) {
-                let mut candidate = linearized.clone().into_boxed_slice();
-                candidate[op / 64] |= 1 << (op % 64);
-                if visited.insert((candidate, next_state)) {
-                    stack.push((entry, state));
-                    state = next_state;
-                    linearized[op / 64] |= 1 << (op % 64);
-                    list.lift(entry);
-                    if !ops[op].pending {
-                        remaining -= 1;
-                        if remaining == 0 {
-                            return CheckResult::Ok;
-                        }
+    /// Returns whether a linearization exists, or `None` if the budget ran out first.
+    fn run(&mut self, budget: &mut u64) -> Option<bool> {
+        if self.remaining == 0 {
+            return Some(true);
+        }
+        self.open(budget)?;
+        loop {
+            if *budget == 0 {
+                return None;
+            }
+            *budget -= 1;
+            let level = self
+                .levels
+                .last_mut()
+                .expect("the root level is never popped");
+            if level.next < self.pool.len() {
+                let entry = self.pool[level.next];
+                level.next += 1;
+                if self.linearize(entry) {
+                    if self.remaining == 0 {
+                        return Some(true);
                     }
-                    entry = list.next[HEAD];
-                    continue;
+                    self.open(budget)?;
                 }
+            } else {
+                self.record_stuck();
+                if self.path.is_empty() {
+                    return Some(false);
+                }
+                self.close();
             }
-            entry = list.next[entry];
-        } else {
-            if entry != NIL && stuck.as_ref().is_none_or(|s| stack.len() > s.depth) {
-                stuck = Some(Stuck {
-                    depth: stack.len(),
-                    op: list.op[entry],
-                    state,
-                    tail: stack
-                        .iter()
-                        .rev()
-                        .take(3)
-                        .rev()
-                        .map(|&(e, _)| list.op[e])
-                        .collect(),
-                });
-            }
-            let Some((call, previous)) = stack.pop() else {
-                return illegal(explain(history, key, &ops, &values, stuck));
-            };
-            let op = list.op[call];
-            state = previous;
-            linearized[op / 64] &= !(1 << (op % 64));
-            list.unlift(call);
-            if !ops[op].pending {
-                remaining += 1;
-            }
-            entry = list.next[call];
         }
+    }
+
+    /// Pushes a level for the current node with its candidates in the order to try them.
+    ///
+    /// The candidates are the operations called before the first remaining return entry;
+    /// anything called later must come after that operation. Reads that disagree with the
+    /// current state are never candidates, and three rules prune the rest, each because
+    /// any linearization of the remaining operations can be rearranged to fit the rule:
+    ///
+    /// - A *safe read*, one observing the current state, can go first: moving it to the
+    ///   front of any linearization keeps every read correct (it changes no state and sees
+    ///   the current one) and respects real time (being a candidate, it was called before
+    ///   any remaining operation returned). It is then the only candidate tried.
+    /// - Otherwise every linearization starts with a write. A *dead write*, one whose value
+    ///   no remaining read observes, is always directly followed by another write or last,
+    ///   so it can be moved to the front (the next write hides it again). It is then the
+    ///   only candidate tried, and a timed-out dead write is not needed at all.
+    /// - Of several candidate writes leaving the same state, only the one that returns first
+    ///   is tried: swapping it with another one keeps every state and real-time order.
+    ///
+    /// The remaining writes are ordered by how soon a candidate read needs their value, then
+    /// by their own return.
+    fn open(&mut self, budget: &mut u64) -> Option<()> {
+        let start = self.pool.len();
+        // (candidate entry, resulting state, return entry)
+        let mut writes: Vec<(usize, State, usize)> = Vec::new();
+        // (observed state, return entry) of candidate reads
+        let mut reads: Vec<(State, usize)> = Vec::new();
+        let mut dead = None;
+        let mut entry = self.list.next[HEAD];
+        while entry != NIL && self.list.is_call(entry) {
+            if *budget == 0 {
+                return None;
+            }
+            *budget -= 1;
+            let op = &self.ops[self.list.op[entry]];
+            let ret = self.list.matching[entry];
+            match op.action {
+                Action::Get(observed) if observed == self.state => {
+                    self.pool.push(entry);
+                    self.levels.push(Level { start, next: start });
+                    return Some(());
+                }
+                Action::Get(observed) => reads.push((observed, ret)),
+                Action::Put(next) if self.readers[next as usize] == 0 => {
+                    if !op.pending && dead.is_none() {
+                        dead = Some(entry);
+                    }
+                }
+                Action::Put(next) => match writes.iter_mut().find(|w| w.1 == next) {
+                    Some(w) if w.2 > ret => *w = (entry, next, ret),
+                    Some(_) => {}
+                    None => writes.push((entry, next, ret)),
+                },
+            }
+            entry = self.list.next[entry];
+        }
+        if let Some(dead) = dead {
+            self.pool.push(dead);
+        } else {
+            // Return entries are numbered in time order, so comparing them compares times.
+            let wanted = |state: State| {
+                reads
+                    .iter()
+                    .filter(|r| r.0 == state)
+                    .map(|r| r.1)
+                    .min()
+                    .unwrap_or(NIL)
+            };
+            writes.sort_by_key(|w| (wanted(w.1), w.2));
+            self.pool.extend(writes.iter().map(|w| w.0));
+        }
+        self.levels.push(Level { start, next: start });
+        Some(())
+    }
+
+    /// Pops the current level and undoes the operation that led to it.
+    fn close(&mut self) {
+        let level = self.levels.pop().expect("a level to close");
+        self.pool.truncate(level.start);
+        let step = self.path.pop().expect("a step to undo");
+        let op = self.list.op[step.entry];
+        self.state = step.state;
+        self.linearized[op / 64] &= !(1 << (op % 64));
+        self.list.unlift(step.entry);
+        if let Action::Get(observed) = self.ops[op].action {
+            self.readers[observed as usize] += 1;
+        }
+        if !self.ops[op].pending {
+            self.remaining += 1;
+        }
+    }
+
+    /// Tries to linearize the operation of call entry `entry` next. Fails if the model
+    /// rejects it or the resulting (set, state) pair was already reached.
+    fn linearize(&mut self, entry: usize) -> bool {
+        let op = self.list.op[entry];
+        let Some(next_state) = self.ops[op].action.step(self.state) else {
+            return false;
+        };
+        // Store the set exactly but compactly: the index of the first word that is not all
+        // ones, and the words from there to the last nonzero one. Operations are numbered in
+        // return order, and a linearized operation implies that every operation which
+        // returned before it was called is linearized too, so the bitset is all ones up to a
+        // frontier followed by a few bits for operations concurrent with it.
+        self.linearized[op / 64] |= 1 << (op % 64);
+        let first = self
+            .linearized
+            .iter()
+            .position(|w| *w != !0)
+            .unwrap_or(self.linearized.len());
+        let last = self
+            .linearized
+            .iter()
+            .rposition(|w| *w != 0)
+            .map_or(first, |i| (i + 1).max(first));
+        let key = (
+            first as u32,
+            Box::<[u64]>::from(&self.linearized[first..last]),
+            next_state,
+        );
+        if !self.visited.insert(key) {
+            self.linearized[op / 64] &= !(1 << (op % 64));
+            return false;
+        }
+        self.path.push(Step {
+            entry,
+            state: self.state,
+        });
+        self.state = next_state;
+        self.list.lift(entry);
+        if let Action::Get(observed) = self.ops[op].action {
+            self.readers[observed as usize] -= 1;
+        }
+        if !self.ops[op].pending {
+            self.remaining -= 1;
+        }
+        true
+    }
+
+    /// Remembers the deepest node from which no candidate could be linearized.
+    fn record_stuck(&mut self) {
+        let depth = self.path.len();
+        if self.stuck.as_ref().is_some_and(|s| s.depth >= depth) {
+            return;
+        }
+        // The first remaining return entry: that operation cannot be linearized in time.
+        let mut bound = self.list.next[HEAD];
+        while bound != NIL && self.list.is_call(bound) {
+            bound = self.list.next[bound];
+        }
+        if bound == NIL {
+            return;
+        }
+        self.stuck = Some(Stuck {
+            depth,
+            op: self.list.op[bound],
+            state: self.state,
+            tail: self
+                .path
+                .iter()
+                .rev()
+                .take(3)
+                .rev()
+                .map(|step| self.list.op[step.entry])
+                .collect(),
+        });
     }
 }
 
@@ -435,7 +647,7 @@ fn explain(
     };
     let _ = write!(
         out,
-        "; the longest linearizable prefix has {} operation(s)",
+        "; the search got furthest after linearizing {} operation(s)",
         stuck.depth
     );
     if !stuck.tail.is_empty() {
@@ -453,7 +665,7 @@ fn explain(
     }
     let _ = write!(
         out,
-        " and leaves the value {state}, after which {} cannot take effect before it returns",
+        ", leaving the value {state}, where {} cannot take effect before it returns",
         describe(history, ops[stuck.op].origin)
     );
     out
@@ -849,7 +1061,7 @@ mod tests {
         assert_eq!(check_key(&history, 1), CheckResult::Unknown);
         assert_eq!(check(&history, BUDGET), CheckResult::Ok);
         // The budget is shared across keys.
-        let (history, _) = random_history(7, 600, 4, 8);
+        let (history, _) = random_history(7, 600, 4, 8, 4);
         assert_eq!(check(&history, 50), CheckResult::Unknown);
     }
 
@@ -873,12 +1085,15 @@ mod tests {
     /// Simulates clients issuing overlapping operations against a real sequential store:
     /// each operation takes effect at a random point inside its interval (some timed-out
     /// writes never take effect at all) and outputs are computed by applying the operations
-    /// in that order. Returns the history and the indices of reads that returned.
+    /// in that order. Written values are drawn from `distinct` values per key, or are all
+    /// different if `distinct` is 0. Returns the history and the indices of reads that
+    /// returned.
     fn random_history(
         seed: u64,
         ops: usize,
         keys: u64,
         clients: u64,
+        distinct: u64,
     ) -> (Vec<Operation>, Vec<usize>) {
         let mut rng = Rng(seed);
         let mut clock = vec![0u64; clients as usize];
@@ -894,7 +1109,8 @@ mod tests {
             let key = format!("key{}", rng.below(keys)).into_bytes();
             let input = match rng.below(10) {
                 0..5 => Input::Get,
-                5..9 => Input::Set(format!("v{}", rng.below(4)).into_bytes()),
+                5..9 if distinct == 0 => Input::Set(format!("v{i}").into_bytes()),
+                5..9 => Input::Set(format!("v{}", rng.below(distinct)).into_bytes()),
                 _ => Input::Delete,
             };
             let timed_out = rng.below(50) == 0;
@@ -938,7 +1154,7 @@ mod tests {
 
     #[test]
     fn random_valid_history_is_ok_and_a_mutation_is_caught() {
-        let (mut history, reads) = random_history(42, 3000, 6, 16);
+        let (mut history, reads) = random_history(42, 3000, 6, 16, 4);
         let pending = history.iter().filter(|op| op.is_timed_out()).count();
         assert!(
             pending > 10,
@@ -974,9 +1190,106 @@ mod tests {
     #[test]
     fn random_valid_histories_across_seeds() {
         for seed in 0..20 {
-            let (history, _) = random_history(seed, 400, 2, 8);
+            let (history, _) = random_history(seed, 400, 2, 8, 3);
             assert_eq!(check(&history, 10_000_000), CheckResult::Ok, "seed {seed}");
         }
+    }
+
+    #[test]
+    fn random_history_with_many_operations_in_flight_on_one_key() {
+        // About a dozen operations on the key are in flight at any time.
+        for distinct in [0, 4] {
+            let (mut history, reads) = random_history(9, 800, 1, 12, distinct);
+            assert_eq!(check(&history, 10_000_000), CheckResult::Ok);
+            let victim = reads[reads.len() / 3];
+            history[victim].output = Output::Value(Some(b"never written".to_vec()));
+            assert!(check(&history, 10_000_000).is_illegal());
+        }
+    }
+
+    /// Decides linearizability of a small single-register history by trying every order.
+    fn brute_force(history: &[Operation]) -> bool {
+        fn search(history: &[Operation], placed: &mut Vec<bool>, state: Option<&[u8]>) -> bool {
+            let mut all_done = true;
+            for (i, op) in history.iter().enumerate() {
+                if placed[i] {
+                    continue;
+                }
+                all_done &= op.is_timed_out();
+                // Some unplaced operation returned before this one was called.
+                let blocked = history.iter().enumerate().any(|(j, other)| {
+                    !placed[j] && !other.is_timed_out() && other.ret.unwrap() < op.call
+                });
+                if blocked {
+                    continue;
+                }
+                let next = match (&op.input, &op.output) {
+                    (Input::Get, Output::Value(v)) if v.as_deref() == state => state,
+                    (Input::Get, _) => continue,
+                    (Input::Set(v), _) => Some(v.as_slice()),
+                    (Input::Delete, _) => None,
+                };
+                placed[i] = true;
+                let found = search(history, placed, next);
+                placed[i] = false;
+                if found {
+                    return true;
+                }
+            }
+            all_done
+        }
+        let history: Vec<Operation> = history
+            .iter()
+            .filter(|op| !(op.input == Input::Get && op.is_timed_out()))
+            .cloned()
+            .collect();
+        search(&history, &mut vec![false; history.len()], None)
+    }
+
+    #[test]
+    fn agrees_with_brute_force_on_small_random_histories() {
+        let mut rng = Rng(1);
+        let (mut legal, mut illegal) = (0, 0);
+        for _ in 0..3000 {
+            let len = 1 + rng.below(7) as usize;
+            let history: Vec<Operation> = (0..len)
+                .map(|i| {
+                    let call = rng.below(20);
+                    let value = |rng: &mut Rng| {
+                        let v = rng.below(3);
+                        (v > 0).then(|| vec![b'0' + v as u8])
+                    };
+                    let mut op = match rng.below(3) {
+                        0 => get(i as u64, call, 0, None),
+                        1 => set(i as u64, call, 0, "0"),
+                        _ => delete(i as u64, call, 0),
+                    };
+                    match &mut op.input {
+                        Input::Get => op.output = Output::Value(value(&mut rng)),
+                        Input::Set(v) => *v = value(&mut rng).unwrap_or(b"1".to_vec()),
+                        Input::Delete => {}
+                    }
+                    op.ret = Some(call + rng.below(10));
+                    if rng.below(6) == 0 {
+                        op = timed_out(op);
+                    }
+                    op
+                })
+                .collect();
+            let expected = brute_force(&history);
+            let result = check(&history, BUDGET);
+            assert_eq!(result.is_ok(), expected, "{result:?} for {history:#?}");
+            assert!(!result.is_unknown());
+            if expected {
+                legal += 1;
+            } else {
+                illegal += 1;
+            }
+        }
+        assert!(
+            legal > 300 && illegal > 300,
+            "{legal} legal, {illegal} illegal"
+        );
     }
 
     #[test]

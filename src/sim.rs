@@ -139,9 +139,19 @@ enum ReplyKind {
 
 #[derive(Debug, Clone)]
 enum Envelope {
-    Raft { to: usize, msg: Message },
-    Request { to: usize, req: ClientReq },
-    Reply { client: usize, seq: u64, kind: ReplyKind },
+    Raft {
+        to: usize,
+        msg: Message,
+    },
+    Request {
+        to: usize,
+        req: ClientReq,
+    },
+    Reply {
+        client: usize,
+        seq: u64,
+        kind: ReplyKind,
+    },
 }
 
 struct InFlight {
@@ -265,7 +275,11 @@ impl Sim {
                 self.crash_node(i);
                 Ok(())
             }
-            Err(e) => Err(format!("node {} failed to recover at tick {}: {e}", i + 1, self.tick)),
+            Err(e) => Err(format!(
+                "node {} failed to recover at tick {}: {e}",
+                i + 1,
+                self.tick
+            )),
         }
     }
 
@@ -302,7 +316,11 @@ impl Sim {
         if self.faults_enabled && self.rng.chance(self.config.drop_per_mille) {
             return;
         }
-        let copies = if self.faults_enabled && self.rng.chance(self.config.duplicate_per_mille) { 2 } else { 1 };
+        let copies = if self.faults_enabled && self.rng.chance(self.config.duplicate_per_mille) {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             let at = self.tick + 1 + self.rng.below(self.config.delay_ticks_max);
             self.parcel_seq += 1;
@@ -375,15 +393,28 @@ impl Sim {
         let mut commands = Vec::new();
         for r in &reqs {
             match &r.op {
-                ReqOp::Set(k, v) => command::encode(&mut commands, command::Op::Set, r.client_id, r.seq, k, v),
-                ReqOp::Delete(k) => command::encode(&mut commands, command::Op::Delete, r.client_id, r.seq, k, b""),
+                ReqOp::Set(k, v) => {
+                    command::encode(&mut commands, command::Op::Set, r.client_id, r.seq, k, v)
+                }
+                ReqOp::Delete(k) => command::encode(
+                    &mut commands,
+                    command::Op::Delete,
+                    r.client_id,
+                    r.seq,
+                    k,
+                    b"",
+                ),
                 ReqOp::Get(_) => unreachable!("reads never enter a window"),
             }
         }
         let tag = self.next_tag;
         self.next_tag += 1;
         let n = reqs.len() as u64;
-        let result = self.nodes[i].node.as_mut().unwrap().propose(tag, commands, n);
+        let result = self.nodes[i]
+            .node
+            .as_mut()
+            .unwrap()
+            .propose(tag, commands, n);
         match result {
             Ok(_) => {
                 self.nodes[i].proposals.insert(tag, reqs);
@@ -422,7 +453,9 @@ impl Sim {
                 }
                 Event::ReadReady { ctx, .. } => {
                     for r in self.nodes[i].reads.remove(&ctx).unwrap_or_default() {
-                        let ReqOp::Get(key) = &r.op else { unreachable!() };
+                        let ReqOp::Get(key) = &r.op else {
+                            unreachable!()
+                        };
                         let value = self.nodes[i]
                             .node
                             .as_mut()
@@ -515,7 +548,8 @@ impl Sim {
         match kind {
             ReplyKind::NotLeader(hint) => {
                 let req = inflight.req.clone();
-                let target = hint.unwrap_or_else(|| self.rng.below(self.config.nodes as u64) as usize);
+                let target =
+                    hint.unwrap_or_else(|| self.rng.below(self.config.nodes as u64) as usize);
                 self.clients[c].target = target;
                 self.send(Envelope::Request { to: target, req });
             }
@@ -578,7 +612,9 @@ impl Sim {
             self.client_step(c);
         }
         for i in 0..self.nodes.len() {
-            let Some(node) = self.nodes[i].node.as_mut() else { continue };
+            let Some(node) = self.nodes[i].node.as_mut() else {
+                continue;
+            };
             node.tick();
             if self.tick % self.config.window_ticks == 0 {
                 self.seal_window(i);
@@ -608,7 +644,8 @@ impl Sim {
             return false;
         };
         let commit = leader.commit_index();
-        live.iter().all(|n| n.applied_index() == commit && n.last_index() == commit)
+        live.iter()
+            .all(|n| n.applied_index() == commit && n.last_index() == commit)
             && self.clients.iter().all(|c| c.current.is_none())
     }
 
@@ -643,7 +680,9 @@ impl Sim {
                         None => "down".into(),
                     })
                     .collect();
-                return Err(format!("the cluster did not converge after healing: {states:?}"));
+                return Err(format!(
+                    "the cluster did not converge after healing: {states:?}"
+                ));
             }
             self.step()?;
         }
@@ -660,7 +699,9 @@ impl Sim {
                 .map(|n| n.node.as_mut().unwrap().engine().log().term(index))
                 .collect();
             if terms.iter().any(|t| *t != terms[0]) {
-                return Err(format!("logs diverge at committed index {index}: terms {terms:?}"));
+                return Err(format!(
+                    "logs diverge at committed index {index}: terms {terms:?}"
+                ));
             }
         }
         // Every replica's map agrees, and a final read of each key closes the history.
@@ -679,7 +720,10 @@ impl Sim {
                 values.push(v);
             }
             if values.iter().any(|v| *v != values[0]) {
-                return Err(format!("replicas disagree on {}: {values:?}", String::from_utf8_lossy(&key)));
+                return Err(format!(
+                    "replicas disagree on {}: {values:?}",
+                    String::from_utf8_lossy(&key)
+                ));
             }
             self.history.push(Operation {
                 client: u64::MAX,
@@ -698,9 +742,17 @@ impl Sim {
                     String::from_utf8_lossy(&key)
                 ));
             }
-            CheckResult::Unknown => return Err("the linearizability check ran out of budget".into()),
+            CheckResult::Unknown => {
+                return Err("the linearizability check ran out of budget".into());
+            }
         }
-        let leader_changes = self.nodes.iter().filter_map(|n| n.node.as_ref()).map(|n| n.leader_changes()).max().unwrap_or(0);
+        let leader_changes = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.node.as_ref())
+            .map(|n| n.leader_changes())
+            .max()
+            .unwrap_or(0);
         Ok(SimReport {
             operations: self.history.len(),
             acknowledged_writes: self

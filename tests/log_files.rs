@@ -296,7 +296,12 @@ fn a_torn_multi_entry_write_is_a_torn_tail() {
     let entries: Vec<NewEntry<'_>> = batch
         .iter()
         .enumerate()
-        .map(|(k, c)| NewEntry { term: 2, log_index: 5 + k as u64, num_commands: 30, commands: c })
+        .map(|(k, c)| NewEntry {
+            term: 2,
+            log_index: 5 + k as u64,
+            num_commands: 30,
+            commands: c,
+        })
         .collect();
     log.append(&entries).unwrap();
     drop(log);

@@ -69,10 +69,13 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut c = Conn::new(self.addr());
         while Instant::now() < deadline {
-            if c.call_once(Op::Ping, "", b"", Duration::from_millis(100))
-                .is_some()
+            // Up once it answers and reports itself leader (a single node elects itself).
+            if let Some((Status::Ok, stats)) =
+                c.call_once(Op::Stats, "", b"", Duration::from_millis(100))
             {
-                return;
+                if String::from_utf8_lossy(&stats).contains("role=leader") {
+                    return;
+                }
             }
         }
         panic!("server did not come up on port {}", self.port);
@@ -205,7 +208,12 @@ impl Conn {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             match self.call_seq(op, self.seq, key, value, Duration::from_millis(300)) {
+                // Busy: a lease being renewed; NotLeader without a hint: a node that has
+                // not finished taking leadership after a start.
                 Some((Status::Busy, _)) => std::thread::sleep(Duration::from_millis(20)),
+                Some((Status::NotLeader, hint)) if hint.is_empty() => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
                 Some(r) => return r,
                 None => {}
             }

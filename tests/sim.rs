@@ -17,7 +17,10 @@ fn seeds() -> Vec<u64> {
     if let Ok(seed) = std::env::var("SIM_SEED") {
         return vec![seed.parse().expect("SIM_SEED is a number")];
     }
-    let n: u64 = std::env::var("SIM_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let n: u64 = std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
     (0..n).collect()
 }
 
@@ -39,13 +42,25 @@ fn clusters_survive_faults_with_linearizable_histories() {
         }
     }
     eprintln!("{} seeds passed: {totals:?}", seeds.len());
-    assert!(totals.acknowledged_writes > seeds.len() * 20, "too few writes completed to mean anything: {totals:?}");
-    assert!(totals.completed_reads > seeds.len() * 20, "too few reads completed: {totals:?}");
-    assert!(totals.crashes > 0 && totals.leader_changes > seeds.len() as u64, "faults were injected: {totals:?}");
+    assert!(
+        totals.acknowledged_writes > seeds.len() * 20,
+        "too few writes completed to mean anything: {totals:?}"
+    );
+    assert!(
+        totals.completed_reads > seeds.len() * 20,
+        "too few reads completed: {totals:?}"
+    );
+    assert!(
+        totals.crashes > 0 && totals.leader_changes > seeds.len() as u64,
+        "faults were injected: {totals:?}"
+    );
 }
 
 fn finds(bug: PlantedBug) -> Option<(u64, String)> {
-    let limit: u64 = std::env::var("SIM_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let limit: u64 = std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
     (0..limit).find_map(|seed| {
         let mut config = SimConfig::new(seed);
         config.planted_bug = bug;
@@ -55,12 +70,14 @@ fn finds(bug: PlantedBug) -> Option<(u64, String)> {
 
 #[test]
 fn simulator_finds_a_leader_that_acknowledges_before_commit() {
-    let (seed, message) = finds(PlantedBug::AckBeforeCommit).expect("the planted bug went unnoticed");
+    let (seed, message) =
+        finds(PlantedBug::AckBeforeCommit).expect("the planted bug went unnoticed");
     eprintln!("AckBeforeCommit caught at seed {seed}: {message}");
 }
 
 #[test]
 fn simulator_finds_followers_that_acknowledge_before_persisting() {
-    let (seed, message) = finds(PlantedBug::AckBeforePersist).expect("the planted bug went unnoticed");
+    let (seed, message) =
+        finds(PlantedBug::AckBeforePersist).expect("the planted bug went unnoticed");
     eprintln!("AckBeforePersist caught at seed {seed}: {message}");
 }

@@ -42,6 +42,8 @@ start_node() {
     local dir=$1 k=$2 n
     n=$(node_count "$dir")
     ((k >= 0 && k < n)) || die "node id $k is out of range 0..$((n - 1))"
+    # A node just killed may take a moment to be reaped.
+    for _ in $(seq 1 50); do alive "$dir" "$k" || break; sleep 0.05; done
     alive "$dir" "$k" && die "node $k is already running (pid $(pid_of "$dir" "$k"))"
     # shellcheck disable=SC2086
     "$bin" --no-pin --cores 2 --peers "$(peers_of "$n")" --node-id "$k" \

@@ -158,7 +158,8 @@ impl EntryHeader {
             .copy_from_slice(&self.num_commands.to_le_bytes());
         out[OFFSET_COMMAND_LENGTH..OFFSET_COMMAND_LENGTH + 8]
             .copy_from_slice(&self.command_length.to_le_bytes());
-        out[OFFSET_BATCH_FIRST..OFFSET_BATCH_FIRST + 8].copy_from_slice(&self.batch_first_index.to_le_bytes());
+        out[OFFSET_BATCH_FIRST..OFFSET_BATCH_FIRST + 8]
+            .copy_from_slice(&self.batch_first_index.to_le_bytes());
         out[OFFSET_COMMANDS_HASH..OFFSET_HEADER_HASH]
             .copy_from_slice(&self.commands_hash.to_le_bytes());
         let hash = xxh3_128(&out[..OFFSET_HEADER_HASH]);
@@ -533,6 +534,16 @@ impl Log {
         self.entries.extend(metas);
         self.end_offset += total as u64;
         Ok(self.last_index())
+    }
+
+    /// Bytes already written with zeros past the last entry.
+    pub fn prepared_bytes_ahead(&self) -> u64 {
+        self.prepared_offset - self.end_offset
+    }
+
+    /// The size of one preparation step.
+    pub fn prepare_chunk_bytes(&self) -> u64 {
+        self.options.prepare_chunk_bytes
     }
 
     /// Ensures `bytes` past the end are already written (zeros), extending by whole chunks.

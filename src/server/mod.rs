@@ -287,8 +287,8 @@ fn bind_client_socket(addr: SocketAddr, probe: bool) -> anyhow::Result<UdpSocket
     }
     let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_port(true)?;
-    let _ = s.set_recv_buffer_size(8 << 20);
-    let _ = s.set_send_buffer_size(8 << 20);
+    udp::set_buffer_size(&s, SOCKET_BUFFER_BYTES, true);
+    udp::set_buffer_size(&s, SOCKET_BUFFER_BYTES, false);
     s.bind(&addr.into())
         .with_context(|| format!("cannot listen on UDP {addr} (choose another --client-port)"))?;
     s.set_read_timeout(Some(Duration::from_millis(1)))?;
@@ -305,6 +305,9 @@ fn cookie_secret() -> [u8; 16] {
     }
     secret
 }
+
+/// Client socket buffers: a window's burst of requests or replies must fit.
+const SOCKET_BUFFER_BYTES: usize = 64 << 20;
 
 /// Raft tick.
 const TICK: Duration = Duration::from_millis(10);

@@ -19,6 +19,7 @@ use crate::consensus::{Event, Output, ProposeError, RaftNode};
 use crate::engine::Outcome;
 use crate::log;
 use crate::protocol::Status;
+use crate::store::CheckpointJob;
 use crossbeam_channel::{Receiver, Sender, select};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -74,6 +75,10 @@ struct Loop<'a> {
     read_round: Option<(u64, Instant)>,
     was_leader: bool,
     ticks: u64,
+    checkpoint_job: Option<(
+        std::thread::JoinHandle<(CheckpointJob, std::io::Result<()>)>,
+        Instant,
+    )>,
 }
 
 /// Runs the loop until `shared.stop` is set; then seals one last window, waits (bounded)
@@ -103,6 +108,7 @@ pub fn run(
         read_round: None,
         was_leader: false,
         ticks: 0,
+        checkpoint_job: None,
     };
     let result = l.main_loop(&flush_rx, &inbound_rx);
     let checkpoint = l.checkpoint();
@@ -156,14 +162,16 @@ impl Loop<'_> {
                 next_seal = now + self.config.batch_window;
             }
             self.advance()?;
+            self.prepare_log_ahead();
             if let Some(deadline) = stop_deadline {
                 if self.pending.is_empty() || Instant::now() >= deadline {
                     self.fail_pending(Status::Failed);
                     return Ok(());
                 }
             }
+            self.finish_checkpoint(false);
             if last_checkpoint.elapsed() >= self.config.checkpoint_interval {
-                self.checkpoint()?;
+                self.start_checkpoint();
                 last_checkpoint = Instant::now();
             }
         }
@@ -286,6 +294,18 @@ impl Loop<'_> {
             }
             Err(ProposeError::NotLeader(_)) => self.complete(windows, None, Status::NotLeader),
             Err(ProposeError::Busy) => self.complete(windows, None, Status::Busy),
+        }
+    }
+
+    /// Keeps at least half a preparation chunk of zeroed log space ahead of the writer,
+    /// right after a window completed rather than inside the next one's critical path.
+    fn prepare_log_ahead(&mut self) {
+        let mut engine = self.node.engine();
+        let log = engine.log();
+        let chunk = log.prepare_chunk_bytes();
+        if log.prepared_bytes_ahead() < chunk / 2 {
+            // A failure here (a full disk) surfaces again, with a status, at the next seal.
+            let _ = log.prepare(chunk);
         }
     }
 
@@ -422,21 +442,60 @@ impl Loop<'_> {
             .store(timeout_ms, Ordering::Relaxed);
     }
 
-    fn checkpoint(&mut self) -> anyhow::Result<()> {
-        if self.node.engine().map().dirty_page_count() == 0 {
-            return Ok(());
+    /// Starts a checkpoint in the background: the page copies are taken here, between two
+    /// applies; the journal and in-place writes run on their own thread so that windows,
+    /// heartbeats and lease renewals go on meanwhile.
+    fn start_checkpoint(&mut self) {
+        if self.checkpoint_job.is_some() || self.node.engine().map().dirty_page_count() == 0 {
+            return;
         }
-        let start = Instant::now();
-        match self.node.checkpoint() {
+        let Some(mut job) = self.node.engine().checkpoint_begin() else {
+            return;
+        };
+        let started = Instant::now();
+        let handle = std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn(move || {
+                let result = job.write();
+                (job, result)
+            });
+        match handle {
+            Ok(h) => self.checkpoint_job = Some((h, started)),
+            Err(e) => eprintln!("ocean-liner: cannot start a checkpoint thread: {e}"),
+        }
+    }
+
+    /// Collects a finished background checkpoint (or waits for it when `wait`).
+    fn finish_checkpoint(&mut self, wait: bool) {
+        let Some((handle, started)) = self.checkpoint_job.take() else {
+            return;
+        };
+        if !wait && !handle.is_finished() {
+            self.checkpoint_job = Some((handle, started));
+            return;
+        }
+        let Ok((job, result)) = handle.join() else {
+            eprintln!("ocean-liner: the checkpoint thread panicked");
+            return;
+        };
+        let end = self.node.engine().checkpoint_end(job, result);
+        match end {
             Ok(()) => {
                 let s = &self.shared.stats;
                 s.checkpoints.fetch_add(1, Ordering::Relaxed);
                 s.last_checkpoint_us
-                    .store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
             }
             // The log still holds everything: a failed checkpoint only lengthens replay.
             Err(e) => eprintln!("ocean-liner: checkpoint failed (the log keeps the data): {e}"),
         }
+    }
+
+    /// A final, synchronous checkpoint (at shutdown).
+    fn checkpoint(&mut self) -> anyhow::Result<()> {
+        self.finish_checkpoint(true);
+        self.start_checkpoint();
+        self.finish_checkpoint(true);
         Ok(())
     }
 }

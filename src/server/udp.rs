@@ -239,3 +239,30 @@ fn std_to_sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, u32) {
         }
     }
 }
+
+/// Sets a socket buffer size, above `net.core.{r,w}mem_max` when the process may
+/// (`CAP_NET_ADMIN`, e.g. root), else as large as the limit allows. Bursts of a whole
+/// window's replies or requests need more than the usual 208 KiB default.
+pub fn set_buffer_size(socket: &impl AsRawFd, bytes: usize, receive: bool) {
+    let (force, plain) = if receive {
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF)
+    } else {
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)
+    };
+    let value = bytes.min(i32::MAX as usize) as libc::c_int;
+    for opt in [force, plain] {
+        // SAFETY: setsockopt with a pointer to a live c_int and its exact size.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&value as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return;
+        }
+    }
+}

@@ -110,10 +110,18 @@ impl Arena {
         PagePtr(unsafe { (chunk.as_ptr() as *mut u8).add((i % PAGES_PER_CHUNK) * PAGE_SIZE) })
     }
 
-    fn push(&mut self) -> u32 {
-        if self.page_count == self.chunks.len() * PAGES_PER_CHUNK {
-            self.chunks
-                .push(AlignedBuf::new(PAGES_PER_CHUNK * PAGE_SIZE));
+    fn is_full(&self) -> bool {
+        self.page_count == self.chunks.len() * PAGES_PER_CHUNK
+    }
+
+    /// Adds a page, taking a new chunk from `spare` (allocated by the caller outside any
+    /// lock readers wait on) when the last chunk is full.
+    fn push(&mut self, spare: &mut Option<AlignedBuf>) -> u32 {
+        if self.is_full() {
+            let chunk = spare
+                .take()
+                .unwrap_or_else(|| AlignedBuf::new(PAGES_PER_CHUNK * PAGE_SIZE));
+            self.chunks.push(chunk);
         }
         self.page_count += 1;
         (self.page_count - 1) as u32
@@ -144,8 +152,11 @@ struct WriterState {
     dirty: BTreeSet<u32>,
     meta_dirty: bool,
     meta: MapMeta,
-    file: Box<dyn BlockFile>,
-    journals: [Box<dyn BlockFile>; 2],
+    /// A zeroed chunk ready for the next arena growth.
+    spare_chunk: Option<AlignedBuf>,
+    /// The map file and the two journals; out on loan while a checkpoint job runs.
+    file: Option<Box<dyn BlockFile>>,
+    journals: [Option<Box<dyn BlockFile>>; 2],
 }
 
 /// The on-disk hashmap, fully resident in memory.
@@ -204,8 +215,9 @@ impl Map {
                 dirty: BTreeSet::new(),
                 meta_dirty: false,
                 meta,
-                file,
-                journals,
+                spare_chunk: None,
+                file: Some(file),
+                journals: journals.map(Some),
             }),
             dir: dir.to_path_buf(),
         };
@@ -216,7 +228,7 @@ impl Map {
     fn rebuild_directory(&mut self) -> io::Result<()> {
         let layout = self.layout.get_mut().unwrap();
         if layout.arena.page_count == 0 {
-            let p = layout.arena.push();
+            let p = layout.arena.push(&mut None);
             layout.arena.page(p).write().init(0, 0);
             layout.directory = vec![p];
             layout.global_depth = 0;
@@ -319,6 +331,11 @@ impl Map {
 
     /// Splits the full page that `hash` maps to.
     fn split(&self, w: &mut WriterState, hash: u128) {
+        // Allocating and zeroing a 1 MiB chunk takes a while: do it before readers are
+        // locked out.
+        if w.spare_chunk.is_none() && self.layout.read().unwrap().arena.is_full() {
+            w.spare_chunk = Some(AlignedBuf::new(PAGES_PER_CHUNK * PAGE_SIZE));
+        }
         let mut layout = self.layout.write().unwrap();
         let old_no = layout.page_no_for(hash);
         let old = layout.arena.page(old_no);
@@ -333,7 +350,7 @@ impl Map {
             layout.global_depth += 1;
         }
         let prefix = old.read().prefix();
-        let new_no = layout.arena.push();
+        let new_no = layout.arena.push(&mut w.spare_chunk);
         let new = layout.arena.page(new_no);
         let mut new_guard = new.write();
         new_guard.init(depth + 1, prefix | 1 << depth);
@@ -378,7 +395,25 @@ impl Map {
     /// to `index` (of `term`), with `sessions` stored beside it. Writer only; no writes may
     /// be applied concurrently.
     pub fn checkpoint(&self, index: LogIndex, term: Term, sessions: &[u8]) -> io::Result<()> {
+        let Some(mut job) = self.checkpoint_begin(index, term, sessions) else {
+            return Err(io::Error::other("a checkpoint is already being written"));
+        };
+        let result = job.write();
+        self.checkpoint_end(job, result)
+    }
+
+    /// Starts a checkpoint: copies the changed pages (a consistent snapshot at `index`)
+    /// and hands them, with the files, to a job whose [`CheckpointJob::write`] may run on
+    /// another thread while the writer goes on applying. `None` while another job is out.
+    /// Writer only, between two applies.
+    pub fn checkpoint_begin(
+        &self,
+        index: LogIndex,
+        term: Term,
+        sessions: &[u8],
+    ) -> Option<CheckpointJob> {
         let mut w = self.writer.lock().unwrap();
+        let file = w.file.take()?;
         let layout = self.layout.read().unwrap();
         let meta = MapMeta {
             last_committed_index: index,
@@ -388,10 +423,9 @@ impl Map {
             global_depth: layout.global_depth,
             checkpoint_sequence: w.meta.checkpoint_sequence + 1,
         };
-        let pages: Vec<(u32, AlignedBuf)> = w
-            .dirty
-            .iter()
-            .map(|&p| {
+        let pages: Vec<(u32, AlignedBuf)> = std::mem::take(&mut w.dirty)
+            .into_iter()
+            .map(|p| {
                 let mut buf = AlignedBuf::new(PAGE_SIZE);
                 let ptr = layout.arena.page(p);
                 let _guard = ptr.read();
@@ -402,19 +436,69 @@ impl Map {
         drop(layout);
         let meta_page = encode_meta(&meta, &self.bloom);
         let slot = (meta.checkpoint_sequence % 2) as usize;
-        let journal = checkpoint::Journal {
-            sequence: meta.checkpoint_sequence,
-            pages,
-            meta_page,
-            sessions: sessions.to_vec(),
-        };
-        let WriterState { file, journals, .. } = &mut *w;
-        checkpoint::write(journals[slot].as_mut(), &journal)?;
-        checkpoint::replay(&journal, file.as_mut())?;
-        w.dirty.clear();
+        let journal_file = w.journals[slot]
+            .take()
+            .expect("journal files travel with the map file");
         w.meta_dirty = false;
-        w.meta = meta;
-        Ok(())
+        Some(CheckpointJob {
+            journal: checkpoint::Journal {
+                sequence: meta.checkpoint_sequence,
+                pages,
+                meta_page,
+                sessions: sessions.to_vec(),
+            },
+            meta,
+            slot,
+            file,
+            journal_file,
+        })
+    }
+
+    /// Finishes a checkpoint job with the result of its `write`: the files come back, and
+    /// on failure its pages are marked changed again so the next checkpoint retries them.
+    pub fn checkpoint_end(&self, job: CheckpointJob, result: io::Result<()>) -> io::Result<()> {
+        let mut w = self.writer.lock().unwrap();
+        w.file = Some(job.file);
+        w.journals[job.slot] = Some(job.journal_file);
+        match result {
+            Ok(()) => {
+                w.meta = job.meta;
+                Ok(())
+            }
+            Err(e) => {
+                w.dirty.extend(job.journal.pages.iter().map(|(p, _)| *p));
+                w.meta_dirty = true;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The IO half of a checkpoint: journal write, in-place write, sync. Owns copies of the
+/// pages and the map's files, so it can run on any thread.
+pub struct CheckpointJob {
+    journal: checkpoint::Journal,
+    meta: MapMeta,
+    slot: usize,
+    file: Box<dyn BlockFile>,
+    journal_file: Box<dyn BlockFile>,
+}
+
+impl CheckpointJob {
+    /// Writes the journal durably, then the pages in place, then syncs.
+    pub fn write(&mut self) -> io::Result<()> {
+        checkpoint::write(self.journal_file.as_mut(), &self.journal)?;
+        checkpoint::replay(&self.journal, self.file.as_mut())
+    }
+
+    /// Pages this checkpoint writes.
+    pub fn page_count(&self) -> usize {
+        self.journal.pages.len()
+    }
+
+    /// The log index the checkpoint covers.
+    pub fn index(&self) -> LogIndex {
+        self.meta.last_committed_index
     }
 }
 
