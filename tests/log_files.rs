@@ -310,3 +310,32 @@ fn a_torn_multi_entry_write_is_a_torn_tail() {
     assert_eq!(report.torn_tail_at, Some(first_offset));
     check_prefix(&mut log, 4);
 }
+
+/// Values read back by file offset, one at a time and in a batch of O_DIRECT reads
+/// submitted together, with no cache to help.
+#[test]
+fn values_read_back_by_offset_in_batches() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("log");
+    write_entries(&path, 6);
+    let (mut log, _) = Log::open(&UringBackend, &path, options()).unwrap();
+    let mut offsets = Vec::new();
+    let mut expected = Vec::new();
+    for i in 1..=6 {
+        let entry = log.read(i).unwrap();
+        for cmd in entry.iter() {
+            let cmd = cmd.unwrap();
+            offsets.push(entry.command_file_offset(cmd.offset));
+            expected.push(cmd.value.to_vec());
+        }
+    }
+    assert!(offsets.len() > 200, "enough reads to fill several batches");
+    let mut reader = log.reader(&UringBackend).unwrap();
+    let batch = reader.read_values_at(&offsets);
+    for ((got, want), offset) in batch.into_iter().zip(&expected).zip(&offsets) {
+        assert_eq!(&got.unwrap(), want, "offset {offset}");
+    }
+    for (offset, want) in offsets.iter().zip(&expected).step_by(17) {
+        assert_eq!(&reader.read_value_at(*offset).unwrap(), want);
+    }
+}

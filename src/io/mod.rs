@@ -45,6 +45,15 @@ pub trait BlockFile: Send {
     /// Reads up to `buf.len()` bytes at `offset`; returns how many were read (short only at
     /// end of file, and then rounded down to a sector).
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    /// Reads each `(offset, buffer)` pair, filling the buffer from its offset; returns the
+    /// bytes read for each. The real backend submits them together, so they proceed in
+    /// parallel on the device.
+    fn read_batch(&mut self, reads: &mut [(u64, AlignedBuf)]) -> Vec<io::Result<usize>> {
+        reads
+            .iter_mut()
+            .map(|(offset, buf)| self.read_at(buf, *offset))
+            .collect()
+    }
     /// Writes all of `buf` at `offset`. Not durable until [`BlockFile::sync`].
     fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Writes all of `buf` at `offset` and makes it durable before returning.

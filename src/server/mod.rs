@@ -15,6 +15,12 @@
 //!
 //! Threads share only the map (its pages carry their own locks), the window slots, and
 //! atomics (statistics, the stop flag). Everything else crosses as messages.
+//!
+//! Each core runs a plain pinned OS thread rather than a glommio executor: glommio's UDP
+//! socket receives one datagram per future (no `recvmmsg` batching), and its DMA files
+//! are async-only, which would make the storage engine async and keep the simulator from
+//! driving it step by step. A pinned thread with `recvmmsg`/`sendmmsg` and a per-file
+//! io_uring keeps the one-thread-per-core shape with batched system calls.
 
 pub mod replication;
 pub mod shard;
@@ -66,8 +72,9 @@ pub struct ServerConfig {
     /// Do not pin threads to cores (for shared hosts, or several nodes on one machine).
     #[arg(long)]
     pub no_pin: bool,
-    /// MiB of recent log entries kept in memory to serve values longer than 63 bytes.
-    #[arg(long, default_value_t = 256)]
+    /// MiB of recent log entries kept in memory to serve values longer than 63 bytes
+    /// (older ones are read from the disk with O_DIRECT).
+    #[arg(long, default_value_t = 1024)]
     pub log_cache_mib: usize,
     /// Seconds between checkpoints of the map.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
@@ -595,6 +602,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
             window_bytes_max,
             window_bytes_hard_max: window_bytes_max * 8,
             waiting_reads: Vec::new(),
+            log_reads: Vec::new(),
         };
         let core_slot = if cores == 1 { 0 } else { i + 1 };
         let pin = pin.clone();

@@ -40,10 +40,22 @@ pub struct Shard {
     pub window_bytes_hard_max: usize,
     /// GETs waiting for a ReadIndex round (read mode `index`).
     pub waiting_reads: Vec<WaitingRead>,
+    /// GETs of this receive batch whose values are in the log.
+    pub log_reads: Vec<LogRead>,
 }
 
 /// Most GETs one shard holds waiting for a ReadIndex round before answering Busy.
 pub const WAITING_READS_MAX: usize = 1 << 16;
+
+/// A GET whose value must be read from the log.
+pub struct LogRead {
+    offset: u64,
+    from: SocketAddr,
+    request_len: usize,
+    to: Addressing,
+    validated: bool,
+    cookie: u64,
+}
 
 /// A GET waiting for the ReadIndex epoch it arrived in.
 pub struct WaitingRead {
@@ -85,6 +97,7 @@ impl Shard {
                 self.shared.shards_idle.fetch_add(1, Ordering::AcqRel);
             }
             self.serve_waiting_reads(&mut sender);
+            self.answer_log_reads(&mut sender);
             while let Ok(done) = self.completions.try_recv() {
                 self.reply_completion(&done, &mut sender);
             }
@@ -189,14 +202,7 @@ impl Shard {
             Op::Set | Op::Delete => {
                 let in_window = self.shared.windows[self.index].bytes() + batch.commands.len();
                 if in_window >= self.window_bytes_hard_max {
-                    stats.busy.fetch_add(1, Ordering::Relaxed);
-                    self.respond(
-                        sender,
-                        d.from,
-                        request_len,
-                        validated,
-                        Response::reply(&to, Status::Busy, cookie, b""),
-                    );
+                    self.busy(sender, d.from, request_len, validated, &to, cookie);
                     return;
                 }
                 let (op, value) = match req.op {
@@ -238,6 +244,20 @@ impl Shard {
                 );
             }
         }
+    }
+
+    fn busy(
+        &self,
+        sender: &mut Sender,
+        to_addr: SocketAddr,
+        request_len: usize,
+        validated: bool,
+        to: &Addressing,
+        cookie: u64,
+    ) {
+        self.shared.stats.busy.fetch_add(1, Ordering::Relaxed);
+        let resp = Response::reply(to, Status::Busy, cookie, b"");
+        self.respond(sender, to_addr, request_len, validated, resp);
     }
 
     fn not_leader(
@@ -282,28 +302,13 @@ impl Shard {
                 cookie,
                 sender,
             ),
-            ReadMode::Lease => {
-                // A new leader whose lease is not yet confirmed: the client backs off briefly.
-                self.shared.stats.busy.fetch_add(1, Ordering::Relaxed);
-                self.respond(
-                    sender,
-                    d.from,
-                    d.bytes.len(),
-                    validated,
-                    Response::reply(&to, Status::Busy, cookie, b""),
-                );
+            // A new leader whose lease is not yet confirmed, or too many reads waiting: the
+            // client backs off briefly and retries.
+            ReadMode::Lease => self.busy(sender, d.from, d.bytes.len(), validated, &to, cookie),
+            ReadMode::Index if self.waiting_reads.len() >= WAITING_READS_MAX => {
+                self.busy(sender, d.from, d.bytes.len(), validated, &to, cookie)
             }
             ReadMode::Index => {
-                if self.waiting_reads.len() >= WAITING_READS_MAX {
-                    self.respond(
-                        sender,
-                        d.from,
-                        d.bytes.len(),
-                        validated,
-                        Response::reply(&to, Status::Busy, cookie, b""),
-                    );
-                    return;
-                }
                 let epoch = self.shared.read_epoch_next.load(Ordering::Acquire);
                 self.waiting_reads.push(WaitingRead {
                     epoch,
@@ -368,21 +373,47 @@ impl Shard {
         let value = match self.shared.map.get(key_hash(key.as_bytes())) {
             Lookup::Missing => None,
             Lookup::Inline(v) => Some(v),
-            Lookup::InLog(offset) => match self.log_reader.read_value_at(offset) {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    eprintln!("ocean-liner: reading a value from the log failed: {e}");
-                    let resp = Response::reply(&to, Status::Failed, cookie, b"log read failed");
-                    self.respond(sender, from, request_len, validated, resp);
-                    return;
-                }
-            },
+            Lookup::InLog(offset) => {
+                // Answered after the receive batch, with the batch's other log reads.
+                self.log_reads.push(LogRead {
+                    offset,
+                    from,
+                    request_len,
+                    to,
+                    validated,
+                    cookie,
+                });
+                return;
+            }
         };
         let resp = match &value {
             Some(v) => Response::reply(&to, Status::Ok, cookie, v),
             None => Response::reply(&to, Status::NotFound, cookie, b""),
         };
         self.respond(sender, from, request_len, validated, resp);
+    }
+
+    /// Reads the values of the batch's GETs that live in the log (cache, or one batch of
+    /// O_DIRECT reads), and answers them.
+    fn answer_log_reads(&mut self, sender: &mut Sender) {
+        if self.log_reads.is_empty() {
+            return;
+        }
+        let reads = std::mem::take(&mut self.log_reads);
+        let offsets: Vec<u64> = reads.iter().map(|r| r.offset).collect();
+        let values = self.log_reader.read_values_at(&offsets);
+        for (r, value) in reads.iter().zip(values) {
+            let resp = match &value {
+                Ok(v) => Response::reply(&r.to, Status::Ok, r.cookie, v),
+                Err(e) => {
+                    eprintln!("ocean-liner: reading a value from the log failed: {e}");
+                    Response::reply(&r.to, Status::Failed, r.cookie, b"log read failed")
+                }
+            };
+            self.respond(sender, r.from, r.request_len, r.validated, resp);
+        }
+        self.log_reads = reads;
+        self.log_reads.clear();
     }
 
     fn reply_completion(&self, done: &Completion, sender: &mut Sender) {
