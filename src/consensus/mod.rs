@@ -34,6 +34,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 use storage::LogStorage;
 
+/// Ticks a node that starts with no state waits to hear from a leader before it votes
+/// (a whole cluster starting from nothing then elects its first leader after this).
+pub const FRESH_GRACE_TICKS: u64 = 100;
+
 /// A deliberate bug, compiled in so the simulator can prove it would catch it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PlantedBug {
@@ -171,6 +175,11 @@ pub struct RaftNode {
     election_tick_range: (usize, usize),
     /// Lower end of the randomized election timeout, in ticks (the adaptive estimate).
     election_floor_ticks: usize,
+    /// Started without any state (see [`RaftNode::guard_rejoin`]).
+    fresh: bool,
+    ticks: u64,
+    vote_floor_term: Option<Term>,
+    warned_lost_log: bool,
     open_report: OpenReport,
     rng: u64,
     seen: (Term, StateRole),
@@ -198,6 +207,7 @@ impl RaftNode {
             ))
         })?;
         let mut hs = hard_state.get().clone();
+        let state_was_empty = hs == raft::eraftpb::HardState::default();
         let (engine, open_report) =
             Engine::open(backend, dir, config.engine.clone(), Some(hs.commit))?;
         // The map may be checkpointed past the last saved commit index: those entries were
@@ -207,6 +217,7 @@ impl RaftNode {
             .max(engine.applied_index())
             .min(engine.last_index());
         let applied = engine.applied_index();
+        let fresh = state_was_empty && engine.last_index() == 0 && config.voters.len() > 1;
         let engine = Rc::new(RefCell::new(engine));
         let storage = LogStorage::new(engine.clone(), hs, &config.voters);
         let raft_config = raft::Config {
@@ -249,6 +260,10 @@ impl RaftNode {
             last_leader: 0,
             election_tick_range: (config.election_tick, config.max_election_tick),
             election_floor_ticks: config.election_tick,
+            fresh,
+            ticks: 0,
+            vote_floor_term: None,
+            warned_lost_log: false,
             open_report,
             rng: config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
             seen: (0, StateRole::Follower),
@@ -264,7 +279,50 @@ impl RaftNode {
     /// Advances the logical clock by one tick.
     pub fn tick(&mut self) {
         self.raw.tick();
+        self.ticks = self.ticks.saturating_add(1);
         self.after_input();
+    }
+
+    /// Protects the cluster from a member that lost its state (its data directory was
+    /// wiped, or it is new): such a node forgot its votes and log, so
+    /// - it casts no vote until it has heard from a leader (or, for a cluster that is
+    ///   starting from nothing, until [`FRESH_GRACE_TICKS`] have passed), and then only in
+    ///   terms after that leader's, in which it cannot have voted before;
+    /// - a heartbeat's commit index beyond its (empty or shortened) log is clamped to the
+    ///   log's end, since the leader's view of what this node holds predates the loss; the
+    ///   entries arrive by the normal log repair.
+    ///
+    /// Returns whether the message should be stepped.
+    fn guard_rejoin(&mut self, msg: &mut Message) -> bool {
+        use raft::eraftpb::MessageType::*;
+        let t = msg.get_msg_type();
+        if self.fresh {
+            if matches!(t, MsgAppend | MsgHeartbeat) && msg.term >= self.raw.raft.term {
+                self.vote_floor_term = Some(self.vote_floor_term.unwrap_or(0).max(msg.term));
+            }
+            if matches!(t, MsgRequestVote | MsgRequestPreVote) {
+                match self.vote_floor_term {
+                    None if self.ticks < FRESH_GRACE_TICKS => return false,
+                    Some(floor) if msg.term <= floor => return false,
+                    _ => {}
+                }
+            }
+        }
+        if t == MsgHeartbeat {
+            let last = self.engine.borrow().last_index();
+            if msg.commit > last {
+                if !self.warned_lost_log {
+                    self.warned_lost_log = true;
+                    eprintln!(
+                        "raft: node {}: the leader believes this node holds entries up to {} but its \
+                         log ends at {last}; it lost data it had acknowledged and catches up from the leader",
+                        self.raw.raft.id, msg.commit
+                    );
+                }
+                msg.commit = last;
+            }
+        }
+        true
     }
 
     /// Redraws the randomized election timeout whenever raft-rs has reset it (a new term
@@ -299,7 +357,10 @@ impl RaftNode {
 
     /// Feeds a message from a peer. Messages for another node or a stale term are
     /// ignored by raft-rs itself.
-    pub fn step(&mut self, msg: Message) {
+    pub fn step(&mut self, mut msg: Message) {
+        if !self.guard_rejoin(&mut msg) {
+            return;
+        }
         if let Err(e) = self.raw.step(msg) {
             // Only messages from unknown peers or local message types end up here.
             eprintln!("raft: dropped a peer message: {e}");
@@ -379,6 +440,27 @@ impl RaftNode {
     /// The engine (map and log) behind this node.
     pub fn engine(&self) -> std::cell::RefMut<'_, Engine> {
         self.engine.borrow_mut()
+    }
+
+    /// A peer says its log ends at `last_index`. If this leader believes it holds more,
+    /// the peer lost data (a wiped data directory): its progress is rewound so the leader
+    /// repairs its log from there, instead of waiting forever on acknowledgements that
+    /// were lost with it.
+    pub fn peer_log_reaches(&mut self, id: u64, last_index: LogIndex) {
+        if !self.is_leader() || id == self.id() {
+            return;
+        }
+        if let Some(pr) = self.raw.raft.mut_prs().get_mut(id) {
+            if pr.matched > last_index {
+                eprintln!(
+                    "raft: node {id} reports its log ends at {last_index}, below the {} it acknowledged; repairing it",
+                    pr.matched
+                );
+                pr.matched = last_index;
+                pr.become_probe();
+                pr.next_idx = last_index + 1;
+            }
+        }
     }
 
     /// Tells raft a peer could not be reached (it then probes instead of streaming).

@@ -142,6 +142,8 @@ pub struct Shared {
     pub reads_waiting: AtomicBool,
     /// Each node's client address, by node index (learned from peer handshakes).
     pub client_addrs: Mutex<Vec<SocketAddr>>,
+    /// This node's last log index (announced to peers when connecting).
+    pub last_log_index: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -397,6 +399,7 @@ struct Opened {
     map: Arc<Map>,
     log_readers: Vec<LogReader>,
     applied_index: u64,
+    last_index: u64,
     summary: String,
 }
 
@@ -465,11 +468,13 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         completion_rxs.push(rx);
     }
     let data_dir = config.data_dir.clone();
+    let last_log_index = Arc::new(AtomicU64::new(0));
     let transport_config = (!cluster.peers.is_empty()).then(|| transport::TransportConfig {
         node_index: cluster.node_index,
         peers: cluster.peers.clone(),
         cluster_id: cluster.cluster_id,
         client_addr: cluster.client_addr,
+        last_index: last_log_index.clone(),
     });
     let replication_config = replication::ReplicationConfig {
         batch_window: Duration::from_millis(config.batch_window_ms),
@@ -510,6 +515,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
                         map: engine.map().clone(),
                         log_readers: readers,
                         applied_index: engine.applied_index(),
+                        last_index: engine.last_index(),
                         summary,
                     };
                     drop(engine);
@@ -573,7 +579,9 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         read_epoch_done: AtomicU64::new(0),
         reads_waiting: AtomicBool::new(false),
         client_addrs: Mutex::new(cluster.client_addrs.clone()),
+        last_log_index: last_log_index.clone(),
     });
+    last_log_index.store(opened.last_index, Ordering::Release);
     shared
         .stats
         .applied_index

@@ -196,10 +196,15 @@ impl Loop<'_> {
                 );
             }
             Inbound::PeerUnreachable(peer) => self.node.report_unreachable(peer as u64 + 1),
-            Inbound::PeerClientAddr { peer, addr } => {
+            Inbound::PeerHello {
+                peer,
+                addr,
+                last_index,
+            } => {
                 if let Some(slot) = self.shared.client_addrs.lock().unwrap().get_mut(peer) {
                     *slot = addr;
                 }
+                self.node.peer_log_reaches(peer as u64 + 1, last_index);
             }
         }
     }
@@ -432,6 +437,8 @@ impl Loop<'_> {
         s.stats
             .applied_index
             .store(self.node.applied_index(), Ordering::Release);
+        s.last_log_index
+            .store(self.node.last_index(), Ordering::Release);
         s.stats
             .leader_changes
             .store(self.node.leader_changes(), Ordering::Relaxed);

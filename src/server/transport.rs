@@ -9,7 +9,7 @@
 //! ```text
 //! frame     u32 payload_len (≤ FRAME_SIZE_MAX), u8 kind, payload
 //! kind 1    hello: 8 B magic b"OLPEER01", u64 cluster_id, u32 node_index,
-//!           u16 addr_len, client address as text ("ip:port")
+//!           u64 last_log_index, u16 addr_len, client address as text ("ip:port")
 //! kind 2    raft message (see crate::consensus::codec)
 //! kind 3    ping: u64 sender's clock in ns      kind 4  pong: the ping's u64 echoed
 //! ```
@@ -42,9 +42,18 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub enum Inbound {
     Raft(Message),
-    Rtt { peer: usize, rtt: Duration },
+    Rtt {
+        peer: usize,
+        rtt: Duration,
+    },
     PeerUnreachable(usize),
-    PeerClientAddr { peer: usize, addr: SocketAddr },
+    /// A peer (re)connected: its client address and how far its log reaches now (a node
+    /// that lost its data reports less than the leader believes it holds).
+    PeerHello {
+        peer: usize,
+        addr: SocketAddr,
+        last_index: u64,
+    },
 }
 
 enum Frame {
@@ -60,6 +69,8 @@ pub struct TransportConfig {
     pub peers: Vec<SocketAddr>,
     pub cluster_id: u64,
     pub client_addr: SocketAddr,
+    /// This node's last log index, announced in each hello.
+    pub last_index: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Handle used by the replication core to send.
@@ -181,6 +192,7 @@ fn hello(config: &TransportConfig) -> Vec<u8> {
     out.extend_from_slice(&HELLO_MAGIC);
     out.extend_from_slice(&config.cluster_id.to_le_bytes());
     out.extend_from_slice(&(config.node_index as u32).to_le_bytes());
+    out.extend_from_slice(&config.last_index.load(Ordering::Acquire).to_le_bytes());
     out.extend_from_slice(&(addr.len() as u16).to_le_bytes());
     out.extend_from_slice(addr.as_bytes());
     out
@@ -283,13 +295,18 @@ fn reader_loop(
             "refused a hello from unknown node index {peer}"
         )));
     }
-    let addr_len = u16::from_le_bytes(buf[20..22].try_into().unwrap()) as usize;
+    let last_index = u64::from_le_bytes(buf[20..28].try_into().unwrap());
+    let addr_len = u16::from_le_bytes(buf[28..30].try_into().unwrap()) as usize;
     let addr = buf
-        .get(22..22 + addr_len)
+        .get(30..30 + addr_len)
         .and_then(|b| std::str::from_utf8(b).ok())
         .and_then(|s| s.parse::<SocketAddr>().ok())
         .ok_or_else(|| invalid("bad client address in hello".into()))?;
-    let _ = inbound.send(Inbound::PeerClientAddr { peer, addr });
+    let _ = inbound.send(Inbound::PeerHello {
+        peer,
+        addr,
+        last_index,
+    });
     r.get_ref().set_read_timeout(None)?;
     loop {
         let kind = read_frame(&mut r, &mut buf, FRAME_SIZE_MAX)?;
