@@ -27,7 +27,7 @@ pub const COMMAND_HEADER_SIZE: usize = 24;
 pub const KEY_SIZE_MAX: usize = 1024;
 /// Longest value accepted by the engine (the UDP protocol's own cap is smaller).
 pub const VALUE_SIZE_MAX: usize = 1 << 20;
-const _: () = assert!(COMMAND_HEADER_SIZE % 8 == 0);
+const _: () = assert!(COMMAND_HEADER_SIZE.is_multiple_of(8));
 const _: () = assert!(KEY_SIZE_MAX < u16::MAX as usize);
 
 /// A command's operation code.

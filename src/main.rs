@@ -91,7 +91,8 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
+
+    match cli.command {
         None => serve(cli.server),
         Some(Command::Serve(config)) => serve(config),
         Some(Command::Bench(args)) => match bench::run_and_print(&args) {
@@ -99,8 +100,7 @@ fn main() -> ExitCode {
             Err(e) => fail(format!("{e:#}")),
         },
         Some(command) => client_command(command),
-    };
-    result
+    }
 }
 
 fn serve(config: ServerConfig) -> ExitCode {

@@ -616,7 +616,7 @@ impl Sim {
                 continue;
             };
             node.tick();
-            if self.tick % self.config.window_ticks == 0 {
+            if self.tick.is_multiple_of(self.config.window_ticks) {
                 self.seal_window(i);
             }
             // Checkpoints now and then exercise the journal and replay from it.

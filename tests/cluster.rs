@@ -116,15 +116,15 @@ impl Cluster {
             let Ok(mut c) = Client::connect(addr, opts) else {
                 continue;
             };
-            if let Ok(stats) = c.stats() {
-                if stats.contains("role=leader\n") {
-                    let term = stats
-                        .lines()
-                        .find_map(|l| l.strip_prefix("term="))
-                        .and_then(|t| t.parse().ok())
-                        .unwrap_or(0);
-                    return Some((k, term));
-                }
+            if let Ok(stats) = c.stats()
+                && stats.contains("role=leader\n")
+            {
+                let term = stats
+                    .lines()
+                    .find_map(|l| l.strip_prefix("term="))
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(0);
+                return Some((k, term));
             }
         }
         None
@@ -185,7 +185,7 @@ fn three_nodes_survive_leader_kill_and_full_restart_linearizably() {
                 let mut i = 0usize;
                 while !stop.load(Ordering::Relaxed) {
                     i += 1;
-                    let (key, input) = if i % 2 == 0 {
+                    let (key, input) = if i.is_multiple_of(2) {
                         version += 1;
                         let key = format!("w{w}-k{}", i / 2 % KEYS_PER_WRITER);
                         (key, Input::Set(format!("{version}").into_bytes()))

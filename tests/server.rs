@@ -72,10 +72,9 @@ impl Server {
             // Up once it answers and reports itself leader (a single node elects itself).
             if let Some((Status::Ok, stats)) =
                 c.call_once(Op::Stats, "", b"", Duration::from_millis(100))
+                && String::from_utf8_lossy(&stats).contains("role=leader")
             {
-                if String::from_utf8_lossy(&stats).contains("role=leader") {
-                    return;
-                }
+                return;
             }
         }
         panic!("server did not come up on port {}", self.port);

@@ -38,10 +38,10 @@ impl HardStateFile {
         let n = file.read_at(&mut buf, 0)?;
         let mut best: Option<(u64, HardState)> = None;
         for slot in 0..n / PAGE_SIZE {
-            if let Some((seq, hs)) = decode(&buf[slot * PAGE_SIZE..(slot + 1) * PAGE_SIZE]) {
-                if best.as_ref().is_none_or(|(s, _)| seq > *s) {
-                    best = Some((seq, hs));
-                }
+            if let Some((seq, hs)) = decode(&buf[slot * PAGE_SIZE..(slot + 1) * PAGE_SIZE])
+                && best.as_ref().is_none_or(|(s, _)| seq > *s)
+            {
+                best = Some((seq, hs));
             }
         }
         let (sequence, current) = best.unwrap_or_default();
@@ -67,7 +67,7 @@ impl HardStateFile {
         }
         let hash = xxh3_128(&page[..HASHED]);
         page[HASHED..HASHED + 16].copy_from_slice(&hash.to_le_bytes());
-        let slot = (sequence % 2) as u64 * PAGE_SIZE as u64;
+        let slot = (sequence % 2) * PAGE_SIZE as u64;
         self.file.write_durable_at(&page, slot)?;
         self.sequence = sequence;
         self.current = hs.clone();

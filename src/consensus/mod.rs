@@ -450,16 +450,16 @@ impl RaftNode {
         if !self.is_leader() || id == self.id() {
             return;
         }
-        if let Some(pr) = self.raw.raft.mut_prs().get_mut(id) {
-            if pr.matched > last_index {
-                eprintln!(
-                    "raft: node {id} reports its log ends at {last_index}, below the {} it acknowledged; repairing it",
-                    pr.matched
-                );
-                pr.matched = last_index;
-                pr.become_probe();
-                pr.next_idx = last_index + 1;
-            }
+        if let Some(pr) = self.raw.raft.mut_prs().get_mut(id)
+            && pr.matched > last_index
+        {
+            eprintln!(
+                "raft: node {id} reports its log ends at {last_index}, below the {} it acknowledged; repairing it",
+                pr.matched
+            );
+            pr.matched = last_index;
+            pr.become_probe();
+            pr.next_idx = last_index + 1;
         }
     }
 

@@ -242,10 +242,10 @@ impl Disk {
         }
         let point = self.io_points;
         self.io_points += 1;
-        if let Some((from, code)) = self.fail_from {
-            if point >= from {
-                return Verdict::Fail(errno(code));
-            }
+        if let Some((from, code)) = self.fail_from
+            && point >= from
+        {
+            return Verdict::Fail(errno(code));
         }
         match self.faults.remove(&point) {
             None => Verdict::Proceed,

@@ -28,7 +28,7 @@ use std::path::Path;
 pub const SECTOR_SIZE: usize = 512;
 /// The unit of every on-disk structure: log entries start on it, map pages are it.
 pub const PAGE_SIZE: usize = 4096;
-const _: () = assert!(PAGE_SIZE % SECTOR_SIZE == 0);
+const _: () = assert!(PAGE_SIZE.is_multiple_of(SECTOR_SIZE));
 
 /// Opens and manages files. Shared between threads; each opened file is owned by one.
 pub trait Backend: Send + Sync {
@@ -77,7 +77,7 @@ pub trait BlockFile: Send {
 /// programming error, not an operating one.
 pub(crate) fn assert_aligned(offset: u64, len: usize) {
     assert!(
-        offset % SECTOR_SIZE as u64 == 0 && len % SECTOR_SIZE == 0,
+        offset.is_multiple_of(SECTOR_SIZE as u64) && len.is_multiple_of(SECTOR_SIZE),
         "unaligned IO: offset {offset} len {len}"
     );
 }

@@ -73,7 +73,7 @@ pub const HEADER_SIZE: usize = 80;
 /// Bytes reserved for a header at each end of an entry (keeps commands 32-byte aligned).
 pub const HEADER_SLOT_SIZE: usize = 96;
 const _: () = assert!(HEADER_SLOT_SIZE >= HEADER_SIZE);
-const _: () = assert!(HEADER_SLOT_SIZE % command::COMMAND_ALIGN == 0);
+const _: () = assert!(HEADER_SLOT_SIZE.is_multiple_of(command::COMMAND_ALIGN));
 const _: () = assert!(2 * HEADER_SLOT_SIZE <= PAGE_SIZE);
 /// The largest commands region of one entry.
 pub const COMMAND_LENGTH_MAX: usize = 64 << 20;

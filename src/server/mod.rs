@@ -435,10 +435,8 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
     let no_pin = config.no_pin;
     let available = Arc::new(available);
     let pin = move |slot: usize| {
-        if !no_pin {
-            if let Some(core) = available.get(slot % available.len().max(1)) {
-                core_affinity::set_for_current(*core);
-            }
+        if !no_pin && let Some(core) = available.get(slot % available.len().max(1)) {
+            core_affinity::set_for_current(*core);
         }
     };
 

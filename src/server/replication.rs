@@ -53,6 +53,9 @@ pub struct ReplicationConfig {
     pub lease_fraction: f64,
 }
 
+/// A checkpoint's IO running on its own thread; it hands the job back when done.
+type CheckpointThread = std::thread::JoinHandle<(CheckpointJob, std::io::Result<()>)>;
+
 const LEASE_CTX: u64 = 1 << 63;
 const PING_EVERY_TICKS: u64 = 5;
 const INBOUND_DRAIN_MAX: usize = 4096;
@@ -75,10 +78,7 @@ struct Loop<'a> {
     read_round: Option<(u64, Instant)>,
     was_leader: bool,
     ticks: u64,
-    checkpoint_job: Option<(
-        std::thread::JoinHandle<(CheckpointJob, std::io::Result<()>)>,
-        Instant,
-    )>,
+    checkpoint_job: Option<(CheckpointThread, Instant)>,
 }
 
 /// Runs the loop until `shared.stop` is set; then seals one last window, waits (bounded)
@@ -163,11 +163,11 @@ impl Loop<'_> {
             }
             self.advance()?;
             self.prepare_log_ahead();
-            if let Some(deadline) = stop_deadline {
-                if self.pending.is_empty() || Instant::now() >= deadline {
-                    self.fail_pending(Status::Failed);
-                    return Ok(());
-                }
+            if let Some(deadline) = stop_deadline
+                && (self.pending.is_empty() || Instant::now() >= deadline)
+            {
+                self.fail_pending(Status::Failed);
+                return Ok(());
             }
             self.finish_checkpoint(false);
             if last_checkpoint.elapsed() >= self.config.checkpoint_interval {
@@ -215,10 +215,10 @@ impl Loop<'_> {
         let floor_ticks = (self.adaptive.timeout().as_secs_f64() / self.config.tick.as_secs_f64())
             .round() as usize;
         self.node.set_election_floor_ticks(floor_ticks);
-        if let Some(t) = self.transport {
-            if self.ticks % PING_EVERY_TICKS == 0 {
-                t.ping_all();
-            }
+        if let Some(t) = self.transport
+            && self.ticks.is_multiple_of(PING_EVERY_TICKS)
+        {
+            t.ping_all();
         }
         // raft-rs drops a read silently (e.g. before a new leader has committed in its
         // term): a round unanswered after a few heartbeats is retried.
@@ -228,11 +228,11 @@ impl Loop<'_> {
         {
             self.lease_round = None;
         }
-        if let Some((_, sent)) = self.read_round {
-            if now.duration_since(sent) > ROUND_RETRY {
-                self.read_round = None;
-                self.shared.reads_waiting.store(true, Ordering::Release);
-            }
+        if let Some((_, sent)) = self.read_round
+            && now.duration_since(sent) > ROUND_RETRY
+        {
+            self.read_round = None;
+            self.shared.reads_waiting.store(true, Ordering::Release);
         }
         if self.config.read_mode == ReadMode::Lease
             && self.node.is_leader()
@@ -393,17 +393,17 @@ impl Loop<'_> {
                 }
                 Event::ReadReady { ctx, .. } => {
                     if ctx & LEASE_CTX != 0 {
-                        if let Some((round, sent)) = self.lease_round {
-                            if round == ctx {
-                                let lease = self.config.tick.mul_f64(
-                                    self.config.election_ticks as f64 * self.config.lease_fraction,
-                                );
-                                let until = (sent + lease)
-                                    .duration_since(self.shared.started)
-                                    .as_nanos() as u64;
-                                self.shared.lease_until_ns.store(until, Ordering::Release);
-                                self.lease_round = None;
-                            }
+                        if let Some((round, sent)) = self.lease_round
+                            && round == ctx
+                        {
+                            let lease = self.config.tick.mul_f64(
+                                self.config.election_ticks as f64 * self.config.lease_fraction,
+                            );
+                            let until = (sent + lease)
+                                .duration_since(self.shared.started)
+                                .as_nanos() as u64;
+                            self.shared.lease_until_ns.store(until, Ordering::Release);
+                            self.lease_round = None;
                         }
                     } else if self.read_round.is_some_and(|(epoch, _)| epoch == ctx) {
                         self.shared.read_epoch_done.fetch_max(ctx, Ordering::AcqRel);

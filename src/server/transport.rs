@@ -130,10 +130,10 @@ impl Transport {
                     let _ = std::thread::Builder::new()
                         .name("peer-in".into())
                         .spawn(move || {
-                            if let Err(e) = reader_loop(conn, &config, &inbound, &outbound, epoch) {
-                                if e.kind() != io::ErrorKind::UnexpectedEof {
-                                    eprintln!("ocean-liner: closed a peer connection: {e}");
-                                }
+                            if let Err(e) = reader_loop(conn, &config, &inbound, &outbound, epoch)
+                                && e.kind() != io::ErrorKind::UnexpectedEof
+                            {
+                                eprintln!("ocean-liner: closed a peer connection: {e}");
                             }
                         });
                 }

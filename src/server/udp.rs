@@ -34,6 +34,12 @@ pub struct Receiver {
 // SAFETY: the raw pointers inside point into the struct's own heap buffers.
 unsafe impl Send for Receiver {}
 
+impl Default for Receiver {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Receiver {
     pub fn new() -> Receiver {
         let mut r = Receiver {
@@ -110,6 +116,12 @@ impl Receiver {
 pub struct Sender {
     bytes: Vec<u8>,
     spans: Vec<(usize, usize, SocketAddr)>,
+}
+
+impl Default for Sender {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Sender {

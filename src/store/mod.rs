@@ -70,7 +70,7 @@ pub const META_MAGIC: [u8; 8] = *b"OLMAP\0\0\x01";
 const META_BLOOM_OFFSET: usize = 64;
 const META_HASH_OFFSET: usize = PAGE_SIZE - 16;
 pub const BLOOM_BYTES: usize = META_HASH_OFFSET - META_BLOOM_OFFSET;
-const _: () = assert!(BLOOM_BYTES % 8 == 0);
+const _: () = assert!(BLOOM_BYTES.is_multiple_of(8));
 
 /// Where a key's value is.
 #[derive(Debug, Clone, PartialEq, Eq)]

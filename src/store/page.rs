@@ -55,7 +55,7 @@ const _: () = assert!(OFFSET_BITMAP == 4072);
 const _: () = assert!(OFFSET_PREFIX + 16 == PAGE_SIZE);
 const _: () = assert!(INLINE_SLOT_COUNT <= 16, "the bitmap is a u16");
 const _: () = assert!(
-    OFFSET_LOCK % 4 == 0,
+    OFFSET_LOCK.is_multiple_of(4),
     "the lock word is an aligned AtomicU32"
 );
 
@@ -199,6 +199,10 @@ impl Drop for PageRead {
     }
 }
 
+/// The key is new and every slot of the page is taken: the page must split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageFull;
+
 /// A page held exclusive.
 pub struct PageWrite {
     page: PagePtr,
@@ -287,21 +291,23 @@ impl PageWrite {
         free as u8
     }
 
-    /// Inserts or replaces `key_hash`. Returns `Err(())` when the page is full and the key
-    /// is new; `Ok(true)` when a new key was added.
+    /// Inserts or replaces `key_hash`. Returns `Err(PageFull)` when the page is full and
+    /// the key is new; `Ok(true)` when a new key was added.
     pub fn upsert(
         &mut self,
         key_hash: u128,
         cmd_byte_offset: u64,
         inline: Option<&[u8]>,
-    ) -> Result<bool, ()> {
+    ) -> Result<bool, PageFull> {
         let (slot, added) = match self.find(key_hash) {
             Some(slot) => {
                 self.free_inline(self.word(slot));
                 (slot, false)
             }
             None => {
-                let slot = (0..SLOT_COUNT).find(|&s| self.word(s) == EMPTY).ok_or(())?;
+                let slot = (0..SLOT_COUNT)
+                    .find(|&s| self.word(s) == EMPTY)
+                    .ok_or(PageFull)?;
                 self.set_key_hash(slot, key_hash);
                 self.set_used(self.used() + 1);
                 (slot, true)
