@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,28 +28,40 @@ struct Node {
 
 struct Cluster {
     nodes: Vec<Node>,
+    extra: Vec<String>,
     dir: PathBuf,
     _tmp: tempfile::TempDir,
 }
 
-fn free_tcp_and_udp_port(start: u16) -> u16 {
-    (start..60_000)
-        .find(|&p| {
-            TcpListener::bind(("127.0.0.1", p)).is_ok() && UdpSocket::bind(("127.0.0.1", p)).is_ok()
-        })
-        .unwrap()
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// A port free for both TCP and UDP, never handed out twice in this process (the tests of
+/// this file run in parallel, each with its own cluster).
+fn free_port() -> u16 {
+    if NEXT_PORT.load(Ordering::Relaxed) == 0 {
+        let base = 30_000 + (std::process::id() % 1000) as u16 * 20;
+        let _ = NEXT_PORT.compare_exchange(0, base, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    loop {
+        let p = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() && UdpSocket::bind(("127.0.0.1", p)).is_ok()
+        {
+            return p;
+        }
+    }
 }
 
 impl Cluster {
     fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, &[])
+    }
+
+    fn start_with(n: usize, extra: &[&str]) -> Cluster {
         let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-        let base = 30_000 + (std::process::id() % 1000) as u16 * 20;
-        let mut next = base;
         let mut nodes = Vec::new();
         for _ in 0..n {
-            let peer_port = free_tcp_and_udp_port(next);
-            let client_port = free_tcp_and_udp_port(peer_port + 1);
-            next = client_port + 1;
+            let peer_port = free_port();
+            let client_port = free_port();
             nodes.push(Node {
                 child: None,
                 peer_port,
@@ -58,6 +70,7 @@ impl Cluster {
         }
         let mut c = Cluster {
             nodes,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             dir: tmp.path().to_path_buf(),
             _tmp: tmp,
         };
@@ -82,6 +95,7 @@ impl Cluster {
             .args(["--client-port", &self.nodes[k].client_port.to_string()])
             .arg("--data-dir")
             .arg(self.dir.join(format!("node-{k}")))
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -160,7 +174,17 @@ fn now_us(epoch: Instant) -> u64 {
 
 #[test]
 fn three_nodes_survive_leader_kill_and_full_restart_linearizably() {
-    let mut cluster = Cluster::start(3);
+    leader_kill_and_full_restart(&[]);
+}
+
+/// The same with reads confirmed by a ReadIndex round instead of the leader lease.
+#[test]
+fn three_nodes_with_read_index_reads_stay_linearizable() {
+    leader_kill_and_full_restart(&["--read-mode", "index"]);
+}
+
+fn leader_kill_and_full_restart(extra: &[&str]) {
+    let mut cluster = Cluster::start_with(3, extra);
     let (first_leader, _, _) = cluster
         .wait_for_leader(None, Duration::from_secs(10))
         .expect("a leader is elected");
