@@ -606,7 +606,10 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
             flush_tx: flush_tx.clone(),
             cookie_secret: secret,
             window_bytes_max,
-            window_bytes_hard_max: window_bytes_max * 8,
+            // All shards' windows together must fit in one log entry, with a quarter to
+            // spare for the receive batch that crosses the limit.
+            window_bytes_hard_max: (window_bytes_max * 8)
+                .min(crate::log::COMMAND_LENGTH_MAX / shard_count / 4 * 3),
             waiting_reads: Vec::new(),
             log_reads: Vec::new(),
         };
