@@ -166,7 +166,9 @@ impl Loop<'_> {
             if let Some(deadline) = stop_deadline
                 && (self.pending.is_empty() || Instant::now() >= deadline)
             {
-                self.fail_pending(Status::Failed);
+                // Still uncommitted: the client retries (elsewhere, in a cluster), and sessions keep
+                // a retry of a write that does commit from applying twice.
+                self.fail_pending(Status::NotLeader);
                 return Ok(());
             }
             self.finish_checkpoint(false);
@@ -357,7 +359,9 @@ impl Loop<'_> {
     fn advance(&mut self) -> anyhow::Result<()> {
         let mut out = Output::default();
         if let Err(e) = self.node.advance(&mut out) {
-            self.fail_pending(Status::Failed);
+            // Still uncommitted: the client retries (elsewhere, in a cluster), and sessions keep
+            // a retry of a write that does commit from applying twice.
+            self.fail_pending(Status::NotLeader);
             anyhow::bail!("the node must stop: {e}");
         }
         if let Some(t) = self.transport {
