@@ -258,6 +258,7 @@ impl Sim {
         let mut config = NodeConfig::new(i as u64 + 1, voters);
         config.engine = engine_options();
         config.planted_bug = self.config.planted_bug;
+        config.log_warnings = false;
         config.seed = self.config.seed ^ ((i as u64 + 1) << 32) ^ self.tick;
         config
     }

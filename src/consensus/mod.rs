@@ -69,6 +69,8 @@ pub struct NodeConfig {
     pub max_uncommitted_size: u64,
     pub engine: EngineOptions,
     pub planted_bug: PlantedBug,
+    /// Forward raft-rs's warnings (elections, step-downs) to stderr.
+    pub log_warnings: bool,
     /// Seeds the draw of randomized election timeouts (raft-rs's own draw uses a thread
     /// RNG; this node redraws with its own, so a simulation replays exactly).
     pub seed: u64,
@@ -87,6 +89,7 @@ impl NodeConfig {
             max_uncommitted_size: 512 << 20,
             engine: EngineOptions::default(),
             planted_bug: PlantedBug::None,
+            log_warnings: true,
             seed: id,
         }
     }
@@ -147,13 +150,14 @@ impl From<EngineError> for FatalError {
 /// Forwards raft-rs's warnings and errors to stderr; drops the rest.
 struct StderrDrain {
     prefix: String,
+    enabled: bool,
 }
 
 impl slog::Drain for StderrDrain {
     type Ok = ();
     type Err = slog::Never;
     fn log(&self, record: &slog::Record<'_>, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
-        if record.level().is_at_least(slog::Level::Warning) {
+        if self.enabled && record.level().is_at_least(slog::Level::Warning) {
             eprintln!("{}raft: {}", self.prefix, record.msg());
         }
         Ok(())
@@ -240,6 +244,7 @@ impl RaftNode {
         let logger = slog::Logger::root(
             slog::Fuse(StderrDrain {
                 prefix: format!("node {}: ", config.id),
+                enabled: config.log_warnings,
             }),
             slog::o!(),
         );
