@@ -394,3 +394,60 @@ fn a_wiped_follower_catches_up_from_the_leader() {
         );
     }
 }
+
+/// Peer connections refuse strangers and garbage without hurting the node: a hello from
+/// another cluster, a frame claiming 4 GiB, and random bytes each close only their own
+/// connection, and the cluster keeps committing writes.
+#[test]
+fn bad_peer_connections_are_closed_and_the_cluster_keeps_working() {
+    use std::io::{Read, Write};
+    let cluster = Cluster::start(3);
+    cluster
+        .wait_for_leader(None, Duration::from_secs(10))
+        .expect("a leader is elected");
+    let peer = SocketAddr::from(([127, 0, 0, 1], cluster.nodes[0].peer_port));
+    let closed_after = |bytes: &[u8]| -> bool {
+        let mut s = std::net::TcpStream::connect(peer).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+        let _ = s.write_all(bytes);
+        let mut buf = [0u8; 16];
+        // The node never writes on an inbound connection: a read returns only at close.
+        matches!(s.read(&mut buf), Ok(0) | Err(_))
+    };
+    // A hello naming another cluster.
+    let mut hello = Vec::new();
+    let mut body = b"OLPEER01".to_vec();
+    body.extend_from_slice(&0xDEAD_BEEFu64.to_le_bytes());
+    body.extend_from_slice(&1u32.to_le_bytes());
+    body.extend_from_slice(&0u64.to_le_bytes());
+    let addr = b"127.0.0.1:1";
+    body.extend_from_slice(&(addr.len() as u16).to_le_bytes());
+    body.extend_from_slice(addr);
+    hello.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    hello.push(1);
+    hello.extend_from_slice(&body);
+    assert!(closed_after(&hello), "a foreign cluster's hello is refused");
+    // A frame header claiming 4 GiB.
+    assert!(
+        closed_after(&[0xFF, 0xFF, 0xFF, 0xFF, 2]),
+        "an oversize frame is refused"
+    );
+    // Random bytes.
+    let junk: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    assert!(closed_after(&junk), "garbage is refused");
+    // The cluster still takes writes.
+    let mut client = Client::connect_cluster(
+        &cluster.client_addrs(),
+        ClientOptions {
+            deadline: Duration::from_secs(5),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    for i in 0..50 {
+        client.set(&format!("k{i}"), b"v").unwrap();
+    }
+    assert_eq!(client.get("k49").unwrap(), Some(b"v".to_vec()));
+}
