@@ -169,3 +169,54 @@ fn transient_eio_and_enospc_lose_nothing() {
         assert_matches(&mut engine, &models[acked], &all_keys, "after restart");
     }
 }
+
+/// A checkpoint that fails (EIO on its journal or in-place writes) loses nothing: its
+/// pages are marked changed again, the next checkpoint writes them, and a reopen after a
+/// power loss finds every acknowledged entry.
+#[test]
+fn a_failed_checkpoint_is_retried_by_the_next() {
+    let batches = workload();
+    let models = models(&batches);
+    let all_keys: Vec<Vec<u8>> = (0..300).map(key).collect();
+    let dir = Path::new("/node");
+    for fail_after in 0..4u64 {
+        let disk = FaultBackend::new();
+        let backend: Arc<dyn Backend> = Arc::new(disk.clone());
+        let mut engine = Engine::open(backend.clone(), dir, options(), None)
+            .unwrap()
+            .0;
+        for b in &batches[..20] {
+            engine
+                .commit_local(1, b.len() as u64, &encode_batch(b))
+                .unwrap();
+        }
+        // Fail one of the checkpoint's writes (journal, in-place pages, metadata or sync).
+        disk.arm(disk.io_points() + fail_after, Fault::Fail(libc::EIO));
+        assert!(
+            engine.checkpoint().is_err(),
+            "the armed write is part of the checkpoint"
+        );
+        assert!(
+            engine.map().dirty_page_count() > 0,
+            "its pages are still to be written"
+        );
+        for b in &batches[20..] {
+            engine
+                .commit_local(1, b.len() as u64, &encode_batch(b))
+                .unwrap();
+        }
+        engine.checkpoint().unwrap();
+        assert_eq!(engine.map().dirty_page_count(), 0);
+        drop(engine);
+        disk.power_loss(PowerLoss::DropUnsynced);
+        let (mut engine, report) = Engine::open(backend, dir, options(), None).unwrap();
+        assert_eq!(report.checkpoint_index, ENTRIES as u64);
+        assert_eq!(report.replayed_entries, 0);
+        assert_matches(
+            &mut engine,
+            &models[ENTRIES],
+            &all_keys,
+            &format!("failure at checkpoint write {fail_after}"),
+        );
+    }
+}
