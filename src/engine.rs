@@ -8,7 +8,7 @@
 //! key and the sessions table is checkpointed with the map, so replaying from any
 //! checkpoint reaches the same state.
 
-use crate::command::{Commands, Op};
+use crate::command::Op;
 use crate::io::Backend;
 use crate::log::{Log, LogError, LogIndex, LogOptions, LogReader, NewEntry, RecoveryReport, Term};
 use crate::store::{CheckpointJob, Lookup, Map, key_hash};
@@ -364,9 +364,4 @@ fn decode_sessions(blob: &[u8]) -> HashMap<u64, Session> {
         );
     }
     sessions
-}
-
-/// Runs `commands` through `Commands` to count them (for callers building entries).
-pub fn count_commands(commands: &[u8]) -> u64 {
-    Commands::new(commands).take_while(Result::is_ok).count() as u64
 }

@@ -154,6 +154,13 @@ impl Shared {
         id.checked_sub(1).and_then(|i| addrs.get(i).copied())
     }
 
+    /// The NotLeader payload: the leader's client address as text, or empty if unknown.
+    pub fn leader_hint(&self) -> String {
+        self.leader_client_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    }
+
     /// Whether a GET may be served locally now under the lease.
     pub fn lease_valid(&self) -> bool {
         self.is_leader.load(Ordering::Acquire)
@@ -179,8 +186,8 @@ impl Shared {
              batch_window_ms={}\nshards={}\nuptime_s={}\n",
             self.node_index,
             get(&s.term),
-            get(&self.leader_id).saturating_sub(1) as i64
-                - if get(&self.leader_id) == 0 { 1 } else { 0 },
+            // The leader's node index, or -1 while none is known (Raft id 0).
+            get(&self.leader_id) as i64 - 1,
             get(&s.commit_index),
             get(&s.applied_index),
             get(&s.leader_changes),

@@ -16,7 +16,6 @@ use super::transport::{Inbound, Transport};
 use super::window::Window;
 use crate::consensus::adaptive::AdaptiveTimeout;
 use crate::consensus::{Event, Output, ProposeError, RaftNode};
-use crate::engine::Outcome;
 use crate::log;
 use crate::protocol::Status;
 use crate::store::CheckpointJob;
@@ -26,10 +25,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// What a shard gets back for one sealed window.
+/// What a shard gets back for one sealed window: every write in it shares the entry's
+/// fate (applied, or not committed through this node).
 pub struct Completion {
     pub window: Window,
-    pub statuses: Vec<Status>,
+    pub status: Status,
 }
 
 /// How linearizable reads are confirmed.
@@ -263,7 +263,7 @@ impl Loop<'_> {
             return;
         }
         if !self.node.is_leader() {
-            self.complete(windows, None, Status::NotLeader);
+            self.complete(windows, Status::NotLeader);
             return;
         }
         self.entry.clear();
@@ -287,7 +287,7 @@ impl Loop<'_> {
                 .write_errors
                 .fetch_add(1, Ordering::Relaxed);
             eprintln!("ocean-liner: cannot take a window of {num_commands} writes: {e}");
-            self.complete(windows, None, status);
+            self.complete(windows, status);
             return;
         }
         let tag = self.next_tag;
@@ -299,8 +299,8 @@ impl Loop<'_> {
             Ok(_) => {
                 self.pending.insert(tag, windows);
             }
-            Err(ProposeError::NotLeader(_)) => self.complete(windows, None, Status::NotLeader),
-            Err(ProposeError::Busy) => self.complete(windows, None, Status::Busy),
+            Err(ProposeError::NotLeader(_)) => self.complete(windows, Status::NotLeader),
+            Err(ProposeError::Busy) => self.complete(windows, Status::Busy),
         }
     }
 
@@ -330,29 +330,21 @@ impl Loop<'_> {
         }
     }
 
-    /// Sends each window back to its shard with per-command statuses (from `outcomes`, or
-    /// `status` for all).
-    fn complete(&mut self, windows: Vec<Window>, outcomes: Option<&[Outcome]>, status: Status) {
-        let mut at = 0;
+    /// Sends each window back to its shard with the status all its writes get.
+    fn complete(&mut self, windows: Vec<Window>, status: Status) {
         for (shard, window) in windows.into_iter().enumerate() {
-            let n = window.replies.len();
-            if n == 0 {
+            if window.replies.is_empty() {
                 self.spares[shard].push(window);
                 continue;
             }
-            let statuses = match outcomes {
-                Some(o) => o[at..at + n].iter().map(|_| Status::Ok).collect(),
-                None => vec![status; n],
-            };
-            at += n;
             // A shard that is gone cannot reply; its clients retry.
-            let _ = self.completions[shard].send(Completion { window, statuses });
+            let _ = self.completions[shard].send(Completion { window, status });
         }
     }
 
     fn fail_pending(&mut self, status: Status) {
         for (_, windows) in std::mem::take(&mut self.pending) {
-            self.complete(windows, None, status);
+            self.complete(windows, status);
         }
     }
 
@@ -373,11 +365,7 @@ impl Loop<'_> {
         let stats = &shared.stats;
         for event in out.events {
             match event {
-                Event::Applied {
-                    tag,
-                    index,
-                    outcomes,
-                } => {
+                Event::Applied { tag, outcomes, .. } => {
                     if let Some(windows) = self.pending.remove(&tag) {
                         stats.entries_written.fetch_add(1, Ordering::Relaxed);
                         stats
@@ -386,13 +374,12 @@ impl Loop<'_> {
                         stats
                             .last_entry_commands
                             .store(outcomes.len() as u64, Ordering::Relaxed);
-                        let _ = index;
-                        self.complete(windows, Some(&outcomes), Status::Ok);
+                        self.complete(windows, Status::Ok);
                     }
                 }
                 Event::Dropped { tag } => {
                     if let Some(windows) = self.pending.remove(&tag) {
-                        self.complete(windows, None, Status::NotLeader);
+                        self.complete(windows, Status::NotLeader);
                     }
                 }
                 Event::ReadReady { ctx, .. } => {

@@ -269,11 +269,7 @@ impl Shard {
         to: &Addressing,
         cookie: u64,
     ) {
-        let hint = self
-            .shared
-            .leader_client_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let hint = self.shared.leader_hint();
         let resp = Response::reply(to, Status::NotLeader, cookie, hint.as_bytes());
         self.respond(sender, to_addr, request_len, validated, resp);
     }
@@ -417,24 +413,21 @@ impl Shard {
     }
 
     fn reply_completion(&self, done: &Completion, sender: &mut Sender) {
-        let hint = self
-            .shared
-            .leader_client_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        for (reply, status) in done.window.replies.iter().zip(&done.statuses) {
+        let hint = self.shared.leader_hint();
+        let status = done.status;
+        let payload: &[u8] = if status == Status::NotLeader {
+            hint.as_bytes()
+        } else {
+            b""
+        };
+        for reply in &done.window.replies {
             let to = Addressing {
                 op: Some(reply.op),
                 client_id: reply.client_id,
                 request_seq: reply.request_seq,
                 cookie: 0,
             };
-            let payload = if *status == Status::NotLeader {
-                hint.as_bytes()
-            } else {
-                b""
-            };
-            let resp = Response::reply(&to, *status, self.cookie(&reply.addr), payload);
+            let resp = Response::reply(&to, status, self.cookie(&reply.addr), payload);
             self.respond(
                 sender,
                 reply.addr,
