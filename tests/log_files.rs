@@ -181,6 +181,33 @@ fn corruption_in_the_middle_is_an_error_naming_the_offset() {
     );
 }
 
+/// A whole zeroed first page in the middle of the log (a lost block, not a torn tail) is
+/// corruption: every later entry was acknowledged, so recovery must refuse to open rather
+/// than cut the file there.
+#[test]
+fn a_zeroed_first_page_in_the_middle_is_corruption() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("log");
+    let spans = write_entries(&path, 10);
+    let (off, _) = spans[4];
+    damage(&path, off, &[0u8; 4096]);
+    match Log::open(&UringBackend, &path, options()) {
+        Err(LogError::Corrupt { offset, reason }) => assert_eq!(offset, off, "{reason}"),
+        Err(e) => panic!("expected a corruption error, got {e}"),
+        Ok((log, report)) => panic!(
+            "the log opened with {} of 10 entries ({report:?}): acknowledged entries dropped",
+            log.last_index()
+        ),
+    }
+    // The same page zeroed in the last entry is a torn tail, cut as before.
+    let path = dir.path().join("log2");
+    let spans = write_entries(&path, 10);
+    damage(&path, spans[9].0, &[0u8; 4096]);
+    let (mut log, report) = Log::open(&UringBackend, &path, options()).unwrap();
+    check_prefix(&mut log, 9);
+    assert_eq!(report.entries, 9);
+}
+
 #[test]
 fn suffix_truncation_is_durable_and_leaves_no_stale_entries() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();

@@ -12,13 +12,13 @@
 //! ```text
 //! entry offset
 //!   0 ┌──────────────────────────────┐
-//!     │ header (72 B) + 24 B zeros   │ HEADER_SLOT_SIZE = 96
+//!     │ header (80 B) + 16 B zeros   │ HEADER_SLOT_SIZE = 96
 //!  96 ├──────────────────────────────┤
 //!     │ commands (command_length B)  │ see crate::command, 32-byte aligned
 //!     ├──────────────────────────────┤
 //!     │ zeros                        │
 //! E-96├──────────────────────────────┤
-//!     │ header copy (72 B) + 24 B    │ the trailer
+//!     │ header copy (80 B) + 16 B    │ the trailer
 //!   E └──────────────────────────────┘ E = align_up(96 + command_length + 96, 4096)
 //!
 //! header (little-endian)
@@ -46,6 +46,10 @@
 //! write, so the damage is in the middle of the log and [`LogError::Corrupt`] names the
 //! offset. Otherwise it is a torn tail — possibly a multi-entry write whose later entries
 //! landed while an earlier one did not — and the file is cut there.
+//!
+//! A page of zeros where an entry should start gets the same search: it is the normal
+//! end of the log (the prepared space below) only if no later write follows it. A lost
+//! first page in the middle of the log is corruption, never a place to cut.
 //!
 //! # Space ahead of the writer
 //!
@@ -360,10 +364,15 @@ impl Log {
                 torn_at = Some(offset);
                 break;
             }
-            if page.iter().all(|&b| b == 0) {
-                break;
-            }
-            match self.verify_entry_at(offset, &page, file_len)? {
+            // A zeroed first page is where the prepared space past the last entry begins,
+            // or a damaged entry: the search for a later write below tells which.
+            let zero_page = page.iter().all(|&b| b == 0);
+            let verdict = if zero_page {
+                Err("zeroed page where an entry should start".to_string())
+            } else {
+                self.verify_entry_at(offset, &page, file_len)?
+            };
+            match verdict {
                 Ok(entry) => {
                     self.entries.push(EntryMeta {
                         offset,
@@ -384,6 +393,10 @@ impl Log {
                                  one, so this is not a torn tail"
                             ),
                         });
+                    }
+                    if zero_page {
+                        // The normal end of the log: prepared zeros, nothing written after.
+                        break;
                     }
                     torn_at = Some(offset);
                     break;
