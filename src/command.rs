@@ -198,6 +198,12 @@ impl<'a> Iterator for Commands<'a> {
     }
 }
 
+/// Counts the commands of `region` (whole commands back to back), failing at the first
+/// that does not decode. Entries carry this count; it is checked, never trusted.
+pub fn count(region: &[u8]) -> Result<u64, DecodeError> {
+    Commands::new(region).try_fold(0u64, |n, cmd| cmd.map(|_| n + 1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

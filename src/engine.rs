@@ -215,7 +215,11 @@ impl Engine {
     pub fn apply(&mut self, index: LogIndex) -> Result<Vec<Outcome>, EngineError> {
         assert_eq!(index, self.applied_index + 1, "entries apply in log order");
         let entry = self.log.read(index)?;
-        let mut outcomes = Vec::with_capacity(entry.header.num_commands as usize);
+        // The count was checked against the commands when the entry was verified; the
+        // capacity is still bounded by what the bytes can hold.
+        let capacity = (entry.header.num_commands as usize)
+            .min(entry.commands().len() / crate::command::COMMAND_ALIGN);
+        let mut outcomes = Vec::with_capacity(capacity);
         for cmd in entry.iter() {
             let cmd = cmd.map_err(|e| LogError::Corrupt {
                 offset: entry.offset,

@@ -8,12 +8,17 @@
 //! when running as root, which CI does).
 
 use ocean_liner::command::{self, Op};
+use ocean_liner::engine::{Engine, EngineOptions};
+use ocean_liner::io::Backend;
 use ocean_liner::io::uring::UringBackend;
-use ocean_liner::log::{Log, LogError, LogOptions, NewEntry, entry_size};
+use ocean_liner::log::{
+    HEADER_SIZE, HEADER_SLOT_SIZE, Log, LogError, LogOptions, NewEntry, entry_size,
+};
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 
 fn options() -> LogOptions {
     LogOptions {
@@ -43,12 +48,13 @@ fn write_entries(path: &Path, n: u64) -> Vec<(u64, usize)> {
     let (mut log, _) = Log::open(&UringBackend, path, options()).unwrap();
     let mut spans = Vec::new();
     for i in 1..=n {
-        let cmds = commands(i, 1 + (i as usize % 7) * 20, 100 + i as usize * 10);
+        let count = 1 + (i as usize % 7) * 20;
+        let cmds = commands(i, count, 100 + i as usize * 10);
         let offset = log.end_offset();
         log.append(&[NewEntry {
             term: 1 + i / 4,
             log_index: i,
-            num_commands: 0,
+            num_commands: count as u64,
             commands: &cmds,
         }])
         .unwrap();
@@ -206,6 +212,51 @@ fn a_zeroed_first_page_in_the_middle_is_corruption() {
     let (mut log, report) = Log::open(&UringBackend, &path, options()).unwrap();
     check_prefix(&mut log, 9);
     assert_eq!(report.entries, 9);
+}
+
+/// An entry's command count is checked against its commands, never trusted: an entry
+/// whose hashes are valid but whose header claims a huge count is reported as corruption
+/// by offset (it used to size an allocation on every replay, aborting the node at each
+/// restart), and the log refuses to append such an entry in the first place.
+#[test]
+fn an_entry_whose_command_count_lies_is_refused() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let data = dir.path().join("node");
+    let options = EngineOptions { log: options() };
+    let backend: Arc<dyn Backend> = Arc::new(UringBackend);
+    {
+        let (mut engine, _) = Engine::open(backend.clone(), &data, options.clone(), None).unwrap();
+        for i in 1..=4u64 {
+            engine.commit_local(1, 3, &commands(i, 3, 100)).unwrap();
+        }
+        // Appending a count that disagrees with the commands writes nothing.
+        let err = engine.append(1, 7, &commands(5, 3, 100)).unwrap_err();
+        assert!(err.to_string().contains("claims 7 commands"), "{err}");
+        assert_eq!(engine.last_index(), 4);
+        let err = engine.append(1, 1, &[0xAB; 64]).unwrap_err();
+        assert!(err.to_string().contains("do not decode"), "{err}");
+        assert_eq!(engine.last_index(), 4);
+    }
+    // Rewrite entry 3's header (and trailer) with a lying count and valid hashes, as a
+    // faulty peer or a bit flip before hashing would leave it.
+    let path = data.join("log");
+    let (mut log, _) = Log::open(&UringBackend, &path, options.log.clone()).unwrap();
+    let entry = log.read(3).unwrap();
+    let (offset, mut header) = (entry.offset, entry.header);
+    drop(log);
+    header.num_commands = u64::MAX;
+    let mut encoded = [0u8; HEADER_SIZE];
+    header.encode(&mut encoded);
+    damage(&path, offset, &encoded);
+    let trailer = offset + header.entry_size() as u64 - HEADER_SLOT_SIZE as u64;
+    damage(&path, trailer, &encoded);
+    match Engine::open(backend, &data, options, None) {
+        Err(e) => {
+            let text = e.to_string();
+            assert!(text.contains(&format!("offset {offset}")), "{text}");
+        }
+        Ok(_) => panic!("an entry with a lying command count was accepted"),
+    }
 }
 
 #[test]

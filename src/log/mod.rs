@@ -106,6 +106,9 @@ pub enum LogError {
     /// A previous durable write failed with an error after which the on-disk state is
     /// unknown; the node must restart and recover.
     Failed,
+    /// An entry handed to [`Log::append`] is malformed (its commands do not decode, or
+    /// their count is not the one it claims); nothing was written.
+    Invalid { log_index: LogIndex, reason: String },
 }
 
 impl std::fmt::Display for LogError {
@@ -116,6 +119,9 @@ impl std::fmt::Display for LogError {
                 write!(f, "log corrupt at byte offset {offset}: {reason}")
             }
             LogError::Failed => write!(f, "log failed after an IO error; restart to recover"),
+            LogError::Invalid { log_index, reason } => {
+                write!(f, "refused to append malformed entry {log_index}: {reason}")
+            }
         }
     }
 }
@@ -501,6 +507,14 @@ impl Log {
         let mut expected = self.last_index() + 1;
         let mut last_term = self.last_term();
         for entry in new_entries {
+            check_commands(entry.commands, entry.num_commands).map_err(|reason| {
+                LogError::Invalid {
+                    log_index: entry.log_index,
+                    reason,
+                }
+            })?;
+        }
+        for entry in new_entries {
             assert_eq!(entry.log_index, expected, "log indexes are consecutive");
             assert!(entry.term >= last_term, "terms never go backwards in a log");
             assert!(entry.commands.len() <= COMMAND_LENGTH_MAX);
@@ -718,7 +732,17 @@ fn verify_body(header: &EntryHeader, bytes: &[u8]) -> Result<(), &'static str> {
     {
         return Err("trailer differs from header");
     }
-    Ok(())
+    check_commands(commands, header.num_commands)
+        .map_err(|_| "commands do not decode to the count the header claims")
+}
+
+/// Checks that `commands` decodes to exactly `num_commands` commands.
+fn check_commands(commands: &[u8], num_commands: u64) -> Result<(), String> {
+    match command::count(commands) {
+        Ok(n) if n == num_commands => Ok(()),
+        Ok(n) => Err(format!("it claims {num_commands} commands but holds {n}")),
+        Err(e) => Err(format!("its commands do not decode: {e}")),
+    }
 }
 
 /// Reads values out of the log from a thread other than the log's owner (a shard serving
