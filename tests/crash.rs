@@ -220,3 +220,68 @@ fn a_failed_checkpoint_is_retried_by_the_next() {
         );
     }
 }
+
+/// A checkpoint whose journal is durable but whose in-place step fails must not have its
+/// retry overwrite that journal: a crash tearing the retry would otherwise leave the
+/// journal before it to be replayed over pages the failed attempt had already written in
+/// place (pages ahead of the metadata: a drifting entry count, stale split state).
+#[test]
+fn a_crash_during_a_checkpoint_retry_keeps_the_last_complete_journal() {
+    let set = |range: std::ops::Range<u64>| -> Vec<Write> {
+        range.map(|i| Write::Set(key(i), value(i, 100))).collect()
+    };
+    // A prefill over many pages, then small batches of new keys: each checkpoint after
+    // the first writes only the few pages its batch touched.
+    let mut batches: Vec<Vec<Write>> = (0..10).map(|b| set(b * 300..(b + 1) * 300)).collect();
+    batches.extend((0..20).map(|b| set(3000 + b * 3..3000 + (b + 1) * 3)));
+    let models = models(&batches);
+    let all_keys: Vec<Vec<u8>> = (0..3060).map(key).collect();
+    let dir = Path::new("/node");
+    for (fail_at, loss) in [
+        ("the in-place sync", PowerLoss::KeepUnsynced),
+        ("the in-place sync", PowerLoss::KeepRandomSectors(11)),
+        ("the metadata write", PowerLoss::KeepUnsynced),
+    ] {
+        let disk = FaultBackend::new();
+        let backend: Arc<dyn Backend> = Arc::new(disk.clone());
+        let (mut engine, _) = Engine::open(backend.clone(), dir, options(), None).unwrap();
+        let commit = |engine: &mut Engine, range: std::ops::Range<usize>| {
+            for b in &batches[range] {
+                engine
+                    .commit_local(1, b.len() as u64, &encode_batch(b))
+                    .unwrap();
+            }
+        };
+        commit(&mut engine, 0..10);
+        engine.checkpoint().unwrap();
+        commit(&mut engine, 10..15);
+        engine.checkpoint().unwrap();
+        commit(&mut engine, 15..20);
+        // Learn how many in-place writes this checkpoint makes, then hand its pages back.
+        let job = engine.checkpoint_begin().unwrap();
+        let in_place_writes = job.in_place_write_count() as u64;
+        engine
+            .checkpoint_end(job, Err(std::io::Error::other("not written")))
+            .unwrap_err();
+        // IO points of a checkpoint: journal write, in-place writes, metadata page, sync.
+        let journal_point = disk.io_points();
+        let point = match fail_at {
+            "the in-place sync" => journal_point + 1 + in_place_writes + 1,
+            _ => journal_point + 1 + in_place_writes,
+        };
+        disk.arm(point, Fault::Fail(libc::EIO));
+        engine.checkpoint().unwrap_err();
+        assert_eq!(disk.io_points(), point + 1, "the armed point was the last");
+        commit(&mut engine, 20..30);
+        // The retry's journal write is torn and the machine dies.
+        disk.arm(disk.io_points(), Fault::Crash { torn_sectors: 1 });
+        engine.checkpoint().unwrap_err();
+        drop(engine);
+        disk.power_loss(loss);
+        let context = format!("failure at {fail_at}, then {loss:?}");
+        let (mut engine, _) = Engine::open(backend, dir, options(), None)
+            .unwrap_or_else(|e| panic!("{context}: reopen failed: {e}"));
+        assert_eq!(engine.last_index(), 30, "{context}");
+        assert_matches(&mut engine, &models[30], &all_keys, &context);
+    }
+}

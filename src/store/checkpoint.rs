@@ -136,20 +136,18 @@ pub fn newest_valid(journals: &mut [Box<dyn BlockFile>; 2]) -> io::Result<Option
 /// Writes the journal's pages into the map file in place (runs of adjacent pages in one
 /// write each), then the metadata page, then syncs.
 pub fn replay(journal: &Journal, file: &mut dyn BlockFile) -> io::Result<()> {
-    let pages = &journal.pages;
-    let mut i = 0;
-    while i < pages.len() {
-        let mut j = i + 1;
-        while j < pages.len() && pages[j].0 == pages[j - 1].0 + 1 {
-            j += 1;
-        }
-        let mut run = AlignedBuf::new((j - i) * PAGE_SIZE);
-        for (k, (_, image)) in pages[i..j].iter().enumerate() {
+    for pages in runs(&journal.pages) {
+        let mut run = AlignedBuf::new(pages.len() * PAGE_SIZE);
+        for (k, (_, image)) in pages.iter().enumerate() {
             run[k * PAGE_SIZE..(k + 1) * PAGE_SIZE].copy_from_slice(image);
         }
-        file.write_at(&run, (pages[i].0 as u64 + 1) * PAGE_SIZE as u64)?;
-        i = j;
+        file.write_at(&run, (pages[0].0 as u64 + 1) * PAGE_SIZE as u64)?;
     }
     file.write_at(&journal.meta_page, 0)?;
     file.sync()
+}
+
+/// Splits pages (ascending by number) into runs of adjacent page numbers.
+pub fn runs(pages: &[(u32, AlignedBuf)]) -> impl Iterator<Item = &[(u32, AlignedBuf)]> {
+    pages.chunk_by(|a, b| b.0 == a.0 + 1)
 }

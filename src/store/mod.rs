@@ -441,6 +441,7 @@ impl Map {
             .expect("journal files travel with the map file");
         w.meta_dirty = false;
         Some(CheckpointJob {
+            journal_durable: false,
             journal: checkpoint::Journal {
                 sequence: meta.checkpoint_sequence,
                 pages,
@@ -460,6 +461,13 @@ impl Map {
         let mut w = self.writer.lock().unwrap();
         w.file = Some(job.file);
         w.journals[job.slot] = Some(job.journal_file);
+        if job.journal_durable {
+            // The journal is the newest complete checkpoint on disk, and the in-place
+            // step may have changed map.dat already: a retry must go to the other journal
+            // slot, or a crash that tears the retry would leave the older journal to be
+            // replayed over pages of this one.
+            w.meta.checkpoint_sequence = job.meta.checkpoint_sequence;
+        }
         match result {
             Ok(()) => {
                 w.meta = job.meta;
@@ -478,6 +486,8 @@ impl Map {
 /// pages and the map's files, so it can run on any thread.
 pub struct CheckpointJob {
     journal: checkpoint::Journal,
+    /// Whether the journal write completed (the in-place step may then have begun).
+    journal_durable: bool,
     meta: MapMeta,
     slot: usize,
     file: Box<dyn BlockFile>,
@@ -488,12 +498,19 @@ impl CheckpointJob {
     /// Writes the journal durably, then the pages in place, then syncs.
     pub fn write(&mut self) -> io::Result<()> {
         checkpoint::write(self.journal_file.as_mut(), &self.journal)?;
+        self.journal_durable = true;
         checkpoint::replay(&self.journal, self.file.as_mut())
     }
 
     /// Pages this checkpoint writes.
     pub fn page_count(&self) -> usize {
         self.journal.pages.len()
+    }
+
+    /// Writes the in-place step makes before its metadata write and sync (one per run
+    /// of adjacent pages).
+    pub fn in_place_write_count(&self) -> usize {
+        checkpoint::runs(&self.journal.pages).count()
     }
 
     /// The log index the checkpoint covers.
