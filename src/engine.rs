@@ -130,7 +130,7 @@ impl Engine {
         options: EngineOptions,
         replay_to: Option<LogIndex>,
     ) -> Result<(Engine, OpenReport), EngineError> {
-        backend.create_dir_all(dir)?;
+        crate::io::create_dir_durable(backend.as_ref(), dir)?;
         let (map, load) = Map::open(backend.as_ref(), dir)?;
         let (log, log_report) = Log::open(backend.as_ref(), &dir.join("log"), options.log)?;
         let meta = map.meta();

@@ -285,3 +285,30 @@ fn a_crash_during_a_checkpoint_retry_keeps_the_last_complete_journal() {
         assert_matches(&mut engine, &models[30], &all_keys, &context);
     }
 }
+
+/// A data directory created by the engine must survive a power loss together with the
+/// writes acknowledged in it: every directory the engine creates, and every file, has its
+/// entry synced into its parent before anything is acknowledged.
+#[test]
+fn a_new_data_directory_survives_power_loss_with_its_writes() {
+    let batches = workload();
+    let models = models(&batches);
+    let all_keys: Vec<Vec<u8>> = (0..300).map(key).collect();
+    let dir = Path::new("/var/lib/ocean-liner/node-0");
+    let disk = FaultBackend::new();
+    let backend: Arc<dyn Backend> = Arc::new(disk.clone());
+    let (mut engine, _) = Engine::open(backend.clone(), dir, options(), None).unwrap();
+    for b in &batches[..10] {
+        engine
+            .commit_local(1, b.len() as u64, &encode_batch(b))
+            .unwrap();
+    }
+    drop(engine);
+    disk.power_loss(PowerLoss::DropUnsynced);
+    for path in [dir.to_path_buf(), dir.join("log"), dir.join("map.dat")] {
+        assert!(disk.exists(&path), "{} was lost", path.display());
+    }
+    let (mut engine, _) = Engine::open(backend, dir, options(), None).unwrap();
+    assert_eq!(engine.last_index(), 10);
+    assert_matches(&mut engine, &models[10], &all_keys, "after power loss");
+}

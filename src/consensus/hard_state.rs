@@ -33,7 +33,7 @@ pub struct HardStateFile {
 impl HardStateFile {
     /// Opens (or creates) `dir/raft.state`.
     pub fn open(backend: &dyn Backend, dir: &Path) -> io::Result<HardStateFile> {
-        let mut file = backend.open(&dir.join("raft.state"), true)?;
+        let mut file = crate::io::open_durable(backend, &dir.join("raft.state"))?;
         let mut buf = AlignedBuf::new(2 * PAGE_SIZE);
         let n = file.read_at(&mut buf, 0)?;
         let mut best: Option<(u64, HardState)> = None;
@@ -100,6 +100,7 @@ mod tests {
     fn survives_reopen_and_a_torn_save() {
         let disk = FaultBackend::new();
         let dir = Path::new("/n");
+        crate::io::create_dir_durable(&disk, dir).unwrap();
         let mut f = HardStateFile::open(&disk, dir).unwrap();
         assert_eq!(f.get(), &HardState::default());
         let mut hs = HardState::default();

@@ -201,8 +201,7 @@ impl RaftNode {
             config.voters.contains(&config.id),
             "a node is one of the voters"
         );
-        backend
-            .create_dir_all(dir)
+        crate::io::create_dir_durable(backend.as_ref(), dir)
             .map_err(|e| FatalError(format!("cannot create {}: {e}", dir.display())))?;
         let hard_state = HardStateFile::open(backend.as_ref(), dir).map_err(|e| {
             FatalError(format!(

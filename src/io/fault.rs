@@ -16,6 +16,14 @@
 //! At power loss, unsynced writes are dropped whole ([`PowerLoss::DropUnsynced`]) or sector
 //! by sector at random ([`PowerLoss::KeepRandomSectors`]), since a device may persist the
 //! sectors of one write in any order.
+//!
+//! The durability rules are as strict as a POSIX filesystem promises, no stricter:
+//! - `sync` makes every earlier write and size change of that file durable;
+//! - `write_durable_at` (`RWF_DSYNC`) makes that one write durable, not the writes before
+//!   it;
+//! - a created file or directory survives a power loss only once its parent directory has
+//!   been synced with [`Backend::sync_dir`] (and so has every directory above it that was
+//!   created too); a file whose entry is lost is lost with all its data.
 
 use super::{Backend, BlockFile, SECTOR_SIZE, assert_aligned};
 use std::collections::{HashMap, HashSet};
@@ -48,7 +56,13 @@ pub enum PowerLoss {
 
 #[derive(Debug, Clone)]
 enum Pending {
-    Write { offset: u64, data: Vec<u8> },
+    /// A write not yet synced; `durable` when it was written with `RWF_DSYNC` and so
+    /// survives a power loss on its own.
+    Write {
+        offset: u64,
+        data: Vec<u8>,
+        durable: bool,
+    },
     SetLen(u64),
 }
 
@@ -63,6 +77,8 @@ struct FileState {
 struct Disk {
     files: HashMap<PathBuf, FileState>,
     dirs: HashSet<PathBuf>,
+    /// Files and directories whose entry in their parent directory is durable.
+    durable_entries: HashSet<PathBuf>,
     io_points: u64,
     faults: HashMap<u64, Fault>,
     fail_from: Option<(u64, i32)>,
@@ -118,14 +134,30 @@ impl FaultBackend {
             PowerLoss::KeepRandomSectors(seed) => seed | 1,
             _ => 0,
         };
-        for file in disk.files.values_mut() {
-            if mode == PowerLoss::KeepUnsynced {
-                apply_pending(file);
-            }
-            if let PowerLoss::KeepRandomSectors(_) = mode {
-                for op in std::mem::take(&mut file.pending) {
-                    match op {
-                        Pending::Write { offset, data } => {
+        // Entries whose own or an ancestor's directory entry was never synced vanish.
+        let Disk {
+            files,
+            dirs,
+            durable_entries,
+            ..
+        } = &mut *disk;
+        files.retain(|path, _| entry_survives(path, durable_entries));
+        dirs.retain(|path| entry_survives(path, durable_entries));
+        durable_entries.retain(|path| files.contains_key(path) || dirs.contains(path));
+        let mut paths: Vec<PathBuf> = files.keys().cloned().collect();
+        paths.sort();
+        for path in paths {
+            let file = files.get_mut(&path).expect("listed above");
+            for op in std::mem::take(&mut file.pending) {
+                match op {
+                    Pending::Write {
+                        offset,
+                        data,
+                        durable,
+                    } => {
+                        if durable || mode == PowerLoss::KeepUnsynced {
+                            write_into(&mut file.durable, offset as usize, &data);
+                        } else if let PowerLoss::KeepRandomSectors(_) = mode {
                             for (i, sector) in data.chunks(SECTOR_SIZE).enumerate() {
                                 if xorshift(&mut rng) & 1 == 1 {
                                     let at = offset as usize + i * SECTOR_SIZE;
@@ -133,15 +165,19 @@ impl FaultBackend {
                                 }
                             }
                         }
-                        Pending::SetLen(len) => {
-                            if xorshift(&mut rng) & 1 == 1 {
-                                file.durable.resize(len as usize, 0);
-                            }
+                    }
+                    Pending::SetLen(len) => {
+                        let keep = match mode {
+                            PowerLoss::KeepUnsynced => true,
+                            PowerLoss::DropUnsynced => false,
+                            PowerLoss::KeepRandomSectors(_) => xorshift(&mut rng) & 1 == 1,
+                        };
+                        if keep {
+                            file.durable.resize(len as usize, 0);
                         }
                     }
                 }
             }
-            file.pending.clear();
             file.volatile = file.durable.clone();
         }
         disk.faults.clear();
@@ -149,24 +185,49 @@ impl FaultBackend {
         disk.crashed = false;
     }
 
-    /// The durable bytes of a file (for tests that inspect or damage the image).
+    /// The bytes of a file that are durable now: synced data plus later `RWF_DSYNC`
+    /// writes (for tests that inspect or damage the image).
     pub fn durable_image(&self, path: &Path) -> Option<Vec<u8>> {
-        self.disk
-            .lock()
-            .unwrap()
-            .files
-            .get(path)
-            .map(|f| f.durable.clone())
+        let disk = self.disk.lock().unwrap();
+        let file = disk.files.get(path)?;
+        let mut image = file.durable.clone();
+        for op in &file.pending {
+            if let Pending::Write {
+                offset,
+                data,
+                durable: true,
+            } = op
+            {
+                write_into(&mut image, *offset as usize, data);
+            }
+        }
+        Some(image)
+    }
+
+    /// Whether `path` (a file or a directory) would survive a power loss now.
+    pub fn is_durable_entry(&self, path: &Path) -> bool {
+        let disk = self.disk.lock().unwrap();
+        (disk.files.contains_key(path) || disk.dirs.contains(path))
+            && entry_survives(path, &disk.durable_entries)
     }
 
     /// Replaces a file's durable and volatile image (for tests that damage a file offline).
     pub fn replace_image(&self, path: &Path, image: Vec<u8>) {
         let mut disk = self.disk.lock().unwrap();
+        disk.durable_entries.insert(path.to_path_buf());
         let file = disk.files.entry(path.to_path_buf()).or_default();
         file.volatile = image.clone();
         file.durable = image;
         file.pending.clear();
     }
+}
+
+/// Whether a path's entry, and that of every directory above it, is durable. The root
+/// (and the current directory of a relative path) always exists.
+fn entry_survives(path: &Path, durable_entries: &HashSet<PathBuf>) -> bool {
+    path.ancestors()
+        .filter(|p| p.file_name().is_some())
+        .all(|p| durable_entries.contains(p))
 }
 
 fn xorshift(state: &mut u64) -> u64 {
@@ -202,8 +263,7 @@ impl Backend for FaultBackend {
                     format!("{}: no such file", path.display()),
                 ));
             }
-            // A created file's directory entry is made durable at once, as the real
-            // backend does with a directory fsync.
+            // The new entry is durable only once the parent directory is synced.
             disk.files.insert(path.to_path_buf(), FileState::default());
         }
         Ok(Box::new(FaultFile {
@@ -218,7 +278,36 @@ impl Backend for FaultBackend {
     }
 
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        self.disk.lock().unwrap().dirs.insert(path.to_path_buf());
+        let mut disk = self.disk.lock().unwrap();
+        if disk.crashed {
+            return Err(errno(libc::EIO));
+        }
+        for dir in path.ancestors().filter(|p| p.file_name().is_some()) {
+            disk.dirs.insert(dir.to_path_buf());
+        }
+        Ok(())
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut disk = self.disk.lock().unwrap();
+        match disk.next_point() {
+            Verdict::Proceed => {}
+            Verdict::Fail(e) => return Err(e),
+            Verdict::Tear(_) => return Err(errno(libc::EIO)),
+        }
+        let Disk {
+            files,
+            dirs,
+            durable_entries,
+            ..
+        } = &mut *disk;
+        let children = files
+            .keys()
+            .chain(dirs.iter())
+            .filter(|p| p.parent() == Some(dir));
+        for child in children {
+            durable_entries.insert(child.clone());
+        }
         Ok(())
     }
 }
@@ -273,14 +362,13 @@ impl FaultFile {
         file.pending.push(Pending::Write {
             offset,
             data: data.to_vec(),
+            // A torn write never completed, so RWF_DSYNC promised nothing for it.
+            durable: durable && !crashed,
         });
         if crashed {
             // The data (or part of it) reached the device's cache, but the caller never
             // hears of it: the machine died first.
             return Err(errno(libc::EIO));
-        }
-        if durable {
-            apply_pending(file);
         }
         Ok(())
     }
@@ -289,7 +377,7 @@ impl FaultFile {
 fn apply_pending(file: &mut FileState) {
     for op in std::mem::take(&mut file.pending) {
         match op {
-            Pending::Write { offset, data } => {
+            Pending::Write { offset, data, .. } => {
                 write_into(&mut file.durable, offset as usize, &data)
             }
             Pending::SetLen(len) => file.durable.resize(len as usize, 0),
@@ -366,6 +454,7 @@ mod tests {
         let disk = FaultBackend::new();
         let path = Path::new("/f");
         let mut f = disk.open(path, true).unwrap();
+        disk.sync_dir(Path::new("/")).unwrap();
         f.write_at(&sector(1), 0).unwrap();
         f.sync().unwrap();
         f.write_at(&sector(2), 0).unwrap();
@@ -383,7 +472,8 @@ mod tests {
         let disk = FaultBackend::new();
         let path = Path::new("/f");
         let mut f = disk.open(path, true).unwrap();
-        disk.arm(0, Fault::Crash { torn_sectors: 1 });
+        disk.sync_dir(Path::new("/")).unwrap();
+        disk.arm(1, Fault::Crash { torn_sectors: 1 });
         let mut data = sector(7);
         data.extend(sector(8));
         assert!(f.write_durable_at(&data, 0).is_err());
@@ -407,5 +497,64 @@ mod tests {
         assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
         f.write_at(&sector(3), 512).unwrap();
         assert_eq!(f.len().unwrap(), 1024);
+    }
+
+    #[test]
+    fn a_created_file_needs_its_directory_synced() {
+        let disk = FaultBackend::new();
+        disk.create_dir_all(Path::new("/a/b")).unwrap();
+        let path = Path::new("/a/b/f");
+        let mut f = disk.open(path, true).unwrap();
+        f.write_durable_at(&sector(1), 0).unwrap();
+        f.sync().unwrap();
+        assert!(!disk.is_durable_entry(path));
+        disk.power_loss(PowerLoss::KeepUnsynced);
+        assert!(
+            !disk.exists(path),
+            "a file whose entry was never synced is gone"
+        );
+        assert!(!disk.exists(Path::new("/a")), "so are unsynced directories");
+
+        // Syncing only the file's own directory is not enough while /a is not durable.
+        disk.create_dir_all(Path::new("/a/b")).unwrap();
+        let mut f = disk.open(path, true).unwrap();
+        f.write_durable_at(&sector(2), 0).unwrap();
+        disk.sync_dir(Path::new("/a/b")).unwrap();
+        disk.power_loss(PowerLoss::DropUnsynced);
+        assert!(!disk.exists(path));
+
+        // With every created level synced, the file and its durable data survive.
+        crate::io::create_dir_durable(&disk, Path::new("/a/b")).unwrap();
+        let mut f = crate::io::open_durable(&disk, path).unwrap();
+        f.write_durable_at(&sector(3), 0).unwrap();
+        assert!(disk.is_durable_entry(path));
+        disk.power_loss(PowerLoss::DropUnsynced);
+        assert_eq!(disk.durable_image(path).unwrap(), sector(3));
+    }
+
+    #[test]
+    fn a_dsync_write_persists_only_itself() {
+        let disk = FaultBackend::new();
+        let path = Path::new("/f");
+        let mut f = crate::io::open_durable(&disk, path).unwrap();
+        f.write_at(&sector(1), 0).unwrap();
+        f.write_durable_at(&sector(2), 512).unwrap();
+        disk.power_loss(PowerLoss::DropUnsynced);
+        let mut expected = sector(0);
+        expected.extend(sector(2));
+        assert_eq!(
+            disk.durable_image(path).unwrap(),
+            expected,
+            "the earlier plain write was never synced"
+        );
+        // A later unsynced write kept at power loss does not undo an earlier durable one,
+        // and one kept sector by sector lands in order.
+        let mut f = disk.open(path, false).unwrap();
+        f.write_durable_at(&sector(4), 0).unwrap();
+        f.write_at(&sector(5), 512).unwrap();
+        disk.power_loss(PowerLoss::KeepUnsynced);
+        let mut expected = sector(4);
+        expected.extend(sector(5));
+        assert_eq!(disk.durable_image(path).unwrap(), expected);
     }
 }

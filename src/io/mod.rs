@@ -31,13 +31,57 @@ pub const PAGE_SIZE: usize = 4096;
 const _: () = assert!(PAGE_SIZE.is_multiple_of(SECTOR_SIZE));
 
 /// Opens and manages files. Shared between threads; each opened file is owned by one.
+///
+/// Creating a file or a directory adds an entry to its parent directory, and that entry
+/// is durable only once the parent is synced ([`Backend::sync_dir`]): a file that was
+/// written and synced can still vanish at a power loss if its directory never was.
+/// [`open_durable`] and [`create_dir_durable`] do both steps.
 pub trait Backend: Send + Sync {
     /// Opens `path` for reading and writing, creating it (empty) when `create` is set.
     fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn BlockFile>>;
     /// Whether `path` exists.
     fn exists(&self, path: &Path) -> bool;
-    /// Creates a directory and its parents.
+    /// Creates a directory and its parents (not durable until their parents are synced).
     fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Makes the entries of directory `dir` durable (fsync of the directory).
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// The directory holding `path` (`.` for a bare relative name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Opens `path`, creating it if absent; a file it creates has a durable directory entry
+/// before this returns.
+pub fn open_durable(backend: &dyn Backend, path: &Path) -> io::Result<Box<dyn BlockFile>> {
+    let existed = backend.exists(path);
+    let file = backend.open(path, true)?;
+    if !existed {
+        backend.sync_dir(parent_dir(path))?;
+    }
+    Ok(file)
+}
+
+/// Creates `dir` and any missing parents, and makes each new entry durable by syncing
+/// the directory that holds it.
+pub fn create_dir_durable(backend: &dyn Backend, dir: &Path) -> io::Result<()> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .filter(|p| p.file_name().is_some())
+        .take_while(|p| !backend.exists(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    backend.create_dir_all(dir)?;
+    for created in missing {
+        backend.sync_dir(parent_dir(created))?;
+    }
+    Ok(())
 }
 
 /// One open file. All offsets and lengths are sector-aligned.

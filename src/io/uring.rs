@@ -37,6 +37,10 @@ impl Backend for UringBackend {
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
         std::fs::create_dir_all(path)
     }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        sync_dir(dir)
+    }
 }
 
 /// A file opened with `O_DIRECT`, with its own io_uring.
@@ -64,12 +68,6 @@ impl UringFile {
                 ),
             )
         })?;
-        if create {
-            // Make the directory entry of a new file durable too.
-            if let Some(dir) = path.parent() {
-                sync_dir(dir)?;
-            }
-        }
         Ok(UringFile { file, ring })
     }
 

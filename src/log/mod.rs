@@ -309,7 +309,7 @@ impl Log {
         path: &Path,
         options: LogOptions,
     ) -> Result<(Log, RecoveryReport), LogError> {
-        let file = backend.open(path, true)?;
+        let file = crate::io::open_durable(backend, path)?;
         let cache = Arc::new(Mutex::new(EntryCache::new(options.cache_bytes)));
         let mut log = Log {
             file,

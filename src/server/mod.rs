@@ -257,7 +257,7 @@ fn preflight(config: &ServerConfig) -> anyhow::Result<()> {
         };
         bail!("cannot create an io_uring ({e}): {hint} (see kernel-notes.md)");
     }
-    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+    crate::io::create_dir_durable(&crate::io::uring::UringBackend, &config.data_dir).with_context(|| {
         format!(
             "cannot create data directory {} (is it writable by this user? choose another with --data-dir)",
             config.data_dir.display()

@@ -180,10 +180,10 @@ pub struct LoadReport {
 impl Map {
     /// Opens (or creates) the map in `dir`, completing an interrupted checkpoint.
     pub fn open(backend: &dyn Backend, dir: &Path) -> io::Result<(Map, LoadReport)> {
-        let mut file = backend.open(&dir.join("map.dat"), true)?;
+        let mut file = crate::io::open_durable(backend, &dir.join("map.dat"))?;
         let mut journals = [
-            backend.open(&dir.join("ckpt.0"), true)?,
-            backend.open(&dir.join("ckpt.1"), true)?,
+            crate::io::open_durable(backend, &dir.join("ckpt.0"))?,
+            crate::io::open_durable(backend, &dir.join("ckpt.1"))?,
         ];
         let mut report = LoadReport::default();
         if let Some(journal) = checkpoint::newest_valid(&mut journals)? {
