@@ -3,16 +3,18 @@
 //! Method: append entries of assorted sizes through the io_uring backend, close the log,
 //! then cut or corrupt the file with ordinary file IO (truncate mid-entry, zero a sector,
 //! scribble garbage), reopen, and check that the intact prefix is all there, the torn
-//! tail is cut, and damage in the middle is refused with its offset. Also: reading back,
+//! tail is cut, and damage in the middle is refused with its offset. Also: reading back
+//! (values by offset and key, and a read for a key other than the one stored there),
 //! walking backwards, suffix truncation, and a full filesystem (a small loop-mounted ext4
 //! when running as root, which CI does).
 
 use ocean_liner::command::{self, Op};
 use ocean_liner::engine::{Engine, EngineOptions};
-use ocean_liner::io::Backend;
 use ocean_liner::io::uring::UringBackend;
+use ocean_liner::io::{Backend, PAGE_SIZE};
 use ocean_liner::log::{
-    HEADER_SIZE, HEADER_SLOT_SIZE, Log, LogError, LogOptions, NewEntry, entry_size,
+    HEADER_SIZE, HEADER_SLOT_SIZE, Log, LogError, LogOptions, LogReader, NewEntry, ValueRead,
+    entry_size,
 };
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -397,23 +399,113 @@ fn values_read_back_by_offset_in_batches() {
     let path = dir.path().join("log");
     write_entries(&path, 6);
     let (mut log, _) = Log::open(&UringBackend, &path, options()).unwrap();
-    let mut offsets = Vec::new();
+    let mut reads = Vec::new();
     let mut expected = Vec::new();
     for i in 1..=6 {
         let entry = log.read(i).unwrap();
         for cmd in entry.iter() {
             let cmd = cmd.unwrap();
-            offsets.push(entry.command_file_offset(cmd.offset));
-            expected.push(cmd.value.to_vec());
+            reads.push((entry.command_file_offset(cmd.offset), cmd.key.to_vec()));
+            expected.push(ValueRead::Value(cmd.value.to_vec()));
         }
     }
-    assert!(offsets.len() > 200, "enough reads to fill several batches");
+    assert!(reads.len() > 200, "enough reads to fill several batches");
     let mut reader = log.reader(&UringBackend).unwrap();
-    let batch = reader.read_values_at(&offsets);
-    for ((got, want), offset) in batch.into_iter().zip(&expected).zip(&offsets) {
+    let wanted: Vec<(u64, &[u8])> = reads.iter().map(|(o, k)| (*o, &k[..])).collect();
+    let batch = reader.read_values_at(&wanted);
+    for ((got, want), (offset, _)) in batch.into_iter().zip(&expected).zip(&wanted) {
         assert_eq!(&got.unwrap(), want, "offset {offset}");
     }
-    for (offset, want) in offsets.iter().zip(&expected).step_by(17) {
-        assert_eq!(&reader.read_value_at(*offset).unwrap(), want);
+    for ((offset, key), want) in wanted.iter().zip(&expected).step_by(17) {
+        assert_eq!(&reader.read_value_at(*offset, key).unwrap(), want);
     }
+}
+
+/// The map knows keys by 128-bit hash alone, so a read names the key it wants: the SET of
+/// another key at the offset (a hash collision, forced here by asking for a key the
+/// command does not hold) reads as `OtherKey`, never as that key's value, and a command
+/// that is not a SET there is corruption. Checked from the cache and from the disk (a
+/// reopened log with no cache), for short commands (one batch of reads) and one longer
+/// than the two pages a batched read covers.
+#[test]
+fn values_read_for_another_key_report_the_collision() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("log");
+    let short = vec![b's'; 100];
+    let long = vec![b'l'; 3 * PAGE_SIZE];
+    let mut cmds = Vec::new();
+    command::encode(&mut cmds, Op::Set, 1, 1, b"short", &short);
+    command::encode(&mut cmds, Op::Delete, 1, 2, b"gone", b"");
+    command::encode(&mut cmds, Op::Set, 1, 3, b"long", &long);
+    let cached = LogOptions {
+        cache_bytes: 1 << 20,
+        ..options()
+    };
+    let (mut log, _) = Log::open(&UringBackend, &path, cached).unwrap();
+    log.append(&[NewEntry {
+        term: 1,
+        log_index: 1,
+        num_commands: 3,
+        commands: &cmds,
+    }])
+    .unwrap();
+    let entry = log.read(1).unwrap();
+    let at: Vec<u64> = entry
+        .iter()
+        .map(|c| entry.command_file_offset(c.unwrap().offset))
+        .collect();
+    let (short_at, delete_at, long_at) = (at[0], at[1], at[2]);
+    let check = |log: &mut Log, reader: &mut LogReader, context: &str| {
+        let got = reader.read_values_at(&[
+            (short_at, b"victim"),
+            (short_at, b"short"),
+            (delete_at, b"gone"),
+            (long_at, b"victim"),
+            (long_at, b"long"),
+        ]);
+        assert_eq!(got.len(), 5);
+        assert!(
+            matches!(got[0], Ok(ValueRead::OtherKey)),
+            "{context}: {got:?}"
+        );
+        assert!(
+            matches!(&got[1], Ok(ValueRead::Value(v)) if *v == short),
+            "{context}"
+        );
+        assert!(
+            matches!(got[2], Err(LogError::Corrupt { offset, .. }) if offset == delete_at),
+            "{context}: {:?}",
+            got[2]
+        );
+        assert!(
+            matches!(got[3], Ok(ValueRead::OtherKey)),
+            "{context}: {:?}",
+            got[3]
+        );
+        assert!(
+            matches!(&got[4], Ok(ValueRead::Value(v)) if *v == long),
+            "{context}"
+        );
+        for (offset, key) in [(short_at, b"victim"), (long_at, b"victim")] {
+            let one = reader.read_value_at(offset, key).unwrap();
+            assert_eq!(
+                one,
+                ValueRead::OtherKey,
+                "{context}: reader, offset {offset}"
+            );
+            let one = log.read_value_at(offset, key).unwrap();
+            assert_eq!(one, ValueRead::OtherKey, "{context}: log, offset {offset}");
+        }
+        assert!(matches!(
+            log.read_value_at(delete_at, b"gone"),
+            Err(LogError::Corrupt { offset, .. }) if offset == delete_at
+        ));
+    };
+    let mut reader = log.reader(&UringBackend).unwrap();
+    check(&mut log, &mut reader, "cached");
+    drop(reader);
+    drop(log);
+    let (mut log, _) = Log::open(&UringBackend, &path, options()).unwrap();
+    let mut reader = log.reader(&UringBackend).unwrap();
+    check(&mut log, &mut reader, "from disk");
 }

@@ -281,6 +281,24 @@ fn cli_round_trips_and_exit_codes() {
     );
 }
 
+/// STATS counts GETs and, among them, `hash_collisions`: GETs whose key hash the map held
+/// for another key (answered NotFound). No two keys here share a hash, so a GET of a value
+/// read back from the log (longer than 63 bytes) leaves it at zero.
+#[test]
+fn stats_count_gets_and_hash_collisions() {
+    let server = Server::start();
+    let mut c = Conn::new(server.addr());
+    let long = vec![b'v'; 200];
+    assert_eq!(c.call(Op::Set, "long", &long).0, Status::Ok);
+    assert_eq!(c.call(Op::Get, "long", b""), (Status::Ok, long));
+    assert_eq!(c.call(Op::Get, "absent", b"").0, Status::NotFound);
+    let (status, stats) = c.call(Op::Stats, "", b"");
+    assert_eq!(status, Status::Ok);
+    let stats = String::from_utf8(stats).unwrap();
+    assert!(stat(&stats, "gets") >= 2, "{stats}");
+    assert_eq!(stat(&stats, "hash_collisions"), 0, "{stats}");
+}
+
 #[test]
 fn ten_thousand_concurrent_clients_all_acknowledged_and_readable() {
     let server = Server::start();

@@ -98,18 +98,22 @@ impl EntryCache {
 }
 
 impl EntryCache {
-    /// The value of the SET command at log-file offset `file_offset`, if the entry that
-    /// holds it is cached.
+    /// The value for `key` of the SET command at log-file offset `file_offset`, if the
+    /// entry that holds it is cached.
     pub fn value_at(
         &self,
         file_offset: u64,
-    ) -> Option<Result<Vec<u8>, crate::command::DecodeError>> {
+        key: &[u8],
+    ) -> Option<Result<super::ValueRead, crate::command::DecodeError>> {
         let (&start, slot) = self.slots.range(..=file_offset).next_back()?;
         if file_offset >= start + slot.len as u64 {
             return None;
         }
         let bytes = &slot.buf[slot.start..slot.start + slot.len];
         let relative = (file_offset - start) as usize;
-        Some(crate::command::decode_at(bytes, relative).map(|c| c.value.to_vec()))
+        Some(
+            crate::command::decode_at(bytes, relative)
+                .and_then(|cmd| super::value_for_key(&cmd, key)),
+        )
     }
 }

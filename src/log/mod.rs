@@ -635,15 +635,16 @@ impl Log {
         (i > 0).then_some(i as LogIndex)
     }
 
-    /// Reads the value of the SET command stored at log-file offset `file_offset`.
-    pub fn read_value_at(&mut self, file_offset: u64) -> Result<Vec<u8>, LogError> {
+    /// Reads the value for `key` of the SET command stored at log-file offset
+    /// `file_offset` (see [`ValueRead`]).
+    pub fn read_value_at(&mut self, file_offset: u64, key: &[u8]) -> Result<ValueRead, LogError> {
         if self.index_at_offset(file_offset).is_none() || file_offset >= self.end_offset {
             return Err(LogError::Corrupt {
                 offset: file_offset,
                 reason: "offset outside the log".into(),
             });
         }
-        read_value(self.file.as_mut(), &self.cache, file_offset)
+        read_value(self.file.as_mut(), &self.cache, file_offset, key)
     }
 
     /// A handle that reads values from this log on another thread, sharing its cache.
@@ -753,50 +754,49 @@ pub struct LogReader {
 }
 
 impl LogReader {
-    /// Reads the value of the SET command at log-file offset `file_offset`.
-    pub fn read_value_at(&mut self, file_offset: u64) -> Result<Vec<u8>, LogError> {
-        read_value(self.file.as_mut(), &self.cache, file_offset)
+    /// Reads the value for `key` of the SET command at log-file offset `file_offset` (see
+    /// [`ValueRead`]).
+    pub fn read_value_at(&mut self, file_offset: u64, key: &[u8]) -> Result<ValueRead, LogError> {
+        read_value(self.file.as_mut(), &self.cache, file_offset, key)
     }
 
-    /// Reads the values of the SET commands at several offsets: cached ones from memory,
-    /// the rest with one batch of O_DIRECT reads submitted together.
-    pub fn read_values_at(&mut self, file_offsets: &[u64]) -> Vec<Result<Vec<u8>, LogError>> {
-        let mut results: Vec<Option<Result<Vec<u8>, LogError>>> =
-            Vec::with_capacity(file_offsets.len());
+    /// Reads the values of the SET commands at several (offset, key) pairs, in order:
+    /// cached ones from memory, the rest with one batch of O_DIRECT reads submitted
+    /// together.
+    pub fn read_values_at(&mut self, reads: &[(u64, &[u8])]) -> Vec<Result<ValueRead, LogError>> {
+        let mut results: Vec<Option<Result<ValueRead, LogError>>> = Vec::with_capacity(reads.len());
         {
             let cache = self.cache.lock().unwrap();
-            for &offset in file_offsets {
+            for &(offset, key) in reads {
                 results.push(
                     cache
-                        .value_at(offset)
+                        .value_at(offset, key)
                         .map(|r| r.map_err(|e| corrupt_at(offset, e))),
                 );
             }
         }
-        let misses: Vec<usize> = (0..file_offsets.len())
-            .filter(|&i| results[i].is_none())
-            .collect();
+        let misses: Vec<usize> = (0..reads.len()).filter(|&i| results[i].is_none()).collect();
         if !misses.is_empty() {
             // Two pages hold any command that starts in the first one and is shorter than a
             // page (every command a client can send); longer ones are read one by one.
-            let mut reads: Vec<(u64, AlignedBuf)> = misses
+            let mut buffers: Vec<(u64, AlignedBuf)> = misses
                 .iter()
                 .map(|&i| {
                     (
-                        file_offsets[i] / PAGE_SIZE as u64 * PAGE_SIZE as u64,
+                        reads[i].0 / PAGE_SIZE as u64 * PAGE_SIZE as u64,
                         AlignedBuf::new(2 * PAGE_SIZE),
                     )
                 })
                 .collect();
-            let outcomes = self.file.read_batch(&mut reads);
-            for ((&i, (page_start, buf)), outcome) in misses.iter().zip(&reads).zip(outcomes) {
-                let offset = file_offsets[i];
+            let outcomes = self.file.read_batch(&mut buffers);
+            for ((&i, (page_start, buf)), outcome) in misses.iter().zip(&buffers).zip(outcomes) {
+                let (offset, key) = reads[i];
                 let within = (offset - page_start) as usize;
                 results[i] = Some(match outcome {
                     Err(e) => Err(LogError::Io(e)),
                     Ok(n) => match command::decode_at(&buf[..n], within) {
-                        Ok(cmd) => Ok(cmd.value.to_vec()),
-                        Err(_) => read_value(self.file.as_mut(), &self.cache, offset),
+                        Ok(cmd) => value_for_key(&cmd, key).map_err(|e| corrupt_at(offset, e)),
+                        Err(_) => read_value(self.file.as_mut(), &self.cache, offset, key),
                     },
                 });
             }
@@ -815,18 +815,50 @@ fn corrupt_at(offset: u64, e: DecodeError) -> LogError {
     }
 }
 
-/// The value of the command at `file_offset`: from the cache, or read from the file with
-/// O_DIRECT, one page first and then as many more as the command's lengths say it spans.
+/// What the command at an offset the map handed out holds for the key looked up.
+///
+/// The map tells keys apart by their 128-bit hash alone, but the SET command it points at
+/// carries the whole key: a read compares it, so a different key with the same hash is a
+/// miss rather than that key's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueRead {
+    /// The command is a SET of the key looked up: its value.
+    Value(Vec<u8>),
+    /// The command is a SET of another key with the same hash (a hash collision): the key
+    /// looked up has no value.
+    OtherKey,
+}
+
+/// The value `cmd` holds for `key`. The map points only at SET commands, so any other op
+/// is corruption.
+fn value_for_key(cmd: &CommandRef<'_>, key: &[u8]) -> Result<ValueRead, DecodeError> {
+    if cmd.op != command::Op::Set {
+        return Err(DecodeError {
+            offset: cmd.offset,
+            reason: "the map points at a command that is not a SET",
+        });
+    }
+    Ok(if cmd.key == key {
+        ValueRead::Value(cmd.value.to_vec())
+    } else {
+        ValueRead::OtherKey
+    })
+}
+
+/// The value for `key` of the command at `file_offset`: from the cache, or read from the
+/// file with O_DIRECT, one page first and then as many more as the command's lengths say
+/// it spans.
 fn read_value(
     file: &mut dyn BlockFile,
     cache: &Mutex<EntryCache>,
     file_offset: u64,
-) -> Result<Vec<u8>, LogError> {
+    key: &[u8],
+) -> Result<ValueRead, LogError> {
     let corrupt = |e: DecodeError| LogError::Corrupt {
         offset: file_offset,
         reason: e.to_string(),
     };
-    if let Some(found) = cache.lock().unwrap().value_at(file_offset) {
+    if let Some(found) = cache.lock().unwrap().value_at(file_offset, key) {
         return found.map_err(corrupt);
     }
     let page_start = file_offset / PAGE_SIZE as u64 * PAGE_SIZE as u64;
@@ -836,7 +868,7 @@ fn read_value(
         let mut buf = AlignedBuf::new(len);
         read_exact_at(file, &mut buf, page_start)?;
         match command::decode_at(&buf, within) {
-            Ok(cmd) => return Ok(cmd.value.to_vec()),
+            Ok(cmd) => return value_for_key(&cmd, key).map_err(corrupt),
             Err(e) => {
                 // A truncation error means the command continues past what was read:
                 // read again with the size its lengths give (at most twice: once for a

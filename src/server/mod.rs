@@ -106,6 +106,8 @@ pub struct Stats {
     pub rtt_dev_us: AtomicU64,
     pub requests: AtomicU64,
     pub gets: AtomicU64,
+    /// GETs whose key hash the map held for another key (answered NotFound).
+    pub hash_collisions: AtomicU64,
     pub dropped: AtomicU64,
     pub rejected: AtomicU64,
     pub busy: AtomicU64,
@@ -182,7 +184,8 @@ impl Shared {
              elections_seen={}\nelection_timeout_ms={}\nrtt_estimate_us={}\nrtt_deviation_us={}\n\
              read_mode={:?}\nkeys={}\nmap_pages={}\n\
              entries_written={}\ncommands_applied={}\nlast_entry_commands={}\nrequests={}\ngets={}\n\
-             rejected={}\ndropped={}\nbusy={}\nwrite_errors={}\ncheckpoints={}\nlast_checkpoint_us={}\n\
+             hash_collisions={}\nrejected={}\ndropped={}\nbusy={}\nwrite_errors={}\n\
+             checkpoints={}\nlast_checkpoint_us={}\n\
              batch_window_ms={}\nshards={}\nuptime_s={}\n",
             self.node_index,
             get(&s.term),
@@ -202,6 +205,7 @@ impl Shared {
             get(&s.last_entry_commands),
             get(&s.requests),
             get(&s.gets),
+            get(&s.hash_collisions),
             get(&s.rejected),
             get(&s.dropped),
             get(&s.busy),

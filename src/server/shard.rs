@@ -15,7 +15,7 @@ use super::replication::ReadMode;
 use super::udp::{Datagram, Receiver, Sender};
 use super::window::{ReplyTo, Window};
 use crate::command;
-use crate::log::LogReader;
+use crate::log::{LogReader, ValueRead};
 use crate::protocol::{
     self, Addressing, COOKIE_SECRET_LEN, Op, ParseError, Request, Response, Status,
 };
@@ -50,6 +50,9 @@ pub const WAITING_READS_MAX: usize = 1 << 16;
 /// A GET whose value must be read from the log.
 pub struct LogRead {
     offset: u64,
+    /// The key asked for: the SET command at `offset` must be of this key, not of another
+    /// one with the same hash.
+    key: Vec<u8>,
     from: SocketAddr,
     request_len: usize,
     to: Addressing,
@@ -373,6 +376,7 @@ impl Shard {
                 // Answered after the receive batch, with the batch's other log reads.
                 self.log_reads.push(LogRead {
                     offset,
+                    key: key.as_bytes().to_vec(),
                     from,
                     request_len,
                     to,
@@ -396,11 +400,17 @@ impl Shard {
             return;
         }
         let reads = std::mem::take(&mut self.log_reads);
-        let offsets: Vec<u64> = reads.iter().map(|r| r.offset).collect();
-        let values = self.log_reader.read_values_at(&offsets);
+        let wanted: Vec<(u64, &[u8])> = reads.iter().map(|r| (r.offset, &r.key[..])).collect();
+        let values = self.log_reader.read_values_at(&wanted);
         for (r, value) in reads.iter().zip(values) {
             let resp = match &value {
-                Ok(v) => Response::reply(&r.to, Status::Ok, r.cookie, v),
+                Ok(ValueRead::Value(v)) => Response::reply(&r.to, Status::Ok, r.cookie, v),
+                // The map held this key's hash for another key: this one is absent.
+                Ok(ValueRead::OtherKey) => {
+                    let stats = &self.shared.stats;
+                    stats.hash_collisions.fetch_add(1, Ordering::Relaxed);
+                    Response::reply(&r.to, Status::NotFound, r.cookie, b"")
+                }
                 Err(e) => {
                     eprintln!("ocean-liner: reading a value from the log failed: {e}");
                     Response::reply(&r.to, Status::Failed, r.cookie, b"log read failed")
