@@ -15,7 +15,7 @@
 
 use hdrhistogram::Histogram;
 use ocean_liner::io::uring::UringBackend;
-use ocean_liner::store::{Map, key_hash};
+use ocean_liner::store::Map;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
@@ -77,7 +77,7 @@ fn main() {
     let mut pages = map.page_count();
     let started = Instant::now();
     for i in 0..keys {
-        let hash = key_hash(format!("key:{i:012}").as_bytes());
+        let hash = map.key_hash(format!("key:{i:012}").as_bytes());
         let t = Instant::now();
         map.set(hash, i * OFFSET_STRIDE, &value);
         let took = t.elapsed();

@@ -14,7 +14,7 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ocean_liner::io::uring::UringBackend;
-use ocean_liner::store::{Lookup, Map, key_hash};
+use ocean_liner::store::{Lookup, Map};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::hint::black_box;
@@ -62,7 +62,7 @@ fn fixture(value_len: usize, rng: &mut StdRng) -> Fixture {
         .expect("temp dir under /var/tmp");
     let (map, _) = Map::open(&UringBackend, dir.path()).expect("open map");
     let value = vec![0x5Au8; value_len];
-    let hashes: Vec<u128> = (0..KEYS).map(|i| key_hash(&key(i))).collect();
+    let hashes: Vec<u128> = (0..KEYS).map(|i| map.key_hash(&key(i))).collect();
     let started = Instant::now();
     for (i, &h) in hashes.iter().enumerate() {
         map.set(h, i as u64 * OFFSET_STRIDE, &value);
@@ -77,7 +77,7 @@ fn fixture(value_len: usize, rng: &mut StdRng) -> Fixture {
         .collect();
     let hit_keys: Vec<[u8; 16]> = picks.iter().map(|&i| key(i)).collect();
     let misses: Vec<u128> = (0..SEQUENCE as u64)
-        .map(|_| key_hash(&missing_key(rng.gen_range(0..1_000_000_000_000u64))))
+        .map(|_| map.key_hash(&missing_key(rng.gen_range(0..1_000_000_000_000u64))))
         .collect();
 
     let inline = hits[..100_000]
@@ -134,7 +134,7 @@ fn bench_map(c: &mut Criterion) {
             b.iter(|| {
                 let k = &f.hit_keys[i & mask];
                 i += 1;
-                black_box(f.map.get(key_hash(black_box(k))))
+                black_box(f.map.get(f.map.key_hash(black_box(k))))
             })
         });
 

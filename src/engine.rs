@@ -13,7 +13,7 @@ use crate::io::Backend;
 use crate::log::{
     Log, LogError, LogIndex, LogOptions, LogReader, NewEntry, RecoveryReport, Term, ValueRead,
 };
-use crate::store::{CheckpointJob, Lookup, Map, key_hash};
+use crate::store::{CheckpointJob, Lookup, Map};
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -251,7 +251,7 @@ impl Engine {
                     },
                 );
             }
-            let hash = key_hash(cmd.key);
+            let hash = self.map.key_hash(cmd.key);
             let outcome = match cmd.op {
                 Op::Set => {
                     self.map
@@ -300,7 +300,7 @@ impl Engine {
     /// sits in its SET command with the whole key, and one of another key (a hash
     /// collision) is a miss, counted in [`Engine::hash_collisions`].
     pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
-        match self.map.get(key_hash(key)) {
+        match self.map.get(self.map.key_hash(key)) {
             Lookup::Missing => Ok(None),
             Lookup::Inline(value) => Ok(Some(value)),
             Lookup::InLog(offset) => match self.log.read_value_at(offset, key)? {
@@ -415,7 +415,7 @@ mod tests {
 
     /// The log offset the map holds for `key`.
     fn log_offset(engine: &Engine, key: &[u8]) -> u64 {
-        match engine.map().get(key_hash(key)) {
+        match engine.map().get(engine.map().key_hash(key)) {
             Lookup::InLog(offset) => offset,
             other => panic!("{:?} is not in the log: {other:?}", key),
         }
@@ -433,7 +433,9 @@ mod tests {
             command::encode(&mut cmds, Op::Set, 0, 0, b"other", &theirs);
             engine.commit_local(1, 1, &cmds).unwrap();
             let offset = log_offset(&engine, b"other");
-            engine.map().set(key_hash(b"victim"), offset, &[b'v'; 100]);
+            engine
+                .map()
+                .set(engine.map().key_hash(b"victim"), offset, &[b'v'; 100]);
             assert_eq!(
                 engine.get(b"victim").unwrap(),
                 None,
@@ -462,7 +464,9 @@ mod tests {
                 .find(|c| c.op == Op::Delete)
                 .map(|c| entry.command_file_offset(c.offset))
                 .unwrap();
-            engine.map().set(key_hash(b"gone"), delete_at, &[b'g'; 100]);
+            engine
+                .map()
+                .set(engine.map().key_hash(b"gone"), delete_at, &[b'g'; 100]);
             match engine.get(b"gone") {
                 Err(EngineError::Log(LogError::Corrupt { offset, .. })) => {
                     assert_eq!(offset, delete_at, "cache_bytes {cache_bytes}")

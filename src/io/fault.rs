@@ -83,6 +83,8 @@ struct Disk {
     faults: HashMap<u64, Fault>,
     fail_from: Option<(u64, i32)>,
     crashed: bool,
+    /// State of the deterministic stream behind `fill_random`.
+    random_state: u64,
 }
 
 /// A shareable handle to one simulated disk.
@@ -94,7 +96,14 @@ pub struct FaultBackend {
 impl FaultBackend {
     /// An empty disk with no faults armed.
     pub fn new() -> FaultBackend {
-        FaultBackend::default()
+        FaultBackend::with_seed(0)
+    }
+
+    /// An empty disk whose `fill_random` stream starts from `seed`.
+    pub fn with_seed(seed: u64) -> FaultBackend {
+        let backend = FaultBackend::default();
+        backend.disk.lock().unwrap().random_state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        backend
     }
 
     /// Arms `fault` at IO point `point`.
@@ -284,6 +293,15 @@ impl Backend for FaultBackend {
         }
         for dir in path.ancestors().filter(|p| p.file_name().is_some()) {
             disk.dirs.insert(dir.to_path_buf());
+        }
+        Ok(())
+    }
+
+    fn fill_random(&self, buf: &mut [u8]) -> io::Result<()> {
+        let mut disk = self.disk.lock().unwrap();
+        for chunk in buf.chunks_mut(8) {
+            let word = xorshift(&mut disk.random_state).to_le_bytes();
+            chunk.copy_from_slice(&word[..chunk.len()]);
         }
         Ok(())
     }

@@ -45,6 +45,9 @@ pub trait Backend: Send + Sync {
     fn create_dir_all(&self, path: &Path) -> io::Result<()>;
     /// Makes the entries of directory `dir` durable (fsync of the directory).
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Fills `buf` with random bytes that nobody outside can predict (the map's hash
+    /// secret). Part of the seam so that simulated disks stay deterministic.
+    fn fill_random(&self, buf: &mut [u8]) -> io::Result<()>;
 }
 
 /// The directory holding `path` (`.` for a bare relative name).

@@ -19,7 +19,7 @@ use crate::log::{LogReader, ValueRead};
 use crate::protocol::{
     self, Addressing, COOKIE_SECRET_LEN, Op, ParseError, Request, Response, Status,
 };
-use crate::store::{Lookup, key_hash};
+use crate::store::Lookup;
 use crossbeam_channel::{Receiver as ChannelReceiver, Sender as ChannelSender};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -369,7 +369,8 @@ impl Shard {
     ) {
         let to = *to;
         self.shared.stats.gets.fetch_add(1, Ordering::Relaxed);
-        let value = match self.shared.map.get(key_hash(key.as_bytes())) {
+        let map = &self.shared.map;
+        let value = match map.get(map.key_hash(key.as_bytes())) {
             Lookup::Missing => None,
             Lookup::Inline(v) => Some(v),
             Lookup::InLog(offset) => {

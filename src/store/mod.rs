@@ -1,8 +1,13 @@
 //! The hashmap that indexes the log: 4096-byte bucket pages, grown online by extendible
 //! hashing, checkpointed to disk through a double-write journal.
 //!
-//! Keys are identified by their 128-bit xxh3 hash alone (the design accepts the
-//! collision odds). Each key maps to the log-file offset of its latest SET command, and
+//! Keys are identified by their 128-bit hash alone (the design accepts the collision
+//! odds): xxh3-128 keyed with a secret of [`KEY_SECRET_SIZE`] random bytes drawn when the
+//! map is created and stored in its metadata page. Without the secret nobody can choose
+//! keys that share hash bits, so a client cannot flood one page, grow the directory
+//! without bound, or make every replica that replays its writes fail the same way. Each
+//! replica draws its own secret: the hash decides only where a key sits in this node's
+//! pages, never anything replicated. Each key maps to the log-file offset of its latest SET command, and
 //! values of at most 63 bytes are copied into one of the page's 15 inline slots so a GET
 //! needs no log read.
 //!
@@ -12,7 +17,7 @@
 //!
 //! ```text
 //! metadata page
-//!    0   8  magic                  b"OLMAP\0\0\x01"
+//!    0   8  magic                  b"OLMAP\0\0\x02"
 //!    8   8  last_committed_index   log index the pages reflect
 //!   16   8  last_committed_term
 //!   24   8  slot_count             bucket pages × 128
@@ -20,9 +25,14 @@
 //!   40   8  page_count             bucket pages
 //!   48   8  global_depth           directory bits
 //!   56   8  checkpoint_sequence
-//!   64 4016 bloom filter           32128 bits, 3 probes per key
+//!   64 192  key secret             the xxh3 secret every key hash is keyed with
+//!  256 3824 bloom filter           30592 bits, 3 probes per key
 //! 4080  16  xxh3-128 of bytes 0..4080
 //! ```
+//!
+//! A new map's secret reaches the disk with its first checkpoint, in the same journaled
+//! write as the first pages hashed with it; until then the map is rebuilt from the log
+//! (under a fresh secret) after a crash.
 //!
 //! `ckpt.0` / `ckpt.1`: alternating double-write journals (see [`checkpoint`]).
 //!
@@ -33,6 +43,14 @@
 //! hash bit (doubling the directory first if the page was already at the global depth).
 //! No operation ever moves more than one page's entries. The directory is rebuilt on load
 //! from each page's local depth and prefix, so it is never written to disk.
+//!
+//! The directory is bounded: it doubles only while it stays within
+//! [`DIRECTORY_PAGES_RATIO_MAX`] entries per page (or [`DIRECTORY_LEN_FLOOR`] entries).
+//! A full page that cannot split within that bound — keys that share more low hash bits
+//! than the budget allows, which random keys under a secret hash practically never do —
+//! gets an overflow page chained behind it instead. A chained bucket is never split
+//! again; lookups walk its chain. Chains are checked on load (every link in range, every
+//! overflow page on exactly one chain).
 //!
 //! # Concurrency
 //!
@@ -48,29 +66,63 @@ pub mod page;
 use crate::io::{AlignedBuf, Backend, BlockFile, PAGE_SIZE, read_exact_at};
 use crate::log::{LogIndex, Term};
 use bloom::Bloom;
-use page::{INLINE_VALUE_SIZE_MAX, NOT_INLINE, PagePtr, PageView, SLOT_COUNT};
+use page::{INLINE_VALUE_SIZE_MAX, NOT_INLINE, PageFull, PagePtr, PageView, SLOT_COUNT};
 use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
-use xxhash_rust::xxh3::xxh3_128;
+use xxhash_rust::xxh3::{xxh3_128, xxh3_128_with_secret};
 
-/// The key hash the map is indexed by.
-pub fn key_hash(key: &[u8]) -> u128 {
-    xxh3_128(key)
+/// Bytes of the secret the key hash is keyed with (xxh3's own secret size).
+pub const KEY_SECRET_SIZE: usize = 192;
+/// The shortest secret xxh3 accepts.
+const XXH3_SECRET_SIZE_MIN: usize = 136;
+const _: () = assert!(KEY_SECRET_SIZE >= XXH3_SECRET_SIZE_MIN);
+
+/// The key hash the map is indexed by: xxh3-128 keyed with the map's secret.
+#[derive(Clone)]
+pub struct KeyHasher {
+    secret: Box<[u8; KEY_SECRET_SIZE]>,
+}
+
+impl KeyHasher {
+    /// A hasher keyed with `secret` (random bytes: see [`Backend::fill_random`]).
+    pub fn new(secret: [u8; KEY_SECRET_SIZE]) -> KeyHasher {
+        KeyHasher {
+            secret: Box::new(secret),
+        }
+    }
+
+    /// The 128-bit hash of `key`.
+    pub fn hash(&self, key: &[u8]) -> u128 {
+        xxh3_128_with_secret(key, &self.secret[..])
+    }
+}
+
+impl std::fmt::Debug for KeyHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyHasher(secret)")
+    }
 }
 
 /// Bucket pages per arena chunk (1 MiB chunks).
 const PAGES_PER_CHUNK: usize = 256;
 /// The directory never grows beyond this many bits.
 pub const GLOBAL_DEPTH_MAX: u8 = 40;
+/// The directory may always grow to this many entries (4 MiB of page numbers)...
+pub const DIRECTORY_LEN_FLOOR: usize = 1 << 20;
+/// ...and beyond that only while it has at most this many entries per page. Random keys
+/// keep it near one entry per page.
+pub const DIRECTORY_PAGES_RATIO_MAX: usize = 8;
 
-pub const META_MAGIC: [u8; 8] = *b"OLMAP\0\0\x01";
-const META_BLOOM_OFFSET: usize = 64;
+pub const META_MAGIC: [u8; 8] = *b"OLMAP\0\0\x02";
+const META_SECRET_OFFSET: usize = 64;
+const META_BLOOM_OFFSET: usize = META_SECRET_OFFSET + KEY_SECRET_SIZE;
 const META_HASH_OFFSET: usize = PAGE_SIZE - 16;
 pub const BLOOM_BYTES: usize = META_HASH_OFFSET - META_BLOOM_OFFSET;
 const _: () = assert!(BLOOM_BYTES.is_multiple_of(8));
+const _: () = assert!(META_BLOOM_OFFSET == 256);
 
 /// Where a key's value is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,6 +214,7 @@ struct WriterState {
 /// The on-disk hashmap, fully resident in memory.
 pub struct Map {
     layout: RwLock<Layout>,
+    hasher: KeyHasher,
     bloom: Bloom,
     entry_count: AtomicU64,
     writer: Mutex<WriterState>,
@@ -191,11 +244,14 @@ impl Map {
             report.sessions = journal.sessions.clone();
             report.journal_replayed = true;
         }
-        let (meta, bloom, arena) = if file.len()? >= PAGE_SIZE as u64 {
+        let (meta, hasher, bloom, arena) = if file.len()? >= PAGE_SIZE as u64 {
             load_pages(file.as_mut())?
         } else {
+            let mut secret = [0u8; KEY_SECRET_SIZE];
+            backend.fill_random(&mut secret)?;
             (
                 MapMeta::default(),
+                KeyHasher::new(secret),
                 Bloom::new(),
                 Arena {
                     chunks: Vec::new(),
@@ -209,6 +265,7 @@ impl Map {
                 directory: Vec::new(),
                 global_depth: meta.global_depth,
             }),
+            hasher,
             bloom,
             entry_count: AtomicU64::new(meta.entry_count),
             writer: Mutex::new(WriterState {
@@ -239,9 +296,13 @@ impl Map {
         }
         let depth = layout.global_depth;
         let mut directory = vec![u32::MAX; 1usize << depth];
+        check_chains(&layout.arena)?;
         for p in 0..layout.arena.page_count as u32 {
             let page = layout.arena.page(p);
             let guard = page.read();
+            if guard.is_overflow() {
+                continue;
+            }
             let (d, prefix) = (guard.local_depth(), guard.prefix());
             if d > depth || prefix >= (1u64 << d) {
                 return Err(io::Error::other(format!(
@@ -268,16 +329,27 @@ impl Map {
         &self.dir
     }
 
+    /// The hash of `key` under this map's secret.
+    pub fn key_hash(&self, key: &[u8]) -> u128 {
+        self.hasher.hash(key)
+    }
+
     /// Looks a key up by its hash.
     pub fn get(&self, hash: u128) -> Lookup {
         if !self.bloom.may_contain(hash) {
             return Lookup::Missing;
         }
         let layout = self.layout.read().unwrap();
-        let page = layout.page_for(hash);
-        let guard = page.read();
-        let Some(slot) = guard.find(hash) else {
-            return Lookup::Missing;
+        let mut guard = layout.page_for(hash).read();
+        let slot = loop {
+            if let Some(slot) = guard.find(hash) {
+                break slot;
+            }
+            let Some(next) = guard.next_page() else {
+                return Lookup::Missing;
+            };
+            // Chains only ever grow, under the directory lock held shared here.
+            guard = layout.arena.page(next).read();
         };
         let word = guard.word(slot);
         let inline = (word & 0xFF) as u8;
@@ -297,9 +369,9 @@ impl Map {
         loop {
             {
                 let layout = self.layout.read().unwrap();
-                let page_no = layout.page_no_for(hash);
-                let mut guard = layout.arena.page(page_no).write();
-                if let Ok(added) = guard.upsert(hash, cmd_byte_offset, inline) {
+                if let Ok((page_no, added)) =
+                    upsert_in_bucket(&layout, hash, cmd_byte_offset, inline)
+                {
                     if added {
                         self.entry_count.fetch_add(1, Ordering::Relaxed);
                     }
@@ -308,7 +380,49 @@ impl Map {
                     return;
                 }
             }
-            self.split(&mut w, hash);
+            self.make_room(&mut w, hash);
+        }
+    }
+
+    /// Makes room in the full bucket of `hash`: splits its page when that keeps the
+    /// directory within its budget, chains an overflow page behind it otherwise.
+    fn make_room(&self, w: &mut WriterState, hash: u128) {
+        let layout = self.layout.read().unwrap();
+        let head = layout.page_for(hash).read();
+        let splittable = head.next_page().is_none()
+            && (head.local_depth() < layout.global_depth || directory_may_double(&layout));
+        drop(head);
+        drop(layout);
+        if splittable {
+            self.split(w, hash);
+        } else {
+            self.chain(w, hash);
+        }
+    }
+
+    /// Links a new overflow page right behind the bucket page of `hash`.
+    fn chain(&self, w: &mut WriterState, hash: u128) {
+        self.reserve_chunk(w);
+        let mut layout = self.layout.write().unwrap();
+        let head_no = layout.page_no_for(hash);
+        let new_no = layout.arena.push(&mut w.spare_chunk);
+        let head = layout.arena.page(head_no);
+        let mut head_guard = head.write();
+        let mut new_guard = layout.arena.page(new_no).write();
+        new_guard.init(head_guard.local_depth(), head_guard.prefix());
+        new_guard.set_overflow();
+        new_guard.set_next_page(head_guard.next_page());
+        head_guard.set_next_page(Some(new_no));
+        w.dirty.insert(head_no);
+        w.dirty.insert(new_no);
+        w.meta_dirty = true;
+    }
+
+    /// Allocates a zeroed chunk ahead of an arena growth: that takes a while, so it is
+    /// done before readers are locked out.
+    fn reserve_chunk(&self, w: &mut WriterState) {
+        if w.spare_chunk.is_none() && self.layout.read().unwrap().arena.is_full() {
+            w.spare_chunk = Some(AlignedBuf::new(PAGES_PER_CHUNK * PAGE_SIZE));
         }
     }
 
@@ -319,31 +433,32 @@ impl Map {
         }
         let mut w = self.writer.lock().unwrap();
         let layout = self.layout.read().unwrap();
-        let page_no = layout.page_no_for(hash);
-        let removed = layout.arena.page(page_no).write().remove(hash);
-        if removed {
-            self.entry_count.fetch_sub(1, Ordering::Relaxed);
-            w.dirty.insert(page_no);
-            w.meta_dirty = true;
+        let mut page_no = Some(layout.page_no_for(hash));
+        while let Some(p) = page_no {
+            let mut guard = layout.arena.page(p).write();
+            if guard.remove(hash) {
+                self.entry_count.fetch_sub(1, Ordering::Relaxed);
+                w.dirty.insert(p);
+                w.meta_dirty = true;
+                return true;
+            }
+            page_no = guard.next_page();
         }
-        removed
+        false
     }
 
-    /// Splits the full page that `hash` maps to.
+    /// Splits the full page that `hash` maps to (a page with no overflow chain, whose
+    /// split keeps the directory within its budget: see [`Map::make_room`]).
     fn split(&self, w: &mut WriterState, hash: u128) {
-        // Allocating and zeroing a 1 MiB chunk takes a while: do it before readers are
-        // locked out.
-        if w.spare_chunk.is_none() && self.layout.read().unwrap().arena.is_full() {
-            w.spare_chunk = Some(AlignedBuf::new(PAGES_PER_CHUNK * PAGE_SIZE));
-        }
+        self.reserve_chunk(w);
         let mut layout = self.layout.write().unwrap();
         let old_no = layout.page_no_for(hash);
         let old = layout.arena.page(old_no);
         let depth = old.read().local_depth();
         if depth == layout.global_depth {
             assert!(
-                layout.global_depth < GLOBAL_DEPTH_MAX,
-                "directory depth limit reached"
+                directory_may_double(&layout),
+                "the caller checked the budget"
             );
             let copy = layout.directory.clone();
             layout.directory.extend_from_slice(&copy);
@@ -376,9 +491,14 @@ impl Map {
         self.entry_count.load(Ordering::Relaxed)
     }
 
-    /// Bucket pages.
+    /// Pages, bucket and overflow.
     pub fn page_count(&self) -> usize {
         self.layout.read().unwrap().arena.page_count
+    }
+
+    /// Entries of the directory (`2^global_depth`).
+    pub fn directory_len(&self) -> usize {
+        self.layout.read().unwrap().directory.len()
     }
 
     /// The persisted metadata as of the last checkpoint or load.
@@ -434,7 +554,7 @@ impl Map {
             })
             .collect();
         drop(layout);
-        let meta_page = encode_meta(&meta, &self.bloom);
+        let meta_page = encode_meta(&meta, &self.hasher, &self.bloom);
         let slot = (meta.checkpoint_sequence % 2) as usize;
         let journal_file = w.journals[slot]
             .take()
@@ -519,8 +639,107 @@ impl CheckpointJob {
     }
 }
 
+/// Whether the directory may double and stay within its budget.
+fn directory_may_double(layout: &Layout) -> bool {
+    let budget = DIRECTORY_LEN_FLOOR.max(DIRECTORY_PAGES_RATIO_MAX * layout.arena.page_count);
+    layout.global_depth < GLOBAL_DEPTH_MAX && layout.directory.len() * 2 <= budget
+}
+
+/// Inserts or replaces `hash` in its bucket: the bucket page and its overflow chain.
+/// Returns the page written and whether the key is new; `PageFull` when every page of
+/// the bucket is full and the key is new. Writer only.
+fn upsert_in_bucket(
+    layout: &Layout,
+    hash: u128,
+    cmd_byte_offset: u64,
+    inline: Option<&[u8]>,
+) -> Result<(u32, bool), PageFull> {
+    let head_no = layout.page_no_for(hash);
+    let mut head = layout.arena.page(head_no).write();
+    if head.next_page().is_none() || head.find(hash).is_some() {
+        return head
+            .upsert(hash, cmd_byte_offset, inline)
+            .map(|added| (head_no, added));
+    }
+    drop(head);
+    // A chained bucket: the key may sit in any page of the chain; replace it there, or
+    // take the first page with a free slot.
+    let mut chain = vec![head_no];
+    while let Some(next) = layout.arena.page(*chain.last().unwrap()).read().next_page() {
+        chain.push(next);
+    }
+    for &p in &chain[1..] {
+        let mut guard = layout.arena.page(p).write();
+        if guard.find(hash).is_some() {
+            return guard
+                .upsert(hash, cmd_byte_offset, inline)
+                .map(|added| (p, added));
+        }
+    }
+    for &p in &chain {
+        if let Ok(added) = layout
+            .arena
+            .page(p)
+            .write()
+            .upsert(hash, cmd_byte_offset, inline)
+        {
+            return Ok((p, added));
+        }
+    }
+    Err(PageFull)
+}
+
+/// Checks the overflow chains of loaded pages: every link points at an overflow page in
+/// range, and every overflow page is on exactly one chain that starts at a bucket page.
+fn check_chains(arena: &Arena) -> io::Result<()> {
+    let page_count = arena.page_count;
+    let corrupt = |p: u32, what: String| io::Error::other(format!("map page {p}: {what}"));
+    let mut linked = vec![false; page_count];
+    let mut overflow_count = 0usize;
+    for p in 0..page_count as u32 {
+        let guard = arena.page(p).read();
+        overflow_count += guard.is_overflow() as usize;
+        let Some(next) = guard.next_page() else {
+            continue;
+        };
+        if next as usize >= page_count {
+            return Err(corrupt(
+                p,
+                format!("overflow link to page {next} out of range"),
+            ));
+        }
+        if !arena.page(next).read().is_overflow() || linked[next as usize] {
+            return Err(corrupt(
+                p,
+                format!("overflow link to page {next} is not a free overflow page"),
+            ));
+        }
+        linked[next as usize] = true;
+    }
+    // Links are unique, so walking from the bucket pages reaches every overflow page
+    // exactly once unless some form a cycle of their own.
+    let mut reached = 0usize;
+    for p in 0..page_count as u32 {
+        let head = arena.page(p).read();
+        if head.is_overflow() {
+            continue;
+        }
+        let mut next = head.next_page();
+        while let Some(n) = next {
+            reached += 1;
+            next = arena.page(n).read().next_page();
+        }
+    }
+    if reached != overflow_count {
+        return Err(io::Error::other(format!(
+            "map has {overflow_count} overflow pages but its chains reach {reached}"
+        )));
+    }
+    Ok(())
+}
+
 /// Builds the metadata page.
-fn encode_meta(meta: &MapMeta, bloom: &Bloom) -> AlignedBuf {
+fn encode_meta(meta: &MapMeta, hasher: &KeyHasher, bloom: &Bloom) -> AlignedBuf {
     let mut page = AlignedBuf::new(PAGE_SIZE);
     page[..8].copy_from_slice(&META_MAGIC);
     let fields = [
@@ -535,6 +754,7 @@ fn encode_meta(meta: &MapMeta, bloom: &Bloom) -> AlignedBuf {
     for (i, v) in fields.iter().enumerate() {
         page[8 + i * 8..16 + i * 8].copy_from_slice(&v.to_le_bytes());
     }
+    page[META_SECRET_OFFSET..META_BLOOM_OFFSET].copy_from_slice(&hasher.secret[..]);
     bloom.store(&mut page[META_BLOOM_OFFSET..META_HASH_OFFSET]);
     let hash = xxh3_128(&page[..META_HASH_OFFSET]);
     page[META_HASH_OFFSET..].copy_from_slice(&hash.to_le_bytes());
@@ -542,37 +762,68 @@ fn encode_meta(meta: &MapMeta, bloom: &Bloom) -> AlignedBuf {
 }
 
 /// Decodes and verifies the metadata page.
-fn decode_meta(page: &[u8]) -> io::Result<(MapMeta, Bloom)> {
-    let hash = u128::from_le_bytes(page[META_HASH_OFFSET..PAGE_SIZE].try_into().unwrap());
-    if page[..8] != META_MAGIC || hash != xxh3_128(&page[..META_HASH_OFFSET]) {
+fn decode_meta(page: &[u8]) -> io::Result<(MapMeta, KeyHasher, Bloom)> {
+    let field = |at: usize, len: usize| page.get(at..at + len).unwrap_or_default();
+    if field(0, 8) == b"OLMAP\0\0\x01" {
+        return Err(io::Error::other(
+            "map.dat is format version 1 (unkeyed hashes), which this version does not read: \
+             move the data directory aside and let the node rebuild it (from its peers, or \
+             from the log of a single node)",
+        ));
+    }
+    let stored_hash = field(META_HASH_OFFSET, 16);
+    if field(0, 8) != META_MAGIC
+        || stored_hash != xxh3_128(field(0, META_HASH_OFFSET)).to_le_bytes()
+    {
         return Err(io::Error::other(
             "map.dat: metadata page failed verification",
         ));
     }
-    let u64_at = |i: usize| u64::from_le_bytes(page[8 + i * 8..16 + i * 8].try_into().unwrap());
+    let u64_at = |i: usize| {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(field(8 + i * 8, 8));
+        u64::from_le_bytes(word)
+    };
     let meta = MapMeta {
         last_committed_index: u64_at(0),
         last_committed_term: u64_at(1),
         entry_count: u64_at(3),
         page_count: u64_at(4),
-        global_depth: u64_at(5) as u8,
+        global_depth: u64_at(5).min(u8::MAX as u64) as u8,
         checkpoint_sequence: u64_at(6),
     };
-    if u64_at(2) != meta.page_count * SLOT_COUNT as u64 || meta.global_depth > GLOBAL_DEPTH_MAX {
+    let directory_budget =
+        DIRECTORY_LEN_FLOOR.max(DIRECTORY_PAGES_RATIO_MAX.saturating_mul(meta.page_count as usize));
+    if Some(u64_at(2)) != meta.page_count.checked_mul(SLOT_COUNT as u64)
+        || meta.global_depth > GLOBAL_DEPTH_MAX
+        || (1usize << meta.global_depth) > directory_budget
+        || meta.page_count > u32::MAX as u64
+    {
         return Err(io::Error::other(
             "map.dat: metadata fields are inconsistent",
         ));
     }
+    let mut secret = [0u8; KEY_SECRET_SIZE];
+    secret.copy_from_slice(field(META_SECRET_OFFSET, KEY_SECRET_SIZE));
     Ok((
         meta,
-        Bloom::load(&page[META_BLOOM_OFFSET..META_HASH_OFFSET]),
+        KeyHasher::new(secret),
+        Bloom::load(field(META_BLOOM_OFFSET, BLOOM_BYTES)),
     ))
 }
 
-fn load_pages(file: &mut dyn BlockFile) -> io::Result<(MapMeta, Bloom, Arena)> {
+fn load_pages(file: &mut dyn BlockFile) -> io::Result<(MapMeta, KeyHasher, Bloom, Arena)> {
     let mut meta_page = AlignedBuf::new(PAGE_SIZE);
     read_exact_at(file, &mut meta_page, 0)?;
-    let (meta, bloom) = decode_meta(&meta_page)?;
+    let (meta, hasher, bloom) = decode_meta(&meta_page)?;
+    let needed = (meta.page_count + 1) * PAGE_SIZE as u64;
+    let file_len = file.len()?;
+    if file_len < needed {
+        return Err(io::Error::other(format!(
+            "map.dat holds {file_len} bytes but its metadata names {} pages ({needed} bytes)",
+            meta.page_count
+        )));
+    }
     let mut arena = Arena {
         chunks: Vec::new(),
         page_count: 0,
@@ -592,5 +843,5 @@ fn load_pages(file: &mut dyn BlockFile) -> io::Result<(MapMeta, Bloom, Arena)> {
         }
     }
     arena.page_count = page_count;
-    Ok((meta, bloom, arena))
+    Ok((meta, hasher, bloom, arena))
 }

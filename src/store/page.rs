@@ -10,11 +10,11 @@
 //!               Meaningless on disk: zeroed when a page is written out or loaded.
 //!   4072     2  inline-slot bitmap (u16, bit s = inline slot s in use)
 //!   4074     1  local depth (extendible hashing)
-//!   4075     1  reserved
+//!   4075     1  kind: 0 = bucket page (in the directory), 1 = overflow page (in a chain)
 //!   4076     2  used slot count (u16)
 //!   4078     2  reserved
 //!   4080     8  hash prefix: the low `local depth` bits every key in this page shares
-//!   4088     8  reserved
+//!   4088     8  next page of this bucket's overflow chain, plus one (0 = none)
 //! ```
 //!
 //! A page is reached only through a raw pointer into the map's page arena. Readers hold
@@ -37,6 +37,8 @@ pub const INLINE_VALUE_SIZE_MAX: usize = INLINE_SLOT_SIZE - 1;
 pub const NOT_INLINE: u8 = 0xFF;
 /// The slot word of an empty slot.
 pub const EMPTY: u64 = u64::MAX;
+/// The kind byte of an overflow page (a bucket page has 0).
+pub const KIND_OVERFLOW: u8 = 1;
 
 pub const OFFSET_SLOT_WORDS: usize = 0;
 pub const OFFSET_KEY_HASHES: usize = OFFSET_SLOT_WORDS + SLOT_COUNT * 8;
@@ -45,14 +47,16 @@ pub const OFFSET_LOCK: usize = OFFSET_INLINE + INLINE_SLOT_COUNT * INLINE_SLOT_S
 pub const LOCK_SIZE: usize = 40;
 pub const OFFSET_BITMAP: usize = OFFSET_LOCK + LOCK_SIZE;
 pub const OFFSET_LOCAL_DEPTH: usize = OFFSET_BITMAP + 2;
-pub const OFFSET_USED: usize = OFFSET_LOCAL_DEPTH + 2;
+pub const OFFSET_KIND: usize = OFFSET_LOCAL_DEPTH + 1;
+pub const OFFSET_USED: usize = OFFSET_KIND + 1;
 pub const OFFSET_PREFIX: usize = OFFSET_USED + 4;
+pub const OFFSET_NEXT: usize = OFFSET_PREFIX + 8;
 
 const _: () = assert!(OFFSET_KEY_HASHES == 1024);
 const _: () = assert!(OFFSET_INLINE == 3072);
 const _: () = assert!(OFFSET_LOCK == 4032);
 const _: () = assert!(OFFSET_BITMAP == 4072);
-const _: () = assert!(OFFSET_PREFIX + 16 == PAGE_SIZE);
+const _: () = assert!(OFFSET_NEXT + 8 == PAGE_SIZE);
 const _: () = assert!(INLINE_SLOT_COUNT <= 16, "the bitmap is a u16");
 const _: () = assert!(
     OFFSET_LOCK.is_multiple_of(4),
@@ -176,6 +180,17 @@ pub trait PageView {
         u64::from_le_bytes(self.ptr().bytes(OFFSET_PREFIX, 8).try_into().unwrap())
     }
 
+    /// Whether this is an overflow page (reached through a chain, not the directory).
+    fn is_overflow(&self) -> bool {
+        self.ptr().bytes(OFFSET_KIND, 1)[0] == KIND_OVERFLOW
+    }
+
+    /// The next page of this bucket's overflow chain.
+    fn next_page(&self) -> Option<u32> {
+        let stored = u64::from_le_bytes(self.ptr().bytes(OFFSET_NEXT, 8).try_into().unwrap());
+        stored.checked_sub(1).map(|n| n as u32)
+    }
+
     /// The slot holding `key_hash`, if any.
     fn find(&self, key_hash: u128) -> Option<usize> {
         (0..SLOT_COUNT).find(|&s| self.word(s) != EMPTY && self.key_hash(s) == key_hash)
@@ -233,6 +248,19 @@ impl PageWrite {
         p.bytes_mut(OFFSET_BITMAP, PAGE_SIZE - OFFSET_BITMAP)
             .fill(0);
         self.set_depth_prefix(local_depth, prefix);
+    }
+
+    /// Marks this page as an overflow page.
+    pub fn set_overflow(&mut self) {
+        self.page.bytes_mut(OFFSET_KIND, 1)[0] = KIND_OVERFLOW;
+    }
+
+    /// Links the next page of this bucket's overflow chain.
+    pub fn set_next_page(&mut self, next: Option<u32>) {
+        let stored = next.map_or(0, |n| n as u64 + 1);
+        self.page
+            .bytes_mut(OFFSET_NEXT, 8)
+            .copy_from_slice(&stored.to_le_bytes());
     }
 
     pub fn set_depth_prefix(&mut self, local_depth: u8, prefix: u64) {
