@@ -62,14 +62,18 @@
 mod bloom;
 pub mod checkpoint;
 pub mod page;
+#[cfg(test)]
+mod tests;
 
 use crate::io::{AlignedBuf, Backend, BlockFile, PAGE_SIZE, read_exact_at};
 use crate::log::{LogIndex, Term};
 use bloom::Bloom;
 use page::{INLINE_VALUE_SIZE_MAX, NOT_INLINE, PageFull, PagePtr, PageView, SLOT_COUNT};
+use std::alloc::{alloc_zeroed, dealloc, handle_alloc_error};
 use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use xxhash_rust::xxh3::{xxh3_128, xxh3_128_with_secret};
@@ -146,9 +150,68 @@ pub struct MapMeta {
     pub checkpoint_sequence: u64,
 }
 
+/// Bytes of one arena chunk.
+const CHUNK_SIZE: usize = PAGES_PER_CHUNK * PAGE_SIZE;
+const CHUNK_LAYOUT: std::alloc::Layout =
+    match std::alloc::Layout::from_size_align(CHUNK_SIZE, PAGE_SIZE) {
+        Ok(layout) => layout,
+        Err(_) => panic!("chunk layout"),
+    };
+
+/// One arena allocation: `PAGES_PER_CHUNK` zeroed, page-aligned pages.
+///
+/// Readers and the writer touch different pages of one chunk at the same time, so once a
+/// chunk is in the arena its bytes are reached only through raw [`PagePtr`]s derived from
+/// the allocation itself; no Rust reference to the chunk's bytes exists while it is
+/// shared.
+struct Chunk {
+    base: NonNull<u8>,
+}
+
+// SAFETY: a chunk owns its allocation exclusively, like a `Box<[u8]>`.
+unsafe impl Send for Chunk {}
+// SAFETY: `&Chunk` hands out only raw page pointers, and every access through one is
+// guarded by that page's embedded lock.
+unsafe impl Sync for Chunk {}
+
+impl Chunk {
+    /// A zeroed chunk.
+    fn new() -> Chunk {
+        // SAFETY: the layout has non-zero size.
+        let base = unsafe { alloc_zeroed(CHUNK_LAYOUT) };
+        let base = NonNull::new(base).unwrap_or_else(|| handle_alloc_error(CHUNK_LAYOUT));
+        Chunk { base }
+    }
+
+    /// A chunk whose bytes `fill` writes first (pages read from disk at load).
+    fn new_with(fill: impl FnOnce(&mut [u8]) -> io::Result<()>) -> io::Result<Chunk> {
+        let chunk = Chunk::new();
+        // SAFETY: the chunk was just allocated and no page pointer into it exists yet, so
+        // this slice is the only access to its bytes; it cannot outlive `fill`.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(chunk.base.as_ptr(), CHUNK_SIZE) };
+        fill(bytes)?;
+        Ok(chunk)
+    }
+
+    /// Page `i` of the chunk.
+    fn page(&self, i: usize) -> PagePtr {
+        assert!(i < PAGES_PER_CHUNK, "page {i} of a chunk");
+        // SAFETY: `i * PAGE_SIZE` is inside the allocation (checked above); the pointer
+        // keeps the allocation's provenance, so it may be written through under the lock.
+        PagePtr(unsafe { self.base.as_ptr().add(i * PAGE_SIZE) })
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout; no page pointer outlives the map.
+        unsafe { dealloc(self.base.as_ptr(), CHUNK_LAYOUT) }
+    }
+}
+
 /// Pages in memory, in stable chunks (pointers never move when the arena grows).
 struct Arena {
-    chunks: Vec<AlignedBuf>,
+    chunks: Vec<Chunk>,
     page_count: usize,
 }
 
@@ -156,10 +219,7 @@ impl Arena {
     fn page(&self, page_no: u32) -> PagePtr {
         let i = page_no as usize;
         assert!(i < self.page_count, "page {i} out of range");
-        let chunk = &self.chunks[i / PAGES_PER_CHUNK];
-        // SAFETY: in bounds of a live chunk; mutation happens only through PagePtr under
-        // the page lock, never through a Rust reference to the chunk.
-        PagePtr(unsafe { (chunk.as_ptr() as *mut u8).add((i % PAGES_PER_CHUNK) * PAGE_SIZE) })
+        self.chunks[i / PAGES_PER_CHUNK].page(i % PAGES_PER_CHUNK)
     }
 
     fn is_full(&self) -> bool {
@@ -168,11 +228,9 @@ impl Arena {
 
     /// Adds a page, taking a new chunk from `spare` (allocated by the caller outside any
     /// lock readers wait on) when the last chunk is full.
-    fn push(&mut self, spare: &mut Option<AlignedBuf>) -> u32 {
+    fn push(&mut self, spare: &mut Option<Chunk>) -> u32 {
         if self.is_full() {
-            let chunk = spare
-                .take()
-                .unwrap_or_else(|| AlignedBuf::new(PAGES_PER_CHUNK * PAGE_SIZE));
+            let chunk = spare.take().unwrap_or_else(Chunk::new);
             self.chunks.push(chunk);
         }
         self.page_count += 1;
@@ -205,7 +263,7 @@ struct WriterState {
     meta_dirty: bool,
     meta: MapMeta,
     /// A zeroed chunk ready for the next arena growth.
-    spare_chunk: Option<AlignedBuf>,
+    spare_chunk: Option<Chunk>,
     /// The map file and the two journals; out on loan while a checkpoint job runs.
     file: Option<Box<dyn BlockFile>>,
     journals: [Option<Box<dyn BlockFile>>; 2],
@@ -422,7 +480,7 @@ impl Map {
     /// done before readers are locked out.
     fn reserve_chunk(&self, w: &mut WriterState) {
         if w.spare_chunk.is_none() && self.layout.read().unwrap().arena.is_full() {
-            w.spare_chunk = Some(AlignedBuf::new(PAGES_PER_CHUNK * PAGE_SIZE));
+            w.spare_chunk = Some(Chunk::new());
         }
     }
 
@@ -547,9 +605,7 @@ impl Map {
             .into_iter()
             .map(|p| {
                 let mut buf = AlignedBuf::new(PAGE_SIZE);
-                let ptr = layout.arena.page(p);
-                let _guard = ptr.read();
-                ptr.copy_to(&mut buf);
+                layout.arena.page(p).read().copy_to(&mut buf);
                 (p, buf)
             })
             .collect();
@@ -824,23 +880,29 @@ fn load_pages(file: &mut dyn BlockFile) -> io::Result<(MapMeta, KeyHasher, Bloom
             meta.page_count
         )));
     }
+    let page_count = meta.page_count as usize;
     let mut arena = Arena {
         chunks: Vec::new(),
         page_count: 0,
     };
-    let page_count = meta.page_count as usize;
+    // One chunk at a time, so a bad page count fails at the end of the file instead of
+    // allocating for pages that are not there.
     while arena.chunks.len() * PAGES_PER_CHUNK < page_count {
-        arena
-            .chunks
-            .push(AlignedBuf::new(PAGES_PER_CHUNK * PAGE_SIZE));
-    }
-    for (c, chunk) in arena.chunks.iter_mut().enumerate() {
+        let c = arena.chunks.len();
         let pages = (page_count - c * PAGES_PER_CHUNK).min(PAGES_PER_CHUNK);
         let offset = ((1 + c * PAGES_PER_CHUNK) * PAGE_SIZE) as u64;
-        read_exact_at(file, &mut chunk[..pages * PAGE_SIZE], offset)?;
-        for p in 0..pages {
-            PagePtr::reset_lock(&mut chunk[p * PAGE_SIZE..(p + 1) * PAGE_SIZE]);
-        }
+        // The map is not shared yet: the new chunk is filled through a plain slice.
+        let chunk = Chunk::new_with(|bytes| {
+            read_exact_at(file, &mut bytes[..pages * PAGE_SIZE], offset)?;
+            for (p, page) in bytes.chunks_exact_mut(PAGE_SIZE).take(pages).enumerate() {
+                PagePtr::reset_lock(page);
+                page::check_loaded(page).map_err(|e| {
+                    io::Error::other(format!("map.dat: page {}: {e}", c * PAGES_PER_CHUNK + p))
+                })?;
+            }
+            Ok(())
+        })?;
+        arena.chunks.push(chunk);
     }
     arena.page_count = page_count;
     Ok((meta, hasher, bloom, arena))

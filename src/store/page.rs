@@ -6,7 +6,7 @@
 //!               u64::MAX = empty; inline_slot 0..15 or NOT_INLINE (0xFF)
 //!   1024  2048  key hashes: 128 × 16 bytes (xxh3-128 of the key), same order (SoA)
 //!   3072   960  inline values: 15 × 64 bytes, 63 data bytes then 1 length byte
-//!   4032    40  page lock: an AtomicU32 reader/writer lock at 4032, rest zero.
+//!   4032    40  page lock: an AtomicU32 at 4032 (below), rest zero.
 //!               Meaningless on disk: zeroed when a page is written out or loaded.
 //!   4072     2  inline-slot bitmap (u16, bit s = inline slot s in use)
 //!   4074     1  local depth (extendible hashing)
@@ -17,10 +17,39 @@
 //!   4088     8  next page of this bucket's overflow chain, plus one (0 = none)
 //! ```
 //!
-//! A page is reached only through a raw pointer into the map's page arena. Readers hold
-//! the embedded lock shared and the single writer (the apply loop) holds it exclusive;
-//! the lock word itself is only ever touched atomically, and no Rust reference to the
-//! page ever spans it.
+//! # The page lock
+//!
+//! ```text
+//! bit  31     WRITER          the writer holds the page
+//! bit  30     WRITER_WAITING  the writer waits for the readers inside to leave
+//! bits 0–29   reader count    readers inside
+//! ```
+//!
+//! Readers (any number of shards) hold it shared and the single writer (the apply loop)
+//! exclusive. The writer must not be starved by a stream of readers on a hot page: it is
+//! the replication core, which also drives Raft ticks. So:
+//!
+//! - A reader enters by a compare-and-swap `count → count + 1` (Acquire), only from a word
+//!   with neither writer bit set; otherwise it waits. It leaves by subtracting 1 (Release).
+//! - The writer first sets WRITER_WAITING (`fetch_or`). From then on no new reader
+//!   enters, so the count only falls; the writer waits for exactly the readers already
+//!   inside, then swaps the word `WRITER_WAITING → WRITER` (Acquire).
+//! - The writer leaves by storing 0 (Release), which clears both bits and lets the
+//!   waiting readers in.
+//!
+//! The writer thus waits at most for the reads in progress when it arrived, each a scan
+//! of one page. Hence no thread may take one page shared twice at once: a writer arriving
+//! between the two would wait for the first while the second waits for it. Waiting threads `spin_loop` a few rounds, then `yield_now` (there are
+//! often more threads than cores, and the holder may be a thread that is not running).
+//!
+//! # Access
+//!
+//! A page is reached only through a raw pointer into the map's page arena, and its bytes
+//! only through a guard: [`PageRead`] or [`PageWrite`], which hold the lock. Reads copy
+//! bytes out, writes copy them in, both through raw pointers; the only reference to page
+//! bytes handed out is an inline value, which borrows the guard. While the map is shared
+//! the lock word is only ever touched atomically, and no Rust reference to page bytes
+//! spans it (pages loaded from disk are filled through a slice before that).
 
 use crate::io::PAGE_SIZE;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -59,11 +88,40 @@ const _: () = assert!(OFFSET_BITMAP == 4072);
 const _: () = assert!(OFFSET_NEXT + 8 == PAGE_SIZE);
 const _: () = assert!(INLINE_SLOT_COUNT <= 16, "the bitmap is a u16");
 const _: () = assert!(
+    EMPTY == u64::MAX,
+    "`init` empties slot words by filling 0xFF"
+);
+const _: () = assert!(
     OFFSET_LOCK.is_multiple_of(4),
     "the lock word is an aligned AtomicU32"
 );
 
+/// Lock word bit: the writer holds the page.
 const WRITER: u32 = 1 << 31;
+/// Lock word bit: the writer waits for the readers inside to leave; no new reader enters.
+const WRITER_WAITING: u32 = 1 << 30;
+/// The low bits of the lock word count the readers inside.
+const READER_COUNT_MAX: u32 = WRITER_WAITING - 1;
+/// `spin_loop` rounds a waiting thread makes before it starts yielding its core (there
+/// are often more threads than cores, and the holder may be one that is not running).
+const SPIN_COUNT_MAX: u32 = 64;
+
+/// Spins a while, then yields.
+#[derive(Default)]
+struct Backoff {
+    spin_count: u32,
+}
+
+impl Backoff {
+    fn snooze(&mut self) {
+        if self.spin_count < SPIN_COUNT_MAX {
+            self.spin_count += 1;
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}
 
 /// Packs a slot word.
 pub fn slot_word(cmd_byte_offset: u64, inline_slot: u8) -> u64 {
@@ -73,43 +131,58 @@ pub fn slot_word(cmd_byte_offset: u64, inline_slot: u8) -> u64 {
 
 /// A raw handle to a page in the arena.
 #[derive(Clone, Copy)]
-pub struct PagePtr(pub(crate) *mut u8);
+pub struct PagePtr(pub(super) *mut u8);
 
-// SAFETY: access to the page bytes is serialized by the embedded lock.
+// SAFETY: the page stays allocated as long as the map, and every access to its bytes goes
+// through a guard of the embedded lock.
 unsafe impl Send for PagePtr {}
 unsafe impl Sync for PagePtr {}
 
 impl PagePtr {
     fn lock_word<'a>(self) -> &'a AtomicU32 {
-        // SAFETY: the lock word is 4-byte aligned inside a live page and only ever
-        // accessed atomically.
+        // SAFETY: the lock word is 4-byte aligned inside a live page and, while the page
+        // is shared, only ever accessed atomically (no other reference spans it).
         unsafe { &*(self.0.add(OFFSET_LOCK) as *const AtomicU32) }
     }
 
-    /// Takes the page lock shared; spins while the writer holds it.
+    /// Takes the page lock shared. Waits while the writer holds the lock or waits for it.
     pub fn read(self) -> PageRead {
         let lock = self.lock_word();
+        let mut backoff = Backoff::default();
         loop {
             let cur = lock.load(Ordering::Relaxed);
-            if cur & WRITER == 0
-                && lock
+            if cur & (WRITER | WRITER_WAITING) == 0 {
+                assert!(cur < READER_COUNT_MAX, "page lock reader count overflow");
+                // Fails if the writer announced itself since the load: then wait for it.
+                if lock
                     .compare_exchange_weak(cur, cur + 1, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
-            {
-                return PageRead { page: self };
+                {
+                    return PageRead { page: self };
+                }
+                continue;
             }
-            std::hint::spin_loop();
+            backoff.snooze();
         }
     }
 
-    /// Takes the page lock exclusive. Only the single writer calls this.
+    /// Takes the page lock exclusive: announces the writer, so no new reader enters, then
+    /// waits for the readers already inside. Only the single writer calls this.
     pub fn write(self) -> PageWrite {
         let lock = self.lock_word();
-        while lock
-            .compare_exchange_weak(0, WRITER, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
+        let before = lock.fetch_or(WRITER_WAITING, Ordering::Relaxed);
+        assert!(
+            before & (WRITER | WRITER_WAITING) == 0,
+            "page lock taken exclusive twice: the map has a single writer"
+        );
+        let mut backoff = Backoff::default();
+        // Readers only leave now, so once the count reaches zero it stays there.
+        while !(lock.load(Ordering::Relaxed) == WRITER_WAITING
+            && lock
+                .compare_exchange_weak(WRITER_WAITING, WRITER, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok())
         {
-            std::hint::spin_loop();
+            backoff.snooze();
         }
         PageWrite { page: self }
     }
@@ -119,75 +192,103 @@ impl PagePtr {
         bytes[OFFSET_LOCK..OFFSET_LOCK + LOCK_SIZE].fill(0);
     }
 
-    fn bytes<'a>(self, at: usize, len: usize) -> &'a [u8] {
-        debug_assert!(at + len <= OFFSET_LOCK || at >= OFFSET_LOCK + LOCK_SIZE);
-        // SAFETY: in-bounds region outside the lock word, guarded by the page lock.
-        unsafe { std::slice::from_raw_parts(self.0.add(at), len) }
-    }
-
-    fn bytes_mut<'a>(self, at: usize, len: usize) -> &'a mut [u8] {
-        debug_assert!(at + len <= OFFSET_LOCK || at >= OFFSET_LOCK + LOCK_SIZE);
-        // SAFETY: as above, and the caller holds the lock exclusive.
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(at), len) }
-    }
-
-    /// Copies the page out (the caller holds at least a shared lock or is the writer).
-    pub fn copy_to(self, out: &mut [u8]) {
-        out[..OFFSET_LOCK].copy_from_slice(self.bytes(0, OFFSET_LOCK));
-        out[OFFSET_LOCK..OFFSET_LOCK + LOCK_SIZE].fill(0);
-        out[OFFSET_BITMAP..PAGE_SIZE]
-            .copy_from_slice(self.bytes(OFFSET_BITMAP, PAGE_SIZE - OFFSET_BITMAP));
+    /// The address of `len` page bytes at `at`, which must lie clear of the lock word.
+    fn field(self, at: usize, len: usize) -> *mut u8 {
+        assert!(
+            at + len <= OFFSET_LOCK || (at >= OFFSET_LOCK + LOCK_SIZE && at + len <= PAGE_SIZE),
+            "page field {at}+{len} overlaps the lock word or the page end"
+        );
+        // SAFETY: `at` is inside the page (checked above).
+        unsafe { self.0.add(at) }
     }
 }
 
-/// Read access to a page's fields.
-pub trait PageView {
+/// Checks a page read from disk, before the map is shared: every slot word names an
+/// inline slot that exists (or none), so no later access leaves the page.
+pub fn check_loaded(bytes: &[u8]) -> Result<(), String> {
+    let words = bytes
+        .get(OFFSET_SLOT_WORDS..OFFSET_KEY_HASHES)
+        .ok_or("short page")?;
+    for (slot, word) in words.chunks_exact(8).enumerate() {
+        let word = u64::from_le_bytes(word.try_into().map_err(|_| "short slot word")?);
+        let inline = (word & 0xFF) as u8;
+        if word != EMPTY && inline != NOT_INLINE && inline as usize >= INLINE_SLOT_COUNT {
+            return Err(format!("slot {slot} names inline slot {inline}"));
+        }
+    }
+    Ok(())
+}
+
+mod sealed {
+    /// Only the two guards are page views: holding one is what makes reading sound.
+    pub trait Guard {}
+}
+
+/// Read access to a page's fields, through a guard that holds the page lock.
+pub trait PageView: sealed::Guard {
     fn ptr(&self) -> PagePtr;
 
+    /// Copies `out.len()` bytes at `at` out of the page.
+    fn read_into(&self, at: usize, out: &mut [u8]) {
+        let src = self.ptr().field(at, out.len());
+        // SAFETY: the field is inside the page and clear of the lock word; the guard holds
+        // the page lock, so no other thread writes these bytes during the copy.
+        unsafe { std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) }
+    }
+
+    fn array<const N: usize>(&self, at: usize) -> [u8; N] {
+        let mut out = [0; N];
+        self.read_into(at, &mut out);
+        out
+    }
+
     fn word(&self, slot: usize) -> u64 {
-        let b = self.ptr().bytes(OFFSET_SLOT_WORDS + slot * 8, 8);
-        u64::from_le_bytes(b.try_into().unwrap())
+        u64::from_le_bytes(self.array(OFFSET_SLOT_WORDS + slot * 8))
     }
 
     fn key_hash(&self, slot: usize) -> u128 {
-        let b = self.ptr().bytes(OFFSET_KEY_HASHES + slot * 16, 16);
-        u128::from_le_bytes(b.try_into().unwrap())
+        u128::from_le_bytes(self.array(OFFSET_KEY_HASHES + slot * 16))
     }
 
     fn inline_value(&self, inline_slot: usize) -> &[u8] {
-        // The returned slice lives as long as the guard borrowed here.
-        let b = self.ptr().bytes(
-            OFFSET_INLINE + inline_slot * INLINE_SLOT_SIZE,
-            INLINE_SLOT_SIZE,
-        );
-        let len = (b[INLINE_VALUE_SIZE_MAX] as usize).min(INLINE_VALUE_SIZE_MAX);
-        &b[..len]
+        assert!(inline_slot < INLINE_SLOT_COUNT, "inline slot {inline_slot}");
+        let at = OFFSET_INLINE + inline_slot * INLINE_SLOT_SIZE;
+        let [len] = self.array(at + INLINE_VALUE_SIZE_MAX);
+        let len = (len as usize).min(INLINE_VALUE_SIZE_MAX);
+        let src = self.ptr().field(at, len);
+        // SAFETY: the bytes lie in one inline slot, clear of the lock word. The slice
+        // borrows the guard, which holds the page lock all that time: a shared guard keeps
+        // the writer out, and an exclusive one writes only through `&mut self`, which the
+        // borrow excludes.
+        unsafe { std::slice::from_raw_parts(src, len) }
     }
 
     fn bitmap(&self) -> u16 {
-        u16::from_le_bytes(self.ptr().bytes(OFFSET_BITMAP, 2).try_into().unwrap())
+        u16::from_le_bytes(self.array(OFFSET_BITMAP))
     }
 
     fn local_depth(&self) -> u8 {
-        self.ptr().bytes(OFFSET_LOCAL_DEPTH, 1)[0]
+        let [depth] = self.array(OFFSET_LOCAL_DEPTH);
+        depth
     }
 
     fn used(&self) -> usize {
-        u16::from_le_bytes(self.ptr().bytes(OFFSET_USED, 2).try_into().unwrap()) as usize
+        u16::from_le_bytes(self.array(OFFSET_USED)) as usize
     }
 
     fn prefix(&self) -> u64 {
-        u64::from_le_bytes(self.ptr().bytes(OFFSET_PREFIX, 8).try_into().unwrap())
+        u64::from_le_bytes(self.array(OFFSET_PREFIX))
     }
 
     /// Whether this is an overflow page (reached through a chain, not the directory).
     fn is_overflow(&self) -> bool {
-        self.ptr().bytes(OFFSET_KIND, 1)[0] == KIND_OVERFLOW
+        let [kind] = self.array(OFFSET_KIND);
+        kind == KIND_OVERFLOW
     }
 
     /// The next page of this bucket's overflow chain.
     fn next_page(&self) -> Option<u32> {
-        let stored = u64::from_le_bytes(self.ptr().bytes(OFFSET_NEXT, 8).try_into().unwrap());
+        let stored = u64::from_le_bytes(self.array(OFFSET_NEXT));
         stored.checked_sub(1).map(|n| n as u32)
     }
 
@@ -195,12 +296,22 @@ pub trait PageView {
     fn find(&self, key_hash: u128) -> Option<usize> {
         (0..SLOT_COUNT).find(|&s| self.word(s) != EMPTY && self.key_hash(s) == key_hash)
     }
+
+    /// Copies the whole page out, the lock word as zeros.
+    fn copy_to(&self, out: &mut [u8]) {
+        let out = &mut out[..PAGE_SIZE];
+        self.read_into(0, &mut out[..OFFSET_LOCK]);
+        PagePtr::reset_lock(out);
+        self.read_into(OFFSET_BITMAP, &mut out[OFFSET_BITMAP..]);
+    }
 }
 
 /// A page held shared.
 pub struct PageRead {
     page: PagePtr,
 }
+
+impl sealed::Guard for PageRead {}
 
 impl PageView for PageRead {
     fn ptr(&self) -> PagePtr {
@@ -223,6 +334,8 @@ pub struct PageWrite {
     page: PagePtr,
 }
 
+impl sealed::Guard for PageWrite {}
+
 impl PageView for PageWrite {
     fn ptr(&self) -> PagePtr {
         self.page
@@ -231,67 +344,70 @@ impl PageView for PageWrite {
 
 impl Drop for PageWrite {
     fn drop(&mut self) {
+        // No reader enters while WRITER is set, so nothing else changed the word.
         self.page.lock_word().store(0, Ordering::Release);
     }
 }
 
 impl PageWrite {
+    /// Copies `src` into the page at `at`.
+    fn store(&mut self, at: usize, src: &[u8]) {
+        let dst = self.page.field(at, src.len());
+        // SAFETY: the field is inside the page and clear of the lock word; this guard
+        // holds the page lock exclusive, so no other thread touches these bytes, and
+        // `&mut self` means no slice from `inline_value` is alive.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) }
+    }
+
+    /// Sets `len` page bytes at `at` to `byte`.
+    fn fill(&mut self, at: usize, len: usize, byte: u8) {
+        let dst = self.page.field(at, len);
+        // SAFETY: as in `store`.
+        unsafe { std::ptr::write_bytes(dst, byte, len) }
+    }
+
     /// Formats an empty page with the given depth and prefix.
     pub fn init(&mut self, local_depth: u8, prefix: u64) {
-        let p = self.page;
-        for s in 0..SLOT_COUNT {
-            p.bytes_mut(OFFSET_SLOT_WORDS + s * 8, 8)
-                .copy_from_slice(&EMPTY.to_le_bytes());
-        }
-        p.bytes_mut(OFFSET_KEY_HASHES, OFFSET_LOCK - OFFSET_KEY_HASHES)
-            .fill(0);
-        p.bytes_mut(OFFSET_BITMAP, PAGE_SIZE - OFFSET_BITMAP)
-            .fill(0);
+        self.fill(
+            OFFSET_SLOT_WORDS,
+            OFFSET_KEY_HASHES - OFFSET_SLOT_WORDS,
+            0xFF,
+        );
+        self.fill(OFFSET_KEY_HASHES, OFFSET_LOCK - OFFSET_KEY_HASHES, 0);
+        self.fill(OFFSET_BITMAP, PAGE_SIZE - OFFSET_BITMAP, 0);
         self.set_depth_prefix(local_depth, prefix);
     }
 
     /// Marks this page as an overflow page.
     pub fn set_overflow(&mut self) {
-        self.page.bytes_mut(OFFSET_KIND, 1)[0] = KIND_OVERFLOW;
+        self.store(OFFSET_KIND, &[KIND_OVERFLOW]);
     }
 
     /// Links the next page of this bucket's overflow chain.
     pub fn set_next_page(&mut self, next: Option<u32>) {
         let stored = next.map_or(0, |n| n as u64 + 1);
-        self.page
-            .bytes_mut(OFFSET_NEXT, 8)
-            .copy_from_slice(&stored.to_le_bytes());
+        self.store(OFFSET_NEXT, &stored.to_le_bytes());
     }
 
     pub fn set_depth_prefix(&mut self, local_depth: u8, prefix: u64) {
-        self.page.bytes_mut(OFFSET_LOCAL_DEPTH, 1)[0] = local_depth;
-        self.page
-            .bytes_mut(OFFSET_PREFIX, 8)
-            .copy_from_slice(&prefix.to_le_bytes());
+        self.store(OFFSET_LOCAL_DEPTH, &[local_depth]);
+        self.store(OFFSET_PREFIX, &prefix.to_le_bytes());
     }
 
     fn set_used(&mut self, used: usize) {
-        self.page
-            .bytes_mut(OFFSET_USED, 2)
-            .copy_from_slice(&(used as u16).to_le_bytes());
+        self.store(OFFSET_USED, &(used as u16).to_le_bytes());
     }
 
     fn set_bitmap(&mut self, bitmap: u16) {
-        self.page
-            .bytes_mut(OFFSET_BITMAP, 2)
-            .copy_from_slice(&bitmap.to_le_bytes());
+        self.store(OFFSET_BITMAP, &bitmap.to_le_bytes());
     }
 
     fn set_word(&mut self, slot: usize, word: u64) {
-        self.page
-            .bytes_mut(OFFSET_SLOT_WORDS + slot * 8, 8)
-            .copy_from_slice(&word.to_le_bytes());
+        self.store(OFFSET_SLOT_WORDS + slot * 8, &word.to_le_bytes());
     }
 
     fn set_key_hash(&mut self, slot: usize, key_hash: u128) {
-        self.page
-            .bytes_mut(OFFSET_KEY_HASHES + slot * 16, 16)
-            .copy_from_slice(&key_hash.to_le_bytes());
+        self.store(OFFSET_KEY_HASHES + slot * 16, &key_hash.to_le_bytes());
     }
 
     fn free_inline(&mut self, word: u64) {
@@ -310,12 +426,10 @@ impl PageWrite {
             return NOT_INLINE;
         }
         self.set_bitmap(bitmap | 1 << free);
-        let b = self
-            .page
-            .bytes_mut(OFFSET_INLINE + free * INLINE_SLOT_SIZE, INLINE_SLOT_SIZE);
-        b[..value.len()].copy_from_slice(value);
-        b[value.len()..INLINE_VALUE_SIZE_MAX].fill(0);
-        b[INLINE_VALUE_SIZE_MAX] = value.len() as u8;
+        let mut slot = [0; INLINE_SLOT_SIZE];
+        slot[..value.len()].copy_from_slice(value);
+        slot[INLINE_VALUE_SIZE_MAX] = value.len() as u8;
+        self.store(OFFSET_INLINE + free * INLINE_SLOT_SIZE, &slot);
         free as u8
     }
 
@@ -380,5 +494,138 @@ impl PageWrite {
                 .expect("a split target page has room for a whole page");
             self.remove(hash);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Chunk;
+    use std::sync::atomic::AtomicBool;
+    use std::time::{Duration, Instant};
+
+    /// Polls `done` for up to `limit`; returns whether it came true.
+    fn wait_for(limit: Duration, done: impl Fn() -> bool) -> bool {
+        let start = Instant::now();
+        while !done() {
+            if start.elapsed() > limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    /// A writer waiting for a reader already inside keeps new readers out, so a steady
+    /// stream of readers cannot starve it: reader B, arriving after the writer announced
+    /// itself, gets in only once the writer has been in and out.
+    #[test]
+    fn waiting_writer_goes_before_new_readers() {
+        let chunk = Chunk::new();
+        let page = chunk.page(0);
+        page.write().init(0, 0);
+        let reader_a = page.read();
+        let writer_done = AtomicBool::new(false);
+        let b_in = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut guard = page.write();
+                guard.set_depth_prefix(1, 1);
+                writer_done.store(true, Ordering::SeqCst);
+            });
+            // The writer has announced itself once the lock word shows more than reader A.
+            wait_for(Duration::from_secs(1), || {
+                page.lock_word().load(Ordering::SeqCst) != 1
+            });
+            let b = s.spawn(|| {
+                let guard = page.read();
+                b_in.store(true, Ordering::SeqCst);
+                // The writer's change is visible, and it came before B.
+                assert!(
+                    writer_done.load(Ordering::SeqCst),
+                    "reader B went before the writer"
+                );
+                (guard.local_depth(), guard.prefix())
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(
+                !b_in.load(Ordering::SeqCst),
+                "reader B entered past a waiting writer"
+            );
+            assert!(
+                !writer_done.load(Ordering::SeqCst),
+                "the writer went in past reader A"
+            );
+            drop(reader_a);
+            assert_eq!(b.join().unwrap(), (1, 1));
+        });
+        assert_eq!(page.lock_word().load(Ordering::SeqCst), 0, "all released");
+    }
+
+    /// Every field written through a write guard reads back through a read guard, and a
+    /// copied-out page carries no lock state.
+    #[test]
+    fn upsert_remove_split_and_copy_keep_every_field() {
+        let chunk = Chunk::new();
+        let (a, b) = (chunk.page(0), chunk.page(1));
+        let mut wa = a.write();
+        wa.init(0, 0);
+        let value = |k: u128| vec![k as u8; (k % 60) as usize];
+        for k in 1..=SLOT_COUNT as u128 {
+            assert_eq!(wa.upsert(k, k as u64 * 4096, Some(&value(k))), Ok(true));
+        }
+        assert_eq!(wa.upsert(1000, 0, None), Err(PageFull));
+        assert_eq!(
+            wa.upsert(2, 77, None),
+            Ok(false),
+            "a replaced key is not new"
+        );
+        assert_eq!(wa.used(), SLOT_COUNT);
+        // Keys 1..=15 took the inline slots; key 2 gave its slot back.
+        assert_eq!(wa.bitmap().count_ones() as usize, INLINE_SLOT_COUNT - 1);
+        assert!(wa.remove(3) && !wa.remove(3));
+        assert_eq!(wa.used(), SLOT_COUNT - 1);
+        let mut wb = b.write();
+        wb.init(1, 1);
+        wa.set_depth_prefix(1, 0);
+        wa.split_into(&mut wb, 0);
+        drop((wa, wb));
+        let (ra, rb) = (a.read(), b.read());
+        for k in 1..=SLOT_COUNT as u128 {
+            let (page, other) = if k % 2 == 1 { (&rb, &ra) } else { (&ra, &rb) };
+            assert_eq!(other.find(k), None, "key {k} in both halves");
+            let Some(slot) = page.find(k) else {
+                assert_eq!(k, 3, "key {k} lost in the split");
+                continue;
+            };
+            let word = page.word(slot);
+            let inline = (word & 0xFF) as u8;
+            if k == 2 {
+                assert_eq!(word, slot_word(77, NOT_INLINE));
+            } else {
+                assert_eq!(word >> 8, k as u64 * 4096);
+                if inline != NOT_INLINE {
+                    assert_eq!(page.inline_value(inline as usize), value(k));
+                }
+            }
+        }
+        assert_eq!((ra.local_depth(), ra.prefix()), (1, 0));
+        assert_eq!((rb.local_depth(), rb.prefix()), (1, 1));
+        assert_eq!(ra.used() + rb.used(), SLOT_COUNT - 1);
+        let mut image = vec![0xAA; PAGE_SIZE];
+        rb.copy_to(&mut image);
+        assert_ne!(b.lock_word().load(Ordering::SeqCst), 0, "copied while held");
+        assert!(
+            image[OFFSET_LOCK..OFFSET_LOCK + LOCK_SIZE]
+                .iter()
+                .all(|&x| x == 0)
+        );
+        assert_eq!(image[OFFSET_LOCAL_DEPTH], 1);
+        assert_eq!(image[OFFSET_PREFIX], 1);
+        assert_eq!(
+            u16::from_le_bytes([image[OFFSET_BITMAP], image[OFFSET_BITMAP + 1]]),
+            rb.bitmap()
+        );
+        assert_eq!(check_loaded(&image), Ok(()));
     }
 }

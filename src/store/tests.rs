@@ -1,0 +1,210 @@
+//! The map as a whole: readers racing the single writer, and pages loaded from a damaged
+//! disk.
+//!
+//! The concurrency test runs reader threads against a writer that updates a few hot keys
+//! (inline and in-log values, deletes) and adds enough new keys to split pages and grow
+//! the arena. Every value and log offset encodes its key and version, so a read that
+//! returns anything the writer did not write for that key — a torn or misplaced read —
+//! is caught. It also records the writer's longest `set`/`delete`, which the page lock
+//! must keep short however many readers crowd a hot page.
+
+use super::*;
+use crate::io::fault::FaultBackend;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+const HOT_KEY_COUNT: usize = 8;
+const READER_THREAD_COUNT: usize = 3;
+/// New keys the writer adds: enough for a few hundred pages, past one arena chunk.
+const COLD_KEY_COUNT_MAX: u64 = 48_000;
+const COLD_KEYS_PER_ROUND: u64 = 8;
+const RUN_TIME_MAX: Duration = Duration::from_secs(3);
+/// Generous: the writer waits only for the reads already inside the page.
+const WRITER_WAIT_MAX: Duration = Duration::from_millis(200);
+
+fn key_hash_of(map: &Map, id: u64) -> u128 {
+    map.key_hash(format!("key-{id}").as_bytes())
+}
+
+/// The log offset recorded for `version` of key `id`; both can be read back from it.
+fn offset_of(id: u64, version: u64) -> u64 {
+    assert!(id < 1 << 24 && version < 1 << 32);
+    id << 32 | version
+}
+
+/// The value of `version` of key `id`: short enough to go inline (at most 63 bytes) for
+/// even versions, longer for odd ones.
+fn value_of(id: u64, version: u64) -> Vec<u8> {
+    let len = if version.is_multiple_of(2) {
+        16 + (version % 48) as usize
+    } else {
+        64 + (version % 64) as usize
+    };
+    let mut value = Vec::with_capacity(len);
+    value.extend_from_slice(&id.to_le_bytes());
+    value.extend_from_slice(&version.to_le_bytes());
+    while value.len() < len {
+        value.push((id ^ version ^ value.len() as u64) as u8);
+    }
+    value
+}
+
+/// The version a lookup of key `id` found, if any, after checking it is exactly what the
+/// writer wrote for that key at that version.
+fn version_found(id: u64, found: &Lookup) -> Option<u64> {
+    match found {
+        Lookup::Missing => None,
+        Lookup::Inline(value) => {
+            let version = u64::from_le_bytes(value[8..16].try_into().unwrap());
+            assert!(
+                version.is_multiple_of(2),
+                "key {id}: inline value of an in-log version"
+            );
+            assert_eq!(value, &value_of(id, version), "key {id}: torn inline value");
+            Some(version)
+        }
+        Lookup::InLog(offset) => {
+            assert_eq!(
+                offset >> 32,
+                id,
+                "key {id}: another key's offset {offset:#x}"
+            );
+            // Short values too, when the page's inline slots are all taken.
+            Some(offset & 0xFFFF_FFFF)
+        }
+    }
+}
+
+/// The single version each new (cold) key is written at.
+fn cold_version(id: u64) -> u64 {
+    1 + id % 2
+}
+
+#[test]
+fn readers_see_only_written_values_and_the_writer_is_not_starved() {
+    let disk = FaultBackend::new();
+    let (map, _) = Map::open(&disk, Path::new("/map")).unwrap();
+    // The newest version the writer started to apply, per hot key (published before it).
+    let latest: Vec<AtomicU64> = (0..HOT_KEY_COUNT).map(|_| AtomicU64::new(0)).collect();
+    // Cold keys 0..n (ids from HOT_KEY_COUNT) are in the map for good.
+    let cold_count = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let (read_count, (op_count, writer_wait_max)) = std::thread::scope(|s| {
+        let readers: Vec<_> = (0..READER_THREAD_COUNT)
+            .map(|t| {
+                let (map, latest, cold_count, stop) = (&map, &latest, &cold_count, &stop);
+                s.spawn(move || {
+                    let mut read_count = 0u64;
+                    let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ t as u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let hot = read_count % HOT_KEY_COUNT as u64;
+                        let found = map.get(key_hash_of(&map, hot));
+                        if let Some(v) = version_found(hot, &found) {
+                            let newest = latest[hot as usize].load(Ordering::Acquire);
+                            assert!(v <= newest, "key {hot}: version {v} not yet written");
+                        }
+                        if read_count.is_multiple_of(4) {
+                            let n = cold_count.load(Ordering::Acquire);
+                            if n > 0 {
+                                rng ^= rng << 13;
+                                rng ^= rng >> 7;
+                                rng ^= rng << 17;
+                                let id = HOT_KEY_COUNT as u64 + rng % n;
+                                let found = map.get(key_hash_of(&map, id));
+                                assert_eq!(
+                                    version_found(id, &found),
+                                    Some(cold_version(id)),
+                                    "cold key {id} lost"
+                                );
+                            }
+                        }
+                        read_count += 1;
+                    }
+                    read_count
+                })
+            })
+            .collect();
+        let writer = s.spawn(|| {
+            let deadline = Instant::now() + RUN_TIME_MAX;
+            let mut wait_max = Duration::ZERO;
+            let mut op_count = 0u64;
+            let mut version = 0;
+            let mut cold = 0;
+            while Instant::now() < deadline && cold < COLD_KEY_COUNT_MAX {
+                version += 1;
+                for (id, newest) in latest.iter().enumerate() {
+                    let id = id as u64;
+                    newest.store(version, Ordering::Release);
+                    let start = Instant::now();
+                    if version.is_multiple_of(7) && id.is_multiple_of(2) {
+                        map.delete(key_hash_of(&map, id));
+                    } else {
+                        map.set(
+                            key_hash_of(&map, id),
+                            offset_of(id, version),
+                            &value_of(id, version),
+                        );
+                    }
+                    wait_max = wait_max.max(start.elapsed());
+                    op_count += 1;
+                }
+                for _ in 0..COLD_KEYS_PER_ROUND {
+                    let id = HOT_KEY_COUNT as u64 + cold;
+                    let v = cold_version(id);
+                    let start = Instant::now();
+                    map.set(key_hash_of(&map, id), offset_of(id, v), &value_of(id, v));
+                    wait_max = wait_max.max(start.elapsed());
+                    op_count += 1;
+                    cold += 1;
+                    cold_count.store(cold, Ordering::Release);
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            (op_count, wait_max)
+        });
+        let writer = writer.join().unwrap();
+        let reads: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
+        (reads, writer)
+    });
+    println!(
+        "{op_count} writes, {read_count} reads by {READER_THREAD_COUNT} threads, {} pages; \
+         longest set/delete {writer_wait_max:?}",
+        map.page_count()
+    );
+    assert!(
+        read_count > 0 && map.page_count() > 1,
+        "the test raced nothing"
+    );
+    assert!(
+        writer_wait_max < WRITER_WAIT_MAX,
+        "the writer waited {writer_wait_max:?} for a page"
+    );
+}
+
+/// A page on disk whose slot names an inline slot past the 15 a page has would send
+/// reads outside the page: loading rejects it.
+#[test]
+fn open_rejects_a_page_naming_an_inline_slot_it_lacks() {
+    let disk = FaultBackend::new();
+    let dir = Path::new("/map");
+    {
+        let (map, _) = Map::open(&disk, dir).unwrap();
+        map.set(map.key_hash(b"k"), 4096, b"short");
+        map.checkpoint(1, 1, &[]).unwrap();
+    }
+    let path = dir.join("map.dat");
+    let mut image = disk.durable_image(&path).unwrap();
+    let words = &mut image[PAGE_SIZE..PAGE_SIZE + SLOT_COUNT * 8];
+    let slot = words
+        .chunks_exact(8)
+        .position(|w| u64::from_le_bytes(w.try_into().unwrap()) != page::EMPTY)
+        .unwrap();
+    assert_eq!(words[slot * 8], 0, "the value went to inline slot 0");
+    words[slot * 8] = 200;
+    disk.replace_image(&path, image);
+    // No journal to replay over the damage.
+    disk.replace_image(&dir.join("ckpt.0"), Vec::new());
+    disk.replace_image(&dir.join("ckpt.1"), Vec::new());
+    let err = Map::open(&disk, dir).err().expect("a damaged page loads");
+    assert!(err.to_string().contains("inline slot 200"), "{err}");
+}
