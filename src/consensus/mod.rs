@@ -5,13 +5,16 @@
 //! replication core drives it with TCP and a timer; the simulator drives it with a
 //! simulated network, clock and disk. Both run exactly this code.
 //!
-//! The Ready loop is synchronous:
-//! 1. messages to followers (the leader's AppendEntries) go out *before* the leader's own
-//!    write, so replication overlaps the leader's disk write;
+//! The Ready loop is synchronous, all in one call of [`RaftNode::advance`]:
+//! 1. messages that need no persistence (the leader's AppendEntries) are collected;
 //! 2. new entries are appended durably (a conflicting suffix is cut first), then the hard
 //!    state is saved;
-//! 3. messages that promise durability (votes, append responses) go out only after that;
+//! 3. messages that promise durability (votes, append responses) are collected after
+//!    that;
 //! 4. committed entries are applied in log order, and proposals learn their outcome.
+//!
+//! The caller sends the collected messages when the call returns, so today the leader's
+//! AppendEntries leave after its own durable write, not alongside it.
 //!
 //! raft-rs counts the leader's own entries toward the quorum only once `advance` says
 //! they are persisted, so nothing commits before the leader's write is durable.
