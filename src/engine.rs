@@ -11,7 +11,8 @@
 use crate::command::Op;
 use crate::io::Backend;
 use crate::log::{
-    Log, LogError, LogIndex, LogOptions, LogReader, NewEntry, RecoveryReport, Term, ValueRead,
+    Entry, Log, LogError, LogIndex, LogOptions, LogReader, NewEntry, RecoveryReport, Term,
+    ValueRead,
 };
 use crate::store::{CheckpointJob, Lookup, Map};
 use std::collections::HashMap;
@@ -174,9 +175,45 @@ impl Engine {
         &self.dir
     }
 
-    /// The log (read access: indexes, terms, entries).
-    pub fn log(&mut self) -> &mut Log {
-        &mut self.log
+    /// The log, to look at (indexes, terms). Every change to it goes through the engine.
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// Reads entry `index` (from the log's cache, or its file).
+    pub fn read_entry(&mut self, index: LogIndex) -> Result<Entry, LogError> {
+        self.log.read(index)
+    }
+
+    /// Appends entries (consecutive, after the last one) durably.
+    pub fn append_entries(&mut self, entries: &[NewEntry<'_>]) -> Result<LogIndex, LogError> {
+        self.log.append(entries)
+    }
+
+    /// Removes every log entry from `index` on, durably. Applied entries are never
+    /// removed.
+    pub fn truncate_log_from(&mut self, index: LogIndex) -> Result<(), LogError> {
+        assert!(
+            index > self.applied_index,
+            "an applied entry is never removed"
+        );
+        self.log.truncate_from(index)
+    }
+
+    /// Makes sure `bytes` of log space past the end are prepared (a full disk shows here,
+    /// before any entry byte is written).
+    pub fn prepare_log(&mut self, bytes: u64) -> Result<(), LogError> {
+        self.log.prepare(bytes)
+    }
+
+    /// Keeps at least half a preparation chunk of log space ready past the end, so that
+    /// the next append does not wait for it.
+    pub fn prepare_log_ahead(&mut self) -> Result<(), LogError> {
+        let chunk = self.log.prepare_chunk_bytes();
+        if self.log.prepared_bytes_ahead() < chunk / 2 {
+            self.log.prepare(chunk)?;
+        }
+        Ok(())
     }
 
     /// The map, shared with readers on other threads.
@@ -457,7 +494,7 @@ mod tests {
             command::encode(&mut cmds, Op::Set, 0, 0, b"gone", &[b'g'; 100]);
             command::encode(&mut cmds, Op::Delete, 0, 0, b"gone", b"");
             let (index, _) = engine.commit_local(1, 2, &cmds).unwrap();
-            let entry = engine.log().read(index).unwrap();
+            let entry = engine.read_entry(index).unwrap();
             let delete_at = entry
                 .iter()
                 .map(Result::unwrap)

@@ -7,6 +7,9 @@
 //! - [`log`]: the append-only log of batched command entries.
 //! - [`store`]: the page-aligned on-disk hashmap that indexes the log, and its checkpoints.
 //! - [`engine`]: log + map + client sessions: append, apply, recover. No sockets, no threads.
+//! - [`consensus`]: the Raft driver (raft-rs) over the engine; no IO of its own.
+//! - [`replica`]: one node's replication logic — seal, propose, Ready cycle, leases and
+//!   read rounds — as a state machine the server and the simulator both drive.
 //! - [`protocol`]: the UDP client wire format.
 //! - [`server`]: the shard and replication cores that own sockets, threads and timers.
 //! - [`client`] and [`bench`]: the command-line client and the load tool.
@@ -20,6 +23,7 @@ pub mod io;
 pub mod linearizability;
 pub mod log;
 pub mod protocol;
+pub mod replica;
 pub mod server;
 pub mod sim;
 pub mod store;

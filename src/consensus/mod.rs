@@ -5,16 +5,15 @@
 //! replication core drives it with TCP and a timer; the simulator drives it with a
 //! simulated network, clock and disk. Both run exactly this code.
 //!
-//! The Ready loop is synchronous, all in one call of [`RaftNode::advance`]:
-//! 1. messages that need no persistence (the leader's AppendEntries) are collected;
-//! 2. new entries are appended durably (a conflicting suffix is cut first), then the hard
-//!    state is saved;
-//! 3. messages that promise durability (votes, append responses) are collected after
-//!    that;
-//! 4. committed entries are applied in log order, and proposals learn their outcome.
-//!
-//! The caller sends the collected messages when the call returns, so today the leader's
-//! AppendEntries leave after its own durable write, not alongside it.
+//! The Ready cycle has two steps, so that the leader's own disk write overlaps
+//! replication (Raft thesis §10.2.1):
+//! 1. [`RaftNode::ready`] hands out the messages that need no persistence (the leader's
+//!    AppendEntries and heartbeats); the caller sends them at once;
+//! 2. [`RaftNode::persist_and_apply`] appends the new entries durably (a conflicting
+//!    suffix is cut first) and saves the hard state, then hands out the messages that
+//!    promise durability (votes, append responses: a follower persists before it
+//!    replies), and applies committed entries in log order so proposals learn their
+//!    outcome.
 //!
 //! raft-rs counts the leader's own entries toward the quorum only once `advance` says
 //! they are persisted, so nothing commits before the leader's write is durable.
@@ -190,6 +189,8 @@ pub struct RaftNode {
     open_report: OpenReport,
     rng: u64,
     seen: (Term, StateRole),
+    /// A Ready taken by [`RaftNode::ready`] whose persistence is still to come.
+    ready: Option<raft::Ready>,
 }
 
 impl RaftNode {
@@ -274,6 +275,7 @@ impl RaftNode {
             open_report,
             rng: config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
             seen: (0, StateRole::Follower),
+            ready: None,
         }
         .started())
     }
@@ -475,12 +477,21 @@ impl RaftNode {
         self.raw.report_unreachable(id);
     }
 
-    /// Handles everything raft-rs has ready: persist, send, apply. Returns what the caller
-    /// must send and answer.
+    /// Both steps of the Ready cycle with nothing in between: [`RaftNode::ready`], then
+    /// [`RaftNode::persist_and_apply`]. The messages in `out` leave after the write.
     pub fn advance(&mut self, out: &mut Output) -> Result<(), FatalError> {
-        if !self.raw.has_ready() {
-            self.drain_reads(out);
-            return Ok(());
+        self.ready(out);
+        self.persist_and_apply(out)
+    }
+
+    /// Step one of the Ready cycle: takes what raft-rs has ready and puts into `out` the
+    /// messages that may leave before anything is persisted — the leader's AppendEntries
+    /// and heartbeats (Raft thesis §10.2.1: the leader writes its own copy in parallel
+    /// with replicating it). The caller sends them, then calls
+    /// [`RaftNode::persist_and_apply`] before it feeds this node anything else.
+    pub fn ready(&mut self, out: &mut Output) {
+        if self.ready.is_some() || !self.raw.has_ready() {
+            return;
         }
         let mut rd = self.raw.ready();
         if let Some(ss) = rd.ss() {
@@ -503,6 +514,19 @@ impl RaftNode {
         if self.planted_bug == PlantedBug::AckBeforePersist {
             out.messages.extend(rd.take_persisted_messages());
         }
+        self.ready = Some(rd);
+    }
+
+    /// Step two of the Ready cycle: makes the entries and hard state taken by
+    /// [`RaftNode::ready`] durable, then puts into `out` the messages that promise
+    /// durability (votes, append responses) and the outcome of every committed entry,
+    /// applied in log order. raft-rs counts the leader's own copy toward a quorum only
+    /// from here on, so nothing commits before the leader's write is durable.
+    pub fn persist_and_apply(&mut self, out: &mut Output) -> Result<(), FatalError> {
+        let Some(mut rd) = self.ready.take() else {
+            self.drain_reads(out);
+            return Ok(());
+        };
         if !rd.entries().is_empty() {
             self.persist(rd.entries())?;
             if self.planted_bug == PlantedBug::AckBeforeCommit {
@@ -553,8 +577,7 @@ impl RaftNode {
                 "raft never rewrites an applied entry"
             );
             engine
-                .log()
-                .truncate_from(first)
+                .truncate_log_from(first)
                 .map_err(|e| FatalError(format!("log truncation failed: {e}")))?;
         }
         let new: Vec<NewEntry<'_>> = entries
@@ -570,8 +593,7 @@ impl RaftNode {
             })
             .collect();
         engine
-            .log()
-            .append(&new)
+            .append_entries(&new)
             .map_err(|e| FatalError(format!("log append failed: {e}")))?;
         Ok(())
     }

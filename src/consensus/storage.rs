@@ -35,7 +35,7 @@ fn other(e: impl std::error::Error + Send + Sync + 'static) -> raft::Error {
 
 /// Builds the raft entry for log entry `index`.
 pub fn raft_entry(engine: &mut Engine, index: u64) -> raft::Result<Entry> {
-    let entry = engine.log().read(index).map_err(other)?;
+    let entry = engine.read_entry(index).map_err(other)?;
     let mut e = Entry::default();
     e.term = entry.header.term;
     e.index = index;
@@ -84,7 +84,7 @@ impl raft::Storage for LogStorage {
         if idx == 0 {
             return Ok(0);
         }
-        let mut engine = self.engine.borrow_mut();
+        let engine = self.engine.borrow();
         engine
             .log()
             .term(idx)

@@ -33,9 +33,9 @@ use crate::engine::EngineOptions;
 use crate::io::uring::UringBackend;
 use crate::log::LogOptions;
 use crate::log::LogReader;
+use crate::replica::{ReadMode, ReadView, Replica, ReplicaConfig, WaitingReads};
 use crate::store::Map;
 use anyhow::{Context, bail};
-use replication::ReadMode;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
@@ -163,11 +163,14 @@ impl Shared {
             .unwrap_or_default()
     }
 
-    /// Whether a GET may be served locally now under the lease.
-    pub fn lease_valid(&self) -> bool {
-        self.is_leader.load(Ordering::Acquire)
-            && (self.started.elapsed().as_nanos() as u64)
-                < self.lease_until_ns.load(Ordering::Acquire)
+    /// What the replication thread last published for the shards' read decisions.
+    pub fn read_view(&self) -> ReadView {
+        ReadView {
+            read_mode: self.read_mode,
+            is_leader: self.is_leader.load(Ordering::Acquire),
+            lease_until: Duration::from_nanos(self.lease_until_ns.load(Ordering::Acquire)),
+            read_epoch_next: self.read_epoch_next.load(Ordering::Acquire),
+        }
     }
 
     /// The STATS payload: `key=value` lines.
@@ -338,6 +341,8 @@ const ELECTION_TICKS_MAX: usize = 30;
 const HEARTBEAT_TICKS: usize = 3;
 /// A lease lasts this fraction of the election timeout floor (the drift margin).
 const LEASE_FRACTION: f64 = 0.8;
+/// A read round still unanswered after this is issued again.
+const READ_ROUND_RETRY: Duration = Duration::from_millis(60);
 
 /// The cluster layout the flags describe.
 struct Cluster {
@@ -489,9 +494,13 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         batch_window: Duration::from_millis(config.batch_window_ms),
         checkpoint_interval: Duration::from_secs(config.checkpoint_interval_s),
         tick: TICK,
+    };
+    let replica_config = ReplicaConfig {
+        tick: TICK,
         election_ticks: ELECTION_TICKS,
-        read_mode: config.read_mode,
         lease_fraction: LEASE_FRACTION,
+        read_mode: config.read_mode,
+        read_round_retry: READ_ROUND_RETRY,
     };
     let repl_pin = pin.clone();
     let stop_for_transport = Arc::new(AtomicBool::new(false));
@@ -548,7 +557,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
                 None => None,
             };
             replication::run(
-                node,
+                Replica::new(node, replica_config),
                 shared,
                 flush_rx,
                 inbound_rx,
@@ -621,7 +630,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
             // spare for the receive batch that crosses the limit.
             window_bytes_hard_max: (window_bytes_max * 8)
                 .min(crate::log::COMMAND_LENGTH_MAX / shard_count / 4 * 3),
-            waiting_reads: Vec::new(),
+            waiting_reads: WaitingReads::default(),
             log_reads: Vec::new(),
         };
         let core_slot = if cores == 1 { 0 } else { i + 1 };

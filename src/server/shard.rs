@@ -11,7 +11,6 @@
 
 use super::Shared;
 use super::replication::Completion;
-use super::replication::ReadMode;
 use super::udp::{Datagram, Receiver, Sender};
 use super::window::{ReplyTo, Window};
 use crate::command;
@@ -19,6 +18,7 @@ use crate::log::{LogReader, ValueRead};
 use crate::protocol::{
     self, Addressing, COOKIE_SECRET_LEN, Op, ParseError, Request, Response, Status,
 };
+use crate::replica::{ReadDecision, WaitingReads, WriteOutcome, decide_read, window_is_full};
 use crate::store::Lookup;
 use crossbeam_channel::{Receiver as ChannelReceiver, Sender as ChannelSender};
 use std::net::{SocketAddr, UdpSocket};
@@ -39,7 +39,7 @@ pub struct Shard {
     /// Refuse writes with Busy once the window holds this many bytes.
     pub window_bytes_hard_max: usize,
     /// GETs waiting for a ReadIndex round (read mode `index`).
-    pub waiting_reads: Vec<WaitingRead>,
+    pub waiting_reads: WaitingReads<WaitingRead>,
     /// GETs of this receive batch whose values are in the log.
     pub log_reads: Vec<LogRead>,
 }
@@ -60,9 +60,8 @@ pub struct LogRead {
     cookie: u64,
 }
 
-/// A GET waiting for the ReadIndex epoch it arrived in.
+/// A GET waiting for the ReadIndex round of the epoch it arrived in.
 pub struct WaitingRead {
-    epoch: u64,
     key: String,
     from: SocketAddr,
     request_len: usize,
@@ -91,7 +90,7 @@ impl Shard {
                 }
                 if !batch.is_empty() {
                     let bytes = self.shared.windows[self.index].append(&mut batch);
-                    if bytes >= self.window_bytes_max {
+                    if window_is_full(bytes, self.window_bytes_max) {
                         let _ = self.flush_tx.try_send(());
                     }
                 }
@@ -277,7 +276,8 @@ impl Shard {
         self.respond(sender, to_addr, request_len, validated, resp);
     }
 
-    /// GET: served locally once this node may (lease valid, or its ReadIndex round done).
+    /// GET: served as the replica core decides (lease valid, or after its ReadIndex
+    /// round), from what the replication thread published.
     fn get_request(
         &mut self,
         req: &Request<'_>,
@@ -287,12 +287,10 @@ impl Shard {
         sender: &mut Sender,
     ) {
         let to = req.addressing();
-        if !self.shared.is_leader.load(Ordering::Acquire) {
-            self.not_leader(sender, d.from, d.bytes.len(), validated, &to, cookie);
-            return;
-        }
-        match self.shared.read_mode {
-            ReadMode::Lease if self.shared.lease_valid() => self.get(
+        let view = self.shared.read_view();
+        let now = self.shared.started.elapsed();
+        match decide_read(&view, now, self.waiting_reads.len(), WAITING_READS_MAX) {
+            ReadDecision::Serve => self.get(
                 req.key,
                 d.from,
                 d.bytes.len(),
@@ -301,22 +299,23 @@ impl Shard {
                 cookie,
                 sender,
             ),
+            ReadDecision::NotLeader => {
+                self.not_leader(sender, d.from, d.bytes.len(), validated, &to, cookie)
+            }
             // A new leader whose lease is not yet confirmed, or too many reads waiting: the
             // client backs off briefly and retries.
-            ReadMode::Lease => self.busy(sender, d.from, d.bytes.len(), validated, &to, cookie),
-            ReadMode::Index if self.waiting_reads.len() >= WAITING_READS_MAX => {
-                self.busy(sender, d.from, d.bytes.len(), validated, &to, cookie)
-            }
-            ReadMode::Index => {
-                let epoch = self.shared.read_epoch_next.load(Ordering::Acquire);
-                self.waiting_reads.push(WaitingRead {
+            ReadDecision::Busy => self.busy(sender, d.from, d.bytes.len(), validated, &to, cookie),
+            ReadDecision::Wait { epoch } => {
+                self.waiting_reads.push(
                     epoch,
-                    key: req.key.to_string(),
-                    from: d.from,
-                    request_len: d.bytes.len(),
-                    to,
-                    validated,
-                });
+                    WaitingRead {
+                        key: req.key.to_string(),
+                        from: d.from,
+                        request_len: d.bytes.len(),
+                        to,
+                        validated,
+                    },
+                );
                 self.shared.reads_waiting.store(true, Ordering::Release);
             }
         }
@@ -330,13 +329,10 @@ impl Shard {
         }
         let leader = self.shared.is_leader.load(Ordering::Acquire);
         let done = self.shared.read_epoch_done.load(Ordering::Acquire);
-        let reads = std::mem::take(&mut self.waiting_reads);
-        let mut still = Vec::new();
-        for r in reads {
+        let (ready, still_waiting) = self.waiting_reads.take_ready(leader, done);
+        for r in ready {
             let cookie = self.cookie(&r.from);
-            if !leader {
-                self.not_leader(sender, r.from, r.request_len, r.validated, &r.to, cookie);
-            } else if r.epoch <= done {
+            if leader {
                 self.get(
                     &r.key,
                     r.from,
@@ -347,13 +343,12 @@ impl Shard {
                     sender,
                 );
             } else {
-                still.push(r);
+                self.not_leader(sender, r.from, r.request_len, r.validated, &r.to, cookie);
             }
         }
-        if !still.is_empty() {
+        if still_waiting {
             self.shared.reads_waiting.store(true, Ordering::Release);
         }
-        self.waiting_reads = still;
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -425,7 +420,7 @@ impl Shard {
 
     fn reply_completion(&self, done: &Completion, sender: &mut Sender) {
         let hint = self.shared.leader_hint();
-        let status = done.status;
+        let status = status_of(done.outcome);
         let payload: &[u8] = if status == Status::NotLeader {
             hint.as_bytes()
         } else {
@@ -447,5 +442,16 @@ impl Shard {
                 resp,
             );
         }
+    }
+}
+
+/// The wire status every write of a window gets for its outcome.
+fn status_of(outcome: WriteOutcome) -> Status {
+    match outcome {
+        WriteOutcome::Applied => Status::Ok,
+        WriteOutcome::NotLeader => Status::NotLeader,
+        WriteOutcome::Busy => Status::Busy,
+        WriteOutcome::NoSpace => Status::NoSpace,
+        WriteOutcome::Failed => Status::Failed,
     }
 }

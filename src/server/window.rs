@@ -23,22 +23,7 @@ pub struct ReplyTo {
 }
 
 /// Commands (in log encoding) and their reply addresses, in arrival order.
-#[derive(Debug, Default)]
-pub struct Window {
-    pub commands: Vec<u8>,
-    pub replies: Vec<ReplyTo>,
-}
-
-impl Window {
-    pub fn is_empty(&self) -> bool {
-        self.replies.is_empty()
-    }
-
-    pub fn clear(&mut self) {
-        self.commands.clear();
-        self.replies.clear();
-    }
-}
+pub type Window = crate::replica::Window<ReplyTo>;
 
 /// A shard's current window, shared with the replication core.
 #[derive(Debug, Default)]
