@@ -1,11 +1,24 @@
 //! A deterministic simulator of a whole cluster in one thread.
 //!
-//! It runs the production [`RaftNode`] (raft-rs, the log, the map, checkpoints) of every
-//! node on its own in-memory [`FaultBackend`] disk, under a simulated clock (one step is one
-//! Raft tick), a simulated network that drops, duplicates, delays and reorders messages
-//! and partitions nodes, and a disk that crashes, tears writes and loses what was not
-//! synced. Simulated clients issue GET/SET/DELETE with exactly-once sessions, retry on
-//! timeouts and follow leader hints, and their history is recorded.
+//! It runs the production replica core ([`Replica`]: window sealing under the size cap,
+//! proposals, the two-step Ready cycle, lease and ReadIndex reads, checkpoints) over the
+//! production [`RaftNode`], log and map of every node, each on its own in-memory
+//! [`FaultBackend`] disk, under a simulated clock, a simulated network that drops,
+//! duplicates, delays and reorders messages and partitions nodes, and a disk that
+//! crashes, tears writes and loses what was not synced. GETs go through the shard's own
+//! read decision ([`decide_read`], [`WaitingReads`]).
+//!
+//! Time: one step is 10 ms of real time. Every node has a clock of its own that runs at
+//! a rate drawn from the seed, within the drift bound the lease assumes (rates within
+//! ±9%, so no clock runs more than 20% faster than another); the node ticks, times its
+//! windows and judges its lease by that clock. `PlantedBug::ClockDriftBeyondBound` draws
+//! rates far outside the bound, and the checker must then find stale lease reads. Seeds
+//! alternate between the lease and the index read mode. A checkpoint's IO runs a few
+//! steps after its pages were copied, while the node goes on applying, as the server's
+//! checkpoint thread does.
+//!
+//! Simulated clients issue GET/SET/DELETE with exactly-once sessions, retry on timeouts
+//! and Busy, follow leader hints, and their history is recorded.
 //!
 //! After the faulty phase the network heals, every node restarts, and the run continues
 //! until the cluster converges. Then it checks:
@@ -16,16 +29,22 @@
 //! Everything random comes from the seed, so a failure replays exactly from it.
 
 use crate::command;
-use crate::consensus::{Event, NodeConfig, Output, PlantedBug, ProposeError, RaftNode};
+use crate::consensus::{NodeConfig, PlantedBug, RaftNode};
 use crate::engine::EngineOptions;
 use crate::io::fault::{Fault, FaultBackend, PowerLoss};
 use crate::linearizability::{self, CheckResult, Input, Operation, Output as OpOutput};
 use crate::log::LogOptions;
+use crate::replica::{
+    Completed, ReadDecision, ReadMode, Replica, ReplicaConfig, ReplicaOutput, WaitingReads, Window,
+    WriteOutcome, decide_read, window_is_full,
+};
+use crate::store::CheckpointJob;
 use raft::eraftpb::Message;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Knobs of one simulation.
 #[derive(Debug, Clone)]
@@ -36,8 +55,13 @@ pub struct SimConfig {
     pub ticks: u64,
     pub clients: usize,
     pub keys: usize,
-    /// Ticks between window seals on the leader.
+    /// Ticks (of the node's own clock) between window seals.
     pub window_ticks: u64,
+    /// A window holding this many bytes of commands is sealed at once.
+    pub window_bytes_max: usize,
+    pub read_mode: ReadMode,
+    /// Each node's clock runs at 1 ± up to this many thousandths.
+    pub clock_drift_per_mille: u64,
     pub drop_per_mille: u64,
     pub duplicate_per_mille: u64,
     pub delay_ticks_max: u64,
@@ -60,6 +84,13 @@ impl SimConfig {
             clients: 6,
             keys: 4,
             window_ticks: 5,
+            window_bytes_max: 400,
+            read_mode: if seed % 2 == 0 {
+                ReadMode::Lease
+            } else {
+                ReadMode::Index
+            },
+            clock_drift_per_mille: 90,
             drop_per_mille: 30,
             duplicate_per_mille: 10,
             delay_ticks_max: 4,
@@ -135,6 +166,7 @@ enum ReplyKind {
     Done,
     Value(Option<Vec<u8>>),
     NotLeader(Option<usize>),
+    Busy,
 }
 
 #[derive(Debug, Clone)]
@@ -172,14 +204,49 @@ struct Client {
 
 struct SimNode {
     disk: FaultBackend,
-    node: Option<RaftNode>,
+    replica: Option<Replica<ClientReq>>,
     down_until: u64,
-    window: Vec<ClientReq>,
-    proposals: HashMap<u64, Vec<ClientReq>>,
-    reads: HashMap<u64, Vec<ClientReq>>,
+    /// The node's one shard window.
+    window: Window<ClientReq>,
+    waiting_reads: WaitingReads<ClientReq>,
+    read_epoch_next: u64,
+    reads_waiting: bool,
+    /// This node's clock rate, in thousandths of real time, and its reading in ns.
+    clock_rate_per_mille: u64,
+    clock_ns: u64,
+    ticks: u64,
+    /// A checkpoint whose pages were copied, and the step its IO runs at.
+    checkpoint: Option<(CheckpointJob, u64)>,
+}
+
+impl SimNode {
+    fn now(&self) -> Duration {
+        Duration::from_nanos(self.clock_ns)
+    }
+}
+
+/// Steps between two changes of a node's clock rate (a clock's drift wanders, e.g. with
+/// temperature or under NTP slewing).
+const CLOCK_RATE_STEPS: u64 = 50;
+
+/// A clock rate in thousandths of real time, within the configured drift. With the
+/// planted drift bug, the leader's clock runs at 0.15 and every other at 1.7: the leader
+/// holds its lease long past the followers' promise not to elect anyone else.
+fn clock_rate(config: &SimConfig, rng: &mut Rng, is_leader: bool) -> u64 {
+    if config.planted_bug == PlantedBug::ClockDriftBeyondBound {
+        if is_leader { 150 } else { 1700 }
+    } else {
+        let drift = config.clock_drift_per_mille;
+        1000 - drift + rng.below(2 * drift + 1)
+    }
 }
 
 const REQUEST_TIMEOUT_TICKS: u64 = 60;
+/// One step of real time, and one tick of a node's own clock.
+const STEP: Duration = Duration::from_millis(10);
+const ELECTION_TICKS: usize = 15;
+const LEASE_FRACTION: f64 = 0.8;
+const WAITING_READS_MAX: usize = 64;
 const ATTEMPTS_MAX: u32 = 6;
 const CHECK_BUDGET: u64 = 5_000_000;
 
@@ -195,7 +262,6 @@ struct Sim {
     /// Node groups: a message crosses only between nodes of the same side.
     partition: Option<(Vec<bool>, u64)>,
     history: Vec<Operation>,
-    next_tag: u64,
     crashes: usize,
     faults_enabled: bool,
 }
@@ -227,13 +293,21 @@ impl Sim {
             })
             .collect();
         let nodes = (0..config.nodes)
-            .map(|_| SimNode {
-                disk: FaultBackend::new(),
-                node: None,
-                down_until: 0,
-                window: Vec::new(),
-                proposals: HashMap::new(),
-                reads: HashMap::new(),
+            .map(|i| {
+                let clock_rate_per_mille = clock_rate(&config, &mut rng, false);
+                SimNode {
+                    disk: FaultBackend::with_seed(config.seed ^ i as u64),
+                    replica: None,
+                    down_until: 0,
+                    window: Window::default(),
+                    waiting_reads: WaitingReads::default(),
+                    read_epoch_next: 1,
+                    reads_waiting: false,
+                    clock_rate_per_mille,
+                    clock_ns: 0,
+                    ticks: 0,
+                    checkpoint: None,
+                }
             })
             .collect();
         Sim {
@@ -247,7 +321,6 @@ impl Sim {
             parcel_seq: 0,
             partition: None,
             history: Vec::new(),
-            next_tag: 1,
             crashes: 0,
             faults_enabled: true,
         }
@@ -256,6 +329,7 @@ impl Sim {
     fn node_config(&self, i: usize) -> NodeConfig {
         let voters = (1..=self.config.nodes as u64).collect();
         let mut config = NodeConfig::new(i as u64 + 1, voters);
+        config.election_tick = ELECTION_TICKS;
         config.engine = engine_options();
         config.planted_bug = self.config.planted_bug;
         config.log_warnings = false;
@@ -268,7 +342,17 @@ impl Sim {
         let disk = self.nodes[i].disk.clone();
         match RaftNode::open(Arc::new(disk.clone()), node_dir(), config) {
             Ok(node) => {
-                self.nodes[i].node = Some(node);
+                let replica_config = ReplicaConfig {
+                    tick: STEP,
+                    election_ticks: ELECTION_TICKS,
+                    lease_fraction: LEASE_FRACTION,
+                    read_mode: self.config.read_mode,
+                    read_round_retry: STEP * 6,
+                };
+                let n = &mut self.nodes[i];
+                n.replica = Some(Replica::new(node, replica_config));
+                // The clock ran on while the node was down; its ticks start from now.
+                n.ticks = n.clock_ns / STEP.as_nanos() as u64;
                 Ok(())
             }
             Err(_) if disk.crashed() => {
@@ -286,10 +370,11 @@ impl Sim {
 
     fn crash_node(&mut self, i: usize) {
         let n = &mut self.nodes[i];
-        n.node = None;
+        n.replica = None;
         n.window.clear();
-        n.proposals.clear();
-        n.reads.clear();
+        n.waiting_reads = WaitingReads::default();
+        n.reads_waiting = false;
+        n.checkpoint = None;
         let mode = match self.rng.below(3) {
             0 => PowerLoss::DropUnsynced,
             1 => PowerLoss::KeepUnsynced,
@@ -341,13 +426,13 @@ impl Sim {
 
     fn leader_hint(&self, i: usize) -> Option<usize> {
         self.nodes[i]
-            .node
+            .replica
             .as_ref()
-            .and_then(|n| n.leader_id())
+            .and_then(|r| r.node().leader_id())
             .map(|id| id as usize - 1)
     }
 
-    fn deliver(&mut self) {
+    fn deliver(&mut self) -> Result<(), String> {
         while let Some(Reverse((at, _, id))) = self.network.peek().copied() {
             if at > self.tick {
                 break;
@@ -356,124 +441,202 @@ impl Sim {
             let envelope = self.parcels.remove(&id).unwrap();
             match envelope {
                 Envelope::Raft { to, msg } => {
-                    if let Some(node) = self.nodes[to].node.as_mut() {
-                        node.step(msg);
+                    if let Some(replica) = self.nodes[to].replica.as_mut() {
+                        replica.node_mut().step(msg);
                     }
                 }
-                Envelope::Request { to, req } => self.node_request(to, req),
+                Envelope::Request { to, req } => self.node_request(to, req)?,
                 Envelope::Reply { client, seq, kind } => self.client_reply(client, seq, kind),
             }
         }
+        Ok(())
     }
 
-    fn node_request(&mut self, i: usize, req: ClientReq) {
-        let Some(node) = self.nodes[i].node.as_mut() else {
-            return; // a dead node says nothing
+    fn node_request(&mut self, i: usize, req: ClientReq) -> Result<(), String> {
+        let n = &mut self.nodes[i];
+        let now = n.now();
+        let Some(replica) = n.replica.as_mut() else {
+            return Ok(()); // a dead node says nothing
         };
-        if !node.is_leader() {
+        if let ReqOp::Get(key) = &req.op {
+            let view = replica.read_view(n.read_epoch_next);
+            match decide_read(&view, now, n.waiting_reads.len(), WAITING_READS_MAX) {
+                ReadDecision::Serve => {
+                    let value = replica
+                        .node()
+                        .engine()
+                        .get(key)
+                        .map_err(|e| format!("node {} read failed: {e}", i + 1))?;
+                    self.reply(&req, ReplyKind::Value(value));
+                }
+                ReadDecision::Wait { epoch } => {
+                    n.waiting_reads.push(epoch, req);
+                    n.reads_waiting = true;
+                }
+                ReadDecision::NotLeader => {
+                    let hint = self.leader_hint(i);
+                    self.reply(&req, ReplyKind::NotLeader(hint));
+                }
+                ReadDecision::Busy => self.reply(&req, ReplyKind::Busy),
+            }
+            return Ok(());
+        }
+        if !replica.node().is_leader() {
             let hint = self.leader_hint(i);
             self.reply(&req, ReplyKind::NotLeader(hint));
-            return;
-        }
-        match req.op {
-            ReqOp::Get(_) => {
-                let ctx = self.next_tag;
-                self.next_tag += 1;
-                node.read_index(ctx);
-                self.nodes[i].reads.insert(ctx, vec![req]);
-            }
-            _ => self.nodes[i].window.push(req),
-        }
-    }
-
-    fn seal_window(&mut self, i: usize) {
-        let reqs = std::mem::take(&mut self.nodes[i].window);
-        if reqs.is_empty() {
-            return;
-        }
-        let mut commands = Vec::new();
-        for r in &reqs {
-            match &r.op {
-                ReqOp::Set(k, v) => {
-                    command::encode(&mut commands, command::Op::Set, r.client_id, r.seq, k, v)
-                }
-                ReqOp::Delete(k) => command::encode(
-                    &mut commands,
-                    command::Op::Delete,
-                    r.client_id,
-                    r.seq,
-                    k,
-                    b"",
-                ),
-                ReqOp::Get(_) => unreachable!("reads never enter a window"),
-            }
-        }
-        let tag = self.next_tag;
-        self.next_tag += 1;
-        let n = reqs.len() as u64;
-        let result = self.nodes[i]
-            .node
-            .as_mut()
-            .unwrap()
-            .propose(tag, commands, n);
-        match result {
-            Ok(_) => {
-                self.nodes[i].proposals.insert(tag, reqs);
-            }
-            Err(ProposeError::NotLeader(_)) | Err(ProposeError::Busy) => {
-                let hint = self.leader_hint(i);
-                for r in reqs {
-                    self.reply(&r, ReplyKind::NotLeader(hint));
-                }
-            }
-        }
-    }
-
-    fn advance_node(&mut self, i: usize) -> Result<(), String> {
-        let Some(node) = self.nodes[i].node.as_mut() else {
             return Ok(());
+        }
+        let (op, key, value) = match &req.op {
+            ReqOp::Set(k, v) => (command::Op::Set, k, &v[..]),
+            ReqOp::Delete(k) => (command::Op::Delete, k, &b""[..]),
+            ReqOp::Get(_) => unreachable!("handled above"),
         };
-        let mut out = Output::default();
-        let result = node.advance(&mut out);
+        command::encode(
+            &mut n.window.commands,
+            op,
+            req.client_id,
+            req.seq,
+            key,
+            value,
+        );
+        n.window.replies.push(req);
+        if window_is_full(n.window.commands.len(), self.config.window_bytes_max) {
+            self.seal_window(i);
+        }
+        Ok(())
+    }
+
+    /// Seals the node's window into one proposal (the server seals every shard's).
+    fn seal_window(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        let Some(replica) = n.replica.as_mut() else {
+            return;
+        };
+        let window = std::mem::take(&mut n.window);
+        let mut out = ReplicaOutput::default();
+        replica.seal(vec![window], &mut out);
+        self.finish(i, out);
+    }
+
+    /// In index mode, one ReadIndex round covers every GET waiting when it starts.
+    fn start_read_round(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        let now = n.now();
+        let (Some(replica), true) = (n.replica.as_mut(), n.reads_waiting) else {
+            return;
+        };
+        let epochs = &mut n.read_epoch_next;
+        let started = replica.start_read_round(now, || {
+            *epochs += 1;
+            *epochs - 1
+        });
+        n.reads_waiting = !started;
+    }
+
+    /// Sends the messages and answers the windows a replica call produced.
+    fn finish(&mut self, i: usize, mut out: ReplicaOutput<ClientReq>) {
         for msg in std::mem::take(&mut out.messages) {
             let to = msg.to as usize - 1;
             self.send(Envelope::Raft { to, msg });
         }
-        for event in out.events {
-            match event {
-                Event::Applied { tag, .. } => {
-                    for r in self.nodes[i].proposals.remove(&tag).unwrap_or_default() {
-                        self.reply(&r, ReplyKind::Done);
-                    }
-                }
-                Event::Dropped { tag } => {
-                    let hint = self.leader_hint(i);
-                    for r in self.nodes[i].proposals.remove(&tag).unwrap_or_default() {
-                        self.reply(&r, ReplyKind::NotLeader(hint));
-                    }
-                }
-                Event::ReadReady { ctx, .. } => {
-                    for r in self.nodes[i].reads.remove(&ctx).unwrap_or_default() {
-                        let ReqOp::Get(key) = &r.op else {
-                            unreachable!()
-                        };
-                        let value = self.nodes[i]
-                            .node
-                            .as_mut()
-                            .unwrap()
-                            .engine()
-                            .get(key)
-                            .map_err(|e| format!("node {} read failed: {e}", i + 1))?;
-                        self.reply(&r, ReplyKind::Value(value));
-                    }
-                }
+        for Completed {
+            windows, outcome, ..
+        } in out.completed
+        {
+            let kind = match outcome {
+                None => continue,
+                Some(WriteOutcome::Applied) => ReplyKind::Done,
+                Some(WriteOutcome::Busy) => ReplyKind::Busy,
+                Some(_) => ReplyKind::NotLeader(self.leader_hint(i)),
+            };
+            for r in windows.into_iter().flat_map(|w| w.replies) {
+                self.reply(&r, kind.clone());
             }
         }
+    }
+
+    /// The Ready cycle: what may leave before the write is sent first (it can arrive even
+    /// if the node dies while writing), then persist and apply; then answer the reads
+    /// whose round completed.
+    fn advance_node(&mut self, i: usize) -> Result<(), String> {
+        let Some(replica) = self.nodes[i].replica.as_mut() else {
+            return Ok(());
+        };
+        let mut out = ReplicaOutput::default();
+        replica.ready(&mut out);
+        self.finish(i, out);
+        let n = &mut self.nodes[i];
+        let now = n.now();
+        let replica = n.replica.as_mut().expect("checked above");
+        let mut out = ReplicaOutput::default();
+        let result = replica.persist_and_apply(now, &mut out);
+        self.finish(i, out);
         if let Err(e) = result {
             if self.nodes[i].disk.crashed() {
                 self.crash_node(i);
+                return Ok(());
+            }
+            return Err(format!("node {} stopped at tick {}: {e}", i + 1, self.tick));
+        }
+        self.serve_waiting_reads(i)
+    }
+
+    fn serve_waiting_reads(&mut self, i: usize) -> Result<(), String> {
+        let n = &mut self.nodes[i];
+        let Some(replica) = n.replica.as_ref() else {
+            return Ok(());
+        };
+        let leader = replica.node().is_leader();
+        let (ready, still) = n
+            .waiting_reads
+            .take_ready(leader, replica.read_epoch_done());
+        n.reads_waiting |= still;
+        for r in ready {
+            let kind = if leader {
+                let ReqOp::Get(key) = &r.op else {
+                    unreachable!("only GETs wait for rounds")
+                };
+                let value = self.nodes[i]
+                    .replica
+                    .as_ref()
+                    .expect("checked above")
+                    .node()
+                    .engine()
+                    .get(key)
+                    .map_err(|e| format!("node {} read failed: {e}", i + 1))?;
+                ReplyKind::Value(value)
             } else {
-                return Err(format!("node {} stopped at tick {}: {e}", i + 1, self.tick));
+                ReplyKind::NotLeader(self.leader_hint(i))
+            };
+            self.reply(&r, kind);
+        }
+        Ok(())
+    }
+
+    /// Copies a checkpoint's pages now and runs its IO a few steps later, while the node
+    /// goes on applying (the server runs it on a thread of its own).
+    fn checkpoint_step(&mut self, i: usize) -> Result<(), String> {
+        let tick = self.tick;
+        if self.nodes[i]
+            .checkpoint
+            .as_ref()
+            .is_some_and(|(_, due)| tick >= *due)
+        {
+            let (mut job, _) = self.nodes[i].checkpoint.take().expect("checked above");
+            let result = job.write();
+            let replica = self.nodes[i].replica.as_mut().expect("a live node");
+            if replica.checkpoint_end(job, result).is_err() {
+                if self.nodes[i].disk.crashed() {
+                    self.crash_node(i);
+                    return Ok(());
+                }
+                return Err(format!("node {} checkpoint failed", i + 1));
+            }
+        } else if self.nodes[i].checkpoint.is_none() && tick % 97 == (i as u64 * 31) % 97 {
+            let due = tick + 1 + self.rng.below(6);
+            let replica = self.nodes[i].replica.as_mut().expect("a live node");
+            if let Some(job) = replica.checkpoint_begin() {
+                self.nodes[i].checkpoint = Some((job, due));
             }
         }
         Ok(())
@@ -547,6 +710,10 @@ impl Sim {
             return; // a late or duplicated reply to an earlier request
         }
         match kind {
+            ReplyKind::Busy => {
+                // Back off briefly, then ask the same node again.
+                inflight.deadline = tick + 2 + self.rng.below(4);
+            }
             ReplyKind::NotLeader(hint) => {
                 let req = inflight.req.clone();
                 let target =
@@ -569,9 +736,19 @@ impl Sim {
 
     fn inject_faults(&mut self) -> Result<(), String> {
         let n = self.config.nodes;
+        if self.tick.is_multiple_of(CLOCK_RATE_STEPS) {
+            for i in 0..n {
+                let leader = self.nodes[i]
+                    .replica
+                    .as_ref()
+                    .is_some_and(|r| r.node().is_leader());
+                self.nodes[i].clock_rate_per_mille =
+                    clock_rate(&self.config, &mut self.rng, leader);
+            }
+        }
         if self.rng.chance(self.config.crash_per_mille) {
             let i = self.rng.below(n as u64) as usize;
-            if self.nodes[i].node.is_some() {
+            if self.nodes[i].replica.is_some() {
                 self.crash_node(i);
             }
         }
@@ -604,40 +781,56 @@ impl Sim {
             self.inject_faults()?;
         }
         for i in 0..self.nodes.len() {
-            if self.nodes[i].node.is_none() && self.tick >= self.nodes[i].down_until {
+            if self.nodes[i].replica.is_none() && self.tick >= self.nodes[i].down_until {
                 self.start_node(i)?;
             }
         }
-        self.deliver();
+        self.deliver()?;
         for c in 0..self.clients.len() {
             self.client_step(c);
         }
         for i in 0..self.nodes.len() {
-            let Some(node) = self.nodes[i].node.as_mut() else {
-                continue;
-            };
-            node.tick();
-            if self.tick.is_multiple_of(self.config.window_ticks) {
-                self.seal_window(i);
-            }
-            // Checkpoints now and then exercise the journal and replay from it.
-            if self.tick % 97 == (i as u64 * 31) % 97 {
-                let node = self.nodes[i].node.as_mut().unwrap();
-                if node.checkpoint().is_err() {
-                    if self.nodes[i].disk.crashed() {
-                        self.crash_node(i);
-                        continue;
-                    }
-                    return Err(format!("node {} checkpoint failed", i + 1));
+            // Every clock runs on, a dead node's too; a live node ticks each time its own
+            // clock passes a tick, and seals a window every few of its ticks.
+            let n = &mut self.nodes[i];
+            n.clock_ns += STEP.as_nanos() as u64 * n.clock_rate_per_mille / 1000;
+            loop {
+                let n = &mut self.nodes[i];
+                let Some(replica) = n.replica.as_mut() else {
+                    break;
+                };
+                if (n.ticks + 1) * STEP.as_nanos() as u64 > n.clock_ns {
+                    break;
+                }
+                n.ticks += 1;
+                replica.tick(Duration::from_nanos(n.clock_ns));
+                if replica.take_read_round_lost() {
+                    n.reads_waiting = true;
+                }
+                if n.ticks.is_multiple_of(self.config.window_ticks) {
+                    self.seal_window(i);
+                    self.start_read_round(i);
                 }
             }
-            self.advance_node(i)?;
+            if self.nodes[i].replica.is_none() {
+                continue;
+            }
+            self.checkpoint_step(i)?;
+            if self.nodes[i].replica.is_some() {
+                self.advance_node(i)?;
+            }
         }
         Ok(())
     }
 
+    fn live_nodes(&self) -> impl Iterator<Item = &RaftNode> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.replica.as_ref().map(|r| r.node()))
+    }
+
     fn converged(&self) -> bool {
-        let live: Vec<&RaftNode> = self.nodes.iter().filter_map(|n| n.node.as_ref()).collect();
+        let live: Vec<&RaftNode> = self.live_nodes().collect();
         if live.len() != self.nodes.len() {
             return false;
         }
@@ -669,7 +862,7 @@ impl Sim {
                 let states: Vec<String> = self
                     .nodes
                     .iter()
-                    .map(|n| match &n.node {
+                    .map(|n| match n.replica.as_ref().map(|r| r.node()) {
                         Some(r) => format!(
                             "{:?} term {} commit {} applied {} last {}",
                             r.role(),
@@ -692,13 +885,11 @@ impl Sim {
 
     fn final_checks(mut self) -> Result<SimReport, String> {
         // Log matching: every node holds the same committed entries.
-        let commit = self.nodes[0].node.as_ref().unwrap().commit_index();
+        let nodes: Vec<&RaftNode> = self.live_nodes().collect();
+        let commit = nodes[0].commit_index();
         for index in 1..=commit {
-            let terms: Vec<Option<u64>> = self
-                .nodes
-                .iter_mut()
-                .map(|n| n.node.as_mut().unwrap().engine().log().term(index))
-                .collect();
+            let terms: Vec<Option<u64>> =
+                nodes.iter().map(|n| n.engine().log().term(index)).collect();
             if terms.iter().any(|t| *t != terms[0]) {
                 return Err(format!(
                     "logs diverge at committed index {index}: terms {terms:?}"
@@ -710,11 +901,8 @@ impl Sim {
         for k in 0..self.config.keys {
             let key = format!("key{k}").into_bytes();
             let mut values = Vec::new();
-            for n in self.nodes.iter_mut() {
+            for n in self.live_nodes() {
                 let v = n
-                    .node
-                    .as_mut()
-                    .unwrap()
                     .engine()
                     .get(&key)
                     .map_err(|e| format!("final read failed: {e}"))?;
@@ -748,9 +936,7 @@ impl Sim {
             }
         }
         let leader_changes = self
-            .nodes
-            .iter()
-            .filter_map(|n| n.node.as_ref())
+            .live_nodes()
             .map(|n| n.leader_changes())
             .max()
             .unwrap_or(0);

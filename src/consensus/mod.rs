@@ -50,6 +50,9 @@ pub enum PlantedBug {
     AckBeforeCommit,
     /// Followers acknowledge appended entries before writing them.
     AckBeforePersist,
+    /// Not a code change: the simulator runs node clocks at rates far outside the drift
+    /// bound the read lease assumes.
+    ClockDriftBeyondBound,
 }
 
 /// Settings of one node's Raft group.

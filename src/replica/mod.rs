@@ -349,25 +349,22 @@ impl<R> Replica<R> {
         }
     }
 
-    /// Starts the index-mode round `epoch` (taken by the driver from its counter, before
-    /// this call, so that every read that saw the previous counter value is covered).
-    /// Returns false when no round can start now (another is in flight, or this node is
-    /// not the leader): the reads keep waiting.
-    pub fn start_read_round(&mut self, now: Duration, epoch: u64) -> bool {
+    /// Starts an index-mode round for the reads waiting, if one can start now (no round
+    /// in flight, this node the leader). `take_epoch` hands out the round's epoch: the
+    /// driver's counter moves on *before* the round is asked for, so every read that saw
+    /// the old value arrived before the round and is covered by it. Returns whether a
+    /// round started; if not, the reads keep waiting for a later call.
+    pub fn start_read_round(&mut self, now: Duration, take_epoch: impl FnOnce() -> u64) -> bool {
         if self.config.read_mode != ReadMode::Index
             || self.read_round.is_some()
             || !self.node.is_leader()
         {
             return false;
         }
+        let epoch = take_epoch();
         self.node.read_index(epoch);
         self.read_round = Some((epoch, now));
         true
-    }
-
-    /// Whether an index-mode round could start now.
-    pub fn read_round_idle(&self) -> bool {
-        self.read_round.is_none()
     }
 
     /// Seals the shards' windows into one entry and proposes it. Windows that cannot be

@@ -225,15 +225,13 @@ impl Loop<'_> {
 
     /// In index mode, one ReadIndex round covers every GET waiting when it starts.
     fn start_read_round(&mut self) {
-        if !self.replica.node().is_leader() || !self.replica.read_round_idle() {
-            return;
-        }
         if self.shared.reads_waiting.swap(false, Ordering::AcqRel) {
-            // The epoch moves on before the round is asked for: a GET that saw the old
-            // value arrived before the round and is covered by it.
-            let epoch = self.shared.read_epoch_next.fetch_add(1, Ordering::AcqRel);
             let now = self.now();
-            if !self.replica.start_read_round(now, epoch) {
+            let epochs = &self.shared.read_epoch_next;
+            let started = self
+                .replica
+                .start_read_round(now, || epochs.fetch_add(1, Ordering::AcqRel));
+            if !started {
                 self.shared.reads_waiting.store(true, Ordering::Release);
             }
         }
