@@ -85,7 +85,7 @@ impl SimConfig {
             keys: 4,
             window_ticks: 5,
             window_bytes_max: 400,
-            read_mode: if seed % 2 == 0 {
+            read_mode: if seed.is_multiple_of(2) {
                 ReadMode::Lease
             } else {
                 ReadMode::Index

@@ -439,7 +439,7 @@ fn bad_peer_connections_are_closed_and_the_cluster_keeps_working() {
     assert!(closed_after(&junk), "garbage is refused");
     // The cluster still takes writes.
     let mut client = Client::connect_cluster(
-        &cluster.client_addrs(),
+        cluster.client_addrs(),
         ClientOptions {
             deadline: Duration::from_secs(5),
             ..ClientOptions::default()

@@ -60,13 +60,13 @@ fn keys_sharing_all_directory_bits_get_overflow_pages_not_a_huge_directory() {
         check_all(&map, &hashes, |_| true, &context);
         // Overwrites stay in place, deletes find keys anywhere in a chain.
         for (i, &h) in hashes.iter().enumerate() {
-            if i % 3 == 0 {
+            if i.is_multiple_of(3) {
                 assert!(map.delete(h), "{context}: delete {i}");
             } else {
                 map.set(h, i as u64 * 64, &[8u8; 100]);
             }
         }
-        let present = |i: usize| i % 3 != 0;
+        let present = |i: usize| !i.is_multiple_of(3);
         assert_eq!(map.entry_count(), 2000 - 667);
         check_all(&map, &hashes, present, &context);
         map.checkpoint(1, 1, b"").unwrap();
@@ -76,7 +76,7 @@ fn keys_sharing_all_directory_bits_get_overflow_pages_not_a_huge_directory() {
         assert_eq!(map.entry_count(), 2000 - 667);
         // Freed slots anywhere in the chain are reused before it grows.
         let pages = map.page_count();
-        for (i, &h) in hashes.iter().enumerate().filter(|(i, _)| i % 3 == 0) {
+        for (i, &h) in hashes.iter().enumerate().filter(|(i, _)| i.is_multiple_of(3)) {
             map.set(h, i as u64 * 64, &[9u8; 100]);
         }
         assert_eq!(map.page_count(), pages, "{context}");

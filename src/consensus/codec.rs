@@ -178,18 +178,45 @@ pub fn decode(buf: &[u8]) -> Result<Message, DecodeError> {
         if r.u8()? != 0 {
             return Err(DecodeError("only normal entries are accepted"));
         }
-        let mut e = Entry::default();
-        e.term = r.u64()?;
-        e.index = r.u64()?;
-        e.data = bytes::Bytes::copy_from_slice(r.bytes(MESSAGE_SIZE_MAX)?);
-        e.context = bytes::Bytes::copy_from_slice(r.bytes(CONTEXT_SIZE_MAX)?);
-        entries.push(e);
+        let term = r.u64()?;
+        let index = r.u64()?;
+        let data = r.bytes(MESSAGE_SIZE_MAX)?;
+        let context = r.bytes(CONTEXT_SIZE_MAX)?;
+        check_entry_commands(data, context)?;
+        entries.push(Entry {
+            term,
+            index,
+            data: bytes::Bytes::copy_from_slice(data),
+            context: bytes::Bytes::copy_from_slice(context),
+            ..Default::default()
+        });
     }
     msg.set_entries(entries.into());
     if r.at != buf.len() {
         return Err(DecodeError("trailing bytes"));
     }
     Ok(msg)
+}
+
+/// An entry from a peer must be what this node's own log accepts: an empty entry (a new
+/// leader's no-op) or commands that decode to exactly the count its context carries.
+/// Anything else closes the connection before it can reach the log.
+fn check_entry_commands(data: &[u8], context: &[u8]) -> Result<(), DecodeError> {
+    if data.is_empty() && context.is_empty() {
+        return Ok(());
+    }
+    let count = context
+        .first_chunk::<8>()
+        .filter(|_| context.len() == 8)
+        .map(|c| u64::from_le_bytes(*c))
+        .ok_or(DecodeError("an entry's context is not its command count"))?;
+    match crate::command::count(data) {
+        Ok(n) if n == count => Ok(()),
+        Ok(_) => Err(DecodeError(
+            "an entry's command count does not match its commands",
+        )),
+        Err(_) => Err(DecodeError("an entry's commands do not decode")),
+    }
 }
 
 #[cfg(test)]
@@ -210,11 +237,15 @@ mod tests {
         m.reject_hint = 3;
         m.priority = -5;
         m.context = bytes::Bytes::from_static(b"ctx");
-        let mut e = Entry::default();
-        e.term = 7;
-        e.index = 42;
-        e.data = bytes::Bytes::from_static(b"commands");
-        e.context = bytes::Bytes::from_static(&[1, 0, 0, 0, 0, 0, 0, 0]);
+        let mut commands = Vec::new();
+        crate::command::encode(&mut commands, crate::command::Op::Set, 1, 2, b"k", b"v");
+        let e = Entry {
+            term: 7,
+            index: 42,
+            data: commands.into(),
+            context: bytes::Bytes::from_static(&[1, 0, 0, 0, 0, 0, 0, 0]),
+            ..Default::default()
+        };
         m.set_entries(vec![e.clone(), Entry::default()].into());
         m
     }
@@ -252,5 +283,46 @@ mod tests {
         let ctx_len_at = 1 + 9 * 8 + 1 + 8;
         lie[ctx_len_at..ctx_len_at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode(&lie).is_err());
+    }
+
+    /// An entry whose context claims a command count its commands do not have, or whose
+    /// commands do not decode, is refused at the frame: it must never reach the log.
+    #[test]
+    fn entries_whose_commands_do_not_match_their_count_are_refused() {
+        let with_entry = |data: Vec<u8>, context: Vec<u8>| {
+            let mut m = sample();
+            m.set_entries(
+                vec![Entry {
+                    term: 7,
+                    index: 42,
+                    data: data.into(),
+                    context: context.into(),
+                    ..Default::default()
+                }]
+                .into(),
+            );
+            let mut buf = Vec::new();
+            encode(&m, &mut buf);
+            decode(&buf)
+        };
+        let mut two = Vec::new();
+        for key in [&b"a"[..], b"b"] {
+            crate::command::encode(&mut two, crate::command::Op::Set, 1, 2, key, b"v");
+        }
+        assert!(with_entry(two.clone(), 2u64.to_le_bytes().to_vec()).is_ok());
+        assert!(
+            with_entry(Vec::new(), Vec::new()).is_ok(),
+            "a leader's no-op"
+        );
+        for (data, context) in [
+            (two.clone(), u64::MAX.to_le_bytes().to_vec()),
+            (two.clone(), 3u64.to_le_bytes().to_vec()),
+            (two.clone(), Vec::new()),
+            (two.clone(), vec![2, 0, 0]),
+            (vec![0xAB; 64], 1u64.to_le_bytes().to_vec()),
+            (two[..two.len() - 8].to_vec(), 2u64.to_le_bytes().to_vec()),
+        ] {
+            assert!(with_entry(data, context).is_err());
+        }
     }
 }

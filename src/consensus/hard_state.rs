@@ -84,10 +84,12 @@ fn decode(page: &[u8]) -> Option<(u64, HardState)> {
         return None;
     }
     let u = |i: usize| u64::from_le_bytes(page[8 + i * 8..16 + i * 8].try_into().unwrap());
-    let mut hs = HardState::default();
-    hs.term = u(1);
-    hs.vote = u(2);
-    hs.commit = u(3);
+    let hs = HardState {
+        term: u(1),
+        vote: u(2),
+        commit: u(3),
+        ..Default::default()
+    };
     Some((u(0), hs))
 }
 
@@ -103,10 +105,12 @@ mod tests {
         crate::io::create_dir_durable(&disk, dir).unwrap();
         let mut f = HardStateFile::open(&disk, dir).unwrap();
         assert_eq!(f.get(), &HardState::default());
-        let mut hs = HardState::default();
-        hs.term = 3;
-        hs.vote = 2;
-        hs.commit = 10;
+        let hs = HardState {
+            term: 3,
+            vote: 2,
+            commit: 10,
+            ..Default::default()
+        };
         f.save(&hs).unwrap();
         let mut later = hs.clone();
         later.term = 4;

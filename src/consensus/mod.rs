@@ -590,8 +590,8 @@ impl RaftNode {
                 log_index: e.index,
                 num_commands: e
                     .context
-                    .get(..8)
-                    .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap())),
+                    .first_chunk::<8>()
+                    .map_or(0, |b| u64::from_le_bytes(*b)),
                 commands: &e.data,
             })
             .collect();

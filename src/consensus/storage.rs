@@ -19,8 +19,10 @@ pub struct LogStorage {
 
 impl LogStorage {
     pub fn new(engine: Rc<RefCell<Engine>>, hard_state: HardState, voters: &[u64]) -> LogStorage {
-        let mut conf_state = ConfState::default();
-        conf_state.voters = voters.to_vec();
+        let conf_state = ConfState {
+            voters: voters.to_vec(),
+            ..Default::default()
+        };
         LogStorage {
             engine,
             hard_state,
@@ -36,12 +38,13 @@ fn other(e: impl std::error::Error + Send + Sync + 'static) -> raft::Error {
 /// Builds the raft entry for log entry `index`.
 pub fn raft_entry(engine: &mut Engine, index: u64) -> raft::Result<Entry> {
     let entry = engine.read_entry(index).map_err(other)?;
-    let mut e = Entry::default();
-    e.term = entry.header.term;
-    e.index = index;
-    e.data = bytes::Bytes::copy_from_slice(entry.commands());
-    e.context = bytes::Bytes::copy_from_slice(&entry.header.num_commands.to_le_bytes());
-    Ok(e)
+    Ok(Entry {
+        term: entry.header.term,
+        index,
+        data: bytes::Bytes::copy_from_slice(entry.commands()),
+        context: bytes::Bytes::copy_from_slice(&entry.header.num_commands.to_le_bytes()),
+        ..Default::default()
+    })
 }
 
 impl raft::Storage for LogStorage {

@@ -98,7 +98,7 @@ fn readers_see_only_written_values_and_the_writer_is_not_starved() {
                     let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ t as u64;
                     while !stop.load(Ordering::Relaxed) {
                         let hot = read_count % HOT_KEY_COUNT as u64;
-                        let found = map.get(key_hash_of(&map, hot));
+                        let found = map.get(key_hash_of(map, hot));
                         if let Some(v) = version_found(hot, &found) {
                             let newest = latest[hot as usize].load(Ordering::Acquire);
                             assert!(v <= newest, "key {hot}: version {v} not yet written");
@@ -110,7 +110,7 @@ fn readers_see_only_written_values_and_the_writer_is_not_starved() {
                                 rng ^= rng >> 7;
                                 rng ^= rng << 17;
                                 let id = HOT_KEY_COUNT as u64 + rng % n;
-                                let found = map.get(key_hash_of(&map, id));
+                                let found = map.get(key_hash_of(map, id));
                                 assert_eq!(
                                     version_found(id, &found),
                                     Some(cold_version(id)),
