@@ -117,42 +117,71 @@ impl std::fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
-/// Decodes the command at `offset` of `region`.
+/// Decodes the command at `offset` of `region`. Never panics, whatever the bytes.
 pub fn decode_at(region: &[u8], offset: usize) -> Result<CommandRef<'_>, DecodeError> {
     let fail = |reason| Err(DecodeError { offset, reason });
-    let rest = &region[offset.min(region.len())..];
+    let rest = region.get(offset..).unwrap_or_default();
+    // The shortest command: the header, an empty key's NUL padded to 8, the value length.
     if rest.len() < COMMAND_HEADER_SIZE + 8 + 8 {
         return fail("truncated header");
     }
-    let Some(op) = Op::from_u8(rest[0]) else {
+    let Some((header, after_header)) = rest.split_first_chunk::<COMMAND_HEADER_SIZE>() else {
+        return fail("truncated header");
+    };
+    let [
+        op,
+        reserved,
+        key_len_lo,
+        key_len_hi,
+        r0,
+        r1,
+        r2,
+        r3,
+        ids @ ..,
+    ] = *header;
+    let Some(op) = Op::from_u8(op) else {
         return fail("unknown op");
     };
-    if rest[1] != 0 || rest[4..8] != [0; 4] {
+    if reserved != 0 || [r0, r1, r2, r3] != [0; 4] {
         return fail("reserved bytes set");
     }
-    let key_len = u16::from_le_bytes([rest[2], rest[3]]) as usize;
+    let key_len = u16::from_le_bytes([key_len_lo, key_len_hi]) as usize;
     if key_len > KEY_SIZE_MAX {
         return fail("key too long");
     }
-    let client_id = u64::from_le_bytes(rest[8..16].try_into().unwrap());
-    let request_seq = u64::from_le_bytes(rest[16..24].try_into().unwrap());
-    let value_len_at = COMMAND_HEADER_SIZE + align_up(key_len + 1, 8);
-    if rest.len() < value_len_at + 8 {
+    let (client_id, request_seq) = match ids.split_first_chunk::<8>() {
+        Some((client_id, request_seq)) => (
+            u64::from_le_bytes(*client_id),
+            request_seq
+                .first_chunk::<8>()
+                .map_or(0, |b| u64::from_le_bytes(*b)),
+        ),
+        None => (0, 0),
+    };
+    let key_field = align_up(key_len + 1, 8);
+    let Some((key_field, after_key)) = after_header.split_at_checked(key_field) else {
         return fail("truncated key");
-    }
-    let key = &rest[COMMAND_HEADER_SIZE..COMMAND_HEADER_SIZE + key_len];
-    if rest[COMMAND_HEADER_SIZE + key_len] != 0 || key.contains(&0) {
+    };
+    let Some((value_len, after_len)) = after_key.split_first_chunk::<8>() else {
+        return fail("truncated key");
+    };
+    let Some((key, terminator)) = key_field.split_at_checked(key_len) else {
+        return fail("truncated key");
+    };
+    if terminator.first() != Some(&0) || key.contains(&0) {
         return fail("key not NUL-terminated");
     }
-    let value_len = u64::from_le_bytes(rest[value_len_at..value_len_at + 8].try_into().unwrap());
+    let value_len = u64::from_le_bytes(*value_len);
     if value_len > VALUE_SIZE_MAX as u64 {
         return fail("value too long");
     }
     let size = encoded_size(key_len, value_len as usize);
+    let Some(value) = after_len.get(..value_len as usize) else {
+        return fail("truncated value");
+    };
     if rest.len() < size {
         return fail("truncated value");
     }
-    let value = &rest[value_len_at + 8..value_len_at + 8 + value_len as usize];
     Ok(CommandRef {
         op,
         client_id,

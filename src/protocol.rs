@@ -541,19 +541,35 @@ impl fmt::Display for ResponseError {
 
 impl std::error::Error for ResponseError {}
 
+// Readers of received bytes never panic: a field past the end reads as zero (the parsers
+// check the length first, so that never decides anything).
+
+#[inline]
+fn field<const N: usize>(buf: &[u8], at: usize) -> [u8; N] {
+    buf.get(at..)
+        .and_then(|b| b.first_chunk::<N>())
+        .copied()
+        .unwrap_or([0; N])
+}
+
+#[inline]
+fn get_u8(buf: &[u8], at: usize) -> u8 {
+    u8::from_le_bytes(field(buf, at))
+}
+
 #[inline]
 fn get_u16(buf: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([buf[at], buf[at + 1]])
+    u16::from_le_bytes(field(buf, at))
 }
 
 #[inline]
 fn get_u32(buf: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"))
+    u32::from_le_bytes(field(buf, at))
 }
 
 #[inline]
 fn get_u64(buf: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(buf[at..at + 8].try_into().expect("8 bytes"))
+    u64::from_le_bytes(field(buf, at))
 }
 
 #[inline]
@@ -599,10 +615,10 @@ pub fn parse_request(buf: &[u8]) -> Result<Request<'_>, ParseError> {
     if get_u16(buf, offset::MAGIC) != MAGIC {
         return Err(ParseError::Unaddressable(Unaddressable::BadMagic));
     }
-    if buf[offset::VERSION] != VERSION {
+    if get_u8(buf, offset::VERSION) != VERSION {
         return Err(ParseError::Unaddressable(Unaddressable::BadVersion));
     }
-    let op = Op::from_u8(buf[offset::OP]);
+    let op = Op::from_u8(get_u8(buf, offset::OP));
     let to = Addressing {
         op,
         client_id: get_u64(buf, offset::CLIENT_ID),
@@ -628,15 +644,18 @@ pub fn parse_request(buf: &[u8]) -> Result<Request<'_>, ParseError> {
     if REQUEST_HEADER_SIZE as u64 + key_len as u64 + value_len as u64 != buf.len() as u64 {
         return Err(reject(RejectReason::LengthMismatch));
     }
-    let key_end = REQUEST_HEADER_SIZE + key_len;
-    let key = check_body(op, &buf[REQUEST_HEADER_SIZE..key_end], value_len).map_err(reject)?;
+    let body = buf.get(REQUEST_HEADER_SIZE..).unwrap_or_default();
+    let (key, value) = body
+        .split_at_checked(key_len)
+        .ok_or(reject(RejectReason::LengthMismatch))?;
+    let key = check_body(op, key, value_len).map_err(reject)?;
     Ok(Request {
         op,
         client_id: to.client_id,
         request_seq: to.request_seq,
         cookie: to.cookie,
         key,
-        value: &buf[key_end..],
+        value,
     })
 }
 
@@ -689,13 +708,13 @@ pub fn parse_response(buf: &[u8]) -> Result<Response<'_>, ResponseError> {
     if get_u16(buf, offset::MAGIC) != MAGIC {
         return Err(ResponseError::BadMagic);
     }
-    if buf[offset::VERSION] != VERSION {
+    if get_u8(buf, offset::VERSION) != VERSION {
         return Err(ResponseError::BadVersion);
     }
     if buf.len() > MAX_DATAGRAM_SIZE {
         return Err(ResponseError::Oversize);
     }
-    let op = match buf[offset::OP] {
+    let op = match get_u8(buf, offset::OP) {
         0 => None,
         b => Some(Op::from_u8(b).ok_or(ResponseError::UnknownOp(b))?),
     };
@@ -717,7 +736,7 @@ pub fn parse_response(buf: &[u8]) -> Result<Response<'_>, ResponseError> {
         client_id: get_u64(buf, offset::CLIENT_ID),
         request_seq: get_u64(buf, offset::REQUEST_SEQ),
         cookie: get_u64(buf, offset::COOKIE),
-        payload: &buf[RESPONSE_HEADER_SIZE..],
+        payload: buf.get(RESPONSE_HEADER_SIZE..).unwrap_or_default(),
     })
 }
 

@@ -97,10 +97,23 @@ impl Cluster {
             .arg(self.dir.join(format!("node-{k}")))
             .args(&self.extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(self.stderr_file(k))
             .spawn()
             .unwrap();
         self.nodes[k].child = Some(child);
+    }
+
+    /// Node `k`'s standard error, kept across restarts.
+    fn stderr_file(&self, k: usize) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("node-{k}.stderr")))
+            .unwrap()
+    }
+
+    fn stderr_text(&self, k: usize) -> String {
+        std::fs::read_to_string(self.dir.join(format!("node-{k}.stderr"))).unwrap_or_default()
     }
 
     fn kill9(&mut self, k: usize) {
@@ -401,7 +414,7 @@ fn a_wiped_follower_catches_up_from_the_leader() {
 #[test]
 fn bad_peer_connections_are_closed_and_the_cluster_keeps_working() {
     use std::io::{Read, Write};
-    let cluster = Cluster::start(3);
+    let cluster = Cluster::start_with(3, &["--cluster-id", "7"]);
     cluster
         .wait_for_leader(None, Duration::from_secs(10))
         .expect("a leader is elected");
@@ -437,6 +450,31 @@ fn bad_peer_connections_are_closed_and_the_cluster_keeps_working() {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     assert!(closed_after(&junk), "garbage is refused");
+    // Hellos of this very cluster cut short anywhere, the 22-byte one among them.
+    let mut ours = b"OLPEER01".to_vec();
+    ours.extend_from_slice(&7u64.to_le_bytes());
+    ours.extend_from_slice(&1u32.to_le_bytes());
+    ours.extend_from_slice(&0u64.to_le_bytes());
+    ours.extend_from_slice(&(addr.len() as u16).to_le_bytes());
+    ours.extend_from_slice(addr);
+    for cut in [22, 16, 20, 27, 29, 31] {
+        let mut frame = (cut as u32).to_le_bytes().to_vec();
+        frame.push(1);
+        frame.extend_from_slice(&ours[..cut]);
+        assert!(
+            closed_after(&frame),
+            "a hello cut at {cut} bytes is refused"
+        );
+    }
+    let log = cluster.stderr_text(0);
+    assert!(
+        !log.contains("panicked"),
+        "a peer connection's reader panicked:\n{log}"
+    );
+    assert!(
+        log.contains("ends inside its"),
+        "the node logs why it closed the connection:\n{log}"
+    );
     // The cluster still takes writes.
     let mut client = Client::connect_cluster(
         cluster.client_addrs(),

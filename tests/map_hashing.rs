@@ -76,7 +76,11 @@ fn keys_sharing_all_directory_bits_get_overflow_pages_not_a_huge_directory() {
         assert_eq!(map.entry_count(), 2000 - 667);
         // Freed slots anywhere in the chain are reused before it grows.
         let pages = map.page_count();
-        for (i, &h) in hashes.iter().enumerate().filter(|(i, _)| i.is_multiple_of(3)) {
+        for (i, &h) in hashes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i.is_multiple_of(3))
+        {
             map.set(h, i as u64 * 64, &[9u8; 100]);
         }
         assert_eq!(map.page_count(), pages, "{context}");

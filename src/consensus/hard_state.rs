@@ -76,14 +76,18 @@ impl HardStateFile {
 }
 
 fn decode(page: &[u8]) -> Option<(u64, HardState)> {
-    if page[..8] != MAGIC {
+    if page.first_chunk::<8>() != Some(&MAGIC) {
         return None;
     }
-    let hash = u128::from_le_bytes(page[HASHED..HASHED + 16].try_into().unwrap());
-    if hash != xxh3_128(&page[..HASHED]) {
+    let hash = page.get(HASHED..)?.first_chunk::<16>()?;
+    if u128::from_le_bytes(*hash) != xxh3_128(page.get(..HASHED)?) {
         return None;
     }
-    let u = |i: usize| u64::from_le_bytes(page[8 + i * 8..16 + i * 8].try_into().unwrap());
+    let u = |i: usize| {
+        page.get(8 + i * 8..)
+            .and_then(|b| b.first_chunk::<8>())
+            .map_or(0, |b| u64::from_le_bytes(*b))
+    };
     let hs = HardState {
         term: u(1),
         vote: u(2),

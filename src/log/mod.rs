@@ -178,25 +178,28 @@ impl EntryHeader {
 
     /// Decodes and verifies a header (magic, header hash, sane length).
     pub fn decode(bytes: &[u8]) -> Option<EntryHeader> {
-        if bytes.len() < HEADER_SIZE || bytes[..8] != ENTRY_MAGIC {
+        let header: &[u8; HEADER_SIZE] = bytes.first_chunk()?;
+        let field = |at: usize| header.get(at..).and_then(|b| b.first_chunk::<16>());
+        let u64_at = |at: usize| {
+            header
+                .get(at..)
+                .and_then(|b| b.first_chunk::<8>())
+                .map_or(0, |b| u64::from_le_bytes(*b))
+        };
+        if header.first_chunk::<8>() != Some(&ENTRY_MAGIC) {
             return None;
         }
-        let hash = u128::from_le_bytes(bytes[OFFSET_HEADER_HASH..HEADER_SIZE].try_into().unwrap());
-        if hash != xxh3_128(&bytes[..OFFSET_HEADER_HASH]) {
+        let hash = u128::from_le_bytes(*field(OFFSET_HEADER_HASH)?);
+        if hash != xxh3_128(header.get(..OFFSET_HEADER_HASH)?) {
             return None;
         }
-        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
         let header = EntryHeader {
             term: u64_at(OFFSET_TERM),
             log_index: u64_at(OFFSET_INDEX),
             num_commands: u64_at(OFFSET_NUM_COMMANDS),
             command_length: u64_at(OFFSET_COMMAND_LENGTH),
             batch_first_index: u64_at(OFFSET_BATCH_FIRST),
-            commands_hash: u128::from_le_bytes(
-                bytes[OFFSET_COMMANDS_HASH..OFFSET_HEADER_HASH]
-                    .try_into()
-                    .unwrap(),
-            ),
+            commands_hash: u128::from_le_bytes(*field(OFFSET_COMMANDS_HASH)?),
         };
         (header.command_length as usize <= COMMAND_LENGTH_MAX
             && header.log_index > 0

@@ -172,9 +172,11 @@ fn write_frame(w: &mut impl Write, kind: u8, payload: &[u8]) -> io::Result<()> {
 }
 
 fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>, limit: usize) -> io::Result<u8> {
-    let mut head = [0u8; 5];
-    r.read_exact(&mut head)?;
-    let len = u32::from_le_bytes(head[..4].try_into().unwrap()) as usize;
+    let mut len = [0u8; 4];
+    let mut kind = [0u8; 1];
+    r.read_exact(&mut len)?;
+    r.read_exact(&mut kind)?;
+    let len = u32::from_le_bytes(len) as usize;
     if len > limit {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -183,19 +185,91 @@ fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>, limit: usize) -> io::Result<
     }
     buf.resize(len, 0);
     r.read_exact(buf)?;
-    Ok(head[4])
+    Ok(kind[0])
+}
+
+/// The first frame on every peer connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub cluster_id: u64,
+    pub node_index: u32,
+    pub last_index: u64,
+    /// The sender's client address.
+    pub client_addr: SocketAddr,
+}
+
+/// Bytes of a hello before its address: magic, cluster id, node index, last index,
+/// address length.
+const HELLO_FIXED_SIZE: usize = 8 + 8 + 4 + 8 + 2;
+/// Longest hello payload accepted.
+const HELLO_SIZE_MAX: usize = 1024;
+
+impl Hello {
+    pub fn encode(&self) -> Vec<u8> {
+        let addr = self.client_addr.to_string();
+        let mut out = Vec::with_capacity(HELLO_FIXED_SIZE + addr.len());
+        out.extend_from_slice(&HELLO_MAGIC);
+        out.extend_from_slice(&self.cluster_id.to_le_bytes());
+        out.extend_from_slice(&self.node_index.to_le_bytes());
+        out.extend_from_slice(&self.last_index.to_le_bytes());
+        out.extend_from_slice(&(addr.len() as u16).to_le_bytes());
+        out.extend_from_slice(addr.as_bytes());
+        out
+    }
+
+    /// Decodes a hello payload; every field is bounds-checked and the whole payload must
+    /// be used.
+    pub fn decode(payload: &[u8]) -> Result<Hello, String> {
+        let mut rest = payload;
+        let mut take = |n: usize, what: &str| -> Result<&[u8], String> {
+            if rest.len() < n {
+                return Err(format!(
+                    "hello of {} bytes ends inside its {what}",
+                    payload.len()
+                ));
+            }
+            let (field, after) = rest.split_at(n);
+            rest = after;
+            Ok(field)
+        };
+        let u64_of = |b: &[u8]| b.first_chunk::<8>().map(|c| u64::from_le_bytes(*c));
+        if take(8, "magic")? != HELLO_MAGIC {
+            return Err("peer did not open with a hello".into());
+        }
+        let cluster_id = u64_of(take(8, "cluster id")?).unwrap_or_default();
+        let node_index = take(4, "node index")?
+            .first_chunk::<4>()
+            .map(|c| u32::from_le_bytes(*c))
+            .unwrap_or_default();
+        let last_index = u64_of(take(8, "last index")?).unwrap_or_default();
+        let addr_len = take(2, "address length")?
+            .first_chunk::<2>()
+            .map(|c| u16::from_le_bytes(*c))
+            .unwrap_or_default() as usize;
+        let client_addr = std::str::from_utf8(take(addr_len, "client address")?)
+            .ok()
+            .and_then(|s| s.parse::<SocketAddr>().ok())
+            .ok_or_else(|| "bad client address in hello".to_string())?;
+        if !rest.is_empty() {
+            return Err(format!("{} trailing bytes after a hello", rest.len()));
+        }
+        Ok(Hello {
+            cluster_id,
+            node_index,
+            last_index,
+            client_addr,
+        })
+    }
 }
 
 fn hello(config: &TransportConfig) -> Vec<u8> {
-    let addr = config.client_addr.to_string();
-    let mut out = Vec::new();
-    out.extend_from_slice(&HELLO_MAGIC);
-    out.extend_from_slice(&config.cluster_id.to_le_bytes());
-    out.extend_from_slice(&(config.node_index as u32).to_le_bytes());
-    out.extend_from_slice(&config.last_index.load(Ordering::Acquire).to_le_bytes());
-    out.extend_from_slice(&(addr.len() as u16).to_le_bytes());
-    out.extend_from_slice(addr.as_bytes());
-    out
+    Hello {
+        cluster_id: config.cluster_id,
+        node_index: config.node_index as u32,
+        last_index: config.last_index.load(Ordering::Acquire),
+        client_addr: config.client_addr,
+    }
+    .encode()
 }
 
 fn invalid(msg: String) -> io::Error {
@@ -276,36 +350,27 @@ fn reader_loop(
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut r = io::BufReader::with_capacity(256 << 10, conn);
     let mut buf = Vec::new();
-    if read_frame(&mut r, &mut buf, 1024)? != KIND_HELLO
-        || buf.len() < 22
-        || buf[..8] != HELLO_MAGIC
-    {
+    if read_frame(&mut r, &mut buf, HELLO_SIZE_MAX)? != KIND_HELLO {
         return Err(invalid("peer did not open with a hello".into()));
     }
-    let cluster_id = u64::from_le_bytes(buf[8..16].try_into().unwrap());
+    let hello = Hello::decode(&buf).map_err(invalid)?;
+    let cluster_id = hello.cluster_id;
     if cluster_id != config.cluster_id {
         return Err(invalid(format!(
             "refused a node of another cluster (cluster id {cluster_id:#x}, ours {:#x})",
             config.cluster_id
         )));
     }
-    let peer = u32::from_le_bytes(buf[16..20].try_into().unwrap()) as usize;
+    let peer = hello.node_index as usize;
     if peer >= config.peers.len() || peer == config.node_index {
         return Err(invalid(format!(
             "refused a hello from unknown node index {peer}"
         )));
     }
-    let last_index = u64::from_le_bytes(buf[20..28].try_into().unwrap());
-    let addr_len = u16::from_le_bytes(buf[28..30].try_into().unwrap()) as usize;
-    let addr = buf
-        .get(30..30 + addr_len)
-        .and_then(|b| std::str::from_utf8(b).ok())
-        .and_then(|s| s.parse::<SocketAddr>().ok())
-        .ok_or_else(|| invalid("bad client address in hello".into()))?;
     let _ = inbound.send(Inbound::PeerHello {
         peer,
-        addr,
-        last_index,
+        addr: hello.client_addr,
+        last_index: hello.last_index,
     });
     r.get_ref().set_read_timeout(None)?;
     loop {
@@ -324,13 +389,15 @@ fn reader_loop(
                 }
             }
             KIND_PING if buf.len() == 8 => {
-                let t = u64::from_le_bytes(buf[..8].try_into().unwrap());
+                let t = buf.first_chunk::<8>().map_or(0, |c| u64::from_le_bytes(*c));
                 if let Some(Some(tx)) = outbound.get(peer) {
                     let _ = tx.try_send(Frame::Pong(t));
                 }
             }
             KIND_PONG if buf.len() == 8 => {
-                let sent = u64::from_le_bytes(buf[..8].try_into().unwrap());
+                let Some(sent) = buf.first_chunk::<8>().map(|c| u64::from_le_bytes(*c)) else {
+                    continue;
+                };
                 let now = epoch.elapsed().as_nanos() as u64;
                 if let Some(rtt) = now.checked_sub(sent) {
                     let _ = inbound.try_send(Inbound::Rtt {
@@ -345,6 +412,51 @@ fn reader_loop(
                     buf.len()
                 )));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Hello {
+        Hello {
+            cluster_id: 0x0123_4567_89AB_CDEF,
+            node_index: 2,
+            last_index: 99,
+            client_addr: "127.0.0.1:9002".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_hello_round_trips() {
+        assert_eq!(Hello::decode(&sample().encode()), Ok(sample()));
+    }
+
+    /// Every truncation of a valid hello — the 22-byte one with the magic and the cluster
+    /// id among them — and random bytes are refused with a reason, never a panic.
+    #[test]
+    fn every_truncation_and_garbage_is_refused_without_panic() {
+        let full = sample().encode();
+        for cut in 0..full.len() {
+            assert!(Hello::decode(&full[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = full.clone();
+        longer.push(0);
+        assert!(Hello::decode(&longer).is_err());
+        let mut rng = 7u64;
+        for _ in 0..20_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let mut b = full.clone();
+            let at = rng as usize % b.len();
+            b[at] = (rng >> 40) as u8;
+            let _ = Hello::decode(&b);
+            let len = (rng >> 8) as usize % 64;
+            let noise: Vec<u8> = (0..len).map(|i| (rng >> (i % 56)) as u8).collect();
+            let _ = Hello::decode(&noise);
         }
     }
 }
