@@ -8,9 +8,20 @@
 //!
 //! Durable writes set `RWF_DSYNC` on the write itself, so data and the metadata needed to
 //! read it back reach stable storage in one submission instead of write + fdatasync.
+//!
+//! # Requests in flight
+//!
+//! Every request carries a tag of its own in `user_data`, and a completion is matched to
+//! its request by that tag alone, whatever order the kernel completes them in. A call
+//! returns only when every request it submitted has completed — on an error too — since
+//! the kernel may write into a buffer until then and the caller frees its buffers when
+//! the call returns. If `io_uring_enter` fails before the kernel took some requests, those
+//! are never submitted: the file refuses every later call, and closing it closes the ring
+//! with them unseen. If even waiting for taken requests fails, the process aborts rather
+//! than free memory the kernel may still write.
 
 use super::{Backend, BlockFile, assert_aligned};
-use io_uring::{IoUring, opcode, types};
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
@@ -65,6 +76,71 @@ impl Backend for UringBackend {
 pub struct UringFile {
     file: File,
     ring: IoUring,
+    /// The tag of the next request.
+    next_tag: u64,
+    /// Why the ring may not be entered again (requests the kernel never took are still
+    /// in its submission queue), if so.
+    broken: Option<String>,
+}
+
+/// `io_uring_enter` flag: wait for completions.
+const ENTER_GETEVENTS: u32 = 1;
+
+/// The requests of one call, by tag: results are placed by the tag a completion carries,
+/// never by arrival order, and completions of other tags are not taken for these.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    base_tag: u64,
+    results: Vec<Option<io::Result<usize>>>,
+    outstanding: usize,
+}
+
+impl Batch {
+    /// A batch of `count` requests tagged `base_tag`, `base_tag + 1`, ...
+    pub(crate) fn new(base_tag: u64, count: usize) -> Batch {
+        Batch {
+            base_tag,
+            results: (0..count).map(|_| None).collect(),
+            outstanding: count,
+        }
+    }
+
+    /// The tag of request `i`.
+    pub(crate) fn tag(&self, i: usize) -> u64 {
+        self.base_tag + i as u64
+    }
+
+    /// Records a completion; returns false for a tag that is not one of this batch's, or
+    /// one already completed (it is ignored).
+    pub(crate) fn complete(&mut self, tag: u64, result: i32) -> bool {
+        let Some(i) = tag.checked_sub(self.base_tag).map(|i| i as usize) else {
+            return false;
+        };
+        let Some(slot @ None) = self.results.get_mut(i) else {
+            return false;
+        };
+        *slot = Some(if result < 0 {
+            Err(io::Error::from_raw_os_error(-result))
+        } else {
+            Ok(result as usize)
+        });
+        self.outstanding -= 1;
+        true
+    }
+
+    /// Requests not completed yet.
+    pub(crate) fn outstanding(&self) -> usize {
+        self.outstanding
+    }
+
+    /// The results in request order; a request that never reached the kernel fails with
+    /// `error`.
+    pub(crate) fn finish(self, error: impl Fn() -> io::Error) -> Vec<io::Result<usize>> {
+        self.results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(error())))
+            .collect()
+    }
 }
 
 impl UringFile {
@@ -86,36 +162,134 @@ impl UringFile {
                 ),
             )
         })?;
-        Ok(UringFile { file, ring })
+        Ok(UringFile {
+            file,
+            ring,
+            next_tag: 0,
+            broken: None,
+        })
     }
 
     /// Submits one request and waits for its completion, returning the result.
-    fn submit_one(&mut self, entry: io_uring::squeue::Entry) -> io::Result<usize> {
-        // SAFETY: the buffers referenced by `entry` are borrowed by our caller for the whole
-        // duration of this call, and we wait for the completion before returning.
-        unsafe {
-            self.ring
-                .submission()
-                .push(&entry)
-                .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+    fn submit_one(&mut self, entry: squeue::Entry) -> io::Result<usize> {
+        let mut results = self.submit_all(vec![entry]);
+        results
+            .pop()
+            .unwrap_or_else(|| Err(io::Error::other("no result")))
+    }
+
+    /// Submits `entries` (at most `RING_ENTRIES`), waits until every one the kernel took
+    /// has completed, and returns their results in order.
+    ///
+    /// The caller keeps every buffer the entries point into alive and untouched for the
+    /// whole call; that is what makes pushing them sound.
+    fn submit_all(&mut self, entries: Vec<squeue::Entry>) -> Vec<io::Result<usize>> {
+        assert!(entries.len() <= RING_ENTRIES as usize, "one ring's worth");
+        let mut batch = Batch::new(self.next_tag, entries.len());
+        self.next_tag += entries.len() as u64;
+        if let Some(why) = &self.broken {
+            let why = why.clone();
+            return batch.finish(|| io::Error::other(why.clone()));
         }
-        loop {
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => break,
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) => return Err(e),
+        {
+            let mut sq = self.ring.submission();
+            for (i, entry) in entries.into_iter().enumerate() {
+                let entry = entry.user_data(batch.tag(i));
+                // SAFETY: the buffers `entry` points into outlive this call (the caller's
+                // contract above), and this call does not return while the kernel may
+                // still use them: it waits for every request the kernel took, and a
+                // request it never took is never submitted (the file is then broken).
+                if unsafe { sq.push(&entry) }.is_err() {
+                    // Cannot happen: the queue is empty between calls and a batch fits.
+                    break;
+                }
             }
         }
-        let cqe = self
-            .ring
-            .completion()
-            .next()
-            .ok_or_else(|| io::Error::other("io_uring completion missing"))?;
-        let res = cqe.result();
-        if res < 0 {
-            Err(io::Error::from_raw_os_error(-res))
-        } else {
-            Ok(res as usize)
+        let mut error = None;
+        while batch.outstanding() > 0 {
+            let not_taken = self.ring.submission().len();
+            let result = if not_taken > 0 {
+                self.ring.submit_and_wait(1)
+            } else {
+                // SAFETY: io_uring_enter with nothing to submit only waits for
+                // completions; no argument is passed.
+                unsafe {
+                    self.ring
+                        .submitter()
+                        .enter::<libc::sigset_t>(0, 1, ENTER_GETEVENTS, None)
+                }
+            };
+            match result {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                    ) => {}
+                Err(e) => {
+                    let not_taken = self.ring.submission().len();
+                    if not_taken > 0 {
+                        // These never reached the kernel and never will.
+                        self.broken = Some(format!(
+                            "io_uring_enter failed ({e}); this file's ring is unusable"
+                        ));
+                        let taken_outstanding = batch.outstanding().saturating_sub(not_taken);
+                        self.drain(&mut batch, taken_outstanding);
+                        error = Some(e);
+                        break;
+                    }
+                    if error.is_some() {
+                        // Waiting fails again: the kernel may still write into buffers
+                        // the caller is about to free. No sound way on.
+                        eprintln!("ocean-liner: cannot wait for io_uring completions: {e}");
+                        std::process::abort();
+                    }
+                    error = Some(e);
+                }
+            }
+            self.reap(&mut batch);
+        }
+        let error = error.map(|e| (e.kind(), e.to_string()));
+        batch.finish(|| match &error {
+            Some((kind, text)) => io::Error::new(*kind, text.clone()),
+            None => io::Error::other("io_uring request not completed"),
+        })
+    }
+
+    /// Takes every completion available, placing those of `batch` by tag; others (there
+    /// are none unless a bug left one behind) are dropped.
+    fn reap(&mut self, batch: &mut Batch) {
+        for cqe in self.ring.completion() {
+            let cqe: cqueue::Entry = cqe;
+            batch.complete(cqe.user_data(), cqe.result());
+        }
+    }
+
+    /// Waits, without submitting anything, until `taken` more requests of `batch` have
+    /// completed.
+    fn drain(&mut self, batch: &mut Batch, taken: usize) {
+        let target = batch.outstanding().saturating_sub(taken);
+        let mut failures = 0;
+        while batch.outstanding() > target {
+            // SAFETY: as in `submit_all`: waits only.
+            let waited = unsafe {
+                self.ring
+                    .submitter()
+                    .enter::<libc::sigset_t>(0, 1, ENTER_GETEVENTS, None)
+            };
+            if let Err(e) = waited
+                && !matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                )
+            {
+                failures += 1;
+                if failures > 3 {
+                    eprintln!("ocean-liner: cannot wait for io_uring completions: {e}");
+                    std::process::abort();
+                }
+            }
+            self.reap(batch);
         }
     }
 
@@ -165,54 +339,21 @@ impl BlockFile for UringFile {
     }
 
     fn read_batch(&mut self, reads: &mut [(u64, super::AlignedBuf)]) -> Vec<io::Result<usize>> {
-        let mut results: Vec<io::Result<usize>> = Vec::with_capacity(reads.len());
+        let fd = types::Fd(self.file.as_raw_fd());
+        let mut results = Vec::with_capacity(reads.len());
         for chunk in reads.chunks_mut(RING_ENTRIES as usize) {
-            let base = results.len();
-            for (i, (offset, buf)) in chunk.iter_mut().enumerate() {
-                assert_aligned(*offset, buf.len());
-                let entry = opcode::Read::new(
-                    types::Fd(self.file.as_raw_fd()),
-                    buf.as_mut_ptr(),
-                    buf.len() as u32,
-                )
-                .offset(*offset)
-                .build()
-                .user_data(i as u64);
-                // SAFETY: each buffer stays borrowed until every completion of this chunk
-                // has been reaped below.
-                unsafe {
-                    self.ring
-                        .submission()
-                        .push(&entry)
-                        .expect("the ring holds a whole chunk");
-                }
-                results.push(Err(io::Error::other("read not completed")));
-            }
-            let mut done = 0;
-            while done < chunk.len() {
-                match self.ring.submit_and_wait(chunk.len() - done) {
-                    Ok(_) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                    Err(e) => {
-                        // Requests already submitted must finish before their buffers go.
-                        let _ = self.ring.submit_and_wait(chunk.len() - done);
-                        for r in &mut results[base + done..] {
-                            *r = Err(io::Error::new(e.kind(), e.to_string()));
-                        }
-                        return results;
-                    }
-                }
-                for cqe in self.ring.completion() {
-                    let i = cqe.user_data() as usize;
-                    let res = cqe.result();
-                    results[base + i] = if res < 0 {
-                        Err(io::Error::from_raw_os_error(-res))
-                    } else {
-                        Ok(res as usize)
-                    };
-                    done += 1;
-                }
-            }
+            let entries = chunk
+                .iter_mut()
+                .map(|(offset, buf)| {
+                    assert_aligned(*offset, buf.len());
+                    opcode::Read::new(fd, buf.as_mut_ptr(), buf.len() as u32)
+                        .offset(*offset)
+                        .build()
+                })
+                .collect();
+            // The chunk's buffers stay borrowed until `submit_all` has seen every
+            // completion.
+            results.extend(self.submit_all(entries));
         }
         results
     }
@@ -263,4 +404,59 @@ fn annotate(e: io::Error, path: &Path) -> io::Error {
         _ => "",
     };
     io::Error::new(e.kind(), format!("{}: {e}{hint}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Completions in any order land on their own request; a completion with a tag of
+    /// another call is not taken for one of this call's; a request that never completed
+    /// reports the error, not a neighbour's result.
+    #[test]
+    fn completions_are_matched_by_tag_not_by_arrival() {
+        let mut batch = Batch::new(100, 4);
+        assert!(
+            !batch.complete(99, 4096),
+            "a stale tag from an earlier call"
+        );
+        assert!(batch.complete(103, 512));
+        assert!(batch.complete(101, -libc::EIO));
+        assert!(!batch.complete(101, 4096), "completed once only");
+        assert!(!batch.complete(104, 4096), "past this batch");
+        assert_eq!(batch.outstanding(), 2);
+        assert!(batch.complete(100, 8192));
+        let results = batch.finish(|| io::Error::other("never submitted"));
+        assert_eq!(results[0].as_ref().unwrap(), &8192);
+        assert_eq!(
+            results[1].as_ref().unwrap_err().raw_os_error(),
+            Some(libc::EIO)
+        );
+        assert_eq!(
+            results[2].as_ref().unwrap_err().to_string(),
+            "never submitted"
+        );
+        assert_eq!(results[3].as_ref().unwrap(), &512);
+    }
+
+    /// A completion left in the queue by an earlier request (as an error path used to
+    /// leave one) is not taken for the next request's.
+    #[test]
+    fn a_stale_completion_is_not_taken_for_the_next_request() {
+        let dir = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/target")).unwrap();
+        let path = dir.path().join("f");
+        let mut file = UringFile::open(&path, true).unwrap();
+        let page = super::super::AlignedBuf::from_slice(&[7u8; PAGE]);
+        file.write_durable_at(&page, 0).unwrap();
+        // A no-op from nobody, completed and left unreaped.
+        let stale = opcode::Nop::new().build().user_data(u64::MAX - 1);
+        // SAFETY: a no-op references no memory.
+        unsafe { file.ring.submission().push(&stale).unwrap() };
+        file.ring.submit_and_wait(1).unwrap();
+        let mut buf = super::super::AlignedBuf::new(PAGE);
+        assert_eq!(file.read_at(&mut buf, 0).unwrap(), PAGE);
+        assert!(buf.iter().all(|&b| b == 7));
+    }
+
+    const PAGE: usize = super::super::PAGE_SIZE;
 }
