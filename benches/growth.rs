@@ -14,8 +14,8 @@
 //! Run: `cargo bench --bench growth` (or `GROWTH_KEYS=100000 cargo bench --bench growth`)
 
 use hdrhistogram::Histogram;
-use ocean_liner::io::uring::UringBackend;
-use ocean_liner::store::Map;
+use ocean_liner::storage::io::uring::UringBackend;
+use ocean_liner::storage::store::Map;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};

@@ -21,9 +21,9 @@
 //! Run: `cargo bench --bench log_append`
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
-use ocean_liner::command::{self, Op};
-use ocean_liner::io::uring::UringBackend;
-use ocean_liner::log::{Log, LogOptions, NewEntry, entry_size};
+use ocean_liner::storage::command::{self, Op};
+use ocean_liner::storage::io::uring::UringBackend;
+use ocean_liner::storage::log::{Log, LogOptions, NewEntry, entry_size};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -13,8 +13,8 @@
 //! Run: `cargo bench --bench map -- --warm-up-time 1 --measurement-time 5`
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use ocean_liner::io::uring::UringBackend;
-use ocean_liner::store::{Lookup, Map};
+use ocean_liner::storage::io::uring::UringBackend;
+use ocean_liner::storage::store::{Lookup, Map};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::hint::black_box;

@@ -3,7 +3,7 @@
 //! Parses flags and hands off; all logic lives in the library.
 
 use clap::{Parser, Subcommand};
-use ocean_liner::bench::{self, BenchArgs};
+use ocean_liner::client::bench::{self, BenchArgs};
 use ocean_liner::client::{Client, ClientOptions, resolve_servers};
 use ocean_liner::server::{self, ServerConfig};
 use std::io::Write;

@@ -9,7 +9,7 @@
 //! in flight), (2) the whole recorded history is linearizable.
 
 use ocean_liner::client::{Client, ClientOptions};
-use ocean_liner::linearizability::{self, CheckResult, Input, Operation, Output};
+use ocean_liner::verify::linearizability::{self, CheckResult, Input, Operation, Output};
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;

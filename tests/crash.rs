@@ -13,10 +13,10 @@
 mod common;
 
 use common::*;
-use ocean_liner::engine::{Engine, EngineOptions};
-use ocean_liner::io::Backend;
-use ocean_liner::io::fault::{Fault, FaultBackend, PowerLoss};
-use ocean_liner::log::LogOptions;
+use ocean_liner::storage::engine::{Engine, EngineOptions};
+use ocean_liner::storage::io::Backend;
+use ocean_liner::storage::io::fault::{Fault, FaultBackend, PowerLoss};
+use ocean_liner::storage::log::LogOptions;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;

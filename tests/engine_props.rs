@@ -10,11 +10,11 @@
 mod common;
 
 use common::*;
-use ocean_liner::engine::{Engine, EngineOptions};
-use ocean_liner::io::Backend;
-use ocean_liner::io::fault::FaultBackend;
-use ocean_liner::io::uring::UringBackend;
-use ocean_liner::log::LogOptions;
+use ocean_liner::storage::engine::{Engine, EngineOptions};
+use ocean_liner::storage::io::Backend;
+use ocean_liner::storage::io::fault::FaultBackend;
+use ocean_liner::storage::io::uring::UringBackend;
+use ocean_liner::storage::log::LogOptions;
 use proptest::prelude::*;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;

@@ -8,11 +8,11 @@
 //! walking backwards, suffix truncation, and a full filesystem (a small loop-mounted ext4
 //! when running as root, which CI does).
 
-use ocean_liner::command::{self, Op};
-use ocean_liner::engine::{Engine, EngineOptions};
-use ocean_liner::io::uring::UringBackend;
-use ocean_liner::io::{Backend, PAGE_SIZE};
-use ocean_liner::log::{
+use ocean_liner::storage::command::{self, Op};
+use ocean_liner::storage::engine::{Engine, EngineOptions};
+use ocean_liner::storage::io::uring::UringBackend;
+use ocean_liner::storage::io::{Backend, PAGE_SIZE};
+use ocean_liner::storage::log::{
     HEADER_SIZE, HEADER_SLOT_SIZE, Log, LogError, LogOptions, LogReader, NewEntry, ValueRead,
     entry_size,
 };

@@ -7,11 +7,11 @@
 //! check that the hash is keyed: two maps hash one key differently, and a map keeps its
 //! own secret across a reopen. Also: a damaged chain link on disk is refused at load.
 
-use ocean_liner::io::fault::FaultBackend;
-use ocean_liner::io::uring::UringBackend;
-use ocean_liner::io::{Backend, PAGE_SIZE};
-use ocean_liner::store::page::OFFSET_NEXT;
-use ocean_liner::store::{DIRECTORY_LEN_FLOOR, Lookup, Map};
+use ocean_liner::storage::io::fault::FaultBackend;
+use ocean_liner::storage::io::uring::UringBackend;
+use ocean_liner::storage::io::{Backend, PAGE_SIZE};
+use ocean_liner::storage::store::page::OFFSET_NEXT;
+use ocean_liner::storage::store::{DIRECTORY_LEN_FLOOR, Lookup, Map};
 use std::path::Path;
 
 /// `count` hashes that agree in their low `shared_bits` bits.

@@ -6,10 +6,10 @@
 //! Each must return an error (or a value that re-encodes to what it read) and never
 //! panic; a truncated valid encoding is always refused.
 
-use ocean_liner::command::{self, Commands, Op};
 use ocean_liner::consensus::codec;
-use ocean_liner::log::{EntryHeader, HEADER_SIZE};
 use ocean_liner::server::transport::Hello;
+use ocean_liner::storage::command::{self, Commands, Op};
+use ocean_liner::storage::log::{EntryHeader, HEADER_SIZE};
 use proptest::prelude::*;
 use raft::eraftpb::{Entry, Message, MessageType};
 

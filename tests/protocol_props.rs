@@ -1,4 +1,4 @@
-//! Property tests for the UDP wire format in `ocean_liner::protocol`.
+//! Property tests for the UDP wire format in `ocean_liner::client::protocol`.
 //!
 //! They show that:
 //! - every valid request and every response survives encode → parse unchanged, and the
@@ -11,7 +11,7 @@
 //! - a rejection that can be addressed carries the client id and sequence of the datagram,
 //!   and only oversize datagrams are rejected as `TooLarge`.
 
-use ocean_liner::protocol::{
+use ocean_liner::client::protocol::{
     MAX_DATAGRAM_SIZE, MAX_PAYLOAD_LEN, Op, ParseError, REQUEST_HEADER_SIZE, RejectReason, Request,
     Response, Status, encode_request, encode_response, offset, parse_request, parse_response,
 };

@@ -6,7 +6,7 @@
 //! with every acknowledged write intact, garbage input, the amplification rule, clean
 //! shutdown, and clear start-up errors.
 
-use ocean_liner::protocol::{self, Op, Request, Response, Status};
+use ocean_liner::client::protocol::{self, Op, Request, Response, Status};
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! Deterministic simulation of whole clusters under faults (see `ocean_liner::sim`).
+//! Deterministic simulation of whole clusters under faults (see `ocean_liner::verify::sim`).
 //!
 //! Method: each seed runs a 3-node cluster for 15 simulated seconds with message loss,
 //! duplication, delay and reordering, partitions, power losses and torn writes, then
@@ -13,7 +13,7 @@
 //! lease assumes (stale reads the linearizability checker must reject).
 
 use ocean_liner::consensus::PlantedBug;
-use ocean_liner::sim::{self, SimConfig};
+use ocean_liner::verify::sim::{self, SimConfig};
 
 fn seeds() -> Vec<u64> {
     if let Ok(seed) = std::env::var("SIM_SEED") {

@@ -5,8 +5,8 @@
 //! in; every buffer must hold its own page (or report zero bytes past the end), whatever
 //! order the device completes the reads in.
 
-use ocean_liner::io::uring::UringBackend;
-use ocean_liner::io::{AlignedBuf, Backend, PAGE_SIZE};
+use ocean_liner::storage::io::uring::UringBackend;
+use ocean_liner::storage::io::{AlignedBuf, Backend, PAGE_SIZE};
 
 #[test]
 fn batched_reads_land_in_their_own_buffers() {

@@ -217,7 +217,7 @@ fn check_entry_commands(data: &[u8], context: &[u8]) -> Result<(), DecodeError> 
         .filter(|_| context.len() == 8)
         .map(|c| u64::from_le_bytes(*c))
         .ok_or(DecodeError("an entry's context is not its command count"))?;
-    match crate::command::count(data) {
+    match crate::storage::command::count(data) {
         Ok(n) if n == count => Ok(()),
         Ok(_) => Err(DecodeError(
             "an entry's command count does not match its commands",
@@ -245,7 +245,14 @@ mod tests {
         m.priority = -5;
         m.context = bytes::Bytes::from_static(b"ctx");
         let mut commands = Vec::new();
-        crate::command::encode(&mut commands, crate::command::Op::Set, 1, 2, b"k", b"v");
+        crate::storage::command::encode(
+            &mut commands,
+            crate::storage::command::Op::Set,
+            1,
+            2,
+            b"k",
+            b"v",
+        );
         let e = Entry {
             term: 7,
             index: 42,
@@ -314,7 +321,14 @@ mod tests {
         };
         let mut two = Vec::new();
         for key in [&b"a"[..], b"b"] {
-            crate::command::encode(&mut two, crate::command::Op::Set, 1, 2, key, b"v");
+            crate::storage::command::encode(
+                &mut two,
+                crate::storage::command::Op::Set,
+                1,
+                2,
+                key,
+                b"v",
+            );
         }
         assert!(with_entry(two.clone(), 2u64.to_le_bytes().to_vec()).is_ok());
         assert!(

@@ -14,7 +14,7 @@
 //!  40 16  xxh3-128 of bytes 0..40
 //! ```
 
-use crate::io::{AlignedBuf, Backend, BlockFile, PAGE_SIZE};
+use crate::storage::io::{AlignedBuf, Backend, BlockFile, PAGE_SIZE};
 use raft::eraftpb::HardState;
 use std::io;
 use std::path::Path;
@@ -33,7 +33,7 @@ pub struct HardStateFile {
 impl HardStateFile {
     /// Opens (or creates) `dir/raft.state`.
     pub fn open(backend: &dyn Backend, dir: &Path) -> io::Result<HardStateFile> {
-        let mut file = crate::io::open_durable(backend, &dir.join("raft.state"))?;
+        let mut file = crate::storage::io::open_durable(backend, &dir.join("raft.state"))?;
         let mut buf = AlignedBuf::new(2 * PAGE_SIZE);
         let n = file.read_at(&mut buf, 0)?;
         let mut best: Option<(u64, HardState)> = None;
@@ -100,13 +100,13 @@ fn decode(page: &[u8]) -> Option<(u64, HardState)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::fault::{Fault, FaultBackend, PowerLoss};
+    use crate::storage::io::fault::{Fault, FaultBackend, PowerLoss};
 
     #[test]
     fn survives_reopen_and_a_torn_save() {
         let disk = FaultBackend::new();
         let dir = Path::new("/n");
-        crate::io::create_dir_durable(&disk, dir).unwrap();
+        crate::storage::io::create_dir_durable(&disk, dir).unwrap();
         let mut f = HardStateFile::open(&disk, dir).unwrap();
         assert_eq!(f.get(), &HardState::default());
         let hs = HardState {

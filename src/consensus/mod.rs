@@ -23,9 +23,9 @@ pub mod codec;
 pub mod hard_state;
 pub mod storage;
 
-use crate::engine::{Engine, EngineError, EngineOptions, OpenReport, Outcome};
-use crate::io::Backend;
-use crate::log::{LogIndex, NewEntry, Term};
+use crate::storage::engine::{Engine, EngineError, EngineOptions, OpenReport, Outcome};
+use crate::storage::io::Backend;
+use crate::storage::log::{LogIndex, NewEntry, Term};
 use hard_state::HardStateFile;
 use raft::eraftpb::{Entry, Message};
 use raft::{RawNode, StateRole};
@@ -208,7 +208,7 @@ impl RaftNode {
             config.voters.contains(&config.id),
             "a node is one of the voters"
         );
-        crate::io::create_dir_durable(backend.as_ref(), dir)
+        crate::storage::io::create_dir_durable(backend.as_ref(), dir)
             .map_err(|e| FatalError(format!("cannot create {}: {e}", dir.display())))?;
         let hard_state = HardStateFile::open(backend.as_ref(), dir).map_err(|e| {
             FatalError(format!(

@@ -1,10 +1,10 @@
 //! raft-rs's `Storage`, served from the node's own log.
 //!
-//! Raft log index `i` is log entry `i` of [`crate::log::Log`]; the entry's data is the
+//! Raft log index `i` is log entry `i` of [`crate::storage::log::Log`]; the entry's data is the
 //! window's commands region and its context the command count (8 bytes, little-endian).
 //! The log is never compacted, so the first index is always 1 and no snapshot exists.
 
-use crate::engine::Engine;
+use crate::storage::engine::Engine;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use std::cell::RefCell;

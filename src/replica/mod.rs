@@ -16,15 +16,15 @@
 //! since it started. Disk IO goes through the engine's `Backend`; messages go out in the
 //! returned [`ReplicaOutput`]. The server's replication thread drives it with real time,
 //! sockets and disks (`crate::server::replication`); the simulator drives the very same
-//! code with simulated ones (`crate::sim`).
+//! code with simulated ones (`crate::verify::sim`).
 //!
 //! What it reports is outcomes ([`WriteOutcome`], [`ReadDecision`]), never wire statuses:
 //! the shard maps them to the client protocol.
 
 use crate::consensus::{Event, FatalError, Output, ProposeError, RaftNode};
-use crate::engine::EngineError;
-use crate::log;
-use crate::store::CheckpointJob;
+use crate::storage::engine::EngineError;
+use crate::storage::log;
+use crate::storage::store::CheckpointJob;
 use raft::eraftpb::Message;
 use std::collections::HashMap;
 use std::time::Duration;

@@ -22,19 +22,19 @@
 //! driving it step by step. A pinned thread with `recvmmsg`/`sendmmsg` and a per-file
 //! io_uring keeps the one-thread-per-core shape with batched system calls.
 
+pub mod net;
 pub mod replication;
 pub mod shard;
 pub mod transport;
-pub mod udp;
 pub mod window;
 
 use crate::consensus::{NodeConfig, RaftNode};
-use crate::engine::EngineOptions;
-use crate::io::uring::UringBackend;
-use crate::log::LogOptions;
-use crate::log::LogReader;
 use crate::replica::{ReadMode, ReadView, Replica, ReplicaConfig, WaitingReads};
-use crate::store::Map;
+use crate::storage::engine::EngineOptions;
+use crate::storage::io::uring::UringBackend;
+use crate::storage::log::LogOptions;
+use crate::storage::log::LogReader;
+use crate::storage::store::Map;
 use anyhow::{Context, bail};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::fs::File;
@@ -264,7 +264,7 @@ fn preflight(config: &ServerConfig) -> anyhow::Result<()> {
         };
         bail!("cannot create an io_uring ({e}): {hint} (see kernel-notes.md)");
     }
-    crate::io::create_dir_durable(&crate::io::uring::UringBackend, &config.data_dir).with_context(|| {
+    crate::storage::io::create_dir_durable(&crate::storage::io::uring::UringBackend, &config.data_dir).with_context(|| {
         format!(
             "cannot create data directory {} (is it writable by this user? choose another with --data-dir)",
             config.data_dir.display()
@@ -310,8 +310,8 @@ fn bind_client_socket(addr: SocketAddr, probe: bool) -> anyhow::Result<UdpSocket
     }
     let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_port(true)?;
-    udp::set_buffer_size(&s, SOCKET_BUFFER_BYTES, true);
-    udp::set_buffer_size(&s, SOCKET_BUFFER_BYTES, false);
+    net::set_buffer_size(&s, SOCKET_BUFFER_BYTES, true);
+    net::set_buffer_size(&s, SOCKET_BUFFER_BYTES, false);
     s.bind(&addr.into())
         .with_context(|| format!("cannot listen on UDP {addr} (choose another --client-port)"))?;
     s.set_read_timeout(Some(Duration::from_millis(1)))?;
@@ -629,7 +629,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
             // All shards' windows together must fit in one log entry, with a quarter to
             // spare for the receive batch that crosses the limit.
             window_bytes_hard_max: (window_bytes_max * 8)
-                .min(crate::log::COMMAND_LENGTH_MAX / shard_count / 4 * 3),
+                .min(crate::storage::log::COMMAND_LENGTH_MAX / shard_count / 4 * 3),
             waiting_reads: WaitingReads::default(),
             log_reads: Vec::new(),
         };

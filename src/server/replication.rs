@@ -14,7 +14,7 @@ use super::transport::{Inbound, Transport};
 use super::window::ReplyTo;
 use crate::consensus::adaptive::AdaptiveTimeout;
 use crate::replica::{Completed, Replica, ReplicaOutput, Window, WriteOutcome};
-use crate::store::CheckpointJob;
+use crate::storage::store::CheckpointJob;
 use crossbeam_channel::{Receiver, Sender, select};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -10,16 +10,16 @@
 //! that safe), so it sees every acknowledged write.
 
 use super::Shared;
+use super::net::{Datagram, Receiver, Sender};
 use super::replication::Completion;
-use super::udp::{Datagram, Receiver, Sender};
 use super::window::{ReplyTo, Window};
-use crate::command;
-use crate::log::{LogReader, ValueRead};
-use crate::protocol::{
+use crate::client::protocol::{
     self, Addressing, COOKIE_SECRET_LEN, Op, ParseError, Request, Response, Status,
 };
 use crate::replica::{ReadDecision, WaitingReads, WriteOutcome, decide_read, window_is_full};
-use crate::store::Lookup;
+use crate::storage::command;
+use crate::storage::log::{LogReader, ValueRead};
+use crate::storage::store::Lookup;
 use crossbeam_channel::{Receiver as ChannelReceiver, Sender as ChannelSender};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 //! passed the size cap) and hands the emptied buffers back with the results, so the
 //! steady state allocates nothing.
 
-use crate::protocol::Op;
+use crate::client::protocol::Op;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 

@@ -1,8 +1,8 @@
 //! Helpers shared by the engine tests: a model of the key space and a workload driver.
 #![allow(dead_code)]
 
-use ocean_liner::command::{self, Op};
-use ocean_liner::engine::Engine;
+use ocean_liner::storage::command::{self, Op};
+use ocean_liner::storage::engine::Engine;
 use std::collections::HashMap;
 
 /// One client-level write.

@@ -28,7 +28,7 @@
 //!       the metadata page, the sessions blob (padded to a page)
 //! ```
 
-use crate::io::{AlignedBuf, BlockFile, PAGE_SIZE, align_up, read_exact_at};
+use crate::storage::io::{AlignedBuf, BlockFile, PAGE_SIZE, align_up, read_exact_at};
 use std::io;
 use xxhash_rust::xxh3::xxh3_128;
 

@@ -28,17 +28,17 @@
 //!
 //! Everything random comes from the seed, so a failure replays exactly from it.
 
-use crate::command;
 use crate::consensus::{NodeConfig, PlantedBug, RaftNode};
-use crate::engine::EngineOptions;
-use crate::io::fault::{Fault, FaultBackend, PowerLoss};
-use crate::linearizability::{self, CheckResult, Input, Operation, Output as OpOutput};
-use crate::log::LogOptions;
 use crate::replica::{
     Completed, ReadDecision, ReadMode, Replica, ReplicaConfig, ReplicaOutput, WaitingReads, Window,
     WriteOutcome, decide_read, window_is_full,
 };
-use crate::store::CheckpointJob;
+use crate::storage::command;
+use crate::storage::engine::EngineOptions;
+use crate::storage::io::fault::{Fault, FaultBackend, PowerLoss};
+use crate::storage::log::LogOptions;
+use crate::storage::store::CheckpointJob;
+use crate::verify::linearizability::{self, CheckResult, Input, Operation, Output as OpOutput};
 use raft::eraftpb::Message;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};

@@ -542,8 +542,8 @@ mod tests {
         assert!(!disk.exists(path));
 
         // With every created level synced, the file and its durable data survive.
-        crate::io::create_dir_durable(&disk, Path::new("/a/b")).unwrap();
-        let mut f = crate::io::open_durable(&disk, path).unwrap();
+        crate::storage::io::create_dir_durable(&disk, Path::new("/a/b")).unwrap();
+        let mut f = crate::storage::io::open_durable(&disk, path).unwrap();
         f.write_durable_at(&sector(3), 0).unwrap();
         assert!(disk.is_durable_entry(path));
         disk.power_loss(PowerLoss::DropUnsynced);
@@ -554,7 +554,7 @@ mod tests {
     fn a_dsync_write_persists_only_itself() {
         let disk = FaultBackend::new();
         let path = Path::new("/f");
-        let mut f = crate::io::open_durable(&disk, path).unwrap();
+        let mut f = crate::storage::io::open_durable(&disk, path).unwrap();
         f.write_at(&sector(1), 0).unwrap();
         f.write_durable_at(&sector(2), 512).unwrap();
         disk.power_loss(PowerLoss::DropUnsynced);

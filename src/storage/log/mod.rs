@@ -1,6 +1,6 @@
 //! The append-only log: one entry per replication window, each entry a batch of commands.
 //!
-//! Owned by the replication core. All IO goes through [`crate::io::BlockFile`] with
+//! Owned by the replication core. All IO goes through [`crate::storage::io::BlockFile`] with
 //! page-aligned buffers, so the real backend runs it with `O_DIRECT`.
 //!
 //! # Entry layout
@@ -14,7 +14,7 @@
 //!   0 ┌──────────────────────────────┐
 //!     │ header (80 B) + 16 B zeros   │ HEADER_SLOT_SIZE = 96
 //!  96 ├──────────────────────────────┤
-//!     │ commands (command_length B)  │ see crate::command, 32-byte aligned
+//!     │ commands (command_length B)  │ see crate::storage::command, 32-byte aligned
 //!     ├──────────────────────────────┤
 //!     │ zeros                        │
 //! E-96├──────────────────────────────┤
@@ -63,8 +63,8 @@ mod cache;
 
 pub use cache::EntryCache;
 
-use crate::command::{self, CommandRef, DecodeError};
-use crate::io::{AlignedBuf, Backend, BlockFile, PAGE_SIZE, align_up, read_exact_at};
+use crate::storage::command::{self, CommandRef, DecodeError};
+use crate::storage::io::{AlignedBuf, Backend, BlockFile, PAGE_SIZE, align_up, read_exact_at};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -312,7 +312,7 @@ impl Log {
         path: &Path,
         options: LogOptions,
     ) -> Result<(Log, RecoveryReport), LogError> {
-        let file = crate::io::open_durable(backend, path)?;
+        let file = crate::storage::io::open_durable(backend, path)?;
         let cache = Arc::new(Mutex::new(EntryCache::new(options.cache_bytes)));
         let mut log = Log {
             file,

@@ -65,8 +65,8 @@ pub mod page;
 #[cfg(test)]
 mod tests;
 
-use crate::io::{AlignedBuf, Backend, BlockFile, PAGE_SIZE, read_exact_at};
-use crate::log::{LogIndex, Term};
+use crate::storage::io::{AlignedBuf, Backend, BlockFile, PAGE_SIZE, read_exact_at};
+use crate::storage::log::{LogIndex, Term};
 use bloom::Bloom;
 use page::{INLINE_VALUE_SIZE_MAX, NOT_INLINE, PageFull, PagePtr, PageView, SLOT_COUNT};
 use std::alloc::{alloc_zeroed, dealloc, handle_alloc_error};
@@ -291,10 +291,10 @@ pub struct LoadReport {
 impl Map {
     /// Opens (or creates) the map in `dir`, completing an interrupted checkpoint.
     pub fn open(backend: &dyn Backend, dir: &Path) -> io::Result<(Map, LoadReport)> {
-        let mut file = crate::io::open_durable(backend, &dir.join("map.dat"))?;
+        let mut file = crate::storage::io::open_durable(backend, &dir.join("map.dat"))?;
         let mut journals = [
-            crate::io::open_durable(backend, &dir.join("ckpt.0"))?,
-            crate::io::open_durable(backend, &dir.join("ckpt.1"))?,
+            crate::storage::io::open_durable(backend, &dir.join("ckpt.0"))?,
+            crate::storage::io::open_durable(backend, &dir.join("ckpt.1"))?,
         ];
         let mut report = LoadReport::default();
         if let Some(journal) = checkpoint::newest_valid(&mut journals)? {

@@ -5,7 +5,7 @@
 //! already in memory), as are entries read back; the oldest insertions are evicted first
 //! once the byte budget is exceeded.
 
-use crate::io::AlignedBuf;
+use crate::storage::io::AlignedBuf;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
@@ -104,7 +104,7 @@ impl EntryCache {
         &self,
         file_offset: u64,
         key: &[u8],
-    ) -> Option<Result<super::ValueRead, crate::command::DecodeError>> {
+    ) -> Option<Result<super::ValueRead, crate::storage::command::DecodeError>> {
         let (&start, slot) = self.slots.range(..=file_offset).next_back()?;
         if file_offset >= start + slot.len as u64 {
             return None;
@@ -112,7 +112,7 @@ impl EntryCache {
         let bytes = &slot.buf[slot.start..slot.start + slot.len];
         let relative = (file_offset - start) as usize;
         Some(
-            crate::command::decode_at(bytes, relative)
+            crate::storage::command::decode_at(bytes, relative)
                 .and_then(|cmd| super::value_for_key(&cmd, key)),
         )
     }

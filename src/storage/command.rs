@@ -17,7 +17,7 @@
 //!   32+k     v  value         then zero padding: the command's size is a multiple of 32
 //! ```
 
-use crate::io::align_up;
+use crate::storage::io::align_up;
 
 /// Every command starts and ends on this boundary inside a window or entry.
 pub const COMMAND_ALIGN: usize = 32;

@@ -8,13 +8,13 @@
 //! key and the sessions table is checkpointed with the map, so replaying from any
 //! checkpoint reaches the same state.
 
-use crate::command::Op;
-use crate::io::Backend;
-use crate::log::{
+use crate::storage::command::Op;
+use crate::storage::io::Backend;
+use crate::storage::log::{
     Entry, Log, LogError, LogIndex, LogOptions, LogReader, NewEntry, RecoveryReport, Term,
     ValueRead,
 };
-use crate::store::{CheckpointJob, Lookup, Map};
+use crate::storage::store::{CheckpointJob, Lookup, Map};
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -135,7 +135,7 @@ impl Engine {
         options: EngineOptions,
         replay_to: Option<LogIndex>,
     ) -> Result<(Engine, OpenReport), EngineError> {
-        crate::io::create_dir_durable(backend.as_ref(), dir)?;
+        crate::storage::io::create_dir_durable(backend.as_ref(), dir)?;
         let (map, load) = Map::open(backend.as_ref(), dir)?;
         let (log, log_report) = Log::open(backend.as_ref(), &dir.join("log"), options.log)?;
         let meta = map.meta();
@@ -260,7 +260,7 @@ impl Engine {
         // The count was checked against the commands when the entry was verified; the
         // capacity is still bounded by what the bytes can hold.
         let capacity = (entry.header.num_commands as usize)
-            .min(entry.commands().len() / crate::command::COMMAND_ALIGN);
+            .min(entry.commands().len() / crate::storage::command::COMMAND_ALIGN);
         let mut outcomes = Vec::with_capacity(capacity);
         for cmd in entry.iter() {
             let cmd = cmd.map_err(|e| LogError::Corrupt {
@@ -428,8 +428,8 @@ fn decode_sessions(blob: &[u8]) -> HashMap<u64, Session> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command;
-    use crate::io::fault::FaultBackend;
+    use crate::storage::command;
+    use crate::storage::io::fault::FaultBackend;
 
     /// An engine on a fresh in-memory disk, caching `cache_bytes` of log entries (0: every
     /// value is read back from the log file).

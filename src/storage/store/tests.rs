@@ -9,7 +9,7 @@
 //! must keep short however many readers crowd a hot page.
 
 use super::*;
-use crate::io::fault::FaultBackend;
+use crate::storage::io::fault::FaultBackend;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 

@@ -51,7 +51,7 @@
 //! the lock word is only ever touched atomically, and no Rust reference to page bytes
 //! spans it (pages loaded from disk are filled through a slice before that).
 
-use crate::io::PAGE_SIZE;
+use crate::storage::io::PAGE_SIZE;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Slots per page.
@@ -500,7 +500,7 @@ impl PageWrite {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Chunk;
+    use crate::storage::store::Chunk;
     use std::sync::atomic::AtomicBool;
     use std::time::{Duration, Instant};
 

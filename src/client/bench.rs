@@ -39,10 +39,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::client::resolve_servers;
-use crate::protocol::{
+use crate::client::protocol::{
     self, MAX_DATAGRAM_SIZE, NO_COOKIE, Op, REQUEST_HEADER_SIZE, Request, Status,
 };
+use crate::client::resolve_servers;
 
 /// Datagrams per `sendmmsg`/`recvmmsg` call.
 const BATCH: usize = 64;
@@ -991,8 +991,8 @@ impl Worker {
                 .context("creating a UDP socket")?;
             s.set_nonblocking(true)?;
             // Above net.core.{r,w}mem_max when allowed (root), else capped by them.
-            crate::server::udp::set_buffer_size(&s, SOCKET_BUFFER_BYTES, true);
-            crate::server::udp::set_buffer_size(&s, SOCKET_BUFFER_BYTES, false);
+            crate::server::net::set_buffer_size(&s, SOCKET_BUFFER_BYTES, true);
+            crate::server::net::set_buffer_size(&s, SOCKET_BUFFER_BYTES, false);
             s.bind(&bind.into())
                 .with_context(|| format!("binding a UDP socket to {bind}"))?;
             sockets.push(s);
@@ -1662,7 +1662,7 @@ fn sockaddr_of(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{Response, encode_response, parse_request};
+    use crate::client::protocol::{Response, encode_response, parse_request};
     use std::net::UdpSocket;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};

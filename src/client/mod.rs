@@ -1,4 +1,4 @@
-//! A blocking client for the UDP protocol in [`crate::protocol`].
+//! A blocking client for the UDP protocol in [`crate::client::protocol`].
 //!
 //! A [`Client`] owns one UDP socket and one random client id, and keeps exactly one
 //! request outstanding at a time, as the server's exactly-once sessions require. Every
@@ -24,14 +24,17 @@
 //! # Ok::<(), ocean_liner::client::ClientError>(())
 //! ```
 
+pub mod bench;
+pub mod protocol;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::time::{Duration, Instant};
 
-use crate::protocol::{
-    self, MAX_DATAGRAM_SIZE, NO_COOKIE, Op, RejectReason, Request, Response, Status,
+use crate::client::protocol::{
+    MAX_DATAGRAM_SIZE, NO_COOKIE, Op, RejectReason, Request, Response, Status,
 };
 
 /// Tuning for a [`Client`].
@@ -513,7 +516,7 @@ fn sleep_until(t: Instant) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{encode_response, parse_request};
+    use crate::client::protocol::{encode_response, parse_request};
     use std::thread;
 
     /// What a scripted server saw: (client_id, request_seq, op) per request.

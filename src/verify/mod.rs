@@ -1,0 +1,5 @@
+//! Verification: the deterministic cluster simulator and the linearizability checker it
+//! (and the real-process tests) run over recorded histories.
+
+pub mod linearizability;
+pub mod sim;
