@@ -113,7 +113,7 @@ impl EntryCache {
         let relative = (file_offset - start) as usize;
         Some(
             crate::storage::command::decode_at(bytes, relative)
-                .and_then(|cmd| super::value_for_key(&cmd, key)),
+                .and_then(|cmd| super::reader::value_for_key(&cmd, key)),
         )
     }
 }

@@ -3,6 +3,10 @@
 //! Owned by the replication core. All IO goes through [`crate::storage::io::BlockFile`] with
 //! page-aligned buffers, so the real backend runs it with `O_DIRECT`.
 //!
+//! Files: `entry.rs` (the entry format and its checks), `recovery.rs` (the scan on open),
+//! `reader.rs` (values by offset, from other threads), `cache.rs` (recent entries in
+//! memory); this file holds the log itself (append, prepare, read, truncate).
+//!
 //! # Entry layout
 //!
 //! Every entry starts on a [`PAGE_SIZE`] boundary and is padded to a whole number of pages.
@@ -60,36 +64,23 @@
 //! disk shows up while preparing, before any entry byte is written.
 
 mod cache;
+mod entry;
+mod reader;
+mod recovery;
 
 pub use cache::EntryCache;
+pub use entry::{
+    COMMAND_LENGTH_MAX, ENTRY_MAGIC, Entry, EntryHeader, HEADER_SIZE, HEADER_SLOT_SIZE, NewEntry,
+    entry_size,
+};
+use entry::{check_commands, encode_entry, verify_body};
+use reader::read_value;
+pub use reader::{LogReader, ValueRead};
 
-use crate::storage::command::{self, CommandRef, DecodeError};
 use crate::storage::io::{AlignedBuf, Backend, BlockFile, PAGE_SIZE, align_up, read_exact_at};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use xxhash_rust::xxh3::xxh3_128;
-
-/// Format magic and version of an entry header.
-pub const ENTRY_MAGIC: [u8; 8] = *b"OLLOG\0\0\x01";
-/// Bytes of a header.
-pub const HEADER_SIZE: usize = 80;
-/// Bytes reserved for a header at each end of an entry (keeps commands 32-byte aligned).
-pub const HEADER_SLOT_SIZE: usize = 96;
-const _: () = assert!(HEADER_SLOT_SIZE >= HEADER_SIZE);
-const _: () = assert!(HEADER_SLOT_SIZE.is_multiple_of(command::COMMAND_ALIGN));
-const _: () = assert!(2 * HEADER_SLOT_SIZE <= PAGE_SIZE);
-/// The largest commands region of one entry.
-pub const COMMAND_LENGTH_MAX: usize = 64 << 20;
-
-const OFFSET_TERM: usize = 8;
-const OFFSET_INDEX: usize = 16;
-const OFFSET_NUM_COMMANDS: usize = 24;
-const OFFSET_COMMAND_LENGTH: usize = 32;
-const OFFSET_BATCH_FIRST: usize = 40;
-const OFFSET_COMMANDS_HASH: usize = 48;
-const OFFSET_HEADER_HASH: usize = OFFSET_COMMANDS_HASH + 16;
-const _: () = assert!(OFFSET_HEADER_HASH + 16 == HEADER_SIZE);
 
 /// A log index (1-based; 0 means "before the first entry").
 pub type LogIndex = u64;
@@ -139,124 +130,6 @@ impl LogError {
     pub fn is_no_space(&self) -> bool {
         matches!(self, LogError::Io(e) if e.raw_os_error() == Some(libc::ENOSPC))
     }
-}
-
-/// A decoded entry header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EntryHeader {
-    pub term: Term,
-    pub log_index: LogIndex,
-    pub num_commands: u64,
-    pub command_length: u64,
-    /// Index of the first entry of the write this entry was part of.
-    pub batch_first_index: LogIndex,
-    pub commands_hash: u128,
-}
-
-impl EntryHeader {
-    /// Bytes the whole entry occupies on disk.
-    pub fn entry_size(&self) -> usize {
-        entry_size(self.command_length as usize)
-    }
-
-    /// Writes the header into `out[..HEADER_SIZE]`.
-    pub fn encode(&self, out: &mut [u8]) {
-        out[..8].copy_from_slice(&ENTRY_MAGIC);
-        out[OFFSET_TERM..OFFSET_TERM + 8].copy_from_slice(&self.term.to_le_bytes());
-        out[OFFSET_INDEX..OFFSET_INDEX + 8].copy_from_slice(&self.log_index.to_le_bytes());
-        out[OFFSET_NUM_COMMANDS..OFFSET_NUM_COMMANDS + 8]
-            .copy_from_slice(&self.num_commands.to_le_bytes());
-        out[OFFSET_COMMAND_LENGTH..OFFSET_COMMAND_LENGTH + 8]
-            .copy_from_slice(&self.command_length.to_le_bytes());
-        out[OFFSET_BATCH_FIRST..OFFSET_BATCH_FIRST + 8]
-            .copy_from_slice(&self.batch_first_index.to_le_bytes());
-        out[OFFSET_COMMANDS_HASH..OFFSET_HEADER_HASH]
-            .copy_from_slice(&self.commands_hash.to_le_bytes());
-        let hash = xxh3_128(&out[..OFFSET_HEADER_HASH]);
-        out[OFFSET_HEADER_HASH..HEADER_SIZE].copy_from_slice(&hash.to_le_bytes());
-    }
-
-    /// Decodes and verifies a header (magic, header hash, sane length).
-    pub fn decode(bytes: &[u8]) -> Option<EntryHeader> {
-        let header: &[u8; HEADER_SIZE] = bytes.first_chunk()?;
-        let field = |at: usize| header.get(at..).and_then(|b| b.first_chunk::<16>());
-        let u64_at = |at: usize| {
-            header
-                .get(at..)
-                .and_then(|b| b.first_chunk::<8>())
-                .map_or(0, |b| u64::from_le_bytes(*b))
-        };
-        if header.first_chunk::<8>() != Some(&ENTRY_MAGIC) {
-            return None;
-        }
-        let hash = u128::from_le_bytes(*field(OFFSET_HEADER_HASH)?);
-        if hash != xxh3_128(header.get(..OFFSET_HEADER_HASH)?) {
-            return None;
-        }
-        let header = EntryHeader {
-            term: u64_at(OFFSET_TERM),
-            log_index: u64_at(OFFSET_INDEX),
-            num_commands: u64_at(OFFSET_NUM_COMMANDS),
-            command_length: u64_at(OFFSET_COMMAND_LENGTH),
-            batch_first_index: u64_at(OFFSET_BATCH_FIRST),
-            commands_hash: u128::from_le_bytes(*field(OFFSET_COMMANDS_HASH)?),
-        };
-        (header.command_length as usize <= COMMAND_LENGTH_MAX
-            && header.log_index > 0
-            && header.batch_first_index <= header.log_index)
-            .then_some(header)
-    }
-}
-
-/// Bytes an entry with `command_length` bytes of commands occupies on disk.
-pub const fn entry_size(command_length: usize) -> usize {
-    align_up(
-        HEADER_SLOT_SIZE + command_length + HEADER_SLOT_SIZE,
-        PAGE_SIZE,
-    )
-}
-
-/// An entry read back from the log: its header and its bytes as on disk.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    pub header: EntryHeader,
-    /// Byte offset of the entry in the log file.
-    pub offset: u64,
-    bytes: Arc<AlignedBuf>,
-}
-
-impl Entry {
-    /// The commands region.
-    pub fn commands(&self) -> &[u8] {
-        &self.bytes[HEADER_SLOT_SIZE..HEADER_SLOT_SIZE + self.header.command_length as usize]
-    }
-
-    /// Iterates over the entry's commands.
-    pub fn iter(&self) -> command::Commands<'_> {
-        command::Commands::new(self.commands())
-    }
-
-    /// The log-file byte offset of the command at `offset_in_commands`.
-    pub fn command_file_offset(&self, offset_in_commands: usize) -> u64 {
-        self.offset + (HEADER_SLOT_SIZE + offset_in_commands) as u64
-    }
-
-    /// Decodes the command that starts at log-file byte offset `file_offset`.
-    pub fn command_at(&self, file_offset: u64) -> Result<CommandRef<'_>, DecodeError> {
-        let relative = file_offset
-            .checked_sub(self.offset + HEADER_SLOT_SIZE as u64)
-            .unwrap_or(u64::MAX) as usize;
-        command::decode_at(self.commands(), relative)
-    }
-}
-
-/// An entry to append: the caller's commands region, already encoded.
-#[derive(Debug, Clone, Copy)]
-pub struct NewEntry<'a> {
-    pub term: Term,
-    pub log_index: LogIndex,
-    pub num_commands: u64,
-    pub commands: &'a [u8],
 }
 
 /// Tunables of the log.
@@ -360,144 +233,6 @@ impl Log {
         index
             .checked_sub(1)
             .and_then(|i| self.entries.get(i as usize))
-    }
-
-    fn recover(&mut self) -> Result<RecoveryReport, LogError> {
-        let file_len = self.file.len()?;
-        let mut offset = 0u64;
-        let mut page = AlignedBuf::new(PAGE_SIZE);
-        let mut torn_at = None;
-        while offset < file_len {
-            let n = self.file.read_at(&mut page, offset)?;
-            if n < PAGE_SIZE {
-                torn_at = Some(offset);
-                break;
-            }
-            // A zeroed first page is where the prepared space past the last entry begins,
-            // or a damaged entry: the search for a later write below tells which.
-            let zero_page = page.iter().all(|&b| b == 0);
-            let verdict = if zero_page {
-                Err("zeroed page where an entry should start".to_string())
-            } else {
-                self.verify_entry_at(offset, &page, file_len)?
-            };
-            match verdict {
-                Ok(entry) => {
-                    self.entries.push(EntryMeta {
-                        offset,
-                        term: entry.header.term,
-                        command_length: entry.header.command_length,
-                    });
-                    offset += entry.header.entry_size() as u64;
-                    self.cache.lock().unwrap().insert(entry.offset, entry.bytes);
-                }
-                Err(reason) => {
-                    let damaged_index = self.last_index() + 1;
-                    let from = offset + PAGE_SIZE as u64;
-                    if let Some(later) = self.find_later_write(from, file_len, damaged_index)? {
-                        return Err(LogError::Corrupt {
-                            offset,
-                            reason: format!(
-                                "{reason}; the entry at offset {later} was written after this \
-                                 one, so this is not a torn tail"
-                            ),
-                        });
-                    }
-                    if zero_page {
-                        // The normal end of the log: prepared zeros, nothing written after.
-                        break;
-                    }
-                    torn_at = Some(offset);
-                    break;
-                }
-            }
-        }
-        self.end_offset = offset;
-        if torn_at.is_some() || offset < file_len {
-            // Everything past the last entry must read as zeros: cut it off durably.
-            self.file.set_len(offset)?;
-            self.file.sync()?;
-        }
-        self.prepared_offset = offset;
-        Ok(RecoveryReport {
-            entries: self.entries.len() as u64,
-            torn_tail_at: torn_at,
-        })
-    }
-
-    /// Reads and verifies the entry whose first page is `first_page`. The outer result is
-    /// IO; the inner one says why the bytes are not a valid next entry.
-    fn verify_entry_at(
-        &mut self,
-        offset: u64,
-        first_page: &[u8],
-        file_len: u64,
-    ) -> Result<Result<Entry, String>, LogError> {
-        let Some(header) = EntryHeader::decode(first_page) else {
-            return Ok(Err("header magic or hash mismatch".into()));
-        };
-        let expected = self.last_index() + 1;
-        if header.log_index != expected {
-            return Ok(Err(format!(
-                "entry has index {} where {expected} was expected",
-                header.log_index
-            )));
-        }
-        if header.term < self.last_term() {
-            return Ok(Err(format!("term {} goes backwards", header.term)));
-        }
-        let size = header.entry_size();
-        if offset + size as u64 > file_len {
-            return Ok(Err("entry extends past the end of the file".into()));
-        }
-        let mut bytes = AlignedBuf::new(size);
-        read_exact_at(self.file.as_mut(), &mut bytes, offset)?;
-        if let Err(reason) = verify_body(&header, &bytes) {
-            return Ok(Err(reason.into()));
-        }
-        Ok(Ok(Entry {
-            header,
-            offset,
-            bytes: Arc::new(bytes),
-        }))
-    }
-
-    /// Searches page starts from `from` to the end of the file for a fully valid entry
-    /// that a write after the one holding entry `damaged_index` produced.
-    fn find_later_write(
-        &mut self,
-        from: u64,
-        file_len: u64,
-        damaged_index: LogIndex,
-    ) -> Result<Option<u64>, LogError> {
-        const CHUNK: usize = 1 << 20;
-        let mut chunk = AlignedBuf::new(CHUNK);
-        let mut base = from;
-        while base < file_len {
-            let n = self.file.read_at(&mut chunk, base)?;
-            if n == 0 {
-                break;
-            }
-            for page_start in (0..n).step_by(PAGE_SIZE) {
-                let Some(header) = EntryHeader::decode(&chunk[page_start..]) else {
-                    continue;
-                };
-                let at = base + page_start as u64;
-                if header.log_index <= damaged_index
-                    || header.batch_first_index <= damaged_index
-                    || at + header.entry_size() as u64 > file_len
-                {
-                    continue;
-                }
-                let mut bytes = AlignedBuf::new(header.entry_size());
-                read_exact_at(self.file.as_mut(), &mut bytes, at)?;
-                if verify_body(&header, &bytes).is_ok() {
-                    return Ok(Some(at));
-                }
-            }
-            base += n as u64;
-        }
-        Ok(None)
     }
 
     /// Appends entries and makes them durable before returning. On error nothing is
@@ -707,202 +442,5 @@ impl Log {
         self.prepared_offset = meta.offset;
         self.cache.lock().unwrap().remove_from(meta.offset);
         Ok(())
-    }
-}
-
-fn encode_entry(entry: &NewEntry<'_>, batch_first_index: LogIndex, out: &mut [u8]) {
-    let header = EntryHeader {
-        term: entry.term,
-        log_index: entry.log_index,
-        num_commands: entry.num_commands,
-        command_length: entry.commands.len() as u64,
-        batch_first_index,
-        commands_hash: xxh3_128(entry.commands),
-    };
-    header.encode(&mut out[..HEADER_SIZE]);
-    out[HEADER_SLOT_SIZE..HEADER_SLOT_SIZE + entry.commands.len()].copy_from_slice(entry.commands);
-    let trailer = out.len() - HEADER_SLOT_SIZE;
-    let (head, tail) = out.split_at_mut(trailer);
-    tail[..HEADER_SIZE].copy_from_slice(&head[..HEADER_SIZE]);
-}
-
-fn verify_body(header: &EntryHeader, bytes: &[u8]) -> Result<(), &'static str> {
-    let size = header.entry_size();
-    let commands = &bytes[HEADER_SLOT_SIZE..HEADER_SLOT_SIZE + header.command_length as usize];
-    if xxh3_128(commands) != header.commands_hash {
-        return Err("commands hash mismatch (torn or corrupt body)");
-    }
-    if bytes[size - HEADER_SLOT_SIZE..size - HEADER_SLOT_SIZE + HEADER_SIZE] != bytes[..HEADER_SIZE]
-    {
-        return Err("trailer differs from header");
-    }
-    check_commands(commands, header.num_commands)
-        .map_err(|_| "commands do not decode to the count the header claims")
-}
-
-/// Checks that `commands` decodes to exactly `num_commands` commands.
-fn check_commands(commands: &[u8], num_commands: u64) -> Result<(), String> {
-    match command::count(commands) {
-        Ok(n) if n == num_commands => Ok(()),
-        Ok(n) => Err(format!("it claims {num_commands} commands but holds {n}")),
-        Err(e) => Err(format!("its commands do not decode: {e}")),
-    }
-}
-
-/// Reads values out of the log from a thread other than the log's owner (a shard serving
-/// GETs). Only offsets the map handed out after the entry was durable are ever read.
-pub struct LogReader {
-    file: Box<dyn BlockFile>,
-    cache: Arc<Mutex<EntryCache>>,
-}
-
-impl LogReader {
-    /// Reads the value for `key` of the SET command at log-file offset `file_offset` (see
-    /// [`ValueRead`]).
-    pub fn read_value_at(&mut self, file_offset: u64, key: &[u8]) -> Result<ValueRead, LogError> {
-        read_value(self.file.as_mut(), &self.cache, file_offset, key)
-    }
-
-    /// Reads the values of the SET commands at several (offset, key) pairs, in order:
-    /// cached ones from memory, the rest with one batch of O_DIRECT reads submitted
-    /// together.
-    pub fn read_values_at(&mut self, reads: &[(u64, &[u8])]) -> Vec<Result<ValueRead, LogError>> {
-        let mut results: Vec<Option<Result<ValueRead, LogError>>> = Vec::with_capacity(reads.len());
-        {
-            let cache = self.cache.lock().unwrap();
-            for &(offset, key) in reads {
-                results.push(
-                    cache
-                        .value_at(offset, key)
-                        .map(|r| r.map_err(|e| corrupt_at(offset, e))),
-                );
-            }
-        }
-        let misses: Vec<usize> = (0..reads.len()).filter(|&i| results[i].is_none()).collect();
-        if !misses.is_empty() {
-            // Two pages hold any command that starts in the first one and is shorter than a
-            // page (every command a client can send); longer ones are read one by one.
-            let mut buffers: Vec<(u64, AlignedBuf)> = misses
-                .iter()
-                .map(|&i| {
-                    (
-                        reads[i].0 / PAGE_SIZE as u64 * PAGE_SIZE as u64,
-                        AlignedBuf::new(2 * PAGE_SIZE),
-                    )
-                })
-                .collect();
-            let outcomes = self.file.read_batch(&mut buffers);
-            for ((&i, (page_start, buf)), outcome) in misses.iter().zip(&buffers).zip(outcomes) {
-                let (offset, key) = reads[i];
-                let within = (offset - page_start) as usize;
-                results[i] = Some(match outcome {
-                    Err(e) => Err(LogError::Io(e)),
-                    Ok(n) => match command::decode_at(&buf[..n], within) {
-                        Ok(cmd) => value_for_key(&cmd, key).map_err(|e| corrupt_at(offset, e)),
-                        Err(_) => read_value(self.file.as_mut(), &self.cache, offset, key),
-                    },
-                });
-            }
-        }
-        results
-            .into_iter()
-            .map(|r| r.expect("every offset resolved"))
-            .collect()
-    }
-}
-
-fn corrupt_at(offset: u64, e: DecodeError) -> LogError {
-    LogError::Corrupt {
-        offset,
-        reason: e.to_string(),
-    }
-}
-
-/// What the command at an offset the map handed out holds for the key looked up.
-///
-/// The map tells keys apart by their 128-bit hash alone, but the SET command it points at
-/// carries the whole key: a read compares it, so a different key with the same hash is a
-/// miss rather than that key's value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ValueRead {
-    /// The command is a SET of the key looked up: its value.
-    Value(Vec<u8>),
-    /// The command is a SET of another key with the same hash (a hash collision): the key
-    /// looked up has no value.
-    OtherKey,
-}
-
-/// The value `cmd` holds for `key`. The map points only at SET commands, so any other op
-/// is corruption.
-fn value_for_key(cmd: &CommandRef<'_>, key: &[u8]) -> Result<ValueRead, DecodeError> {
-    if cmd.op != command::Op::Set {
-        return Err(DecodeError {
-            offset: cmd.offset,
-            reason: "the map points at a command that is not a SET",
-        });
-    }
-    Ok(if cmd.key == key {
-        ValueRead::Value(cmd.value.to_vec())
-    } else {
-        ValueRead::OtherKey
-    })
-}
-
-/// The value for `key` of the command at `file_offset`: from the cache, or read from the
-/// file with O_DIRECT, one page first and then as many more as the command's lengths say
-/// it spans.
-fn read_value(
-    file: &mut dyn BlockFile,
-    cache: &Mutex<EntryCache>,
-    file_offset: u64,
-    key: &[u8],
-) -> Result<ValueRead, LogError> {
-    let corrupt = |e: DecodeError| LogError::Corrupt {
-        offset: file_offset,
-        reason: e.to_string(),
-    };
-    if let Some(found) = cache.lock().unwrap().value_at(file_offset, key) {
-        return found.map_err(corrupt);
-    }
-    let page_start = file_offset / PAGE_SIZE as u64 * PAGE_SIZE as u64;
-    let within = (file_offset - page_start) as usize;
-    let mut len = align_up(within + command::encoded_size(0, 0), PAGE_SIZE);
-    loop {
-        let mut buf = AlignedBuf::new(len);
-        read_exact_at(file, &mut buf, page_start)?;
-        match command::decode_at(&buf, within) {
-            Ok(cmd) => return value_for_key(&cmd, key).map_err(corrupt),
-            Err(e) => {
-                // A truncation error means the command continues past what was read:
-                // read again with the size its lengths give (at most twice: once for a
-                // long key, once for the value).
-                let needed = peek_command_size(&buf, within).ok_or_else(|| corrupt(e.clone()))?;
-                let want = align_up(within + needed, PAGE_SIZE);
-                if want <= len {
-                    return Err(corrupt(e));
-                }
-                len = want;
-            }
-        }
-    }
-}
-
-/// The size of the command at `at`, from its key and value lengths, if enough is present
-/// to tell.
-fn peek_command_size(buf: &[u8], at: usize) -> Option<usize> {
-    let rest = buf.get(at..)?;
-    let key_len = u16::from_le_bytes([*rest.get(2)?, *rest.get(3)?]) as usize;
-    if key_len > command::KEY_SIZE_MAX {
-        return None;
-    }
-    let value_len_at = command::COMMAND_HEADER_SIZE + align_up(key_len + 1, 8);
-    match rest.get(value_len_at..value_len_at + 8) {
-        Some(b) => {
-            let value_len = u64::from_le_bytes(b.try_into().unwrap());
-            (value_len <= command::VALUE_SIZE_MAX as u64)
-                .then(|| command::encoded_size(key_len, value_len as usize))
-        }
-        // The key runs past what was read: read enough for the longest key first.
-        None => Some(value_len_at + 8),
     }
 }

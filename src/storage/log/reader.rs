@@ -1,0 +1,167 @@
+//! Reading values back by log-file offset, from any thread: from the shared cache of
+//! recent entries, or with O_DIRECT reads (batched for a shard's GETs), checking that the
+//! SET command found there is for the key asked for.
+
+use super::{EntryCache, LogError};
+use crate::storage::command::{self, CommandRef, DecodeError};
+use crate::storage::io::{AlignedBuf, BlockFile, PAGE_SIZE, align_up, read_exact_at};
+use std::sync::Arc;
+use std::sync::Mutex;
+
+/// Reads values out of the log from a thread other than the log's owner (a shard serving
+/// GETs). Only offsets the map handed out after the entry was durable are ever read.
+pub struct LogReader {
+    pub(super) file: Box<dyn BlockFile>,
+    pub(super) cache: Arc<Mutex<EntryCache>>,
+}
+
+impl LogReader {
+    /// Reads the value for `key` of the SET command at log-file offset `file_offset` (see
+    /// [`ValueRead`]).
+    pub fn read_value_at(&mut self, file_offset: u64, key: &[u8]) -> Result<ValueRead, LogError> {
+        read_value(self.file.as_mut(), &self.cache, file_offset, key)
+    }
+
+    /// Reads the values of the SET commands at several (offset, key) pairs, in order:
+    /// cached ones from memory, the rest with one batch of O_DIRECT reads submitted
+    /// together.
+    pub fn read_values_at(&mut self, reads: &[(u64, &[u8])]) -> Vec<Result<ValueRead, LogError>> {
+        let mut results: Vec<Option<Result<ValueRead, LogError>>> = Vec::with_capacity(reads.len());
+        {
+            let cache = self.cache.lock().unwrap();
+            for &(offset, key) in reads {
+                results.push(
+                    cache
+                        .value_at(offset, key)
+                        .map(|r| r.map_err(|e| corrupt_at(offset, e))),
+                );
+            }
+        }
+        let misses: Vec<usize> = (0..reads.len()).filter(|&i| results[i].is_none()).collect();
+        if !misses.is_empty() {
+            // Two pages hold any command that starts in the first one and is shorter than a
+            // page (every command a client can send); longer ones are read one by one.
+            let mut buffers: Vec<(u64, AlignedBuf)> = misses
+                .iter()
+                .map(|&i| {
+                    (
+                        reads[i].0 / PAGE_SIZE as u64 * PAGE_SIZE as u64,
+                        AlignedBuf::new(2 * PAGE_SIZE),
+                    )
+                })
+                .collect();
+            let outcomes = self.file.read_batch(&mut buffers);
+            for ((&i, (page_start, buf)), outcome) in misses.iter().zip(&buffers).zip(outcomes) {
+                let (offset, key) = reads[i];
+                let within = (offset - page_start) as usize;
+                results[i] = Some(match outcome {
+                    Err(e) => Err(LogError::Io(e)),
+                    Ok(n) => match command::decode_at(&buf[..n], within) {
+                        Ok(cmd) => value_for_key(&cmd, key).map_err(|e| corrupt_at(offset, e)),
+                        Err(_) => read_value(self.file.as_mut(), &self.cache, offset, key),
+                    },
+                });
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every offset resolved"))
+            .collect()
+    }
+}
+
+fn corrupt_at(offset: u64, e: DecodeError) -> LogError {
+    LogError::Corrupt {
+        offset,
+        reason: e.to_string(),
+    }
+}
+
+/// What the command at an offset the map handed out holds for the key looked up.
+///
+/// The map tells keys apart by their 128-bit hash alone, but the SET command it points at
+/// carries the whole key: a read compares it, so a different key with the same hash is a
+/// miss rather than that key's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueRead {
+    /// The command is a SET of the key looked up: its value.
+    Value(Vec<u8>),
+    /// The command is a SET of another key with the same hash (a hash collision): the key
+    /// looked up has no value.
+    OtherKey,
+}
+
+/// The value `cmd` holds for `key`. The map points only at SET commands, so any other op
+/// is corruption.
+pub(super) fn value_for_key(cmd: &CommandRef<'_>, key: &[u8]) -> Result<ValueRead, DecodeError> {
+    if cmd.op != command::Op::Set {
+        return Err(DecodeError {
+            offset: cmd.offset,
+            reason: "the map points at a command that is not a SET",
+        });
+    }
+    Ok(if cmd.key == key {
+        ValueRead::Value(cmd.value.to_vec())
+    } else {
+        ValueRead::OtherKey
+    })
+}
+
+/// The value for `key` of the command at `file_offset`: from the cache, or read from the
+/// file with O_DIRECT, one page first and then as many more as the command's lengths say
+/// it spans.
+pub(super) fn read_value(
+    file: &mut dyn BlockFile,
+    cache: &Mutex<EntryCache>,
+    file_offset: u64,
+    key: &[u8],
+) -> Result<ValueRead, LogError> {
+    let corrupt = |e: DecodeError| LogError::Corrupt {
+        offset: file_offset,
+        reason: e.to_string(),
+    };
+    if let Some(found) = cache.lock().unwrap().value_at(file_offset, key) {
+        return found.map_err(corrupt);
+    }
+    let page_start = file_offset / PAGE_SIZE as u64 * PAGE_SIZE as u64;
+    let within = (file_offset - page_start) as usize;
+    let mut len = align_up(within + command::encoded_size(0, 0), PAGE_SIZE);
+    loop {
+        let mut buf = AlignedBuf::new(len);
+        read_exact_at(file, &mut buf, page_start)?;
+        match command::decode_at(&buf, within) {
+            Ok(cmd) => return value_for_key(&cmd, key).map_err(corrupt),
+            Err(e) => {
+                // A truncation error means the command continues past what was read:
+                // read again with the size its lengths give (at most twice: once for a
+                // long key, once for the value).
+                let needed = peek_command_size(&buf, within).ok_or_else(|| corrupt(e.clone()))?;
+                let want = align_up(within + needed, PAGE_SIZE);
+                if want <= len {
+                    return Err(corrupt(e));
+                }
+                len = want;
+            }
+        }
+    }
+}
+
+/// The size of the command at `at`, from its key and value lengths, if enough is present
+/// to tell.
+fn peek_command_size(buf: &[u8], at: usize) -> Option<usize> {
+    let rest = buf.get(at..)?;
+    let key_len = u16::from_le_bytes([*rest.get(2)?, *rest.get(3)?]) as usize;
+    if key_len > command::KEY_SIZE_MAX {
+        return None;
+    }
+    let value_len_at = command::COMMAND_HEADER_SIZE + align_up(key_len + 1, 8);
+    match rest.get(value_len_at..value_len_at + 8) {
+        Some(b) => {
+            let value_len = u64::from_le_bytes(b.try_into().unwrap());
+            (value_len <= command::VALUE_SIZE_MAX as u64)
+                .then(|| command::encoded_size(key_len, value_len as usize))
+        }
+        // The key runs past what was read: read enough for the longest key first.
+        None => Some(value_len_at + 8),
+    }
+}
