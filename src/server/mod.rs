@@ -9,9 +9,11 @@
 //!
 //! - [`shard`]: ingress, validation, window, GETs, replies.
 //! - [`window`]: the per-shard window buffer handed to the replication core.
-//! - [`replication`]: seal → persist → apply → complete.
+//! - [`replication`]: the thread that drives the replica core (`crate::replica`).
 //! - [`transport`]: TCP frames between the nodes of a cluster.
-//! - [`udp`]: batched datagram IO.
+//! - [`net`]: batched datagram IO.
+//! - `config.rs`: the flags and the cluster layout they describe; `host.rs`: checks of
+//!   the host at start-up, the data directory lock, signals; this file: the wiring.
 //!
 //! Threads share only the map (its pages carry their own locks), the window slots, and
 //! atomics (statistics, the stop flag). Everything else crosses as messages.
@@ -22,6 +24,8 @@
 //! driving it step by step. A pinned thread with `recvmmsg`/`sendmmsg` and a per-file
 //! io_uring keeps the one-thread-per-core shape with batched system calls.
 
+mod config;
+mod host;
 pub mod net;
 pub mod replication;
 pub mod shard;
@@ -46,54 +50,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use window::WindowSlot;
 
-/// Server settings (the command line's flags).
-#[derive(Debug, Clone, clap::Args)]
-pub struct ServerConfig {
-    /// Cores to use: core 0 of the set runs replication, the others run shards. With 1,
-    /// one shard and replication share the core. Default: every core this process may use.
-    #[arg(long)]
-    pub cores: Option<usize>,
-    /// Directory for the log, the map and its checkpoints.
-    #[arg(long, default_value = "./data")]
-    pub data_dir: PathBuf,
-    /// UDP port for clients [default: 9000 + --node-id].
-    #[arg(long)]
-    pub client_port: Option<u16>,
-    /// Address to listen on. The protocol has no authentication: expose it only on a
-    /// network you trust (e.g. --listen-ip 0.0.0.0 on a private network).
-    #[arg(long, default_value = "127.0.0.1")]
-    pub listen_ip: IpAddr,
-    /// Milliseconds of writes batched into one log entry.
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
-    pub batch_window_ms: u64,
-    /// Seal a window early once one shard's buffer holds this many KiB.
-    #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(4..=65_536))]
-    pub window_kib_max: u64,
-    /// Do not pin threads to cores (for shared hosts, or several nodes on one machine).
-    #[arg(long)]
-    pub no_pin: bool,
-    /// MiB of recent log entries kept in memory to serve values longer than 63 bytes
-    /// (older ones are read from the disk with O_DIRECT).
-    #[arg(long, default_value_t = 1024)]
-    pub log_cache_mib: usize,
-    /// Seconds between checkpoints of the map.
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
-    pub checkpoint_interval_s: u64,
-    /// Peer addresses (HOST:PORT for Raft traffic over TCP) of every node, in node-id
-    /// order, comma-separated. Without it the node is a cluster of one.
-    #[arg(long, value_delimiter = ',')]
-    pub peers: Vec<String>,
-    /// This node's position in --peers (0-based).
-    #[arg(long, default_value_t = 0)]
-    pub node_id: usize,
-    /// Identifies the cluster in peer handshakes [default: derived from --peers].
-    #[arg(long)]
-    pub cluster_id: Option<u64>,
-    /// How GETs are made linearizable: a leader lease (no extra round trip; assumes clock
-    /// rates differ by less than 20%), or a ReadIndex round per window.
-    #[arg(long, value_enum, default_value_t = ReadMode::Lease)]
-    pub read_mode: ReadMode,
-}
+pub use config::ServerConfig;
+use config::*;
+use host::*;
 
 /// Counters shown by STATS.
 #[derive(Debug, Default)]
@@ -220,194 +179,6 @@ impl Shared {
             self.started.elapsed().as_secs(),
         )
     }
-}
-
-static STOP_SIGNAL: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_stop_signal(_: libc::c_int) {
-    STOP_SIGNAL.store(true, Ordering::SeqCst);
-}
-
-fn install_signal_handlers() {
-    for sig in [libc::SIGTERM, libc::SIGINT] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_stop_signal as *const () as usize;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(sig, &action, std::ptr::null_mut());
-        }
-    }
-}
-
-/// Checks the host can run the server, with a one-line cause and fix for each failure.
-fn preflight(config: &ServerConfig) -> anyhow::Result<()> {
-    if let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
-        match v.trim() {
-            "0" => {}
-            "1" if unsafe { libc::geteuid() } == 0 => {}
-            other => bail!(
-                "io_uring is disabled on this host (kernel.io_uring_disabled = {other}); \
-                 run `sysctl -w kernel.io_uring_disabled=0` (see kernel-notes.md)"
-            ),
-        }
-    }
-    if let Err(e) = io_uring::IoUring::new(4) {
-        let hint = match e.raw_os_error() {
-            Some(libc::ENOMEM) => {
-                "the locked-memory limit is too low for io_uring on this kernel: raise `ulimit -l`"
-            }
-            Some(libc::EPERM) | Some(libc::ENOSYS) => {
-                "a seccomp profile (e.g. a container runtime's default) blocks io_uring: allow io_uring_setup/io_uring_enter"
-            }
-            _ => "io_uring is unavailable",
-        };
-        bail!("cannot create an io_uring ({e}): {hint} (see kernel-notes.md)");
-    }
-    crate::storage::io::create_dir_durable(&crate::storage::io::uring::UringBackend, &config.data_dir).with_context(|| {
-        format!(
-            "cannot create data directory {} (is it writable by this user? choose another with --data-dir)",
-            config.data_dir.display()
-        )
-    })?;
-    Ok(())
-}
-
-/// Takes an exclusive lock on the data directory so two servers never share it.
-fn lock_data_dir(config: &ServerConfig) -> anyhow::Result<File> {
-    let path = config.data_dir.join("LOCK");
-    let file = File::create(&path).with_context(|| {
-        format!(
-            "data directory {} is not writable (choose another with --data-dir)",
-            config.data_dir.display()
-        )
-    })?;
-    // SAFETY: flock on an fd we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        bail!(
-            "data directory {} is in use by another ocean-liner process (stop it, or choose another --data-dir)",
-            config.data_dir.display()
-        );
-    }
-    Ok(file)
-}
-
-/// Binds one shard socket with SO_REUSEPORT. The first bind first proves that no other
-/// process holds the port, since SO_REUSEPORT would otherwise silently share it.
-fn bind_client_socket(addr: SocketAddr, probe: bool) -> anyhow::Result<UdpSocket> {
-    let domain = if addr.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
-    };
-    if probe {
-        let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
-        if let Err(e) = s.bind(&addr.into()) {
-            bail!(
-                "cannot listen on UDP {addr}: {e} (another process holds the port: stop it, or choose another --client-port)"
-            );
-        }
-    }
-    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
-    s.set_reuse_port(true)?;
-    net::set_buffer_size(&s, SOCKET_BUFFER_BYTES, true);
-    net::set_buffer_size(&s, SOCKET_BUFFER_BYTES, false);
-    s.bind(&addr.into())
-        .with_context(|| format!("cannot listen on UDP {addr} (choose another --client-port)"))?;
-    s.set_read_timeout(Some(Duration::from_millis(1)))?;
-    Ok(s.into())
-}
-
-fn cookie_secret() -> [u8; 16] {
-    let mut secret = [0u8; 16];
-    // SAFETY: getrandom writes at most secret.len() bytes into secret.
-    let n = unsafe { libc::getrandom(secret.as_mut_ptr().cast(), secret.len(), 0) };
-    if n != secret.len() as isize {
-        let t = Instant::now().elapsed().as_nanos() ^ (std::process::id() as u128) << 64;
-        secret = t.to_le_bytes();
-    }
-    secret
-}
-
-/// Client socket buffers: a window's burst of requests or replies must fit.
-const SOCKET_BUFFER_BYTES: usize = 64 << 20;
-
-/// Raft tick.
-const TICK: Duration = Duration::from_millis(10);
-/// Election timeout floor in ticks (150 ms), and the randomization ceiling (300 ms).
-const ELECTION_TICKS: usize = 15;
-const ELECTION_TICKS_MAX: usize = 30;
-/// Heartbeat interval in ticks (30 ms), on its own timer, independent of windows.
-const HEARTBEAT_TICKS: usize = 3;
-/// A lease lasts this fraction of the election timeout floor (the drift margin).
-const LEASE_FRACTION: f64 = 0.8;
-/// A read round still unanswered after this is issued again.
-const READ_ROUND_RETRY: Duration = Duration::from_millis(60);
-
-/// The cluster layout the flags describe.
-struct Cluster {
-    peers: Vec<SocketAddr>,
-    node_index: usize,
-    client_addr: SocketAddr,
-    client_addrs: Vec<SocketAddr>,
-    cluster_id: u64,
-}
-
-fn cluster_layout(config: &ServerConfig) -> anyhow::Result<Cluster> {
-    let peers: Vec<SocketAddr> = config
-        .peers
-        .iter()
-        .map(|p| {
-            p.to_socket_addrs()
-                .ok()
-                .and_then(|mut a| a.next())
-                .ok_or_else(|| {
-                    anyhow::anyhow!("--peers: cannot resolve {p:?} (expected HOST:PORT)")
-                })
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let n = peers.len().max(1);
-    if config.node_id >= n {
-        bail!(
-            "--node-id {} is out of range: --peers lists {} node(s), so ids run 0..{}",
-            config.node_id,
-            n,
-            n - 1
-        );
-    }
-    let port_of = |k: usize| -> anyhow::Result<u16> {
-        u16::try_from(9000 + k).map_err(|_| anyhow::anyhow!("node {k} has no default client port"))
-    };
-    let client_port = match config.client_port {
-        Some(p) => p,
-        None => port_of(config.node_id)?,
-    };
-    let client_addr = if config.listen_ip.is_unspecified() && !peers.is_empty() {
-        SocketAddr::new(peers[config.node_id].ip(), client_port)
-    } else {
-        SocketAddr::new(config.listen_ip, client_port)
-    };
-    let mut client_addrs = Vec::new();
-    for (k, p) in peers.iter().enumerate() {
-        client_addrs.push(if k == config.node_id {
-            client_addr
-        } else {
-            SocketAddr::new(p.ip(), port_of(k)?)
-        });
-    }
-    if client_addrs.is_empty() {
-        client_addrs.push(client_addr);
-    }
-    let cluster_id = config
-        .cluster_id
-        .unwrap_or_else(|| xxhash_rust::xxh3::xxh3_64(config.peers.join(",").as_bytes()));
-    Ok(Cluster {
-        peers,
-        node_index: config.node_id,
-        client_addr,
-        client_addrs,
-        cluster_id,
-    })
 }
 
 /// What the replication thread hands back once the node's state is open.

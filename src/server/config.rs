@@ -1,0 +1,134 @@
+//! The server's flags, the cluster layout they describe, and the timing constants of a
+//! node.
+
+use super::*;
+
+/// Server settings (the command line's flags).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerConfig {
+    /// Cores to use: core 0 of the set runs replication, the others run shards. With 1,
+    /// one shard and replication share the core. Default: every core this process may use.
+    #[arg(long)]
+    pub cores: Option<usize>,
+    /// Directory for the log, the map and its checkpoints.
+    #[arg(long, default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// UDP port for clients [default: 9000 + --node-id].
+    #[arg(long)]
+    pub client_port: Option<u16>,
+    /// Address to listen on. The protocol has no authentication: expose it only on a
+    /// network you trust (e.g. --listen-ip 0.0.0.0 on a private network).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub listen_ip: IpAddr,
+    /// Milliseconds of writes batched into one log entry.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub batch_window_ms: u64,
+    /// Seal a window early once one shard's buffer holds this many KiB.
+    #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(4..=65_536))]
+    pub window_kib_max: u64,
+    /// Do not pin threads to cores (for shared hosts, or several nodes on one machine).
+    #[arg(long)]
+    pub no_pin: bool,
+    /// MiB of recent log entries kept in memory to serve values longer than 63 bytes
+    /// (older ones are read from the disk with O_DIRECT).
+    #[arg(long, default_value_t = 1024)]
+    pub log_cache_mib: usize,
+    /// Seconds between checkpoints of the map.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_interval_s: u64,
+    /// Peer addresses (HOST:PORT for Raft traffic over TCP) of every node, in node-id
+    /// order, comma-separated. Without it the node is a cluster of one.
+    #[arg(long, value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// This node's position in --peers (0-based).
+    #[arg(long, default_value_t = 0)]
+    pub node_id: usize,
+    /// Identifies the cluster in peer handshakes [default: derived from --peers].
+    #[arg(long)]
+    pub cluster_id: Option<u64>,
+    /// How GETs are made linearizable: a leader lease (no extra round trip; assumes clock
+    /// rates differ by less than 20%), or a ReadIndex round per window.
+    #[arg(long, value_enum, default_value_t = ReadMode::Lease)]
+    pub read_mode: ReadMode,
+}
+
+/// Client socket buffers: a window's burst of requests or replies must fit.
+pub(super) const SOCKET_BUFFER_BYTES: usize = 64 << 20;
+
+/// Raft tick.
+pub(super) const TICK: Duration = Duration::from_millis(10);
+/// Election timeout floor in ticks (150 ms), and the randomization ceiling (300 ms).
+pub(super) const ELECTION_TICKS: usize = 15;
+pub(super) const ELECTION_TICKS_MAX: usize = 30;
+/// Heartbeat interval in ticks (30 ms), on its own timer, independent of windows.
+pub(super) const HEARTBEAT_TICKS: usize = 3;
+/// A lease lasts this fraction of the election timeout floor (the drift margin).
+pub(super) const LEASE_FRACTION: f64 = 0.8;
+/// A read round still unanswered after this is issued again.
+pub(super) const READ_ROUND_RETRY: Duration = Duration::from_millis(60);
+
+/// The cluster layout the flags describe.
+pub(super) struct Cluster {
+    pub(super) peers: Vec<SocketAddr>,
+    pub(super) node_index: usize,
+    pub(super) client_addr: SocketAddr,
+    pub(super) client_addrs: Vec<SocketAddr>,
+    pub(super) cluster_id: u64,
+}
+
+pub(super) fn cluster_layout(config: &ServerConfig) -> anyhow::Result<Cluster> {
+    let peers: Vec<SocketAddr> = config
+        .peers
+        .iter()
+        .map(|p| {
+            p.to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--peers: cannot resolve {p:?} (expected HOST:PORT)")
+                })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let n = peers.len().max(1);
+    if config.node_id >= n {
+        bail!(
+            "--node-id {} is out of range: --peers lists {} node(s), so ids run 0..{}",
+            config.node_id,
+            n,
+            n - 1
+        );
+    }
+    let port_of = |k: usize| -> anyhow::Result<u16> {
+        u16::try_from(9000 + k).map_err(|_| anyhow::anyhow!("node {k} has no default client port"))
+    };
+    let client_port = match config.client_port {
+        Some(p) => p,
+        None => port_of(config.node_id)?,
+    };
+    let client_addr = if config.listen_ip.is_unspecified() && !peers.is_empty() {
+        SocketAddr::new(peers[config.node_id].ip(), client_port)
+    } else {
+        SocketAddr::new(config.listen_ip, client_port)
+    };
+    let mut client_addrs = Vec::new();
+    for (k, p) in peers.iter().enumerate() {
+        client_addrs.push(if k == config.node_id {
+            client_addr
+        } else {
+            SocketAddr::new(p.ip(), port_of(k)?)
+        });
+    }
+    if client_addrs.is_empty() {
+        client_addrs.push(client_addr);
+    }
+    let cluster_id = config
+        .cluster_id
+        .unwrap_or_else(|| xxhash_rust::xxh3::xxh3_64(config.peers.join(",").as_bytes()));
+    Ok(Cluster {
+        peers,
+        node_index: config.node_id,
+        client_addr,
+        client_addrs,
+        cluster_id,
+    })
+}

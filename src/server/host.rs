@@ -1,0 +1,111 @@
+//! Checks of the host at start-up (io_uring, O_DIRECT, the data directory, the ports),
+//! the data directory's lock, stop signals, and the cookie secret.
+
+use super::*;
+
+pub(super) static STOP_SIGNAL: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP_SIGNAL.store(true, Ordering::SeqCst);
+}
+
+pub(super) fn install_signal_handlers() {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_stop_signal as *const () as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(sig, &action, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Checks the host can run the server, with a one-line cause and fix for each failure.
+pub(super) fn preflight(config: &ServerConfig) -> anyhow::Result<()> {
+    if let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
+        match v.trim() {
+            "0" => {}
+            "1" if unsafe { libc::geteuid() } == 0 => {}
+            other => bail!(
+                "io_uring is disabled on this host (kernel.io_uring_disabled = {other}); \
+                 run `sysctl -w kernel.io_uring_disabled=0` (see kernel-notes.md)"
+            ),
+        }
+    }
+    if let Err(e) = io_uring::IoUring::new(4) {
+        let hint = match e.raw_os_error() {
+            Some(libc::ENOMEM) => {
+                "the locked-memory limit is too low for io_uring on this kernel: raise `ulimit -l`"
+            }
+            Some(libc::EPERM) | Some(libc::ENOSYS) => {
+                "a seccomp profile (e.g. a container runtime's default) blocks io_uring: allow io_uring_setup/io_uring_enter"
+            }
+            _ => "io_uring is unavailable",
+        };
+        bail!("cannot create an io_uring ({e}): {hint} (see kernel-notes.md)");
+    }
+    crate::storage::io::create_dir_durable(&crate::storage::io::uring::UringBackend, &config.data_dir).with_context(|| {
+        format!(
+            "cannot create data directory {} (is it writable by this user? choose another with --data-dir)",
+            config.data_dir.display()
+        )
+    })?;
+    Ok(())
+}
+
+/// Takes an exclusive lock on the data directory so two servers never share it.
+pub(super) fn lock_data_dir(config: &ServerConfig) -> anyhow::Result<File> {
+    let path = config.data_dir.join("LOCK");
+    let file = File::create(&path).with_context(|| {
+        format!(
+            "data directory {} is not writable (choose another with --data-dir)",
+            config.data_dir.display()
+        )
+    })?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!(
+            "data directory {} is in use by another ocean-liner process (stop it, or choose another --data-dir)",
+            config.data_dir.display()
+        );
+    }
+    Ok(file)
+}
+
+/// Binds one shard socket with SO_REUSEPORT. The first bind first proves that no other
+/// process holds the port, since SO_REUSEPORT would otherwise silently share it.
+pub(super) fn bind_client_socket(addr: SocketAddr, probe: bool) -> anyhow::Result<UdpSocket> {
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    if probe {
+        let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+        if let Err(e) = s.bind(&addr.into()) {
+            bail!(
+                "cannot listen on UDP {addr}: {e} (another process holds the port: stop it, or choose another --client-port)"
+            );
+        }
+    }
+    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_port(true)?;
+    net::set_buffer_size(&s, SOCKET_BUFFER_BYTES, true);
+    net::set_buffer_size(&s, SOCKET_BUFFER_BYTES, false);
+    s.bind(&addr.into())
+        .with_context(|| format!("cannot listen on UDP {addr} (choose another --client-port)"))?;
+    s.set_read_timeout(Some(Duration::from_millis(1)))?;
+    Ok(s.into())
+}
+
+pub(super) fn cookie_secret() -> [u8; 16] {
+    let mut secret = [0u8; 16];
+    // SAFETY: getrandom writes at most secret.len() bytes into secret.
+    let n = unsafe { libc::getrandom(secret.as_mut_ptr().cast(), secret.len(), 0) };
+    if n != secret.len() as isize {
+        let t = Instant::now().elapsed().as_nanos() ^ (std::process::id() as u128) << 64;
+        secret = t.to_le_bytes();
+    }
+    secret
+}
