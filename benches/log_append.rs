@@ -21,7 +21,7 @@
 //! Run: `cargo bench --bench log_append`
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
-use ocean_liner::storage::command::{self, Op};
+use ocean_liner::storage::command::{self, CommandOp};
 use ocean_liner::storage::io::uring::UringBackend;
 use ocean_liner::storage::log::{Log, LogOptions, NewEntry, entry_size};
 use std::path::{Path, PathBuf};
@@ -39,7 +39,14 @@ fn commands_region(target: usize) -> (Vec<u8>, u64) {
     let mut n = 0u64;
     while out.len() + one <= target {
         let key = format!("key:{n:012}");
-        command::encode(&mut out, Op::Set, 1 + n % 64, n, key.as_bytes(), &value);
+        command::encode(
+            &mut out,
+            CommandOp::Set,
+            1 + n % 64,
+            n,
+            key.as_bytes(),
+            &value,
+        );
         n += 1;
     }
     (out, n)

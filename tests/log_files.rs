@@ -8,7 +8,7 @@
 //! walking backwards, suffix truncation, and a full filesystem (a small loop-mounted ext4
 //! when running as root, which CI does).
 
-use ocean_liner::storage::command::{self, Op};
+use ocean_liner::storage::command::{self, CommandOp};
 use ocean_liner::storage::engine::{Engine, EngineOptions};
 use ocean_liner::storage::io::uring::UringBackend;
 use ocean_liner::storage::io::{Backend, PAGE_SIZE};
@@ -35,7 +35,7 @@ fn commands(i: u64, count: usize, value_len: usize) -> Vec<u8> {
         let key = format!("key-{i}-{c}");
         command::encode(
             &mut out,
-            Op::Set,
+            CommandOp::Set,
             i,
             c as u64,
             key.as_bytes(),
@@ -434,9 +434,9 @@ fn values_read_for_another_key_report_the_collision() {
     let short = vec![b's'; 100];
     let long = vec![b'l'; 3 * PAGE_SIZE];
     let mut cmds = Vec::new();
-    command::encode(&mut cmds, Op::Set, 1, 1, b"short", &short);
-    command::encode(&mut cmds, Op::Delete, 1, 2, b"gone", b"");
-    command::encode(&mut cmds, Op::Set, 1, 3, b"long", &long);
+    command::encode(&mut cmds, CommandOp::Set, 1, 1, b"short", &short);
+    command::encode(&mut cmds, CommandOp::Delete, 1, 2, b"gone", b"");
+    command::encode(&mut cmds, CommandOp::Set, 1, 3, b"long", &long);
     let cached = LogOptions {
         cache_bytes: 1 << 20,
         ..options()

@@ -8,7 +8,7 @@
 
 use ocean_liner::consensus::codec;
 use ocean_liner::server::transport::Hello;
-use ocean_liner::storage::command::{self, Commands, Op};
+use ocean_liner::storage::command::{self, CommandOp, Commands};
 use ocean_liner::storage::log::{EntryHeader, HEADER_SIZE};
 use proptest::prelude::*;
 use raft::eraftpb::{Entry, Message, MessageType};
@@ -16,7 +16,7 @@ use raft::eraftpb::{Entry, Message, MessageType};
 fn commands(keys: &[Vec<u8>], value: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     for (i, k) in keys.iter().enumerate() {
-        command::encode(&mut out, Op::Set, 1, i as u64, k, value);
+        command::encode(&mut out, CommandOp::Set, 1, i as u64, k, value);
     }
     out
 }

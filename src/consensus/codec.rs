@@ -247,7 +247,7 @@ mod tests {
         let mut commands = Vec::new();
         crate::storage::command::encode(
             &mut commands,
-            crate::storage::command::Op::Set,
+            crate::storage::command::CommandOp::Set,
             1,
             2,
             b"k",
@@ -323,7 +323,7 @@ mod tests {
         for key in [&b"a"[..], b"b"] {
             crate::storage::command::encode(
                 &mut two,
-                crate::storage::command::Op::Set,
+                crate::storage::command::CommandOp::Set,
                 1,
                 2,
                 key,

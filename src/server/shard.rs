@@ -208,8 +208,8 @@ impl Shard {
                     return;
                 }
                 let (op, value) = match req.op {
-                    Op::Set => (command::Op::Set, req.value),
-                    _ => (command::Op::Delete, &[][..]),
+                    Op::Set => (command::CommandOp::Set, req.value),
+                    _ => (command::CommandOp::Delete, &[][..]),
                 };
                 command::encode(
                     &mut batch.commands,

@@ -33,21 +33,21 @@ const _: () = assert!(KEY_SIZE_MAX < u16::MAX as usize);
 /// A command's operation code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum Op {
+pub enum CommandOp {
     Nop = 0,
     Get = 1,
     Set = 2,
     Delete = 3,
 }
 
-impl Op {
+impl CommandOp {
     /// Decodes an op byte.
-    pub fn from_u8(byte: u8) -> Option<Op> {
+    pub fn from_u8(byte: u8) -> Option<CommandOp> {
         match byte {
-            0 => Some(Op::Nop),
-            1 => Some(Op::Get),
-            2 => Some(Op::Set),
-            3 => Some(Op::Delete),
+            0 => Some(CommandOp::Nop),
+            1 => Some(CommandOp::Get),
+            2 => Some(CommandOp::Set),
+            3 => Some(CommandOp::Delete),
             _ => None,
         }
     }
@@ -56,7 +56,7 @@ impl Op {
 /// One decoded command, borrowing the entry's bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CommandRef<'a> {
-    pub op: Op,
+    pub op: CommandOp,
     pub client_id: u64,
     pub request_seq: u64,
     pub key: &'a [u8],
@@ -79,7 +79,7 @@ pub const fn encoded_size(key_len: usize, value_len: usize) -> usize {
 /// limits or the key holds a NUL: callers validate input first.
 pub fn encode(
     out: &mut Vec<u8>,
-    op: Op,
+    op: CommandOp,
     client_id: u64,
     request_seq: u64,
     key: &[u8],
@@ -139,7 +139,7 @@ pub fn decode_at(region: &[u8], offset: usize) -> Result<CommandRef<'_>, DecodeE
         r3,
         ids @ ..,
     ] = *header;
-    let Some(op) = Op::from_u8(op) else {
+    let Some(op) = CommandOp::from_u8(op) else {
         return fail("unknown op");
     };
     if reserved != 0 || [r0, r1, r2, r3] != [0; 4] {
@@ -240,17 +240,17 @@ mod tests {
     #[test]
     fn round_trip_every_field() {
         let mut buf = Vec::new();
-        encode(&mut buf, Op::Set, 7, 9, b"alpha", b"value-bytes");
-        encode(&mut buf, Op::Delete, 8, 10, b"", b"");
-        encode(&mut buf, Op::Set, 0, 0, b"k", &[0xAB; 300]);
+        encode(&mut buf, CommandOp::Set, 7, 9, b"alpha", b"value-bytes");
+        encode(&mut buf, CommandOp::Delete, 8, 10, b"", b"");
+        encode(&mut buf, CommandOp::Set, 0, 0, b"k", &[0xAB; 300]);
         assert_eq!(buf.len() % COMMAND_ALIGN, 0);
         let cmds: Vec<_> = Commands::new(&buf).map(Result::unwrap).collect();
         assert_eq!(cmds.len(), 3);
-        assert_eq!(cmds[0].op, Op::Set);
+        assert_eq!(cmds[0].op, CommandOp::Set);
         assert_eq!((cmds[0].client_id, cmds[0].request_seq), (7, 9));
         assert_eq!(cmds[0].key, b"alpha");
         assert_eq!(cmds[0].value, b"value-bytes");
-        assert_eq!(cmds[1].op, Op::Delete);
+        assert_eq!(cmds[1].op, CommandOp::Delete);
         assert_eq!(cmds[1].key, b"");
         assert_eq!(cmds[2].value, &[0xAB; 300][..]);
         assert_eq!(cmds[2].offset, cmds[0].size + cmds[1].size);
@@ -260,7 +260,7 @@ mod tests {
     #[test]
     fn rejects_lies_in_lengths() {
         let mut buf = Vec::new();
-        encode(&mut buf, Op::Set, 1, 1, b"key", b"v");
+        encode(&mut buf, CommandOp::Set, 1, 1, b"key", b"v");
         let mut bad = buf.clone();
         bad[2] = 200; // key_len beyond the region
         assert!(decode_at(&bad, 0).is_err());

@@ -8,7 +8,7 @@
 //! key and the sessions table is checkpointed with the map, so replaying from any
 //! checkpoint reaches the same state.
 
-use crate::storage::command::Op;
+use crate::storage::command::CommandOp;
 use crate::storage::io::Backend;
 use crate::storage::log::{
     Entry, Log, LogError, LogIndex, LogOptions, LogReader, NewEntry, RecoveryReport, Term,
@@ -267,7 +267,7 @@ impl Engine {
                 offset: entry.offset,
                 reason: e.to_string(),
             })?;
-            if matches!(cmd.op, Op::Nop | Op::Get) {
+            if matches!(cmd.op, CommandOp::Nop | CommandOp::Get) {
                 outcomes.push(Outcome::Ignored);
                 continue;
             }
@@ -290,12 +290,12 @@ impl Engine {
             }
             let hash = self.map.key_hash(cmd.key);
             let outcome = match cmd.op {
-                Op::Set => {
+                CommandOp::Set => {
                     self.map
                         .set(hash, entry.command_file_offset(cmd.offset), cmd.value);
                     Outcome::Done
                 }
-                Op::Delete if self.map.delete(hash) => Outcome::Done,
+                CommandOp::Delete if self.map.delete(hash) => Outcome::Done,
                 _ => Outcome::Absent,
             };
             outcomes.push(outcome);
@@ -467,7 +467,7 @@ mod tests {
             let mut engine = open(cache_bytes);
             let theirs = vec![b'o'; 100];
             let mut cmds = Vec::new();
-            command::encode(&mut cmds, Op::Set, 0, 0, b"other", &theirs);
+            command::encode(&mut cmds, CommandOp::Set, 0, 0, b"other", &theirs);
             engine.commit_local(1, 1, &cmds).unwrap();
             let offset = log_offset(&engine, b"other");
             engine
@@ -491,14 +491,14 @@ mod tests {
         for cache_bytes in [1 << 20, 0] {
             let mut engine = open(cache_bytes);
             let mut cmds = Vec::new();
-            command::encode(&mut cmds, Op::Set, 0, 0, b"gone", &[b'g'; 100]);
-            command::encode(&mut cmds, Op::Delete, 0, 0, b"gone", b"");
+            command::encode(&mut cmds, CommandOp::Set, 0, 0, b"gone", &[b'g'; 100]);
+            command::encode(&mut cmds, CommandOp::Delete, 0, 0, b"gone", b"");
             let (index, _) = engine.commit_local(1, 2, &cmds).unwrap();
             let entry = engine.read_entry(index).unwrap();
             let delete_at = entry
                 .iter()
                 .map(Result::unwrap)
-                .find(|c| c.op == Op::Delete)
+                .find(|c| c.op == CommandOp::Delete)
                 .map(|c| entry.command_file_offset(c.offset))
                 .unwrap();
             engine

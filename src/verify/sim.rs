@@ -487,8 +487,8 @@ impl Sim {
             return Ok(());
         }
         let (op, key, value) = match &req.op {
-            ReqOp::Set(k, v) => (command::Op::Set, k, &v[..]),
-            ReqOp::Delete(k) => (command::Op::Delete, k, &b""[..]),
+            ReqOp::Set(k, v) => (command::CommandOp::Set, k, &v[..]),
+            ReqOp::Delete(k) => (command::CommandOp::Delete, k, &b""[..]),
             ReqOp::Get(_) => unreachable!("handled above"),
         };
         command::encode(

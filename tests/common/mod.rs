@@ -1,7 +1,7 @@
 //! Helpers shared by the engine tests: a model of the key space and a workload driver.
 #![allow(dead_code)]
 
-use ocean_liner::storage::command::{self, Op};
+use ocean_liner::storage::command::{self, CommandOp};
 use ocean_liner::storage::engine::Engine;
 use std::collections::HashMap;
 
@@ -17,8 +17,8 @@ pub fn encode_batch(writes: &[Write]) -> Vec<u8> {
     let mut out = Vec::new();
     for w in writes {
         match w {
-            Write::Set(k, v) => command::encode(&mut out, Op::Set, 0, 0, k, v),
-            Write::Delete(k) => command::encode(&mut out, Op::Delete, 0, 0, k, b""),
+            Write::Set(k, v) => command::encode(&mut out, CommandOp::Set, 0, 0, k, v),
+            Write::Delete(k) => command::encode(&mut out, CommandOp::Delete, 0, 0, k, b""),
         }
     }
     out

@@ -94,7 +94,7 @@ pub enum ValueRead {
 /// The value `cmd` holds for `key`. The map points only at SET commands, so any other op
 /// is corruption.
 pub(super) fn value_for_key(cmd: &CommandRef<'_>, key: &[u8]) -> Result<ValueRead, DecodeError> {
-    if cmd.op != command::Op::Set {
+    if cmd.op != command::CommandOp::Set {
         return Err(DecodeError {
             offset: cmd.offset,
             reason: "the map points at a command that is not a SET",
