@@ -14,6 +14,7 @@
 //! Run: `cargo bench --bench growth` (or `GROWTH_KEYS=100000 cargo bench --bench growth`)
 
 use hdrhistogram::Histogram;
+use ocean_liner::ids::{LogIndex, Term};
 use ocean_liner::storage::io::uring::UringBackend;
 use ocean_liner::storage::store::Map;
 use std::cmp::Reverse;
@@ -166,7 +167,8 @@ fn main() {
 
     let dirty = map.dirty_page_count();
     let t = Instant::now();
-    map.checkpoint(1, 1, &[]).expect("checkpoint");
+    map.checkpoint(LogIndex(1), Term(1), &[])
+        .expect("checkpoint");
     let took = t.elapsed();
     let meta = map.meta();
     println!(

@@ -179,8 +179,8 @@ fn bench_append(c: &mut Criterion) {
                     for _ in 0..iters {
                         let log = rolling.log_for(size);
                         let entry = NewEntry {
-                            term: 1,
-                            log_index: log.last_index() + 1,
+                            term: ocean_liner::ids::Term(1),
+                            log_index: log.last_index().next(),
                             num_commands,
                             commands: &commands,
                         };

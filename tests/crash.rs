@@ -13,6 +13,7 @@
 mod common;
 
 use common::*;
+use ocean_liner::ids::{LogIndex, Term};
 use ocean_liner::storage::engine::{Engine, EngineOptions};
 use ocean_liner::storage::io::Backend;
 use ocean_liner::storage::io::fault::{Fault, FaultBackend, PowerLoss};
@@ -61,7 +62,7 @@ fn drive(backend: Arc<dyn Backend>, dir: &Path, batches: &[Vec<Write>]) -> usize
     };
     for (i, b) in batches.iter().enumerate() {
         if engine
-            .commit_local(1, b.len() as u64, &encode_batch(b))
+            .commit_local(Term(1), b.len() as u64, &encode_batch(b))
             .is_err()
         {
             return i;
@@ -107,7 +108,7 @@ fn crash_at_every_io_point_recovers_exactly_the_durable_prefix() {
                 format!("crash at IO point {point}, torn after {torn_sectors} sectors, {loss:?}");
             let (mut engine, _) = Engine::open(Arc::new(disk.clone()), dir, options(), None)
                 .unwrap_or_else(|e| panic!("{context}: reopen failed: {e}"));
-            let last = engine.last_index() as usize;
+            let last = engine.last_index().get() as usize;
             assert!(
                 last == acked || last == acked + 1,
                 "{context}: {acked} entries acknowledged but the log recovered {last}"
@@ -115,7 +116,7 @@ fn crash_at_every_io_point_recovers_exactly_the_durable_prefix() {
             outcomes[last - acked] += 1;
             runs += 1;
             assert_eq!(
-                engine.applied_index() as usize,
+                engine.applied_index().get() as usize,
                 last,
                 "{context}: everything replayed"
             );
@@ -146,14 +147,14 @@ fn transient_eio_and_enospc_lose_nothing() {
             if i == 7 {
                 disk.arm(disk.io_points(), Fault::FailFrom(errno));
                 let err = engine
-                    .commit_local(1, b.len() as u64, &encode_batch(b))
+                    .commit_local(Term(1), b.len() as u64, &encode_batch(b))
                     .unwrap_err();
                 assert_eq!(err.is_no_space(), errno == libc::ENOSPC, "{err}");
                 // Reads keep working while writes fail.
                 assert_matches(&mut engine, &models[acked], &all_keys, "while failing");
                 disk.disarm();
             }
-            match engine.commit_local(1, b.len() as u64, &encode_batch(b)) {
+            match engine.commit_local(Term(1), b.len() as u64, &encode_batch(b)) {
                 Ok(_) => acked += 1,
                 // After EIO the log refuses writes until a restart.
                 Err(e) => {
@@ -165,7 +166,7 @@ fn transient_eio_and_enospc_lose_nothing() {
         drop(engine);
         disk.power_loss(PowerLoss::DropUnsynced);
         let (mut engine, _) = Engine::open(backend, dir, options(), None).unwrap();
-        assert_eq!(engine.last_index() as usize, acked, "errno {errno}");
+        assert_eq!(engine.last_index().get() as usize, acked, "errno {errno}");
         assert_matches(&mut engine, &models[acked], &all_keys, "after restart");
     }
 }
@@ -187,7 +188,7 @@ fn a_failed_checkpoint_is_retried_by_the_next() {
             .0;
         for b in &batches[..20] {
             engine
-                .commit_local(1, b.len() as u64, &encode_batch(b))
+                .commit_local(Term(1), b.len() as u64, &encode_batch(b))
                 .unwrap();
         }
         // Fail one of the checkpoint's writes (journal, in-place pages, metadata or sync).
@@ -202,7 +203,7 @@ fn a_failed_checkpoint_is_retried_by_the_next() {
         );
         for b in &batches[20..] {
             engine
-                .commit_local(1, b.len() as u64, &encode_batch(b))
+                .commit_local(Term(1), b.len() as u64, &encode_batch(b))
                 .unwrap();
         }
         engine.checkpoint().unwrap();
@@ -210,7 +211,7 @@ fn a_failed_checkpoint_is_retried_by_the_next() {
         drop(engine);
         disk.power_loss(PowerLoss::DropUnsynced);
         let (mut engine, report) = Engine::open(backend, dir, options(), None).unwrap();
-        assert_eq!(report.checkpoint_index, ENTRIES as u64);
+        assert_eq!(report.checkpoint_index, LogIndex(ENTRIES as u64));
         assert_eq!(report.replayed_entries, 0);
         assert_matches(
             &mut engine,
@@ -248,7 +249,7 @@ fn a_crash_during_a_checkpoint_retry_keeps_the_last_complete_journal() {
         let commit = |engine: &mut Engine, range: std::ops::Range<usize>| {
             for b in &batches[range] {
                 engine
-                    .commit_local(1, b.len() as u64, &encode_batch(b))
+                    .commit_local(Term(1), b.len() as u64, &encode_batch(b))
                     .unwrap();
             }
         };
@@ -281,7 +282,7 @@ fn a_crash_during_a_checkpoint_retry_keeps_the_last_complete_journal() {
         let context = format!("failure at {fail_at}, then {loss:?}");
         let (mut engine, _) = Engine::open(backend, dir, options(), None)
             .unwrap_or_else(|e| panic!("{context}: reopen failed: {e}"));
-        assert_eq!(engine.last_index(), 30, "{context}");
+        assert_eq!(engine.last_index(), LogIndex(30), "{context}");
         assert_matches(&mut engine, &models[30], &all_keys, &context);
     }
 }
@@ -300,7 +301,7 @@ fn a_new_data_directory_survives_power_loss_with_its_writes() {
     let (mut engine, _) = Engine::open(backend.clone(), dir, options(), None).unwrap();
     for b in &batches[..10] {
         engine
-            .commit_local(1, b.len() as u64, &encode_batch(b))
+            .commit_local(Term(1), b.len() as u64, &encode_batch(b))
             .unwrap();
     }
     drop(engine);
@@ -309,6 +310,6 @@ fn a_new_data_directory_survives_power_loss_with_its_writes() {
         assert!(disk.exists(&path), "{} was lost", path.display());
     }
     let (mut engine, _) = Engine::open(backend, dir, options(), None).unwrap();
-    assert_eq!(engine.last_index(), 10);
+    assert_eq!(engine.last_index(), LogIndex(10));
     assert_matches(&mut engine, &models[10], &all_keys, "after power loss");
 }

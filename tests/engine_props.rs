@@ -10,6 +10,7 @@
 mod common;
 
 use common::*;
+use ocean_liner::ids::{LogIndex, Term};
 use ocean_liner::storage::engine::{Engine, EngineOptions};
 use ocean_liner::storage::io::Backend;
 use ocean_liner::storage::io::fault::FaultBackend;
@@ -64,7 +65,7 @@ fn run(backend: Arc<dyn Backend>, dir: &Path, steps: &[Step]) {
                     })
                     .collect();
                 engine
-                    .commit_local(1, writes.len() as u64, &encode_batch(&writes))
+                    .commit_local(Term(1), writes.len() as u64, &encode_batch(&writes))
                     .unwrap();
                 apply_model(&mut model, &writes);
                 touched.extend(ops.iter().map(|&(k, _)| key(k as u64)));
@@ -120,7 +121,7 @@ fn growth_keeps_every_key_through_checkpoint_and_reopen() {
             })
             .collect();
         engine
-            .commit_local(1, writes.len() as u64, &encode_batch(&writes))
+            .commit_local(Term(1), writes.len() as u64, &encode_batch(&writes))
             .unwrap();
         apply_model(&mut model, &writes);
         if round == 25 {
@@ -136,7 +137,7 @@ fn growth_keeps_every_key_through_checkpoint_and_reopen() {
     assert_matches(&mut engine, &model, &keys, "before reopen");
     drop(engine);
     let (mut engine, report) = Engine::open(backend, dir, options(), None).unwrap();
-    assert_eq!(report.checkpoint_index, 26);
+    assert_eq!(report.checkpoint_index, LogIndex(26));
     assert_eq!(report.replayed_entries, 24);
     assert_matches(&mut engine, &model, &keys, "after reopen");
 }

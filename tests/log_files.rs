@@ -8,6 +8,7 @@
 //! walking backwards, suffix truncation, and a full filesystem (a small loop-mounted ext4
 //! when running as root, which CI does).
 
+use ocean_liner::ids::{LogIndex, Term};
 use ocean_liner::storage::command::{self, CommandOp};
 use ocean_liner::storage::engine::{Engine, EngineOptions};
 use ocean_liner::storage::io::uring::UringBackend;
@@ -54,8 +55,8 @@ fn write_entries(path: &Path, n: u64) -> Vec<(u64, usize)> {
         let cmds = commands(i, count, 100 + i as usize * 10);
         let offset = log.end_offset();
         log.append(&[NewEntry {
-            term: 1 + i / 4,
-            log_index: i,
+            term: Term(1 + i / 4),
+            log_index: LogIndex(i),
             num_commands: count as u64,
             commands: &cmds,
         }])
@@ -66,10 +67,10 @@ fn write_entries(path: &Path, n: u64) -> Vec<(u64, usize)> {
 }
 
 fn check_prefix(log: &mut Log, n: u64) {
-    assert_eq!(log.last_index(), n);
+    assert_eq!(log.last_index(), LogIndex(n));
     for i in 1..=n {
-        let entry = log.read(i).unwrap();
-        assert_eq!(entry.header.log_index, i);
+        let entry = log.read(LogIndex(i)).unwrap();
+        assert_eq!(entry.header.log_index, LogIndex(i));
         assert_eq!(
             entry.commands(),
             &commands(i, 1 + (i as usize % 7) * 20, 100 + i as usize * 10)[..]
@@ -96,10 +97,10 @@ fn entries_read_back_and_walk_both_ways() {
         .walk_backward()
         .unwrap()
         .iter()
-        .map(|h| h.log_index)
+        .map(|h| h.log_index.get())
         .collect();
     assert_eq!(back, (1..=12).rev().collect::<Vec<_>>());
-    assert_eq!(log.term(12), Some(4));
+    assert_eq!(log.term(LogIndex(12)), Some(Term(4)));
 }
 
 #[test]
@@ -124,15 +125,15 @@ fn truncated_mid_entry_keeps_the_prefix() {
         // The log accepts new entries where the torn one was.
         let cmds = commands(10, 21, 200);
         log.append(&[NewEntry {
-            term: 3,
-            log_index: 10,
+            term: Term(3),
+            log_index: LogIndex(10),
             num_commands: 21,
             commands: &cmds,
         }])
         .unwrap();
         drop(log);
         let (mut log, _) = Log::open(&UringBackend, &path, options()).unwrap();
-        assert_eq!(log.read(10).unwrap().commands(), &cmds[..]);
+        assert_eq!(log.read(LogIndex(10)).unwrap().commands(), &cmds[..]);
     }
 }
 
@@ -229,21 +230,23 @@ fn an_entry_whose_command_count_lies_is_refused() {
     {
         let (mut engine, _) = Engine::open(backend.clone(), &data, options.clone(), None).unwrap();
         for i in 1..=4u64 {
-            engine.commit_local(1, 3, &commands(i, 3, 100)).unwrap();
+            engine
+                .commit_local(Term(1), 3, &commands(i, 3, 100))
+                .unwrap();
         }
         // Appending a count that disagrees with the commands writes nothing.
-        let err = engine.append(1, 7, &commands(5, 3, 100)).unwrap_err();
+        let err = engine.append(Term(1), 7, &commands(5, 3, 100)).unwrap_err();
         assert!(err.to_string().contains("claims 7 commands"), "{err}");
-        assert_eq!(engine.last_index(), 4);
-        let err = engine.append(1, 1, &[0xAB; 64]).unwrap_err();
+        assert_eq!(engine.last_index(), LogIndex(4));
+        let err = engine.append(Term(1), 1, &[0xAB; 64]).unwrap_err();
         assert!(err.to_string().contains("do not decode"), "{err}");
-        assert_eq!(engine.last_index(), 4);
+        assert_eq!(engine.last_index(), LogIndex(4));
     }
     // Rewrite entry 3's header (and trailer) with a lying count and valid hashes, as a
     // faulty peer or a bit flip before hashing would leave it.
     let path = data.join("log");
     let (mut log, _) = Log::open(&UringBackend, &path, options.log.clone()).unwrap();
-    let entry = log.read(3).unwrap();
+    let entry = log.read(LogIndex(3)).unwrap();
     let (offset, mut header) = (entry.offset, entry.header);
     drop(log);
     header.num_commands = u64::MAX;
@@ -267,12 +270,12 @@ fn suffix_truncation_is_durable_and_leaves_no_stale_entries() {
     let path = dir.path().join("log");
     write_entries(&path, 9);
     let (mut log, _) = Log::open(&UringBackend, &path, options()).unwrap();
-    log.truncate_from(5).unwrap();
+    log.truncate_from(LogIndex(5)).unwrap();
     // A new leader's shorter entry 5 must not resurrect the old 6..9 behind it.
     let cmds = commands(5, 1, 10);
     log.append(&[NewEntry {
-        term: 9,
-        log_index: 5,
+        term: Term(9),
+        log_index: LogIndex(5),
         num_commands: 1,
         commands: &cmds,
     }])
@@ -280,8 +283,8 @@ fn suffix_truncation_is_durable_and_leaves_no_stale_entries() {
     drop(log);
     let (mut log, report) = Log::open(&UringBackend, &path, options()).unwrap();
     assert_eq!(report.entries, 5);
-    assert_eq!(log.term(5), Some(9));
-    assert_eq!(log.read(5).unwrap().commands(), &cmds[..]);
+    assert_eq!(log.term(LogIndex(5)), Some(Term(9)));
+    assert_eq!(log.read(LogIndex(5)).unwrap().commands(), &cmds[..]);
 }
 
 /// A full filesystem: appends fail with ENOSPC, the log stays readable and reopens intact.
@@ -329,8 +332,8 @@ fn full_filesystem_fails_appends_cleanly() {
     let err = loop {
         let cmds = commands(appended + 1, 40, 900);
         match log.append(&[NewEntry {
-            term: 1,
-            log_index: appended + 1,
+            term: Term(1),
+            log_index: LogIndex(appended + 1),
             num_commands: 40,
             commands: &cmds,
         }]) {
@@ -342,12 +345,15 @@ fn full_filesystem_fails_appends_cleanly() {
     assert!(err.is_no_space(), "expected ENOSPC, got {err}");
     assert!(appended > 10);
     // Reads still work, and a retry still fails cleanly.
-    assert_eq!(log.read(appended).unwrap().header.log_index, appended);
+    assert_eq!(
+        log.read(LogIndex(appended)).unwrap().header.log_index,
+        LogIndex(appended)
+    );
     let cmds = commands(appended + 1, 40, 900);
     assert!(
         log.append(&[NewEntry {
-            term: 1,
-            log_index: appended + 1,
+            term: Term(1),
+            log_index: LogIndex(appended + 1),
             num_commands: 40,
             commands: &cmds
         }])
@@ -359,7 +365,7 @@ fn full_filesystem_fails_appends_cleanly() {
     assert_eq!(report.entries, appended);
     assert_eq!(report.torn_tail_at, None);
     for i in 1..=appended {
-        log.read(i).unwrap();
+        log.read(LogIndex(i)).unwrap();
     }
 }
 
@@ -377,8 +383,8 @@ fn a_torn_multi_entry_write_is_a_torn_tail() {
         .iter()
         .enumerate()
         .map(|(k, c)| NewEntry {
-            term: 2,
-            log_index: 5 + k as u64,
+            term: Term(2),
+            log_index: LogIndex(5 + k as u64),
             num_commands: 30,
             commands: c,
         })
@@ -402,7 +408,7 @@ fn values_read_back_by_offset_in_batches() {
     let mut reads = Vec::new();
     let mut expected = Vec::new();
     for i in 1..=6 {
-        let entry = log.read(i).unwrap();
+        let entry = log.read(LogIndex(i)).unwrap();
         for cmd in entry.iter() {
             let cmd = cmd.unwrap();
             reads.push((entry.command_file_offset(cmd.offset), cmd.key.to_vec()));
@@ -443,13 +449,13 @@ fn values_read_for_another_key_report_the_collision() {
     };
     let (mut log, _) = Log::open(&UringBackend, &path, cached).unwrap();
     log.append(&[NewEntry {
-        term: 1,
-        log_index: 1,
+        term: Term(1),
+        log_index: LogIndex(1),
         num_commands: 3,
         commands: &cmds,
     }])
     .unwrap();
-    let entry = log.read(1).unwrap();
+    let entry = log.read(LogIndex(1)).unwrap();
     let at: Vec<u64> = entry
         .iter()
         .map(|c| entry.command_file_offset(c.unwrap().offset))

@@ -7,6 +7,7 @@
 //! check that the hash is keyed: two maps hash one key differently, and a map keeps its
 //! own secret across a reopen. Also: a damaged chain link on disk is refused at load.
 
+use ocean_liner::ids::{LogIndex, Term};
 use ocean_liner::storage::io::fault::FaultBackend;
 use ocean_liner::storage::io::uring::UringBackend;
 use ocean_liner::storage::io::{Backend, PAGE_SIZE};
@@ -69,7 +70,7 @@ fn keys_sharing_all_directory_bits_get_overflow_pages_not_a_huge_directory() {
         let present = |i: usize| !i.is_multiple_of(3);
         assert_eq!(map.entry_count(), 2000 - 667);
         check_all(&map, &hashes, present, &context);
-        map.checkpoint(1, 1, b"").unwrap();
+        map.checkpoint(LogIndex(1), Term(1), b"").unwrap();
         drop(map);
         let (map, _) = Map::open(&disk, dir).unwrap();
         check_all(&map, &hashes, present, &format!("{context}, reopened"));
@@ -96,7 +97,7 @@ fn a_damaged_overflow_link_is_refused_at_load() {
     for (i, &h) in flood(400, 64).iter().enumerate() {
         map.set(h, i as u64 * 64, b"");
     }
-    map.checkpoint(1, 1, b"").unwrap();
+    map.checkpoint(LogIndex(1), Term(1), b"").unwrap();
     drop(map);
     let path = dir.join("map.dat");
     let mut image = disk.durable_image(&path).unwrap();
@@ -127,7 +128,7 @@ fn each_map_keys_its_hash_with_its_own_secret() {
     assert_ne!(map_a.key_hash(key), map_b.key_hash(key));
     let before = map_a.key_hash(key);
     map_a.set(before, 4096, b"v");
-    map_a.checkpoint(1, 1, b"").unwrap();
+    map_a.checkpoint(LogIndex(1), Term(1), b"").unwrap();
     drop(map_a);
     let (map_a, _) = Map::open(&UringBackend, &a).unwrap();
     assert_eq!(

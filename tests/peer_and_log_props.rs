@@ -7,6 +7,7 @@
 //! panic; a truncated valid encoding is always refused.
 
 use ocean_liner::consensus::codec;
+use ocean_liner::ids::{LogIndex, Term};
 use ocean_liner::server::transport::Hello;
 use ocean_liner::storage::command::{self, CommandOp, Commands};
 use ocean_liner::storage::log::{EntryHeader, HEADER_SIZE};
@@ -111,11 +112,11 @@ proptest! {
         let _ = command::count(&flipped);
         let _ = Commands::new(&flipped).count();
         let header = EntryHeader {
-            term: 1,
-            log_index: 1,
+            term: Term(1),
+            log_index: LogIndex(1),
             num_commands: keys.len() as u64,
             command_length: flipped.len() as u64,
-            batch_first_index: 1,
+            batch_first_index: LogIndex(1),
             commands_hash: 0,
         };
         let mut encoded = [0u8; HEADER_SIZE];

@@ -23,9 +23,10 @@ pub mod codec;
 pub mod hard_state;
 pub mod storage;
 
+use crate::ids::{LogIndex, NodeId, Term};
 use crate::storage::engine::{Engine, EngineError, EngineOptions, OpenReport, Outcome};
 use crate::storage::io::Backend;
-use crate::storage::log::{LogIndex, NewEntry, Term};
+use crate::storage::log::NewEntry;
 use hard_state::HardStateFile;
 use raft::eraftpb::{Entry, Message};
 use raft::{RawNode, StateRole};
@@ -59,9 +60,9 @@ pub enum PlantedBug {
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     /// This node's Raft id (1-based).
-    pub id: u64,
+    pub id: NodeId,
     /// Every voter's id, this node included.
-    pub voters: Vec<u64>,
+    pub voters: Vec<NodeId>,
     /// Ticks without a leader before an election may start (the lease bound too).
     pub election_tick: usize,
     /// Upper bound of the randomized election timeout, in ticks.
@@ -83,7 +84,7 @@ pub struct NodeConfig {
 
 impl NodeConfig {
     /// Defaults for a node with `id` among `voters`.
-    pub fn new(id: u64, voters: Vec<u64>) -> NodeConfig {
+    pub fn new(id: NodeId, voters: Vec<NodeId>) -> NodeConfig {
         NodeConfig {
             id,
             voters,
@@ -95,7 +96,7 @@ impl NodeConfig {
             engine: EngineOptions::default(),
             planted_bug: PlantedBug::None,
             log_warnings: true,
-            seed: id,
+            seed: id.raft_id(),
         }
     }
 }
@@ -129,7 +130,7 @@ pub struct Output {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProposeError {
     /// This node is not the leader; the leader's id if known.
-    NotLeader(Option<u64>),
+    NotLeader(Option<NodeId>),
     /// Too much is uncommitted, or a leadership transfer is under way.
     Busy,
 }
@@ -175,9 +176,9 @@ pub struct RaftNode {
     engine: Rc<RefCell<Engine>>,
     hard_state: HardStateFile,
     /// Proposals awaiting their entry's application: index → (term, tag).
-    pending: BTreeMap<LogIndex, (Term, u64)>,
+    pending: BTreeMap<u64, (u64, u64)>,
     /// Reads confirmed by a quorum, waiting for the map to catch up: (ctx, index).
-    pending_reads: Vec<(u64, LogIndex)>,
+    pending_reads: Vec<(u64, u64)>,
     planted_bug: PlantedBug,
     leader_changes: u64,
     last_leader: u64,
@@ -187,11 +188,11 @@ pub struct RaftNode {
     /// Started without any state (see [`RaftNode::guard_rejoin`]).
     fresh: bool,
     ticks: u64,
-    vote_floor_term: Option<Term>,
+    vote_floor_term: Option<u64>,
     warned_lost_log: bool,
     open_report: OpenReport,
     rng: u64,
-    seen: (Term, StateRole),
+    seen: (u64, StateRole),
     /// A Ready taken by [`RaftNode::ready`] whose persistence is still to come.
     ready: Option<raft::Ready>,
 }
@@ -218,20 +219,26 @@ impl RaftNode {
         })?;
         let mut hs = hard_state.get().clone();
         let state_was_empty = hs == raft::eraftpb::HardState::default();
-        let (engine, open_report) =
-            Engine::open(backend, dir, config.engine.clone(), Some(hs.commit))?;
+        let (engine, open_report) = Engine::open(
+            backend,
+            dir,
+            config.engine.clone(),
+            Some(LogIndex(hs.commit)),
+        )?;
         // The map may be checkpointed past the last saved commit index: those entries were
         // committed (they were applied), so the commit index is raised to match.
         hs.commit = hs
             .commit
-            .max(engine.applied_index())
-            .min(engine.last_index());
-        let applied = engine.applied_index();
-        let fresh = state_was_empty && engine.last_index() == 0 && config.voters.len() > 1;
+            .max(engine.applied_index().get())
+            .min(engine.last_index().get());
+        let applied = engine.applied_index().get();
+        let fresh =
+            state_was_empty && engine.last_index() == LogIndex::ZERO && config.voters.len() > 1;
         let engine = Rc::new(RefCell::new(engine));
-        let storage = LogStorage::new(engine.clone(), hs, &config.voters);
+        let voters: Vec<u64> = config.voters.iter().map(|v| v.raft_id()).collect();
+        let storage = LogStorage::new(engine.clone(), hs, &voters);
         let raft_config = raft::Config {
-            id: config.id,
+            id: config.id.raft_id(),
             election_tick: config.election_tick,
             heartbeat_tick: config.heartbeat_tick,
             min_election_tick: config.election_tick,
@@ -322,7 +329,7 @@ impl RaftNode {
         }
         if t == MsgHeartbeat {
             let last = self.engine.borrow().last_index();
-            if msg.commit > last {
+            if msg.commit > last.get() {
                 if !self.warned_lost_log {
                     self.warned_lost_log = true;
                     eprintln!(
@@ -331,7 +338,7 @@ impl RaftNode {
                         self.raw.raft.id, msg.commit
                     );
                 }
-                msg.commit = last;
+                msg.commit = last.get();
             }
         }
         true
@@ -396,7 +403,7 @@ impl RaftNode {
         }
         let index = self.raw.raft.raft_log.last_index();
         self.pending.insert(index, (self.raw.raft.term, tag));
-        Ok(index)
+        Ok(LogIndex(index))
     }
 
     /// Starts a read confirmed by a quorum (ReadIndex); [`Event::ReadReady`] reports it.
@@ -409,14 +416,13 @@ impl RaftNode {
         self.raw.raft.state == StateRole::Leader
     }
 
-    /// The current leader's id, if known.
-    pub fn leader_id(&self) -> Option<u64> {
-        let id = self.raw.raft.leader_id;
-        (id != 0).then_some(id)
+    /// The current leader, if known.
+    pub fn leader_id(&self) -> Option<NodeId> {
+        NodeId::from_raft_id(self.raw.raft.leader_id)
     }
 
-    pub fn id(&self) -> u64 {
-        self.raw.raft.id
+    pub fn id(&self) -> NodeId {
+        NodeId::from_raft_id(self.raw.raft.id).expect("a node's own raft id is not 0")
     }
 
     pub fn role(&self) -> StateRole {
@@ -424,11 +430,11 @@ impl RaftNode {
     }
 
     pub fn term(&self) -> Term {
-        self.raw.raft.term
+        Term(self.raw.raft.term)
     }
 
     pub fn commit_index(&self) -> LogIndex {
-        self.raw.raft.raft_log.committed
+        LogIndex(self.raw.raft.raft_log.committed)
     }
 
     pub fn applied_index(&self) -> LogIndex {
@@ -458,10 +464,11 @@ impl RaftNode {
     /// the peer lost data (a wiped data directory): its progress is rewound so the leader
     /// repairs its log from there, instead of waiting forever on acknowledgements that
     /// were lost with it.
-    pub fn peer_log_reaches(&mut self, id: u64, last_index: LogIndex) {
-        if !self.is_leader() || id == self.id() {
+    pub fn peer_log_reaches(&mut self, node: NodeId, last_index: LogIndex) {
+        if !self.is_leader() || node == self.id() {
             return;
         }
+        let (id, last_index) = (node.raft_id(), last_index.get());
         if let Some(pr) = self.raw.raft.mut_prs().get_mut(id)
             && pr.matched > last_index
         {
@@ -476,8 +483,8 @@ impl RaftNode {
     }
 
     /// Tells raft a peer could not be reached (it then probes instead of streaming).
-    pub fn report_unreachable(&mut self, id: u64) {
-        self.raw.report_unreachable(id);
+    pub fn report_unreachable(&mut self, node: NodeId) {
+        self.raw.report_unreachable(node.raft_id());
     }
 
     /// Both steps of the Ready cycle with nothing in between: [`RaftNode::ready`], then
@@ -539,7 +546,7 @@ impl RaftNode {
                     let (_, tag) = self.pending.remove(&index).unwrap();
                     out.events.push(Event::Applied {
                         tag,
-                        index,
+                        index: LogIndex(index),
                         outcomes: Vec::new(),
                     });
                 }
@@ -574,20 +581,20 @@ impl RaftNode {
     fn persist(&mut self, entries: &[Entry]) -> Result<(), FatalError> {
         let mut engine = self.engine.borrow_mut();
         let first = entries[0].index;
-        if first <= engine.last_index() {
+        if first <= engine.last_index().get() {
             assert!(
-                first > engine.applied_index(),
+                first > engine.applied_index().get(),
                 "raft never rewrites an applied entry"
             );
             engine
-                .truncate_log_from(first)
+                .truncate_log_from(LogIndex(first))
                 .map_err(|e| FatalError(format!("log truncation failed: {e}")))?;
         }
         let new: Vec<NewEntry<'_>> = entries
             .iter()
             .map(|e| NewEntry {
-                term: e.term,
-                log_index: e.index,
+                term: Term(e.term),
+                log_index: LogIndex(e.index),
                 num_commands: e
                     .context
                     .first_chunk::<8>()
@@ -604,15 +611,16 @@ impl RaftNode {
     fn apply(&mut self, entries: Vec<Entry>, out: &mut Output) -> Result<(), FatalError> {
         for e in entries {
             let mut engine = self.engine.borrow_mut();
-            if e.index <= engine.applied_index() {
+            let index = LogIndex(e.index);
+            if index <= engine.applied_index() {
                 continue;
             }
             assert_eq!(
-                engine.log().term(e.index),
-                Some(e.term),
+                engine.log().term(index),
+                Some(Term(e.term)),
                 "committed entries are in the log"
             );
-            let outcomes = engine.apply(e.index)?;
+            let outcomes = engine.apply(index)?;
             drop(engine);
             // Proposals at lower indexes were replaced by another leader's entries.
             while let Some((&index, _)) = self.pending.first_key_value() {
@@ -623,7 +631,7 @@ impl RaftNode {
                 if index == e.index && term == e.term {
                     out.events.push(Event::Applied {
                         tag,
-                        index,
+                        index: LogIndex(index),
                         outcomes: outcomes.clone(),
                     });
                 } else {
@@ -635,10 +643,13 @@ impl RaftNode {
     }
 
     fn drain_reads(&mut self, out: &mut Output) {
-        let applied = self.applied_index();
+        let applied = self.applied_index().get();
         self.pending_reads.retain(|&(ctx, index)| {
             if index <= applied {
-                out.events.push(Event::ReadReady { ctx, index });
+                out.events.push(Event::ReadReady {
+                    ctx,
+                    index: LogIndex(index),
+                });
                 false
             } else {
                 true

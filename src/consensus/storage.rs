@@ -4,6 +4,7 @@
 //! window's commands region and its context the command count (8 bytes, little-endian).
 //! The log is never compacted, so the first index is always 1 and no snapshot exists.
 
+use crate::ids::{LogIndex, Term};
 use crate::storage::engine::Engine;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
@@ -37,9 +38,9 @@ fn other(e: impl std::error::Error + Send + Sync + 'static) -> raft::Error {
 
 /// Builds the raft entry for log entry `index`.
 pub fn raft_entry(engine: &mut Engine, index: u64) -> raft::Result<Entry> {
-    let entry = engine.read_entry(index).map_err(other)?;
+    let entry = engine.read_entry(LogIndex(index)).map_err(other)?;
     Ok(Entry {
-        term: entry.header.term,
+        term: entry.header.term.get(),
         index,
         data: bytes::Bytes::copy_from_slice(entry.commands()),
         context: bytes::Bytes::copy_from_slice(&entry.header.num_commands.to_le_bytes()),
@@ -67,7 +68,7 @@ impl raft::Storage for LogStorage {
         if low < 1 {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        if high > engine.last_index() + 1 {
+        if high > engine.last_index().next().get() {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
         let mut out = Vec::with_capacity((high - low) as usize);
@@ -90,7 +91,8 @@ impl raft::Storage for LogStorage {
         let engine = self.engine.borrow();
         engine
             .log()
-            .term(idx)
+            .term(LogIndex(idx))
+            .map(Term::get)
             .ok_or(raft::Error::Store(StorageError::Unavailable))
     }
 
@@ -99,7 +101,7 @@ impl raft::Storage for LogStorage {
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        Ok(self.engine.borrow().last_index())
+        Ok(self.engine.borrow().last_index().get())
     }
 
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {

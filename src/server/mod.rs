@@ -33,6 +33,7 @@ pub mod transport;
 pub mod window;
 
 use crate::consensus::{NodeConfig, RaftNode};
+use crate::ids::NodeId;
 use crate::replica::{ReadMode, ReadView, Replica, ReplicaConfig, WaitingReads};
 use crate::storage::engine::EngineOptions;
 use crate::storage::io::uring::UringBackend;
@@ -110,9 +111,9 @@ pub struct Shared {
 impl Shared {
     /// The client address of the current leader, if one is known.
     pub fn leader_client_addr(&self) -> Option<SocketAddr> {
-        let id = self.leader_id.load(Ordering::Acquire) as usize;
+        let leader = NodeId::from_raft_id(self.leader_id.load(Ordering::Acquire))?;
         let addrs = self.client_addrs.lock().unwrap();
-        id.checked_sub(1).and_then(|i| addrs.get(i).copied())
+        addrs.get(leader.index()).copied()
     }
 
     /// The NotLeader payload: the leader's client address as text, or empty if unknown.
@@ -152,7 +153,7 @@ impl Shared {
             self.node_index,
             get(&s.term),
             // The leader's node index, or -1 while none is known (Raft id 0).
-            get(&self.leader_id) as i64 - 1,
+            NodeId::from_raft_id(get(&self.leader_id)).map_or(-1, |n| n.index() as i64),
             get(&s.commit_index),
             get(&s.applied_index),
             get(&s.leader_changes),
@@ -229,8 +230,10 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
 
     // The replication thread opens the node (RaftNode is single-threaded by design) and
     // sends back what the shards share with it.
-    let voters: Vec<u64> = (1..=cluster.client_addrs.len() as u64).collect();
-    let mut node_config = NodeConfig::new(cluster.node_index as u64 + 1, voters);
+    let voters = (0..cluster.client_addrs.len())
+        .map(NodeId::from_index)
+        .collect();
+    let mut node_config = NodeConfig::new(NodeId::from_index(cluster.node_index), voters);
     node_config.election_tick = ELECTION_TICKS;
     node_config.max_election_tick = ELECTION_TICKS_MAX;
     node_config.heartbeat_tick = HEARTBEAT_TICKS;
@@ -303,8 +306,8 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
                     let opened = Opened {
                         map: engine.map().clone(),
                         log_readers: readers,
-                        applied_index: engine.applied_index(),
-                        last_index: engine.last_index(),
+                        applied_index: engine.applied_index().get(),
+                        last_index: engine.last_index().get(),
                         summary,
                     };
                     drop(engine);

@@ -13,6 +13,7 @@ use super::Shared;
 use super::transport::{Inbound, Transport};
 use super::window::ReplyTo;
 use crate::consensus::adaptive::AdaptiveTimeout;
+use crate::ids::NodeId;
 use crate::replica::{Completed, Replica, ReplicaOutput, Window, WriteOutcome};
 use crate::storage::store::CheckpointJob;
 use crossbeam_channel::{Receiver, Sender, select};
@@ -174,20 +175,22 @@ impl Loop<'_> {
                     Ordering::Relaxed,
                 );
             }
-            Inbound::PeerUnreachable(peer) => {
-                self.replica.node_mut().report_unreachable(peer as u64 + 1)
-            }
+            Inbound::PeerUnreachable(peer) => self.replica.node_mut().report_unreachable(peer),
             Inbound::PeerHello {
                 peer,
                 addr,
                 last_index,
             } => {
-                if let Some(slot) = self.shared.client_addrs.lock().unwrap().get_mut(peer) {
+                if let Some(slot) = self
+                    .shared
+                    .client_addrs
+                    .lock()
+                    .unwrap()
+                    .get_mut(peer.index())
+                {
                     *slot = addr;
                 }
-                self.replica
-                    .node_mut()
-                    .peer_log_reaches(peer as u64 + 1, last_index);
+                self.replica.node_mut().peer_log_reaches(peer, last_index);
             }
         }
     }
@@ -303,16 +306,19 @@ impl Loop<'_> {
         );
         s.read_epoch_done
             .fetch_max(self.replica.read_epoch_done(), Ordering::AcqRel);
-        s.leader_id
-            .store(node.leader_id().unwrap_or(0), Ordering::Release);
-        s.stats.term.store(node.term(), Ordering::Relaxed);
+        s.leader_id.store(
+            node.leader_id().map_or(0, NodeId::raft_id),
+            Ordering::Release,
+        );
+        s.stats.term.store(node.term().get(), Ordering::Relaxed);
         s.stats
             .commit_index
-            .store(node.commit_index(), Ordering::Relaxed);
+            .store(node.commit_index().get(), Ordering::Relaxed);
         s.stats
             .applied_index
-            .store(node.applied_index(), Ordering::Release);
-        s.last_log_index.store(node.last_index(), Ordering::Release);
+            .store(node.applied_index().get(), Ordering::Release);
+        s.last_log_index
+            .store(node.last_index().get(), Ordering::Release);
         s.stats
             .leader_changes
             .store(node.leader_changes(), Ordering::Relaxed);

@@ -18,6 +18,7 @@
 //! answered by the reader thread at once, never behind a disk write.
 
 use crate::consensus::codec;
+use crate::ids::{LogIndex, NodeId};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use raft::eraftpb::Message;
 use std::io::{self, BufWriter, Read, Write};
@@ -43,16 +44,16 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub enum Inbound {
     Raft(Message),
     Rtt {
-        peer: usize,
+        peer: NodeId,
         rtt: Duration,
     },
-    PeerUnreachable(usize),
+    PeerUnreachable(NodeId),
     /// A peer (re)connected: its client address and how far its log reaches now (a node
     /// that lost its data reports less than the leader believes it holds).
     PeerHello {
-        peer: usize,
+        peer: NodeId,
         addr: SocketAddr,
-        last_index: u64,
+        last_index: LogIndex,
     },
 }
 
@@ -113,7 +114,9 @@ impl Transport {
             let stop = stop.clone();
             std::thread::Builder::new()
                 .name(format!("peer-out-{i}"))
-                .spawn(move || sender_loop(i, addr, rx, &config, inbound, stop))?;
+                .spawn(move || {
+                    sender_loop(NodeId::from_index(i), addr, rx, &config, inbound, stop)
+                })?;
         }
         let readers_outbound = Arc::new(outbound_for_readers);
         std::thread::Builder::new()
@@ -144,8 +147,8 @@ impl Transport {
     /// Queues a Raft message for its destination (dropped if the queue is full or the
     /// destination is unknown: Raft retransmits).
     pub fn send(&self, msg: &Message) {
-        let to = msg.to as usize;
-        let Some(Some(tx)) = to.checked_sub(1).and_then(|i| self.outbound.get(i)) else {
+        let to = NodeId::from_raft_id(msg.to);
+        let Some(Some(tx)) = to.and_then(|node| self.outbound.get(node.index())) else {
             return;
         };
         let mut buf =
@@ -277,7 +280,7 @@ fn invalid(msg: String) -> io::Error {
 }
 
 fn sender_loop(
-    peer: usize,
+    peer: NodeId,
     addr: SocketAddr,
     rx: Receiver<Frame>,
     config: &TransportConfig,
@@ -361,8 +364,8 @@ fn reader_loop(
             config.cluster_id
         )));
     }
-    let peer = hello.node_index as usize;
-    if peer >= config.peers.len() || peer == config.node_index {
+    let peer = NodeId::from_index(hello.node_index as usize);
+    if peer.index() >= config.peers.len() || peer.index() == config.node_index {
         return Err(invalid(format!(
             "refused a hello from unknown node index {peer}"
         )));
@@ -370,7 +373,7 @@ fn reader_loop(
     let _ = inbound.send(Inbound::PeerHello {
         peer,
         addr: hello.client_addr,
-        last_index: hello.last_index,
+        last_index: LogIndex(hello.last_index),
     });
     r.get_ref().set_read_timeout(None)?;
     loop {
@@ -378,7 +381,8 @@ fn reader_loop(
         match kind {
             KIND_RAFT => {
                 let msg = codec::decode(&buf).map_err(|e| invalid(e.to_string()))?;
-                if msg.from != peer as u64 + 1 || msg.to != config.node_index as u64 + 1 {
+                let me = NodeId::from_index(config.node_index);
+                if msg.from != peer.raft_id() || msg.to != me.raft_id() {
                     return Err(invalid(format!(
                         "message from {} to {} on node {peer}'s connection",
                         msg.from, msg.to
@@ -390,7 +394,7 @@ fn reader_loop(
             }
             KIND_PING if buf.len() == 8 => {
                 let t = buf.first_chunk::<8>().map_or(0, |c| u64::from_le_bytes(*c));
-                if let Some(Some(tx)) = outbound.get(peer) {
+                if let Some(Some(tx)) = outbound.get(peer.index()) {
                     let _ = tx.try_send(Frame::Pong(t));
                 }
             }

@@ -155,10 +155,12 @@ impl Engine {
             applied_term: meta.last_committed_term,
             hash_collisions: 0,
         };
-        let last = replay_to.unwrap_or(u64::MAX).min(engine.log.last_index());
+        let last = replay_to
+            .unwrap_or(LogIndex(u64::MAX))
+            .min(engine.log.last_index());
         let mut replayed = 0;
         while engine.applied_index < last {
-            engine.apply(engine.applied_index + 1)?;
+            engine.apply(engine.applied_index.next())?;
             replayed += 1;
         }
         let report = OpenReport {
@@ -245,7 +247,7 @@ impl Engine {
     ) -> Result<LogIndex, EngineError> {
         let entry = NewEntry {
             term,
-            log_index: self.log.last_index() + 1,
+            log_index: self.log.last_index().next(),
             num_commands,
             commands,
         };
@@ -255,7 +257,11 @@ impl Engine {
     /// Applies entry `index` (which must be the next one) to the map; returns one outcome
     /// per command, in order.
     pub fn apply(&mut self, index: LogIndex) -> Result<Vec<Outcome>, EngineError> {
-        assert_eq!(index, self.applied_index + 1, "entries apply in log order");
+        assert_eq!(
+            index,
+            self.applied_index.next(),
+            "entries apply in log order"
+        );
         let entry = self.log.read(index)?;
         // The count was checked against the commands when the entry was verified; the
         // capacity is still bounded by what the bytes can hold.
@@ -401,7 +407,7 @@ fn encode_sessions(sessions: &HashMap<u64, Session>) -> Vec<u8> {
     for (id, s) in ids {
         out.extend_from_slice(&id.to_le_bytes());
         out.extend_from_slice(&s.last_seq.to_le_bytes());
-        out.extend_from_slice(&s.last_index.to_le_bytes());
+        out.extend_from_slice(&s.last_index.get().to_le_bytes());
     }
     out
 }
@@ -418,7 +424,7 @@ fn decode_sessions(blob: &[u8]) -> HashMap<u64, Session> {
             u(0),
             Session {
                 last_seq: u(1),
-                last_index: u(2),
+                last_index: LogIndex(u(2)),
             },
         );
     }
@@ -430,6 +436,7 @@ mod tests {
     use super::*;
     use crate::storage::command;
     use crate::storage::io::fault::FaultBackend;
+    use crate::storage::log::Term;
 
     /// An engine on a fresh in-memory disk, caching `cache_bytes` of log entries (0: every
     /// value is read back from the log file).
@@ -468,7 +475,7 @@ mod tests {
             let theirs = vec![b'o'; 100];
             let mut cmds = Vec::new();
             command::encode(&mut cmds, CommandOp::Set, 0, 0, b"other", &theirs);
-            engine.commit_local(1, 1, &cmds).unwrap();
+            engine.commit_local(Term(1), 1, &cmds).unwrap();
             let offset = log_offset(&engine, b"other");
             engine
                 .map()
@@ -493,7 +500,7 @@ mod tests {
             let mut cmds = Vec::new();
             command::encode(&mut cmds, CommandOp::Set, 0, 0, b"gone", &[b'g'; 100]);
             command::encode(&mut cmds, CommandOp::Delete, 0, 0, b"gone", b"");
-            let (index, _) = engine.commit_local(1, 2, &cmds).unwrap();
+            let (index, _) = engine.commit_local(Term(1), 2, &cmds).unwrap();
             let entry = engine.read_entry(index).unwrap();
             let delete_at = entry
                 .iter()

@@ -29,6 +29,7 @@
 //! Everything random comes from the seed, so a failure replays exactly from it.
 
 use crate::consensus::{NodeConfig, PlantedBug, RaftNode};
+use crate::ids::{LogIndex, NodeId, Term};
 use crate::replica::{
     Completed, ReadDecision, ReadMode, Replica, ReplicaConfig, ReplicaOutput, WaitingReads, Window,
     WriteOutcome, decide_read, window_is_full,
@@ -327,8 +328,8 @@ impl Sim {
     }
 
     fn node_config(&self, i: usize) -> NodeConfig {
-        let voters = (1..=self.config.nodes as u64).collect();
-        let mut config = NodeConfig::new(i as u64 + 1, voters);
+        let voters = (0..self.config.nodes).map(NodeId::from_index).collect();
+        let mut config = NodeConfig::new(NodeId::from_index(i), voters);
         config.election_tick = ELECTION_TICKS;
         config.engine = engine_options();
         config.planted_bug = self.config.planted_bug;
@@ -394,8 +395,10 @@ impl Sim {
 
     fn send(&mut self, envelope: Envelope) {
         if let Envelope::Raft { to, ref msg } = envelope {
-            let from = msg.from as usize - 1;
-            if !self.connected(from, to) {
+            let Some(from) = NodeId::from_raft_id(msg.from) else {
+                return;
+            };
+            if !self.connected(from.index(), to) {
                 return;
             }
         }
@@ -429,7 +432,7 @@ impl Sim {
             .replica
             .as_ref()
             .and_then(|r| r.node().leader_id())
-            .map(|id| id as usize - 1)
+            .map(NodeId::index)
     }
 
     fn deliver(&mut self) -> Result<(), String> {
@@ -536,8 +539,13 @@ impl Sim {
     /// Sends the messages and answers the windows a replica call produced.
     fn finish(&mut self, i: usize, mut out: ReplicaOutput<ClientReq>) {
         for msg in std::mem::take(&mut out.messages) {
-            let to = msg.to as usize - 1;
-            self.send(Envelope::Raft { to, msg });
+            let Some(to) = NodeId::from_raft_id(msg.to) else {
+                continue;
+            };
+            self.send(Envelope::Raft {
+                to: to.index(),
+                msg,
+            });
         }
         for Completed {
             windows, outcome, ..
@@ -886,9 +894,9 @@ impl Sim {
     fn final_checks(mut self) -> Result<SimReport, String> {
         // Log matching: every node holds the same committed entries.
         let nodes: Vec<&RaftNode> = self.live_nodes().collect();
-        let commit = nodes[0].commit_index();
-        for index in 1..=commit {
-            let terms: Vec<Option<u64>> =
+        let commit = nodes[0].commit_index().get();
+        for index in (1..=commit).map(LogIndex) {
+            let terms: Vec<Option<Term>> =
                 nodes.iter().map(|n| n.engine().log().term(index)).collect();
             if terms.iter().any(|t| *t != terms[0]) {
                 return Err(format!(

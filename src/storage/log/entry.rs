@@ -50,14 +50,14 @@ impl EntryHeader {
     /// Writes the header into `out[..HEADER_SIZE]`.
     pub fn encode(&self, out: &mut [u8]) {
         out[..8].copy_from_slice(&ENTRY_MAGIC);
-        out[OFFSET_TERM..OFFSET_TERM + 8].copy_from_slice(&self.term.to_le_bytes());
-        out[OFFSET_INDEX..OFFSET_INDEX + 8].copy_from_slice(&self.log_index.to_le_bytes());
+        out[OFFSET_TERM..OFFSET_TERM + 8].copy_from_slice(&self.term.get().to_le_bytes());
+        out[OFFSET_INDEX..OFFSET_INDEX + 8].copy_from_slice(&self.log_index.get().to_le_bytes());
         out[OFFSET_NUM_COMMANDS..OFFSET_NUM_COMMANDS + 8]
             .copy_from_slice(&self.num_commands.to_le_bytes());
         out[OFFSET_COMMAND_LENGTH..OFFSET_COMMAND_LENGTH + 8]
             .copy_from_slice(&self.command_length.to_le_bytes());
         out[OFFSET_BATCH_FIRST..OFFSET_BATCH_FIRST + 8]
-            .copy_from_slice(&self.batch_first_index.to_le_bytes());
+            .copy_from_slice(&self.batch_first_index.get().to_le_bytes());
         out[OFFSET_COMMANDS_HASH..OFFSET_HEADER_HASH]
             .copy_from_slice(&self.commands_hash.to_le_bytes());
         let hash = xxh3_128(&out[..OFFSET_HEADER_HASH]);
@@ -82,15 +82,15 @@ impl EntryHeader {
             return None;
         }
         let header = EntryHeader {
-            term: u64_at(OFFSET_TERM),
-            log_index: u64_at(OFFSET_INDEX),
+            term: Term(u64_at(OFFSET_TERM)),
+            log_index: LogIndex(u64_at(OFFSET_INDEX)),
             num_commands: u64_at(OFFSET_NUM_COMMANDS),
             command_length: u64_at(OFFSET_COMMAND_LENGTH),
-            batch_first_index: u64_at(OFFSET_BATCH_FIRST),
+            batch_first_index: LogIndex(u64_at(OFFSET_BATCH_FIRST)),
             commands_hash: u128::from_le_bytes(*field(OFFSET_COMMANDS_HASH)?),
         };
         (header.command_length as usize <= COMMAND_LENGTH_MAX
-            && header.log_index > 0
+            && header.log_index > LogIndex::ZERO
             && header.batch_first_index <= header.log_index)
             .then_some(header)
     }

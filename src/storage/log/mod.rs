@@ -82,10 +82,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// A log index (1-based; 0 means "before the first entry").
-pub type LogIndex = u64;
-/// A Raft term.
-pub type Term = u64;
+pub use crate::ids::{LogIndex, Term};
 
 /// Errors of the log.
 #[derive(Debug)]
@@ -208,18 +205,18 @@ impl Log {
 
     /// Index of the last entry (0 when empty).
     pub fn last_index(&self) -> LogIndex {
-        self.entries.len() as LogIndex
+        LogIndex(self.entries.len() as u64)
     }
 
     /// Term of the last entry (0 when empty).
     pub fn last_term(&self) -> Term {
-        self.entries.last().map_or(0, |e| e.term)
+        self.entries.last().map_or(Term::ZERO, |e| e.term)
     }
 
     /// Term of entry `index`, if present (index 0 has term 0).
     pub fn term(&self, index: LogIndex) -> Option<Term> {
-        if index == 0 {
-            return Some(0);
+        if index == LogIndex::ZERO {
+            return Some(Term::ZERO);
         }
         self.meta(index).map(|m| m.term)
     }
@@ -231,8 +228,8 @@ impl Log {
 
     fn meta(&self, index: LogIndex) -> Option<&EntryMeta> {
         index
-            .checked_sub(1)
-            .and_then(|i| self.entries.get(i as usize))
+            .prev()
+            .and_then(|i| self.entries.get(i.get() as usize))
     }
 
     /// Appends entries and makes them durable before returning. On error nothing is
@@ -242,7 +239,7 @@ impl Log {
             return Err(LogError::Failed);
         }
         let mut total = 0usize;
-        let mut expected = self.last_index() + 1;
+        let mut expected = self.last_index().next();
         let mut last_term = self.last_term();
         for entry in new_entries {
             check_commands(entry.commands, entry.num_commands).map_err(|reason| {
@@ -256,7 +253,7 @@ impl Log {
             assert_eq!(entry.log_index, expected, "log indexes are consecutive");
             assert!(entry.term >= last_term, "terms never go backwards in a log");
             assert!(entry.commands.len() <= COMMAND_LENGTH_MAX);
-            expected += 1;
+            expected = expected.next();
             last_term = entry.term;
             total += entry_size(entry.commands.len());
         }
@@ -370,7 +367,7 @@ impl Log {
     /// The index of the entry containing log-file byte offset `file_offset`.
     pub fn index_at_offset(&self, file_offset: u64) -> Option<LogIndex> {
         let i = self.entries.partition_point(|m| m.offset <= file_offset);
-        (i > 0).then_some(i as LogIndex)
+        (i > 0).then_some(LogIndex(i as u64))
     }
 
     /// Reads the value for `key` of the SET command stored at log-file offset
@@ -428,7 +425,7 @@ impl Log {
         if self.failed {
             return Err(LogError::Failed);
         }
-        assert!(index >= 1);
+        assert!(index > LogIndex::ZERO);
         let Some(meta) = self.meta(index).copied() else {
             return Ok(());
         };
@@ -437,7 +434,7 @@ impl Log {
             self.failed = true;
             return Err(e.into());
         }
-        self.entries.truncate(index as usize - 1);
+        self.entries.truncate(index.get() as usize - 1);
         self.end_offset = meta.offset;
         self.prepared_offset = meta.offset;
         self.cache.lock().unwrap().remove_from(meta.offset);

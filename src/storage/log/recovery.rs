@@ -38,7 +38,7 @@ impl Log {
                     self.cache.lock().unwrap().insert(entry.offset, entry.bytes);
                 }
                 Err(reason) => {
-                    let damaged_index = self.last_index() + 1;
+                    let damaged_index = self.last_index().next();
                     let from = offset + PAGE_SIZE as u64;
                     if let Some(later) = self.find_later_write(from, file_len, damaged_index)? {
                         return Err(LogError::Corrupt {
@@ -82,7 +82,7 @@ impl Log {
         let Some(header) = EntryHeader::decode(first_page) else {
             return Ok(Err("header magic or hash mismatch".into()));
         };
-        let expected = self.last_index() + 1;
+        let expected = self.last_index().next();
         if header.log_index != expected {
             return Ok(Err(format!(
                 "entry has index {} where {expected} was expected",

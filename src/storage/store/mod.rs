@@ -799,8 +799,8 @@ fn encode_meta(meta: &MapMeta, hasher: &KeyHasher, bloom: &Bloom) -> AlignedBuf 
     let mut page = AlignedBuf::new(PAGE_SIZE);
     page[..8].copy_from_slice(&META_MAGIC);
     let fields = [
-        meta.last_committed_index,
-        meta.last_committed_term,
+        meta.last_committed_index.get(),
+        meta.last_committed_term.get(),
         meta.page_count * SLOT_COUNT as u64,
         meta.entry_count,
         meta.page_count,
@@ -841,8 +841,8 @@ fn decode_meta(page: &[u8]) -> io::Result<(MapMeta, KeyHasher, Bloom)> {
         u64::from_le_bytes(word)
     };
     let meta = MapMeta {
-        last_committed_index: u64_at(0),
-        last_committed_term: u64_at(1),
+        last_committed_index: LogIndex(u64_at(0)),
+        last_committed_term: Term(u64_at(1)),
         entry_count: u64_at(3),
         page_count: u64_at(4),
         global_depth: u64_at(5).min(u8::MAX as u64) as u8,

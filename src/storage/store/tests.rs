@@ -190,7 +190,7 @@ fn open_rejects_a_page_naming_an_inline_slot_it_lacks() {
     {
         let (map, _) = Map::open(&disk, dir).unwrap();
         map.set(map.key_hash(b"k"), 4096, b"short");
-        map.checkpoint(1, 1, &[]).unwrap();
+        map.checkpoint(LogIndex(1), Term(1), &[]).unwrap();
     }
     let path = dir.join("map.dat");
     let mut image = disk.durable_image(&path).unwrap();
