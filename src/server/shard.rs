@@ -199,12 +199,28 @@ impl Shard {
         match req.op {
             Op::Get => self.get_request(&req, d, validated, cookie, sender),
             Op::Set | Op::Delete if !self.shared.is_leader.load(Ordering::Acquire) => {
-                self.not_leader(sender, d.from, request_len, validated, &to, cookie);
+                self.refuse(
+                    sender,
+                    d.from,
+                    request_len,
+                    validated,
+                    &to,
+                    cookie,
+                    Status::NotLeader,
+                );
             }
             Op::Set | Op::Delete => {
                 let in_window = self.shared.windows[self.index].bytes() + batch.commands.len();
                 if in_window >= self.window_bytes_hard_max {
-                    self.busy(sender, d.from, request_len, validated, &to, cookie);
+                    self.refuse(
+                        sender,
+                        d.from,
+                        request_len,
+                        validated,
+                        &to,
+                        cookie,
+                        Status::Busy,
+                    );
                     return;
                 }
                 let (op, value) = match req.op {
@@ -248,7 +264,9 @@ impl Shard {
         }
     }
 
-    fn busy(
+    /// Answers Busy (back off and retry) or NotLeader (with the leader's address).
+    #[allow(clippy::too_many_arguments)]
+    fn refuse(
         &self,
         sender: &mut Sender,
         to_addr: SocketAddr,
@@ -256,23 +274,16 @@ impl Shard {
         validated: bool,
         to: &Addressing,
         cookie: u64,
+        status: Status,
     ) {
-        self.shared.stats.busy.fetch_add(1, Ordering::Relaxed);
-        let resp = Response::reply(to, Status::Busy, cookie, b"");
-        self.respond(sender, to_addr, request_len, validated, resp);
-    }
-
-    fn not_leader(
-        &self,
-        sender: &mut Sender,
-        to_addr: SocketAddr,
-        request_len: usize,
-        validated: bool,
-        to: &Addressing,
-        cookie: u64,
-    ) {
-        let hint = self.shared.leader_hint();
-        let resp = Response::reply(to, Status::NotLeader, cookie, hint.as_bytes());
+        let hint = match status {
+            Status::NotLeader => self.shared.leader_hint(),
+            _ => {
+                self.shared.stats.busy.fetch_add(1, Ordering::Relaxed);
+                String::new()
+            }
+        };
+        let resp = Response::reply(to, status, cookie, hint.as_bytes());
         self.respond(sender, to_addr, request_len, validated, resp);
     }
 
@@ -299,12 +310,26 @@ impl Shard {
                 cookie,
                 sender,
             ),
-            ReadDecision::NotLeader => {
-                self.not_leader(sender, d.from, d.bytes.len(), validated, &to, cookie)
-            }
+            ReadDecision::NotLeader => self.refuse(
+                sender,
+                d.from,
+                d.bytes.len(),
+                validated,
+                &to,
+                cookie,
+                Status::NotLeader,
+            ),
             // A new leader whose lease is not yet confirmed, or too many reads waiting: the
             // client backs off briefly and retries.
-            ReadDecision::Busy => self.busy(sender, d.from, d.bytes.len(), validated, &to, cookie),
+            ReadDecision::Busy => self.refuse(
+                sender,
+                d.from,
+                d.bytes.len(),
+                validated,
+                &to,
+                cookie,
+                Status::Busy,
+            ),
             ReadDecision::Wait { epoch } => {
                 self.waiting_reads.push(
                     epoch,
@@ -343,7 +368,15 @@ impl Shard {
                     sender,
                 );
             } else {
-                self.not_leader(sender, r.from, r.request_len, r.validated, &r.to, cookie);
+                self.refuse(
+                    sender,
+                    r.from,
+                    r.request_len,
+                    r.validated,
+                    &r.to,
+                    cookie,
+                    Status::NotLeader,
+                );
             }
         }
         if still_waiting {
