@@ -1,0 +1,398 @@
+//! The load generator behind `ocean-liner bench`.
+//!
+//! It keeps tens of thousands of requests outstanding from a handful of threads. Each
+//! thread owns a few non-blocking UDP sockets and a slab of *virtual clients* (slots).
+//! A slot has its own client id and at most one request outstanding, as the server's
+//! exactly-once sessions require. Threads send with `sendmmsg` and receive with
+//! `recvmmsg` in batches, spin while there is work and `poll` briefly when idle.
+//!
+//! A slot's client id is `base + generation * slots + index` (wrapping), so a response
+//! is matched to its slot in O(1); the slot's current id and sequence number must both
+//! match, otherwise the response is stale and ignored. A request that gets no final
+//! answer within `--timeout-ms` of its first transmission counts as a timeout, and the
+//! slot moves to the next generation (a new client id), so the abandoned request can
+//! never be confused with later ones and each session keeps one request outstanding.
+//!
+//! Replies are handled as a real client would: [`Status::CookieRequired`] stores the
+//! cookie for that (socket, server) pair and resends at once; [`Status::NotLeader`]
+//! switches the thread's target to the named leader (or to the next server if none is
+//! named); [`Status::Busy`] resends after a short backoff. Retransmissions reuse the
+//! request's sequence number, and latency is measured from the first transmission.
+//!
+//! Every phase ends by itself: prefill when every key has been written (or given up on
+//! after a few timeouts), measurement after `--warmup + --duration` seconds.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::fmt::{self, Write as _};
+use std::io;
+use std::mem;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use crossbeam_channel::{Receiver, Sender};
+use hdrhistogram::Histogram;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::client::protocol::{
+    self, MAX_DATAGRAM_SIZE, NO_COOKIE, Op, REQUEST_HEADER_SIZE, Request, Status,
+};
+use crate::client::resolve_servers;
+
+mod keys;
+mod report;
+#[cfg(test)]
+mod tests;
+mod worker;
+
+pub use keys::{KeySampler, Scatter, Zipf};
+use report::*;
+pub use report::{PrefillReport, Report};
+use worker::*;
+
+/// Datagrams per `sendmmsg`/`recvmmsg` call.
+const BATCH: usize = 64;
+/// Receive buffer per datagram: larger than any valid datagram, so oversize ones show.
+const RECV_BUF_SIZE: usize = MAX_DATAGRAM_SIZE + 64;
+/// Length of a key name, `key:` plus ten digits.
+const KEY_NAME_LEN: usize = 14;
+/// Largest `--keys`: key names have exactly ten digits.
+const MAX_KEYS: u64 = 10_000_000_000;
+/// Largest `--value-size` that fits a datagram with a key name.
+pub const MAX_VALUE_SIZE: usize = MAX_DATAGRAM_SIZE - REQUEST_HEADER_SIZE - KEY_NAME_LEN;
+/// Socket buffer size requested from the kernel (it may grant less).
+const SOCKET_BUFFER_BYTES: usize = 16 << 20;
+/// Workers report interval statistics this often.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+/// First Busy backoff; doubles per consecutive Busy up to [`BUSY_BACKOFF_MAX`].
+const BUSY_BACKOFF: Duration = Duration::from_micros(500);
+const BUSY_BACKOFF_MAX: Duration = Duration::from_millis(20);
+/// Wait before resending after a NotLeader without a leader hint (an election).
+const NO_LEADER_BACKOFF: Duration = Duration::from_millis(10);
+/// Prefill gives up on a key after this many timeouts.
+const PREFILL_ATTEMPTS: u32 = 5;
+/// Largest latency the histograms track (60 s, in µs); larger values saturate.
+const HIST_MAX_US: u64 = 60_000_000;
+/// Most receive batches per socket per loop turn, so sends are not starved.
+const RECV_ROUNDS: usize = 4;
+
+const _: () = assert!(KEY_NAME_LEN == "key:".len() + 10);
+const _: () = assert!(MAX_VALUE_SIZE + KEY_NAME_LEN + REQUEST_HEADER_SIZE == MAX_DATAGRAM_SIZE);
+const _: () = assert!(RECV_BUF_SIZE > MAX_DATAGRAM_SIZE);
+
+/// What the measured requests do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// Only SETs.
+    Set,
+    /// Only GETs.
+    Get,
+    /// GETs with probability `--read-ratio`, SETs otherwise.
+    Mixed,
+}
+
+impl Workload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Set => "set",
+            Workload::Get => "get",
+            Workload::Mixed => "mixed",
+        }
+    }
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How keys are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyDist {
+    /// Every key equally likely.
+    Uniform,
+    /// Zipf with exponent `--zipf-theta`; hot keys are scattered over the key space.
+    Zipfian,
+}
+
+impl KeyDist {
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyDist::Uniform => "uniform",
+            KeyDist::Zipfian => "zipfian",
+        }
+    }
+}
+
+/// Options of `ocean-liner bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Server address, or a comma-separated list of the cluster's client addresses.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    pub server: String,
+    /// Request mix.
+    #[arg(long, value_enum, default_value_t = Workload::Mixed)]
+    pub workload: Workload,
+    /// Fraction of GETs in the mixed workload.
+    #[arg(long, default_value_t = 0.9)]
+    pub read_ratio: f64,
+    /// Value size in bytes for SETs.
+    #[arg(long, default_value_t = 100)]
+    pub value_size: usize,
+    /// Number of distinct keys (`key:0000000000` ...).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub keys: u64,
+    /// Key popularity distribution.
+    #[arg(long, value_enum, default_value_t = KeyDist::Uniform)]
+    pub key_dist: KeyDist,
+    /// Zipf exponent for `--key-dist zipfian`.
+    #[arg(long, default_value_t = 0.99)]
+    pub zipf_theta: f64,
+    /// Total outstanding requests across all threads (one per virtual client).
+    #[arg(long, default_value_t = 1024)]
+    pub concurrency: usize,
+    /// Load-generating threads.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// UDP sockets per thread.
+    #[arg(long, default_value_t = 4)]
+    pub sockets: usize,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Unmeasured seconds before the measurement.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Per-request timeout in milliseconds, from the first transmission.
+    #[arg(long, default_value_t = 1000)]
+    pub timeout_ms: u64,
+    /// Print the final report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// SET every key once before measuring, so GETs hit.
+    #[arg(long)]
+    pub prefill: bool,
+}
+
+impl Default for BenchArgs {
+    fn default() -> Self {
+        BenchArgs {
+            server: "127.0.0.1:9000".into(),
+            workload: Workload::Mixed,
+            read_ratio: 0.9,
+            value_size: 100,
+            keys: 1_000_000,
+            key_dist: KeyDist::Uniform,
+            zipf_theta: 0.99,
+            concurrency: 1024,
+            threads: 1,
+            sockets: 4,
+            duration: 10.0,
+            warmup: 1.0,
+            timeout_ms: 1000,
+            json: false,
+            prefill: false,
+        }
+    }
+}
+
+impl BenchArgs {
+    /// Rejects option values the load loop cannot honour.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        ensure!(
+            self.keys >= 1 && self.keys <= MAX_KEYS,
+            "--keys must be in 1..={MAX_KEYS}"
+        );
+        ensure!(
+            self.value_size <= MAX_VALUE_SIZE,
+            "--value-size {} does not fit a datagram (at most {MAX_VALUE_SIZE} bytes)",
+            self.value_size
+        );
+        ensure!(
+            (0.0..=1.0).contains(&self.read_ratio),
+            "--read-ratio must be within 0..=1"
+        );
+        ensure!(
+            self.zipf_theta.is_finite() && self.zipf_theta >= 0.0,
+            "--zipf-theta must be a non-negative number"
+        );
+        ensure!(self.concurrency >= 1, "--concurrency must be at least 1");
+        ensure!(self.threads >= 1, "--threads must be at least 1");
+        ensure!(self.sockets >= 1, "--sockets must be at least 1");
+        ensure!(
+            self.duration.is_finite() && self.duration > 0.0,
+            "--duration must be positive"
+        );
+        ensure!(
+            self.warmup.is_finite() && self.warmup >= 0.0,
+            "--warmup must not be negative"
+        );
+        ensure!(self.timeout_ms >= 1, "--timeout-ms must be at least 1");
+        Ok(())
+    }
+}
+
+/// Runs the benchmark described by `args` and prints the report to stdout (text, or
+/// JSON with `--json`). Progress goes to stderr.
+pub fn run_and_print(args: &BenchArgs) -> anyhow::Result<Report> {
+    let report = run(args)?;
+    println!("{}", report.render(args.json));
+    Ok(report)
+}
+
+/// Runs the benchmark described by `args`: optional prefill, warmup, then the measured
+/// window. Prints a progress line per second to stderr and returns the report.
+pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
+    args.validate()?;
+    let servers = resolve_servers(&args.server).context("--server")?;
+    let threads = args.threads.min(args.concurrency);
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let sampler = KeySampler::new(args.key_dist, args.keys, args.zipf_theta);
+    let value: Vec<u8> = (0..args.value_size)
+        .map(|i| b'a' + (i % 26) as u8)
+        .collect();
+
+    let (msg_tx, msg_rx) = crossbeam_channel::unbounded::<Msg>();
+    let mut start_txs = Vec::with_capacity(threads);
+    let mut handles = Vec::with_capacity(threads);
+    for t in 0..threads {
+        let slots = args.concurrency / threads + usize::from(t < args.concurrency % threads);
+        let (start_tx, start_rx) = crossbeam_channel::bounded::<Instant>(1);
+        start_txs.push(start_tx);
+        let cfg = WorkerConfig {
+            slots,
+            sockets: args.sockets.min(slots),
+            servers: servers.clone(),
+            timeout,
+            workload: args.workload,
+            read_ratio: args.read_ratio,
+            sampler: sampler.clone(),
+            value: value.clone(),
+            prefill_keys: args.prefill.then_some(KeyShare {
+                first: t as u64,
+                step: threads as u64,
+                end: args.keys,
+            }),
+            warmup: Duration::from_secs_f64(args.warmup),
+            duration: Duration::from_secs_f64(args.duration),
+        };
+        let tx = msg_tx.clone();
+        let handle = thread::Builder::new()
+            .name(format!("bench-{t}"))
+            .spawn(move || {
+                let result = Worker::new(cfg, tx.clone()).and_then(|mut w| w.run(start_rx));
+                if let Err(e) = &result {
+                    let _ = tx.send(Msg::Failed(format!("{e:#}")));
+                }
+                result
+            })
+            .context("spawning a bench thread")?;
+        handles.push(handle);
+    }
+    drop(msg_tx);
+
+    let mut progress = Progress::new(threads);
+    let outcome = coordinate(args, threads, &msg_rx, &start_txs, &mut progress);
+    drop(start_txs);
+    for h in handles {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => bail!("a bench thread panicked"),
+        }
+    }
+    let prefill = outcome?;
+    Ok(progress.into_report(args, threads, prefill))
+}
+
+/// Drives the phases from the main thread: waits for prefill, starts the measurement,
+/// prints progress, and collects the workers' final statistics into `progress`.
+fn coordinate(
+    args: &BenchArgs,
+    threads: usize,
+    rx: &Receiver<Msg>,
+    start_txs: &[Sender<Instant>],
+    progress: &mut Progress,
+) -> anyhow::Result<Option<PrefillReport>> {
+    let mut prefill = None;
+    if args.prefill {
+        let began = Instant::now();
+        let mut done_threads = 0;
+        let mut failed = 0;
+        let mut next_tick = began + Duration::from_secs(1);
+        let mut done_keys = 0u64;
+        let mut last_done = 0u64;
+        while done_threads < threads {
+            match rx.recv_deadline(next_tick) {
+                Ok(Msg::PrefillProgress { done }) => done_keys += done,
+                Ok(Msg::PrefillDone { done, failed: f }) => {
+                    done_keys += done;
+                    failed += f;
+                    done_threads += 1;
+                }
+                Ok(Msg::Failed(e)) => bail!("bench thread failed: {e}"),
+                Ok(_) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    let t = began.elapsed().as_secs_f64();
+                    eprintln!(
+                        "prefill t={t:.0}s sets/s={} done={done_keys}/{}",
+                        done_keys - last_done,
+                        args.keys
+                    );
+                    last_done = done_keys;
+                    next_tick += Duration::from_secs(1);
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    bail!("bench threads exited during prefill")
+                }
+            }
+        }
+        let report = PrefillReport {
+            keys: args.keys,
+            failed,
+            seconds: began.elapsed().as_secs_f64(),
+        };
+        eprintln!(
+            "prefill: {} keys in {:.2} s ({:.0} sets/s), {} failed",
+            report.keys,
+            report.seconds,
+            report.sets_per_sec(),
+            report.failed
+        );
+        prefill = Some(report);
+    }
+
+    let start = Instant::now();
+    for tx in start_txs {
+        let _ = tx.send(start);
+    }
+    let warm_end = start + Duration::from_secs_f64(args.warmup);
+    let mut next_tick = start + Duration::from_secs(1);
+    let mut finished = 0;
+    while finished < threads {
+        match rx.recv_deadline(next_tick) {
+            Ok(Msg::Interval(stats)) => progress.add_interval(stats),
+            Ok(Msg::Done(stats)) => {
+                progress.add_final(*stats);
+                finished += 1;
+            }
+            Ok(Msg::Failed(e)) => bail!("bench thread failed: {e}"),
+            Ok(Msg::PrefillProgress { .. } | Msg::PrefillDone { .. }) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                let secs = next_tick.duration_since(start).as_secs();
+                eprintln!("{}", progress.tick_line(secs, next_tick <= warm_end));
+                next_tick += Duration::from_secs(1);
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                bail!("bench threads exited before reporting")
+            }
+        }
+    }
+    Ok(prefill)
+}

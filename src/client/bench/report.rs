@@ -1,0 +1,349 @@
+//! What the load tool measures and prints: per-interval progress, HDR histograms of
+//! latency, the prefill and final reports (text and `--json`).
+
+use super::*;
+
+/// The prefill phase's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrefillReport {
+    pub keys: u64,
+    /// Keys given up on after repeated timeouts or refused with an error status.
+    pub failed: u64,
+    pub seconds: f64,
+}
+
+impl PrefillReport {
+    pub fn sets_per_sec(&self) -> f64 {
+        if self.seconds > 0.0 {
+            (self.keys - self.failed) as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+}
+
+/// The result of a benchmark run. Counts cover the measured window only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub workload: Workload,
+    pub read_ratio: f64,
+    pub value_size: usize,
+    pub keys: u64,
+    pub key_dist: KeyDist,
+    pub concurrency: usize,
+    pub threads: usize,
+    pub duration_s: f64,
+    /// Successfully answered operations: `ok + get_miss`.
+    pub ops: u64,
+    pub ok: u64,
+    /// GETs answered [`Status::NotFound`].
+    pub get_miss: u64,
+    /// Operations answered with an error status (final, after retries).
+    pub errors: u64,
+    /// `errors` broken down by status, nonzero entries only.
+    pub errors_by_status: Vec<(Status, u64)>,
+    /// Operations abandoned after `--timeout-ms` without a final answer.
+    pub timeouts: u64,
+    /// Busy answers (each caused a delayed resend).
+    pub busy: u64,
+    /// NotLeader answers followed.
+    pub redirects: u64,
+    /// CookieRequired answers (each caused an immediate resend).
+    pub cookie_retries: u64,
+    pub ops_per_sec: f64,
+    /// Latency percentiles of successful operations, in µs.
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    pub prefill: Option<PrefillReport>,
+}
+
+impl Report {
+    /// The report as one JSON object on one line.
+    pub fn to_json(&self) -> String {
+        let mut s = String::with_capacity(512);
+        s.push('{');
+        let _ = write!(s, "\"workload\":\"{}\"", self.workload.name());
+        let _ = write!(s, ",\"read_ratio\":{}", json_f64(self.read_ratio));
+        let _ = write!(s, ",\"value_size\":{}", self.value_size);
+        let _ = write!(s, ",\"keys\":{}", self.keys);
+        let _ = write!(s, ",\"key_dist\":\"{}\"", self.key_dist.name());
+        let _ = write!(s, ",\"concurrency\":{}", self.concurrency);
+        let _ = write!(s, ",\"threads\":{}", self.threads);
+        let _ = write!(s, ",\"duration_s\":{}", json_f64(self.duration_s));
+        let _ = write!(s, ",\"ops\":{}", self.ops);
+        let _ = write!(s, ",\"ops_per_sec\":{}", json_f64(self.ops_per_sec));
+        let _ = write!(s, ",\"ok\":{}", self.ok);
+        let _ = write!(s, ",\"get_miss\":{}", self.get_miss);
+        let _ = write!(s, ",\"errors\":{}", self.errors);
+        s.push_str(",\"errors_by_status\":{");
+        for (i, (status, n)) in self.errors_by_status.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            let _ = write!(s, "{sep}\"{}\":{n}", status.name());
+        }
+        s.push('}');
+        let _ = write!(s, ",\"timeouts\":{}", self.timeouts);
+        let _ = write!(s, ",\"busy\":{}", self.busy);
+        let _ = write!(s, ",\"redirects\":{}", self.redirects);
+        let _ = write!(s, ",\"cookie_retries\":{}", self.cookie_retries);
+        let _ = write!(s, ",\"p50_us\":{}", self.p50_us);
+        let _ = write!(s, ",\"p90_us\":{}", self.p90_us);
+        let _ = write!(s, ",\"p99_us\":{}", self.p99_us);
+        let _ = write!(s, ",\"p999_us\":{}", self.p999_us);
+        let _ = write!(s, ",\"max_us\":{}", self.max_us);
+        match &self.prefill {
+            None => s.push_str(",\"prefill\":null"),
+            Some(p) => {
+                let _ = write!(
+                    s,
+                    ",\"prefill\":{{\"keys\":{},\"failed\":{},\"seconds\":{},\"sets_per_sec\":{}}}",
+                    p.keys,
+                    p.failed,
+                    json_f64(p.seconds),
+                    json_f64(p.sets_per_sec())
+                );
+            }
+        }
+        s.push('}');
+        s
+    }
+
+    /// The text report, or the JSON object when `json` is set.
+    pub fn render(&self, json: bool) -> String {
+        if json {
+            self.to_json()
+        } else {
+            self.to_string()
+        }
+    }
+}
+
+/// A finite float as JSON (JSON has no NaN or infinity; those become 0).
+pub(super) fn json_f64(v: f64) -> String {
+    if v.is_finite() {
+        format!("{:.3}", v)
+    } else {
+        "0".into()
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mix = match self.workload {
+            Workload::Mixed => format!("mixed ({:.0}% reads)", self.read_ratio * 100.0),
+            w => w.name().to_string(),
+        };
+        writeln!(
+            f,
+            "workload      {mix}, {} B values, {} {} keys, concurrency {} on {} thread(s)",
+            self.value_size,
+            self.keys,
+            self.key_dist.name(),
+            self.concurrency,
+            self.threads
+        )?;
+        if let Some(p) = &self.prefill {
+            writeln!(
+                f,
+                "prefill       {} keys in {:.2} s ({:.0} sets/s), {} failed",
+                p.keys,
+                p.seconds,
+                p.sets_per_sec(),
+                p.failed
+            )?;
+        }
+        writeln!(f, "duration      {:.2} s", self.duration_s)?;
+        writeln!(
+            f,
+            "throughput    {:.0} ops/s ({} ops)",
+            self.ops_per_sec, self.ops
+        )?;
+        writeln!(
+            f,
+            "latency (us)  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+            self.p50_us, self.p90_us, self.p99_us, self.p999_us, self.max_us
+        )?;
+        writeln!(f, "ok            {}", self.ok)?;
+        writeln!(f, "get-miss      {}", self.get_miss)?;
+        write!(f, "errors        {}", self.errors)?;
+        if !self.errors_by_status.is_empty() {
+            let parts: Vec<String> = self
+                .errors_by_status
+                .iter()
+                .map(|(s, n)| format!("{} {n}", s.name()))
+                .collect();
+            write!(f, " ({})", parts.join(", "))?;
+        }
+        writeln!(f)?;
+        writeln!(f, "timeouts      {}", self.timeouts)?;
+        write!(
+            f,
+            "retries       busy {}  redirects {}  cookie {}",
+            self.busy, self.redirects, self.cookie_retries
+        )
+    }
+}
+
+/// Aggregates worker statistics on the main thread.
+pub(super) struct Progress {
+    pub(super) interval: Counts,
+    pub(super) interval_hist: Histogram<u64>,
+    pub(super) total: Counts,
+    pub(super) total_hist: Histogram<u64>,
+    pub(super) threads: usize,
+}
+
+impl Progress {
+    pub(super) fn new(threads: usize) -> Self {
+        Progress {
+            interval: Counts::default(),
+            interval_hist: new_histogram(),
+            total: Counts::default(),
+            total_hist: new_histogram(),
+            threads,
+        }
+    }
+
+    pub(super) fn add_interval(&mut self, stats: IntervalStats) {
+        self.interval.add(&stats.counts);
+        // Both histograms share bounds, so adding cannot fail.
+        let _ = self.interval_hist.add(&stats.hist);
+    }
+
+    pub(super) fn add_final(&mut self, stats: FinalStats) {
+        self.total.add(&stats.counts);
+        let _ = self.total_hist.add(&stats.hist);
+    }
+
+    /// The progress line for the second ending at `secs`, then resets the interval.
+    pub(super) fn tick_line(&mut self, secs: u64, warmup: bool) -> String {
+        let c = &self.interval;
+        let p99 = if self.interval_hist.is_empty() {
+            0
+        } else {
+            self.interval_hist.value_at_quantile(0.99)
+        };
+        let line = format!(
+            "t={secs}s{} ops/s={} p99={p99}us errors={} timeouts={}",
+            if warmup { " (warmup)" } else { "" },
+            c.ok + c.get_miss,
+            c.errors(),
+            c.timeouts
+        );
+        self.interval = Counts::default();
+        self.interval_hist.reset();
+        line
+    }
+
+    pub(super) fn into_report(
+        self,
+        args: &BenchArgs,
+        threads: usize,
+        prefill: Option<PrefillReport>,
+    ) -> Report {
+        debug_assert_eq!(threads, self.threads);
+        let c = &self.total;
+        let h = &self.total_hist;
+        let q = |p: f64| {
+            if h.is_empty() {
+                0
+            } else {
+                h.value_at_quantile(p)
+            }
+        };
+        let ops = c.ok + c.get_miss;
+        let errors_by_status = Status::ALL
+            .iter()
+            .zip(c.errors.iter())
+            .filter(|(_, n)| **n > 0)
+            .map(|(s, n)| (*s, *n))
+            .collect();
+        Report {
+            workload: args.workload,
+            read_ratio: args.read_ratio,
+            value_size: args.value_size,
+            keys: args.keys,
+            key_dist: args.key_dist,
+            concurrency: args.concurrency,
+            threads,
+            duration_s: args.duration,
+            ops,
+            ok: c.ok,
+            get_miss: c.get_miss,
+            errors: c.errors(),
+            errors_by_status,
+            timeouts: c.timeouts,
+            busy: c.busy,
+            redirects: c.redirects,
+            cookie_retries: c.cookie_retries,
+            ops_per_sec: ops as f64 / args.duration,
+            p50_us: q(0.5),
+            p90_us: q(0.9),
+            p99_us: q(0.99),
+            p999_us: q(0.999),
+            max_us: if h.is_empty() { 0 } else { h.max() },
+            prefill,
+        }
+    }
+}
+
+pub(super) fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HIST_MAX_US, 3).expect("valid histogram bounds")
+}
+
+/// Event counters, one set per reporting scope.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Counts {
+    pub(super) ok: u64,
+    pub(super) get_miss: u64,
+    /// Final error answers, indexed like [`Status::ALL`].
+    pub(super) errors: [u64; Status::ALL.len()],
+    pub(super) timeouts: u64,
+    pub(super) busy: u64,
+    pub(super) redirects: u64,
+    pub(super) cookie_retries: u64,
+}
+
+impl Counts {
+    pub(super) fn add(&mut self, o: &Counts) {
+        self.ok += o.ok;
+        self.get_miss += o.get_miss;
+        for (a, b) in self.errors.iter_mut().zip(o.errors.iter()) {
+            *a += b;
+        }
+        self.timeouts += o.timeouts;
+        self.busy += o.busy;
+        self.redirects += o.redirects;
+        self.cookie_retries += o.cookie_retries;
+    }
+
+    pub(super) fn errors(&self) -> u64 {
+        self.errors.iter().sum()
+    }
+
+    pub(super) fn count_error(&mut self, status: Status) {
+        if let Some(i) = Status::ALL.iter().position(|s| *s == status) {
+            self.errors[i] += 1;
+        }
+    }
+}
+
+pub(super) struct IntervalStats {
+    pub(super) counts: Counts,
+    pub(super) hist: Histogram<u64>,
+}
+
+pub(super) struct FinalStats {
+    pub(super) counts: Counts,
+    pub(super) hist: Histogram<u64>,
+}
+
+pub(super) enum Msg {
+    PrefillProgress { done: u64 },
+    PrefillDone { done: u64, failed: u64 },
+    Interval(IntervalStats),
+    Done(Box<FinalStats>),
+    Failed(String),
+}

@@ -1,0 +1,795 @@
+//! One load thread: its sockets, its slab of virtual clients (slots), and the loop that
+//! sends requests in batches, receives and matches replies, and handles redirects,
+//! cookies, Busy and timeouts.
+
+use super::keys::*;
+use super::report::*;
+use super::*;
+
+/// The keys one worker prefills: `first, first + step, ...` below `end`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct KeyShare {
+    pub(super) first: u64,
+    pub(super) step: u64,
+    pub(super) end: u64,
+}
+
+pub(super) struct WorkerConfig {
+    pub(super) slots: usize,
+    pub(super) sockets: usize,
+    pub(super) servers: Vec<SocketAddr>,
+    pub(super) timeout: Duration,
+    pub(super) workload: Workload,
+    pub(super) read_ratio: f64,
+    pub(super) sampler: KeySampler,
+    pub(super) value: Vec<u8>,
+    pub(super) prefill_keys: Option<KeyShare>,
+    pub(super) warmup: Duration,
+    pub(super) duration: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SlotState {
+    /// No operation (the phase has no more work for it).
+    Idle,
+    /// In its socket's send queue.
+    Queued,
+    /// Sent, awaiting the answer.
+    InFlight,
+    /// Waiting in the timer heap to be resent (after Busy or a leaderless NotLeader).
+    Delayed,
+}
+
+/// One virtual client.
+#[derive(Debug, Clone)]
+pub(super) struct Slot {
+    pub(super) client_id: u64,
+    pub(super) generation: u64,
+    pub(super) seq: u64,
+    pub(super) state: SlotState,
+    /// Bumped whenever a new operation starts, so stale timer entries are recognised.
+    pub(super) epoch: u32,
+    pub(super) op: Op,
+    pub(super) key: u64,
+    /// Server index the last transmission went to.
+    pub(super) target: usize,
+    /// First transmission of the current operation (`None` until sent).
+    pub(super) first_sent: Option<Instant>,
+    pub(super) busy_streak: u32,
+    /// Prefill: timeouts so far for this slot's key.
+    pub(super) attempts: u32,
+}
+
+/// Where a phase is.
+pub(super) enum Phase {
+    Prefill {
+        next: u64,
+        share: KeyShare,
+        retry: Vec<(u64, u32)>,
+        done: u64,
+        failed: u64,
+    },
+    Measure {
+        warm_end: Instant,
+        end: Instant,
+    },
+}
+
+pub(super) struct Worker {
+    pub(super) cfg: WorkerConfig,
+    pub(super) tx: Sender<Msg>,
+    pub(super) rng: StdRng,
+    pub(super) sockets: Vec<Socket>,
+    pub(super) fds: Vec<RawFd>,
+    pub(super) servers: Vec<SocketAddr>,
+    pub(super) server_addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)>,
+    /// Current target server index.
+    pub(super) target: usize,
+    /// `cookies[server][socket]`.
+    pub(super) cookies: Vec<Vec<u64>>,
+    pub(super) slots: Vec<Slot>,
+    pub(super) id_base: u64,
+    pub(super) send_queues: Vec<VecDeque<u32>>,
+    pub(super) timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    pub(super) send_buf: Vec<u8>,
+    pub(super) recv_buf: Vec<u8>,
+    pub(super) last_rx: Instant,
+    pub(super) last_rotate: Instant,
+    /// Counters and histogram for the measured window.
+    pub(super) window: Counts,
+    pub(super) window_hist: Histogram<u64>,
+    /// Counters and histogram since the last flush to the main thread (all phases).
+    pub(super) interval: Counts,
+    pub(super) interval_hist: Histogram<u64>,
+    pub(super) prefill_unreported: u64,
+    /// Slots not [`SlotState::Idle`].
+    pub(super) active: usize,
+    pub(super) pollfds: Vec<libc::pollfd>,
+}
+
+impl Worker {
+    pub(super) fn new(cfg: WorkerConfig, tx: Sender<Msg>) -> anyhow::Result<Self> {
+        let first = cfg.servers[0];
+        let bind: SocketAddr = match first.ip() {
+            IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let mut sockets = Vec::with_capacity(cfg.sockets);
+        for _ in 0..cfg.sockets {
+            let s = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))
+                .context("creating a UDP socket")?;
+            s.set_nonblocking(true)?;
+            // Above net.core.{r,w}mem_max when allowed (root), else capped by them.
+            crate::server::net::set_buffer_size(&s, SOCKET_BUFFER_BYTES, true);
+            crate::server::net::set_buffer_size(&s, SOCKET_BUFFER_BYTES, false);
+            s.bind(&bind.into())
+                .with_context(|| format!("binding a UDP socket to {bind}"))?;
+            sockets.push(s);
+        }
+        let fds = sockets.iter().map(AsRawFd::as_raw_fd).collect();
+        let mut rng = StdRng::from_entropy();
+        let id_base = rng.r#gen::<u64>();
+        let n = cfg.slots;
+        let now = Instant::now();
+        let mut w = Worker {
+            tx,
+            sockets,
+            fds,
+            servers: Vec::new(),
+            server_addrs: Vec::new(),
+            target: 0,
+            cookies: Vec::new(),
+            slots: Vec::with_capacity(n),
+            id_base,
+            send_queues: vec![VecDeque::new(); cfg.sockets],
+            timers: BinaryHeap::new(),
+            send_buf: vec![0u8; BATCH * MAX_DATAGRAM_SIZE],
+            recv_buf: vec![0u8; BATCH * RECV_BUF_SIZE],
+            last_rx: now,
+            last_rotate: now,
+            window: Counts::default(),
+            window_hist: new_histogram(),
+            interval: Counts::default(),
+            interval_hist: new_histogram(),
+            prefill_unreported: 0,
+            active: 0,
+            pollfds: Vec::new(),
+            rng,
+            cfg,
+        };
+        for addr in w.cfg.servers.clone() {
+            w.server_index(addr);
+        }
+        for i in 0..n {
+            let mut slot = Slot {
+                client_id: 0,
+                generation: 0,
+                seq: 0,
+                state: SlotState::Idle,
+                epoch: 0,
+                op: Op::Get,
+                key: 0,
+                target: 0,
+                first_sent: None,
+                busy_streak: 0,
+                attempts: 0,
+            };
+            slot.client_id = w.client_id_for(i, &mut slot.generation);
+            w.slots.push(slot);
+        }
+        Ok(w)
+    }
+
+    /// The client id of slot `index` at `generation` (advanced past the value 0).
+    pub(super) fn client_id_for(&self, index: usize, generation: &mut u64) -> u64 {
+        let n = self.cfg.slots as u64;
+        loop {
+            let id = self
+                .id_base
+                .wrapping_add(generation.wrapping_mul(n))
+                .wrapping_add(index as u64);
+            if id != 0 {
+                return id;
+            }
+            *generation += 1;
+        }
+    }
+
+    /// The slot a client id belongs to, if it is that slot's current id.
+    pub(super) fn slot_for(&self, client_id: u64) -> Option<usize> {
+        let n = self.slots.len() as u64;
+        let i = (client_id.wrapping_sub(self.id_base) % n) as usize;
+        (self.slots[i].client_id == client_id).then_some(i)
+    }
+
+    pub(super) fn server_index(&mut self, addr: SocketAddr) -> usize {
+        if let Some(i) = self.servers.iter().position(|s| *s == addr) {
+            return i;
+        }
+        self.servers.push(addr);
+        self.server_addrs.push(sockaddr_of(&addr));
+        self.cookies.push(vec![NO_COOKIE; self.sockets.len()]);
+        self.servers.len() - 1
+    }
+
+    pub(super) fn run(&mut self, start_rx: Receiver<Instant>) -> anyhow::Result<()> {
+        if let Some(share) = self.cfg.prefill_keys {
+            let mut phase = Phase::Prefill {
+                next: share.first,
+                share,
+                retry: Vec::new(),
+                done: 0,
+                failed: 0,
+            };
+            self.run_phase(&mut phase)?;
+            let Phase::Prefill { done, failed, .. } = phase else {
+                unreachable!()
+            };
+            debug_assert!(done + failed >= share.end.saturating_sub(share.first) / share.step);
+            let unreported = mem::take(&mut self.prefill_unreported);
+            let _ = self.tx.send(Msg::PrefillDone {
+                done: unreported,
+                failed,
+            });
+            // Prefill traffic is not part of the first measured second.
+            self.interval = Counts::default();
+            self.interval_hist.reset();
+        }
+        let Ok(start) = start_rx.recv() else {
+            // The coordinator gave up (another thread failed); nothing to measure.
+            return Ok(());
+        };
+        let warm_end = start + self.cfg.warmup;
+        let mut phase = Phase::Measure {
+            warm_end,
+            end: warm_end + self.cfg.duration,
+        };
+        self.run_phase(&mut phase)?;
+        self.flush_interval();
+        let stats = FinalStats {
+            counts: mem::take(&mut self.window),
+            hist: mem::replace(&mut self.window_hist, new_histogram()),
+        };
+        let _ = self.tx.send(Msg::Done(Box::new(stats)));
+        Ok(())
+    }
+
+    pub(super) fn run_phase(&mut self, phase: &mut Phase) -> anyhow::Result<()> {
+        for i in 0..self.slots.len() {
+            self.start_next(i, phase, Instant::now());
+        }
+        let scan_every =
+            (self.cfg.timeout / 20).clamp(Duration::from_millis(1), Duration::from_millis(50));
+        let mut next_scan = Instant::now() + scan_every;
+        let mut next_flush = Instant::now() + FLUSH_INTERVAL;
+        loop {
+            let now = Instant::now();
+            match phase {
+                Phase::Measure { end, .. } if now >= *end => break,
+                Phase::Prefill { .. } if self.active == 0 => break,
+                _ => {}
+            }
+            self.fire_timers(now);
+            if now >= next_scan {
+                self.scan_timeouts(phase, now);
+                next_scan = now + scan_every;
+            }
+            if now >= next_flush {
+                self.flush_interval();
+                next_flush = now + FLUSH_INTERVAL;
+            }
+            let sent = self.flush_sends()?;
+            let received = self.receive(phase)?;
+            if sent == 0 && received == 0 {
+                self.wait_idle(next_scan.min(next_flush));
+            }
+        }
+        // Abandon whatever is still outstanding; later answers are ignored as stale.
+        for s in &mut self.slots {
+            s.state = SlotState::Idle;
+            s.epoch = s.epoch.wrapping_add(1);
+        }
+        self.active = 0;
+        self.send_queues.iter_mut().for_each(VecDeque::clear);
+        self.timers.clear();
+        Ok(())
+    }
+
+    /// Gives slot `i` its next operation (or leaves it idle) and queues it.
+    pub(super) fn start_next(&mut self, i: usize, phase: &mut Phase, now: Instant) {
+        let next = match phase {
+            Phase::Measure { end, .. } => {
+                if now >= *end {
+                    None
+                } else {
+                    let key = self.cfg.sampler.sample(&mut self.rng);
+                    let op = match self.cfg.workload {
+                        Workload::Set => Op::Set,
+                        Workload::Get => Op::Get,
+                        Workload::Mixed => {
+                            if self.rng.r#gen::<f64>() < self.cfg.read_ratio {
+                                Op::Get
+                            } else {
+                                Op::Set
+                            }
+                        }
+                    };
+                    Some((op, key, 0))
+                }
+            }
+            Phase::Prefill {
+                next, share, retry, ..
+            } => {
+                if let Some((key, attempts)) = retry.pop() {
+                    Some((Op::Set, key, attempts))
+                } else if *next < share.end {
+                    let key = *next;
+                    *next += share.step;
+                    Some((Op::Set, key, 0))
+                } else {
+                    None
+                }
+            }
+        };
+        let slot = &mut self.slots[i];
+        slot.epoch = slot.epoch.wrapping_add(1);
+        slot.first_sent = None;
+        slot.busy_streak = 0;
+        let was_idle = slot.state == SlotState::Idle;
+        match next {
+            None => {
+                slot.state = SlotState::Idle;
+                self.active -= usize::from(!was_idle);
+            }
+            Some((op, key, attempts)) => {
+                self.active += usize::from(was_idle);
+                slot.op = op;
+                slot.key = key;
+                slot.attempts = attempts;
+                slot.seq += 1;
+                self.queue(i);
+            }
+        }
+    }
+
+    pub(super) fn queue(&mut self, i: usize) {
+        self.slots[i].state = SlotState::Queued;
+        let sock = i % self.sockets.len();
+        self.send_queues[sock].push_back(i as u32);
+    }
+
+    pub(super) fn delay(&mut self, i: usize, until: Instant) {
+        let slot = &mut self.slots[i];
+        slot.state = SlotState::Delayed;
+        self.timers.push(Reverse((until, i as u32, slot.epoch)));
+    }
+
+    pub(super) fn fire_timers(&mut self, now: Instant) {
+        while let Some(Reverse((due, i, epoch))) = self.timers.peek().copied() {
+            if due > now {
+                break;
+            }
+            self.timers.pop();
+            let slot = &self.slots[i as usize];
+            if slot.epoch == epoch && slot.state == SlotState::Delayed {
+                self.queue(i as usize);
+            }
+        }
+    }
+
+    /// Abandons operations older than the timeout; gives their slots new client ids.
+    pub(super) fn scan_timeouts(&mut self, phase: &mut Phase, now: Instant) {
+        let timeout = self.cfg.timeout;
+        for i in 0..self.slots.len() {
+            let s = &self.slots[i];
+            let waiting = matches!(s.state, SlotState::InFlight | SlotState::Delayed);
+            let expired = s
+                .first_sent
+                .is_some_and(|t| now.duration_since(t) >= timeout);
+            if !(waiting && expired) {
+                continue;
+            }
+            let (key, attempts) = (s.key, s.attempts + 1);
+            let mut generation = s.generation.wrapping_add(1);
+            self.interval.timeouts += 1;
+            if in_window(phase, now) {
+                self.window.timeouts += 1;
+            }
+            // A new session: the abandoned request may still be applied, but nothing
+            // sent under the old id can be mistaken for an answer to the new one.
+            let id = self.client_id_for(i, &mut generation);
+            let slot = &mut self.slots[i];
+            slot.generation = generation;
+            slot.client_id = id;
+            slot.seq = 0;
+            if let Phase::Prefill { retry, failed, .. } = phase {
+                if attempts < PREFILL_ATTEMPTS {
+                    retry.push((key, attempts));
+                } else {
+                    *failed += 1;
+                }
+            }
+            self.start_next(i, phase, now);
+        }
+        if self.servers.len() > 1
+            && now.duration_since(self.last_rx) >= timeout
+            && now.duration_since(self.last_rotate) >= timeout
+        {
+            // The target has been silent for a whole timeout: try the next server.
+            self.target = (self.target + 1) % self.servers.len();
+            self.last_rotate = now;
+        }
+    }
+
+    /// Sends queued requests with `sendmmsg`; returns how many went out.
+    pub(super) fn flush_sends(&mut self) -> anyhow::Result<usize> {
+        let mut total = 0;
+        for sock in 0..self.sockets.len() {
+            while !self.send_queues[sock].is_empty() {
+                let n = self.send_queues[sock].len().min(BATCH);
+                let target = self.target;
+                let mut lens = [0usize; BATCH];
+                let mut key_buf = [0u8; KEY_NAME_LEN];
+                for (j, len) in lens.iter_mut().enumerate().take(n) {
+                    let i = self.send_queues[sock][j] as usize;
+                    let slot = &mut self.slots[i];
+                    slot.target = target;
+                    let req = Request {
+                        op: slot.op,
+                        client_id: slot.client_id,
+                        request_seq: slot.seq,
+                        cookie: self.cookies[target][sock],
+                        key: key_name(slot.key, &mut key_buf),
+                        value: if slot.op == Op::Set {
+                            &self.cfg.value
+                        } else {
+                            &[]
+                        },
+                    };
+                    let buf =
+                        &mut self.send_buf[j * MAX_DATAGRAM_SIZE..(j + 1) * MAX_DATAGRAM_SIZE];
+                    *len = protocol::encode_request_into(&req, buf);
+                }
+                // SAFETY: all-zero iovecs and mmsghdrs are valid (null pointers, zero lengths).
+                let mut iovs: [libc::iovec; BATCH] = unsafe { mem::zeroed() };
+                let mut msgs: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
+                let base = self.send_buf.as_mut_ptr();
+                let iov_base = iovs.as_mut_ptr();
+                let (addr, addr_len) = &self.server_addrs[target];
+                for j in 0..n {
+                    // SAFETY: j < BATCH, so both offsets stay inside their arrays.
+                    unsafe {
+                        *iov_base.add(j) = libc::iovec {
+                            iov_base: base.add(j * MAX_DATAGRAM_SIZE).cast(),
+                            iov_len: lens[j],
+                        };
+                        msgs[j].msg_hdr.msg_iov = iov_base.add(j);
+                    }
+                    msgs[j].msg_hdr.msg_iovlen = 1;
+                    msgs[j].msg_hdr.msg_name =
+                        (addr as *const libc::sockaddr_storage).cast_mut().cast();
+                    msgs[j].msg_hdr.msg_namelen = *addr_len;
+                }
+                // SAFETY: `msgs[..n]` point at `iovs`, `send_buf` and `server_addrs`,
+                // all of which outlive the call and are not touched during it.
+                let rc = unsafe {
+                    libc::sendmmsg(
+                        self.fds[sock],
+                        msgs.as_mut_ptr(),
+                        n as libc::c_uint,
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                let now = Instant::now();
+                let sent = if rc >= 0 {
+                    rc as usize
+                } else {
+                    let err = io::Error::last_os_error();
+                    match err.raw_os_error() {
+                        Some(libc::EAGAIN | libc::ENOBUFS) => break,
+                        Some(libc::EINTR) => continue,
+                        // The first datagram cannot be sent (e.g. a redirect to an
+                        // address of the other family): treat it as lost, so the
+                        // operation times out like any unanswered one.
+                        Some(
+                            libc::EAFNOSUPPORT
+                            | libc::EINVAL
+                            | libc::ENETUNREACH
+                            | libc::EHOSTUNREACH
+                            | libc::ECONNREFUSED
+                            | libc::EPERM
+                            | libc::EADDRNOTAVAIL
+                            | libc::EMSGSIZE,
+                        ) => 1,
+                        _ => return Err(err).context("sendmmsg"),
+                    }
+                };
+                for _ in 0..sent {
+                    let i = self.send_queues[sock].pop_front().expect("queued") as usize;
+                    let slot = &mut self.slots[i];
+                    slot.state = SlotState::InFlight;
+                    slot.first_sent.get_or_insert(now);
+                }
+                total += sent;
+                if sent < n {
+                    break;
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// Receives and handles responses with `recvmmsg`; returns how many arrived.
+    pub(super) fn receive(&mut self, phase: &mut Phase) -> anyhow::Result<usize> {
+        let mut total = 0;
+        for sock in 0..self.sockets.len() {
+            for _ in 0..RECV_ROUNDS {
+                // SAFETY: all-zero iovecs and mmsghdrs are valid (null pointers, zero lengths).
+                let mut iovs: [libc::iovec; BATCH] = unsafe { mem::zeroed() };
+                let mut msgs: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
+                let base = self.recv_buf.as_mut_ptr();
+                let iov_base = iovs.as_mut_ptr();
+                for (j, msg) in msgs.iter_mut().enumerate() {
+                    // SAFETY: j < BATCH, so both offsets stay inside their arrays.
+                    unsafe {
+                        *iov_base.add(j) = libc::iovec {
+                            iov_base: base.add(j * RECV_BUF_SIZE).cast(),
+                            iov_len: RECV_BUF_SIZE,
+                        };
+                        msg.msg_hdr.msg_iov = iov_base.add(j);
+                    }
+                    msg.msg_hdr.msg_iovlen = 1;
+                }
+                // SAFETY: `msgs` point at `iovs` and `recv_buf`, which outlive the call.
+                let rc = unsafe {
+                    libc::recvmmsg(
+                        self.fds[sock],
+                        msgs.as_mut_ptr(),
+                        BATCH as libc::c_uint,
+                        libc::MSG_DONTWAIT,
+                        std::ptr::null_mut(),
+                    )
+                };
+                if rc < 0 {
+                    let err = io::Error::last_os_error();
+                    match err.raw_os_error() {
+                        Some(libc::EAGAIN | libc::EINTR) => break,
+                        // ICMP errors surface here on some kernels; they carry no
+                        // answer, and the operation will time out.
+                        Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH) => break,
+                        _ => return Err(err).context("recvmmsg"),
+                    }
+                }
+                let got = rc as usize;
+                let now = Instant::now();
+                for (j, msg) in msgs.iter().enumerate().take(got) {
+                    if msg.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                        continue;
+                    }
+                    let len = msg.msg_len as usize;
+                    let start = j * RECV_BUF_SIZE;
+                    self.handle_datagram(sock, start, len, phase, now);
+                }
+                total += got;
+                if got < BATCH {
+                    break;
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    pub(super) fn handle_datagram(
+        &mut self,
+        sock: usize,
+        start: usize,
+        len: usize,
+        phase: &mut Phase,
+        now: Instant,
+    ) {
+        let Ok(resp) = protocol::parse_response(&self.recv_buf[start..start + len]) else {
+            return;
+        };
+        let Some(i) = self.slot_for(resp.client_id) else {
+            return;
+        };
+        let (status, cookie) = (resp.status, resp.cookie);
+        let slot = &self.slots[i];
+        if slot.state != SlotState::InFlight || slot.seq != resp.request_seq {
+            return;
+        }
+        if resp.op.is_some_and(|op| op != slot.op) {
+            return;
+        }
+        let hint = (status == Status::NotLeader).then(|| protocol::parse_leader_hint(resp.payload));
+        let slot_target = slot.target;
+        self.last_rx = now;
+        match status {
+            Status::Ok | Status::NotFound => self.complete(i, Some(status), phase, now),
+            Status::CookieRequired => {
+                self.interval.cookie_retries += 1;
+                if in_window(phase, now) {
+                    self.window.cookie_retries += 1;
+                }
+                self.cookies[slot_target][sock] = cookie;
+                self.queue(i);
+            }
+            Status::NotLeader => {
+                self.interval.redirects += 1;
+                if in_window(phase, now) {
+                    self.window.redirects += 1;
+                }
+                match hint.flatten() {
+                    Some(leader) => {
+                        self.target = self.server_index(leader);
+                        self.queue(i);
+                    }
+                    None => {
+                        // Leader unknown: move on from the server that said so (once,
+                        // not once per slot) and retry a little later.
+                        if self.target == slot_target {
+                            self.target = (self.target + 1) % self.servers.len();
+                        }
+                        self.delay(i, now + NO_LEADER_BACKOFF);
+                    }
+                }
+            }
+            Status::Busy => {
+                self.interval.busy += 1;
+                if in_window(phase, now) {
+                    self.window.busy += 1;
+                }
+                let slot = &mut self.slots[i];
+                let backoff = BUSY_BACKOFF
+                    .saturating_mul(1 << slot.busy_streak.min(10))
+                    .min(BUSY_BACKOFF_MAX);
+                slot.busy_streak += 1;
+                self.delay(i, now + backoff);
+            }
+            Status::Malformed | Status::TooLarge | Status::Failed | Status::NoSpace => {
+                self.complete(i, Some(status), phase, now)
+            }
+        }
+    }
+
+    /// Records the final answer of slot `i`'s operation and starts its next one.
+    pub(super) fn complete(
+        &mut self,
+        i: usize,
+        status: Option<Status>,
+        phase: &mut Phase,
+        now: Instant,
+    ) {
+        let slot = &self.slots[i];
+        let latency_us = slot
+            .first_sent
+            .map_or(0, |t| now.duration_since(t).as_micros() as u64)
+            .max(1);
+        let window = in_window(phase, now);
+        for (counts, hist, record) in [
+            (&mut self.interval, &mut self.interval_hist, true),
+            (&mut self.window, &mut self.window_hist, window),
+        ] {
+            if !record {
+                continue;
+            }
+            match status {
+                Some(Status::Ok) => {
+                    counts.ok += 1;
+                    hist.saturating_record(latency_us);
+                }
+                Some(Status::NotFound) => {
+                    counts.get_miss += 1;
+                    hist.saturating_record(latency_us);
+                }
+                Some(s) => counts.count_error(s),
+                None => {}
+            }
+        }
+        if let Phase::Prefill { done, failed, .. } = phase {
+            if status.is_some_and(Status::is_success) {
+                *done += 1;
+                self.prefill_unreported += 1;
+            } else {
+                *failed += 1;
+            }
+        }
+        self.start_next(i, phase, now);
+    }
+
+    /// Sends interval statistics to the main thread.
+    pub(super) fn flush_interval(&mut self) {
+        if self.prefill_unreported > 0 && self.cfg.prefill_keys.is_some() {
+            let done = mem::take(&mut self.prefill_unreported);
+            let _ = self.tx.send(Msg::PrefillProgress { done });
+        }
+        let stats = IntervalStats {
+            counts: mem::take(&mut self.interval),
+            hist: mem::replace(&mut self.interval_hist, new_histogram()),
+        };
+        let _ = self.tx.send(Msg::Interval(stats));
+    }
+
+    /// Sleeps in `poll` until a socket is readable (or writable, if sends are pending),
+    /// a timer is due, or `until`, whichever is first; at most 1 ms.
+    pub(super) fn wait_idle(&mut self, until: Instant) {
+        let now = Instant::now();
+        let mut deadline = until;
+        if let Some(Reverse((due, _, _))) = self.timers.peek() {
+            deadline = deadline.min(*due);
+        }
+        if deadline <= now {
+            return;
+        }
+        let pfds = &mut self.pollfds;
+        pfds.clear();
+        pfds.extend(
+            self.fds
+                .iter()
+                .zip(&self.send_queues)
+                .map(|(&fd, q)| libc::pollfd {
+                    fd,
+                    events: libc::POLLIN | if q.is_empty() { 0 } else { libc::POLLOUT },
+                    revents: 0,
+                }),
+        );
+        let wait = (deadline - now).min(Duration::from_millis(1));
+        let ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: wait.as_nanos() as libc::c_long,
+        };
+        // SAFETY: `pfds` is a valid array of `pfds.len()` pollfds; `ts` is a valid timespec.
+        unsafe {
+            libc::ppoll(
+                pfds.as_mut_ptr(),
+                pfds.len() as libc::nfds_t,
+                &ts,
+                std::ptr::null(),
+            );
+        }
+    }
+}
+
+/// Whether an event at `now` belongs to the measured window.
+pub(super) fn in_window(phase: &Phase, now: Instant) -> bool {
+    match phase {
+        Phase::Measure { warm_end, end } => now >= *warm_end && now < *end,
+        Phase::Prefill { .. } => false,
+    }
+}
+
+/// `addr` as a `sockaddr_storage` for `sendmmsg`.
+pub(super) fn sockaddr_of(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: an all-zero sockaddr_storage is a valid (AF_UNSPEC) value.
+    let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: as above.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
