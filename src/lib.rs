@@ -10,6 +10,7 @@
 //!   read rounds — as a state machine the server and the simulator both drive.
 //! - [`server`]: the threads, sockets and timers around it: shards (ingress, window,
 //!   reply), the replication thread, the peer transport, batched UDP.
+//! - [`net`]: batched UDP (`recvmmsg`/`sendmmsg`), used by the shards and the load tool.
 //! - [`client`]: the UDP wire protocol, the client library and the load tool; it stands
 //!   apart from the server.
 //! - [`verify`]: the cluster simulator and the linearizability checker.
@@ -17,6 +18,7 @@
 pub mod client;
 pub mod consensus;
 pub mod ids;
+pub mod net;
 pub mod replica;
 pub mod server;
 pub mod storage;

@@ -11,7 +11,6 @@
 //! - [`window`]: the per-shard window buffer handed to the replication core.
 //! - [`replication`]: the thread that drives the replica core (`crate::replica`).
 //! - [`transport`]: TCP frames between the nodes of a cluster.
-//! - [`net`]: batched datagram IO.
 //! - `config.rs`: the flags and the cluster layout they describe; `host.rs`: checks of
 //!   the host at start-up, the data directory lock, signals; this file: the wiring.
 //!
@@ -26,7 +25,6 @@
 
 mod config;
 mod host;
-pub mod net;
 pub mod replication;
 pub mod shard;
 pub mod transport;

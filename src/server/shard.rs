@@ -10,12 +10,12 @@
 //! that safe), so it sees every acknowledged write.
 
 use super::Shared;
-use super::net::{Datagram, Receiver, Sender};
 use super::replication::Completion;
 use super::window::{ReplyTo, Window};
 use crate::client::protocol::{
     self, Addressing, COOKIE_SECRET_LEN, Op, ParseError, Request, Response, Status,
 };
+use crate::net::{Datagram, Receiver, Sender};
 use crate::replica::{ReadDecision, WaitingReads, WriteOutcome, decide_read, window_is_full};
 use crate::storage::command;
 use crate::storage::log::{LogReader, ValueRead};
@@ -198,29 +198,18 @@ impl Shard {
         let to = req.addressing();
         match req.op {
             Op::Get => self.get_request(&req, d, validated, cookie, sender),
-            Op::Set | Op::Delete if !self.shared.is_leader.load(Ordering::Acquire) => {
-                self.refuse(
-                    sender,
-                    d.from,
-                    request_len,
-                    validated,
-                    &to,
-                    cookie,
-                    Status::NotLeader,
-                );
-            }
             Op::Set | Op::Delete => {
                 let in_window = self.shared.windows[self.index].bytes() + batch.commands.len();
-                if in_window >= self.window_bytes_hard_max {
-                    self.refuse(
-                        sender,
-                        d.from,
-                        request_len,
-                        validated,
-                        &to,
-                        cookie,
-                        Status::Busy,
-                    );
+                let refusal = if !self.shared.is_leader.load(Ordering::Acquire) {
+                    Some(Status::NotLeader)
+                } else if in_window >= self.window_bytes_hard_max {
+                    Some(Status::Busy)
+                } else {
+                    None
+                };
+                if let Some(status) = refusal {
+                    let (from, len) = (d.from, request_len);
+                    self.refuse(sender, from, len, validated, &to, cookie, status);
                     return;
                 }
                 let (op, value) = match req.op {

@@ -25,7 +25,6 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::fmt::{self, Write as _};
-use std::io;
 use std::mem;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
@@ -55,10 +54,6 @@ use report::*;
 pub use report::{PrefillReport, Report};
 use worker::*;
 
-/// Datagrams per `sendmmsg`/`recvmmsg` call.
-const BATCH: usize = 64;
-/// Receive buffer per datagram: larger than any valid datagram, so oversize ones show.
-const RECV_BUF_SIZE: usize = MAX_DATAGRAM_SIZE + 64;
 /// Length of a key name, `key:` plus ten digits.
 const KEY_NAME_LEN: usize = 14;
 /// Largest `--keys`: key names have exactly ten digits.
@@ -83,7 +78,7 @@ const RECV_ROUNDS: usize = 4;
 
 const _: () = assert!(KEY_NAME_LEN == "key:".len() + 10);
 const _: () = assert!(MAX_VALUE_SIZE + KEY_NAME_LEN + REQUEST_HEADER_SIZE == MAX_DATAGRAM_SIZE);
-const _: () = assert!(RECV_BUF_SIZE > MAX_DATAGRAM_SIZE);
+const _: () = assert!(crate::net::RECV_BUFFER_SIZE > MAX_DATAGRAM_SIZE);
 
 /// What the measured requests do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -5,6 +5,7 @@
 use super::keys::*;
 use super::report::*;
 use super::*;
+use crate::net::{self, BATCH, RawAddr};
 
 /// The keys one worker prefills: `first, first + step, ...` below `end`.
 #[derive(Debug, Clone, Copy)]
@@ -82,7 +83,7 @@ pub(super) struct Worker {
     pub(super) sockets: Vec<Socket>,
     pub(super) fds: Vec<RawFd>,
     pub(super) servers: Vec<SocketAddr>,
-    pub(super) server_addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)>,
+    pub(super) server_addrs: Vec<RawAddr>,
     /// Current target server index.
     pub(super) target: usize,
     /// `cookies[server][socket]`.
@@ -91,8 +92,9 @@ pub(super) struct Worker {
     pub(super) id_base: u64,
     pub(super) send_queues: Vec<VecDeque<u32>>,
     pub(super) timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
-    pub(super) send_buf: Vec<u8>,
-    pub(super) recv_buf: Vec<u8>,
+    pub(super) sender: net::Sender,
+    /// Out of its place only during [`Worker::receive`].
+    pub(super) receiver: Option<net::Receiver>,
     pub(super) last_rx: Instant,
     pub(super) last_rotate: Instant,
     /// Counters and histogram for the measured window.
@@ -120,8 +122,8 @@ impl Worker {
                 .context("creating a UDP socket")?;
             s.set_nonblocking(true)?;
             // Above net.core.{r,w}mem_max when allowed (root), else capped by them.
-            crate::server::net::set_buffer_size(&s, SOCKET_BUFFER_BYTES, true);
-            crate::server::net::set_buffer_size(&s, SOCKET_BUFFER_BYTES, false);
+            crate::net::set_buffer_size(&s, SOCKET_BUFFER_BYTES, true);
+            crate::net::set_buffer_size(&s, SOCKET_BUFFER_BYTES, false);
             s.bind(&bind.into())
                 .with_context(|| format!("binding a UDP socket to {bind}"))?;
             sockets.push(s);
@@ -143,8 +145,8 @@ impl Worker {
             id_base,
             send_queues: vec![VecDeque::new(); cfg.sockets],
             timers: BinaryHeap::new(),
-            send_buf: vec![0u8; BATCH * MAX_DATAGRAM_SIZE],
-            recv_buf: vec![0u8; BATCH * RECV_BUF_SIZE],
+            sender: net::Sender::new(),
+            receiver: Some(net::Receiver::new()),
             last_rx: now,
             last_rotate: now,
             window: Counts::default(),
@@ -207,7 +209,7 @@ impl Worker {
             return i;
         }
         self.servers.push(addr);
-        self.server_addrs.push(sockaddr_of(&addr));
+        self.server_addrs.push(RawAddr::new(&addr));
         self.cookies.push(vec![NO_COOKIE; self.sockets.len()]);
         self.servers.len() - 1
     }
@@ -428,9 +430,9 @@ impl Worker {
             while !self.send_queues[sock].is_empty() {
                 let n = self.send_queues[sock].len().min(BATCH);
                 let target = self.target;
-                let mut lens = [0usize; BATCH];
+                let addr = self.server_addrs[target];
                 let mut key_buf = [0u8; KEY_NAME_LEN];
-                for (j, len) in lens.iter_mut().enumerate().take(n) {
+                for j in 0..n {
                     let i = self.send_queues[sock][j] as usize;
                     let slot = &mut self.slots[i];
                     slot.target = target;
@@ -446,64 +448,14 @@ impl Worker {
                             &[]
                         },
                     };
-                    let buf =
-                        &mut self.send_buf[j * MAX_DATAGRAM_SIZE..(j + 1) * MAX_DATAGRAM_SIZE];
-                    *len = protocol::encode_request_into(&req, buf);
+                    self.sender
+                        .push_raw(addr, |out| protocol::encode_request(&req, out));
                 }
-                // SAFETY: all-zero iovecs and mmsghdrs are valid (null pointers, zero lengths).
-                let mut iovs: [libc::iovec; BATCH] = unsafe { mem::zeroed() };
-                let mut msgs: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
-                let base = self.send_buf.as_mut_ptr();
-                let iov_base = iovs.as_mut_ptr();
-                let (addr, addr_len) = &self.server_addrs[target];
-                for j in 0..n {
-                    // SAFETY: j < BATCH, so both offsets stay inside their arrays.
-                    unsafe {
-                        *iov_base.add(j) = libc::iovec {
-                            iov_base: base.add(j * MAX_DATAGRAM_SIZE).cast(),
-                            iov_len: lens[j],
-                        };
-                        msgs[j].msg_hdr.msg_iov = iov_base.add(j);
-                    }
-                    msgs[j].msg_hdr.msg_iovlen = 1;
-                    msgs[j].msg_hdr.msg_name =
-                        (addr as *const libc::sockaddr_storage).cast_mut().cast();
-                    msgs[j].msg_hdr.msg_namelen = *addr_len;
-                }
-                // SAFETY: `msgs[..n]` point at `iovs`, `send_buf` and `server_addrs`,
-                // all of which outlive the call and are not touched during it.
-                let rc = unsafe {
-                    libc::sendmmsg(
-                        self.fds[sock],
-                        msgs.as_mut_ptr(),
-                        n as libc::c_uint,
-                        libc::MSG_DONTWAIT,
-                    )
-                };
+                let sent = self
+                    .sender
+                    .send_nonblocking(self.fds[sock])
+                    .context("sendmmsg")?;
                 let now = Instant::now();
-                let sent = if rc >= 0 {
-                    rc as usize
-                } else {
-                    let err = io::Error::last_os_error();
-                    match err.raw_os_error() {
-                        Some(libc::EAGAIN | libc::ENOBUFS) => break,
-                        Some(libc::EINTR) => continue,
-                        // The first datagram cannot be sent (e.g. a redirect to an
-                        // address of the other family): treat it as lost, so the
-                        // operation times out like any unanswered one.
-                        Some(
-                            libc::EAFNOSUPPORT
-                            | libc::EINVAL
-                            | libc::ENETUNREACH
-                            | libc::EHOSTUNREACH
-                            | libc::ECONNREFUSED
-                            | libc::EPERM
-                            | libc::EADDRNOTAVAIL
-                            | libc::EMSGSIZE,
-                        ) => 1,
-                        _ => return Err(err).context("sendmmsg"),
-                    }
-                };
                 for _ in 0..sent {
                     let i = self.send_queues[sock].pop_front().expect("queued") as usize;
                     let slot = &mut self.slots[i];
@@ -521,54 +473,24 @@ impl Worker {
 
     /// Receives and handles responses with `recvmmsg`; returns how many arrived.
     pub(super) fn receive(&mut self, phase: &mut Phase) -> anyhow::Result<usize> {
+        let mut rx = self.receiver.take().expect("the worker owns a receiver");
+        let result = self.receive_with(&mut rx, phase);
+        self.receiver = Some(rx);
+        result
+    }
+
+    fn receive_with(&mut self, rx: &mut net::Receiver, phase: &mut Phase) -> anyhow::Result<usize> {
         let mut total = 0;
         for sock in 0..self.sockets.len() {
             for _ in 0..RECV_ROUNDS {
-                // SAFETY: all-zero iovecs and mmsghdrs are valid (null pointers, zero lengths).
-                let mut iovs: [libc::iovec; BATCH] = unsafe { mem::zeroed() };
-                let mut msgs: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
-                let base = self.recv_buf.as_mut_ptr();
-                let iov_base = iovs.as_mut_ptr();
-                for (j, msg) in msgs.iter_mut().enumerate() {
-                    // SAFETY: j < BATCH, so both offsets stay inside their arrays.
-                    unsafe {
-                        *iov_base.add(j) = libc::iovec {
-                            iov_base: base.add(j * RECV_BUF_SIZE).cast(),
-                            iov_len: RECV_BUF_SIZE,
-                        };
-                        msg.msg_hdr.msg_iov = iov_base.add(j);
-                    }
-                    msg.msg_hdr.msg_iovlen = 1;
-                }
-                // SAFETY: `msgs` point at `iovs` and `recv_buf`, which outlive the call.
-                let rc = unsafe {
-                    libc::recvmmsg(
-                        self.fds[sock],
-                        msgs.as_mut_ptr(),
-                        BATCH as libc::c_uint,
-                        libc::MSG_DONTWAIT,
-                        std::ptr::null_mut(),
-                    )
-                };
-                if rc < 0 {
-                    let err = io::Error::last_os_error();
-                    match err.raw_os_error() {
-                        Some(libc::EAGAIN | libc::EINTR) => break,
-                        // ICMP errors surface here on some kernels; they carry no
-                        // answer, and the operation will time out.
-                        Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH) => break,
-                        _ => return Err(err).context("recvmmsg"),
-                    }
-                }
-                let got = rc as usize;
+                let got = rx.recv_nonblocking(self.fds[sock]).context("recvmmsg")?;
                 let now = Instant::now();
-                for (j, msg) in msgs.iter().enumerate().take(got) {
-                    if msg.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
-                        continue;
+                for j in 0..got {
+                    if let Some(d) = rx.get(j)
+                        && !d.truncated
+                    {
+                        self.handle_datagram(sock, d.bytes, phase, now);
                     }
-                    let len = msg.msg_len as usize;
-                    let start = j * RECV_BUF_SIZE;
-                    self.handle_datagram(sock, start, len, phase, now);
                 }
                 total += got;
                 if got < BATCH {
@@ -582,12 +504,11 @@ impl Worker {
     pub(super) fn handle_datagram(
         &mut self,
         sock: usize,
-        start: usize,
-        len: usize,
+        bytes: &[u8],
         phase: &mut Phase,
         now: Instant,
     ) {
-        let Ok(resp) = protocol::parse_response(&self.recv_buf[start..start + len]) else {
+        let Ok(resp) = protocol::parse_response(bytes) else {
             return;
         };
         let Some(i) = self.slot_for(resp.client_id) else {
@@ -756,40 +677,4 @@ pub(super) fn in_window(phase: &Phase, now: Instant) -> bool {
         Phase::Measure { warm_end, end } => now >= *warm_end && now < *end,
         Phase::Prefill { .. } => false,
     }
-}
-
-/// `addr` as a `sockaddr_storage` for `sendmmsg`.
-pub(super) fn sockaddr_of(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: an all-zero sockaddr_storage is a valid (AF_UNSPEC) value.
-    let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr.
-            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
-            mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: as above.
-            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
-            mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
 }

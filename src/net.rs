@@ -1,12 +1,15 @@
-//! Batched UDP receive and send (`recvmmsg`/`sendmmsg`) on a shard's socket.
+//! Batched UDP receive and send (`recvmmsg`/`sendmmsg`), shared by the server's shards
+//! and the load tool.
 //!
 //! One system call moves up to [`BATCH`] datagrams each way; the buffers are allocated
-//! once per shard and reused for every batch.
+//! once per socket owner and reused for every batch. The shards wait for datagrams and
+//! send blocking; the load tool polls many sockets and sends without blocking, keeping
+//! what did not fit for its next turn.
 
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
-use std::os::unix::io::AsRawFd;
+use std::os::unix::io::{AsRawFd, RawFd};
 
 /// Datagrams per system call.
 pub const BATCH: usize = 64;
@@ -63,6 +66,15 @@ impl Receiver {
     /// Receives up to [`BATCH`] datagrams, blocking until at least one arrives or the
     /// socket's read timeout passes. Returns how many arrived.
     pub fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        self.recv_with(socket.as_raw_fd(), libc::MSG_WAITFORONE)
+    }
+
+    /// Receives up to [`BATCH`] datagrams that are already waiting, without blocking.
+    pub fn recv_nonblocking(&mut self, socket: RawFd) -> io::Result<usize> {
+        self.recv_with(socket, libc::MSG_DONTWAIT)
+    }
+
+    fn recv_with(&mut self, socket: RawFd, flags: libc::c_int) -> io::Result<usize> {
         for i in 0..BATCH {
             let h = &mut self.headers[i].msg_hdr;
             h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
@@ -77,20 +89,21 @@ impl Receiver {
         // SAFETY: every header points at live buffers owned by self, sized as declared.
         let n = unsafe {
             libc::recvmmsg(
-                socket.as_raw_fd(),
+                socket,
                 self.headers.as_mut_ptr(),
                 BATCH as u32,
-                libc::MSG_WAITFORONE,
+                flags,
                 std::ptr::null_mut(),
             )
         };
         if n < 0 {
             self.received = 0;
             let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::WouldBlock
-                | io::ErrorKind::TimedOut
-                | io::ErrorKind::Interrupted => Ok(0),
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN | libc::ETIMEDOUT | libc::EINTR) => Ok(0),
+                // ICMP errors of earlier sends surface here on some kernels: they carry
+                // no datagram, and what they answer times out like any lost packet.
+                Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH) => Ok(0),
                 _ => Err(e),
             };
         }
@@ -112,11 +125,32 @@ impl Receiver {
     }
 }
 
-/// Replies queued for one `sendmmsg`.
+/// A destination in the form `sendmmsg` takes, converted once.
+#[derive(Clone, Copy)]
+pub struct RawAddr {
+    storage: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+impl RawAddr {
+    pub fn new(addr: &SocketAddr) -> RawAddr {
+        let (storage, len) = std_to_sockaddr(addr);
+        RawAddr { storage, len }
+    }
+}
+
+/// Datagrams queued for `sendmmsg`, with the system call's arrays kept between calls.
 pub struct Sender {
     bytes: Vec<u8>,
-    spans: Vec<(usize, usize, SocketAddr)>,
+    spans: Vec<(usize, usize)>,
+    addrs: Vec<RawAddr>,
+    iovecs: Vec<libc::iovec>,
+    headers: Vec<libc::mmsghdr>,
 }
+
+// SAFETY: the raw pointers inside `iovecs` and `headers` point into the sender's own
+// buffers; they are rebuilt right before every system call that reads them.
+unsafe impl Send for Sender {}
 
 impl Default for Sender {
     fn default() -> Self {
@@ -129,72 +163,141 @@ impl Sender {
         Sender {
             bytes: Vec::with_capacity(BATCH * 1024),
             spans: Vec::with_capacity(BATCH),
+            addrs: Vec::with_capacity(BATCH),
+            iovecs: Vec::with_capacity(BATCH),
+            headers: Vec::with_capacity(BATCH),
         }
     }
 
-    /// Queues a datagram built by `fill` (which appends its bytes to the vector).
+    /// Queues a datagram to `to` built by `fill` (which appends its bytes to the vector).
     pub fn push(&mut self, to: SocketAddr, fill: impl FnOnce(&mut Vec<u8>)) {
+        self.push_raw(RawAddr::new(&to), fill);
+    }
+
+    /// Queues a datagram to an address converted beforehand.
+    pub fn push_raw(&mut self, to: RawAddr, fill: impl FnOnce(&mut Vec<u8>)) {
         let start = self.bytes.len();
         fill(&mut self.bytes);
-        self.spans.push((start, self.bytes.len() - start, to));
+        self.spans.push((start, self.bytes.len() - start));
+        self.addrs.push(to);
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.spans.is_empty()
     }
 
-    /// Sends everything queued, [`BATCH`] datagrams per call. Datagrams the kernel
-    /// refuses (a full socket buffer) are dropped: the client retries.
+    /// Sends everything queued, [`BATCH`] datagrams per call, blocking while the socket's
+    /// buffer is full. A datagram the kernel refuses (an unreachable address) is dropped:
+    /// the client retries. Returns how many went out.
     pub fn flush(&mut self, socket: &UdpSocket) -> usize {
+        self.prepare();
         let mut sent = 0;
-        for chunk in self.spans.chunks(BATCH) {
-            let mut addrs: Vec<(libc::sockaddr_storage, u32)> =
-                chunk.iter().map(|s| std_to_sockaddr(&s.2)).collect();
-            let mut iovecs: Vec<libc::iovec> = chunk
-                .iter()
-                .map(|&(start, len, _)| libc::iovec {
-                    iov_base: self.bytes[start..].as_ptr() as *mut _,
-                    iov_len: len,
-                })
-                .collect();
-            let mut headers: Vec<libc::mmsghdr> = (0..chunk.len())
-                .map(|i| {
-                    // SAFETY: mmsghdr is plain data; zero is valid.
-                    let mut h: libc::mmsghdr = unsafe { MaybeUninit::zeroed().assume_init() };
-                    h.msg_hdr.msg_name = (&mut addrs[i].0 as *mut libc::sockaddr_storage).cast();
-                    h.msg_hdr.msg_namelen = addrs[i].1;
-                    h.msg_hdr.msg_iov = &mut iovecs[i];
-                    h.msg_hdr.msg_iovlen = 1;
-                    h
-                })
-                .collect();
-            let mut done = 0;
-            while done < headers.len() {
-                // SAFETY: headers point at live iovecs, addresses and bytes.
-                let n = unsafe {
-                    libc::sendmmsg(
-                        socket.as_raw_fd(),
-                        headers[done..].as_mut_ptr(),
-                        (headers.len() - done) as u32,
-                        0,
-                    )
-                };
-                if n <= 0 {
-                    let e = io::Error::last_os_error();
-                    if e.kind() == io::ErrorKind::Interrupted {
-                        continue;
-                    }
-                    // Skip the datagram that failed (e.g. an unreachable address).
-                    done += 1;
-                    continue;
+        let mut done = 0;
+        while done < self.headers.len() {
+            match self.send_some(socket.as_raw_fd(), done, 0) {
+                Ok(0) => done += 1,
+                Ok(n) => {
+                    done += n;
+                    sent += n;
                 }
-                done += n as usize;
-                sent += n as usize;
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Skip the datagram that failed.
+                Err(_) => done += 1,
             }
         }
+        self.clear();
+        sent
+    }
+
+    /// Sends queued datagrams in order without blocking, until the socket's buffer is
+    /// full. A datagram refused for its address (unreachable, of the other family) counts
+    /// as sent: it is lost, as on the wire, and what it carried times out. Returns how
+    /// many were consumed; the queue is emptied either way (the caller still holds what
+    /// the rest carried, and queues it again later).
+    pub fn send_nonblocking(&mut self, socket: RawFd) -> io::Result<usize> {
+        self.prepare();
+        let mut done = 0;
+        let result = loop {
+            if done == self.headers.len() {
+                break Ok(done);
+            }
+            match self.send_some(socket, done, libc::MSG_DONTWAIT) {
+                Ok(0) => break Ok(done),
+                Ok(n) => done += n,
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EAGAIN | libc::ENOBUFS) => break Ok(done),
+                    Some(libc::EINTR) => {}
+                    Some(
+                        libc::EAFNOSUPPORT
+                        | libc::EINVAL
+                        | libc::ENETUNREACH
+                        | libc::EHOSTUNREACH
+                        | libc::ECONNREFUSED
+                        | libc::EPERM
+                        | libc::EADDRNOTAVAIL
+                        | libc::EMSGSIZE,
+                    ) => done += 1,
+                    _ => break Err(e),
+                },
+            }
+        };
+        self.clear();
+        result
+    }
+
+    /// Points the system call's arrays at the queued datagrams and addresses.
+    fn prepare(&mut self) {
+        self.iovecs.clear();
+        self.headers.clear();
+        let base = self.bytes.as_mut_ptr();
+        for &(start, len) in &self.spans {
+            self.iovecs.push(libc::iovec {
+                // SAFETY: `start` is an offset into `bytes` (a span pushed above).
+                iov_base: unsafe { base.add(start) }.cast(),
+                iov_len: len,
+            });
+        }
+        for (iov, addr) in self.iovecs.iter_mut().zip(self.addrs.iter_mut()) {
+            // SAFETY: mmsghdr is plain data; all-zero is a valid value.
+            let mut h: libc::mmsghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+            h.msg_hdr.msg_name = (&mut addr.storage as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = addr.len;
+            h.msg_hdr.msg_iov = iov;
+            h.msg_hdr.msg_iovlen = 1;
+            self.headers.push(h);
+        }
+    }
+
+    /// One `sendmmsg` of up to [`BATCH`] prepared datagrams from `from` on.
+    fn send_some(&mut self, socket: RawFd, from: usize, flags: libc::c_int) -> io::Result<usize> {
+        let count = (self.headers.len() - from).min(BATCH);
+        // SAFETY: `prepare` pointed these headers at live iovecs, addresses and bytes,
+        // none of which moved or changed since; `from + count` is within `headers`.
+        let n = unsafe {
+            libc::sendmmsg(
+                socket,
+                self.headers.as_mut_ptr().add(from),
+                count as libc::c_uint,
+                flags,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    fn clear(&mut self) {
         self.bytes.clear();
         self.spans.clear();
-        sent
+        self.addrs.clear();
+        self.iovecs.clear();
+        self.headers.clear();
     }
 }
 
