@@ -289,7 +289,8 @@ impl Shard {
         let to = req.addressing();
         let view = self.shared.read_view();
         let now = self.shared.started.elapsed();
-        match decide_read(&view, now, self.waiting_reads.len(), WAITING_READS_MAX) {
+        let decision = decide_read(&view, now, self.waiting_reads.len(), WAITING_READS_MAX);
+        match decision {
             ReadDecision::Serve => self.get(
                 req.key,
                 d.from,
@@ -299,26 +300,16 @@ impl Shard {
                 cookie,
                 sender,
             ),
-            ReadDecision::NotLeader => self.refuse(
-                sender,
-                d.from,
-                d.bytes.len(),
-                validated,
-                &to,
-                cookie,
-                Status::NotLeader,
-            ),
-            // A new leader whose lease is not yet confirmed, or too many reads waiting: the
-            // client backs off briefly and retries.
-            ReadDecision::Busy => self.refuse(
-                sender,
-                d.from,
-                d.bytes.len(),
-                validated,
-                &to,
-                cookie,
-                Status::Busy,
-            ),
+            // Busy: a new leader whose lease is not yet confirmed, or too many reads
+            // waiting; the client backs off briefly and retries.
+            ReadDecision::NotLeader | ReadDecision::Busy => {
+                let status = match decision {
+                    ReadDecision::NotLeader => Status::NotLeader,
+                    _ => Status::Busy,
+                };
+                let len = d.bytes.len();
+                self.refuse(sender, d.from, len, validated, &to, cookie, status)
+            }
             ReadDecision::Wait { epoch } => {
                 self.waiting_reads.push(
                     epoch,
