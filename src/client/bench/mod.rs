@@ -173,6 +173,10 @@ pub struct BenchArgs {
     /// SET every key once before measuring, so GETs hit.
     #[arg(long)]
     pub prefill: bool,
+    /// Outstanding SETs while prefilling: the key space fills at full speed whatever
+    /// `--concurrency` the measured phase uses.
+    #[arg(long, default_value_t = 8192)]
+    pub prefill_concurrency: usize,
 }
 
 impl Default for BenchArgs {
@@ -193,6 +197,7 @@ impl Default for BenchArgs {
             timeout_ms: 1000,
             json: false,
             prefill: false,
+            prefill_concurrency: 8192,
         }
     }
 }
@@ -218,6 +223,10 @@ impl BenchArgs {
             "--zipf-theta must be a non-negative number"
         );
         ensure!(self.concurrency >= 1, "--concurrency must be at least 1");
+        ensure!(
+            self.prefill_concurrency >= 1,
+            "--prefill-concurrency must be at least 1"
+        );
         ensure!(self.threads >= 1, "--threads must be at least 1");
         ensure!(self.sockets >= 1, "--sockets must be at least 1");
         ensure!(
@@ -257,11 +266,19 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let mut start_txs = Vec::with_capacity(threads);
     let mut handles = Vec::with_capacity(threads);
     for t in 0..threads {
-        let slots = args.concurrency / threads + usize::from(t < args.concurrency % threads);
+        let share = |total: usize| total / threads + usize::from(t < total % threads);
+        let measure_slots = share(args.concurrency);
+        let prefill_slots = if args.prefill {
+            share(args.prefill_concurrency.max(threads))
+        } else {
+            0
+        };
+        let slots = measure_slots.max(prefill_slots);
         let (start_tx, start_rx) = crossbeam_channel::bounded::<Instant>(1);
         start_txs.push(start_tx);
         let cfg = WorkerConfig {
             slots,
+            measure_slots,
             sockets: args.sockets.min(slots),
             servers: servers.clone(),
             timeout,

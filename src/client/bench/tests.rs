@@ -383,3 +383,76 @@ fn silent_server_yields_timeouts_and_stops_on_time() {
     assert_eq!(report.ops, 0);
     assert!(report.timeouts >= 8, "{report}");
 }
+
+/// A server that answers SETs only in groups of `group` distinct outstanding requests (a
+/// client with fewer in flight never hears back), and GETs at once.
+fn grouping_server(stop: Arc<AtomicBool>, group: usize) -> (SocketAddr, thread::JoinHandle<()>) {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let addr = sock.local_addr().unwrap();
+    let handle = thread::spawn(move || {
+        let secret = [3u8; 16];
+        let mut buf = [0u8; 2048];
+        let mut out = Vec::new();
+        let mut held: std::collections::HashMap<(u64, u64), (SocketAddr, Vec<u8>)> =
+            std::collections::HashMap::new();
+        while !stop.load(Ordering::Relaxed) {
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            let Ok(req) = parse_request(&buf[..n]) else {
+                continue;
+            };
+            let cookie = protocol::cookie_for(&secret, &from);
+            let to = req.addressing();
+            out.clear();
+            if req.cookie != cookie {
+                encode_response(&Response::cookie_required(&to, cookie), &mut out);
+            } else if req.op == Op::Set {
+                encode_response(&Response::reply(&to, Status::Ok, cookie, &[]), &mut out);
+                held.insert((req.client_id, req.request_seq), (from, out.clone()));
+                if held.len() >= group {
+                    for (_, (to, reply)) in held.drain() {
+                        let _ = sock.send_to(&reply, to);
+                    }
+                }
+                continue;
+            } else {
+                encode_response(&Response::reply(&to, Status::Ok, cookie, b"v"), &mut out);
+            }
+            let _ = sock.send_to(&out, from);
+        }
+    });
+    (addr, handle)
+}
+
+/// The prefill keeps `--prefill-concurrency` SETs outstanding whatever the measured
+/// phase's `--concurrency`: against a server that answers only groups of 16 outstanding
+/// SETs, a prefill at the measured concurrency of 1 never hears back and gives up.
+#[test]
+fn prefill_runs_at_its_own_concurrency() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (addr, server) = grouping_server(stop.clone(), 16);
+    let args = BenchArgs {
+        server: addr.to_string(),
+        workload: Workload::Get,
+        keys: 16 * 2,
+        concurrency: 1,
+        prefill_concurrency: 16,
+        threads: 1,
+        sockets: 1,
+        duration: 0.2,
+        warmup: 0.0,
+        timeout_ms: 100,
+        prefill: true,
+        ..BenchArgs::default()
+    };
+    let report = run(&args).unwrap();
+    stop.store(true, Ordering::Relaxed);
+    server.join().unwrap();
+    let prefill = report.prefill.clone().unwrap();
+    assert_eq!(prefill.keys, 16 * 2);
+    assert_eq!(prefill.failed, 0, "{report}");
+    assert!(report.ops > 0, "the measured phase ran: {report}");
+}

@@ -16,7 +16,10 @@ pub(super) struct KeyShare {
 }
 
 pub(super) struct WorkerConfig {
+    /// Virtual clients allocated: enough for the prefill and for the measurement.
     pub(super) slots: usize,
+    /// Virtual clients busy during the measurement (the first ones).
+    pub(super) measure_slots: usize,
     pub(super) sockets: usize,
     pub(super) servers: Vec<SocketAddr>,
     pub(super) timeout: Duration,
@@ -257,7 +260,12 @@ impl Worker {
     }
 
     pub(super) fn run_phase(&mut self, phase: &mut Phase) -> anyhow::Result<()> {
-        for i in 0..self.slots.len() {
+        // Only the slots started here ever run: each restarts itself when it finishes.
+        let started = match phase {
+            Phase::Prefill { .. } => self.slots.len(),
+            Phase::Measure { .. } => self.cfg.measure_slots,
+        };
+        for i in 0..started {
             self.start_next(i, phase, Instant::now());
         }
         let scan_every =
