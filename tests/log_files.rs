@@ -14,8 +14,8 @@ use ocean_liner::storage::engine::{Engine, EngineOptions};
 use ocean_liner::storage::io::uring::UringBackend;
 use ocean_liner::storage::io::{Backend, PAGE_SIZE};
 use ocean_liner::storage::log::{
-    HEADER_SIZE, HEADER_SLOT_SIZE, Log, LogError, LogOptions, LogReader, NewEntry, ValueRead,
-    entry_size,
+    HEADER_SIZE, HEADER_SLOT_SIZE, Log, LogError, LogOptions, LogReader, NewEntry, ValueCache,
+    ValueRead, entry_size,
 };
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -425,6 +425,43 @@ fn values_read_back_by_offset_in_batches() {
     for ((offset, key), want) in wanted.iter().zip(&expected).step_by(17) {
         assert_eq!(&reader.read_value_at(*offset, key).unwrap(), want);
     }
+}
+
+/// Values a reader fetched from the disk are kept by the shared value cache: read again
+/// (by any reader sharing it), they come from memory — shown by damaging the file after
+/// the first read — and a key that does not match the cached SET still reads as
+/// `OtherKey`.
+#[test]
+fn values_read_from_the_disk_are_served_again_from_the_value_cache() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("log");
+    let spans = write_entries(&path, 4);
+    let (mut log, _) = Log::open(&UringBackend, &path, options()).unwrap();
+    let entry = log.read(LogIndex(2)).unwrap();
+    let cmd = entry.iter().next().unwrap().unwrap();
+    let (offset, key, value) = (
+        entry.command_file_offset(cmd.offset),
+        cmd.key.to_vec(),
+        cmd.value.to_vec(),
+    );
+    drop(entry);
+    let values = Arc::new(std::sync::Mutex::new(ValueCache::new(1 << 20)));
+    let mut first = log
+        .reader(&UringBackend)
+        .unwrap()
+        .with_value_cache(values.clone());
+    let mut second = log.reader(&UringBackend).unwrap().with_value_cache(values);
+    let want = ValueRead::Value(value);
+    assert_eq!(
+        first.read_values_at(&[(offset, &key)]).remove(0).unwrap(),
+        want
+    );
+    // The log's cache is off (cache_bytes 0): without the value cache this would read
+    // the damaged bytes.
+    damage(&path, spans[1].0, &vec![0xEE; spans[1].1]);
+    let again = second.read_values_at(&[(offset, &key), (offset, b"other")]);
+    let again: Vec<ValueRead> = again.into_iter().map(Result::unwrap).collect();
+    assert_eq!(again, vec![want, ValueRead::OtherKey]);
 }
 
 /// The map knows keys by 128-bit hash alone, so a read names the key it wants: the SET of

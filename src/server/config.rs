@@ -33,6 +33,9 @@ pub struct ServerConfig {
     /// (older ones are read from the disk with O_DIRECT).
     #[arg(long, default_value_t = 1024)]
     pub log_cache_mib: usize,
+    /// MiB of values that GETs read from the disk, kept by how often they are read (CLOCK).
+    #[arg(long, default_value_t = 1024)]
+    pub value_cache_mib: usize,
     /// Seconds between checkpoints of the map.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub checkpoint_interval_s: u64,

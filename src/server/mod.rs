@@ -36,7 +36,7 @@ use crate::replica::{ReadMode, ReadView, Replica, ReplicaConfig, WaitingReads};
 use crate::storage::engine::EngineOptions;
 use crate::storage::io::uring::UringBackend;
 use crate::storage::log::LogOptions;
-use crate::storage::log::LogReader;
+use crate::storage::log::{LogReader, ValueCache};
 use crate::storage::store::Map;
 use anyhow::{Context, bail};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -254,6 +254,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         completion_rxs.push(rx);
     }
     let data_dir = config.data_dir.clone();
+    let value_cache_bytes = config.value_cache_mib << 20;
     let last_log_index = Arc::new(AtomicU64::new(0));
     let transport_config = (!cluster.peers.is_empty()).then(|| transport::TransportConfig {
         node_index: cluster.node_index,
@@ -284,8 +285,13 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
             let opened =
                 RaftNode::open(Arc::new(UringBackend), &data_dir, node_config).and_then(|node| {
                     let engine = node.engine();
+                    let values = Arc::new(Mutex::new(ValueCache::new(value_cache_bytes)));
                     let readers = (0..shard_count)
-                        .map(|_| engine.log_reader())
+                        .map(|_| {
+                            engine
+                                .log_reader()
+                                .map(|r| r.with_value_cache(values.clone()))
+                        })
                         .collect::<Result<Vec<_>, _>>()
                         .map_err(|e| crate::consensus::FatalError(e.to_string()))?;
                     let report = node.open_report();

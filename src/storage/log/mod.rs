@@ -67,6 +67,7 @@ mod cache;
 mod entry;
 mod reader;
 mod recovery;
+mod value_cache;
 
 pub use cache::EntryCache;
 pub use entry::{
@@ -76,6 +77,7 @@ pub use entry::{
 use entry::{check_commands, encode_entry, verify_body};
 use reader::read_value;
 pub use reader::{LogReader, ValueRead};
+pub use value_cache::ValueCache;
 
 use crate::storage::io::{AlignedBuf, Backend, BlockFile, PAGE_SIZE, align_up, read_exact_at};
 use std::io;
@@ -387,6 +389,7 @@ impl Log {
         Ok(LogReader {
             file: backend.open(&self.path, false)?,
             cache: self.cache.clone(),
+            values: None,
         })
     }
 

@@ -2,7 +2,7 @@
 //! recent entries, or with O_DIRECT reads (batched for a shard's GETs), checking that the
 //! SET command found there is for the key asked for.
 
-use super::{EntryCache, LogError};
+use super::{EntryCache, LogError, ValueCache};
 use crate::storage::command::{self, CommandRef, DecodeError};
 use crate::storage::io::{AlignedBuf, BlockFile, PAGE_SIZE, align_up, read_exact_at};
 use std::sync::Arc;
@@ -13,9 +13,17 @@ use std::sync::Mutex;
 pub struct LogReader {
     pub(super) file: Box<dyn BlockFile>,
     pub(super) cache: Arc<Mutex<EntryCache>>,
+    /// Values read from the disk, kept by access (shared by every reader of a node).
+    pub(super) values: Option<Arc<Mutex<ValueCache>>>,
 }
 
 impl LogReader {
+    /// Keeps the values this reader reads from the disk in `values` (shared by readers).
+    pub fn with_value_cache(mut self, values: Arc<Mutex<ValueCache>>) -> LogReader {
+        self.values = Some(values);
+        self
+    }
+
     /// Reads the value for `key` of the SET command at log-file offset `file_offset` (see
     /// [`ValueRead`]).
     pub fn read_value_at(&mut self, file_offset: u64, key: &[u8]) -> Result<ValueRead, LogError> {
@@ -35,6 +43,14 @@ impl LogReader {
                         .value_at(offset, key)
                         .map(|r| r.map_err(|e| corrupt_at(offset, e))),
                 );
+            }
+        }
+        if let Some(values) = &self.values {
+            let mut values = values.lock().unwrap();
+            for (result, &(offset, key)) in results.iter_mut().zip(reads) {
+                if result.is_none() {
+                    *result = values.get(offset, key).map(Ok);
+                }
             }
         }
         let misses: Vec<usize> = (0..reads.len()).filter(|&i| results[i].is_none()).collect();
@@ -61,6 +77,15 @@ impl LogReader {
                         Err(_) => read_value(self.file.as_mut(), &self.cache, offset, key),
                     },
                 });
+            }
+            if let Some(values) = &self.values {
+                let mut values = values.lock().unwrap();
+                for &i in &misses {
+                    let (offset, key) = reads[i];
+                    if let Some(Ok(ValueRead::Value(value))) = &results[i] {
+                        values.insert(offset, key, value);
+                    }
+                }
             }
         }
         results
