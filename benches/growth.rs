@@ -48,6 +48,21 @@ fn rss_mib() -> f64 {
     pages * 4096.0 / (1024.0 * 1024.0)
 }
 
+/// The process's peak resident memory since the last [`reset_peak_rss`], in MiB.
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Starts a new peak-memory measurement (Linux: writing 5 to clear_refs resets VmHWM).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing here takes arguments.
     let keys = env_u64("GROWTH_KEYS", 10_000_000);
@@ -166,10 +181,19 @@ fn main() {
     );
 
     let dirty = map.dirty_page_count();
+    let rss_before = rss_mib();
+    reset_peak_rss();
     let t = Instant::now();
     map.checkpoint(LogIndex(1), Term(1), &[])
         .expect("checkpoint");
     let took = t.elapsed();
+    let peak = peak_rss_mib();
+    println!(
+        "checkpoint memory: rss {rss_before:.0} MiB before, peak {peak:.0} MiB during \
+         (+{:.0} MiB for {:.0} MiB of dirty pages)",
+        peak - rss_before,
+        dirty as f64 * 4096.0 / (1024.0 * 1024.0)
+    );
     let meta = map.meta();
     println!(
         "checkpoint: {dirty} dirty pages ({:.0} MiB) in {:.3} s; global depth {} \

@@ -299,7 +299,7 @@ impl Map {
         let mut report = LoadReport::default();
         if let Some(journal) = checkpoint::newest_valid(&mut journals)? {
             checkpoint::replay(&journal, file.as_mut())?;
-            report.sessions = journal.sessions.clone();
+            report.sessions = journal.sessions().to_vec();
             report.journal_replayed = true;
         }
         let (meta, hasher, bloom, arena) = if file.len()? >= PAGE_SIZE as u64 {
@@ -601,16 +601,23 @@ impl Map {
             global_depth: layout.global_depth,
             checkpoint_sequence: w.meta.checkpoint_sequence + 1,
         };
-        let pages: Vec<(u32, AlignedBuf)> = std::mem::take(&mut w.dirty)
-            .into_iter()
-            .map(|p| {
-                let mut buf = AlignedBuf::new(PAGE_SIZE);
-                layout.arena.page(p).read().copy_to(&mut buf);
-                (p, buf)
-            })
-            .collect();
+        // Each dirty page is copied once, straight into the journal's buffer.
+        let page_numbers: Vec<u32> = std::mem::take(&mut w.dirty).into_iter().collect();
+        let mut journal =
+            checkpoint::Journal::new(meta.checkpoint_sequence, page_numbers, sessions);
+        for i in 0..journal.page_numbers.len() {
+            let page_no = journal.page_numbers[i];
+            layout
+                .arena
+                .page(page_no)
+                .read()
+                .copy_to(journal.page_mut(i));
+        }
         drop(layout);
-        let meta_page = encode_meta(&meta, &self.hasher, &self.bloom);
+        journal
+            .meta_page_mut()
+            .copy_from_slice(&encode_meta(&meta, &self.hasher, &self.bloom));
+        journal.seal();
         let slot = (meta.checkpoint_sequence % 2) as usize;
         let journal_file = w.journals[slot]
             .take()
@@ -618,12 +625,7 @@ impl Map {
         w.meta_dirty = false;
         Some(CheckpointJob {
             journal_durable: false,
-            journal: checkpoint::Journal {
-                sequence: meta.checkpoint_sequence,
-                pages,
-                meta_page,
-                sessions: sessions.to_vec(),
-            },
+            journal,
             meta,
             slot,
             file,
@@ -650,7 +652,7 @@ impl Map {
                 Ok(())
             }
             Err(e) => {
-                w.dirty.extend(job.journal.pages.iter().map(|(p, _)| *p));
+                w.dirty.extend(job.journal.page_numbers.iter().copied());
                 w.meta_dirty = true;
                 Err(e)
             }
@@ -680,13 +682,13 @@ impl CheckpointJob {
 
     /// Pages this checkpoint writes.
     pub fn page_count(&self) -> usize {
-        self.journal.pages.len()
+        self.journal.page_numbers.len()
     }
 
     /// Writes the in-place step makes before its metadata write and sync (one per run
     /// of adjacent pages).
     pub fn in_place_write_count(&self) -> usize {
-        checkpoint::runs(&self.journal.pages).count()
+        checkpoint::runs(&self.journal.page_numbers).count()
     }
 
     /// The log index the checkpoint covers.
