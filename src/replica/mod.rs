@@ -430,17 +430,14 @@ impl<R> Replica<R> {
     }
 
     /// Step two: persist, then the messages that promise durability, then apply and
-    /// complete windows. `now` dates lease renewals. An error means the node must stop:
-    /// every pending window is failed (NotLeader: a client retries elsewhere) first.
-    pub fn persist_and_apply(
-        &mut self,
-        now: Duration,
-        out: &mut ReplicaOutput<R>,
-    ) -> Result<(), FatalError> {
+    /// complete windows (a lease is renewed from the start of the round that confirmed
+    /// it). An error means the node must stop: every pending window is failed
+    /// (NotLeader: a client retries elsewhere) first.
+    pub fn persist_and_apply(&mut self, out: &mut ReplicaOutput<R>) -> Result<(), FatalError> {
         let mut raft_out = Output::default();
         let result = self.node.persist_and_apply(&mut raft_out);
         self.take_output(raft_out, out);
-        self.note_role(now);
+        self.note_role();
         if result.is_err() {
             self.fail_pending(WriteOutcome::NotLeader, out);
         }
@@ -504,7 +501,7 @@ impl<R> Replica<R> {
     }
 
     /// Drops the lease and read rounds when leadership is lost.
-    fn note_role(&mut self, _now: Duration) {
+    fn note_role(&mut self) {
         let leader = self.node.is_leader();
         if leader != self.was_leader {
             self.was_leader = leader;

@@ -248,8 +248,7 @@ impl Loop<'_> {
     ) -> Result<(), crate::consensus::FatalError> {
         self.replica.ready(&mut out);
         self.send(&mut out);
-        let now = self.now();
-        let result = self.replica.persist_and_apply(now, &mut out);
+        let result = self.replica.persist_and_apply(&mut out);
         self.send(&mut out);
         self.complete(std::mem::take(&mut out.completed));
         self.publish();

@@ -573,11 +573,9 @@ impl Sim {
         let mut out = ReplicaOutput::default();
         replica.ready(&mut out);
         self.finish(i, out);
-        let n = &mut self.nodes[i];
-        let now = n.now();
-        let replica = n.replica.as_mut().expect("checked above");
+        let replica = self.nodes[i].replica.as_mut().expect("checked above");
         let mut out = ReplicaOutput::default();
-        let result = replica.persist_and_apply(now, &mut out);
+        let result = replica.persist_and_apply(&mut out);
         self.finish(i, out);
         if let Err(e) = result {
             if self.nodes[i].disk.crashed() {
