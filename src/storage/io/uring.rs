@@ -17,7 +17,7 @@
 //! the kernel may write into a buffer until then and the caller frees its buffers when
 //! the call returns. If `io_uring_enter` fails before the kernel took some requests, those
 //! are never submitted: the file refuses every later call, and closing it closes the ring
-//! with them unseen. If even waiting for taken requests fails, the process aborts rather
+//! with them unseen. If waiting for taken requests fails twice in a row, the process aborts rather
 //! than free memory the kernel may still write.
 
 use super::{Backend, BlockFile, assert_aligned};
@@ -85,6 +85,14 @@ pub struct UringFile {
 
 /// `io_uring_enter` flag: wait for completions.
 const ENTER_GETEVENTS: u32 = 1;
+
+/// Whether an `io_uring_enter` error passes by itself (try again).
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+    )
+}
 
 /// The requests of one call, by tag: results are placed by the tag a completion carries,
 /// never by arrival order, and completions of other tags are not taken for these.
@@ -199,56 +207,30 @@ impl UringFile {
                 // contract above), and this call does not return while the kernel may
                 // still use them: it waits for every request the kernel took, and a
                 // request it never took is never submitted (the file is then broken).
-                if unsafe { sq.push(&entry) }.is_err() {
-                    // Cannot happen: the queue is empty between calls and a batch fits.
+                unsafe { sq.push(&entry) }
+                    .expect("the queue is empty between calls and a batch fits");
+            }
+        }
+        // Hand every request to the kernel, waiting for a first completion in the same
+        // call. What it does not take after a lasting error never reaches it: the file
+        // refuses every later call, and closing it closes the ring with them unseen.
+        let mut error = None;
+        while !self.ring.submission().is_empty() {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if is_transient(&e) => {}
+                Err(e) => {
+                    self.broken = Some(format!(
+                        "io_uring_enter failed ({e}); this file's ring is unusable"
+                    ));
+                    error = Some(e);
                     break;
                 }
             }
         }
-        let mut error = None;
-        while batch.outstanding() > 0 {
-            let not_taken = self.ring.submission().len();
-            let result = if not_taken > 0 {
-                self.ring.submit_and_wait(1)
-            } else {
-                // SAFETY: io_uring_enter with nothing to submit only waits for
-                // completions; no argument is passed.
-                unsafe {
-                    self.ring
-                        .submitter()
-                        .enter::<libc::sigset_t>(0, 1, ENTER_GETEVENTS, None)
-                }
-            };
-            match result {
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
-                    ) => {}
-                Err(e) => {
-                    let not_taken = self.ring.submission().len();
-                    if not_taken > 0 {
-                        // These never reached the kernel and never will.
-                        self.broken = Some(format!(
-                            "io_uring_enter failed ({e}); this file's ring is unusable"
-                        ));
-                        let taken_outstanding = batch.outstanding().saturating_sub(not_taken);
-                        self.drain(&mut batch, taken_outstanding);
-                        error = Some(e);
-                        break;
-                    }
-                    if error.is_some() {
-                        // Waiting fails again: the kernel may still write into buffers
-                        // the caller is about to free. No sound way on.
-                        eprintln!("ocean-liner: cannot wait for io_uring completions: {e}");
-                        std::process::abort();
-                    }
-                    error = Some(e);
-                }
-            }
-            self.reap(&mut batch);
-        }
+        let never_taken = self.ring.submission().len();
+        self.reap(&mut batch);
+        self.wait_until(&mut batch, never_taken, &mut error);
         let error = error.map(|e| (e.kind(), e.to_string()));
         batch.finish(|| match &error {
             Some((kind, text)) => io::Error::new(*kind, text.clone()),
@@ -265,28 +247,30 @@ impl UringFile {
         }
     }
 
-    /// Waits, without submitting anything, until `taken` more requests of `batch` have
-    /// completed.
-    fn drain(&mut self, batch: &mut Batch, taken: usize) {
-        let target = batch.outstanding().saturating_sub(taken);
-        let mut failures = 0;
-        while batch.outstanding() > target {
-            // SAFETY: as in `submit_all`: waits only.
+    /// Waits, submitting nothing, until only `never_taken` requests of `batch` (those the
+    /// kernel never took) are outstanding; a wait that fails is recorded in `error`. If
+    /// waiting fails twice in a row the kernel may still write into buffers the caller is
+    /// about to free, and there is no sound way on: the process aborts.
+    fn wait_until(&mut self, batch: &mut Batch, never_taken: usize, error: &mut Option<io::Error>) {
+        let mut failed_before = false;
+        while batch.outstanding() > never_taken {
+            // SAFETY: io_uring_enter with nothing to submit only waits for completions;
+            // no argument is passed.
             let waited = unsafe {
                 self.ring
                     .submitter()
                     .enter::<libc::sigset_t>(0, 1, ENTER_GETEVENTS, None)
             };
-            if let Err(e) = waited
-                && !matches!(
-                    e.raw_os_error(),
-                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
-                )
-            {
-                failures += 1;
-                if failures > 3 {
-                    eprintln!("ocean-liner: cannot wait for io_uring completions: {e}");
-                    std::process::abort();
+            match waited {
+                Ok(_) => failed_before = false,
+                Err(e) if is_transient(&e) => {}
+                Err(e) => {
+                    if failed_before {
+                        eprintln!("ocean-liner: cannot wait for io_uring completions: {e}");
+                        std::process::abort();
+                    }
+                    failed_before = true;
+                    error.get_or_insert(e);
                 }
             }
             self.reap(batch);
