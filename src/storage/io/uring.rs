@@ -17,8 +17,8 @@
 //! the kernel may write into a buffer until then and the caller frees its buffers when
 //! the call returns. If `io_uring_enter` fails before the kernel took some requests, those
 //! are never submitted: the file refuses every later call, and closing it closes the ring
-//! with them unseen. If waiting for taken requests fails twice in a row, the process aborts rather
-//! than free memory the kernel may still write.
+//! with them unseen. If waiting for taken requests fails twice in a row, the process
+//! aborts rather than free memory the kernel may still write.
 
 use super::{Backend, BlockFile, assert_aligned};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
