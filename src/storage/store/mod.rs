@@ -720,31 +720,29 @@ fn upsert_in_bucket(
             .map(|added| (head_no, added));
     }
     drop(head);
-    // A chained bucket: the key may sit in any page of the chain; replace it there, or
-    // take the first page with a free slot.
-    let mut chain = vec![head_no];
-    while let Some(next) = layout.arena.page(*chain.last().unwrap()).read().next_page() {
-        chain.push(next);
-    }
-    for &p in &chain[1..] {
+    // A chained bucket, in one walk: the key may sit in any page of the chain (replace it
+    // there); a new key goes into the first page with a free slot.
+    let mut with_room = None;
+    let mut page_no = Some(head_no);
+    while let Some(p) = page_no {
         let mut guard = layout.arena.page(p).write();
         if guard.find(hash).is_some() {
             return guard
                 .upsert(hash, cmd_byte_offset, inline)
                 .map(|added| (p, added));
         }
-    }
-    for &p in &chain {
-        if let Ok(added) = layout
-            .arena
-            .page(p)
-            .write()
-            .upsert(hash, cmd_byte_offset, inline)
-        {
-            return Ok((p, added));
+        if with_room.is_none() && guard.used() < SLOT_COUNT {
+            with_room = Some(p);
         }
+        page_no = guard.next_page();
     }
-    Err(PageFull)
+    let p = with_room.ok_or(PageFull)?;
+    layout
+        .arena
+        .page(p)
+        .write()
+        .upsert(hash, cmd_byte_offset, inline)
+        .map(|added| (p, added))
 }
 
 /// Checks the overflow chains of loaded pages: every link points at an overflow page in
