@@ -3,7 +3,8 @@
 //! The crate is layered so that dependencies point one way, and the data path can be read
 //! off the tree:
 //!
-//! - [`ids`]: log indexes, terms and node ids as types of their own.
+//! - [`ids`]: log indexes, terms and node ids as types of their own; [`le`]: bounded
+//!   reads of little-endian fields from a disk's or a peer's bytes.
 //! - [`storage`]: io, log, store, engine — bytes on disk; no sockets, threads or clocks.
 //! - [`consensus`]: the Raft driver (raft-rs) over the engine; no IO of its own.
 //! - [`replica`]: one node's replication logic — seal, propose, Ready cycle, leases and
@@ -18,6 +19,7 @@
 pub mod client;
 pub mod consensus;
 pub mod ids;
+pub mod le;
 pub mod net;
 pub mod replica;
 pub mod server;

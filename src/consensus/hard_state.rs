@@ -14,6 +14,7 @@
 //!  40 16  xxh3-128 of bytes 0..40
 //! ```
 
+use crate::le;
 use crate::storage::io::{AlignedBuf, Backend, BlockFile, PAGE_SIZE};
 use raft::eraftpb::HardState;
 use std::io;
@@ -76,25 +77,20 @@ impl HardStateFile {
 }
 
 fn decode(page: &[u8]) -> Option<(u64, HardState)> {
-    if page.first_chunk::<8>() != Some(&MAGIC) {
+    if le::array(page, 0) != Some(MAGIC) {
         return None;
     }
-    let hash = page.get(HASHED..)?.first_chunk::<16>()?;
-    if u128::from_le_bytes(*hash) != xxh3_128(page.get(..HASHED)?) {
+    if le::u128_at(page, HASHED)? != xxh3_128(page.get(..HASHED)?) {
         return None;
     }
-    let u = |i: usize| {
-        page.get(8 + i * 8..)
-            .and_then(|b| b.first_chunk::<8>())
-            .map_or(0, |b| u64::from_le_bytes(*b))
-    };
+    let u = |i: usize| le::u64_at(page, 8 + i * 8);
     let hs = HardState {
-        term: u(1),
-        vote: u(2),
-        commit: u(3),
+        term: u(1)?,
+        vote: u(2)?,
+        commit: u(3)?,
         ..Default::default()
     };
-    Some((u(0), hs))
+    Some((u(0)?, hs))
 }
 
 #[cfg(test)]

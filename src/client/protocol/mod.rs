@@ -546,10 +546,7 @@ impl std::error::Error for ResponseError {}
 
 #[inline]
 fn field<const N: usize>(buf: &[u8], at: usize) -> [u8; N] {
-    buf.get(at..)
-        .and_then(|b| b.first_chunk::<N>())
-        .copied()
-        .unwrap_or([0; N])
+    crate::le::array(buf, at).unwrap_or([0; N])
 }
 
 #[inline]

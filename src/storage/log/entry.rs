@@ -3,6 +3,7 @@
 //! drawn in the parent module's documentation.
 
 use super::{LogIndex, Term};
+use crate::le;
 use crate::storage::command::{self, CommandRef, DecodeError};
 use crate::storage::io::{AlignedBuf, PAGE_SIZE, align_up};
 use std::sync::Arc;
@@ -67,27 +68,19 @@ impl EntryHeader {
     /// Decodes and verifies a header (magic, header hash, sane length).
     pub fn decode(bytes: &[u8]) -> Option<EntryHeader> {
         let header: &[u8; HEADER_SIZE] = bytes.first_chunk()?;
-        let field = |at: usize| header.get(at..).and_then(|b| b.first_chunk::<16>());
-        let u64_at = |at: usize| {
-            header
-                .get(at..)
-                .and_then(|b| b.first_chunk::<8>())
-                .map_or(0, |b| u64::from_le_bytes(*b))
-        };
-        if header.first_chunk::<8>() != Some(&ENTRY_MAGIC) {
+        if le::array(header, 0) != Some(ENTRY_MAGIC) {
             return None;
         }
-        let hash = u128::from_le_bytes(*field(OFFSET_HEADER_HASH)?);
-        if hash != xxh3_128(header.get(..OFFSET_HEADER_HASH)?) {
+        if le::u128_at(header, OFFSET_HEADER_HASH)? != xxh3_128(header.get(..OFFSET_HEADER_HASH)?) {
             return None;
         }
         let header = EntryHeader {
-            term: Term(u64_at(OFFSET_TERM)),
-            log_index: LogIndex(u64_at(OFFSET_INDEX)),
-            num_commands: u64_at(OFFSET_NUM_COMMANDS),
-            command_length: u64_at(OFFSET_COMMAND_LENGTH),
-            batch_first_index: LogIndex(u64_at(OFFSET_BATCH_FIRST)),
-            commands_hash: u128::from_le_bytes(*field(OFFSET_COMMANDS_HASH)?),
+            term: Term(le::u64_at(header, OFFSET_TERM)?),
+            log_index: LogIndex(le::u64_at(header, OFFSET_INDEX)?),
+            num_commands: le::u64_at(header, OFFSET_NUM_COMMANDS)?,
+            command_length: le::u64_at(header, OFFSET_COMMAND_LENGTH)?,
+            batch_first_index: LogIndex(le::u64_at(header, OFFSET_BATCH_FIRST)?),
+            commands_hash: le::u128_at(header, OFFSET_COMMANDS_HASH)?,
         };
         (header.command_length as usize <= COMMAND_LENGTH_MAX
             && header.log_index > LogIndex::ZERO

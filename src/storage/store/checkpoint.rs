@@ -32,6 +32,7 @@
 //!       the metadata page, the sessions blob (padded to a page)
 //! ```
 
+use crate::le;
 use crate::storage::io::{AlignedBuf, BlockFile, PAGE_SIZE, align_up, read_exact_at};
 use std::io;
 use xxhash_rust::xxh3::xxh3_128;
@@ -153,19 +154,9 @@ pub fn read(file: &mut dyn BlockFile) -> io::Result<Option<Journal>> {
     }
     let mut header = AlignedBuf::new(PAGE_SIZE);
     read_exact_at(file, &mut header, 0)?;
-    let field = |at: usize| {
-        header
-            .get(at..)
-            .and_then(|b| b.first_chunk::<8>())
-            .map_or(0, |b| u64::from_le_bytes(*b))
-    };
-    let hash_at = |at: usize| {
-        header
-            .get(at..)
-            .and_then(|b| b.first_chunk::<16>())
-            .map_or(0, |b| u128::from_le_bytes(*b))
-    };
-    if header.first_chunk::<8>() != Some(&JOURNAL_MAGIC)
+    let field = |at: usize| le::u64_at(&header, at).unwrap_or(0);
+    let hash_at = |at: usize| le::u128_at(&header, at).unwrap_or(0);
+    if le::array(&header, 0) != Some(JOURNAL_MAGIC)
         || hash_at(56) != xxh3_128(header.get(..56).unwrap_or_default())
     {
         return Ok(None);

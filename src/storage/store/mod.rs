@@ -835,11 +835,7 @@ fn decode_meta(page: &[u8]) -> io::Result<(MapMeta, KeyHasher, Bloom)> {
             "map.dat: metadata page failed verification",
         ));
     }
-    let u64_at = |i: usize| {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(field(8 + i * 8, 8));
-        u64::from_le_bytes(word)
-    };
+    let u64_at = |i: usize| crate::le::u64_at(page, 8 + i * 8).unwrap_or(0);
     let meta = MapMeta {
         last_committed_index: LogIndex(u64_at(0)),
         last_committed_term: Term(u64_at(1)),
@@ -859,8 +855,8 @@ fn decode_meta(page: &[u8]) -> io::Result<(MapMeta, KeyHasher, Bloom)> {
             "map.dat: metadata fields are inconsistent",
         ));
     }
-    let mut secret = [0u8; KEY_SECRET_SIZE];
-    secret.copy_from_slice(field(META_SECRET_OFFSET, KEY_SECRET_SIZE));
+    let secret = crate::le::array::<KEY_SECRET_SIZE>(page, META_SECRET_OFFSET)
+        .ok_or_else(|| io::Error::other("map.dat: metadata page is short"))?;
     Ok((
         meta,
         KeyHasher::new(secret),
