@@ -25,6 +25,7 @@ use ocean_liner::storage::command::{self, CommandOp};
 use ocean_liner::storage::io::uring::UringBackend;
 use ocean_liner::storage::log::{Log, LogOptions, NewEntry, entry_size};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A log file is recreated once it would grow past this.
@@ -75,6 +76,8 @@ impl Mode {
         };
         LogOptions {
             prepare_chunk_bytes,
+            // One segment holds the whole file.
+            segment_bytes: FILE_BYTES_MAX,
             ..LogOptions::default()
         }
     }
@@ -112,8 +115,8 @@ impl Rolling {
             .is_none_or(|log| log.end_offset() + size > FILE_BYTES_MAX);
         if full {
             self.retire();
-            let (mut log, _) =
-                Log::open(&UringBackend, &self.path, self.mode.options()).expect("open log");
+            let (mut log, _) = Log::open(Arc::new(UringBackend), &self.path, self.mode.options())
+                .expect("open log");
             if let Mode::Prepared = self.mode {
                 log.prepare(FILE_BYTES_MAX).expect("prepare log");
                 self.zero_bytes += FILE_BYTES_MAX;
@@ -131,7 +134,7 @@ impl Rolling {
                 self.zero_bytes += log.end_offset().div_ceil(chunk) * chunk;
             }
             drop(log);
-            std::fs::remove_file(&self.path).expect("remove log file");
+            std::fs::remove_dir_all(&self.path).expect("remove log directory");
         }
     }
 }

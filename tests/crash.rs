@@ -30,7 +30,11 @@ fn options() -> EngineOptions {
         log: LogOptions {
             prepare_chunk_bytes: 32 << 10,
             cache_bytes: 0,
+            // Small segments: the workload rolls over to new ones, and checkpoints
+            // delete the old ones, at IO points like every other.
+            segment_bytes: 96 << 10,
         },
+        keep_raft_log: false,
     }
 }
 
@@ -306,7 +310,12 @@ fn a_new_data_directory_survives_power_loss_with_its_writes() {
     }
     drop(engine);
     disk.power_loss(PowerLoss::DropUnsynced);
-    for path in [dir.to_path_buf(), dir.join("log"), dir.join("map.dat")] {
+    for path in [
+        dir.to_path_buf(),
+        dir.join("segments"),
+        dir.join("segments/00000000.log"),
+        dir.join("map.dat"),
+    ] {
         assert!(disk.exists(&path), "{} was lost", path.display());
     }
     let (mut engine, _) = Engine::open(backend, dir, options(), None).unwrap();

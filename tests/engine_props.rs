@@ -42,7 +42,9 @@ fn options() -> EngineOptions {
         log: LogOptions {
             prepare_chunk_bytes: 256 << 10,
             cache_bytes: 1 << 20,
+            segment_bytes: 512 << 10,
         },
+        keep_raft_log: false,
     }
 }
 
@@ -70,7 +72,9 @@ fn run(backend: Arc<dyn Backend>, dir: &Path, steps: &[Step]) {
                 apply_model(&mut model, &writes);
                 touched.extend(ops.iter().map(|&(k, _)| key(k as u64)));
             }
-            Step::Checkpoint => engine.checkpoint().unwrap(),
+            Step::Checkpoint => {
+                engine.checkpoint().unwrap();
+            }
             Step::Reopen => {
                 drop(engine);
                 engine = Engine::open(backend.clone(), dir, options(), None)

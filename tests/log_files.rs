@@ -19,7 +19,7 @@ use ocean_liner::storage::log::{
 };
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
@@ -27,6 +27,7 @@ fn options() -> LogOptions {
     LogOptions {
         prepare_chunk_bytes: 1 << 20,
         cache_bytes: 0,
+        ..LogOptions::default()
     }
 }
 
@@ -48,7 +49,7 @@ fn commands(i: u64, count: usize, value_len: usize) -> Vec<u8> {
 
 /// Writes `n` entries; returns each entry's (offset, size).
 fn write_entries(path: &Path, n: u64) -> Vec<(u64, usize)> {
-    let (mut log, _) = Log::open(&UringBackend, path, options()).unwrap();
+    let (mut log, _) = Log::open(Arc::new(UringBackend), path, options()).unwrap();
     let mut spans = Vec::new();
     for i in 1..=n {
         let count = 1 + (i as usize % 7) * 20;
@@ -78,6 +79,11 @@ fn check_prefix(log: &mut Log, n: u64) {
     }
 }
 
+/// The first segment file of the log in `dir` (all these tests' entries fit in it).
+fn seg0(dir: &Path) -> PathBuf {
+    dir.join("00000000.log")
+}
+
 fn damage(path: &Path, offset: u64, bytes: &[u8]) {
     let f = OpenOptions::new().write(true).open(path).unwrap();
     f.write_all_at(bytes, offset).unwrap();
@@ -89,7 +95,7 @@ fn entries_read_back_and_walk_both_ways() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let path = dir.path().join("log");
     write_entries(&path, 12);
-    let (mut log, report) = Log::open(&UringBackend, &path, options()).unwrap();
+    let (mut log, report) = Log::open(Arc::new(UringBackend), &path, options()).unwrap();
     assert_eq!(report.entries, 12);
     assert_eq!(report.torn_tail_at, None);
     check_prefix(&mut log, 12);
@@ -109,17 +115,17 @@ fn truncated_mid_entry_keeps_the_prefix() {
     let path = dir.path().join("log");
     let spans = write_entries(&path, 10);
     let (last_off, last_size) = spans[9];
-    let pristine = std::fs::read(&path).unwrap();
+    let pristine = std::fs::read(seg0(&path)).unwrap();
     for cut in [
         last_off + 512,
         last_off + last_size as u64 / 2,
         last_off + last_size as u64 - 512,
     ] {
-        std::fs::write(&path, &pristine).unwrap();
-        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        std::fs::write(seg0(&path), &pristine).unwrap();
+        let f = OpenOptions::new().write(true).open(seg0(&path)).unwrap();
         f.set_len(cut).unwrap();
         drop(f);
-        let (mut log, report) = Log::open(&UringBackend, &path, options()).unwrap();
+        let (mut log, report) = Log::open(Arc::new(UringBackend), &path, options()).unwrap();
         assert_eq!(report.torn_tail_at, Some(last_off), "cut at {cut}");
         check_prefix(&mut log, 9);
         // The log accepts new entries where the torn one was.
@@ -132,7 +138,7 @@ fn truncated_mid_entry_keeps_the_prefix() {
         }])
         .unwrap();
         drop(log);
-        let (mut log, _) = Log::open(&UringBackend, &path, options()).unwrap();
+        let (mut log, _) = Log::open(Arc::new(UringBackend), &path, options()).unwrap();
         assert_eq!(log.read(LogIndex(10)).unwrap().commands(), &cmds[..]);
     }
 }
@@ -145,11 +151,11 @@ fn a_zeroed_sector_anywhere_in_the_last_entry_is_a_torn_tail() {
     let (last_off, last_size) = spans[5];
     let sectors = last_size / 512;
     assert!(sectors >= 8, "the last entry spans several sectors");
-    let pristine = std::fs::read(&path).unwrap();
+    let pristine = std::fs::read(seg0(&path)).unwrap();
     for sector in 0..sectors {
-        std::fs::write(&path, &pristine).unwrap();
-        damage(&path, last_off + sector as u64 * 512, &[0u8; 512]);
-        let (mut log, report) = Log::open(&UringBackend, &path, options())
+        std::fs::write(seg0(&path), &pristine).unwrap();
+        damage(&seg0(&path), last_off + sector as u64 * 512, &[0u8; 512]);
+        let (mut log, report) = Log::open(Arc::new(UringBackend), &path, options())
             .unwrap_or_else(|e| panic!("sector {sector}: {e}"));
         // Zeroing padding (between commands and trailer) changes nothing that is checked.
         let cmd_len = commands(6, 1 + 6 * 20, 160).len();
@@ -174,8 +180,8 @@ fn corruption_in_the_middle_is_an_error_naming_the_offset() {
     let path = dir.path().join("log");
     let spans = write_entries(&path, 8);
     let (off, _) = spans[3];
-    damage(&path, off + 512, &[0xEE; 512]);
-    match Log::open(&UringBackend, &path, options()) {
+    damage(&seg0(&path), off + 512, &[0xEE; 512]);
+    match Log::open(Arc::new(UringBackend), &path, options()) {
         Err(LogError::Corrupt { offset, reason }) => {
             assert_eq!(offset, off, "{reason}");
             assert!(reason.contains("hash"), "{reason}");
@@ -184,9 +190,9 @@ fn corruption_in_the_middle_is_an_error_naming_the_offset() {
         Ok(_) => panic!("corruption in the middle of the log went unnoticed"),
     }
     // A destroyed header in the middle is caught too.
-    damage(&path, off, &[0u8; 512]);
+    damage(&seg0(&path), off, &[0u8; 512]);
     assert!(
-        matches!(Log::open(&UringBackend, &path, options()), Err(LogError::Corrupt { offset, .. }) if offset == off)
+        matches!(Log::open(Arc::new(UringBackend), &path, options()), Err(LogError::Corrupt { offset, .. }) if offset == off)
     );
 }
 
@@ -199,8 +205,8 @@ fn a_zeroed_first_page_in_the_middle_is_corruption() {
     let path = dir.path().join("log");
     let spans = write_entries(&path, 10);
     let (off, _) = spans[4];
-    damage(&path, off, &[0u8; 4096]);
-    match Log::open(&UringBackend, &path, options()) {
+    damage(&seg0(&path), off, &[0u8; 4096]);
+    match Log::open(Arc::new(UringBackend), &path, options()) {
         Err(LogError::Corrupt { offset, reason }) => assert_eq!(offset, off, "{reason}"),
         Err(e) => panic!("expected a corruption error, got {e}"),
         Ok((log, report)) => panic!(
@@ -211,8 +217,8 @@ fn a_zeroed_first_page_in_the_middle_is_corruption() {
     // The same page zeroed in the last entry is a torn tail, cut as before.
     let path = dir.path().join("log2");
     let spans = write_entries(&path, 10);
-    damage(&path, spans[9].0, &[0u8; 4096]);
-    let (mut log, report) = Log::open(&UringBackend, &path, options()).unwrap();
+    damage(&seg0(&path), spans[9].0, &[0u8; 4096]);
+    let (mut log, report) = Log::open(Arc::new(UringBackend), &path, options()).unwrap();
     check_prefix(&mut log, 9);
     assert_eq!(report.entries, 9);
 }
@@ -225,7 +231,10 @@ fn a_zeroed_first_page_in_the_middle_is_corruption() {
 fn an_entry_whose_command_count_lies_is_refused() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let data = dir.path().join("node");
-    let options = EngineOptions { log: options() };
+    let options = EngineOptions {
+        log: options(),
+        ..EngineOptions::default()
+    };
     let backend: Arc<dyn Backend> = Arc::new(UringBackend);
     {
         let (mut engine, _) = Engine::open(backend.clone(), &data, options.clone(), None).unwrap();
@@ -244,17 +253,17 @@ fn an_entry_whose_command_count_lies_is_refused() {
     }
     // Rewrite entry 3's header (and trailer) with a lying count and valid hashes, as a
     // faulty peer or a bit flip before hashing would leave it.
-    let path = data.join("log");
-    let (mut log, _) = Log::open(&UringBackend, &path, options.log.clone()).unwrap();
+    let path = data.join("segments");
+    let (mut log, _) = Log::open(Arc::new(UringBackend), &path, options.log.clone()).unwrap();
     let entry = log.read(LogIndex(3)).unwrap();
     let (offset, mut header) = (entry.offset, entry.header);
     drop(log);
     header.num_commands = u64::MAX;
     let mut encoded = [0u8; HEADER_SIZE];
     header.encode(&mut encoded);
-    damage(&path, offset, &encoded);
+    damage(&seg0(&path), offset, &encoded);
     let trailer = offset + header.entry_size() as u64 - HEADER_SLOT_SIZE as u64;
-    damage(&path, trailer, &encoded);
+    damage(&seg0(&path), trailer, &encoded);
     match Engine::open(backend, &data, options, None) {
         Err(e) => {
             let text = e.to_string();
@@ -269,7 +278,7 @@ fn suffix_truncation_is_durable_and_leaves_no_stale_entries() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let path = dir.path().join("log");
     write_entries(&path, 9);
-    let (mut log, _) = Log::open(&UringBackend, &path, options()).unwrap();
+    let (mut log, _) = Log::open(Arc::new(UringBackend), &path, options()).unwrap();
     log.truncate_from(LogIndex(5)).unwrap();
     // A new leader's shorter entry 5 must not resurrect the old 6..9 behind it.
     let cmds = commands(5, 1, 10);
@@ -281,7 +290,7 @@ fn suffix_truncation_is_durable_and_leaves_no_stale_entries() {
     }])
     .unwrap();
     drop(log);
-    let (mut log, report) = Log::open(&UringBackend, &path, options()).unwrap();
+    let (mut log, report) = Log::open(Arc::new(UringBackend), &path, options()).unwrap();
     assert_eq!(report.entries, 5);
     assert_eq!(log.term(LogIndex(5)), Some(Term(9)));
     assert_eq!(log.read(LogIndex(5)).unwrap().commands(), &cmds[..]);
@@ -326,8 +335,9 @@ fn full_filesystem_fails_appends_cleanly() {
     let opts = LogOptions {
         prepare_chunk_bytes: 256 << 10,
         cache_bytes: 0,
+        ..LogOptions::default()
     };
-    let (mut log, _) = Log::open(&UringBackend, &path, opts.clone()).unwrap();
+    let (mut log, _) = Log::open(Arc::new(UringBackend), &path, opts.clone()).unwrap();
     let mut appended = 0u64;
     let err = loop {
         let cmds = commands(appended + 1, 40, 900);
@@ -361,7 +371,7 @@ fn full_filesystem_fails_appends_cleanly() {
         .is_no_space()
     );
     drop(log);
-    let (mut log, report) = Log::open(&UringBackend, &path, opts).unwrap();
+    let (mut log, report) = Log::open(Arc::new(UringBackend), &path, opts).unwrap();
     assert_eq!(report.entries, appended);
     assert_eq!(report.torn_tail_at, None);
     for i in 1..=appended {
@@ -376,7 +386,7 @@ fn a_torn_multi_entry_write_is_a_torn_tail() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let path = dir.path().join("log");
     write_entries(&path, 4);
-    let (mut log, _) = Log::open(&UringBackend, &path, options()).unwrap();
+    let (mut log, _) = Log::open(Arc::new(UringBackend), &path, options()).unwrap();
     let batch: Vec<Vec<u8>> = (5..=7).map(|i| commands(i, 30, 150)).collect();
     let first_offset = log.end_offset();
     let entries: Vec<NewEntry<'_>> = batch
@@ -391,8 +401,8 @@ fn a_torn_multi_entry_write_is_a_torn_tail() {
         .collect();
     log.append(&entries).unwrap();
     drop(log);
-    damage(&path, first_offset + 1024, &[0u8; 512]);
-    let (mut log, report) = Log::open(&UringBackend, &path, options()).unwrap();
+    damage(&seg0(&path), first_offset + 1024, &[0u8; 512]);
+    let (mut log, report) = Log::open(Arc::new(UringBackend), &path, options()).unwrap();
     assert_eq!(report.torn_tail_at, Some(first_offset));
     check_prefix(&mut log, 4);
 }
@@ -404,7 +414,7 @@ fn values_read_back_by_offset_in_batches() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let path = dir.path().join("log");
     write_entries(&path, 6);
-    let (mut log, _) = Log::open(&UringBackend, &path, options()).unwrap();
+    let (mut log, _) = Log::open(Arc::new(UringBackend), &path, options()).unwrap();
     let mut reads = Vec::new();
     let mut expected = Vec::new();
     for i in 1..=6 {
@@ -416,7 +426,7 @@ fn values_read_back_by_offset_in_batches() {
         }
     }
     assert!(reads.len() > 200, "enough reads to fill several batches");
-    let mut reader = log.reader(&UringBackend).unwrap();
+    let mut reader = log.reader();
     let wanted: Vec<(u64, &[u8])> = reads.iter().map(|(o, k)| (*o, &k[..])).collect();
     let batch = reader.read_values_at(&wanted);
     for ((got, want), (offset, _)) in batch.into_iter().zip(&expected).zip(&wanted) {
@@ -436,7 +446,7 @@ fn values_read_from_the_disk_are_served_again_from_the_value_cache() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let path = dir.path().join("log");
     let spans = write_entries(&path, 4);
-    let (mut log, _) = Log::open(&UringBackend, &path, options()).unwrap();
+    let (mut log, _) = Log::open(Arc::new(UringBackend), &path, options()).unwrap();
     let entry = log.read(LogIndex(2)).unwrap();
     let cmd = entry.iter().next().unwrap().unwrap();
     let (offset, key, value) = (
@@ -446,11 +456,8 @@ fn values_read_from_the_disk_are_served_again_from_the_value_cache() {
     );
     drop(entry);
     let values = Arc::new(std::sync::Mutex::new(ValueCache::new(1 << 20)));
-    let mut first = log
-        .reader(&UringBackend)
-        .unwrap()
-        .with_value_cache(values.clone());
-    let mut second = log.reader(&UringBackend).unwrap().with_value_cache(values);
+    let mut first = log.reader().with_value_cache(values.clone());
+    let mut second = log.reader().with_value_cache(values);
     let want = ValueRead::Value(value);
     assert_eq!(
         first.read_values_at(&[(offset, &key)]).remove(0).unwrap(),
@@ -458,7 +465,7 @@ fn values_read_from_the_disk_are_served_again_from_the_value_cache() {
     );
     // The log's cache is off (cache_bytes 0): without the value cache this would read
     // the damaged bytes.
-    damage(&path, spans[1].0, &vec![0xEE; spans[1].1]);
+    damage(&seg0(&path), spans[1].0, &vec![0xEE; spans[1].1]);
     let again = second.read_values_at(&[(offset, &key), (offset, b"other")]);
     let again: Vec<ValueRead> = again.into_iter().map(Result::unwrap).collect();
     assert_eq!(again, vec![want, ValueRead::OtherKey]);
@@ -484,7 +491,7 @@ fn values_read_for_another_key_report_the_collision() {
         cache_bytes: 1 << 20,
         ..options()
     };
-    let (mut log, _) = Log::open(&UringBackend, &path, cached).unwrap();
+    let (mut log, _) = Log::open(Arc::new(UringBackend), &path, cached).unwrap();
     log.append(&[NewEntry {
         term: Term(1),
         log_index: LogIndex(1),
@@ -544,11 +551,11 @@ fn values_read_for_another_key_report_the_collision() {
             Err(LogError::Corrupt { offset, .. }) if offset == delete_at
         ));
     };
-    let mut reader = log.reader(&UringBackend).unwrap();
+    let mut reader = log.reader();
     check(&mut log, &mut reader, "cached");
     drop(reader);
     drop(log);
-    let (mut log, _) = Log::open(&UringBackend, &path, options()).unwrap();
-    let mut reader = log.reader(&UringBackend).unwrap();
+    let (mut log, _) = Log::open(Arc::new(UringBackend), &path, options()).unwrap();
+    let mut reader = log.reader();
     check(&mut log, &mut reader, "from disk");
 }

@@ -659,6 +659,6 @@ impl RaftNode {
 
     /// Writes the map's changed pages back (see [`Engine::checkpoint`]).
     pub fn checkpoint(&mut self) -> Result<(), EngineError> {
-        self.engine.borrow_mut().checkpoint()
+        self.engine.borrow_mut().checkpoint().map(|_| ())
     }
 }

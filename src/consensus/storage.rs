@@ -2,9 +2,12 @@
 //!
 //! Raft log index `i` is log entry `i` of [`crate::storage::log::Log`]; the entry's data is the
 //! window's commands region and its context the command count (8 bytes, little-endian).
-//! The log is never compacted, so the first index is always 1 and no snapshot exists.
+//! A single node deletes its oldest segments once a checkpoint covers them, so its first
+//! index moves up; nobody ever asks it for the entries before. A cluster keeps its whole
+//! Raft log (see [`crate::storage::engine::EngineOptions::keep_raft_log`]), so no snapshot
+//! is ever needed; one is never offered.
 
-use crate::ids::{LogIndex, Term};
+use crate::ids::LogIndex;
 use crate::storage::engine::Engine;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
@@ -65,7 +68,7 @@ impl raft::Storage for LogStorage {
     ) -> raft::Result<Vec<Entry>> {
         let max_size = max_size.into().unwrap_or(u64::MAX);
         let mut engine = self.engine.borrow_mut();
-        if low < 1 {
+        if low < engine.log().first_index().get() {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
         if high > engine.last_index().next().get() {
@@ -89,15 +92,18 @@ impl raft::Storage for LogStorage {
             return Ok(0);
         }
         let engine = self.engine.borrow();
-        engine
-            .log()
-            .term(LogIndex(idx))
-            .map(Term::get)
-            .ok_or(raft::Error::Store(StorageError::Unavailable))
+        let log = engine.log();
+        match log.term(LogIndex(idx)) {
+            Some(term) => Ok(term.get()),
+            None if LogIndex(idx) < log.first_index() => {
+                Err(raft::Error::Store(StorageError::Compacted))
+            }
+            None => Err(raft::Error::Store(StorageError::Unavailable)),
+        }
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        Ok(1)
+        Ok(self.engine.borrow().log().first_index().get())
     }
 
     fn last_index(&self) -> raft::Result<u64> {

@@ -22,7 +22,7 @@
 //! the shard maps them to the client protocol.
 
 use crate::consensus::{Event, FatalError, Output, ProposeError, RaftNode};
-use crate::storage::engine::EngineError;
+use crate::storage::engine::{EngineError, Reclaimed};
 use crate::storage::log;
 use crate::storage::store::CheckpointJob;
 use raft::eraftpb::Message;
@@ -536,7 +536,7 @@ impl<R> Replica<R> {
         &mut self,
         job: CheckpointJob,
         result: std::io::Result<()>,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Reclaimed, EngineError> {
         self.node.engine().checkpoint_end(job, result)
     }
 }

@@ -11,6 +11,8 @@
 //! - [`window`]: the per-shard window buffer handed to the replication core.
 //! - [`replication`]: the thread that drives the replica core (`crate::replica`).
 //! - [`transport`]: TCP frames between the nodes of a cluster.
+//! - `cleaner.rs`: the thread that reclaims superseded log space
+//!   ([`crate::storage::cleaner`]), rate-limited, at a low priority.
 //! - `config.rs`: the flags and the cluster layout they describe; `host.rs`: checks of
 //!   the host at start-up, the data directory lock, signals; this file: the wiring.
 //!
@@ -23,6 +25,7 @@
 //! driving it step by step. A pinned thread with `recvmmsg`/`sendmmsg` and a per-file
 //! io_uring keeps the one-thread-per-core shape with batched system calls.
 
+mod cleaner;
 mod config;
 mod host;
 pub mod replication;
@@ -33,10 +36,11 @@ pub mod window;
 use crate::consensus::{NodeConfig, RaftNode};
 use crate::ids::NodeId;
 use crate::replica::{ReadMode, ReadView, Replica, ReplicaConfig, WaitingReads};
+use crate::storage::cleaner::{Cleaner, CleanerOptions};
 use crate::storage::engine::EngineOptions;
 use crate::storage::io::uring::UringBackend;
 use crate::storage::log::LogOptions;
-use crate::storage::log::{LogReader, ValueCache};
+use crate::storage::log::{LogReader, Segments, ValueCache};
 use crate::storage::store::Map;
 use anyhow::{Context, bail};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -76,12 +80,22 @@ pub struct Stats {
     pub write_errors: AtomicU64,
     pub checkpoints: AtomicU64,
     pub last_checkpoint_us: AtomicU64,
+    /// Segment files deleted after checkpoints, and their bytes.
+    pub segments_deleted: AtomicU64,
+    pub bytes_deleted: AtomicU64,
+    /// Cleaning passes, the values they copied, the bytes they read and wrote.
+    pub clean_passes: AtomicU64,
+    pub values_moved: AtomicU64,
+    pub clean_bytes_read: AtomicU64,
+    pub clean_bytes_written: AtomicU64,
+    pub clean_errors: AtomicU64,
 }
 
 /// State shared by every thread of a node.
 pub struct Shared {
     pub windows: Vec<WindowSlot>,
     pub map: Arc<Map>,
+    pub segments: Arc<Segments>,
     pub stats: Stats,
     pub stop: AtomicBool,
     pub shards_idle: AtomicUsize,
@@ -135,6 +149,7 @@ impl Shared {
     pub fn stats_text(&self) -> String {
         let s = &self.stats;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let space = self.segments.space();
         let role = if self.is_leader.load(Ordering::Relaxed) {
             "leader"
         } else {
@@ -147,6 +162,9 @@ impl Shared {
              entries_written={}\ncommands_applied={}\nlast_entry_commands={}\nrequests={}\ngets={}\n\
              hash_collisions={}\nrejected={}\ndropped={}\nbusy={}\nwrite_errors={}\n\
              checkpoints={}\nlast_checkpoint_us={}\n\
+             segments={}\ndisk_bytes={}\nentry_bytes={}\nlive_bytes={}\nlive_values={}\n\
+             segments_deleted={}\nbytes_deleted={}\nclean_passes={}\nvalues_moved={}\n\
+             clean_bytes_read={}\nclean_bytes_written={}\nclean_errors={}\n\
              batch_window_ms={}\nshards={}\nuptime_s={}\n",
             self.node_index,
             get(&s.term),
@@ -173,6 +191,18 @@ impl Shared {
             get(&s.write_errors),
             get(&s.checkpoints),
             get(&s.last_checkpoint_us),
+            space.segment_count,
+            space.file_bytes,
+            space.valid_bytes,
+            space.live_bytes,
+            space.live_count,
+            get(&s.segments_deleted),
+            get(&s.bytes_deleted),
+            get(&s.clean_passes),
+            get(&s.values_moved),
+            get(&s.clean_bytes_read),
+            get(&s.clean_bytes_written),
+            get(&s.clean_errors),
             self.batch_window_ms,
             self.windows.len(),
             self.started.elapsed().as_secs(),
@@ -183,6 +213,8 @@ impl Shared {
 /// What the replication thread hands back once the node's state is open.
 struct Opened {
     map: Arc<Map>,
+    segments: Arc<Segments>,
+    cleaner: Cleaner,
     log_readers: Vec<LogReader>,
     applied_index: u64,
     last_index: u64,
@@ -239,8 +271,12 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
     node_config.engine = EngineOptions {
         log: LogOptions {
             cache_bytes: config.log_cache_mib << 20,
+            segment_bytes: config.segment_mib << 20,
             ..LogOptions::default()
         },
+        // A cluster keeps its Raft log whole: a follower that falls behind is repaired
+        // from it (there are no snapshots to send yet).
+        keep_raft_log: cluster.client_addrs.len() > 1,
     };
     let (opened_tx, opened_rx) = crossbeam_channel::bounded::<anyhow::Result<Opened>>(1);
     let (node_tx, node_rx) = crossbeam_channel::bounded::<Arc<Shared>>(1);
@@ -255,6 +291,11 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
     }
     let data_dir = config.data_dir.clone();
     let value_cache_bytes = config.value_cache_mib << 20;
+    let cleaner_options = CleanerOptions {
+        disk_target_bytes: config.disk_target_mib.map(|m| m << 20),
+        ..CleanerOptions::default()
+    };
+    let clean_bytes_per_s = config.clean_mib_per_s << 20;
     let last_log_index = Arc::new(AtomicU64::new(0));
     let transport_config = (!cluster.peers.is_empty()).then(|| transport::TransportConfig {
         node_index: cluster.node_index,
@@ -309,6 +350,8 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
                     );
                     let opened = Opened {
                         map: engine.map().clone(),
+                        segments: engine.log().segments().clone(),
+                        cleaner: engine.cleaner(cleaner_options),
                         log_readers: readers,
                         applied_index: engine.applied_index().get(),
                         last_index: engine.last_index().get(),
@@ -360,6 +403,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         windows: (0..shard_count).map(|_| WindowSlot::default()).collect(),
         map: opened.map,
+        segments: opened.segments,
         stats: Stats::default(),
         stop: AtomicBool::new(false),
         shards_idle: AtomicUsize::new(0),
@@ -423,6 +467,13 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         );
     }
     let _ = node_tx.send(shared.clone());
+    let cleaner = {
+        let shared = shared.clone();
+        let mut cleaner = opened.cleaner;
+        std::thread::Builder::new()
+            .name("cleaner".into())
+            .spawn(move || cleaner::run(&mut cleaner, &shared, clean_bytes_per_s))?
+    };
     eprintln!(
         "ocean-liner: node {} serving clients on udp://{} with {shard_count} shard(s) + replication on {cores} core(s){}; {}; data in {}",
         cluster.node_index,
@@ -448,6 +499,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
     for t in shard_threads {
         let _ = t.join();
     }
+    let _ = cleaner.join();
     result?;
     eprintln!("ocean-liner: stopped cleanly");
     Ok(())

@@ -363,13 +363,18 @@ impl Loop<'_> {
             return;
         };
         match self.replica.checkpoint_end(job, result) {
-            Ok(()) => {
+            Ok(reclaimed) => {
                 let s = &self.shared.stats;
                 s.checkpoints.fetch_add(1, Ordering::Relaxed);
+                s.segments_deleted
+                    .fetch_add(reclaimed.segments, Ordering::Relaxed);
+                s.bytes_deleted
+                    .fetch_add(reclaimed.bytes, Ordering::Relaxed);
                 s.last_checkpoint_us
                     .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
             }
-            // The log still holds everything: a failed checkpoint only lengthens replay.
+            // The log still holds everything (no segment is deleted until a checkpoint
+            // completes): a failed checkpoint only lengthens replay.
             Err(e) => eprintln!("ocean-liner: checkpoint failed (the log keeps the data): {e}"),
         }
     }

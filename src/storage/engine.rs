@@ -7,15 +7,24 @@
 //! replays the log entries after the index it covers. SET and DELETE are idempotent per
 //! key and the sessions table is checkpointed with the map, so replaying from any
 //! checkpoint reaches the same state.
+//!
+//! Space: applying a command keeps the segments' live counts (see
+//! [`crate::storage::log::segments`]); a checkpoint that completes deletes the segments
+//! that were empty when it began — values segments the cleaner emptied, and the oldest
+//! Raft segments once the checkpoint covers their entries (unless
+//! [`EngineOptions::keep_raft_log`]: a cluster keeps its whole Raft log for followers
+//! that fall behind, until it can send them snapshots).
 
+use crate::storage::cleaner::{Cleaner, CleanerOptions};
 use crate::storage::command::CommandOp;
 use crate::storage::io::Backend;
+use crate::storage::log::segments::{LiveDelta, SegmentKind, SpaceReport, split_address};
 use crate::storage::log::{
-    Entry, Log, LogError, LogIndex, LogOptions, LogReader, NewEntry, RecoveryReport, Term,
-    ValueRead,
+    Entry, Log, LogError, LogIndex, LogOptions, LogReader, NewEntry, RecoveryReport, SEGMENTS_DIR,
+    Term, ValueRead,
 };
-use crate::storage::store::{CheckpointJob, Lookup, Map};
-use std::collections::HashMap;
+use crate::storage::store::{CheckpointJob, Lookup, Map, SetOutcome};
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,6 +38,8 @@ pub const SESSIONS_MAX: usize = 1 << 20;
 #[derive(Debug, Clone, Default)]
 pub struct EngineOptions {
     pub log: LogOptions,
+    /// Never delete Raft segments (the values in them are still cleaned).
+    pub keep_raft_log: bool,
 }
 
 /// The outcome of one applied command.
@@ -59,6 +70,13 @@ pub struct OpenReport {
     pub journal_replayed: bool,
 }
 
+/// What a completed checkpoint deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reclaimed {
+    pub segments: u64,
+    pub bytes: u64,
+}
+
 /// Errors of the engine.
 #[derive(Debug)]
 pub enum EngineError {
@@ -68,6 +86,17 @@ pub enum EngineError {
     MapAheadOfLog {
         map_index: LogIndex,
         log_index: LogIndex,
+    },
+    /// The map checkpoint covers less than the log's first entry: entries it needs to
+    /// replay were deleted.
+    MapBehindLog {
+        map_index: LogIndex,
+        first_index: LogIndex,
+    },
+    /// The map points at values in segments that do not exist.
+    MapPointsOutsideLog {
+        address: u64,
+        count: u64,
     },
 }
 
@@ -82,6 +111,19 @@ impl std::fmt::Display for EngineError {
             } => write!(
                 f,
                 "map checkpoint covers log index {map_index} but the log ends at {log_index}"
+            ),
+            EngineError::MapBehindLog {
+                map_index,
+                first_index,
+            } => write!(
+                f,
+                "map checkpoint covers log index {map_index} but the log starts at \
+                 {first_index}: the entries between are gone"
+            ),
+            EngineError::MapPointsOutsideLog { address, count } => write!(
+                f,
+                "the map reads {count} values from segments that do not exist (the first \
+                 at log address {address})"
             ),
         }
     }
@@ -116,8 +158,15 @@ impl EngineError {
 pub struct Engine {
     backend: Arc<dyn Backend>,
     dir: PathBuf,
+    options: EngineOptions,
     log: Log,
+    reader: LogReader,
     map: Arc<Map>,
+    /// Segments that were empty when the checkpoint now running began (deleted when it
+    /// completes), with the index it covers.
+    removable: Option<(LogIndex, Vec<u64>)>,
+    /// Live-count changes of the entry being applied.
+    deltas: Vec<LiveDelta>,
     sessions: HashMap<u64, Session>,
     applied_index: LogIndex,
     applied_term: Term,
@@ -137,7 +186,11 @@ impl Engine {
     ) -> Result<(Engine, OpenReport), EngineError> {
         crate::storage::io::create_dir_durable(backend.as_ref(), dir)?;
         let (map, load) = Map::open(backend.as_ref(), dir)?;
-        let (log, log_report) = Log::open(backend.as_ref(), &dir.join("log"), options.log)?;
+        let (log, log_report) = Log::open(
+            backend.clone(),
+            &dir.join(SEGMENTS_DIR),
+            options.log.clone(),
+        )?;
         let meta = map.meta();
         if meta.last_committed_index > log.last_index() {
             return Err(EngineError::MapAheadOfLog {
@@ -145,11 +198,22 @@ impl Engine {
                 log_index: log.last_index(),
             });
         }
+        if meta.last_committed_index.next() < log.first_index() {
+            return Err(EngineError::MapBehindLog {
+                map_index: meta.last_committed_index,
+                first_index: log.first_index(),
+            });
+        }
+        let reader = log.reader();
         let mut engine = Engine {
             backend,
             dir: dir.to_path_buf(),
+            options,
             log,
+            reader,
             map: Arc::new(map),
+            removable: None,
+            deltas: Vec::new(),
             sessions: decode_sessions(&load.sessions),
             applied_index: meta.last_committed_index,
             applied_term: meta.last_committed_term,
@@ -163,6 +227,7 @@ impl Engine {
             engine.apply(engine.applied_index.next())?;
             replayed += 1;
         }
+        engine.count_live_values()?;
         let report = OpenReport {
             log: log_report,
             checkpoint_index: meta.last_committed_index,
@@ -172,9 +237,53 @@ impl Engine {
         Ok((engine, report))
     }
 
+    /// Counts the values the map reads from each segment, from the map itself.
+    fn count_live_values(&mut self) -> Result<(), EngineError> {
+        let table = self.log.segments();
+        let mut counts: BTreeMap<u64, u64> = BTreeMap::new();
+        self.map.for_each_log_address(|address| {
+            *counts.entry(split_address(address).0).or_default() += 1;
+        });
+        let mut dangling = (0u64, None);
+        for (&no, &count) in &counts {
+            if table.get(no).is_none() {
+                dangling.0 += count;
+                dangling.1.get_or_insert(no);
+            }
+        }
+        if let (count, Some(no)) = dangling {
+            let mut address = 0;
+            self.map.for_each_log_address(|a| {
+                if split_address(a).0 == no && address == 0 {
+                    address = a;
+                }
+            });
+            return Err(EngineError::MapPointsOutsideLog { address, count });
+        }
+        table.set_live_counts(&counts);
+        table.set_applied_index(self.applied_index);
+        Ok(())
+    }
+
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// A cleaner for this engine's segments (to run on another thread, or between steps).
+    pub fn cleaner(&self, mut options: CleanerOptions) -> Cleaner {
+        options.segment_bytes = self.options.log.segment_bytes;
+        Cleaner::new(
+            self.backend.clone(),
+            self.log.segments().clone(),
+            self.map.clone(),
+            options,
+        )
+    }
+
+    /// Disk use and live data over every segment.
+    pub fn space(&self) -> SpaceReport {
+        self.log.segments().space()
     }
 
     /// The log, to look at (indexes, terms). Every change to it goes through the engine.
@@ -225,7 +334,7 @@ impl Engine {
 
     /// A log reader for another thread.
     pub fn log_reader(&self) -> Result<LogReader, EngineError> {
-        Ok(self.log.reader(self.backend.as_ref())?)
+        Ok(self.log.reader())
     }
 
     /// Last log index applied to the map.
@@ -297,21 +406,50 @@ impl Engine {
             let hash = self.map.key_hash(cmd.key);
             let outcome = match cmd.op {
                 CommandOp::Set => {
-                    self.map
+                    let set = self
+                        .map
                         .set(hash, entry.command_file_offset(cmd.offset), cmd.value);
+                    self.count_set(set);
                     Outcome::Done
                 }
-                CommandOp::Delete if self.map.delete(hash) => Outcome::Done,
+                CommandOp::Delete => match self.map.remove(hash) {
+                    Some(previous) => {
+                        self.count_set(SetOutcome {
+                            replaced_address: previous,
+                            stored_address: None,
+                        });
+                        Outcome::Done
+                    }
+                    None => Outcome::Absent,
+                },
                 _ => Outcome::Absent,
             };
             outcomes.push(outcome);
         }
+        let table = self.log.segments();
+        table.apply_live(&self.deltas);
+        self.deltas.clear();
         self.applied_index = index;
         self.applied_term = entry.header.term;
+        table.set_applied_index(index);
         if self.sessions.len() > SESSIONS_MAX {
             self.evict_sessions();
         }
         Ok(outcomes)
+    }
+
+    /// Notes the live-count changes of one SET or DELETE.
+    fn count_set(&mut self, set: SetOutcome) {
+        let mut add = |address: Option<u64>, delta: i64| {
+            let Some(address) = address else { return };
+            let segment_no = split_address(address).0;
+            match self.deltas.last_mut() {
+                Some(last) if last.segment_no == segment_no => last.delta += delta,
+                _ => self.deltas.push(LiveDelta { segment_no, delta }),
+            }
+        };
+        add(set.replaced_address, -1);
+        add(set.stored_address, 1);
     }
 
     /// Drops the least recently written tenth of the sessions.
@@ -346,7 +484,7 @@ impl Engine {
         match self.map.get(self.map.key_hash(key)) {
             Lookup::Missing => Ok(None),
             Lookup::Inline(value) => Ok(Some(value)),
-            Lookup::InLog(offset) => match self.log.read_value_at(offset, key)? {
+            Lookup::InLog(offset) => match self.reader.read_value_at(offset, key)? {
                 ValueRead::Value(value) => Ok(Some(value)),
                 ValueRead::OtherKey => {
                     self.hash_collisions += 1;
@@ -361,30 +499,97 @@ impl Engine {
         self.hash_collisions
     }
 
-    /// Writes the map's changed pages and the sessions back, durably.
-    pub fn checkpoint(&mut self) -> Result<(), EngineError> {
+    /// Writes the map's changed pages and the sessions back, durably, then deletes the
+    /// segments that no longer hold anything needed.
+    pub fn checkpoint(&mut self) -> Result<Reclaimed, EngineError> {
+        let removable = self.removable_segments();
         let blob = encode_sessions(&self.sessions);
         self.map
             .checkpoint(self.applied_index, self.applied_term, &blob)?;
-        Ok(())
+        self.remove_segments(self.applied_index, &removable)
     }
 
     /// Snapshots the changed pages and the sessions for a checkpoint whose IO can run on
     /// another thread ([`CheckpointJob::write`], then [`Engine::checkpoint_end`]). `None`
     /// while a previous job is still out.
     pub fn checkpoint_begin(&mut self) -> Option<CheckpointJob> {
+        // Which segments are empty is read before the pages are copied: the copy then
+        // holds no pointer into them.
+        let removable = self.removable_segments();
         let blob = encode_sessions(&self.sessions);
-        self.map
-            .checkpoint_begin(self.applied_index, self.applied_term, &blob)
+        let job = self
+            .map
+            .checkpoint_begin(self.applied_index, self.applied_term, &blob)?;
+        self.removable = Some((self.applied_index, removable));
+        Some(job)
     }
 
-    /// Completes a job started by [`Engine::checkpoint_begin`].
+    /// Completes a job started by [`Engine::checkpoint_begin`]; once its pages are
+    /// durable, deletes the segments that were empty when it began.
     pub fn checkpoint_end(
         &mut self,
         job: CheckpointJob,
         result: io::Result<()>,
-    ) -> Result<(), EngineError> {
-        Ok(self.map.checkpoint_end(job, result)?)
+    ) -> Result<Reclaimed, EngineError> {
+        let removable = self.removable.take();
+        self.map.checkpoint_end(job, result)?;
+        match removable {
+            Some((index, segments)) => self.remove_segments(index, &segments),
+            None => Ok(Reclaimed::default()),
+        }
+    }
+
+    /// Sealed segments the map reads no value from: values segments, and Raft segments
+    /// whose entries are all applied.
+    fn removable_segments(&self) -> Vec<u64> {
+        self.log
+            .segments()
+            .snapshot()
+            .into_iter()
+            .filter(|(_, r)| {
+                r.sealed
+                    && r.live_count <= 0
+                    && match r.kind {
+                        SegmentKind::Values => true,
+                        SegmentKind::Raft => {
+                            !self.options.keep_raft_log
+                                && r.last_index.is_some_and(|i| i <= self.applied_index)
+                        }
+                    }
+            })
+            .map(|(no, _)| no)
+            .collect()
+    }
+
+    /// Deletes `segments` (found empty before a checkpoint covering `index` began, which
+    /// is now durable): values segments whatever their place, Raft segments only from
+    /// the front of the log and only up to `index`.
+    fn remove_segments(
+        &mut self,
+        index: LogIndex,
+        segments: &[u64],
+    ) -> Result<Reclaimed, EngineError> {
+        let mut reclaimed = Reclaimed::default();
+        let table = self.log.segments().clone();
+        for &no in segments {
+            let Some(row) = table.get(no) else { continue };
+            if row.kind == SegmentKind::Values {
+                table.remove(no);
+                crate::storage::io::remove_durable(self.backend.as_ref(), &row.path)?;
+                reclaimed.segments += 1;
+                reclaimed.bytes += row.file_bytes;
+            }
+        }
+        while let Some((no, last)) = self.log.first_segment() {
+            if last > index || !segments.contains(&no) {
+                break;
+            }
+            let bytes = table.get(no).map_or(0, |r| r.file_bytes);
+            self.log.remove_first_segment()?;
+            reclaimed.segments += 1;
+            reclaimed.bytes += bytes;
+        }
+        Ok(reclaimed)
     }
 
     /// The last sequence applied for a client session.
@@ -445,7 +650,9 @@ mod tests {
             log: LogOptions {
                 prepare_chunk_bytes: 64 << 10,
                 cache_bytes,
+                ..LogOptions::default()
             },
+            ..EngineOptions::default()
         };
         Engine::open(
             Arc::new(FaultBackend::new()),

@@ -5,8 +5,11 @@
 //! - [`command`]: the encoding of one write in the log.
 //! - [`log`]: the append-only log of batched command entries.
 //! - [`store`]: the page-aligned on-disk hashmap that indexes the log, and its checkpoints.
-//! - [`engine`]: log + map + client sessions: append, apply, recover.
+//! - [`engine`]: log + map + client sessions: append, apply, recover, delete what is no
+//!   longer needed after a checkpoint.
+//! - [`cleaner`]: copies the live values out of mostly dead segments so they can go.
 
+pub mod cleaner;
 pub mod command;
 pub mod engine;
 pub mod io;

@@ -272,7 +272,10 @@ fn engine_options() -> EngineOptions {
         log: LogOptions {
             prepare_chunk_bytes: 64 << 10,
             cache_bytes: 256 << 10,
+            // Small segments, so that runs roll over to new ones and clean old ones.
+            segment_bytes: 192 << 10,
         },
+        keep_raft_log: true,
     }
 }
 

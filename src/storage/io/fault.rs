@@ -23,7 +23,10 @@
 //!   it;
 //! - a created file or directory survives a power loss only once its parent directory has
 //!   been synced with [`Backend::sync_dir`] (and so has every directory above it that was
-//!   created too); a file whose entry is lost is lost with all its data.
+//!   created too); a file whose entry is lost is lost with all its data;
+//! - a removed file is gone for `open` at once, but comes back whole at a power loss
+//!   unless its directory was synced after the removal; handles opened before the removal
+//!   keep reading it, as an unlinked file's descriptors do.
 
 use super::{Backend, BlockFile, SECTOR_SIZE, assert_aligned};
 use std::collections::{HashMap, HashSet};
@@ -79,6 +82,10 @@ struct Disk {
     dirs: HashSet<PathBuf>,
     /// Files and directories whose entry in their parent directory is durable.
     durable_entries: HashSet<PathBuf>,
+    /// Removed files, still readable through handles opened before; `true` once the
+    /// removal is durable (their directory was synced since), else they come back at a
+    /// power loss.
+    removed: HashMap<PathBuf, (FileState, bool)>,
     io_points: u64,
     faults: HashMap<u64, Fault>,
     fail_from: Option<(u64, i32)>,
@@ -148,8 +155,14 @@ impl FaultBackend {
             files,
             dirs,
             durable_entries,
+            removed,
             ..
         } = &mut *disk;
+        for (path, (state, removal_durable)) in std::mem::take(removed) {
+            if !removal_durable && !files.contains_key(&path) {
+                files.insert(path, state);
+            }
+        }
         files.retain(|path, _| entry_survives(path, durable_entries));
         dirs.retain(|path| entry_survives(path, durable_entries));
         durable_entries.retain(|path| files.contains_key(path) || dirs.contains(path));
@@ -317,6 +330,7 @@ impl Backend for FaultBackend {
             files,
             dirs,
             durable_entries,
+            removed,
             ..
         } = &mut *disk;
         let children = files
@@ -326,7 +340,53 @@ impl Backend for FaultBackend {
         for child in children {
             durable_entries.insert(child.clone());
         }
+        for (path, (_, removal_durable)) in removed.iter_mut() {
+            if path.parent() == Some(dir) {
+                *removal_durable = true;
+                durable_entries.remove(path);
+            }
+        }
         Ok(())
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let mut disk = self.disk.lock().unwrap();
+        match disk.next_point() {
+            Verdict::Proceed => {}
+            Verdict::Fail(e) => return Err(e),
+            Verdict::Tear(_) => return Err(errno(libc::EIO)),
+        }
+        let Some(state) = disk.files.remove(path) else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{}: no such file", path.display()),
+            ));
+        };
+        // A file created and removed before its directory was ever synced cannot come
+        // back: its entry never reached the disk.
+        let removal_durable = !entry_survives(path, &disk.durable_entries);
+        disk.removed
+            .insert(path.to_path_buf(), (state, removal_durable));
+        Ok(())
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let disk = self.disk.lock().unwrap();
+        if disk.crashed {
+            return Err(errno(libc::EIO));
+        }
+        if !disk.dirs.contains(dir) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{}: no such directory", dir.display()),
+            ));
+        }
+        Ok(disk
+            .files
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect())
     }
 }
 
@@ -343,6 +403,27 @@ enum Verdict {
 }
 
 impl Disk {
+    /// The state behind an open handle: the file, or the removed file it still reads.
+    fn state(&self, path: &Path) -> &FileState {
+        self.files
+            .get(path)
+            .or_else(|| self.removed.get(path).map(|(state, _)| state))
+            .expect("an open handle's file exists or was removed")
+    }
+
+    fn state_mut(&mut self, path: &Path) -> &mut FileState {
+        match self.files.get_mut(path) {
+            Some(state) => state,
+            None => {
+                &mut self
+                    .removed
+                    .get_mut(path)
+                    .expect("an open handle's file exists or was removed")
+                    .0
+            }
+        }
+    }
+
     fn next_point(&mut self) -> Verdict {
         if self.crashed {
             return Verdict::Fail(errno(libc::EIO));
@@ -374,7 +455,7 @@ impl FaultFile {
             Verdict::Fail(e) => return Err(e),
             Verdict::Tear(sectors) => (sectors.saturating_mul(SECTOR_SIZE).min(buf.len()), true),
         };
-        let file = disk.files.get_mut(&self.path).expect("open file exists");
+        let file = disk.state_mut(&self.path);
         let data = &buf[..keep];
         write_into(&mut file.volatile, offset as usize, data);
         file.pending.push(Pending::Write {
@@ -410,7 +491,7 @@ impl BlockFile for FaultFile {
         if disk.crashed {
             return Err(errno(libc::EIO));
         }
-        let image = &disk.files[&self.path].volatile;
+        let image = &disk.state(&self.path).volatile;
         let start = (offset as usize).min(image.len());
         let end = (start + buf.len()).min(image.len());
         let n = (end - start) / SECTOR_SIZE * SECTOR_SIZE;
@@ -433,7 +514,7 @@ impl BlockFile for FaultFile {
             Verdict::Fail(e) => return Err(e),
             Verdict::Tear(_) => return Err(errno(libc::EIO)),
         }
-        apply_pending(disk.files.get_mut(&self.path).expect("open file exists"));
+        apply_pending(disk.state_mut(&self.path));
         Ok(())
     }
 
@@ -442,7 +523,7 @@ impl BlockFile for FaultFile {
         if disk.crashed {
             return Err(errno(libc::EIO));
         }
-        Ok(disk.files[&self.path].volatile.len() as u64)
+        Ok(disk.state(&self.path).volatile.len() as u64)
     }
 
     fn set_len(&mut self, len: u64) -> io::Result<()> {
@@ -452,7 +533,7 @@ impl BlockFile for FaultFile {
             Verdict::Fail(e) => return Err(e),
             Verdict::Tear(_) => return Err(errno(libc::EIO)),
         }
-        let file = disk.files.get_mut(&self.path).expect("open file exists");
+        let file = disk.state_mut(&self.path);
         file.volatile.resize(len as usize, 0);
         file.pending.push(Pending::SetLen(len));
         Ok(())

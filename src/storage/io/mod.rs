@@ -43,8 +43,14 @@ pub trait Backend: Send + Sync {
     fn exists(&self, path: &Path) -> bool;
     /// Creates a directory and its parents (not durable until their parents are synced).
     fn create_dir_all(&self, path: &Path) -> io::Result<()>;
-    /// Makes the entries of directory `dir` durable (fsync of the directory).
+    /// Makes the entries of directory `dir` durable (fsync of the directory): files
+    /// created in it and files removed from it.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Removes a file's directory entry (not durable until its directory is synced).
+    /// Handles already open keep reading it, as an unlinked file on Linux does.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// The names of the files (not directories) in `dir`, in no particular order.
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Fills `buf` with random bytes that nobody outside can predict (the map's hash
     /// secret). Part of the seam so that simulated disks stay deterministic.
     fn fill_random(&self, buf: &mut [u8]) -> io::Result<()>;
@@ -56,6 +62,12 @@ fn parent_dir(path: &Path) -> &Path {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     }
+}
+
+/// Removes `path` and makes the removal durable (syncs its directory) before returning.
+pub fn remove_durable(backend: &dyn Backend, path: &Path) -> io::Result<()> {
+    backend.remove_file(path)?;
+    backend.sync_dir(parent_dir(path))
 }
 
 /// Opens `path`, creating it if absent; a file it creates has a durable directory entry

@@ -1,11 +1,25 @@
-//! The append-only log: one entry per replication window, each entry a batch of commands.
+//! The append-only log: one entry per replication window, each entry a batch of commands,
+//! kept in a sequence of segment files.
 //!
 //! Owned by the replication core. All IO goes through [`crate::storage::io::BlockFile`] with
 //! page-aligned buffers, so the real backend runs it with `O_DIRECT`.
 //!
-//! Files: `entry.rs` (the entry format and its checks), `recovery.rs` (the scan on open),
-//! `reader.rs` (values by offset, from other threads), `cache.rs` (recent entries in
-//! memory); this file holds the log itself (append, prepare, read, truncate).
+//! Files: `entry.rs` (the entry format and its checks), `segment.rs` (one segment file:
+//! the scan on open, writes at its end), `segments.rs` (the shared table of segments,
+//! addresses and live accounting), `reader.rs` (values by address, from other threads),
+//! `cache.rs` and `value_cache.rs` (entries and values in memory); this file holds the log
+//! itself (append, roll over to a new segment, prepare, read, truncate, compact).
+//!
+//! # Segments
+//!
+//! Raft entries go into `segments/XXXXXXXX.log`, one file after another: when the next
+//! write would take the current segment past `segment_bytes`, a new segment starts (a
+//! write never spans two files, so one entry larger than a segment gets one to itself).
+//! Indexes run on from file to file. Every command is named by its *log address* (segment
+//! number and offset, see [`segments`]), which the map stores; a value the cleaner moves
+//! out of an old segment gets an address in a values segment. The oldest Raft segments
+//! are deleted once the map no longer points into them and a durable checkpoint covers
+//! their entries ([`Log::remove_first_segment`]); the log then starts at a later index.
 //!
 //! # Entry layout
 //!
@@ -55,6 +69,10 @@
 //! end of the log (the prepared space below) only if no later write follows it. A lost
 //! first page in the middle of the log is corruption, never a place to cut.
 //!
+//! Only the newest segment that holds entries may have a torn tail: damage in an older
+//! one, a gap in the indexes between two files, or entries after a damaged file are
+//! corruption.
+//!
 //! # Space ahead of the writer
 //!
 //! Durable O_DIRECT writes into a growing file are several times slower than into blocks
@@ -66,20 +84,25 @@
 mod cache;
 mod entry;
 mod reader;
-mod recovery;
+mod segment;
+pub mod segments;
 mod value_cache;
+mod values;
 
 pub use cache::EntryCache;
 pub use entry::{
     COMMAND_LENGTH_MAX, ENTRY_MAGIC, Entry, EntryHeader, HEADER_SIZE, HEADER_SLOT_SIZE, NewEntry,
     entry_size,
 };
-use entry::{check_commands, encode_entry, verify_body};
-use reader::read_value;
 pub use reader::{LogReader, ValueRead};
+use segment::SegmentFile;
+pub use segments::{SegmentInfo, SegmentKind, Segments, SpaceReport};
 pub use value_cache::ValueCache;
+pub use values::{EntryScanner, ValuesWriter};
 
-use crate::storage::io::{AlignedBuf, Backend, BlockFile, PAGE_SIZE, align_up, read_exact_at};
+use crate::storage::io::{
+    AlignedBuf, Backend, PAGE_SIZE, create_dir_durable, open_durable, read_exact_at, remove_durable,
+};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -91,7 +114,8 @@ pub use crate::ids::{LogIndex, Term};
 pub enum LogError {
     /// The underlying file failed.
     Io(io::Error),
-    /// An entry in the middle of the log failed verification.
+    /// An entry in the middle of the log failed verification (`offset` is its log
+    /// address; for the first segment, the file offset).
     Corrupt { offset: u64, reason: String },
     /// A previous durable write failed with an error after which the on-disk state is
     /// unknown; the node must restart and recover.
@@ -138,13 +162,22 @@ pub struct LogOptions {
     pub prepare_chunk_bytes: u64,
     /// Bytes of recent entries kept in memory for reads.
     pub cache_bytes: usize,
+    /// A segment file is closed and a new one started once it holds this many bytes.
+    pub segment_bytes: u64,
 }
+
+/// The default size of one segment file.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
+/// The smallest segment size accepted.
+pub const SEGMENT_BYTES_MIN: u64 = 1 << 20;
+const _: () = assert!(SEGMENT_BYTES_DEFAULT <= segments::SEGMENT_SPACE_BYTES / 2);
 
 impl Default for LogOptions {
     fn default() -> LogOptions {
         LogOptions {
             prepare_chunk_bytes: 16 << 20,
             cache_bytes: 256 << 20,
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
         }
     }
 }
@@ -153,85 +186,272 @@ impl Default for LogOptions {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
     pub entries: u64,
-    /// Byte offset where a torn tail was cut, if one was.
+    /// Log address where a torn tail was cut, if one was.
     pub torn_tail_at: Option<u64>,
+    /// The first index the log holds (1 unless older segments were deleted).
+    pub first_index: LogIndex,
+    /// Segment files found (Raft and values).
+    pub segment_count: u64,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct EntryMeta {
-    offset: u64,
-    term: Term,
-    command_length: u64,
-}
+/// The name of the directory holding the segments, inside the data directory.
+pub const SEGMENTS_DIR: &str = "segments";
 
-/// The append-only log file.
+/// The append-only log, in segment files.
 pub struct Log {
-    file: Box<dyn BlockFile>,
-    path: PathBuf,
+    backend: Arc<dyn Backend>,
     options: LogOptions,
-    /// Entry `i` holds log index `i + 1`.
-    entries: Vec<EntryMeta>,
-    end_offset: u64,
-    prepared_offset: u64,
+    /// The Raft segments, oldest first; the last one is where entries are appended.
+    segs: Vec<SegmentFile>,
+    table: Arc<Segments>,
     cache: Arc<Mutex<EntryCache>>,
+    /// Term of the entry before the first one, when known (it was deleted).
+    compacted_term: Option<Term>,
     failed: bool,
 }
 
 impl Log {
-    /// Opens (or creates) the log at `path`, verifies it and cuts a torn tail.
+    /// Opens (or creates) the log in directory `dir`, verifies every segment, cuts a torn
+    /// tail, and registers every segment (values ones too) in a new shared table.
     pub fn open(
-        backend: &dyn Backend,
-        path: &Path,
+        backend: Arc<dyn Backend>,
+        dir: &Path,
         options: LogOptions,
     ) -> Result<(Log, RecoveryReport), LogError> {
-        let file = crate::storage::io::open_durable(backend, path)?;
+        if backend.exists(&dir.join("log")) && !backend.exists(dir) {
+            return Err(LogError::Io(io::Error::other(
+                "this data directory holds a log in the single-file format of earlier \
+                 versions, which this version does not read; move it away and start \
+                 empty, or run the earlier version",
+            )));
+        }
+        create_dir_durable(backend.as_ref(), dir)?;
+        let mut names: Vec<(u64, SegmentKind)> = backend
+            .list_dir(dir)?
+            .iter()
+            .filter_map(|n| segments::parse_file_name(n))
+            .collect();
+        names.sort_unstable();
+        let next_no = names.last().map_or(0, |(no, _)| no + 1);
+        let table = Arc::new(Segments::new(dir, next_no));
         let cache = Arc::new(Mutex::new(EntryCache::new(options.cache_bytes)));
         let mut log = Log {
-            file,
-            path: path.to_path_buf(),
+            backend,
             options,
-            entries: Vec::new(),
-            end_offset: 0,
-            prepared_offset: 0,
+            segs: Vec::new(),
+            table,
             cache,
+            compacted_term: None,
             failed: false,
         };
-        let report = log.recover()?;
+        let mut report = RecoveryReport {
+            segment_count: names.len() as u64,
+            ..RecoveryReport::default()
+        };
+        let raft: Vec<u64> = names
+            .iter()
+            .filter(|(_, k)| *k == SegmentKind::Raft)
+            .map(|(no, _)| *no)
+            .collect();
+        for (i, &no) in raft.iter().enumerate() {
+            let newest = i + 1 == raft.len();
+            if let Some(torn) = log.open_raft_segment(no, newest)? {
+                report.torn_tail_at = Some(torn);
+            }
+        }
+        for &(no, kind) in &names {
+            if kind == SegmentKind::Values {
+                log.open_values_segment(no)?;
+            }
+        }
+        if log.segs.is_empty() {
+            let first = log.start_segment(LogIndex(1))?;
+            log.segs.push(first);
+        }
+        report.entries = log.entry_count();
+        report.first_index = log.first_index();
         Ok((log, report))
     }
 
-    /// The file this log lives in.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Scans Raft segment `no`, checks that it continues the ones before, and adds it.
+    /// Returns where a torn tail was cut.
+    fn open_raft_segment(&mut self, no: u64, newest: bool) -> Result<Option<u64>, LogError> {
+        let path = self.table.path(no, SegmentKind::Raft);
+        let file = self.backend.open(&path, false)?;
+        let previous = self.segs.last();
+        let expected = previous.map(|p| p.last_index().next());
+        let min_term = previous
+            .and_then(|p| p.metas.last())
+            .map_or(Term::ZERO, |m| m.term);
+        let mut seg = SegmentFile::new(no, SegmentKind::Raft, path, file, LogIndex(1));
+        let cache = self.cache.clone();
+        let scan = seg.scan(None, min_term, newest, |entry| {
+            cache
+                .lock()
+                .unwrap()
+                .insert(entry.offset, entry.bytes.clone())
+        })?;
+        if seg.is_empty() {
+            seg.first_index = expected.unwrap_or(LogIndex(1));
+        }
+        if let Some(prev) = self.segs.last()
+            && !seg.is_empty()
+        {
+            // A later segment holds entries: the one before must have ended cleanly, hold
+            // entries, and be continued without a gap.
+            let problem = if let Some(reason) = &prev.torn_reason {
+                Some((
+                    prev.address(prev.end),
+                    format!("{}: {reason}", prev.path.display()),
+                ))
+            } else if prev.is_empty() {
+                Some((
+                    prev.address(0),
+                    format!("{} holds no entry", prev.path.display()),
+                ))
+            } else if Some(seg.first_index) != expected {
+                Some((
+                    seg.address(0),
+                    format!(
+                        "{} starts at index {} where {} was expected",
+                        seg.path.display(),
+                        seg.first_index,
+                        prev.last_index().next()
+                    ),
+                ))
+            } else {
+                None
+            };
+            if let Some((offset, what)) = problem {
+                return Err(LogError::Corrupt {
+                    offset,
+                    reason: format!("{what}, and a later segment holds entries"),
+                });
+            }
+        }
+        let torn = scan.torn_at.map(|at| seg.address(at));
+        if !newest {
+            seg.torn_reason = scan.torn_reason;
+        }
+        self.register(&seg, !newest);
+        self.segs.push(seg);
+        Ok(if newest { torn } else { None })
+    }
+
+    /// Scans values segment `no` (cutting a torn tail: a relocation that never finished)
+    /// and registers it; the cleaner reads it through handles of its own.
+    fn open_values_segment(&mut self, no: u64) -> Result<(), LogError> {
+        let path = self.table.path(no, SegmentKind::Values);
+        let file = self.backend.open(&path, false)?;
+        let mut seg = SegmentFile::new(no, SegmentKind::Values, path, file, LogIndex(1));
+        seg.scan(Some(LogIndex(1)), Term::ZERO, true, |_| {})?;
+        self.register(&seg, true);
+        Ok(())
+    }
+
+    /// Adds (or refreshes) a segment's row in the shared table.
+    fn register(&self, seg: &SegmentFile, sealed: bool) {
+        let row = segments::SegmentInfo {
+            kind: seg.kind,
+            path: seg.path.clone(),
+            valid_bytes: seg.end,
+            file_bytes: seg.prepared,
+            set_count: seg.set_count,
+            set_bytes: seg.set_bytes,
+            live_count: self.table.get(seg.no).map_or(0, |r| r.live_count),
+            last_index: (!seg.is_empty()).then(|| seg.last_index()),
+            sealed,
+        };
+        self.table.insert(seg.no, row);
+    }
+
+    /// Creates an empty Raft segment whose first entry will be `first_index`.
+    fn start_segment(&mut self, first_index: LogIndex) -> Result<SegmentFile, LogError> {
+        let no = self.table.allocate_no().ok_or_else(|| {
+            LogError::Io(io::Error::other(
+                "segment numbers are used up: this data directory has written 2^26 segments",
+            ))
+        })?;
+        let path = self.table.path(no, SegmentKind::Raft);
+        let file = open_durable(self.backend.as_ref(), &path)?;
+        let seg = SegmentFile::new(no, SegmentKind::Raft, path, file, first_index);
+        self.register(&seg, false);
+        Ok(seg)
+    }
+
+    /// The shared table of segments.
+    pub fn segments(&self) -> &Arc<Segments> {
+        &self.table
+    }
+
+    /// The directory holding the segment files.
+    pub fn dir(&self) -> &Path {
+        self.table.dir()
+    }
+
+    /// The path of each Raft segment file, oldest first.
+    pub fn segment_paths(&self) -> Vec<PathBuf> {
+        self.segs.iter().map(|s| s.path.clone()).collect()
+    }
+
+    fn head(&self) -> &SegmentFile {
+        self.segs.last().expect("the log always has a segment")
+    }
+
+    fn head_mut(&mut self) -> &mut SegmentFile {
+        self.segs.last_mut().expect("the log always has a segment")
+    }
+
+    fn entry_count(&self) -> u64 {
+        self.segs.iter().map(|s| s.metas.len() as u64).sum()
+    }
+
+    /// Index of the first entry the log holds (the next one's while empty).
+    pub fn first_index(&self) -> LogIndex {
+        self.segs
+            .iter()
+            .find(|s| !s.is_empty())
+            .map_or(self.head().first_index, |s| s.first_index)
     }
 
     /// Index of the last entry (0 when empty).
     pub fn last_index(&self) -> LogIndex {
-        LogIndex(self.entries.len() as u64)
+        self.head().last_index()
     }
 
     /// Term of the last entry (0 when empty).
     pub fn last_term(&self) -> Term {
-        self.entries.last().map_or(Term::ZERO, |e| e.term)
+        self.segs
+            .iter()
+            .rev()
+            .find_map(|s| s.metas.last())
+            .map_or(self.compacted_term.unwrap_or(Term::ZERO), |m| m.term)
     }
 
-    /// Term of entry `index`, if present (index 0 has term 0).
+    /// Term of entry `index`, if present (index 0 has term 0, and the entry just before
+    /// the first has the term it had when it was deleted in this process).
     pub fn term(&self, index: LogIndex) -> Option<Term> {
         if index == LogIndex::ZERO {
             return Some(Term::ZERO);
         }
-        self.meta(index).map(|m| m.term)
+        if index.next() == self.first_index() && self.compacted_term.is_some() {
+            return self.compacted_term;
+        }
+        self.locate(index).map(|(_, m)| m.term)
     }
 
-    /// Byte offset where the next entry goes.
+    /// The segment (position in `segs`) and entry of `index`.
+    fn locate(&self, index: LogIndex) -> Option<(usize, segment::EntryMeta)> {
+        let pos = self
+            .segs
+            .partition_point(|s| s.first_index <= index)
+            .checked_sub(1)?;
+        self.segs[pos].meta(index).map(|m| (pos, *m))
+    }
+
+    /// Log address where the next entry goes.
     pub fn end_offset(&self) -> u64 {
-        self.end_offset
-    }
-
-    fn meta(&self, index: LogIndex) -> Option<&EntryMeta> {
-        index
-            .prev()
-            .and_then(|i| self.entries.get(i.get() as usize))
+        self.head().address(self.head().end)
     }
 
     /// Appends entries and makes them durable before returning. On error nothing is
@@ -240,69 +460,102 @@ impl Log {
         if self.failed {
             return Err(LogError::Failed);
         }
-        let mut total = 0usize;
+        SegmentFile::check(new_entries)?;
         let mut expected = self.last_index().next();
         let mut last_term = self.last_term();
-        for entry in new_entries {
-            check_commands(entry.commands, entry.num_commands).map_err(|reason| {
-                LogError::Invalid {
-                    log_index: entry.log_index,
-                    reason,
-                }
-            })?;
-        }
         for entry in new_entries {
             assert_eq!(entry.log_index, expected, "log indexes are consecutive");
             assert!(entry.term >= last_term, "terms never go backwards in a log");
             assert!(entry.commands.len() <= COMMAND_LENGTH_MAX);
             expected = expected.next();
             last_term = entry.term;
-            total += entry_size(entry.commands.len());
         }
-        if total == 0 {
-            return Ok(self.last_index());
-        }
-        self.prepare(total as u64)?;
-        let mut buf = AlignedBuf::new(total);
-        let mut at = 0usize;
-        let mut metas = Vec::with_capacity(new_entries.len());
-        let batch_first_index = new_entries[0].log_index;
-        for entry in new_entries {
-            let size = entry_size(entry.commands.len());
-            encode_entry(entry, batch_first_index, &mut buf[at..at + size]);
-            metas.push(EntryMeta {
-                offset: self.end_offset + at as u64,
-                term: entry.term,
-                command_length: entry.commands.len() as u64,
-            });
-            at += size;
-        }
-        if let Err(e) = self.file.write_durable_at(&buf, self.end_offset) {
-            if e.raw_os_error() != Some(libc::ENOSPC) {
-                self.failed = true;
+        let mut rest = new_entries;
+        while !rest.is_empty() {
+            // The longest run that fits in the head segment (at least one entry in an
+            // empty segment): one durable write each.
+            let room = self.options.segment_bytes.saturating_sub(self.head().end);
+            let mut run = 0;
+            let mut run_bytes = 0u64;
+            for entry in rest {
+                let size = entry_size(entry.commands.len()) as u64;
+                if run_bytes + size > room && !(run == 0 && self.head().is_empty()) {
+                    break;
+                }
+                run += 1;
+                run_bytes += size;
             }
-            return Err(e.into());
+            if run == 0 {
+                self.roll()?;
+                continue;
+            }
+            self.write_run(&rest[..run], run_bytes)?;
+            rest = &rest[run..];
         }
-        let buf = Arc::new(buf);
+        Ok(self.last_index())
+    }
+
+    /// Writes `run` at the end of the head segment, durably, and caches it.
+    fn write_run(&mut self, run: &[NewEntry<'_>], run_bytes: u64) -> Result<(), LogError> {
+        self.prepare(run_bytes)?;
+        let head = self.head_mut();
+        let start = head.end;
+        let first_meta = head.metas.len();
+        let buf = match head.write(run) {
+            Ok(buf) => buf,
+            Err(e) => {
+                if !e.is_no_space() {
+                    self.failed = true;
+                }
+                return Err(e);
+            }
+        };
+        let head = self.head();
         let mut cache = self.cache.lock().unwrap();
-        for meta in &metas {
-            let start = (meta.offset - self.end_offset) as usize;
+        for meta in &head.metas[first_meta..] {
             cache.insert_slice(
-                meta.offset,
+                head.address(meta.offset),
                 &buf,
-                start,
+                (meta.offset - start) as usize,
                 entry_size(meta.command_length as usize),
             );
         }
         drop(cache);
-        self.entries.extend(metas);
-        self.end_offset += total as u64;
-        Ok(self.last_index())
+        let (no, end, prepared, last) = (head.no, head.end, head.prepared, head.last_index());
+        let (count, bytes) = (head.set_count, head.set_bytes);
+        self.table.update(no, |row| {
+            row.valid_bytes = end;
+            row.file_bytes = prepared;
+            row.last_index = Some(last);
+            row.set_count = count;
+            row.set_bytes = bytes;
+        });
+        Ok(())
+    }
+
+    /// Seals the head segment (dropping the zeros prepared past its end) and starts a new
+    /// one.
+    fn roll(&mut self) -> Result<(), LogError> {
+        let next = self.last_index().next();
+        let fresh = self.start_segment(next)?;
+        let head = self.head_mut();
+        if head.prepared > head.end {
+            head.file.set_len(head.end)?;
+            head.file.sync()?;
+            head.prepared = head.end;
+        }
+        let (no, end) = (head.no, head.end);
+        self.table.update(no, |row| {
+            row.sealed = true;
+            row.file_bytes = end;
+        });
+        self.segs.push(fresh);
+        Ok(())
     }
 
     /// Bytes already written with zeros past the last entry.
     pub fn prepared_bytes_ahead(&self) -> u64 {
-        self.prepared_offset - self.end_offset
+        self.head().prepared - self.head().end
     }
 
     /// The size of one preparation step.
@@ -310,87 +563,66 @@ impl Log {
         self.options.prepare_chunk_bytes
     }
 
-    /// Ensures `bytes` past the end are already written (zeros), extending by whole chunks.
+    /// Whether the head segment has room for less than `bytes` more (the next write of
+    /// that size starts a new segment).
+    pub fn head_is_nearly_full(&self, bytes: u64) -> bool {
+        !self.head().is_empty() && self.head().end + bytes > self.options.segment_bytes
+    }
+
+    /// Starts the next segment now, if the head has room for less than `bytes`, so that
+    /// the roll-over (creating and preparing a file) happens between windows rather than
+    /// inside one.
+    pub fn roll_if_nearly_full(&mut self, bytes: u64) -> Result<(), LogError> {
+        if self.head_is_nearly_full(bytes) {
+            self.roll()?;
+        }
+        Ok(())
+    }
+
+    /// Ensures `bytes` past the end are already written (zeros), extending by whole chunks
+    /// (within the segment size, unless one write needs more).
     pub fn prepare(&mut self, bytes: u64) -> Result<(), LogError> {
-        if self.end_offset + bytes <= self.prepared_offset {
-            return Ok(());
-        }
-        let chunk = self.options.prepare_chunk_bytes.max(PAGE_SIZE as u64);
-        let target = align_up((self.end_offset + bytes) as usize, chunk as usize) as u64;
-        let zeros = AlignedBuf::new(chunk.min(4 << 20) as usize);
-        let mut at = self.prepared_offset;
-        while at < target {
-            let n = (zeros.len() as u64).min(target - at) as usize;
-            self.file.write_at(&zeros[..n], at)?;
-            at += n as u64;
-        }
-        self.file.sync()?;
-        self.prepared_offset = target;
+        let chunk = self.options.prepare_chunk_bytes;
+        let limit = self.options.segment_bytes;
+        self.head_mut().prepare(bytes, chunk, limit)?;
+        let (no, prepared) = (self.head().no, self.head().prepared);
+        self.table.update(no, |row| row.file_bytes = prepared);
         Ok(())
     }
 
     /// Reads entry `index` (from the cache, or the disk).
     pub fn read(&mut self, index: LogIndex) -> Result<Entry, LogError> {
-        let meta = *self
-            .meta(index)
+        let (pos, meta) = self
+            .locate(index)
             .ok_or_else(|| LogError::Io(io::Error::other(format!("no log entry {index}"))))?;
-        let cached = self.cache.lock().unwrap().get(meta.offset);
+        let address = self.segs[pos].address(meta.offset);
+        let cached = self.cache.lock().unwrap().get(address);
         if let Some(bytes) = cached {
             let header = EntryHeader::decode(&bytes).expect("cached entries are valid");
             return Ok(Entry {
                 header,
-                offset: meta.offset,
+                offset: address,
                 bytes,
             });
         }
-        let size = entry_size(meta.command_length as usize);
-        let mut bytes = AlignedBuf::new(size);
-        read_exact_at(self.file.as_mut(), &mut bytes, meta.offset)?;
-        let header = EntryHeader::decode(&bytes).ok_or_else(|| LogError::Corrupt {
-            offset: meta.offset,
-            reason: "header failed verification on read".into(),
-        })?;
-        verify_body(&header, &bytes).map_err(|reason| LogError::Corrupt {
-            offset: meta.offset,
-            reason: reason.into(),
-        })?;
-        let bytes = Arc::new(bytes);
+        let entry = self.segs[pos].read(index)?;
         self.cache
             .lock()
             .unwrap()
-            .insert(meta.offset, bytes.clone());
-        Ok(Entry {
-            header,
-            offset: meta.offset,
-            bytes,
-        })
+            .insert(address, entry.bytes.clone());
+        Ok(entry)
     }
 
-    /// The index of the entry containing log-file byte offset `file_offset`.
-    pub fn index_at_offset(&self, file_offset: u64) -> Option<LogIndex> {
-        let i = self.entries.partition_point(|m| m.offset <= file_offset);
-        (i > 0).then_some(LogIndex(i as u64))
-    }
-
-    /// Reads the value for `key` of the SET command stored at log-file offset
-    /// `file_offset` (see [`ValueRead`]).
-    pub fn read_value_at(&mut self, file_offset: u64, key: &[u8]) -> Result<ValueRead, LogError> {
-        if self.index_at_offset(file_offset).is_none() || file_offset >= self.end_offset {
-            return Err(LogError::Corrupt {
-                offset: file_offset,
-                reason: "offset outside the log".into(),
-            });
-        }
-        read_value(self.file.as_mut(), &self.cache, file_offset, key)
+    /// Reads the value for `key` of the SET command at log address `address`, in a Raft
+    /// segment or a values segment (see [`ValueRead`]).
+    pub fn read_value_at(&mut self, address: u64, key: &[u8]) -> Result<ValueRead, LogError> {
+        let mut reader = self.reader();
+        reader.read_value_at(address, key)
     }
 
     /// A handle that reads values from this log on another thread, sharing its cache.
-    pub fn reader(&self, backend: &dyn Backend) -> Result<LogReader, LogError> {
-        Ok(LogReader {
-            file: backend.open(&self.path, false)?,
-            cache: self.cache.clone(),
-            values: None,
-        })
+    pub fn reader(&self) -> LogReader {
+        LogReader::new(self.backend.clone(), self.table.clone(), self.cache.clone())
     }
 
     /// Walks the log backwards from its end using the trailers, verifying each entry, and
@@ -398,26 +630,30 @@ impl Log {
     /// (and a cross-check of the trailers).
     pub fn walk_backward(&mut self) -> Result<Vec<EntryHeader>, LogError> {
         let mut headers = Vec::new();
-        let mut end = self.end_offset;
         let mut page = AlignedBuf::new(PAGE_SIZE);
-        while end > 0 {
-            read_exact_at(self.file.as_mut(), &mut page, end - PAGE_SIZE as u64)?;
-            let trailer_at = PAGE_SIZE - HEADER_SLOT_SIZE;
-            let header =
-                EntryHeader::decode(&page[trailer_at..]).ok_or_else(|| LogError::Corrupt {
-                    offset: end - HEADER_SLOT_SIZE as u64,
-                    reason: "trailer failed verification".into(),
-                })?;
-            let start = end - header.entry_size() as u64;
-            let entry = self.read(header.log_index)?;
-            if entry.offset != start || entry.header != header {
-                return Err(LogError::Corrupt {
-                    offset: start,
-                    reason: "trailer does not match its header".into(),
-                });
+        for pos in (0..self.segs.len()).rev() {
+            let mut end = self.segs[pos].end;
+            while end > 0 {
+                let seg = &mut self.segs[pos];
+                read_exact_at(seg.file.as_mut(), &mut page, end - PAGE_SIZE as u64)?;
+                let trailer_at = PAGE_SIZE - HEADER_SLOT_SIZE;
+                let header =
+                    EntryHeader::decode(&page[trailer_at..]).ok_or_else(|| LogError::Corrupt {
+                        offset: seg.address(end - HEADER_SLOT_SIZE as u64),
+                        reason: "trailer failed verification".into(),
+                    })?;
+                let start = end - header.entry_size() as u64;
+                let start_address = seg.address(start);
+                let entry = self.read(header.log_index)?;
+                if entry.offset != start_address || entry.header != header {
+                    return Err(LogError::Corrupt {
+                        offset: start_address,
+                        reason: "trailer does not match its header".into(),
+                    });
+                }
+                headers.push(header);
+                end = start;
             }
-            headers.push(header);
-            end = start;
         }
         Ok(headers)
     }
@@ -429,18 +665,60 @@ impl Log {
             return Err(LogError::Failed);
         }
         assert!(index > LogIndex::ZERO);
-        let Some(meta) = self.meta(index).copied() else {
+        let Some((pos, meta)) = self.locate(index) else {
             return Ok(());
         };
-        self.file.set_len(meta.offset)?;
-        if let Err(e) = self.file.sync() {
+        let cut_at = self.segs[pos].address(meta.offset);
+        let result = self.truncate_segments(pos, index);
+        if result.is_err() {
             self.failed = true;
-            return Err(e.into());
         }
-        self.entries.truncate(index.get() as usize - 1);
-        self.end_offset = meta.offset;
-        self.prepared_offset = meta.offset;
-        self.cache.lock().unwrap().remove_from(meta.offset);
+        self.cache.lock().unwrap().remove_from(cut_at);
+        result
+    }
+
+    fn truncate_segments(&mut self, pos: usize, index: LogIndex) -> Result<(), LogError> {
+        // Newest first, each removal durable before the next, so a crash leaves a log
+        // whose segments still run on without a gap.
+        while self.segs.len() > pos + 1 {
+            let seg = self.segs.pop().expect("more than pos + 1");
+            self.table.remove(seg.no);
+            remove_durable(self.backend.as_ref(), &seg.path)?;
+        }
+        let head = self.head_mut();
+        head.truncate_from(index)?;
+        let (no, end) = (head.no, head.end);
+        let last = (!head.is_empty()).then(|| head.last_index());
+        self.table.update(no, |row| {
+            row.valid_bytes = end;
+            row.file_bytes = end;
+            row.last_index = last;
+            row.sealed = false;
+        });
+        Ok(())
+    }
+
+    /// The oldest Raft segment's number and last index, if it may be removed: it is not
+    /// the head, and a later segment holds entries (so the log's first index stays
+    /// written down in a file).
+    pub fn first_segment(&self) -> Option<(u64, LogIndex)> {
+        let later_entries = self.segs.iter().skip(1).any(|s| !s.is_empty());
+        (later_entries && !self.segs[0].is_empty())
+            .then(|| (self.segs[0].no, self.segs[0].last_index()))
+    }
+
+    /// Deletes the oldest Raft segment, durably; the log then starts at the index after
+    /// its last. The caller has made sure nothing needs its entries (a durable checkpoint
+    /// covers them, and no peer will ask for them) and the map points at none of its
+    /// values. Never the head.
+    pub fn remove_first_segment(&mut self) -> Result<(), LogError> {
+        assert!(self.segs.len() > 1, "the head segment is never removed");
+        let seg = self.segs.remove(0);
+        if let Some(m) = seg.metas.last() {
+            self.compacted_term = Some(m.term);
+        }
+        self.table.remove(seg.no);
+        remove_durable(self.backend.as_ref(), &seg.path)?;
         Ok(())
     }
 }

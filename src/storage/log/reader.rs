@@ -1,23 +1,75 @@
-//! Reading values back by log-file offset, from any thread: from the shared cache of
-//! recent entries, or with O_DIRECT reads (batched for a shard's GETs), checking that the
-//! SET command found there is for the key asked for.
+//! Reading values back by log address, from any thread: from the shared cache of recent
+//! entries, the cache of values read before, or with O_DIRECT reads (batched for a shard's
+//! GETs) of the segment file the address names, checking that the SET command found there
+//! is for the key asked for.
 
+use super::segments::Segments;
 use super::{EntryCache, LogError, ValueCache};
 use crate::storage::command::{self, CommandRef, DecodeError};
-use crate::storage::io::{AlignedBuf, BlockFile, PAGE_SIZE, align_up, read_exact_at};
+use crate::storage::io::{AlignedBuf, Backend, BlockFile, PAGE_SIZE, align_up, read_exact_at};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 
 /// Reads values out of the log from a thread other than the log's owner (a shard serving
-/// GETs). Only offsets the map handed out after the entry was durable are ever read.
+/// GETs, the cleaner). Only addresses the map handed out after the entry was durable are
+/// ever read. Each reader opens the segment files it needs on first use and closes those
+/// of removed segments.
 pub struct LogReader {
-    pub(super) file: Box<dyn BlockFile>,
+    backend: Arc<dyn Backend>,
+    table: Arc<Segments>,
+    files: HashMap<u64, Box<dyn BlockFile>>,
+    removals_seen: u64,
     pub(super) cache: Arc<Mutex<EntryCache>>,
     /// Values read from the disk, kept by access (shared by every reader of a node).
     pub(super) values: Option<Arc<Mutex<ValueCache>>>,
 }
 
+/// Handles a reader keeps open at most (the oldest are closed past it).
+const OPEN_FILES_MAX: usize = 256;
+
 impl LogReader {
+    pub(super) fn new(
+        backend: Arc<dyn Backend>,
+        table: Arc<Segments>,
+        cache: Arc<Mutex<EntryCache>>,
+    ) -> LogReader {
+        LogReader {
+            backend,
+            table,
+            files: HashMap::new(),
+            removals_seen: 0,
+            cache,
+            values: None,
+        }
+    }
+
+    /// The open file of the segment holding `address` and the offset in it.
+    fn file_for(&mut self, address: u64) -> Result<(&mut dyn BlockFile, u64), LogError> {
+        let removals = self.table.removal_count();
+        if removals != self.removals_seen {
+            self.removals_seen = removals;
+            let table = &self.table;
+            self.files.retain(|no, _| table.get(*no).is_some());
+        }
+        let (no, path, offset) = self
+            .table
+            .locate(address)
+            .ok_or_else(|| LogError::Corrupt {
+                offset: address,
+                reason: "address outside every segment's entries".into(),
+            })?;
+        if !self.files.contains_key(&no) {
+            if self.files.len() >= OPEN_FILES_MAX {
+                self.files.clear();
+            }
+            let file = self.backend.open(&path, false)?;
+            self.files.insert(no, file);
+        }
+        let file = self.files.get_mut(&no).expect("inserted above");
+        Ok((file.as_mut(), offset))
+    }
+
     /// Keeps the values this reader reads from the disk in `values` (shared by readers).
     pub fn with_value_cache(mut self, values: Arc<Mutex<ValueCache>>) -> LogReader {
         self.values = Some(values);
@@ -26,8 +78,12 @@ impl LogReader {
 
     /// Reads the value for `key` of the SET command at log-file offset `file_offset` (see
     /// [`ValueRead`]).
-    pub fn read_value_at(&mut self, file_offset: u64, key: &[u8]) -> Result<ValueRead, LogError> {
-        read_value(self.file.as_mut(), &self.cache, file_offset, key)
+    pub fn read_value_at(&mut self, address: u64, key: &[u8]) -> Result<ValueRead, LogError> {
+        if let Some(found) = self.cache.lock().unwrap().value_at(address, key) {
+            return found.map_err(|e| corrupt_at(address, e));
+        }
+        let (file, offset) = self.file_for(address)?;
+        read_value(file, address, offset, key)
     }
 
     /// Reads the values of the SET commands at several (offset, key) pairs, in order:
@@ -55,28 +111,17 @@ impl LogReader {
         }
         let misses: Vec<usize> = (0..reads.len()).filter(|&i| results[i].is_none()).collect();
         if !misses.is_empty() {
-            // Two pages hold any command that starts in the first one and is shorter than a
-            // page (every command a client can send); longer ones are read one by one.
-            let mut buffers: Vec<(u64, AlignedBuf)> = misses
+            // Grouped by segment file: one batch of reads each. Two pages hold any command
+            // that starts in the first one and is shorter than a page (every command a
+            // client can send); longer ones are read one by one.
+            let mut by_segment: Vec<(u64, usize)> = misses
                 .iter()
-                .map(|&i| {
-                    (
-                        reads[i].0 / PAGE_SIZE as u64 * PAGE_SIZE as u64,
-                        AlignedBuf::new(2 * PAGE_SIZE),
-                    )
-                })
+                .map(|&i| (super::segments::split_address(reads[i].0).0, i))
                 .collect();
-            let outcomes = self.file.read_batch(&mut buffers);
-            for ((&i, (page_start, buf)), outcome) in misses.iter().zip(&buffers).zip(outcomes) {
-                let (offset, key) = reads[i];
-                let within = (offset - page_start) as usize;
-                results[i] = Some(match outcome {
-                    Err(e) => Err(LogError::Io(e)),
-                    Ok(n) => match command::decode_at(&buf[..n], within) {
-                        Ok(cmd) => value_for_key(&cmd, key).map_err(|e| corrupt_at(offset, e)),
-                        Err(_) => read_value(self.file.as_mut(), &self.cache, offset, key),
-                    },
-                });
+            by_segment.sort_unstable();
+            for group in by_segment.chunk_by(|a, b| a.0 == b.0) {
+                let group: Vec<usize> = group.iter().map(|&(_, i)| i).collect();
+                self.read_group(reads, &group, &mut results);
             }
             if let Some(values) = &self.values {
                 let mut values = values.lock().unwrap();
@@ -92,6 +137,55 @@ impl LogReader {
             .into_iter()
             .map(|r| r.expect("every offset resolved"))
             .collect()
+    }
+}
+
+impl LogReader {
+    /// Reads the misses `group` (all in one segment) with one batch of O_DIRECT reads.
+    fn read_group(
+        &mut self,
+        reads: &[(u64, &[u8])],
+        group: &[usize],
+        results: &mut [Option<Result<ValueRead, LogError>>],
+    ) {
+        let (file, first_offset) = match self.file_for(reads[group[0]].0) {
+            Ok(found) => found,
+            Err(e) => {
+                let reason = e.to_string();
+                for &i in group {
+                    results[i] = Some(Err(LogError::Corrupt {
+                        offset: reads[i].0,
+                        reason: reason.clone(),
+                    }));
+                }
+                return;
+            }
+        };
+        // Offsets in the file: every address of the group is in this segment.
+        let base = reads[group[0]].0 - first_offset;
+        let mut buffers: Vec<(u64, AlignedBuf)> = group
+            .iter()
+            .map(|&i| {
+                let offset = reads[i].0 - base;
+                (
+                    offset / PAGE_SIZE as u64 * PAGE_SIZE as u64,
+                    AlignedBuf::new(2 * PAGE_SIZE),
+                )
+            })
+            .collect();
+        let outcomes = file.read_batch(&mut buffers);
+        for ((&i, (page_start, buf)), outcome) in group.iter().zip(&buffers).zip(outcomes) {
+            let (address, key) = reads[i];
+            let offset = address - base;
+            let within = (offset - page_start) as usize;
+            results[i] = Some(match outcome {
+                Err(e) => Err(LogError::Io(e)),
+                Ok(n) => match command::decode_at(&buf[..n], within) {
+                    Ok(cmd) => value_for_key(&cmd, key).map_err(|e| corrupt_at(address, e)),
+                    Err(_) => read_value(file, address, offset, key),
+                },
+            });
+        }
     }
 }
 
@@ -132,22 +226,19 @@ pub(super) fn value_for_key(cmd: &CommandRef<'_>, key: &[u8]) -> Result<ValueRea
     })
 }
 
-/// The value for `key` of the command at `file_offset`: from the cache, or read from the
-/// file with O_DIRECT, one page first and then as many more as the command's lengths say
-/// it spans.
+/// The value for `key` of the command at byte `file_offset` of `file` (log address
+/// `address`), read with O_DIRECT, one page first and then as many more as the command's
+/// lengths say it spans.
 pub(super) fn read_value(
     file: &mut dyn BlockFile,
-    cache: &Mutex<EntryCache>,
+    address: u64,
     file_offset: u64,
     key: &[u8],
 ) -> Result<ValueRead, LogError> {
     let corrupt = |e: DecodeError| LogError::Corrupt {
-        offset: file_offset,
+        offset: address,
         reason: e.to_string(),
     };
-    if let Some(found) = cache.lock().unwrap().value_at(file_offset, key) {
-        return found.map_err(corrupt);
-    }
     let page_start = file_offset / PAGE_SIZE as u64 * PAGE_SIZE as u64;
     let within = (file_offset - page_start) as usize;
     let mut len = align_up(within + command::encoded_size(0, 0), PAGE_SIZE);

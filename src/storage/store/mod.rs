@@ -128,6 +128,15 @@ pub const BLOOM_BYTES: usize = META_HASH_OFFSET - META_BLOOM_OFFSET;
 const _: () = assert!(BLOOM_BYTES.is_multiple_of(8));
 const _: () = assert!(META_BLOOM_OFFSET == 256);
 
+/// What a SET did to where a key's value is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SetOutcome {
+    /// The log address of the value it replaced, if that one was read from the log.
+    pub replaced_address: Option<u64>,
+    /// The log address of the new value, if it is read from the log (not inline).
+    pub stored_address: Option<u64>,
+}
+
 /// Where a key's value is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
@@ -419,26 +428,82 @@ impl Map {
     }
 
     /// Records that `hash` is now set by the command at `cmd_byte_offset`, copying
-    /// `value` inline when it is short enough. Writer only.
-    pub fn set(&self, hash: u128, cmd_byte_offset: u64, value: &[u8]) {
+    /// `value` inline when it is short enough. Writer only. Says which log addresses the
+    /// key's value was read from before and will be read from now (none when inline).
+    pub fn set(&self, hash: u128, cmd_byte_offset: u64, value: &[u8]) -> SetOutcome {
         let inline = (value.len() <= INLINE_VALUE_SIZE_MAX).then_some(value);
         self.bloom.insert(hash);
         let mut w = self.writer.lock().unwrap();
         loop {
             {
                 let layout = self.layout.read().unwrap();
-                if let Ok((page_no, added)) =
+                if let Ok((page_no, previous, word)) =
                     upsert_in_bucket(&layout, hash, cmd_byte_offset, inline)
                 {
-                    if added {
+                    if previous.is_none() {
                         self.entry_count.fetch_add(1, Ordering::Relaxed);
                     }
                     w.dirty.insert(page_no);
                     w.meta_dirty = true;
-                    return;
+                    return SetOutcome {
+                        replaced_address: previous.and_then(page::log_address),
+                        stored_address: page::log_address(word),
+                    };
                 }
             }
             self.make_room(&mut w, hash);
+        }
+    }
+
+    /// The log address `hash`'s value is read from, if it is present and not inline.
+    pub fn log_address(&self, hash: u128) -> Option<u64> {
+        if !self.bloom.may_contain(hash) {
+            return None;
+        }
+        let layout = self.layout.read().unwrap();
+        let mut guard = layout.page_for(hash).read();
+        loop {
+            if let Some(slot) = guard.find(hash) {
+                return page::log_address(guard.word(slot));
+            }
+            let next = guard.next_page()?;
+            guard = layout.arena.page(next).read();
+        }
+    }
+
+    /// Points `hash` at log address `to` if its value is read from `from` now (a value
+    /// the cleaner copied); returns whether it did. A key set or deleted meanwhile is left
+    /// as it is.
+    pub fn relocate(&self, hash: u128, from: u64, to: u64) -> bool {
+        let mut w = self.writer.lock().unwrap();
+        let layout = self.layout.read().unwrap();
+        let mut page_no = Some(layout.page_no_for(hash));
+        while let Some(p) = page_no {
+            let mut guard = layout.arena.page(p).write();
+            if guard.find(hash).is_some() {
+                let moved = guard.relocate(hash, from, to);
+                if moved {
+                    w.dirty.insert(p);
+                    w.meta_dirty = true;
+                }
+                return moved;
+            }
+            page_no = guard.next_page();
+        }
+        false
+    }
+
+    /// Calls `f` with the log address of every value read from the log (each key whose
+    /// value is not inline), page by page under the page's read lock.
+    pub fn for_each_log_address(&self, mut f: impl FnMut(u64)) {
+        let layout = self.layout.read().unwrap();
+        for p in 0..layout.arena.page_count {
+            let guard = layout.arena.page(p as u32).read();
+            for slot in 0..SLOT_COUNT {
+                if let Some(address) = page::log_address(guard.word(slot)) {
+                    f(address);
+                }
+            }
         }
     }
 
@@ -486,23 +551,29 @@ impl Map {
 
     /// Removes `hash`; returns whether it was present. Writer only.
     pub fn delete(&self, hash: u128) -> bool {
+        self.remove(hash).is_some()
+    }
+
+    /// Removes `hash`; returns `None` when it was absent, else the log address its value
+    /// was read from (`Some(None)` when it was inline). Writer only.
+    pub fn remove(&self, hash: u128) -> Option<Option<u64>> {
         if !self.bloom.may_contain(hash) {
-            return false;
+            return None;
         }
         let mut w = self.writer.lock().unwrap();
         let layout = self.layout.read().unwrap();
         let mut page_no = Some(layout.page_no_for(hash));
         while let Some(p) = page_no {
             let mut guard = layout.arena.page(p).write();
-            if guard.remove(hash) {
+            if let Some(word) = guard.remove_word(hash) {
                 self.entry_count.fetch_sub(1, Ordering::Relaxed);
                 w.dirty.insert(p);
                 w.meta_dirty = true;
-                return true;
+                return Some(page::log_address(word));
             }
             page_no = guard.next_page();
         }
-        false
+        None
     }
 
     /// Splits the full page that `hash` maps to (a page with no overflow chain, whose
@@ -711,13 +782,13 @@ fn upsert_in_bucket(
     hash: u128,
     cmd_byte_offset: u64,
     inline: Option<&[u8]>,
-) -> Result<(u32, bool), PageFull> {
+) -> Result<(u32, Option<u64>, u64), PageFull> {
     let head_no = layout.page_no_for(hash);
     let mut head = layout.arena.page(head_no).write();
     if head.next_page().is_none() || head.find(hash).is_some() {
         return head
-            .upsert(hash, cmd_byte_offset, inline)
-            .map(|added| (head_no, added));
+            .upsert_word(hash, cmd_byte_offset, inline)
+            .map(|(previous, word)| (head_no, previous, word));
     }
     drop(head);
     // A chained bucket, in one walk: the key may sit in any page of the chain (replace it
@@ -728,8 +799,8 @@ fn upsert_in_bucket(
         let mut guard = layout.arena.page(p).write();
         if guard.find(hash).is_some() {
             return guard
-                .upsert(hash, cmd_byte_offset, inline)
-                .map(|added| (p, added));
+                .upsert_word(hash, cmd_byte_offset, inline)
+                .map(|(previous, word)| (p, previous, word));
         }
         if with_room.is_none() && guard.used() < SLOT_COUNT {
             with_room = Some(p);
@@ -741,8 +812,8 @@ fn upsert_in_bucket(
         .arena
         .page(p)
         .write()
-        .upsert(hash, cmd_byte_offset, inline)
-        .map(|added| (p, added))
+        .upsert_word(hash, cmd_byte_offset, inline)
+        .map(|(previous, word)| (p, previous, word))
 }
 
 /// Checks the overflow chains of loaded pages: every link points at an overflow page in

@@ -123,6 +123,12 @@ impl Backoff {
     }
 }
 
+/// The log address a slot word points at when the value is read from the log (not
+/// inline, not empty).
+pub fn log_address(word: u64) -> Option<u64> {
+    (word != EMPTY && (word & 0xFF) as u8 == NOT_INLINE).then_some(word >> 8)
+}
+
 /// Packs a slot word.
 pub fn slot_word(cmd_byte_offset: u64, inline_slot: u8) -> u64 {
     assert!(cmd_byte_offset < (1 << 56), "log offsets fit in 56 bits");
@@ -441,10 +447,23 @@ impl PageWrite {
         cmd_byte_offset: u64,
         inline: Option<&[u8]>,
     ) -> Result<bool, PageFull> {
-        let (slot, added) = match self.find(key_hash) {
+        self.upsert_word(key_hash, cmd_byte_offset, inline)
+            .map(|(previous, _)| previous.is_none())
+    }
+
+    /// [`PageWrite::upsert`], returning the slot word it replaced (`None` for a new key)
+    /// and the one it stored.
+    pub fn upsert_word(
+        &mut self,
+        key_hash: u128,
+        cmd_byte_offset: u64,
+        inline: Option<&[u8]>,
+    ) -> Result<(Option<u64>, u64), PageFull> {
+        let (slot, previous) = match self.find(key_hash) {
             Some(slot) => {
-                self.free_inline(self.word(slot));
-                (slot, false)
+                let word = self.word(slot);
+                self.free_inline(word);
+                (slot, Some(word))
             }
             None => {
                 let slot = (0..SLOT_COUNT)
@@ -452,26 +471,44 @@ impl PageWrite {
                     .ok_or(PageFull)?;
                 self.set_key_hash(slot, key_hash);
                 self.set_used(self.used() + 1);
-                (slot, true)
+                (slot, None)
             }
         };
         let inline_slot = match inline {
             Some(value) => self.alloc_inline(value),
             None => NOT_INLINE,
         };
-        self.set_word(slot, slot_word(cmd_byte_offset, inline_slot));
-        Ok(added)
+        let word = slot_word(cmd_byte_offset, inline_slot);
+        self.set_word(slot, word);
+        Ok((previous, word))
     }
 
     /// Removes `key_hash`; returns whether it was present.
     pub fn remove(&mut self, key_hash: u128) -> bool {
-        let Some(slot) = self.find(key_hash) else {
-            return false;
-        };
-        self.free_inline(self.word(slot));
+        self.remove_word(key_hash).is_some()
+    }
+
+    /// Removes `key_hash`; returns the slot word it had.
+    pub fn remove_word(&mut self, key_hash: u128) -> Option<u64> {
+        let slot = self.find(key_hash)?;
+        let word = self.word(slot);
+        self.free_inline(word);
         self.set_word(slot, EMPTY);
         self.set_key_hash(slot, 0);
         self.set_used(self.used() - 1);
+        Some(word)
+    }
+
+    /// Points `key_hash` at log address `to` if it points at log address `from` now (a
+    /// value the cleaner moved); returns whether it did.
+    pub fn relocate(&mut self, key_hash: u128, from: u64, to: u64) -> bool {
+        let Some(slot) = self.find(key_hash) else {
+            return false;
+        };
+        if log_address(self.word(slot)) != Some(from) {
+            return false;
+        }
+        self.set_word(slot, slot_word(to, NOT_INLINE));
         true
     }
 

@@ -1,0 +1,68 @@
+//! The cleaner thread: runs the storage cleaner ([`crate::storage::cleaner`]) off the
+//! replication and shard cores, at a bounded rate and a low scheduling priority, so that
+//! foreground throughput holds while superseded log space is reclaimed.
+
+use super::Shared;
+use crate::storage::cleaner::Cleaner;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// How long the thread waits when nothing needs cleaning.
+const IDLE_WAIT: Duration = Duration::from_millis(200);
+/// How long it waits after a failed pass (a full disk, say) before trying again.
+const ERROR_WAIT: Duration = Duration::from_secs(1);
+/// Nice value of the thread: the shards and the replication core go first.
+const NICE: i32 = 10;
+
+/// Cleans until the node stops, keeping its reads plus writes under `bytes_per_s`.
+pub fn run(cleaner: &mut Cleaner, shared: &Shared, bytes_per_s: u64) {
+    // SAFETY: setpriority with PRIO_PROCESS and tid 0 only changes this thread's nice
+    // value; a failure (no permission to lower priority is never needed here) is ignored.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, NICE);
+    }
+    let stats = &shared.stats;
+    let mut errors_reported = 0u64;
+    while !shared.stop.load(Ordering::Acquire) {
+        let started = Instant::now();
+        match cleaner.clean_one() {
+            Ok(Some(report)) => {
+                stats.clean_passes.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .values_moved
+                    .fetch_add(report.moved, Ordering::Relaxed);
+                stats
+                    .clean_bytes_read
+                    .fetch_add(report.bytes_read, Ordering::Relaxed);
+                stats
+                    .clean_bytes_written
+                    .fetch_add(report.bytes_written, Ordering::Relaxed);
+                let bytes = report.bytes_read + report.bytes_written;
+                let due = Duration::from_secs_f64(bytes as f64 / bytes_per_s.max(1) as f64);
+                sleep_unless_stopped(shared, due.saturating_sub(started.elapsed()));
+            }
+            Ok(None) => sleep_unless_stopped(shared, IDLE_WAIT),
+            Err(e) => {
+                let n = stats.clean_errors.fetch_add(1, Ordering::Relaxed) + 1;
+                // Say it once, then at every power of two, not once a second for ever.
+                if n.is_power_of_two() && n > errors_reported {
+                    errors_reported = n;
+                    eprintln!("ocean-liner: cleaning failed ({n} times so far): {e}");
+                }
+                sleep_unless_stopped(shared, ERROR_WAIT);
+            }
+        }
+    }
+    cleaner.seal();
+}
+
+fn sleep_unless_stopped(shared: &Shared, total: Duration) {
+    let until = Instant::now() + total;
+    while !shared.stop.load(Ordering::Acquire) {
+        let now = Instant::now();
+        if now >= until {
+            return;
+        }
+        std::thread::sleep((until - now).min(Duration::from_millis(50)));
+    }
+}

@@ -1,0 +1,258 @@
+//! The log cleaner: reclaims the space of superseded values.
+//!
+//! Every SET leaves its command in a segment for as long as the segment exists; once the
+//! key is set again or deleted, those bytes are dead. The cleaner picks the sealed segment
+//! with the smallest live fraction (see [`crate::storage::log::segments`] for the
+//! accounting), reads it from start to end, copies the SET commands the map still points
+//! at into a values segment (one durable write per entry of up to
+//! [`CleanerOptions::entry_bytes_max`]), and then points the map at the copies — each key
+//! only if it still points at the old command, so a SET or DELETE applied meanwhile wins.
+//! The victim is then empty; the engine deletes it after the next durable checkpoint (and,
+//! for a Raft segment, once the Raft log no longer needs its entries).
+//!
+//! This is a local operation of one replica, never a Raft entry: each replica cleans its
+//! own segments on its own schedule, and what it copies is exactly what its own map holds.
+//!
+//! Crash safety: copies are durable before the map points at them; the map's pages reach
+//! the disk only with a checkpoint, and a segment is deleted only after a checkpoint that
+//! began once it was empty has completed. A crash at any step leaves either the old
+//! pointers (the victim still exists) or the new ones (the copies are durable). A values
+//! segment torn by a crash is cut on open like any segment; nothing points into a part
+//! that was not written.
+//!
+//! No thread, no clock: the server runs [`Cleaner::clean_one`] on a thread of its own at
+//! a bounded rate, the simulator and the crash tests call it between steps.
+
+use crate::storage::command::CommandOp;
+use crate::storage::io::Backend;
+use crate::storage::log::segments::{LiveDelta, SegmentKind, Segments, split_address};
+use crate::storage::log::{EntryScanner, LogError, ValuesWriter};
+use crate::storage::store::Map;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// Tunables of the cleaner.
+#[derive(Debug, Clone)]
+pub struct CleanerOptions {
+    /// Segments whose estimated live fraction is at most this are cleaned.
+    pub live_fraction_max: f64,
+    /// When the segments take more than this many bytes on disk, any sealed segment
+    /// below [`CLEAN_FRACTION_OVER_TARGET`] live is cleaned.
+    pub disk_target_bytes: Option<u64>,
+    /// Size of a values segment.
+    pub segment_bytes: u64,
+    /// Bytes of copied commands per durable write.
+    pub entry_bytes_max: usize,
+}
+
+/// The live fraction up to which segments are cleaned while the disk is over its target.
+pub const CLEAN_FRACTION_OVER_TARGET: f64 = 0.9;
+
+impl Default for CleanerOptions {
+    fn default() -> CleanerOptions {
+        CleanerOptions {
+            live_fraction_max: 0.5,
+            disk_target_bytes: None,
+            segment_bytes: crate::storage::log::SEGMENT_BYTES_DEFAULT,
+            entry_bytes_max: 1 << 20,
+        }
+    }
+}
+
+/// What one cleaning pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CleanReport {
+    pub segment_no: u64,
+    /// Bytes of the victim read.
+    pub bytes_read: u64,
+    /// Values still live when they were read.
+    pub live_found: u64,
+    /// Values the map now reads from their copies.
+    pub moved: u64,
+    /// Bytes of commands written into values segments.
+    pub bytes_written: u64,
+}
+
+/// One replica's cleaner.
+pub struct Cleaner {
+    backend: Arc<dyn Backend>,
+    table: Arc<Segments>,
+    map: Arc<Map>,
+    options: CleanerOptions,
+    writer: Option<ValuesWriter>,
+    /// Segments already cleaned (they hold no live value and wait to be deleted).
+    cleaned: HashSet<u64>,
+}
+
+/// Live commands gathered for one durable write.
+#[derive(Default)]
+struct Pending {
+    commands: Vec<u8>,
+    /// (key hash, old address, offset in `commands`) of each.
+    moves: Vec<(u128, u64, usize)>,
+}
+
+impl Cleaner {
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        table: Arc<Segments>,
+        map: Arc<Map>,
+        options: CleanerOptions,
+    ) -> Cleaner {
+        Cleaner {
+            backend,
+            table,
+            map,
+            options,
+            writer: None,
+            cleaned: HashSet::new(),
+        }
+    }
+
+    /// The segment to clean next, if one qualifies: sealed, every entry of it applied
+    /// (no new value will point into it), live values left, and a live fraction within
+    /// the bound (a higher one while the disk is over its target).
+    pub fn pick_victim(&self) -> Option<u64> {
+        let rows = self.table.snapshot();
+        let applied = self.table.applied_index();
+        let file_bytes: u64 = rows.iter().map(|(_, r)| r.file_bytes).sum();
+        let over_target = self
+            .options
+            .disk_target_bytes
+            .is_some_and(|t| file_bytes > t);
+        let bound = if over_target {
+            CLEAN_FRACTION_OVER_TARGET.max(self.options.live_fraction_max)
+        } else {
+            self.options.live_fraction_max
+        };
+        rows.iter()
+            .filter(|(no, r)| {
+                r.sealed
+                    && r.valid_bytes > 0
+                    && r.live_count > 0
+                    && !self.cleaned.contains(no)
+                    && (r.kind == SegmentKind::Values || r.last_index.is_some_and(|i| i <= applied))
+                    && r.live_fraction() <= bound
+            })
+            .min_by(|a, b| a.1.live_fraction().total_cmp(&b.1.live_fraction()))
+            .map(|(no, _)| *no)
+    }
+
+    /// Cleans the best victim, if there is one.
+    pub fn clean_one(&mut self) -> Result<Option<CleanReport>, LogError> {
+        let table = &self.table;
+        self.cleaned.retain(|no| table.get(*no).is_some());
+        match self.pick_victim() {
+            Some(no) => self.clean(no).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Copies the live values of segment `victim` and points the map at the copies.
+    pub fn clean(&mut self, victim: u64) -> Result<CleanReport, LogError> {
+        let mut report = CleanReport {
+            segment_no: victim,
+            ..CleanReport::default()
+        };
+        let mut scanner = EntryScanner::open(self.backend.as_ref(), &self.table, victim)?;
+        let mut pending = Pending::default();
+        while let Some(entry) = scanner.next_entry()? {
+            let commands = entry.commands();
+            for cmd in entry.iter() {
+                let cmd = cmd.map_err(|e| LogError::Corrupt {
+                    offset: entry.offset,
+                    reason: e.to_string(),
+                })?;
+                if cmd.op != CommandOp::Set {
+                    continue;
+                }
+                let address = entry.command_file_offset(cmd.offset);
+                let hash = self.map.key_hash(cmd.key);
+                if self.map.log_address(hash) != Some(address) {
+                    continue;
+                }
+                report.live_found += 1;
+                if pending.commands.len() + cmd.size > self.options.entry_bytes_max
+                    && !pending.moves.is_empty()
+                {
+                    self.flush(&mut pending, victim, &mut report)?;
+                }
+                pending.moves.push((hash, address, pending.commands.len()));
+                pending
+                    .commands
+                    .extend_from_slice(&commands[cmd.offset..cmd.offset + cmd.size]);
+            }
+        }
+        self.flush(&mut pending, victim, &mut report)?;
+        report.bytes_read = scanner.bytes_read();
+        self.cleaned.insert(victim);
+        Ok(report)
+    }
+
+    /// Writes the gathered commands durably, then moves each key still pointing at its old
+    /// command to the copy.
+    fn flush(
+        &mut self,
+        pending: &mut Pending,
+        victim: u64,
+        report: &mut CleanReport,
+    ) -> Result<(), LogError> {
+        if pending.moves.is_empty() {
+            return Ok(());
+        }
+        if self
+            .writer
+            .as_ref()
+            .is_none_or(|w| !w.has_room(pending.commands.len()))
+        {
+            if let Some(full) = self.writer.take() {
+                full.seal();
+            }
+            self.writer = Some(ValuesWriter::create(
+                self.backend.as_ref(),
+                &self.table,
+                self.options.segment_bytes,
+            )?);
+        }
+        let writer = self.writer.as_mut().expect("created above");
+        let base = match writer.append(pending.moves.len() as u64, &pending.commands) {
+            Ok(base) => base,
+            Err(e) => {
+                // The segment's end is unknown after a failed write: leave it unsealed (it
+                // is never deleted while this process runs) and start a new one next time.
+                self.writer = None;
+                return Err(e);
+            }
+        };
+        let target = split_address(base).0;
+        let mut moved = 0i64;
+        for &(hash, from, at) in &pending.moves {
+            if self.map.relocate(hash, from, base + at as u64) {
+                moved += 1;
+            }
+        }
+        self.table.apply_live(&[
+            LiveDelta {
+                segment_no: victim,
+                delta: -moved,
+            },
+            LiveDelta {
+                segment_no: target,
+                delta: moved,
+            },
+        ]);
+        report.moved += moved as u64;
+        report.bytes_written += pending.commands.len() as u64;
+        pending.commands.clear();
+        pending.moves.clear();
+        Ok(())
+    }
+
+    /// Seals the values segment being filled (so that, once emptied in turn, it can be
+    /// deleted). The next pass starts a new one.
+    pub fn seal(&mut self) {
+        if let Some(w) = self.writer.take() {
+            w.seal();
+        }
+    }
+}
