@@ -559,3 +559,103 @@ fn values_read_for_another_key_report_the_collision() {
     let mut reader = log.reader();
     check(&mut log, &mut reader, "from disk");
 }
+
+fn segmented() -> LogOptions {
+    LogOptions {
+        segment_bytes: 128 << 10,
+        ..options()
+    }
+}
+
+/// Writes `n` entries into a log of small segments.
+fn write_segmented(path: &Path, n: u64) {
+    let (mut log, _) = Log::open(Arc::new(UringBackend), path, segmented()).unwrap();
+    for i in 1..=n {
+        let count = 1 + (i as usize % 7) * 20;
+        let cmds = commands(i, count, 100 + i as usize * 10);
+        log.append(&[NewEntry {
+            term: Term(1 + i / 4),
+            log_index: LogIndex(i),
+            num_commands: count as u64,
+            commands: &cmds,
+        }])
+        .unwrap();
+    }
+}
+
+/// Entries run on from one segment file to the next: all read back after a reopen, the
+/// backward walk crosses the files, deleting the oldest segments moves the first index,
+/// and a log whose segments do not run on is refused rather than opened short.
+#[test]
+fn entries_span_segments_and_the_oldest_can_be_deleted() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("segments");
+    write_segmented(&path, 30);
+    let (mut log, report) = Log::open(Arc::new(UringBackend), &path, segmented()).unwrap();
+    assert_eq!((report.entries, report.torn_tail_at), (30, None));
+    let files = log.segment_paths();
+    assert!(
+        files.len() >= 4,
+        "30 entries fill several segments: {files:?}"
+    );
+    check_prefix(&mut log, 30);
+    let back: Vec<u64> = log
+        .walk_backward()
+        .unwrap()
+        .iter()
+        .map(|h| h.log_index.get())
+        .collect();
+    assert_eq!(back, (1..=30).rev().collect::<Vec<_>>());
+
+    let (_, first_last) = log.first_segment().unwrap();
+    log.remove_first_segment().unwrap();
+    assert!(!files[0].exists());
+    drop(log);
+    let (mut log, report) = Log::open(Arc::new(UringBackend), &path, segmented()).unwrap();
+    assert_eq!(report.first_index, first_last.next());
+    assert_eq!(log.first_index(), first_last.next());
+    assert_eq!(log.last_index(), LogIndex(30));
+    assert!(log.read(first_last).is_err(), "a deleted entry is gone");
+    for i in first_last.next().get()..=30 {
+        assert_eq!(log.read(LogIndex(i)).unwrap().header.log_index, LogIndex(i));
+    }
+    drop(log);
+
+    // A segment missing from the middle leaves a gap in the indexes: refused.
+    let files: Vec<_> = {
+        let (log, _) = Log::open(Arc::new(UringBackend), &path, segmented()).unwrap();
+        log.segment_paths()
+    };
+    let saved = std::fs::read(&files[1]).unwrap();
+    std::fs::remove_file(&files[1]).unwrap();
+    match Log::open(Arc::new(UringBackend), &path, segmented()) {
+        Err(LogError::Corrupt { reason, .. }) => assert!(reason.contains("expected"), "{reason}"),
+        Err(e) => panic!("expected corruption, got {e}"),
+        Ok(_) => panic!("a log with a missing segment opened"),
+    }
+    std::fs::write(&files[1], &saved).unwrap();
+
+    // Damage inside an older segment is corruption even at that segment's last entry,
+    // since later segments hold entries written after it.
+    let older = &files[1];
+    let len = std::fs::metadata(older).unwrap().len();
+    damage(older, len - 4096, &[0u8; 4096]);
+    match Log::open(Arc::new(UringBackend), &path, segmented()) {
+        Err(LogError::Corrupt { reason, .. }) => {
+            assert!(reason.contains("later segment"), "{reason}")
+        }
+        Err(e) => panic!("expected corruption, got {e}"),
+        Ok(_) => panic!("damage in an older segment went unnoticed"),
+    }
+    std::fs::write(older, &saved).unwrap();
+
+    // A torn tail in the newest segment is cut, as in a single file.
+    let newest = files.last().unwrap();
+    let len = std::fs::metadata(newest).unwrap().len();
+    let f = OpenOptions::new().write(true).open(newest).unwrap();
+    f.set_len(len - 512).unwrap();
+    drop(f);
+    let (log, report) = Log::open(Arc::new(UringBackend), &path, segmented()).unwrap();
+    assert!(report.torn_tail_at.is_some());
+    assert_eq!(log.last_index(), LogIndex(29));
+}

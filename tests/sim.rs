@@ -39,6 +39,8 @@ fn clusters_survive_faults_with_linearizable_histories() {
                 totals.timed_out += r.timed_out;
                 totals.crashes += r.crashes;
                 totals.leader_changes += r.leader_changes;
+                totals.values_moved += r.values_moved;
+                totals.segments_deleted += r.segments_deleted;
             }
             Err(f) => panic!("{f}\nreplay with: SIM_SEED={seed} cargo test --release --test sim"),
         }
@@ -55,6 +57,10 @@ fn clusters_survive_faults_with_linearizable_histories() {
     assert!(
         totals.crashes > 0 && totals.leader_changes > seeds.len() as u64,
         "faults were injected: {totals:?}"
+    );
+    assert!(
+        totals.values_moved > seeds.len() as u64 && totals.segments_deleted > 0,
+        "the cleaners moved values and emptied segments were deleted: {totals:?}"
     );
 }
 

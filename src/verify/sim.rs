@@ -15,7 +15,9 @@
 //! rates far outside the bound, and the checker must then find stale lease reads. Seeds
 //! alternate between the lease and the index read mode. A checkpoint's IO runs a few
 //! steps after its pages were copied, while the node goes on applying, as the server's
-//! checkpoint thread does.
+//! checkpoint thread does. Each node's cleaner runs a pass now and then between steps,
+//! copying the live values of its mostly dead segments (small ones, so runs roll over to
+//! many) and repointing its map while applies and checkpoints go on around it.
 //!
 //! Simulated clients issue GET/SET/DELETE with exactly-once sessions, retry on timeouts
 //! and Busy, follow leader hints, and their history is recorded.
@@ -34,6 +36,7 @@ use crate::replica::{
     Completed, ReadDecision, ReadMode, Replica, ReplicaConfig, ReplicaOutput, WaitingReads, Window,
     WriteOutcome, decide_read, window_is_full,
 };
+use crate::storage::cleaner::{Cleaner, CleanerOptions};
 use crate::storage::command;
 use crate::storage::engine::EngineOptions;
 use crate::storage::io::fault::{Fault, FaultBackend, PowerLoss};
@@ -113,6 +116,9 @@ pub struct SimReport {
     pub crashes: usize,
     pub leader_changes: u64,
     pub committed_index: u64,
+    /// Values the nodes' cleaners moved, and segments deleted after checkpoints.
+    pub values_moved: u64,
+    pub segments_deleted: u64,
 }
 
 /// Why a run failed; replay with the same seed.
@@ -218,6 +224,8 @@ struct SimNode {
     ticks: u64,
     /// A checkpoint whose pages were copied, and the step its IO runs at.
     checkpoint: Option<(CheckpointJob, u64)>,
+    /// The node's cleaner (the server runs it on a thread of its own).
+    cleaner: Option<Cleaner>,
 }
 
 impl SimNode {
@@ -265,6 +273,8 @@ struct Sim {
     history: Vec<Operation>,
     crashes: usize,
     faults_enabled: bool,
+    values_moved: u64,
+    segments_deleted: u64,
 }
 
 fn engine_options() -> EngineOptions {
@@ -311,6 +321,7 @@ impl Sim {
                     clock_ns: 0,
                     ticks: 0,
                     checkpoint: None,
+                    cleaner: None,
                 }
             })
             .collect();
@@ -327,6 +338,8 @@ impl Sim {
             history: Vec::new(),
             crashes: 0,
             faults_enabled: true,
+            values_moved: 0,
+            segments_deleted: 0,
         }
     }
 
@@ -353,8 +366,10 @@ impl Sim {
                     read_mode: self.config.read_mode,
                     read_round_retry: STEP * 6,
                 };
+                let cleaner = node.engine().cleaner(CleanerOptions::default());
                 let n = &mut self.nodes[i];
                 n.replica = Some(Replica::new(node, replica_config));
+                n.cleaner = Some(cleaner);
                 // The clock ran on while the node was down; its ticks start from now.
                 n.ticks = n.clock_ns / STEP.as_nanos() as u64;
                 Ok(())
@@ -379,6 +394,7 @@ impl Sim {
         n.waiting_reads = WaitingReads::default();
         n.reads_waiting = false;
         n.checkpoint = None;
+        n.cleaner = None;
         let mode = match self.rng.below(3) {
             0 => PowerLoss::DropUnsynced,
             1 => PowerLoss::KeepUnsynced,
@@ -634,12 +650,13 @@ impl Sim {
             let (mut job, _) = self.nodes[i].checkpoint.take().expect("checked above");
             let result = job.write();
             let replica = self.nodes[i].replica.as_mut().expect("a live node");
-            if replica.checkpoint_end(job, result).is_err() {
-                if self.nodes[i].disk.crashed() {
+            match replica.checkpoint_end(job, result) {
+                Ok(reclaimed) => self.segments_deleted += reclaimed.segments,
+                Err(_) if self.nodes[i].disk.crashed() => {
                     self.crash_node(i);
                     return Ok(());
                 }
-                return Err(format!("node {} checkpoint failed", i + 1));
+                Err(e) => return Err(format!("node {} checkpoint failed: {e}", i + 1)),
             }
         } else if self.nodes[i].checkpoint.is_none() && tick % 97 == (i as u64 * 31) % 97 {
             let due = tick + 1 + self.rng.below(6);
@@ -649,6 +666,34 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    /// Runs one cleaning pass now and then, between the node's other steps: its copies and
+    /// repointing interleave with applies and checkpoints at step granularity.
+    fn clean_step(&mut self, i: usize) -> Result<(), String> {
+        if !(self.tick + i as u64 * 5).is_multiple_of(17) {
+            return Ok(());
+        }
+        let n = &mut self.nodes[i];
+        let Some(cleaner) = n.cleaner.as_mut() else {
+            return Ok(());
+        };
+        match cleaner.clean_one() {
+            Ok(Some(report)) => {
+                self.values_moved += report.moved;
+                // Now and then the segment being filled is sealed, so emptied copies go.
+                if self.rng.below(4) == 0 {
+                    cleaner.seal();
+                }
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(_) if n.disk.crashed() => {
+                self.crash_node(i);
+                Ok(())
+            }
+            Err(e) => Err(format!("node {} cleaning failed: {e}", i + 1)),
+        }
     }
 
     fn client_step(&mut self, c: usize) {
@@ -681,7 +726,12 @@ impl Sim {
             0..=4 => (ReqOp::Get(key.clone()), Input::Get),
             5..=8 => {
                 client.values_written += 1;
-                let v = format!("c{c}v{}", client.values_written).into_bytes();
+                let mut v = format!("c{c}v{}", client.values_written).into_bytes();
+                // Half the values are too long for an inline slot: they are read from the
+                // log, and the cleaner has them to move.
+                if self.rng.below(2) == 0 {
+                    v.resize(64 + self.rng.below(200) as usize, b'.');
+                }
                 (ReqOp::Set(key.clone(), v.clone()), Input::Set(v))
             }
             _ => (ReqOp::Delete(key.clone()), Input::Delete),
@@ -826,6 +876,9 @@ impl Sim {
             }
             self.checkpoint_step(i)?;
             if self.nodes[i].replica.is_some() {
+                self.clean_step(i)?;
+            }
+            if self.nodes[i].replica.is_some() {
                 self.advance_node(i)?;
             }
         }
@@ -963,6 +1016,8 @@ impl Sim {
                 .count(),
             timed_out: self.history.iter().filter(|o| o.ret.is_none()).count(),
             crashes: self.crashes,
+            values_moved: self.values_moved,
+            segments_deleted: self.segments_deleted,
             leader_changes,
             committed_index: commit,
         })

@@ -656,4 +656,32 @@ mod tests {
         expected.extend(sector(5));
         assert_eq!(disk.durable_image(path).unwrap(), expected);
     }
+
+    #[test]
+    fn a_removal_is_durable_only_once_its_directory_is_synced() {
+        let disk = FaultBackend::new();
+        crate::storage::io::create_dir_durable(&disk, Path::new("/d")).unwrap();
+        let path = Path::new("/d/f");
+        let mut f = crate::storage::io::open_durable(&disk, path).unwrap();
+        f.write_durable_at(&sector(6), 0).unwrap();
+        disk.remove_file(path).unwrap();
+        assert!(!disk.exists(path), "gone for open at once");
+        assert!(disk.open(path, false).is_err());
+        let mut buf = sector(0);
+        f.read_at(&mut buf, 0).unwrap();
+        assert_eq!(buf, sector(6), "an open handle still reads it");
+        assert_eq!(
+            disk.list_dir(Path::new("/d")).unwrap(),
+            Vec::<String>::new()
+        );
+        disk.power_loss(PowerLoss::DropUnsynced);
+        assert_eq!(
+            disk.durable_image(path),
+            Some(sector(6)),
+            "an unsynced removal is undone by a power loss"
+        );
+        crate::storage::io::remove_durable(&disk, path).unwrap();
+        disk.power_loss(PowerLoss::KeepUnsynced);
+        assert!(!disk.exists(path), "a synced removal stays");
+    }
 }
