@@ -1,9 +1,11 @@
 //! The cleaner thread: runs the storage cleaner ([`crate::storage::cleaner`]) off the
 //! replication and shard cores, at a bounded rate and a low scheduling priority, so that
-//! foreground throughput holds while superseded log space is reclaimed.
+//! foreground throughput holds while superseded log space is reclaimed. It also removes
+//! the files of the segments that checkpoints released, oldest first.
 
 use super::Shared;
 use crate::storage::cleaner::Cleaner;
+use crate::storage::io::uring::UringBackend;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,7 @@ pub fn run(cleaner: &mut Cleaner, shared: &Shared, bytes_per_s: u64) {
     let stats = &shared.stats;
     let mut errors_reported = 0u64;
     while !shared.stop.load(Ordering::Acquire) {
+        remove_released_files(shared);
         let started = Instant::now();
         match cleaner.clean_one() {
             Ok(Some(report)) => {
@@ -54,6 +57,23 @@ pub fn run(cleaner: &mut Cleaner, shared: &Shared, bytes_per_s: u64) {
         }
     }
     cleaner.seal();
+}
+
+/// Removes the released segment files queued so far, in order. A failure is reported and
+/// the file left: it is found again at the next start and released again.
+pub fn remove_released_files(shared: &Shared) {
+    loop {
+        let Some(path) = shared.released_files.lock().unwrap().pop_front() else {
+            return;
+        };
+        if let Err(e) = crate::storage::io::remove_durable(&UringBackend, &path) {
+            eprintln!(
+                "ocean-liner: cannot remove released segment {}: {e}",
+                path.display()
+            );
+            shared.stats.clean_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 fn sleep_unless_stopped(shared: &Shared, total: Duration) {

@@ -44,6 +44,7 @@ use crate::storage::log::{LogReader, Segments, ValueCache};
 use crate::storage::store::Map;
 use anyhow::{Context, bail};
 use socket2::{Domain, Protocol, Socket, Type};
+use std::collections::VecDeque;
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::os::unix::io::AsRawFd;
@@ -118,6 +119,8 @@ pub struct Shared {
     pub client_addrs: Mutex<Vec<SocketAddr>>,
     /// This node's last log index (announced to peers when connecting).
     pub last_log_index: Arc<AtomicU64>,
+    /// Files of segments released by checkpoints, to remove in this order.
+    pub released_files: Mutex<VecDeque<PathBuf>>,
 }
 
 impl Shared {
@@ -420,6 +423,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         reads_waiting: AtomicBool::new(false),
         client_addrs: Mutex::new(cluster.client_addrs.clone()),
         last_log_index: last_log_index.clone(),
+        released_files: Mutex::new(VecDeque::new()),
     });
     last_log_index.store(opened.last_index, Ordering::Release);
     shared
@@ -500,6 +504,8 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         let _ = t.join();
     }
     let _ = cleaner.join();
+    // What the last checkpoint released.
+    cleaner::remove_released_files(&shared);
     result?;
     eprintln!("ocean-liner: stopped cleanly");
     Ok(())

@@ -26,10 +26,10 @@
 use crate::storage::command::CommandOp;
 use crate::storage::io::Backend;
 use crate::storage::log::segments::{LiveDelta, SegmentKind, Segments, split_address};
-use crate::storage::log::{EntryScanner, LogError, ValuesWriter};
+use crate::storage::log::{EntryCache, EntryScanner, LogError, ValuesWriter};
 use crate::storage::store::Map;
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Tunables of the cleaner.
 #[derive(Debug, Clone)]
@@ -53,7 +53,7 @@ pub const CLEAN_FRACTION_OVER_TARGET: f64 = 0.9;
 impl Default for CleanerOptions {
     fn default() -> CleanerOptions {
         CleanerOptions {
-            live_fraction_max: 0.5,
+            live_fraction_max: 0.25,
             disk_target_bytes: None,
             segment_bytes: crate::storage::log::SEGMENT_BYTES_DEFAULT,
             entry_bytes_max: 1 << 20,
@@ -80,6 +80,7 @@ pub struct Cleaner {
     backend: Arc<dyn Backend>,
     table: Arc<Segments>,
     map: Arc<Map>,
+    cache: Arc<Mutex<EntryCache>>,
     options: CleanerOptions,
     writer: Option<ValuesWriter>,
     /// Segments already cleaned (they hold no live value and wait to be deleted).
@@ -99,12 +100,14 @@ impl Cleaner {
         backend: Arc<dyn Backend>,
         table: Arc<Segments>,
         map: Arc<Map>,
+        cache: Arc<Mutex<EntryCache>>,
         options: CleanerOptions,
     ) -> Cleaner {
         Cleaner {
             backend,
             table,
             map,
+            cache,
             options,
             writer: None,
             cleaned: HashSet::new(),
@@ -216,6 +219,7 @@ impl Cleaner {
                 self.backend.as_ref(),
                 &self.table,
                 self.options.segment_bytes,
+                &self.cache,
             )?);
         }
         let writer = self.writer.as_mut().expect("created above");

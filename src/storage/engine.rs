@@ -70,11 +70,26 @@ pub struct OpenReport {
     pub journal_replayed: bool,
 }
 
-/// What a completed checkpoint deleted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// The segments a completed checkpoint released: they are out of the log and the segment
+/// table; their files are still to be removed, in this order (see
+/// [`Reclaimed::remove_files`]), which may happen on another thread and at any time later.
+/// A file not yet removed at a crash is found again on open and released again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reclaimed {
     pub segments: u64,
     pub bytes: u64,
+    pub files: Vec<PathBuf>,
+}
+
+impl Reclaimed {
+    /// Removes the files, in order, each removal durable before the next (so that Raft
+    /// segments always go oldest first and the log never has a gap).
+    pub fn remove_files(&self, backend: &dyn Backend) -> io::Result<()> {
+        for path in &self.files {
+            crate::storage::io::remove_durable(backend, path)?;
+        }
+        Ok(())
+    }
 }
 
 /// Errors of the engine.
@@ -277,6 +292,7 @@ impl Engine {
             self.backend.clone(),
             self.log.segments().clone(),
             self.map.clone(),
+            self.log.entry_cache().clone(),
             options,
         )
     }
@@ -318,9 +334,13 @@ impl Engine {
     }
 
     /// Keeps at least half a preparation chunk of log space ready past the end, so that
-    /// the next append does not wait for it.
+    /// the next append does not wait for it (starting the next segment when the current
+    /// one is nearly full).
     pub fn prepare_log_ahead(&mut self) -> Result<(), LogError> {
         let chunk = self.log.prepare_chunk_bytes();
+        // A head segment with less than half a chunk of room left is closed now, and the
+        // next one started and prepared, rather than inside the append that overflows it.
+        self.log.roll_if_nearly_full(chunk / 2)?;
         if self.log.prepared_bytes_ahead() < chunk / 2 {
             self.log.prepare(chunk)?;
         }
@@ -500,13 +520,15 @@ impl Engine {
     }
 
     /// Writes the map's changed pages and the sessions back, durably, then deletes the
-    /// segments that no longer hold anything needed.
+    /// segments that no longer hold anything needed (their files too).
     pub fn checkpoint(&mut self) -> Result<Reclaimed, EngineError> {
         let removable = self.removable_segments();
         let blob = encode_sessions(&self.sessions);
         self.map
             .checkpoint(self.applied_index, self.applied_term, &blob)?;
-        self.remove_segments(self.applied_index, &removable)
+        let reclaimed = self.release_segments(self.applied_index, &removable);
+        reclaimed.remove_files(self.backend.as_ref())?;
+        Ok(reclaimed)
     }
 
     /// Snapshots the changed pages and the sessions for a checkpoint whose IO can run on
@@ -525,7 +547,9 @@ impl Engine {
     }
 
     /// Completes a job started by [`Engine::checkpoint_begin`]; once its pages are
-    /// durable, deletes the segments that were empty when it began.
+    /// durable, releases the segments that were empty when it began. Their files are the
+    /// caller's to remove ([`Reclaimed::remove_files`]): each removal waits for the disk,
+    /// which the replication core should not.
     pub fn checkpoint_end(
         &mut self,
         job: CheckpointJob,
@@ -533,10 +557,10 @@ impl Engine {
     ) -> Result<Reclaimed, EngineError> {
         let removable = self.removable.take();
         self.map.checkpoint_end(job, result)?;
-        match removable {
-            Some((index, segments)) => self.remove_segments(index, &segments),
-            None => Ok(Reclaimed::default()),
-        }
+        Ok(match removable {
+            Some((index, segments)) => self.release_segments(index, &segments),
+            None => Reclaimed::default(),
+        })
     }
 
     /// Sealed segments the map reads no value from: values segments, and Raft segments
@@ -561,45 +585,34 @@ impl Engine {
             .collect()
     }
 
-    /// Deletes `segments` (found empty before a checkpoint covering `index` began, which
+    /// Releases `segments` (found empty before a checkpoint covering `index` began, which
     /// is now durable): values segments whatever their place, Raft segments only from
     /// the front of the log and only up to `index`.
-    fn remove_segments(
-        &mut self,
-        index: LogIndex,
-        segments: &[u64],
-    ) -> Result<Reclaimed, EngineError> {
+    fn release_segments(&mut self, index: LogIndex, segments: &[u64]) -> Reclaimed {
         let mut reclaimed = Reclaimed::default();
         let table = self.log.segments().clone();
+        let mut release = |row: crate::storage::log::SegmentInfo| {
+            reclaimed.segments += 1;
+            reclaimed.bytes += row.file_bytes;
+            reclaimed.files.push(row.path);
+        };
         for &no in segments {
-            let Some(row) = table.get(no) else { continue };
-            if row.kind == SegmentKind::Values {
+            if let Some(row) = table.get(no)
+                && row.kind == SegmentKind::Values
+            {
                 table.remove(no);
-                crate::storage::io::remove_durable(self.backend.as_ref(), &row.path)?;
-                reclaimed.segments += 1;
-                reclaimed.bytes += row.file_bytes;
+                release(row);
             }
         }
         while let Some((no, last)) = self.log.first_segment() {
             if last > index || !segments.contains(&no) {
                 break;
             }
-            let bytes = table.get(no).map_or(0, |r| r.file_bytes);
-            self.log.remove_first_segment()?;
-            reclaimed.segments += 1;
-            reclaimed.bytes += bytes;
+            if let Some(row) = self.log.release_first_segment() {
+                release(row);
+            }
         }
-        Ok(reclaimed)
-    }
-
-    /// The last sequence applied for a client session.
-    pub fn session_seq(&self, client_id: u64) -> Option<u64> {
-        self.sessions.get(&client_id).map(|s| s.last_seq)
-    }
-
-    /// Live sessions.
-    pub fn session_count(&self) -> usize {
-        self.sessions.len()
+        reclaimed
     }
 }
 

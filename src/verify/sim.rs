@@ -46,7 +46,7 @@ use crate::verify::linearizability::{self, CheckResult, Input, Operation, Output
 use raft::eraftpb::Message;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -224,8 +224,10 @@ struct SimNode {
     ticks: u64,
     /// A checkpoint whose pages were copied, and the step its IO runs at.
     checkpoint: Option<(CheckpointJob, u64)>,
-    /// The node's cleaner (the server runs it on a thread of its own).
+    /// The node's cleaner (the server runs it on a thread of its own), and the files of
+    /// released segments it has still to remove.
     cleaner: Option<Cleaner>,
+    released: Vec<PathBuf>,
 }
 
 impl SimNode {
@@ -322,6 +324,7 @@ impl Sim {
                     ticks: 0,
                     checkpoint: None,
                     cleaner: None,
+                    released: Vec::new(),
                 }
             })
             .collect();
@@ -395,6 +398,8 @@ impl Sim {
         n.reads_waiting = false;
         n.checkpoint = None;
         n.cleaner = None;
+        // Files released but not yet removed stay on the disk, to be found on restart.
+        n.released.clear();
         let mode = match self.rng.below(3) {
             0 => PowerLoss::DropUnsynced,
             1 => PowerLoss::KeepUnsynced,
@@ -651,7 +656,10 @@ impl Sim {
             let result = job.write();
             let replica = self.nodes[i].replica.as_mut().expect("a live node");
             match replica.checkpoint_end(job, result) {
-                Ok(reclaimed) => self.segments_deleted += reclaimed.segments,
+                Ok(reclaimed) => {
+                    self.segments_deleted += reclaimed.segments;
+                    self.nodes[i].released.extend(reclaimed.files);
+                }
                 Err(_) if self.nodes[i].disk.crashed() => {
                     self.crash_node(i);
                     return Ok(());
@@ -678,6 +686,19 @@ impl Sim {
         let Some(cleaner) = n.cleaner.as_mut() else {
             return Ok(());
         };
+        for path in std::mem::take(&mut n.released) {
+            if let Err(e) = crate::storage::io::remove_durable(&n.disk, &path) {
+                if n.disk.crashed() {
+                    self.crash_node(i);
+                    return Ok(());
+                }
+                return Err(format!(
+                    "node {} cannot remove {}: {e}",
+                    i + 1,
+                    path.display()
+                ));
+            }
+        }
         match cleaner.clean_one() {
             Ok(Some(report)) => {
                 self.values_moved += report.moved;

@@ -620,6 +620,11 @@ impl Log {
         reader.read_value_at(address, key)
     }
 
+    /// The cache of recent entries, shared with the readers and the cleaner.
+    pub fn entry_cache(&self) -> &Arc<Mutex<EntryCache>> {
+        &self.cache
+    }
+
     /// A handle that reads values from this log on another thread, sharing its cache.
     pub fn reader(&self) -> LogReader {
         LogReader::new(self.backend.clone(), self.table.clone(), self.cache.clone())
@@ -707,18 +712,26 @@ impl Log {
             .then(|| (self.segs[0].no, self.segs[0].last_index()))
     }
 
-    /// Deletes the oldest Raft segment, durably; the log then starts at the index after
-    /// its last. The caller has made sure nothing needs its entries (a durable checkpoint
-    /// covers them, and no peer will ask for them) and the map points at none of its
-    /// values. Never the head.
-    pub fn remove_first_segment(&mut self) -> Result<(), LogError> {
+    /// Takes the oldest Raft segment out of the log and the segment table; the log then
+    /// starts at the index after its last. Returns its row, whose file the caller removes
+    /// (until then a reopen finds it again, and it still runs on into the next segment).
+    /// The caller has made sure nothing needs its entries (a durable checkpoint covers
+    /// them, and no peer will ask for them) and the map points at none of its values.
+    /// Never the head.
+    pub fn release_first_segment(&mut self) -> Option<segments::SegmentInfo> {
         assert!(self.segs.len() > 1, "the head segment is never removed");
         let seg = self.segs.remove(0);
         if let Some(m) = seg.metas.last() {
             self.compacted_term = Some(m.term);
         }
-        self.table.remove(seg.no);
-        remove_durable(self.backend.as_ref(), &seg.path)?;
+        self.table.remove(seg.no)
+    }
+
+    /// Deletes the oldest Raft segment, its file too, durably.
+    pub fn remove_first_segment(&mut self) -> Result<(), LogError> {
+        if let Some(row) = self.release_first_segment() {
+            remove_durable(self.backend.as_ref(), &row.path)?;
+        }
         Ok(())
     }
 }

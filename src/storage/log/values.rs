@@ -7,10 +7,10 @@
 
 use super::segment::SegmentFile;
 use super::segments::{SegmentInfo, SegmentKind, Segments};
-use super::{Entry, EntryHeader, LogError, LogIndex, NewEntry, Term, entry_size};
+use super::{Entry, EntryCache, EntryHeader, LogError, LogIndex, NewEntry, Term, entry_size};
 use crate::storage::io::{AlignedBuf, Backend, BlockFile, PAGE_SIZE, open_durable, read_exact_at};
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Reads the entries of one segment file from its start, verifying each.
 pub struct EntryScanner {
@@ -85,6 +85,9 @@ pub struct ValuesWriter {
     seg: SegmentFile,
     table: Arc<Segments>,
     segment_bytes: u64,
+    /// The log's cache of entries: the copies are put there as they are written, so the
+    /// values the cleaner moves stay in memory as they were in their old segment.
+    cache: Arc<Mutex<EntryCache>>,
 }
 
 impl ValuesWriter {
@@ -94,6 +97,7 @@ impl ValuesWriter {
         backend: &dyn Backend,
         table: &Arc<Segments>,
         segment_bytes: u64,
+        cache: &Arc<Mutex<EntryCache>>,
     ) -> Result<ValuesWriter, LogError> {
         let no = table.allocate_no().ok_or_else(|| {
             LogError::Io(io::Error::other(
@@ -121,6 +125,7 @@ impl ValuesWriter {
             seg,
             table: table.clone(),
             segment_bytes,
+            cache: cache.clone(),
         })
     }
 
@@ -146,8 +151,12 @@ impl ValuesWriter {
         };
         SegmentFile::check(std::slice::from_ref(&entry))?;
         let start = self.seg.end;
-        self.seg.write(std::slice::from_ref(&entry))?;
+        let buf = self.seg.write(std::slice::from_ref(&entry))?;
         let (no, end) = (self.seg.no, self.seg.end);
+        self.cache
+            .lock()
+            .unwrap()
+            .insert(super::segments::address(no, start), buf);
         let (count, bytes) = (self.seg.set_count, self.seg.set_bytes);
         self.table.update(no, |row| {
             row.valid_bytes = end;
