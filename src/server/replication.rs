@@ -370,6 +370,13 @@ impl Loop<'_> {
                     .fetch_add(reclaimed.segments, Ordering::Relaxed);
                 s.bytes_deleted
                     .fetch_add(reclaimed.bytes, Ordering::Relaxed);
+                // Removing a file waits for the disk (tens of ms for a large one): the
+                // cleaner thread does it, in this order.
+                self.shared
+                    .released_files
+                    .lock()
+                    .unwrap()
+                    .extend(reclaimed.files);
                 s.last_checkpoint_us
                     .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
             }

@@ -337,14 +337,7 @@ impl Engine {
     /// the next append does not wait for it (starting the next segment when the current
     /// one is nearly full).
     pub fn prepare_log_ahead(&mut self) -> Result<(), LogError> {
-        let chunk = self.log.prepare_chunk_bytes();
-        // A head segment with less than half a chunk of room left is closed now, and the
-        // next one started and prepared, rather than inside the append that overflows it.
-        self.log.roll_if_nearly_full(chunk / 2)?;
-        if self.log.prepared_bytes_ahead() < chunk / 2 {
-            self.log.prepare(chunk)?;
-        }
-        Ok(())
+        self.log.prepare_ahead()
     }
 
     /// The map, shared with readers on other threads.

@@ -563,18 +563,22 @@ impl Log {
         self.options.prepare_chunk_bytes
     }
 
-    /// Whether the head segment has room for less than `bytes` more (the next write of
-    /// that size starts a new segment).
-    pub fn head_is_nearly_full(&self, bytes: u64) -> bool {
-        !self.head().is_empty() && self.head().end + bytes > self.options.segment_bytes
-    }
-
-    /// Starts the next segment now, if the head has room for less than `bytes`, so that
-    /// the roll-over (creating and preparing a file) happens between windows rather than
-    /// inside one.
-    pub fn roll_if_nearly_full(&mut self, bytes: u64) -> Result<(), LogError> {
-        if self.head_is_nearly_full(bytes) {
+    /// Keeps space prepared ahead of the next append: half a preparation chunk (or half a
+    /// segment, if smaller) at least. A head segment with less room than that left is
+    /// closed now and the next one started, so that neither the roll-over nor the
+    /// preparation happens inside an append.
+    pub fn prepare_ahead(&mut self) -> Result<(), LogError> {
+        let want = self
+            .options
+            .prepare_chunk_bytes
+            .min(self.options.segment_bytes);
+        let room = self.options.segment_bytes.saturating_sub(self.head().end);
+        if !self.head().is_empty() && room < want / 2 {
             self.roll()?;
+        }
+        if self.prepared_bytes_ahead() < want / 2 {
+            let room = self.options.segment_bytes.saturating_sub(self.head().end);
+            self.prepare(want.min(room))?;
         }
         Ok(())
     }
