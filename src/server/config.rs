@@ -41,8 +41,8 @@ pub struct ServerConfig {
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=512))]
     pub segment_mib: u64,
     /// MiB the segments may take on disk before the cleaner copies the live values of
-    /// any segment up to 90% live (below it, only of segments at most 25% live).
-    /// Without it, only the 25% rule applies.
+    /// any segment up to 90% live (below it, only of segments where at most 25% of the
+    /// values are still live). Without it, only the 25% rule applies.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub disk_target_mib: Option<u64>,
     /// MiB per second the cleaner may read and write at most.

@@ -153,6 +153,7 @@ impl Shared {
         let s = &self.stats;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let space = self.segments.space();
+        let index_bytes = self.map.index_bytes();
         let role = if self.is_leader.load(Ordering::Relaxed) {
             "leader"
         } else {
@@ -161,7 +162,7 @@ impl Shared {
         format!(
             "node_id={}\nrole={role}\nterm={}\nleader_id={}\ncommit_index={}\napplied_index={}\n\
              elections_seen={}\nelection_timeout_ms={}\nrtt_estimate_us={}\nrtt_deviation_us={}\n\
-             read_mode={:?}\nkeys={}\nmap_pages={}\n\
+             read_mode={:?}\nkeys={}\nmap_pages={}\nindex_bytes={}\nindex_bytes_per_key={:.1}\n\
              entries_written={}\ncommands_applied={}\nlast_entry_commands={}\nrequests={}\ngets={}\n\
              hash_collisions={}\nrejected={}\ndropped={}\nbusy={}\nwrite_errors={}\n\
              checkpoints={}\nlast_checkpoint_us={}\n\
@@ -182,6 +183,8 @@ impl Shared {
             self.read_mode,
             self.map.entry_count(),
             self.map.page_count(),
+            index_bytes,
+            index_bytes as f64 / self.map.entry_count().max(1) as f64,
             get(&s.entries_written),
             get(&s.commands_applied),
             get(&s.last_entry_commands),

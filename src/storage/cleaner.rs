@@ -2,8 +2,9 @@
 //!
 //! Every SET leaves its command in a segment for as long as the segment exists; once the
 //! key is set again or deleted, those bytes are dead. The cleaner picks the sealed segment
-//! with the smallest live fraction (see [`crate::storage::log::segments`] for the
-//! accounting), reads it from start to end, copies the SET commands the map still points
+//! with the smallest live fraction — the share of its SET commands the map still reads
+//! from it (see [`crate::storage::log::segments`] for the accounting) — reads it from
+//! start to end, copies the SET commands the map still points
 //! at into a values segment (one durable write per entry of up to
 //! [`CleanerOptions::entry_bytes_max`]), and then points the map at the copies — each key
 //! only if it still points at the old command, so a SET or DELETE applied meanwhile wins.

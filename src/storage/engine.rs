@@ -200,6 +200,14 @@ impl Engine {
         replay_to: Option<LogIndex>,
     ) -> Result<(Engine, OpenReport), EngineError> {
         crate::storage::io::create_dir_durable(backend.as_ref(), dir)?;
+        if backend.exists(&dir.join("log")) {
+            return Err(EngineError::Io(io::Error::other(format!(
+                "{} holds a log in the single-file format of earlier versions, which this \
+                 version does not read (it keeps the log in segments/); move the data \
+                 directory away and start empty, or run the earlier version",
+                dir.display()
+            ))));
+        }
         let (map, load) = Map::open(backend.as_ref(), dir)?;
         let (log, log_report) = Log::open(
             backend.clone(),
@@ -556,6 +564,16 @@ impl Engine {
         })
     }
 
+    /// The last sequence applied for a client session.
+    pub fn session_seq(&self, client_id: u64) -> Option<u64> {
+        self.sessions.get(&client_id).map(|s| s.last_seq)
+    }
+
+    /// Live sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
     /// Sealed segments the map reads no value from: values segments, and Raft segments
     /// whose entries are all applied.
     fn removable_segments(&self) -> Vec<u64> {
@@ -676,6 +694,24 @@ mod tests {
             Lookup::InLog(offset) => offset,
             other => panic!("{:?} is not in the log: {other:?}", key),
         }
+    }
+
+    /// A data directory written by the single-file log of earlier versions is refused
+    /// with a reason, not taken for an empty one (which would lose its data from view).
+    #[test]
+    fn a_single_file_log_of_an_earlier_version_is_refused() {
+        let disk = FaultBackend::new();
+        crate::storage::io::create_dir_durable(&disk, Path::new("/old")).unwrap();
+        crate::storage::io::open_durable(&disk, Path::new("/old/log")).unwrap();
+        let Err(e) = Engine::open(
+            Arc::new(disk),
+            Path::new("/old"),
+            EngineOptions::default(),
+            None,
+        ) else {
+            panic!("an old data directory opened as a new one");
+        };
+        assert!(e.to_string().contains("single-file format"), "{e}");
     }
 
     /// A key whose hash the map holds with another key's SET (a 128-bit collision, which

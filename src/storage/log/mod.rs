@@ -218,13 +218,6 @@ impl Log {
         dir: &Path,
         options: LogOptions,
     ) -> Result<(Log, RecoveryReport), LogError> {
-        if backend.exists(&dir.join("log")) && !backend.exists(dir) {
-            return Err(LogError::Io(io::Error::other(
-                "this data directory holds a log in the single-file format of earlier \
-                 versions, which this version does not read; move it away and start \
-                 empty, or run the earlier version",
-            )));
-        }
         create_dir_durable(backend.as_ref(), dir)?;
         let mut names: Vec<(u64, SegmentKind)> = backend
             .list_dir(dir)?
@@ -470,6 +463,23 @@ impl Log {
             expected = expected.next();
             last_term = entry.term;
         }
+        let first_new = self.last_index().next();
+        if let Err(e) = self.append_runs(new_entries) {
+            // All or nothing: entries of earlier runs already written are cut again, so a
+            // caller that sees the error (a full disk, say) may retry the same entries.
+            if self.last_index() >= first_new
+                && !self.failed
+                && self.truncate_from(first_new).is_err()
+            {
+                self.failed = true;
+            }
+            return Err(e);
+        }
+        Ok(self.last_index())
+    }
+
+    /// Writes `new_entries` in runs that each fit the head segment, rolling over between.
+    fn append_runs(&mut self, new_entries: &[NewEntry<'_>]) -> Result<(), LogError> {
         let mut rest = new_entries;
         while !rest.is_empty() {
             // The longest run that fits in the head segment (at least one entry in an
@@ -492,7 +502,7 @@ impl Log {
             self.write_run(&rest[..run], run_bytes)?;
             rest = &rest[run..];
         }
-        Ok(self.last_index())
+        Ok(())
     }
 
     /// Writes `run` at the end of the head segment, durably, and caches it.
@@ -737,5 +747,70 @@ impl Log {
             remove_durable(self.backend.as_ref(), &row.path)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::command::{self, CommandOp};
+    use crate::storage::io::fault::{Fault, FaultBackend};
+
+    fn commands(n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            let key = format!("k{i}");
+            command::encode(&mut out, CommandOp::Set, 0, 0, key.as_bytes(), &[7; 300]);
+        }
+        out
+    }
+
+    /// An append that spans two segments is two writes; a full disk at any of its IO
+    /// points leaves none of its entries behind, so the same entries can be appended
+    /// again once there is room.
+    #[test]
+    fn an_append_across_segments_is_all_or_nothing() {
+        let cmds = commands(40);
+        let batch: Vec<NewEntry<'_>> = (2..=4)
+            .map(|i| NewEntry {
+                term: Term(1),
+                log_index: LogIndex(i),
+                num_commands: 40,
+                commands: &cmds,
+            })
+            .collect();
+        let options = LogOptions {
+            prepare_chunk_bytes: 4096,
+            cache_bytes: 1 << 20,
+            segment_bytes: 32 << 10,
+        };
+        let mut failures = 0;
+        for offset in 0..12 {
+            let disk = FaultBackend::new();
+            let (mut log, _) =
+                Log::open(Arc::new(disk.clone()), Path::new("/l"), options.clone()).unwrap();
+            log.append(&[NewEntry {
+                log_index: LogIndex(1),
+                ..batch[0]
+            }])
+            .unwrap();
+            disk.arm(disk.io_points() + offset, Fault::Fail(libc::ENOSPC));
+            if let Err(e) = log.append(&batch) {
+                assert!(e.is_no_space(), "{e}");
+                failures += 1;
+                assert_eq!(
+                    log.last_index(),
+                    LogIndex(1),
+                    "offset {offset}: nothing kept"
+                );
+                log.append(&batch).unwrap();
+            }
+            assert_eq!(log.last_index(), LogIndex(4));
+            assert!(log.segment_paths().len() >= 2, "the batch spans segments");
+            for i in 1..=4 {
+                assert_eq!(log.read(LogIndex(i)).unwrap().commands(), &cmds[..]);
+            }
+        }
+        assert!(failures > 3, "the fault hit the append {failures} times");
     }
 }

@@ -129,12 +129,16 @@ impl SegmentInfo {
             as u64
     }
 
-    /// Estimated fraction of the segment's entry bytes that is live.
+    /// The fraction of the segment's SET commands whose values the map still reads from
+    /// it. (By count, not bytes: a values segment holds nothing but values that were live
+    /// when copied, so it qualifies for cleaning only once some of them have died since,
+    /// however much padding its entries carry; a Raft segment whose values all sit inline
+    /// in the map counts as empty.)
     pub fn live_fraction(&self) -> f64 {
-        if self.valid_bytes == 0 {
+        if self.set_count == 0 {
             return 0.0;
         }
-        self.live_bytes() as f64 / self.valid_bytes as f64
+        self.live_count.max(0) as f64 / self.set_count as f64
     }
 }
 

@@ -625,6 +625,14 @@ impl Map {
         self.layout.read().unwrap().arena.page_count
     }
 
+    /// Bytes of memory the index takes: its pages and its directory (the bloom filter,
+    /// one page, included).
+    pub fn index_bytes(&self) -> u64 {
+        let layout = self.layout.read().unwrap();
+        (layout.arena.page_count as u64 + 1) * PAGE_SIZE as u64
+            + (layout.directory.len() * std::mem::size_of::<u32>()) as u64
+    }
+
     /// Entries of the directory (`2^global_depth`).
     pub fn directory_len(&self) -> usize {
         self.layout.read().unwrap().directory.len()
