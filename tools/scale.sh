@@ -32,8 +32,9 @@ for keys in "$small" "$large"; do
     stats=$("$bin" stats --server "127.0.0.1:$port")
     per_key=$(sed -n 's/^index_bytes_per_key=//p' <<<"$stats")
     disk=$(sed -n 's/^disk_bytes=//p' <<<"$stats")
-    for over in "$keys" 100000; do
-        [ "$over" -le "$keys" ] || continue
+    overs=("$keys")
+    [ "$keys" -gt 100000 ] && overs+=(100000)
+    for over in "${overs[@]}"; do
         "$bin" bench "${common[@]}" --keys "$over" --workload get --concurrency "$conc" \
             --duration "$duration" --warmup 2 >"$data/get-$over.json" 2>/dev/null
         python3 - "$data/get-$over.json" "$keys" "$over" "$rss_kib" "$per_key" "$disk" <<'PY'
