@@ -8,8 +8,9 @@
 //! at into a values segment (one durable write per entry of up to
 //! [`CleanerOptions::entry_bytes_max`]), and then points the map at the copies — each key
 //! only if it still points at the old command, so a SET or DELETE applied meanwhile wins.
-//! The victim is then empty; the engine deletes it after the next durable checkpoint (and,
-//! for a Raft segment, once the Raft log no longer needs its entries).
+//! The victim is then empty; the engine releases it when the next checkpoint that began
+//! after that completes (and, for a Raft segment, only once the Raft log no longer needs
+//! its entries), and its file is removed.
 //!
 //! This is a local operation of one replica, never a Raft entry: each replica cleans its
 //! own segments on its own schedule, and what it copies is exactly what its own map holds.
@@ -185,10 +186,15 @@ impl Cleaner {
                 {
                     self.flush(&mut pending, victim, &mut report)?;
                 }
+                // The decoder checked that the command lies inside the region.
+                let bytes = commands
+                    .get(cmd.offset..cmd.offset + cmd.size)
+                    .ok_or_else(|| LogError::Corrupt {
+                        offset: address,
+                        reason: "command runs past its entry".into(),
+                    })?;
                 pending.moves.push((hash, address, pending.commands.len()));
-                pending
-                    .commands
-                    .extend_from_slice(&commands[cmd.offset..cmd.offset + cmd.size]);
+                pending.commands.extend_from_slice(bytes);
             }
         }
         self.flush(&mut pending, victim, &mut report)?;

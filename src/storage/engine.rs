@@ -9,8 +9,9 @@
 //! checkpoint reaches the same state.
 //!
 //! Space: applying a command keeps the segments' live counts (see
-//! [`crate::storage::log::segments`]); a checkpoint that completes deletes the segments
-//! that were empty when it began — values segments the cleaner emptied, and the oldest
+//! [`crate::storage::log::segments`]); a checkpoint that completes releases the segments
+//! that were empty when it began (their files are removed by the caller, see
+//! [`Reclaimed`]) — values segments the cleaner emptied, and the oldest
 //! Raft segments once the checkpoint covers their entries (unless
 //! [`EngineOptions::keep_raft_log`]: a cluster keeps its whole Raft log for followers
 //! that fall behind, until it can send them snapshots).

@@ -18,8 +18,8 @@
 //! Indexes run on from file to file. Every command is named by its *log address* (segment
 //! number and offset, see [`segments`]), which the map stores; a value the cleaner moves
 //! out of an old segment gets an address in a values segment. The oldest Raft segments
-//! are deleted once the map no longer points into them and a durable checkpoint covers
-//! their entries ([`Log::remove_first_segment`]); the log then starts at a later index.
+//! are released once the map no longer points into them and a durable checkpoint covers
+//! their entries ([`Log::release_first_segment`]); the log then starts at a later index.
 //!
 //! # Entry layout
 //!
