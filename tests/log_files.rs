@@ -49,7 +49,13 @@ fn commands(i: u64, count: usize, value_len: usize) -> Vec<u8> {
 
 /// Writes `n` entries; returns each entry's (offset, size).
 fn write_entries(path: &Path, n: u64) -> Vec<(u64, usize)> {
-    let (mut log, _) = Log::open(Arc::new(UringBackend), path, options()).unwrap();
+    write_entries_with(path, n, options())
+}
+
+/// Writes `n` entries into a log opened with `options`; returns each entry's (log
+/// address, size).
+fn write_entries_with(path: &Path, n: u64, options: LogOptions) -> Vec<(u64, usize)> {
+    let (mut log, _) = Log::open(Arc::new(UringBackend), path, options).unwrap();
     let mut spans = Vec::new();
     for i in 1..=n {
         let count = 1 + (i as usize % 7) * 20;
@@ -65,6 +71,17 @@ fn write_entries(path: &Path, n: u64) -> Vec<(u64, usize)> {
         spans.push((offset, entry_size(cmds.len())));
     }
     spans
+}
+
+/// Walks the log backwards and checks it holds entries `n` down to 1.
+fn check_walks_back(log: &mut Log, n: u64) {
+    let back: Vec<u64> = log
+        .walk_backward()
+        .unwrap()
+        .iter()
+        .map(|h| h.log_index.get())
+        .collect();
+    assert_eq!(back, (1..=n).rev().collect::<Vec<_>>());
 }
 
 fn check_prefix(log: &mut Log, n: u64) {
@@ -99,13 +116,7 @@ fn entries_read_back_and_walk_both_ways() {
     assert_eq!(report.entries, 12);
     assert_eq!(report.torn_tail_at, None);
     check_prefix(&mut log, 12);
-    let back: Vec<u64> = log
-        .walk_backward()
-        .unwrap()
-        .iter()
-        .map(|h| h.log_index.get())
-        .collect();
-    assert_eq!(back, (1..=12).rev().collect::<Vec<_>>());
+    check_walks_back(&mut log, 12);
     assert_eq!(log.term(LogIndex(12)), Some(Term(4)));
 }
 
@@ -567,22 +578,6 @@ fn segmented() -> LogOptions {
     }
 }
 
-/// Writes `n` entries into a log of small segments.
-fn write_segmented(path: &Path, n: u64) {
-    let (mut log, _) = Log::open(Arc::new(UringBackend), path, segmented()).unwrap();
-    for i in 1..=n {
-        let count = 1 + (i as usize % 7) * 20;
-        let cmds = commands(i, count, 100 + i as usize * 10);
-        log.append(&[NewEntry {
-            term: Term(1 + i / 4),
-            log_index: LogIndex(i),
-            num_commands: count as u64,
-            commands: &cmds,
-        }])
-        .unwrap();
-    }
-}
-
 /// Entries run on from one segment file to the next: all read back after a reopen, the
 /// backward walk crosses the files, deleting the oldest segments moves the first index,
 /// and a log whose segments do not run on is refused rather than opened short.
@@ -590,7 +585,7 @@ fn write_segmented(path: &Path, n: u64) {
 fn entries_span_segments_and_the_oldest_can_be_deleted() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let path = dir.path().join("segments");
-    write_segmented(&path, 30);
+    write_entries_with(&path, 30, segmented());
     let (mut log, report) = Log::open(Arc::new(UringBackend), &path, segmented()).unwrap();
     assert_eq!((report.entries, report.torn_tail_at), (30, None));
     let files = log.segment_paths();
@@ -599,13 +594,7 @@ fn entries_span_segments_and_the_oldest_can_be_deleted() {
         "30 entries fill several segments: {files:?}"
     );
     check_prefix(&mut log, 30);
-    let back: Vec<u64> = log
-        .walk_backward()
-        .unwrap()
-        .iter()
-        .map(|h| h.log_index.get())
-        .collect();
-    assert_eq!(back, (1..=30).rev().collect::<Vec<_>>());
+    check_walks_back(&mut log, 30);
 
     let (_, first_last) = log.first_segment().unwrap();
     log.remove_first_segment().unwrap();
