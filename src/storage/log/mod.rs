@@ -12,7 +12,7 @@
 //!
 //! # Segments
 //!
-//! Raft entries go into `segments/XXXXXXXX.log`, one file after another: when the next
+//! Raft entries go into `segments/NNNNNNNN.log` (hex), one file after another: when the next
 //! write would take the current segment past `segment_bytes`, a new segment starts (a
 //! write never spans two files, so one entry larger than a segment gets one to itself).
 //! Indexes run on from file to file. Every command is named by its *log address* (segment

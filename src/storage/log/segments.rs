@@ -12,8 +12,8 @@
 //!
 //! # Files
 //!
-//! `segments/XXXXXXXX.log` (hex segment number) hold Raft entries, consecutive across
-//! files; `segments/XXXXXXXX.val` hold values the cleaner relocated out of older segments,
+//! `segments/NNNNNNNN.log` (eight hex digits: the segment number) hold Raft entries, consecutive across
+//! files; `segments/NNNNNNNN.val` hold values the cleaner relocated out of older segments,
 //! in the same entry format with their own indexes from 1 (not Raft entries). Both are
 //! written only at their end, durably, and deleted whole.
 //!
