@@ -568,11 +568,6 @@ impl Log {
         self.head().prepared - self.head().end
     }
 
-    /// The size of one preparation step.
-    pub fn prepare_chunk_bytes(&self) -> u64 {
-        self.options.prepare_chunk_bytes
-    }
-
     /// Keeps space prepared ahead of the next append: half a preparation chunk (or half a
     /// segment, if smaller) at least. A head segment with less room than that left is
     /// closed now and the next one started, so that neither the roll-over nor the
