@@ -35,7 +35,7 @@ fn options() -> EngineOptions {
             // delete the old ones, at IO points like every other.
             segment_bytes: 96 << 10,
         },
-        keep_raft_log: false,
+        raft_log_retain_bytes: 0,
     }
 }
 
@@ -332,7 +332,7 @@ fn cleaning_options() -> EngineOptions {
             cache_bytes: 0,
             segment_bytes: 32 << 10,
         },
-        keep_raft_log: false,
+        raft_log_retain_bytes: 0,
     }
 }
 

@@ -51,7 +51,7 @@ fn options() -> EngineOptions {
             cache_bytes: 1 << 20,
             segment_bytes: 64 << 10,
         },
-        keep_raft_log: false,
+        raft_log_retain_bytes: 0,
     }
 }
 

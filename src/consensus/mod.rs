@@ -232,6 +232,12 @@ impl RaftNode {
             .max(engine.applied_index().get())
             .min(engine.last_index().get());
         let applied = engine.applied_index().get();
+        let mut engine = engine;
+        if config.voters.len() > 1 {
+            // Nothing is known of the followers yet: keep every Raft segment until the
+            // first checkpoint sets the bound.
+            engine.set_raft_keep_from(LogIndex::ZERO);
+        }
         let fresh =
             state_was_empty && engine.last_index() == LogIndex::ZERO && config.voters.len() > 1;
         let engine = Rc::new(RefCell::new(engine));

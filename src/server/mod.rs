@@ -280,9 +280,11 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
             segment_bytes: config.segment_mib << 20,
             ..LogOptions::default()
         },
-        // A cluster keeps its Raft log whole: a follower that falls behind is repaired
-        // from it (there are no snapshots to send yet).
-        keep_raft_log: cluster.client_addrs.len() > 1,
+        raft_log_retain_bytes: if cluster.client_addrs.len() > 1 {
+            u64::MAX
+        } else {
+            0
+        },
     };
     let (opened_tx, opened_rx) = crossbeam_channel::bounded::<anyhow::Result<Opened>>(1);
     let (node_tx, node_rx) = crossbeam_channel::bounded::<Arc<Shared>>(1);

@@ -87,6 +87,8 @@ pub struct Cleaner {
     writer: Option<ValuesWriter>,
     /// Segments already cleaned (they hold no live value and wait to be deleted).
     cleaned: HashSet<u64>,
+    /// Snapshot installs seen (see [`Segments::cleaning`]).
+    installs_seen: u64,
 }
 
 /// Live commands gathered for one durable write.
@@ -113,6 +115,7 @@ impl Cleaner {
             options,
             writer: None,
             cleaned: HashSet::new(),
+            installs_seen: 0,
         }
     }
 
@@ -147,9 +150,17 @@ impl Cleaner {
             .map(|(no, _)| *no)
     }
 
-    /// Cleans the best victim, if there is one.
+    /// Cleans the best victim, if there is one. The pass holds the table's cleaning lock,
+    /// so a snapshot install never runs in the middle of one; after an install the values
+    /// segment being filled is gone, and a new one is started.
     pub fn clean_one(&mut self) -> Result<Option<CleanReport>, LogError> {
-        let table = &self.table;
+        let table = self.table.clone();
+        let installs = table.cleaning();
+        if *installs != self.installs_seen {
+            self.installs_seen = *installs;
+            self.writer = None;
+            self.cleaned.clear();
+        }
         self.cleaned.retain(|no| table.get(*no).is_some());
         match self.pick_victim() {
             Some(no) => self.clean(no).map(Some),
@@ -290,7 +301,7 @@ mod tests {
                 cache_bytes: 0,
                 segment_bytes: 64 << 10,
             },
-            keep_raft_log: false,
+            raft_log_retain_bytes: 0,
         };
         let (engine, _) =
             Engine::open(Arc::new(disk.clone()), Path::new("/c"), options, None).unwrap();

@@ -11,10 +11,21 @@
 //! Space: applying a command keeps the segments' live counts (see
 //! [`crate::storage::log::segments`]); a checkpoint that completes releases the segments
 //! that were empty when it began (their files are removed by the caller, see
-//! [`Reclaimed`]) — values segments the cleaner emptied, and the oldest
-//! Raft segments once the checkpoint covers their entries (unless
-//! [`EngineOptions::keep_raft_log`]: a cluster keeps its whole Raft log for followers
-//! that fall behind, until it can send them snapshots).
+//! [`Reclaimed`]) — values segments the cleaner emptied, and the oldest Raft segments
+//! once the checkpoint covers their entries and no follower still needs them (see
+//! [`Engine::set_raft_keep_from`]; a follower further behind than the log keeps is sent a
+//! snapshot). Nothing is released while a snapshot is being read.
+//!
+//! Snapshots ([`crate::storage::snapshot`]): [`Engine::snapshot_source`] takes one at the
+//! applied index; [`Engine::install_snapshot`] replaces this engine's whole state with a
+//! received one. An install swaps the map in, takes every old segment out of the log and
+//! the table, starts the Raft log after the snapshot's index in a new segment, and writes
+//! one checkpoint of the whole map; that checkpoint is the commit point. Its record names
+//! the new segment and the snapshot's values segments (the *install floor*): on every
+//! open, any other segment numbered below the floor belongs to the state before and is
+//! deleted. A crash before the checkpoint is durable leaves the old state whole (the
+//! snapshot's values segments are then unreferenced and deleted like any empty one); a
+//! crash after it leaves the new state, and the open finishes the deletions.
 
 use crate::storage::cleaner::{Cleaner, CleanerOptions};
 use crate::storage::command::CommandOp;
@@ -24,6 +35,7 @@ use crate::storage::log::{
     Entry, Log, LogError, LogIndex, LogOptions, LogReader, NewEntry, RecoveryReport, SEGMENTS_DIR,
     Term, ValueRead,
 };
+use crate::storage::snapshot::{SnapshotSource, SnapshotTarget, StagedSnapshot};
 use crate::storage::store::{CheckpointJob, Lookup, Map, SetOutcome};
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -39,8 +51,10 @@ pub const SESSIONS_MAX: usize = 1 << 20;
 #[derive(Debug, Clone, Default)]
 pub struct EngineOptions {
     pub log: LogOptions,
-    /// Never delete Raft segments (the values in them are still cleaned).
-    pub keep_raft_log: bool,
+    /// Raft segments kept for followers that lag: a segment some follower still needs
+    /// (see [`Engine::set_raft_keep_from`]) is deleted anyway once this many bytes of
+    /// newer Raft segments exist; that follower then gets a snapshot.
+    pub raft_log_retain_bytes: u64,
 }
 
 /// The outcome of one applied command.
@@ -188,6 +202,11 @@ pub struct Engine {
     applied_term: Term,
     /// GETs whose key hash the map held for another key (answered as misses).
     hash_collisions: u64,
+    /// The first Raft index some follower still needs from this log.
+    raft_keep_from: LogIndex,
+    /// The last install's floor and the values segments it brought (see the module
+    /// documentation), written with every checkpoint.
+    install_floor: Option<InstallFloor>,
 }
 
 impl Engine {
@@ -210,12 +229,22 @@ impl Engine {
             ))));
         }
         let (map, load) = Map::open(backend.as_ref(), dir)?;
-        let (log, log_report) = Log::open(
+        let (sessions, install_floor) = decode_checkpoint_record(&load.sessions);
+        if let Some((floor, kept)) = &install_floor {
+            remove_below_floor(backend.as_ref(), &dir.join(SEGMENTS_DIR), *floor, kept)?;
+        }
+        let (mut log, log_report) = Log::open(
             backend.clone(),
             &dir.join(SEGMENTS_DIR),
             options.log.clone(),
         )?;
         let meta = map.meta();
+        if log.last_index() == LogIndex::ZERO && meta.last_committed_index > LogIndex::ZERO {
+            // Only an installed snapshot leaves a checkpoint past an empty log.
+            log.start_after(meta.last_committed_index, meta.last_committed_term);
+        } else {
+            log.note_compacted_term(meta.last_committed_index, meta.last_committed_term);
+        }
         if meta.last_committed_index > log.last_index() {
             return Err(EngineError::MapAheadOfLog {
                 map_index: meta.last_committed_index,
@@ -238,10 +267,12 @@ impl Engine {
             map: Arc::new(map),
             removable: None,
             deltas: Vec::new(),
-            sessions: decode_sessions(&load.sessions),
+            sessions,
             applied_index: meta.last_committed_index,
             applied_term: meta.last_committed_term,
             hash_collisions: 0,
+            raft_keep_from: LogIndex(u64::MAX),
+            install_floor,
         };
         let last = replay_to
             .unwrap_or(LogIndex(u64::MAX))
@@ -525,7 +556,7 @@ impl Engine {
     /// segments that no longer hold anything needed (their files too).
     pub fn checkpoint(&mut self) -> Result<Reclaimed, EngineError> {
         let removable = self.removable_segments();
-        let blob = encode_sessions(&self.sessions);
+        let blob = self.checkpoint_record();
         self.map
             .checkpoint(self.applied_index, self.applied_term, &blob)?;
         let reclaimed = self.release_segments(self.applied_index, &removable);
@@ -540,7 +571,7 @@ impl Engine {
         // Which segments are empty is read before the pages are copied: the copy then
         // holds no pointer into them.
         let removable = self.removable_segments();
-        let blob = encode_sessions(&self.sessions);
+        let blob = self.checkpoint_record();
         let job = self
             .map
             .checkpoint_begin(self.applied_index, self.applied_term, &blob)?;
@@ -576,25 +607,125 @@ impl Engine {
     }
 
     /// Sealed segments the map reads no value from: values segments, and Raft segments
-    /// whose entries are all applied.
+    /// whose entries are all applied and that no follower needs (or that lie beyond what
+    /// the log retains for followers).
     fn removable_segments(&self) -> Vec<u64> {
-        self.log
-            .segments()
-            .snapshot()
-            .into_iter()
-            .filter(|(_, r)| {
+        let rows = self.log.segments().snapshot();
+        // Bytes of Raft segments newer than each one.
+        let mut newer_raft_bytes = BTreeMap::new();
+        let mut total = 0u64;
+        for (no, r) in rows.iter().rev() {
+            if r.kind == SegmentKind::Raft {
+                newer_raft_bytes.insert(*no, total);
+                total += r.file_bytes;
+            }
+        }
+        rows.iter()
+            .filter(|(no, r)| {
                 r.sealed
                     && r.live_count <= 0
                     && match r.kind {
                         SegmentKind::Values => true,
-                        SegmentKind::Raft => {
-                            !self.options.keep_raft_log
-                                && r.last_index.is_some_and(|i| i <= self.applied_index)
-                        }
+                        SegmentKind::Raft => r.last_index.is_some_and(|i| {
+                            i <= self.applied_index
+                                && (i < self.raft_keep_from
+                                    || newer_raft_bytes.get(no).copied().unwrap_or(0)
+                                        >= self.options.raft_log_retain_bytes)
+                        }),
                     }
             })
-            .map(|(no, _)| no)
+            .map(|(no, _)| *no)
             .collect()
+    }
+
+    /// Sets the first Raft index a follower still needs (the leader's slowest follower's
+    /// next index; past everything for a node that leads no one). Raft segments from it
+    /// on are kept, up to [`EngineOptions::raft_log_retain_bytes`].
+    pub fn set_raft_keep_from(&mut self, index: LogIndex) {
+        self.raft_keep_from = index;
+    }
+
+    /// The record stored with each checkpoint: the sessions, and the install floor.
+    fn checkpoint_record(&self) -> Vec<u8> {
+        let mut out = encode_sessions(&self.sessions);
+        if let Some((floor, kept)) = &self.install_floor {
+            out.extend_from_slice(&INSTALL_TAG);
+            out.extend_from_slice(&floor.to_le_bytes());
+            out.extend_from_slice(&(kept.len() as u64).to_le_bytes());
+            for no in kept {
+                out.extend_from_slice(&no.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    /// Takes a snapshot of the applied state (see [`crate::storage::snapshot`]): the map's
+    /// pages and the sessions are copied now, the values are read by the source later,
+    /// from segments pinned until it is dropped.
+    pub fn snapshot_source(&self, id: u64) -> SnapshotSource {
+        SnapshotSource::new(
+            id,
+            self.applied_index,
+            self.applied_term,
+            encode_sessions(&self.sessions),
+            self.map.image(self.applied_index, self.applied_term),
+            self.backend.clone(),
+            self.log.segments().clone(),
+        )
+    }
+
+    /// What a receiver of snapshots for this engine needs (valid across installs).
+    pub fn snapshot_target(&self) -> SnapshotTarget {
+        SnapshotTarget {
+            backend: self.backend.clone(),
+            table: self.log.segments().clone(),
+            cache: self.log.entry_cache().clone(),
+            segment_bytes: self.options.log.segment_bytes,
+        }
+    }
+
+    /// Replaces this engine's whole state with a received snapshot, durably (see the
+    /// module documentation). No checkpoint job may be out. An error leaves the state in
+    /// memory undefined: the node must stop; reopening finds the old state or the new.
+    pub fn install_snapshot(&mut self, staged: StagedSnapshot) -> Result<(), EngineError> {
+        if self.removable.is_some() {
+            return Err(EngineError::Io(io::Error::other(
+                "a snapshot cannot be installed while a checkpoint is being written",
+            )));
+        }
+        let header = staged.header;
+        let (map, sessions, kept) = staged.take();
+        let table = self.log.segments().clone();
+        let mut installs = table.cleaning();
+        *installs += 1;
+        self.map.replace_contents(map);
+        self.sessions = decode_sessions(&sessions);
+        self.applied_index = header.index;
+        self.applied_term = header.term;
+        let mut obsolete: Vec<PathBuf> = self
+            .log
+            .reset_after(header.index, header.term)?
+            .into_iter()
+            .map(|row| row.path)
+            .collect();
+        for (no, row) in table.snapshot() {
+            if row.kind == SegmentKind::Values && !kept.contains(&no) {
+                table.remove(no);
+                obsolete.push(row.path);
+            }
+        }
+        for &no in &kept {
+            table.update(no, |row| row.sealed = true);
+        }
+        self.install_floor = Some((self.log.head_no(), kept));
+        self.count_live_values()?;
+        let record = self.checkpoint_record();
+        self.map.checkpoint(header.index, header.term, &record)?;
+        drop(installs);
+        for path in &obsolete {
+            crate::storage::io::remove_durable(self.backend.as_ref(), path)?;
+        }
+        Ok(())
     }
 
     /// Releases `segments` (found empty before a checkpoint covering `index` began, which
@@ -603,6 +734,10 @@ impl Engine {
     fn release_segments(&mut self, index: LogIndex, segments: &[u64]) -> Reclaimed {
         let mut reclaimed = Reclaimed::default();
         let table = self.log.segments().clone();
+        if table.is_pinned() {
+            // A snapshot is reading these segments; the next checkpoint tries again.
+            return reclaimed;
+        }
         let mut release = |row: crate::storage::log::SegmentInfo| {
             reclaimed.segments += 1;
             reclaimed.bytes += row.file_bytes;
@@ -640,6 +775,52 @@ fn encode_sessions(sessions: &HashMap<u64, Session>) -> Vec<u8> {
         out.extend_from_slice(&s.last_index.get().to_le_bytes());
     }
     out
+}
+
+/// An install's floor and the segments it brought.
+type InstallFloor = (u64, Vec<u64>);
+
+/// Marks the install floor after the sessions in a checkpoint record.
+const INSTALL_TAG: [u8; 8] = *b"INSTALL\0";
+
+/// Splits a checkpoint record into the sessions and the install floor (none in a record
+/// written before installs existed, or never installed into).
+fn decode_checkpoint_record(blob: &[u8]) -> (HashMap<u64, Session>, Option<InstallFloor>) {
+    let sessions = decode_sessions(blob);
+    let count = crate::le::u64_at(blob, 0).unwrap_or(0) as usize;
+    let after = 8usize.saturating_add(count.saturating_mul(24));
+    let rest = blob.get(after..).unwrap_or_default();
+    let floor = (rest.get(..8) == Some(&INSTALL_TAG[..])).then(|| {
+        let floor = crate::le::u64_at(rest, 8)?;
+        let n = crate::le::u64_at(rest, 16)? as usize;
+        let kept = (0..n.min(rest.len() / 8))
+            .map(|i| crate::le::u64_at(rest, 24 + i * 8))
+            .collect::<Option<Vec<u64>>>()?;
+        Some((floor, kept))
+    });
+    (sessions, floor.flatten())
+}
+
+/// Deletes every segment file numbered below `floor` that is not in `kept`: what an
+/// install left of the state before it.
+fn remove_below_floor(
+    backend: &dyn Backend,
+    dir: &Path,
+    floor: u64,
+    kept: &[u64],
+) -> io::Result<()> {
+    if !backend.exists(dir) {
+        return Ok(());
+    }
+    for name in backend.list_dir(dir)? {
+        if let Some((no, _)) = crate::storage::log::segments::parse_file_name(&name)
+            && no < floor
+            && !kept.contains(&no)
+        {
+            crate::storage::io::remove_durable(backend, &dir.join(&name))?;
+        }
+    }
+    Ok(())
 }
 
 fn decode_sessions(blob: &[u8]) -> HashMap<u64, Session> {

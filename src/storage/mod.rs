@@ -14,4 +14,5 @@ pub mod command;
 pub mod engine;
 pub mod io;
 pub mod log;
+pub mod snapshot;
 pub mod store;

@@ -287,7 +287,7 @@ fn engine_options() -> EngineOptions {
             // Small segments, so that runs roll over to new ones and clean old ones.
             segment_bytes: 192 << 10,
         },
-        keep_raft_log: true,
+        raft_log_retain_bytes: u64::MAX,
     }
 }
 

@@ -76,7 +76,7 @@ struct FileState {
     pending: Vec<Pending>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Disk {
     files: HashMap<PathBuf, FileState>,
     dirs: HashSet<PathBuf>,
@@ -111,6 +111,14 @@ impl FaultBackend {
         let backend = FaultBackend::default();
         backend.disk.lock().unwrap().random_state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         backend
+    }
+
+    /// An independent disk with this one's contents, pending writes and IO point count
+    /// (a test runs the same history from one state many times).
+    pub fn deep_copy(&self) -> FaultBackend {
+        FaultBackend {
+            disk: Arc::new(Mutex::new(self.disk.lock().unwrap().clone())),
+        }
     }
 
     /// Arms `fault` at IO point `point`.

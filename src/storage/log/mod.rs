@@ -712,6 +712,48 @@ impl Log {
         Ok(())
     }
 
+    /// Makes an empty log continue after `index` (of `term`): the state up to there came
+    /// from a checkpoint whose entries are gone (an installed snapshot).
+    pub fn start_after(&mut self, index: LogIndex, term: Term) {
+        assert!(
+            self.segs.iter().all(|s| s.is_empty()),
+            "only an empty log is moved"
+        );
+        for seg in &mut self.segs {
+            seg.first_index = index.next();
+        }
+        self.compacted_term = Some(term);
+    }
+
+    /// Notes the term of the entry before the first, when a checkpoint says it.
+    pub fn note_compacted_term(&mut self, index: LogIndex, term: Term) {
+        if index.next() == self.first_index() && index > LogIndex::ZERO {
+            self.compacted_term = Some(term);
+        }
+    }
+
+    /// Replaces every Raft segment with one new, empty one whose first entry will be the
+    /// one after `index` (of `term`); returns the rows of the segments taken out (their
+    /// files are still there: the caller removes them once the new state is durable).
+    pub fn reset_after(
+        &mut self,
+        index: LogIndex,
+        term: Term,
+    ) -> Result<Vec<segments::SegmentInfo>, LogError> {
+        let head = self.start_segment(index.next())?;
+        let old = std::mem::replace(&mut self.segs, vec![head]);
+        self.compacted_term = Some(term);
+        Ok(old
+            .into_iter()
+            .filter_map(|seg| self.table.remove(seg.no))
+            .collect())
+    }
+
+    /// The number of the segment entries are appended to.
+    pub fn head_no(&self) -> u64 {
+        self.head().no
+    }
+
     /// The oldest Raft segment's number and last index, if it may be removed: it is not
     /// the head, and a later segment holds entries (so the log's first index stays
     /// written down in a file).

@@ -169,6 +169,24 @@ pub struct Segments {
     removals: AtomicU64,
     /// The last Raft index applied to the map (segments below it gain no more values).
     applied_index: AtomicU64,
+    /// Snapshots being read from these segments: while any is, no segment is released.
+    pins: AtomicU64,
+    /// Held by the cleaner for a whole pass and by a snapshot install; the number counts
+    /// installs, so the cleaner knows to drop the values segment it was filling.
+    cleaning: Mutex<u64>,
+}
+
+/// Keeps every segment of a table from being released while it lives (a snapshot being
+/// sent reads values from the segments as they were when it was taken).
+#[derive(Debug)]
+pub struct SegmentPin {
+    table: std::sync::Arc<Segments>,
+}
+
+impl Drop for SegmentPin {
+    fn drop(&mut self) {
+        self.table.pins.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Segments {
@@ -180,7 +198,28 @@ impl Segments {
             next_no: AtomicU64::new(next_no),
             removals: AtomicU64::new(0),
             applied_index: AtomicU64::new(0),
+            pins: AtomicU64::new(0),
+            cleaning: Mutex::new(0),
         }
+    }
+
+    /// Pins every segment until the returned guard is dropped.
+    pub fn pin(self: &std::sync::Arc<Self>) -> SegmentPin {
+        self.pins.fetch_add(1, Ordering::AcqRel);
+        SegmentPin {
+            table: self.clone(),
+        }
+    }
+
+    /// Whether a pin is held.
+    pub fn is_pinned(&self) -> bool {
+        self.pins.load(Ordering::Acquire) > 0
+    }
+
+    /// The cleaning lock: the cleaner holds it for a pass, an install for its whole
+    /// course. The value counts installs.
+    pub fn cleaning(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.cleaning.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The directory holding the segment files.

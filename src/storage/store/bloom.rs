@@ -45,6 +45,13 @@ impl Bloom {
         (0..PROBES as u64).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) % BITS)
     }
 
+    /// Takes `other`'s bits (each word at once; a reader in between may see a mix).
+    pub fn copy_from(&self, other: &Bloom) {
+        for (a, b) in self.words.iter().zip(&other.words) {
+            a.store(b.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+
     pub fn insert(&self, hash: u128) {
         for bit in Self::bits(hash) {
             self.words[(bit / 64) as usize].fetch_or(1 << (bit % 64), Ordering::Relaxed);

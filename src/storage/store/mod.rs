@@ -61,6 +61,7 @@
 
 mod bloom;
 pub mod checkpoint;
+pub mod image;
 pub mod page;
 #[cfg(test)]
 mod tests;
@@ -251,6 +252,8 @@ struct Layout {
     arena: Arena,
     directory: Vec<u32>,
     global_depth: u8,
+    /// Kept with the pages it placed keys in: an installed snapshot replaces both.
+    hasher: KeyHasher,
 }
 
 impl Layout {
@@ -281,7 +284,6 @@ struct WriterState {
 /// The on-disk hashmap, fully resident in memory.
 pub struct Map {
     layout: RwLock<Layout>,
-    hasher: KeyHasher,
     bloom: Bloom,
     entry_count: AtomicU64,
     writer: Mutex<WriterState>,
@@ -331,8 +333,8 @@ impl Map {
                 arena,
                 directory: Vec::new(),
                 global_depth: meta.global_depth,
+                hasher,
             }),
-            hasher,
             bloom,
             entry_count: AtomicU64::new(meta.entry_count),
             writer: Mutex::new(WriterState {
@@ -398,7 +400,7 @@ impl Map {
 
     /// The hash of `key` under this map's secret.
     pub fn key_hash(&self, key: &[u8]) -> u128 {
-        self.hasher.hash(key)
+        self.layout.read().unwrap().hasher.hash(key)
     }
 
     /// Looks a key up by its hash.
@@ -692,10 +694,10 @@ impl Map {
                 .read()
                 .copy_to(journal.page_mut(i));
         }
-        drop(layout);
         journal
             .meta_page_mut()
-            .copy_from_slice(&encode_meta(&meta, &self.hasher, &self.bloom));
+            .copy_from_slice(&encode_meta(&meta, &layout.hasher, &self.bloom));
+        drop(layout);
         journal.seal();
         let slot = (meta.checkpoint_sequence % 2) as usize;
         let journal_file = w.journals[slot]
