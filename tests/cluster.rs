@@ -429,7 +429,7 @@ fn bad_peer_connections_are_closed_and_the_cluster_keeps_working() {
     };
     // A hello naming another cluster.
     let mut hello = Vec::new();
-    let mut body = b"OLPEER01".to_vec();
+    let mut body = b"OLPEER02".to_vec();
     body.extend_from_slice(&0xDEAD_BEEFu64.to_le_bytes());
     body.extend_from_slice(&1u32.to_le_bytes());
     body.extend_from_slice(&0u64.to_le_bytes());
@@ -451,7 +451,7 @@ fn bad_peer_connections_are_closed_and_the_cluster_keeps_working() {
         .collect();
     assert!(closed_after(&junk), "garbage is refused");
     // Hellos of this very cluster cut short anywhere, the 22-byte one among them.
-    let mut ours = b"OLPEER01".to_vec();
+    let mut ours = b"OLPEER02".to_vec();
     ours.extend_from_slice(&7u64.to_le_bytes());
     ours.extend_from_slice(&1u32.to_le_bytes());
     ours.extend_from_slice(&0u64.to_le_bytes());

@@ -418,6 +418,79 @@ fn a_torn_multi_entry_write_is_a_torn_tail() {
     check_prefix(&mut log, 4);
 }
 
+/// The same when the torn write is the first of a new segment: its first entry is
+/// damaged, a later entry of the same write survived whole. The segment's first index is
+/// known from the segment before (or, for a log that starts after a checkpoint, from the
+/// checkpoint), so the survivor is recognized as part of the torn write, not as a later
+/// one. (The simulator found a node that could not recover from this.)
+#[test]
+fn a_torn_write_that_starts_a_segment_is_a_torn_tail() {
+    for after_checkpoint in [false, true] {
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let path = dir.path().join("segments");
+        let options = segmented();
+        let hint = after_checkpoint.then_some(LogIndex(41));
+        let (mut log, _) =
+            Log::open_after(Arc::new(UringBackend), &path, options.clone(), hint).unwrap();
+        let one: u64 = entry_size(commands(0, 20, 200).len()) as u64;
+        let batch_bytes = 3 * one;
+        if after_checkpoint {
+            // The log starts after a checkpoint at 40, empty: the batch is its first write.
+            log.start_after(LogIndex(40), Term(1));
+        } else {
+            // Fill the first segment until not even the batch's first entry fits: the
+            // whole batch starts the next.
+            let mut i = 1;
+            while (log.end_offset() & ((1 << 30) - 1)) + one <= options.segment_bytes {
+                // 16 KiB entries: eight fill a segment exactly.
+                let c = commands(i, 14, 1000);
+                assert_eq!(entry_size(c.len()), 16 << 10);
+                log.append(&[NewEntry {
+                    term: Term(1),
+                    log_index: LogIndex(i),
+                    num_commands: 14,
+                    commands: &c,
+                }])
+                .unwrap();
+                i += 1;
+            }
+        }
+        let first = log.last_index().next().get();
+        let batch: Vec<Vec<u8>> = (0..3).map(|k| commands(first + k, 20, 200)).collect();
+        let entries: Vec<NewEntry<'_>> = batch
+            .iter()
+            .enumerate()
+            .map(|(k, c)| NewEntry {
+                term: Term(2),
+                log_index: LogIndex(first + k as u64),
+                num_commands: 20,
+                commands: c,
+            })
+            .collect();
+        log.append(&entries).unwrap();
+        assert_eq!(
+            log.end_offset() & ((1 << 30) - 1),
+            batch_bytes,
+            "the batch starts a segment"
+        );
+        let newest = log.segment_paths().last().unwrap().clone();
+        drop(log);
+        // The batch's first entry loses a sector; the rest of the write survived.
+        damage(&newest, 1024, &[0u8; 512]);
+        let (mut log, report) = Log::open_after(Arc::new(UringBackend), &path, options, hint)
+            .unwrap_or_else(|e| panic!("after_checkpoint {after_checkpoint}: {e}"));
+        assert!(
+            report.torn_tail_at.is_some(),
+            "after_checkpoint {after_checkpoint}"
+        );
+        if after_checkpoint {
+            // Empty again; the engine moves it after its checkpoint, as before.
+            log.start_after(LogIndex(40), Term(1));
+        }
+        assert_eq!(log.last_index(), LogIndex(first - 1));
+    }
+}
+
 /// Values read back by file offset, one at a time and in a batch of O_DIRECT reads
 /// submitted together, with no cache to help.
 #[test]

@@ -3,6 +3,9 @@
 //! Method: each seed runs a 3-node cluster for 15 simulated seconds with message loss,
 //! duplication, delay and reordering, partitions, power losses and torn writes, then
 //! heals and checks replica agreement and the linearizability of the client history.
+//! Nodes clean their segments and keep little Raft log, so a node that was down or cut
+//! off is sent a snapshot, whose transfer the network may break and whose install a
+//! power loss may interrupt.
 //! CI runs `SIM_SEEDS` seeds (default 200); a longer search is
 //! `SIM_SEEDS=20000 cargo test --release --test sim -- --nocapture`. A failure prints its
 //! seed; `SIM_SEED=<n>` replays just that one.
@@ -41,6 +44,8 @@ fn clusters_survive_faults_with_linearizable_histories() {
                 totals.leader_changes += r.leader_changes;
                 totals.values_moved += r.values_moved;
                 totals.segments_deleted += r.segments_deleted;
+                totals.snapshots_sent += r.snapshots_sent;
+                totals.snapshots_installed += r.snapshots_installed;
             }
             Err(f) => panic!("{f}\nreplay with: SIM_SEED={seed} cargo test --release --test sim"),
         }
@@ -61,6 +66,10 @@ fn clusters_survive_faults_with_linearizable_histories() {
     assert!(
         totals.values_moved > seeds.len() as u64 && totals.segments_deleted > 0,
         "the cleaners moved values and emptied segments were deleted: {totals:?}"
+    );
+    assert!(
+        totals.snapshots_installed > 0,
+        "followers behind the leaders' logs were sent snapshots: {totals:?}"
     );
 }
 

@@ -16,10 +16,14 @@
 //!   u32 entry_count, then per entry:
 //!       u8 entry_type (0 normal; conf changes are never sent), u64 term, u64 index,
 //!       u32 data_len, data, u32 context_len, context
+//!   u8  has_snapshot    1 only in a MsgSnapshot, which must have it; then:
+//!       u64 index, u64 term, u32 voter_count, voters (u64 each),
+//!       u32 learner_count, learners, u32 data_len (≤ SNAPSHOT_DATA_MAX), data
 //! ```
 //!
-//! Snapshots are never sent (the log is never compacted), so a message carrying one is
-//! refused by the encoder's caller and cannot be expressed here.
+//! A snapshot message carries only the snapshot's metadata and a descriptor naming the
+//! snapshot stream (see [`crate::storage::snapshot`]); the stream itself travels in
+//! chunks of its own ahead of the message.
 
 use raft::eraftpb::{Entry, EntryType, Message, MessageType};
 
@@ -29,6 +33,10 @@ pub const MESSAGE_SIZE_MAX: usize = 128 << 20;
 pub const ENTRY_COUNT_MAX: usize = 1 << 16;
 /// Longest context of a message or entry.
 pub const CONTEXT_SIZE_MAX: usize = 4096;
+/// Longest snapshot data (a descriptor) in a message.
+pub const SNAPSHOT_DATA_MAX: usize = 64;
+/// Most voters or learners a snapshot's configuration may name.
+pub const MEMBERS_MAX: usize = 1024;
 
 /// Why bytes from a peer were refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,10 +76,9 @@ fn msg_type_from(v: u8) -> Option<MessageType> {
     })
 }
 
-/// Appends `msg` to `out`. Panics on a message this cluster never sends (a snapshot or a
-/// conf-change entry): those would be programming errors.
+/// Appends `msg` to `out`. Panics on a message this cluster never sends (a conf-change
+/// entry, a snapshot carrying more than a descriptor): those would be programming errors.
 pub fn encode(msg: &Message, out: &mut Vec<u8>) {
-    assert!(msg.snapshot.is_none(), "snapshots are never sent");
     out.push(msg.get_msg_type() as i32 as u8);
     for v in [
         msg.to,
@@ -101,6 +108,27 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
         out.extend_from_slice(&e.index.to_le_bytes());
         put_bytes(out, &e.data);
         put_bytes(out, &e.context);
+    }
+    match msg.snapshot.as_ref() {
+        Some(snap) if msg.get_msg_type() == MessageType::MsgSnapshot => {
+            let meta = snap.get_metadata();
+            let cs = meta.get_conf_state();
+            assert!(
+                snap.data.len() <= SNAPSHOT_DATA_MAX,
+                "a snapshot descriptor"
+            );
+            out.push(1);
+            out.extend_from_slice(&meta.index.to_le_bytes());
+            out.extend_from_slice(&meta.term.to_le_bytes());
+            for ids in [cs.get_voters(), cs.get_learners()] {
+                out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+                for id in ids {
+                    out.extend_from_slice(&id.to_le_bytes());
+                }
+            }
+            put_bytes(out, &snap.data);
+        }
+        _ => out.push(0),
     }
 }
 
@@ -156,9 +184,6 @@ pub fn decode(buf: &[u8]) -> Result<Message, DecodeError> {
     let mut r = Reader { buf, at: 0 };
     let mut msg = Message::default();
     let t = msg_type_from(r.u8()?).ok_or(DecodeError("unknown message type"))?;
-    if t == MessageType::MsgSnapshot {
-        return Err(DecodeError("snapshots are not accepted"));
-    }
     msg.set_msg_type(t);
     msg.to = r.u64()?;
     msg.from = r.u64()?;
@@ -199,6 +224,32 @@ pub fn decode(buf: &[u8]) -> Result<Message, DecodeError> {
         });
     }
     msg.set_entries(entries.into());
+    match (r.u8()?, t == MessageType::MsgSnapshot) {
+        (0, false) => {}
+        (1, true) => {
+            let mut snap = raft::eraftpb::Snapshot::default();
+            let meta = snap.mut_metadata();
+            meta.index = r.u64()?;
+            meta.term = r.u64()?;
+            let mut members = || -> Result<Vec<u64>, DecodeError> {
+                let n = r.u32()? as usize;
+                if n > MEMBERS_MAX {
+                    return Err(DecodeError("too many members"));
+                }
+                (0..n).map(|_| r.u64()).collect()
+            };
+            let voters = members()?;
+            let learners = members()?;
+            let cs = meta.mut_conf_state();
+            cs.voters = voters;
+            cs.learners = learners;
+            snap.data = bytes::Bytes::copy_from_slice(r.bytes(SNAPSHOT_DATA_MAX)?);
+            msg.snapshot = Some(snap).into();
+        }
+        (0, true) => return Err(DecodeError("a snapshot message without its snapshot")),
+        (1, false) => return Err(DecodeError("a snapshot in a message of another type")),
+        _ => return Err(DecodeError("bad snapshot flag")),
+    }
     if r.at != buf.len() {
         return Err(DecodeError("trailing bytes"));
     }
@@ -264,12 +315,46 @@ mod tests {
         m
     }
 
+    fn snapshot_message() -> Message {
+        let mut m = sample();
+        m.set_msg_type(MessageType::MsgSnapshot);
+        m.set_entries(Vec::new().into());
+        let mut snap = raft::eraftpb::Snapshot::default();
+        snap.mut_metadata().index = 900;
+        snap.mut_metadata().term = 8;
+        snap.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+        snap.mut_metadata().mut_conf_state().learners = vec![4];
+        snap.data = crate::storage::snapshot::encode_descriptor(0xfeed).into();
+        m.snapshot = Some(snap).into();
+        m
+    }
+
     #[test]
     fn round_trips_every_field() {
-        let m = sample();
+        for m in [sample(), snapshot_message()] {
+            let mut buf = Vec::new();
+            encode(&m, &mut buf);
+            assert_eq!(decode(&buf).unwrap(), m);
+        }
+    }
+
+    /// A snapshot message is only accepted whole, within its limits, and a snapshot only
+    /// in a snapshot message.
+    #[test]
+    fn snapshot_messages_are_checked() {
         let mut buf = Vec::new();
-        encode(&m, &mut buf);
-        assert_eq!(decode(&buf).unwrap(), m);
+        encode(&snapshot_message(), &mut buf);
+        for cut in 0..buf.len() {
+            assert!(decode(&buf[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut b = buf.clone();
+        b[0] = MessageType::MsgAppend as i32 as u8;
+        assert!(decode(&b).is_err(), "a snapshot riding on an append");
+        let mut bare = snapshot_message();
+        bare.snapshot = None.into();
+        let mut b = Vec::new();
+        encode(&bare, &mut b);
+        assert!(decode(&b).is_err(), "a snapshot message without one");
     }
 
     #[test]

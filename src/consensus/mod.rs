@@ -27,6 +27,7 @@ use crate::ids::{LogIndex, NodeId, Term};
 use crate::storage::engine::{Engine, EngineError, EngineOptions, OpenReport, Outcome};
 use crate::storage::io::Backend;
 use crate::storage::log::NewEntry;
+use crate::storage::snapshot::{SnapshotSource, StagedSnapshot};
 use hard_state::HardStateFile;
 use raft::eraftpb::{Entry, Message};
 use raft::{RawNode, StateRole};
@@ -120,10 +121,13 @@ pub enum Event {
 }
 
 /// What one [`RaftNode::advance`] produced.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Output {
     pub messages: Vec<Message>,
     pub events: Vec<Event>,
+    /// Snapshots to stream to followers, each with the message to deliver after its
+    /// chunks; the driver reports the outcome with [`RaftNode::report_snapshot`].
+    pub snapshots: Vec<(Message, SnapshotSource)>,
 }
 
 /// Why a proposal was not accepted.
@@ -195,6 +199,9 @@ pub struct RaftNode {
     seen: (u64, StateRole),
     /// A Ready taken by [`RaftNode::ready`] whose persistence is still to come.
     ready: Option<raft::Ready>,
+    /// A received snapshot raft-rs accepted, to install with the Ready that carries it.
+    staged: Option<StagedSnapshot>,
+    snapshots_installed: u64,
 }
 
 impl RaftNode {
@@ -234,8 +241,8 @@ impl RaftNode {
         let applied = engine.applied_index().get();
         let mut engine = engine;
         if config.voters.len() > 1 {
-            // Nothing is known of the followers yet: keep every Raft segment until the
-            // first checkpoint sets the bound.
+            // Nothing is known of the followers yet: keep every Raft segment (within the
+            // retention bound) until a checkpoint sets the bound.
             engine.set_raft_keep_from(LogIndex::ZERO);
         }
         let fresh =
@@ -243,6 +250,7 @@ impl RaftNode {
         let engine = Rc::new(RefCell::new(engine));
         let voters: Vec<u64> = config.voters.iter().map(|v| v.raft_id()).collect();
         let storage = LogStorage::new(engine.clone(), hs, &voters);
+        storage.seed_snapshot_ids(config.seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
         let raft_config = raft::Config {
             id: config.id.raft_id(),
             election_tick: config.election_tick,
@@ -292,6 +300,8 @@ impl RaftNode {
             rng: config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
             seen: (0, StateRole::Follower),
             ready: None,
+            staged: None,
+            snapshots_installed: 0,
         }
         .started())
     }
@@ -522,11 +532,10 @@ impl RaftNode {
                 self.pending_reads.clear();
             }
         }
-        assert!(
-            rd.snapshot().is_empty(),
-            "the log is never compacted: no snapshots"
-        );
-        out.messages.extend(rd.take_messages());
+        for msg in rd.take_messages() {
+            self.route(msg, out);
+        }
+        self.raw.store().drop_snapshot_sources();
         if self.planted_bug == PlantedBug::AckBeforePersist {
             out.messages.extend(rd.take_persisted_messages());
         }
@@ -543,6 +552,9 @@ impl RaftNode {
             self.drain_reads(out);
             return Ok(());
         };
+        if !rd.snapshot().is_empty() {
+            self.install(rd.snapshot().get_metadata())?;
+        }
         if !rd.entries().is_empty() {
             self.persist(rd.entries())?;
             if self.planted_bug == PlantedBug::AckBeforeCommit {
@@ -563,7 +575,9 @@ impl RaftNode {
                 .save(hs)
                 .map_err(|e| FatalError(format!("saving the raft state failed: {e}")))?;
         }
-        out.messages.extend(rd.take_persisted_messages());
+        for msg in rd.take_persisted_messages() {
+            self.route(msg, out);
+        }
         for rs in rd.take_read_states() {
             let ctx = u64::from_le_bytes(
                 rs.request_ctx
@@ -576,12 +590,131 @@ impl RaftNode {
         let committed = rd.take_committed_entries();
         self.apply(committed, out)?;
         let mut light = self.raw.advance(rd);
-        out.messages.extend(light.take_messages());
+        for msg in light.take_messages() {
+            self.route(msg, out);
+        }
         let committed = light.take_committed_entries();
         self.apply(committed, out)?;
         self.raw.advance_apply();
         self.drain_reads(out);
         Ok(())
+    }
+
+    /// Puts a message into `out`: a snapshot message goes with the snapshot it names.
+    fn route(&mut self, msg: Message, out: &mut Output) {
+        if msg.get_msg_type() != raft::eraftpb::MessageType::MsgSnapshot {
+            out.messages.push(msg);
+            return;
+        }
+        let source = crate::storage::snapshot::decode_descriptor(&msg.get_snapshot().data)
+            .and_then(|id| self.raw.store().take_snapshot_source(id));
+        match source {
+            Some(source) => out.snapshots.push((msg, source)),
+            // Not ours to send (cannot happen: raft-rs sends what the storage gave it);
+            // the follower is probed again after a failure.
+            None => self
+                .raw
+                .report_snapshot(msg.to, raft::SnapshotStatus::Failure),
+        }
+    }
+
+    /// Says how the snapshot sent to `node` fared: on success raft-rs waits for the
+    /// follower's answer, on failure it probes again (and sends a new one if needed).
+    pub fn report_snapshot(&mut self, node: NodeId, delivered: bool) {
+        let status = if delivered {
+            raft::SnapshotStatus::Finish
+        } else {
+            raft::SnapshotStatus::Failure
+        };
+        self.raw.report_snapshot(node.raft_id(), status);
+    }
+
+    /// Feeds a snapshot message with the snapshot it names, received whole. Returns
+    /// whether raft-rs took it: then the next Ready installs it. Refused (stale, or a
+    /// snapshot this log already covers), it is dropped and its segments with it. A
+    /// checkpoint job must not be out (the install writes a checkpoint of its own).
+    pub fn step_snapshot(&mut self, msg: Message, staged: StagedSnapshot) -> bool {
+        let meta = msg.get_snapshot().get_metadata();
+        let named = crate::storage::snapshot::decode_descriptor(&msg.get_snapshot().data);
+        if msg.get_msg_type() != raft::eraftpb::MessageType::MsgSnapshot
+            || named != Some(staged.id)
+            || meta.index != staged.header.index.get()
+            || meta.term != staged.header.term.get()
+        {
+            return false;
+        }
+        self.staged = Some(staged);
+        self.step(msg);
+        let index = self.staged.as_ref().map(|s| s.header.index.get());
+        let pending = self
+            .raw
+            .raft
+            .raft_log
+            .unstable_snapshot()
+            .as_ref()
+            .map(|s| s.get_metadata().index);
+        if pending.is_none() || pending != index {
+            self.staged = None;
+            return false;
+        }
+        true
+    }
+
+    /// Installs the staged snapshot raft-rs restored (see [`RaftNode::step_snapshot`]).
+    fn install(&mut self, meta: &raft::eraftpb::SnapshotMetadata) -> Result<(), FatalError> {
+        let staged = self
+            .staged
+            .take()
+            .filter(|s| s.header.index.get() == meta.index && s.header.term.get() == meta.term)
+            .ok_or_else(|| {
+                FatalError(format!(
+                    "raft restored snapshot {}/{} but no such snapshot was received",
+                    meta.index, meta.term
+                ))
+            })?;
+        self.engine
+            .borrow_mut()
+            .install_snapshot(staged)
+            .map_err(|e| FatalError(format!("installing a snapshot failed: {e}")))?;
+        self.snapshots_installed += 1;
+        eprintln!(
+            "raft: node {}: installed a snapshot at index {} (term {})",
+            self.raw.raft.id, meta.index, meta.term
+        );
+        Ok(())
+    }
+
+    /// Whether a received snapshot waits to be installed (no checkpoint may start then:
+    /// the install writes one of its own).
+    pub fn has_staged_snapshot(&self) -> bool {
+        self.staged.is_some()
+    }
+
+    /// Snapshots this node installed since it started.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.snapshots_installed
+    }
+
+    /// Tells the engine which Raft entries a follower may still need: from the slowest
+    /// follower's next index when leading; none otherwise (a follower that becomes
+    /// leader sends snapshots to those its log no longer reaches).
+    pub fn note_followers(&mut self) {
+        let keep_from = if self.is_leader() {
+            let me = self.raw.raft.id;
+            self.raw
+                .raft
+                .prs()
+                .iter()
+                .filter(|(id, _)| **id != me)
+                .map(|(_, pr)| pr.matched + 1)
+                .min()
+                .unwrap_or(u64::MAX)
+        } else {
+            u64::MAX
+        };
+        self.engine
+            .borrow_mut()
+            .set_raft_keep_from(LogIndex(keep_from));
     }
 
     fn persist(&mut self, entries: &[Entry]) -> Result<(), FatalError> {
@@ -665,6 +798,7 @@ impl RaftNode {
 
     /// Writes the map's changed pages back (see [`Engine::checkpoint`]).
     pub fn checkpoint(&mut self) -> Result<(), EngineError> {
+        self.note_followers();
         self.engine.borrow_mut().checkpoint().map(|_| ())
     }
 }

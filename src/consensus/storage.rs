@@ -2,13 +2,16 @@
 //!
 //! Raft log index `i` is log entry `i` of [`crate::storage::log::Log`]; the entry's data is the
 //! window's commands region and its context the command count (8 bytes, little-endian).
-//! A single node deletes its oldest segments once a checkpoint covers them, so its first
-//! index moves up; nobody ever asks it for the entries before. A cluster keeps its whole
-//! Raft log (see [`crate::storage::engine::EngineOptions::keep_raft_log`]), so no snapshot
-//! is ever needed; one is never offered.
+//! A node deletes its oldest segments once a checkpoint covers them and no follower it
+//! knows of needs them (within a retention bound), so its first index moves up. A
+//! follower that needs entries from before is sent a snapshot: [`LogStorage::snapshot`]
+//! takes one of the applied state ([`crate::storage::snapshot`]) and hands raft-rs its
+//! metadata and a descriptor; the taken snapshot waits here until the driver collects
+//! it with the message that names it ([`LogStorage::take_snapshot_source`]).
 
 use crate::ids::LogIndex;
 use crate::storage::engine::Engine;
+use crate::storage::snapshot::{self, SnapshotSource};
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use std::cell::RefCell;
@@ -19,6 +22,9 @@ pub struct LogStorage {
     pub(crate) engine: Rc<RefCell<Engine>>,
     hard_state: HardState,
     conf_state: ConfState,
+    /// Snapshots taken for raft-rs, by id, until their message is collected.
+    sources: RefCell<Vec<SnapshotSource>>,
+    next_snapshot_id: std::cell::Cell<u64>,
 }
 
 impl LogStorage {
@@ -31,7 +37,26 @@ impl LogStorage {
             engine,
             hard_state,
             conf_state,
+            sources: RefCell::new(Vec::new()),
+            next_snapshot_id: std::cell::Cell::new(1),
         }
+    }
+
+    /// Numbers this node's snapshots from `seed` on (ids differ between nodes and runs).
+    pub fn seed_snapshot_ids(&self, seed: u64) {
+        self.next_snapshot_id.set(seed | 1);
+    }
+
+    /// Takes the snapshot with `id` out (raft-rs put its message in a Ready).
+    pub fn take_snapshot_source(&self, id: u64) -> Option<SnapshotSource> {
+        let mut sources = self.sources.borrow_mut();
+        let at = sources.iter().position(|s| s.id() == id)?;
+        Some(sources.swap_remove(at))
+    }
+
+    /// Drops every snapshot no message took (each pins the segments).
+    pub fn drop_snapshot_sources(&self) {
+        self.sources.borrow_mut().clear();
     }
 }
 
@@ -110,9 +135,24 @@ impl raft::Storage for LogStorage {
         Ok(self.engine.borrow().last_index().get())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let engine = self.engine.borrow();
+        let applied = engine.applied_index().get();
+        if applied < request_index || applied == 0 {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let id = self.next_snapshot_id.get();
+        self.next_snapshot_id.set(id.wrapping_add(2));
+        let source = engine.snapshot_source(id);
+        let header = source.header();
+        self.sources.borrow_mut().push(source);
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = header.index.get();
+        snap.mut_metadata().term = header.term.get();
+        snap.mut_metadata().set_conf_state(self.conf_state.clone());
+        snap.data = snapshot::encode_descriptor(id).into();
+        Ok(snap)
     }
 }

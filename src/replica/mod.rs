@@ -24,6 +24,7 @@
 use crate::consensus::{Event, FatalError, Output, ProposeError, RaftNode};
 use crate::storage::engine::{EngineError, Reclaimed};
 use crate::storage::log;
+use crate::storage::snapshot::SnapshotSource;
 use crate::storage::store::CheckpointJob;
 use raft::eraftpb::Message;
 use std::collections::HashMap;
@@ -127,12 +128,14 @@ pub struct Completed<R> {
 }
 
 /// What the driver must do after a call.
-#[derive(Debug)]
 pub struct ReplicaOutput<R> {
     /// Raft messages to send, in order.
     pub messages: Vec<Message>,
     /// Windows to hand back to their shards (in shard order inside each).
     pub completed: Vec<Completed<R>>,
+    /// Snapshots to stream, each followed by its message; the driver reports how each
+    /// fared ([`crate::consensus::RaftNode::report_snapshot`]).
+    pub snapshots: Vec<(Message, SnapshotSource)>,
 }
 
 impl<R> Default for ReplicaOutput<R> {
@@ -140,6 +143,7 @@ impl<R> Default for ReplicaOutput<R> {
         ReplicaOutput {
             messages: Vec::new(),
             completed: Vec::new(),
+            snapshots: Vec::new(),
         }
     }
 }
@@ -457,6 +461,7 @@ impl<R> Replica<R> {
 
     fn take_output(&mut self, raft_out: Output, out: &mut ReplicaOutput<R>) {
         out.messages.extend(raft_out.messages);
+        out.snapshots.extend(raft_out.snapshots);
         for event in raft_out.events {
             match event {
                 Event::Applied { tag, outcomes, .. } => {
@@ -524,6 +529,10 @@ impl<R> Replica<R> {
     /// ([`Replica::checkpoint_end`] takes it back). `None` when nothing changed or a job
     /// is already out.
     pub fn checkpoint_begin(&mut self) -> Option<CheckpointJob> {
+        if self.node.has_staged_snapshot() {
+            return None;
+        }
+        self.node.note_followers();
         let mut engine = self.node.engine();
         if engine.map().dirty_page_count() == 0 {
             return None;

@@ -90,6 +90,13 @@ pub struct Stats {
     pub clean_bytes_read: AtomicU64,
     pub clean_bytes_written: AtomicU64,
     pub clean_errors: AtomicU64,
+    /// Snapshots streamed to followers and received from a leader, and their bytes.
+    pub snapshots_sent: AtomicU64,
+    pub snapshot_bytes_sent: AtomicU64,
+    pub snapshots_received: AtomicU64,
+    pub snapshot_bytes_received: AtomicU64,
+    /// The first index this node's Raft log still holds.
+    pub first_log_index: AtomicU64,
 }
 
 /// State shared by every thread of a node.
@@ -169,7 +176,8 @@ impl Shared {
              segments={}\ndisk_bytes={}\nentry_bytes={}\nlive_bytes={}\nlive_values={}\n\
              segments_deleted={}\nbytes_deleted={}\nclean_passes={}\nvalues_moved={}\n\
              clean_bytes_read={}\nclean_bytes_written={}\nclean_errors={}\n\
-             batch_window_ms={}\nshards={}\nuptime_s={}\n",
+             snapshots_sent={}\nsnapshot_bytes_sent={}\nsnapshots_received={}\n\
+             snapshot_bytes_received={}\nfirst_log_index={}\nbatch_window_ms={}\nshards={}\nuptime_s={}\n",
             self.node_index,
             get(&s.term),
             // The leader's node index, or -1 while none is known (Raft id 0).
@@ -209,6 +217,11 @@ impl Shared {
             get(&s.clean_bytes_read),
             get(&s.clean_bytes_written),
             get(&s.clean_errors),
+            get(&s.snapshots_sent),
+            get(&s.snapshot_bytes_sent),
+            get(&s.snapshots_received),
+            get(&s.snapshot_bytes_received),
+            get(&s.first_log_index),
             self.batch_window_ms,
             self.windows.len(),
             self.started.elapsed().as_secs(),
@@ -311,6 +324,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         cluster_id: cluster.cluster_id,
         client_addr: cluster.client_addr,
         last_index: last_log_index.clone(),
+        snapshot_target: None,
     });
     let replication_config = replication::ReplicationConfig {
         batch_window: Duration::from_millis(config.batch_window_ms),
@@ -382,7 +396,10 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
                 return Ok(());
             };
             let transport = match transport_config {
-                Some(tc) => Some(transport::Transport::start(tc, inbound_tx, transport_stop)?),
+                Some(mut tc) => {
+                    tc.snapshot_target = Some(node.engine().snapshot_target());
+                    Some(transport::Transport::start(tc, inbound_tx, transport_stop)?)
+                }
                 None => None,
             };
             replication::run(

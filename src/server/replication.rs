@@ -176,6 +176,36 @@ impl Loop<'_> {
                 );
             }
             Inbound::PeerUnreachable(peer) => self.replica.node_mut().report_unreachable(peer),
+            Inbound::Snapshot { peer, msg, staged } => {
+                let bytes = staged.bytes;
+                // The install writes a checkpoint of its own: the one out finishes first.
+                self.finish_checkpoint(true);
+                let accepted = self.replica.node_mut().step_snapshot(*msg, *staged);
+                let s = &self.shared.stats;
+                s.snapshots_received.fetch_add(1, Ordering::Relaxed);
+                s.snapshot_bytes_received
+                    .fetch_add(bytes, Ordering::Relaxed);
+                eprintln!(
+                    "ocean-liner: received a snapshot of {bytes} bytes from node {peer}{}",
+                    if accepted {
+                        ""
+                    } else {
+                        " (not needed any more: dropped)"
+                    }
+                );
+            }
+            Inbound::SnapshotSent {
+                peer,
+                delivered,
+                bytes,
+            } => {
+                self.replica.node_mut().report_snapshot(peer, delivered);
+                let s = &self.shared.stats;
+                if delivered {
+                    s.snapshots_sent.fetch_add(1, Ordering::Relaxed);
+                }
+                s.snapshot_bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+            }
             Inbound::PeerHello {
                 peer,
                 addr,
@@ -260,8 +290,12 @@ impl Loop<'_> {
             for m in out.messages.drain(..) {
                 t.send(&m);
             }
+            for (m, source) in out.snapshots.drain(..) {
+                t.send_snapshot(m, source);
+            }
         } else {
             out.messages.clear();
+            out.snapshots.clear();
         }
     }
 
@@ -318,6 +352,9 @@ impl Loop<'_> {
             .store(node.applied_index().get(), Ordering::Release);
         s.last_log_index
             .store(node.last_index().get(), Ordering::Release);
+        s.stats
+            .first_log_index
+            .store(node.engine().log().first_index().get(), Ordering::Relaxed);
         s.stats
             .leader_changes
             .store(node.leader_changes(), Ordering::Relaxed);

@@ -8,17 +8,27 @@
 //!
 //! ```text
 //! frame     u32 payload_len (≤ FRAME_SIZE_MAX), u8 kind, payload
-//! kind 1    hello: 8 B magic b"OLPEER01", u64 cluster_id, u32 node_index,
+//! kind 1    hello: 8 B magic b"OLPEER02", u64 cluster_id, u32 node_index,
 //!           u64 last_log_index, u16 addr_len, client address as text ("ip:port")
 //! kind 2    raft message (see crate::consensus::codec)
 //! kind 3    ping: u64 sender's clock in ns      kind 4  pong: the ping's u64 echoed
+//! kind 5    snapshot chunk (see crate::storage::snapshot)
+//! kind 6    snapshot acknowledgement: u8 1 = staged whole, 0 = refused
 //! ```
+//!
+//! A snapshot travels on a connection of its own, opened by a thread that streams it: the
+//! hello, every chunk, then the Raft message that names it. The receiving reader stages
+//! the chunks as they come (checked, values written durably), hands the complete
+//! snapshot and its message to the replication core, and answers with an
+//! acknowledgement, on which the sender reports the transfer to Raft. Any bad chunk or a
+//! dropped connection ends the transfer; the leader sends a new snapshot later.
 //!
 //! Pings are the heartbeat the adaptive election timeout samples RTT on: they are
 //! answered by the reader thread at once, never behind a disk write.
 
 use crate::consensus::codec;
 use crate::ids::{LogIndex, NodeId};
+use crate::storage::snapshot::{SnapshotSink, SnapshotSource, SnapshotTarget, StagedSnapshot};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use raft::eraftpb::Message;
 use std::io::{self, BufWriter, Read, Write};
@@ -31,11 +41,16 @@ use std::time::{Duration, Instant};
 pub const FRAME_SIZE_MAX: usize = codec::MESSAGE_SIZE_MAX + 64;
 /// Frames queued per peer before new ones are dropped (Raft retransmits).
 pub const QUEUE_FRAMES_MAX: usize = 4096;
-const HELLO_MAGIC: [u8; 8] = *b"OLPEER01";
+const HELLO_MAGIC: [u8; 8] = *b"OLPEER02";
 const KIND_HELLO: u8 = 1;
 const KIND_RAFT: u8 = 2;
 const KIND_PING: u8 = 3;
 const KIND_PONG: u8 = 4;
+const KIND_SNAPSHOT_CHUNK: u8 = 5;
+const KIND_SNAPSHOT_ACK: u8 = 6;
+/// How long a snapshot sender waits for the receiver's acknowledgement after its last
+/// byte (the receiver writes the last values durably first).
+const SNAPSHOT_ACK_TIMEOUT: Duration = Duration::from_secs(60);
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -55,6 +70,18 @@ pub enum Inbound {
         addr: SocketAddr,
         last_index: LogIndex,
     },
+    /// A snapshot received whole and staged, with the Raft message that names it.
+    Snapshot {
+        peer: NodeId,
+        msg: Box<Message>,
+        staged: Box<StagedSnapshot>,
+    },
+    /// How a snapshot this node streamed to `peer` fared, and the bytes it sent.
+    SnapshotSent {
+        peer: NodeId,
+        delivered: bool,
+        bytes: u64,
+    },
 }
 
 enum Frame {
@@ -72,12 +99,16 @@ pub struct TransportConfig {
     pub client_addr: SocketAddr,
     /// This node's last log index, announced in each hello.
     pub last_index: Arc<std::sync::atomic::AtomicU64>,
+    /// Where received snapshots are staged (set once the node's state is open).
+    pub snapshot_target: Option<SnapshotTarget>,
 }
 
 /// Handle used by the replication core to send.
 pub struct Transport {
     outbound: Vec<Option<Sender<Frame>>>,
     epoch: Instant,
+    config: TransportConfig,
+    inbound: Sender<Inbound>,
 }
 
 impl Transport {
@@ -119,6 +150,12 @@ impl Transport {
                 })?;
         }
         let readers_outbound = Arc::new(outbound_for_readers);
+        let transport = Transport {
+            outbound,
+            epoch,
+            config: config.clone(),
+            inbound: inbound.clone(),
+        };
         std::thread::Builder::new()
             .name("peer-listen".into())
             .spawn(move || {
@@ -141,7 +178,40 @@ impl Transport {
                         });
                 }
             })?;
-        Ok(Transport { outbound, epoch })
+        Ok(transport)
+    }
+
+    /// Streams a snapshot to the peer its message is for, on a connection and a thread of
+    /// its own; the outcome comes back as [`Inbound::SnapshotSent`].
+    pub fn send_snapshot(&self, msg: Message, source: SnapshotSource) {
+        let Some(peer) =
+            NodeId::from_raft_id(msg.to).filter(|p| p.index() < self.config.peers.len())
+        else {
+            return;
+        };
+        let config = self.config.clone();
+        let inbound = self.inbound.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("snapshot-out-{}", peer.index()))
+            .spawn(move || {
+                let mut source = source;
+                let result = stream_snapshot(&config, peer, &msg, &mut source);
+                if let Err(e) = &result {
+                    eprintln!("ocean-liner: sending a snapshot to node {peer} failed: {e}");
+                }
+                let _ = inbound.send(Inbound::SnapshotSent {
+                    peer,
+                    delivered: result.is_ok(),
+                    bytes: source.bytes(),
+                });
+            });
+        if spawned.is_err() {
+            let _ = self.inbound.send(Inbound::SnapshotSent {
+                peer,
+                delivered: false,
+                bytes: 0,
+            });
+        }
     }
 
     /// Queues a Raft message for its destination (dropped if the queue is full or the
@@ -334,12 +404,56 @@ fn sender_loop(
     }
 }
 
+/// Connects to `peer`, sends the hello, every chunk of `source` and then `msg`, and
+/// waits for the receiver's acknowledgement.
+fn stream_snapshot(
+    config: &TransportConfig,
+    peer: NodeId,
+    msg: &Message,
+    source: &mut SnapshotSource,
+) -> io::Result<()> {
+    let addr = config.peers[peer.index()];
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    let _ = stream.set_nodelay(true);
+    let mut reader = io::BufReader::new(stream.try_clone()?);
+    let mut w = BufWriter::with_capacity(1 << 20, stream);
+    write_frame(&mut w, KIND_HELLO, &hello(config))?;
+    while let Some(chunk) = source
+        .next_chunk()
+        .map_err(|e| io::Error::other(e.to_string()))?
+    {
+        write_frame(&mut w, KIND_SNAPSHOT_CHUNK, &chunk)?;
+    }
+    let mut buf = Vec::new();
+    codec::encode(msg, &mut buf);
+    write_frame(&mut w, KIND_RAFT, &buf)?;
+    w.flush()?;
+    reader
+        .get_ref()
+        .set_read_timeout(Some(SNAPSHOT_ACK_TIMEOUT))?;
+    let mut ack = Vec::new();
+    match read_frame(&mut reader, &mut ack, 16)? {
+        KIND_SNAPSHOT_ACK if ack == [1] => Ok(()),
+        _ => Err(invalid("the peer refused the snapshot".into())),
+    }
+}
+
 fn write_one(w: &mut impl Write, frame: &Frame) -> io::Result<()> {
     match frame {
         Frame::Raft(bytes) => write_frame(w, KIND_RAFT, bytes),
         Frame::Ping(t) => write_frame(w, KIND_PING, &t.to_le_bytes()),
         Frame::Pong(t) => write_frame(w, KIND_PONG, &t.to_le_bytes()),
     }
+}
+
+/// The staged snapshot a snapshot message names, if it arrived whole before it.
+fn finish_snapshot(sink: Option<SnapshotSink>, msg: &Message) -> Result<StagedSnapshot, String> {
+    let named = crate::storage::snapshot::decode_descriptor(&msg.get_snapshot().data);
+    let sink = sink.ok_or("a snapshot message without its chunks")?;
+    if named != Some(sink.id()) {
+        return Err("a snapshot message names another snapshot than its chunks".into());
+    }
+    sink.finish().map_err(|e| e.to_string())
 }
 
 fn reader_loop(
@@ -351,8 +465,10 @@ fn reader_loop(
 ) -> io::Result<()> {
     let _ = conn.set_nodelay(true);
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut ack_writer = conn.try_clone()?;
     let mut r = io::BufReader::with_capacity(256 << 10, conn);
     let mut buf = Vec::new();
+    let mut sink: Option<SnapshotSink> = None;
     if read_frame(&mut r, &mut buf, HELLO_SIZE_MAX)? != KIND_HELLO {
         return Err(invalid("peer did not open with a hello".into()));
     }
@@ -388,8 +504,35 @@ fn reader_loop(
                         msg.from, msg.to
                     )));
                 }
+                if msg.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+                    let staged = finish_snapshot(sink.take(), &msg);
+                    let ok = staged.is_ok();
+                    let _ = write_frame(&mut ack_writer, KIND_SNAPSHOT_ACK, &[ok as u8]);
+                    let staged = staged.map_err(invalid)?;
+                    if inbound
+                        .send(Inbound::Snapshot {
+                            peer,
+                            msg: Box::new(msg),
+                            staged: Box::new(staged),
+                        })
+                        .is_err()
+                    {
+                        return Ok(());
+                    }
+                    continue;
+                }
                 if inbound.send(Inbound::Raft(msg)).is_err() {
                     return Ok(());
+                }
+            }
+            KIND_SNAPSHOT_CHUNK => {
+                let Some(target) = &config.snapshot_target else {
+                    return Err(invalid("no snapshot can be received yet".into()));
+                };
+                let sink = sink.get_or_insert_with(|| SnapshotSink::new(target.clone()));
+                if let Err(e) = sink.accept(&buf) {
+                    let _ = write_frame(&mut ack_writer, KIND_SNAPSHOT_ACK, &[0]);
+                    return Err(invalid(format!("refused a snapshot from node {peer}: {e}")));
                 }
             }
             KIND_PING if buf.len() == 8 => {

@@ -233,12 +233,13 @@ impl Engine {
         if let Some((floor, kept)) = &install_floor {
             remove_below_floor(backend.as_ref(), &dir.join(SEGMENTS_DIR), *floor, kept)?;
         }
-        let (mut log, log_report) = Log::open(
+        let meta = map.meta();
+        let (mut log, log_report) = Log::open_after(
             backend.clone(),
             &dir.join(SEGMENTS_DIR),
             options.log.clone(),
+            Some(meta.last_committed_index.next()),
         )?;
-        let meta = map.meta();
         if log.last_index() == LogIndex::ZERO && meta.last_committed_index > LogIndex::ZERO {
             // Only an installed snapshot leaves a checkpoint past an empty log.
             log.start_after(meta.last_committed_index, meta.last_committed_term);

@@ -494,6 +494,22 @@ impl StagedSnapshot {
     }
 }
 
+impl std::fmt::Debug for SnapshotTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SnapshotTarget({})", self.table.dir().display())
+    }
+}
+
+impl std::fmt::Debug for StagedSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "StagedSnapshot({:#x} at {}, {} bytes)",
+            self.id, self.header.index, self.bytes
+        )
+    }
+}
+
 impl Drop for StagedSnapshot {
     fn drop(&mut self) {
         discard_segments(&self.target, &mut self.segments);

@@ -41,6 +41,7 @@ use crate::storage::command;
 use crate::storage::engine::EngineOptions;
 use crate::storage::io::fault::{Fault, FaultBackend, PowerLoss};
 use crate::storage::log::LogOptions;
+use crate::storage::snapshot::SnapshotSink;
 use crate::storage::store::CheckpointJob;
 use crate::verify::linearizability::{self, CheckResult, Input, Operation, Output as OpOutput};
 use raft::eraftpb::Message;
@@ -119,6 +120,10 @@ pub struct SimReport {
     /// Values the nodes' cleaners moved, and segments deleted after checkpoints.
     pub values_moved: u64,
     pub segments_deleted: u64,
+    /// Snapshots streamed to followers, and those they took (installed at their next
+    /// Ready).
+    pub snapshots_sent: u64,
+    pub snapshots_installed: u64,
 }
 
 /// Why a run failed; replay with the same seed.
@@ -190,6 +195,14 @@ enum Envelope {
         client: usize,
         seq: u64,
         kind: ReplyKind,
+    },
+    /// A snapshot's chunks, then its message, as one delivery (the server streams them
+    /// over one connection; a loss anywhere fails the whole transfer).
+    Snapshot {
+        to: usize,
+        from: usize,
+        msg: Message,
+        chunks: std::sync::Arc<Vec<Vec<u8>>>,
     },
 }
 
@@ -277,6 +290,8 @@ struct Sim {
     faults_enabled: bool,
     values_moved: u64,
     segments_deleted: u64,
+    snapshots_sent: u64,
+    snapshots_installed: u64,
 }
 
 fn engine_options() -> EngineOptions {
@@ -287,7 +302,9 @@ fn engine_options() -> EngineOptions {
             // Small segments, so that runs roll over to new ones and clean old ones.
             segment_bytes: 192 << 10,
         },
-        raft_log_retain_bytes: u64::MAX,
+        // Little Raft log kept for lagging followers: a node that was down or cut off
+        // for a while is sent a snapshot.
+        raft_log_retain_bytes: 0,
     }
 }
 
@@ -343,6 +360,8 @@ impl Sim {
             faults_enabled: true,
             values_moved: 0,
             segments_deleted: 0,
+            snapshots_sent: 0,
+            snapshots_installed: 0,
         }
     }
 
@@ -426,7 +445,16 @@ impl Sim {
                 return;
             }
         }
-        if self.faults_enabled && self.rng.chance(self.config.drop_per_mille) {
+        if let Envelope::Snapshot { to, from, .. } = envelope
+            && (!self.connected(from, to)
+                || (self.faults_enabled && self.rng.chance(self.config.drop_per_mille)))
+        {
+            // The connection broke: the sender learns of it.
+            self.report_snapshot(from, to, false);
+            return;
+        }
+        let is_snapshot = matches!(envelope, Envelope::Snapshot { .. });
+        if !is_snapshot && self.faults_enabled && self.rng.chance(self.config.drop_per_mille) {
             return;
         }
         let copies = if self.faults_enabled && self.rng.chance(self.config.duplicate_per_mille) {
@@ -474,9 +502,82 @@ impl Sim {
                 }
                 Envelope::Request { to, req } => self.node_request(to, req)?,
                 Envelope::Reply { client, seq, kind } => self.client_reply(client, seq, kind),
+                Envelope::Snapshot {
+                    to,
+                    from,
+                    msg,
+                    chunks,
+                } => self.receive_snapshot(to, from, msg, &chunks)?,
             }
         }
         Ok(())
+    }
+
+    /// Tells node `from` how its snapshot to `to` fared (if it still runs).
+    fn report_snapshot(&mut self, from: usize, to: usize, delivered: bool) {
+        if let Some(replica) = self.nodes[from].replica.as_mut() {
+            replica
+                .node_mut()
+                .report_snapshot(NodeId::from_index(to), delivered);
+        }
+    }
+
+    /// Streams a snapshot into node `to` (as the server's receiving connection does),
+    /// then steps its message; the next Ready installs it.
+    fn receive_snapshot(
+        &mut self,
+        to: usize,
+        from: usize,
+        msg: Message,
+        chunks: &[Vec<u8>],
+    ) -> Result<(), String> {
+        if self.nodes[to].replica.is_none() {
+            self.report_snapshot(from, to, false);
+            return Ok(());
+        }
+        // An install writes a checkpoint of its own: a checkpoint still out finishes first.
+        if let Some((mut job, _)) = self.nodes[to].checkpoint.take() {
+            let result = job.write();
+            let replica = self.nodes[to].replica.as_mut().expect("checked above");
+            match replica.checkpoint_end(job, result) {
+                Ok(reclaimed) => {
+                    self.segments_deleted += reclaimed.segments;
+                    self.nodes[to].released.extend(reclaimed.files);
+                }
+                Err(_) if self.nodes[to].disk.crashed() => {
+                    self.crash_node(to);
+                    self.report_snapshot(from, to, false);
+                    return Ok(());
+                }
+                Err(e) => return Err(format!("node {} checkpoint failed: {e}", to + 1)),
+            }
+        }
+        let replica = self.nodes[to].replica.as_mut().expect("checked above");
+        let mut sink = SnapshotSink::new(replica.node().engine().snapshot_target());
+        let mut result = Ok(());
+        for c in chunks {
+            result = sink.accept(c);
+            if result.is_err() {
+                break;
+            }
+        }
+        let staged = result.and_then(|_| sink.finish());
+        match staged {
+            Ok(staged) => {
+                let replica = self.nodes[to].replica.as_mut().expect("checked above");
+                if replica.node_mut().step_snapshot(msg, staged) {
+                    self.snapshots_installed += 1;
+                }
+                self.report_snapshot(from, to, true);
+                Ok(())
+            }
+            Err(_) if self.nodes[to].disk.crashed() => {
+                self.crash_node(to);
+                self.report_snapshot(from, to, false);
+                Ok(())
+            }
+            Err(e) => Err(format!("node {} refused a snapshot: {e}", to + 1)),
+        }
     }
 
     fn node_request(&mut self, i: usize, req: ClientReq) -> Result<(), String> {
@@ -562,6 +663,31 @@ impl Sim {
 
     /// Sends the messages and answers the windows a replica call produced.
     fn finish(&mut self, i: usize, mut out: ReplicaOutput<ClientReq>) {
+        for (msg, mut source) in std::mem::take(&mut out.snapshots) {
+            let Some(to) = NodeId::from_raft_id(msg.to).map(NodeId::index) else {
+                continue;
+            };
+            let mut chunks = Vec::new();
+            let read = loop {
+                match source.next_chunk() {
+                    Ok(Some(c)) => chunks.push(c),
+                    Ok(None) => break true,
+                    Err(_) => break false,
+                }
+            };
+            drop(source);
+            if !read {
+                self.report_snapshot(i, to, false);
+                continue;
+            }
+            self.snapshots_sent += 1;
+            self.send(Envelope::Snapshot {
+                to,
+                from: i,
+                msg,
+                chunks: std::sync::Arc::new(chunks),
+            });
+        }
         for msg in std::mem::take(&mut out.messages) {
             let Some(to) = NodeId::from_raft_id(msg.to) else {
                 continue;
@@ -967,10 +1093,16 @@ impl Sim {
     }
 
     fn final_checks(mut self) -> Result<SimReport, String> {
-        // Log matching: every node holds the same committed entries.
+        // Log matching: every node holds the same committed entries (those every log
+        // still holds; earlier ones went into snapshots).
         let nodes: Vec<&RaftNode> = self.live_nodes().collect();
         let commit = nodes[0].commit_index().get();
-        for index in (1..=commit).map(LogIndex) {
+        let first = nodes
+            .iter()
+            .map(|n| n.engine().log().first_index().get())
+            .max()
+            .unwrap_or(1);
+        for index in (first..=commit).map(LogIndex) {
             let terms: Vec<Option<Term>> =
                 nodes.iter().map(|n| n.engine().log().term(index)).collect();
             if terms.iter().any(|t| *t != terms[0]) {
@@ -1039,6 +1171,8 @@ impl Sim {
             crashes: self.crashes,
             values_moved: self.values_moved,
             segments_deleted: self.segments_deleted,
+            snapshots_sent: self.snapshots_sent,
+            snapshots_installed: self.snapshots_installed,
             leader_changes,
             committed_index: commit,
         })

@@ -207,6 +207,9 @@ pub struct Log {
     cache: Arc<Mutex<EntryCache>>,
     /// Term of the entry before the first one, when known (it was deleted).
     compacted_term: Option<Term>,
+    /// The index the first entry has if the log was empty before it (see
+    /// [`Log::open_after`]).
+    first_index_hint: Option<LogIndex>,
     failed: bool,
 }
 
@@ -217,6 +220,18 @@ impl Log {
         backend: Arc<dyn Backend>,
         dir: &Path,
         options: LogOptions,
+    ) -> Result<(Log, RecoveryReport), LogError> {
+        Log::open_after(backend, dir, options, None)
+    }
+
+    /// [`Log::open`] for a log whose state before `first_index_hint` is in a checkpoint:
+    /// if its first segment's first entry is damaged, that is the index it should have,
+    /// which tells a torn first write from damage (see the segment scan).
+    pub fn open_after(
+        backend: Arc<dyn Backend>,
+        dir: &Path,
+        options: LogOptions,
+        first_index_hint: Option<LogIndex>,
     ) -> Result<(Log, RecoveryReport), LogError> {
         create_dir_durable(backend.as_ref(), dir)?;
         let mut names: Vec<(u64, SegmentKind)> = backend
@@ -235,6 +250,7 @@ impl Log {
             table,
             cache,
             compacted_term: None,
+            first_index_hint,
             failed: false,
         };
         let mut report = RecoveryReport {
@@ -278,7 +294,8 @@ impl Log {
             .map_or(Term::ZERO, |m| m.term);
         let mut seg = SegmentFile::new(no, SegmentKind::Raft, path, file, LogIndex(1));
         let cache = self.cache.clone();
-        let scan = seg.scan(None, min_term, newest, |entry| {
+        let hint = expected.or(self.first_index_hint);
+        let scan = seg.scan(None, hint, min_term, newest, |entry| {
             cache
                 .lock()
                 .unwrap()
@@ -337,7 +354,7 @@ impl Log {
         let path = self.table.path(no, SegmentKind::Values);
         let file = self.backend.open(&path, false)?;
         let mut seg = SegmentFile::new(no, SegmentKind::Values, path, file, LogIndex(1));
-        seg.scan(Some(LogIndex(1)), Term::ZERO, true, |_| {})?;
+        seg.scan(Some(LogIndex(1)), None, Term::ZERO, true, |_| {})?;
         self.register(&seg, true);
         Ok(())
     }

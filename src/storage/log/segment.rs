@@ -117,6 +117,7 @@ impl SegmentFile {
     pub fn scan(
         &mut self,
         first_index: Option<LogIndex>,
+        index_hint: Option<LogIndex>,
         min_term: Term,
         cut: bool,
         mut found: impl FnMut(&Entry),
@@ -167,7 +168,10 @@ impl SegmentFile {
                     });
                 }
                 Err(reason) => {
-                    let damaged_index = expected.unwrap_or(LogIndex(1));
+                    // The index the damaged entry should have had: the segment's first
+                    // is known from the one before it (or the checkpoint the log starts
+                    // after); entries of the same write carry it as their batch start.
+                    let damaged_index = expected.or(index_hint).unwrap_or(LogIndex(1));
                     let from = offset + PAGE_SIZE as u64;
                     if let Some(later) = self.find_later_write(from, file_len, damaged_index)? {
                         return Err(LogError::Corrupt {
