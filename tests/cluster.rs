@@ -408,6 +408,120 @@ fn a_wiped_follower_catches_up_from_the_leader() {
     }
 }
 
+/// A follower that lost its data after the leader deleted the Raft log it would need is
+/// sent a snapshot: the live keys and values, not the history. It installs it, follows
+/// the log from there, and can carry the data on its own once the leader is killed.
+#[test]
+fn a_wiped_follower_behind_a_compacted_log_is_sent_a_snapshot() {
+    let mut cluster = Cluster::start_with(
+        3,
+        &[
+            "--segment-mib",
+            "1",
+            "--raft-log-retain-mib",
+            "0",
+            "--checkpoint-interval-s",
+            "1",
+        ],
+    );
+    let (leader, _, _) = cluster
+        .wait_for_leader(None, Duration::from_secs(10))
+        .expect("a leader is elected");
+    let addrs = cluster.client_addrs();
+    let server = addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    // History: overwrites of few keys, many times their size.
+    let bench = Command::new(BIN)
+        .args(["bench", "--server", &server, "--workload", "set"])
+        .args(["--keys", "2000", "--value-size", "200", "--duration", "4"])
+        .args(["--warmup", "0", "--concurrency", "64"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(bench.success());
+    let opts = ClientOptions {
+        deadline: Duration::from_secs(10),
+        ..ClientOptions::default()
+    };
+    let mut client = Client::connect_cluster(&addrs, opts).unwrap();
+    for i in 0..200 {
+        client
+            .set(&format!("final{i}"), format!("value{i}").as_bytes())
+            .unwrap();
+    }
+    let stat = |k: usize, name: &str| -> Option<u64> {
+        let mut c = Client::connect(
+            addrs[k],
+            ClientOptions {
+                deadline: Duration::from_millis(200),
+                ..ClientOptions::default()
+            },
+        )
+        .ok()?;
+        let s = c.stats().ok()?;
+        s.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+    };
+    // The leader's log no longer starts at 1.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stat(leader, "first_log_index").unwrap_or(1) <= 1 {
+        assert!(Instant::now() < deadline, "the leader never compacted its log");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let history_bytes = stat(leader, "entries_written").unwrap_or(0);
+    let follower = (leader + 1) % 3;
+    cluster.kill9(follower);
+    std::fs::remove_dir_all(cluster.dir.join(format!("node-{follower}"))).unwrap();
+    let wiped_at = Instant::now();
+    cluster.spawn(follower);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let target = stat(leader, "commit_index").unwrap_or(u64::MAX);
+        if stat(follower, "applied_index").is_some_and(|a| a >= target) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the wiped follower did not catch up: {}",
+            cluster.stderr_text(follower)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let caught_up = wiped_at.elapsed();
+    let received = stat(follower, "snapshot_bytes_received").unwrap_or(0);
+    assert!(
+        stat(follower, "snapshots_received").unwrap_or(0) >= 1,
+        "no snapshot was received: {}",
+        cluster.stderr_text(follower)
+    );
+    assert_eq!(stat(follower, "keys"), stat(leader, "keys"));
+    let leader_disk = stat(leader, "bytes_deleted").unwrap_or(0);
+    eprintln!(
+        "wiped follower caught up in {caught_up:?} from a snapshot of {received} bytes \
+         (the leader had deleted {leader_disk} bytes of log; {history_bytes} entries written)"
+    );
+    assert!(
+        received < leader_disk,
+        "the snapshot ({received} bytes) is smaller than the history the leader deleted ({leader_disk} bytes)"
+    );
+    cluster.kill9(leader);
+    cluster
+        .wait_for_leader(Some(leader), Duration::from_secs(5))
+        .expect("the two remaining nodes elect a leader");
+    for i in 0..200 {
+        assert_eq!(
+            client.get(&format!("final{i}")).unwrap(),
+            Some(format!("value{i}").into_bytes()),
+            "final{i}"
+        );
+    }
+}
+
 /// Peer connections refuse strangers and garbage without hurting the node: a hello from
 /// another cluster, a frame claiming 4 GiB, and random bytes each close only their own
 /// connection, and the cluster keeps committing writes.

@@ -48,6 +48,11 @@ pub struct ServerConfig {
     /// MiB per second the cleaner may read and write at most.
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
     pub clean_mib_per_s: u64,
+    /// MiB of Raft log a cluster node keeps for followers that fall behind, beyond what a
+    /// checkpoint covers. A follower that needs older entries (it was down long, or lost
+    /// its data) is sent a snapshot of the live data instead.
+    #[arg(long, default_value_t = 256)]
+    pub raft_log_retain_mib: u64,
     /// Seconds between checkpoints of the map.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub checkpoint_interval_s: u64,

@@ -294,7 +294,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
             ..LogOptions::default()
         },
         raft_log_retain_bytes: if cluster.client_addrs.len() > 1 {
-            u64::MAX
+            config.raft_log_retain_mib << 20
         } else {
             0
         },
