@@ -538,8 +538,14 @@ fn bad_peer_connections_are_closed_and_the_cluster_keeps_working() {
         s.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
         let _ = s.write_all(bytes);
         let mut buf = [0u8; 16];
-        // The node never writes on an inbound connection: a read returns only at close.
-        matches!(s.read(&mut buf), Ok(0) | Err(_))
+        // The node writes on an inbound connection only to refuse a snapshot; the read
+        // that ends is the close.
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => continue,
+            }
+        }
     };
     // A hello naming another cluster.
     let mut hello = Vec::new();
@@ -580,7 +586,46 @@ fn bad_peer_connections_are_closed_and_the_cluster_keeps_working() {
             "a hello cut at {cut} bytes is refused"
         );
     }
+    // A well-formed hello of this cluster followed by a damaged snapshot chunk, or by a
+    // snapshot message whose chunks never came.
+    let mut hello_ok = (ours.len() as u32).to_le_bytes().to_vec();
+    hello_ok.push(1);
+    hello_ok.extend_from_slice(&ours);
+    let mut chunk = ocean_liner::storage::snapshot::encode_chunk(
+        9,
+        0,
+        ocean_liner::storage::snapshot::ChunkKind::Header,
+        &[0u8; 40],
+    );
+    chunk[20] ^= 1;
+    let mut frame = hello_ok.clone();
+    frame.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
+    frame.push(5);
+    frame.extend_from_slice(&chunk);
+    assert!(closed_after(&frame), "a damaged snapshot chunk is refused");
+    let mut snap = raft::eraftpb::Message::default();
+    snap.set_msg_type(raft::eraftpb::MessageType::MsgSnapshot);
+    snap.from = 2;
+    snap.to = 1;
+    let mut s = raft::eraftpb::Snapshot::default();
+    s.mut_metadata().index = 5;
+    s.data = ocean_liner::storage::snapshot::encode_descriptor(9).into();
+    snap.snapshot = Some(s).into();
+    let mut body = Vec::new();
+    ocean_liner::consensus::codec::encode(&snap, &mut body);
+    let mut frame = hello_ok;
+    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    frame.push(2);
+    frame.extend_from_slice(&body);
+    assert!(
+        closed_after(&frame),
+        "a snapshot message without its chunks is refused"
+    );
     let log = cluster.stderr_text(0);
+    assert!(
+        log.contains("failed its checksum") && log.contains("without its chunks"),
+        "the node logs why it refused the snapshots:\n{log}"
+    );
     assert!(
         !log.contains("panicked"),
         "a peer connection's reader panicked:\n{log}"
