@@ -15,7 +15,9 @@
 //! - [`client`]: the UDP wire protocol, the client library and the load tool; it stands
 //!   apart from the server.
 //! - [`verify`]: the cluster simulator and the linearizability checker.
+//! - [`backup`]: snapshots of a live node saved to a file, and restored from one.
 
+pub mod backup;
 pub mod client;
 pub mod consensus;
 pub mod ids;

@@ -58,6 +58,28 @@ enum Command {
     },
     /// Run a load test against a server and report throughput and latency.
     Bench(BenchArgs),
+    /// Back a node up into a snapshot file, or restore one into a new data directory.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Save a snapshot of a live node (its applied state at one log index, taken without
+    /// stopping writes) into FILE; FILE appears only once the whole snapshot is in.
+    Save {
+        file: std::path::PathBuf,
+        /// The node's client address, HOST:PORT (backups are served over TCP on it).
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        server: String,
+    },
+    /// Install the snapshot in FILE into DIR, which must be empty or absent; a node
+    /// started on DIR (or each node of a new cluster, all restored from FILE) begins there.
+    Restore {
+        file: std::path::PathBuf,
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -99,7 +121,33 @@ fn main() -> ExitCode {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => fail(format!("{e:#}")),
         },
+        Some(Command::Snapshot(command)) => snapshot_command(command),
         Some(command) => client_command(command),
+    }
+}
+
+fn snapshot_command(command: SnapshotCommand) -> ExitCode {
+    let result = match command {
+        SnapshotCommand::Save { file, server } => resolve_servers(&server)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .and_then(|servers| {
+                let server = *servers
+                    .first()
+                    .ok_or_else(|| anyhow::anyhow!("no server address given"))?;
+                ocean_liner::backup::save(server, &file)
+            })
+            .map(|r| format!("saved {r} into {}", file.display())),
+        SnapshotCommand::Restore { file, data_dir } => {
+            ocean_liner::backup::restore(&file, &data_dir)
+                .map(|r| format!("restored {r} into {}", data_dir.display()))
+        }
+    };
+    match result {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("{e:#}")),
     }
 }
 
@@ -155,6 +203,8 @@ fn client_command(command: Command) -> ExitCode {
             );
             Ok(ExitCode::SUCCESS)
         }),
-        Command::Serve(_) | Command::Bench(_) => unreachable!("handled in main"),
+        Command::Serve(_) | Command::Bench(_) | Command::Snapshot(_) => {
+            unreachable!("handled in main")
+        }
     }
 }

@@ -470,7 +470,10 @@ fn a_wiped_follower_behind_a_compacted_log_is_sent_a_snapshot() {
     // The leader's log no longer starts at 1.
     let deadline = Instant::now() + Duration::from_secs(30);
     while stat(leader, "first_log_index").unwrap_or(1) <= 1 {
-        assert!(Instant::now() < deadline, "the leader never compacted its log");
+        assert!(
+            Instant::now() < deadline,
+            "the leader never compacted its log"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let history_bytes = stat(leader, "entries_written").unwrap_or(0);
@@ -586,8 +589,13 @@ fn bad_peer_connections_are_closed_and_the_cluster_keeps_working() {
             "a hello cut at {cut} bytes is refused"
         );
     }
-    // A well-formed hello of this cluster followed by a damaged snapshot chunk, or by a
-    // snapshot message whose chunks never came.
+    // A well-formed hello of this cluster (naming node 1's real client address, which the
+    // node takes from it) followed by a damaged snapshot chunk, or by a snapshot message
+    // whose chunks never came.
+    let real = format!("127.0.0.1:{}", cluster.nodes[1].client_port);
+    let mut ours = ours[..ours.len() - addr.len() - 2].to_vec();
+    ours.extend_from_slice(&(real.len() as u16).to_le_bytes());
+    ours.extend_from_slice(real.as_bytes());
     let mut hello_ok = (ours.len() as u32).to_le_bytes().to_vec();
     hello_ok.push(1);
     hello_ok.extend_from_slice(&ours);
@@ -621,7 +629,15 @@ fn bad_peer_connections_are_closed_and_the_cluster_keeps_working() {
         closed_after(&frame),
         "a snapshot message without its chunks is refused"
     );
-    let log = cluster.stderr_text(0);
+    // The reader logs its reason just after it closes the connection.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut log = cluster.stderr_text(0);
+    while !(log.contains("failed its checksum") && log.contains("without its chunks"))
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+        log = cluster.stderr_text(0);
+    }
     assert!(
         log.contains("failed its checksum") && log.contains("without its chunks"),
         "the node logs why it refused the snapshots:\n{log}"

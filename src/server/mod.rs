@@ -268,6 +268,18 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<_>>()?;
 
+    // Backups are served over TCP on the client port's number.
+    let backup_addr = SocketAddr::new(config.listen_ip, cluster.client_addr.port());
+    let backup_listener = std::net::TcpListener::bind(backup_addr).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen for backups on TCP {backup_addr}: {e} (another process holds the port: stop it, or choose another --client-port)"
+        )
+    })?;
+    let (backup_tx, backup_rx) = crossbeam_channel::unbounded::<crate::backup::SnapshotRequest>();
+    std::thread::Builder::new()
+        .name("backup-listen".into())
+        .spawn(move || crate::backup::serve(backup_listener, backup_tx))?;
+
     install_signal_handlers();
     let no_pin = config.no_pin;
     let available = Arc::new(available);
@@ -359,8 +371,9 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
                         .map_err(|e| crate::consensus::FatalError(e.to_string()))?;
                     let report = node.open_report();
                     let summary = format!(
-                        "{} log entries (checkpoint at {}, {} replayed{}), {} keys",
+                        "the log up to index {} (from {}; checkpoint at {}, {} replayed{}), {} keys",
                         engine.last_index(),
+                        engine.log().first_index(),
                         report.checkpoint_index,
                         report.replayed_entries,
                         report
@@ -405,8 +418,11 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
             replication::run(
                 Replica::new(node, replica_config),
                 shared,
-                flush_rx,
-                inbound_rx,
+                replication::Inputs {
+                    flush_rx,
+                    inbound_rx,
+                    backup_rx,
+                },
                 completion_txs,
                 transport,
                 replication_config,

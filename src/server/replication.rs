@@ -52,15 +52,22 @@ struct Loop<'a> {
     spares: Vec<Vec<Window<ReplyTo>>>,
     ticks: u64,
     checkpoint_job: Option<(CheckpointThread, Instant)>,
+    backups: u64,
 }
 
 /// Runs the loop until `shared.stop` is set; then seals one last window, waits (bounded)
 /// for what is in flight to commit, checkpoints, and returns.
+/// What wakes the replication thread: a shard's full window, the transport, a backup.
+pub struct Inputs {
+    pub flush_rx: Receiver<()>,
+    pub inbound_rx: Receiver<Inbound>,
+    pub backup_rx: Receiver<crate::backup::SnapshotRequest>,
+}
+
 pub fn run(
     replica: Replica<ReplyTo>,
     shared: Arc<Shared>,
-    flush_rx: Receiver<()>,
-    inbound_rx: Receiver<Inbound>,
+    inputs: Inputs,
     completions: Vec<Sender<Completion>>,
     transport: Option<Transport>,
     config: ReplicationConfig,
@@ -76,8 +83,9 @@ pub fn run(
         spares,
         ticks: 0,
         checkpoint_job: None,
+        backups: 0,
     };
-    let result = l.main_loop(&flush_rx, &inbound_rx);
+    let result = l.main_loop(&inputs.flush_rx, &inputs.inbound_rx, &inputs.backup_rx);
     l.checkpoint();
     l.shared.replication_done.store(true, Ordering::Release);
     result
@@ -93,6 +101,7 @@ impl Loop<'_> {
         &mut self,
         flush_rx: &Receiver<()>,
         inbound_rx: &Receiver<Inbound>,
+        backup_rx: &Receiver<crate::backup::SnapshotRequest>,
     ) -> anyhow::Result<()> {
         let mut last_checkpoint = Instant::now();
         let mut next_tick = Instant::now() + self.config.tick;
@@ -115,6 +124,13 @@ impl Loop<'_> {
             select! {
                 recv(inbound_rx) -> m => if let Ok(m) = m { self.inbound(m) },
                 recv(flush_rx) -> _ => seal_now = true,
+                recv(backup_rx) -> r => if let Ok(reply) = r {
+                    // A snapshot of the applied state, taken between two applies; its
+                    // values are read by the backup connection's thread.
+                    self.backups += 1;
+                    let id = self.backups ^ (self.shared.started.elapsed().as_nanos() as u64) << 16;
+                    let _ = reply.send(self.replica.node().engine().snapshot_source(id));
+                },
                 default(wake.saturating_duration_since(Instant::now())) => {}
             }
             for m in inbound_rx.try_iter().take(INBOUND_DRAIN_MAX) {

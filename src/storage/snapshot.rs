@@ -241,7 +241,8 @@ impl SnapshotHeader {
         .collect()
     }
 
-    fn decode(body: &[u8]) -> Result<SnapshotHeader, SnapshotError> {
+    /// Decodes a header chunk's body.
+    pub fn decode(body: &[u8]) -> Result<SnapshotHeader, SnapshotError> {
         if body.len() != HEADER_BODY_SIZE {
             return fail(format!("header body of {} bytes", body.len()));
         }
