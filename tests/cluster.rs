@@ -157,6 +157,41 @@ impl Cluster {
         None
     }
 
+    /// A counter from node `k`'s STATS, if it answers.
+    fn stat(&self, k: usize, name: &str) -> Option<u64> {
+        let opts = ClientOptions {
+            deadline: Duration::from_millis(200),
+            ..ClientOptions::default()
+        };
+        let s = Client::connect(self.client_addrs()[k], opts)
+            .ok()?
+            .stats()
+            .ok()?;
+        s.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// Waits until node `follower` has applied everything `leader` committed.
+    fn wait_caught_up(&self, leader: usize, follower: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let target = self.stat(leader, "commit_index").unwrap_or(u64::MAX);
+            if self
+                .stat(follower, "applied_index")
+                .is_some_and(|a| a >= target)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {follower} did not catch up: {}",
+                self.stderr_text(follower)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn wait_for_leader(
         &self,
         except: Option<usize>,
@@ -368,33 +403,8 @@ fn a_wiped_follower_catches_up_from_the_leader() {
     std::fs::remove_dir_all(cluster.dir.join(format!("node-{follower}"))).unwrap();
     cluster.spawn(follower);
     // Wait until the wiped node has applied everything the leader committed.
-    let stat = |k: usize, name: &str| -> Option<u64> {
-        let mut c = Client::connect(
-            addrs[k],
-            ClientOptions {
-                deadline: Duration::from_millis(200),
-                ..ClientOptions::default()
-            },
-        )
-        .ok()?;
-        let s = c.stats().ok()?;
-        s.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}=")))
-            .and_then(|v| v.parse().ok())
-    };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let target = stat(leader, "commit_index").unwrap_or(u64::MAX);
-        if stat(follower, "applied_index").is_some_and(|a| a >= target) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the wiped follower did not catch up"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(stat(follower, "keys"), Some(300));
+    cluster.wait_caught_up(leader, follower, Duration::from_secs(15));
+    assert_eq!(cluster.stat(follower, "keys"), Some(300));
     cluster.kill9(leader);
     cluster
         .wait_for_leader(Some(leader), Duration::from_secs(5))
@@ -453,57 +463,33 @@ fn a_wiped_follower_behind_a_compacted_log_is_sent_a_snapshot() {
             .set(&format!("final{i}"), format!("value{i}").as_bytes())
             .unwrap();
     }
-    let stat = |k: usize, name: &str| -> Option<u64> {
-        let mut c = Client::connect(
-            addrs[k],
-            ClientOptions {
-                deadline: Duration::from_millis(200),
-                ..ClientOptions::default()
-            },
-        )
-        .ok()?;
-        let s = c.stats().ok()?;
-        s.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}=")))
-            .and_then(|v| v.parse().ok())
-    };
     // The leader's log no longer starts at 1.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while stat(leader, "first_log_index").unwrap_or(1) <= 1 {
+    while cluster.stat(leader, "first_log_index").unwrap_or(1) <= 1 {
         assert!(
             Instant::now() < deadline,
             "the leader never compacted its log"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let history_bytes = stat(leader, "entries_written").unwrap_or(0);
+    let history_bytes = cluster.stat(leader, "entries_written").unwrap_or(0);
     let follower = (leader + 1) % 3;
     cluster.kill9(follower);
     std::fs::remove_dir_all(cluster.dir.join(format!("node-{follower}"))).unwrap();
     let wiped_at = Instant::now();
     cluster.spawn(follower);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let target = stat(leader, "commit_index").unwrap_or(u64::MAX);
-        if stat(follower, "applied_index").is_some_and(|a| a >= target) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the wiped follower did not catch up: {}",
-            cluster.stderr_text(follower)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    cluster.wait_caught_up(leader, follower, Duration::from_secs(30));
     let caught_up = wiped_at.elapsed();
-    let received = stat(follower, "snapshot_bytes_received").unwrap_or(0);
+    let received = cluster
+        .stat(follower, "snapshot_bytes_received")
+        .unwrap_or(0);
     assert!(
-        stat(follower, "snapshots_received").unwrap_or(0) >= 1,
+        cluster.stat(follower, "snapshots_received").unwrap_or(0) >= 1,
         "no snapshot was received: {}",
         cluster.stderr_text(follower)
     );
-    assert_eq!(stat(follower, "keys"), stat(leader, "keys"));
-    let leader_disk = stat(leader, "bytes_deleted").unwrap_or(0);
+    assert_eq!(cluster.stat(follower, "keys"), cluster.stat(leader, "keys"));
+    let leader_disk = cluster.stat(leader, "bytes_deleted").unwrap_or(0);
     eprintln!(
         "wiped follower caught up in {caught_up:?} from a snapshot of {received} bytes \
          (the leader had deleted {leader_disk} bytes of log; {history_bytes} entries written)"

@@ -5,17 +5,18 @@
 # server's RSS and index bytes per key (from STATS) after the prefill.
 #
 #   tools/scale.sh          (env: SMALL=100000 LARGE=10000000 DURATION=20 CONCURRENCY=512
-#                            PORT=9600 DATA=/var/tmp/ol-scale SERVER_FLAGS="...")
+#                            PORT=9600 DATA=/var/tmp/ol-scale SERVER_FLAGS="..."
+#                            OCEAN_LINER=path/to/binary, not rebuilt)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-bin=$here/target/release/ocean-liner
+bin=${OCEAN_LINER:-$here/target/release/ocean-liner}
 small=${SMALL:-100000}
 large=${LARGE:-10000000}
 duration=${DURATION:-20}
 conc=${CONCURRENCY:-512}
 port=${PORT:-9600}
 data=${DATA:-/var/tmp/ol-scale}
-(cd "$here" && cargo build --release --quiet)
+[ -n "${OCEAN_LINER:-}" ] || (cd "$here" && cargo build --release --quiet)
 printf '| keys | read over | GET ops/s | p50 ms | p99 ms | p99.9 ms | RSS MiB | RSS B/key | index B/key | disk MiB |\n'
 printf '|---|---|---|---|---|---|---|---|---|---|\n'
 for keys in "$small" "$large"; do

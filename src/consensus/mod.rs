@@ -392,7 +392,17 @@ impl RaftNode {
 
     /// Feeds a message from a peer. Messages for another node or a stale term are
     /// ignored by raft-rs itself.
-    pub fn step(&mut self, mut msg: Message) {
+    /// A snapshot message comes only with its snapshot ([`RaftNode::step_snapshot`]);
+    /// alone it is dropped.
+    pub fn step(&mut self, msg: Message) {
+        if msg.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+            eprintln!("raft: dropped a snapshot message that came without its snapshot");
+            return;
+        }
+        self.step_any(msg);
+    }
+
+    fn step_any(&mut self, mut msg: Message) {
         if !self.guard_rejoin(&mut msg) {
             return;
         }
@@ -644,7 +654,7 @@ impl RaftNode {
             return false;
         }
         self.staged = Some(staged);
-        self.step(msg);
+        self.step_any(msg);
         let index = self.staged.as_ref().map(|s| s.header.index.get());
         let pending = self
             .raw

@@ -33,7 +33,8 @@ pub struct ServerConfig {
     /// (older ones are read from the disk with O_DIRECT).
     #[arg(long, default_value_t = 1024)]
     pub log_cache_mib: usize,
-    /// MiB of values that GETs read from the disk, kept by how often they are read (CLOCK).
+    /// MiB of values kept in memory for GETs: applied SETs put theirs there, GETs that
+    /// read one from the disk too; evicted by how often they are read (CLOCK).
     #[arg(long, default_value_t = 1024)]
     pub value_cache_mib: usize,
     /// MiB of one log segment file; old segments are deleted once their live values are

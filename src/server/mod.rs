@@ -229,6 +229,9 @@ impl Shared {
     }
 }
 
+/// Applied entries waiting for the cache-fill thread; beyond this, entries are skipped.
+const VALUE_FILL_QUEUE: usize = 64;
+
 /// What the replication thread hands back once the node's state is open.
 struct Opened {
     map: Arc<Map>,
@@ -359,8 +362,26 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
             repl_pin(0);
             let opened =
                 RaftNode::open(Arc::new(UringBackend), &data_dir, node_config).and_then(|node| {
-                    let engine = node.engine();
+                    let mut engine = node.engine();
                     let values = Arc::new(Mutex::new(ValueCache::new(value_cache_bytes)));
+                    // Applied values reach the cache through a thread of their own, off
+                    // the replication core; it ends when the engine (the sender) does.
+                    let (fill_tx, fill_rx) = crossbeam_channel::bounded(VALUE_FILL_QUEUE);
+                    engine.fill_value_cache_through(fill_tx);
+                    let cache = values.clone();
+                    std::thread::Builder::new()
+                        .name("cache-fill".into())
+                        .spawn(move || {
+                            // SAFETY: setpriority with PRIO_PROCESS and tid 0 changes only
+                            // this thread's nice value: filling is best effort.
+                            unsafe {
+                                libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+                            }
+                            for applied in fill_rx {
+                                crate::storage::engine::fill_value_cache(&cache, applied);
+                            }
+                        })
+                        .map_err(|e| crate::consensus::FatalError(e.to_string()))?;
                     let readers = (0..shard_count)
                         .map(|_| {
                             engine

@@ -33,14 +33,14 @@ use crate::storage::io::Backend;
 use crate::storage::log::segments::{LiveDelta, SegmentKind, SpaceReport, split_address};
 use crate::storage::log::{
     Entry, Log, LogError, LogIndex, LogOptions, LogReader, NewEntry, RecoveryReport, SEGMENTS_DIR,
-    Term, ValueRead,
+    Term, ValueCache, ValueRead,
 };
 use crate::storage::snapshot::{SnapshotSource, SnapshotTarget, StagedSnapshot};
 use crate::storage::store::{CheckpointJob, Lookup, Map, SetOutcome};
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Sessions kept for exactly-once writes; past this the least recently written are
 /// dropped (deterministically, by log index), and a retry from a dropped session may apply
@@ -207,6 +207,29 @@ pub struct Engine {
     /// The last install's floor and the values segments it brought (see the module
     /// documentation), written with every checkpoint.
     install_floor: Option<InstallFloor>,
+    /// Where applied entries go, with the addresses of their values read from the log,
+    /// to fill the readers' value cache (see [`Engine::fill_value_cache_through`]).
+    value_fill: Option<crossbeam_channel::Sender<AppliedValues>>,
+}
+
+/// An applied entry and the log addresses of its SETs whose values the map reads from
+/// the log: what [`fill_value_cache`] puts into a value cache.
+pub type AppliedValues = (Entry, Vec<u64>);
+
+/// Values put into the value cache under one lock (readers wait at most for this many).
+const VALUE_CACHE_BATCH: usize = 256;
+
+/// Puts the values of one applied entry into `cache` (not marked as read, so they go
+/// first unless a GET reads them). Runs off the replication core.
+pub fn fill_value_cache(cache: &Mutex<ValueCache>, (entry, addresses): AppliedValues) {
+    for batch in addresses.chunks(VALUE_CACHE_BATCH) {
+        let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+        for &address in batch {
+            if let Ok(cmd) = entry.command_at(address) {
+                cache.insert(address, cmd.key, cmd.value);
+            }
+        }
+    }
 }
 
 impl Engine {
@@ -274,6 +297,7 @@ impl Engine {
             hash_collisions: 0,
             raft_keep_from: LogIndex(u64::MAX),
             install_floor,
+            value_fill: None,
         };
         let last = replay_to
             .unwrap_or(LogIndex(u64::MAX))
@@ -431,6 +455,7 @@ impl Engine {
         let capacity = (entry.header.num_commands as usize)
             .min(entry.commands().len() / crate::storage::command::COMMAND_ALIGN);
         let mut outcomes = Vec::with_capacity(capacity);
+        let mut cached: Vec<u64> = Vec::new();
         for cmd in entry.iter() {
             let cmd = cmd.map_err(|e| LogError::Corrupt {
                 offset: entry.offset,
@@ -463,6 +488,11 @@ impl Engine {
                     let set = self
                         .map
                         .set(hash, entry.command_file_offset(cmd.offset), cmd.value);
+                    if self.value_fill.is_some()
+                        && let Some(address) = set.stored_address
+                    {
+                        cached.push(address);
+                    }
                     self.count_set(set);
                     Outcome::Done
                 }
@@ -479,6 +509,11 @@ impl Engine {
                 _ => Outcome::Absent,
             };
             outcomes.push(outcome);
+        }
+        if let Some(fill) = &self.value_fill
+            && !cached.is_empty()
+        {
+            let _ = fill.try_send((entry.clone(), cached));
         }
         let table = self.log.segments();
         table.apply_live(&self.deltas);
@@ -637,6 +672,14 @@ impl Engine {
             })
             .map(|(no, _)| *no)
             .collect()
+    }
+
+    /// Hands every applied entry, with the addresses of its values read from the log, to
+    /// `fill` (a thread running [`fill_value_cache`]): data written recently is then in
+    /// memory up to the cache's budget, not only data read before. An entry that finds
+    /// the channel full is skipped (its values are cached when first read).
+    pub fn fill_value_cache_through(&mut self, fill: crossbeam_channel::Sender<AppliedValues>) {
+        self.value_fill = Some(fill);
     }
 
     /// Sets the first Raft index a follower still needs (the leader's slowest follower's
@@ -921,6 +964,36 @@ mod tests {
             assert_eq!(engine.get(b"other").unwrap(), Some(theirs));
             assert_eq!(engine.hash_collisions(), 1);
         }
+    }
+
+    /// With a fill channel attached, an applied entry goes there with the addresses of
+    /// its values read from the log, and filling puts them into a value cache under those
+    /// addresses; inline values and entries applied before do not.
+    #[test]
+    fn applied_sets_fill_the_value_cache() {
+        let cache = Mutex::new(ValueCache::new(1 << 20));
+        let (tx, rx) = crossbeam_channel::bounded(16);
+        let mut engine = open(0);
+        let mut cmds = Vec::new();
+        command::encode(&mut cmds, CommandOp::Set, 0, 0, b"before", &[b'b'; 100]);
+        engine.commit_local(Term(1), 1, &cmds).unwrap();
+        engine.fill_value_cache_through(tx);
+        let mut cmds = Vec::new();
+        command::encode(&mut cmds, CommandOp::Set, 0, 0, b"long", &[b'l'; 100]);
+        command::encode(&mut cmds, CommandOp::Set, 0, 0, b"short", b"s");
+        engine.commit_local(Term(1), 2, &cmds).unwrap();
+        let applied: Vec<AppliedValues> = rx.try_iter().collect();
+        assert_eq!(applied.len(), 1);
+        for a in applied {
+            fill_value_cache(&cache, a);
+        }
+        let mut c = cache.lock().unwrap();
+        assert_eq!(c.len(), 1, "only the value read from the log");
+        assert_eq!(
+            c.get(log_offset(&engine, b"long"), b"long"),
+            Some(ValueRead::Value(vec![b'l'; 100]))
+        );
+        assert_eq!(c.get(log_offset(&engine, b"before"), b"before"), None);
     }
 
     /// The map only ever points at SET commands: any other command at its offset is

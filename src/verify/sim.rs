@@ -536,21 +536,9 @@ impl Sim {
             return Ok(());
         }
         // An install writes a checkpoint of its own: a checkpoint still out finishes first.
-        if let Some((mut job, _)) = self.nodes[to].checkpoint.take() {
-            let result = job.write();
-            let replica = self.nodes[to].replica.as_mut().expect("checked above");
-            match replica.checkpoint_end(job, result) {
-                Ok(reclaimed) => {
-                    self.segments_deleted += reclaimed.segments;
-                    self.nodes[to].released.extend(reclaimed.files);
-                }
-                Err(_) if self.nodes[to].disk.crashed() => {
-                    self.crash_node(to);
-                    self.report_snapshot(from, to, false);
-                    return Ok(());
-                }
-                Err(e) => return Err(format!("node {} checkpoint failed: {e}", to + 1)),
-            }
+        if !self.finish_checkpoint(to)? {
+            self.report_snapshot(from, to, false);
+            return Ok(());
         }
         let replica = self.nodes[to].replica.as_mut().expect("checked above");
         let mut sink = SnapshotSink::new(replica.node().engine().snapshot_target());
@@ -778,20 +766,7 @@ impl Sim {
             .as_ref()
             .is_some_and(|(_, due)| tick >= *due)
         {
-            let (mut job, _) = self.nodes[i].checkpoint.take().expect("checked above");
-            let result = job.write();
-            let replica = self.nodes[i].replica.as_mut().expect("a live node");
-            match replica.checkpoint_end(job, result) {
-                Ok(reclaimed) => {
-                    self.segments_deleted += reclaimed.segments;
-                    self.nodes[i].released.extend(reclaimed.files);
-                }
-                Err(_) if self.nodes[i].disk.crashed() => {
-                    self.crash_node(i);
-                    return Ok(());
-                }
-                Err(e) => return Err(format!("node {} checkpoint failed: {e}", i + 1)),
-            }
+            self.finish_checkpoint(i)?;
         } else if self.nodes[i].checkpoint.is_none() && tick % 97 == (i as u64 * 31) % 97 {
             let due = tick + 1 + self.rng.below(6);
             let replica = self.nodes[i].replica.as_mut().expect("a live node");
@@ -800,6 +775,28 @@ impl Sim {
             }
         }
         Ok(())
+    }
+
+    /// Runs the IO of node `i`'s checkpoint job, if one is out, and hands the job back.
+    /// Returns false if the node crashed doing so.
+    fn finish_checkpoint(&mut self, i: usize) -> Result<bool, String> {
+        let Some((mut job, _)) = self.nodes[i].checkpoint.take() else {
+            return Ok(true);
+        };
+        let result = job.write();
+        let replica = self.nodes[i].replica.as_mut().expect("a live node");
+        match replica.checkpoint_end(job, result) {
+            Ok(reclaimed) => {
+                self.segments_deleted += reclaimed.segments;
+                self.nodes[i].released.extend(reclaimed.files);
+                Ok(true)
+            }
+            Err(_) if self.nodes[i].disk.crashed() => {
+                self.crash_node(i);
+                Ok(false)
+            }
+            Err(e) => Err(format!("node {} checkpoint failed: {e}", i + 1)),
+        }
     }
 
     /// Runs one cleaning pass now and then, between the node's other steps: its copies and

@@ -2,8 +2,10 @@
 //!
 //! The entry cache ([`super::EntryCache`]) keeps what was *written* last; on a store that
 //! has grown past it, a GET of an older key would otherwise cost an O_DIRECT read every
-//! time. This cache holds the values that GETs read from the disk, keyed by the log
-//! offset of their SET command, and keeps the ones read again: each value has a
+//! time. This cache holds the values that GETs read from the disk and, on a server, the
+//! values of applied SETs (put in off the replication core, see
+//! [`crate::storage::engine::fill_value_cache`]), keyed by the log offset of their SET
+//! command, and keeps the ones read again: each value has a
 //! reference bit, set on every hit; when the budget is reached the clock hand sweeps the
 //! values, clearing set bits and evicting the first value whose bit is clear. A value read
 //! once and never again is the first to go; a hot one survives any number of sweeps.
