@@ -64,23 +64,28 @@ impl std::fmt::Display for BackupReport {
 }
 
 /// Serves backups on `listener` until the process ends: each connection gets its own
-/// thread; `request` reaches the replication core.
-pub fn serve(listener: TcpListener, request: Sender<SnapshotRequest>) {
+/// thread, streaming at most `bytes_per_s`; `request` reaches the replication core.
+pub fn serve(listener: TcpListener, request: Sender<SnapshotRequest>, bytes_per_s: u64) {
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
         let request = request.clone();
         let _ = std::thread::Builder::new()
             .name("backup".into())
             .spawn(move || {
+                crate::server::run_in_background();
                 let peer = conn.peer_addr().ok();
-                if let Err(e) = serve_one(conn, &request) {
+                if let Err(e) = serve_one(conn, &request, bytes_per_s) {
                     eprintln!("ocean-liner: a backup for {peer:?} failed: {e}");
                 }
             });
     }
 }
 
-fn serve_one(conn: TcpStream, request: &Sender<SnapshotRequest>) -> io::Result<()> {
+fn serve_one(
+    conn: TcpStream,
+    request: &Sender<SnapshotRequest>,
+    bytes_per_s: u64,
+) -> io::Result<()> {
     conn.set_read_timeout(Some(TIMEOUT))?;
     let mut head = [0u8; 12];
     (&conn).read_exact(&mut head)?;
@@ -95,11 +100,13 @@ fn serve_one(conn: TcpStream, request: &Sender<SnapshotRequest>) -> io::Result<(
     let Ok(mut source) = rx.recv_timeout(TIMEOUT) else {
         return send_error(&mut w, "the node did not take a snapshot in time");
     };
+    let mut pacer = crate::server::Pacer::new(bytes_per_s);
     loop {
         match source.next_chunk() {
             Ok(Some(chunk)) => {
                 w.write_all(&(chunk.len() as u32).to_le_bytes())?;
                 w.write_all(&chunk)?;
+                pacer.pace(chunk.len());
             }
             Ok(None) => break,
             Err(e) => return send_error(&mut w, &e.to_string()),

@@ -13,16 +13,10 @@ use std::time::{Duration, Instant};
 const IDLE_WAIT: Duration = Duration::from_millis(200);
 /// How long it waits after a failed pass (a full disk, say) before trying again.
 const ERROR_WAIT: Duration = Duration::from_secs(1);
-/// Nice value of the thread: the shards and the replication core go first.
-const NICE: i32 = 10;
 
 /// Cleans until the node stops, keeping its reads plus writes under `bytes_per_s`.
 pub fn run(cleaner: &mut Cleaner, shared: &Shared, bytes_per_s: u64) {
-    // SAFETY: setpriority with PRIO_PROCESS and tid 0 only changes this thread's nice
-    // value; a failure (no permission to lower priority is never needed here) is ignored.
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, 0, NICE);
-    }
+    super::host::run_in_background();
     let stats = &shared.stats;
     let mut errors_reported = 0u64;
     while !shared.stop.load(Ordering::Acquire) {

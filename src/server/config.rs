@@ -54,6 +54,10 @@ pub struct ServerConfig {
     /// its data) is sent a snapshot of the live data instead.
     #[arg(long, default_value_t = 256)]
     pub raft_log_retain_mib: u64,
+    /// MiB per second a snapshot (to a follower, or a backup) is streamed at most: it reads
+    /// the segments, and at the disk's full speed it would delay the log's writes.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_mib_per_s: u64,
     /// Seconds between checkpoints of the map.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub checkpoint_interval_s: u64,

@@ -109,3 +109,44 @@ pub(super) fn cookie_secret() -> [u8; 16] {
     }
     secret
 }
+
+/// Nice value of the background threads (cleaner, cache fill, snapshot and backup
+/// streams): the shards and the replication core go first.
+pub const BACKGROUND_NICE: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority to [`BACKGROUND_NICE`].
+pub fn run_in_background() {
+    // SAFETY: setpriority with PRIO_PROCESS and tid 0 changes only the calling thread's
+    // nice value; raising it needs no privilege, and a failure is harmless (ignored).
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, BACKGROUND_NICE);
+    }
+}
+
+/// Keeps a stream under a byte rate: after each piece, sleeps until the bytes so far are
+/// due at that rate (snapshots to followers and backups, which read the segments at the
+/// disk's speed otherwise and starve the log's durable writes).
+pub struct Pacer {
+    started: std::time::Instant,
+    bytes: u64,
+    bytes_per_s: u64,
+}
+
+impl Pacer {
+    pub fn new(bytes_per_s: u64) -> Pacer {
+        Pacer {
+            started: std::time::Instant::now(),
+            bytes: 0,
+            bytes_per_s: bytes_per_s.max(1),
+        }
+    }
+
+    /// Counts `bytes` sent and waits if they came early.
+    pub fn pace(&mut self, bytes: usize) {
+        self.bytes += bytes as u64;
+        let due = std::time::Duration::from_secs_f64(self.bytes as f64 / self.bytes_per_s as f64);
+        if let Some(wait) = due.checked_sub(self.started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+}

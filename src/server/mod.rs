@@ -10,14 +10,19 @@
 //! - [`shard`]: ingress, validation, window, GETs, replies.
 //! - [`window`]: the per-shard window buffer handed to the replication core.
 //! - [`replication`]: the thread that drives the replica core (`crate::replica`).
-//! - [`transport`]: TCP frames between the nodes of a cluster.
+//! - [`transport`]: TCP frames between the nodes of a cluster, and a thread per snapshot
+//!   streamed to a follower.
 //! - `cleaner.rs`: the thread that reclaims superseded log space
 //!   ([`crate::storage::cleaner`]), rate-limited, at a low priority.
+//! - this file also starts the `cache-fill` thread (applied values into the value cache,
+//!   at a low priority) and the backup listener ([`crate::backup`], TCP on the client
+//!   port).
 //! - `config.rs`: the flags and the cluster layout they describe; `host.rs`: checks of
 //!   the host at start-up, the data directory lock, signals; this file: the wiring.
 //!
-//! Threads share only the map (its pages carry their own locks), the window slots, and
-//! atomics (statistics, the stop flag). Everything else crosses as messages.
+//! Threads share only the map (its pages carry their own locks), the segment table and
+//! the caches (behind mutexes), the window slots, and atomics (statistics, the stop
+//! flag). Everything else crosses as messages.
 //!
 //! Each core runs a plain pinned OS thread rather than a glommio executor: glommio's UDP
 //! socket receives one datagram per future (no `recvmmsg` batching), and its DMA files
@@ -57,6 +62,7 @@ use window::WindowSlot;
 pub use config::ServerConfig;
 use config::*;
 use host::*;
+pub use host::{Pacer, run_in_background};
 
 /// Counters shown by STATS.
 #[derive(Debug, Default)]
@@ -271,6 +277,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<_>>()?;
 
+    let snapshot_bytes_per_s = config.snapshot_mib_per_s << 20;
     // Backups are served over TCP on the client port's number.
     let backup_addr = SocketAddr::new(config.listen_ip, cluster.client_addr.port());
     let backup_listener = std::net::TcpListener::bind(backup_addr).map_err(|e| {
@@ -281,7 +288,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
     let (backup_tx, backup_rx) = crossbeam_channel::unbounded::<crate::backup::SnapshotRequest>();
     std::thread::Builder::new()
         .name("backup-listen".into())
-        .spawn(move || crate::backup::serve(backup_listener, backup_tx))?;
+        .spawn(move || crate::backup::serve(backup_listener, backup_tx, snapshot_bytes_per_s))?;
 
     install_signal_handlers();
     let no_pin = config.no_pin;
@@ -340,6 +347,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         client_addr: cluster.client_addr,
         last_index: last_log_index.clone(),
         snapshot_target: None,
+        snapshot_bytes_per_s: config.snapshot_mib_per_s << 20,
     });
     let replication_config = replication::ReplicationConfig {
         batch_window: Duration::from_millis(config.batch_window_ms),
@@ -372,11 +380,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
                     std::thread::Builder::new()
                         .name("cache-fill".into())
                         .spawn(move || {
-                            // SAFETY: setpriority with PRIO_PROCESS and tid 0 changes only
-                            // this thread's nice value: filling is best effort.
-                            unsafe {
-                                libc::setpriority(libc::PRIO_PROCESS, 0, 10);
-                            }
+                            host::run_in_background();
                             for applied in fill_rx {
                                 crate::storage::engine::fill_value_cache(&cache, applied);
                             }
@@ -407,7 +411,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
                     let opened = Opened {
                         map: engine.map().clone(),
                         segments: engine.log().segments().clone(),
-                        cleaner: engine.cleaner(cleaner_options),
+                        cleaner: engine.cleaner(cleaner_options).with_value_cache(values.clone()),
                         log_readers: readers,
                         applied_index: engine.applied_index().get(),
                         last_index: engine.last_index().get(),

@@ -101,6 +101,8 @@ pub struct TransportConfig {
     pub last_index: Arc<std::sync::atomic::AtomicU64>,
     /// Where received snapshots are staged (set once the node's state is open).
     pub snapshot_target: Option<SnapshotTarget>,
+    /// The rate snapshots are streamed at, at most.
+    pub snapshot_bytes_per_s: u64,
 }
 
 /// Handle used by the replication core to send.
@@ -194,6 +196,7 @@ impl Transport {
         let spawned = std::thread::Builder::new()
             .name(format!("snapshot-out-{}", peer.index()))
             .spawn(move || {
+                super::host::run_in_background();
                 let mut source = source;
                 let result = stream_snapshot(&config, peer, &msg, &mut source);
                 if let Err(e) = &result {
@@ -418,11 +421,13 @@ fn stream_snapshot(
     let mut reader = io::BufReader::new(stream.try_clone()?);
     let mut w = BufWriter::with_capacity(1 << 20, stream);
     write_frame(&mut w, KIND_HELLO, &hello(config))?;
+    let mut pacer = super::Pacer::new(config.snapshot_bytes_per_s);
     while let Some(chunk) = source
         .next_chunk()
         .map_err(|e| io::Error::other(e.to_string()))?
     {
         write_frame(&mut w, KIND_SNAPSHOT_CHUNK, &chunk)?;
+        pacer.pace(chunk.len());
     }
     let mut buf = Vec::new();
     codec::encode(msg, &mut buf);

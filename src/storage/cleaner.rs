@@ -28,7 +28,7 @@
 use crate::storage::command::CommandOp;
 use crate::storage::io::Backend;
 use crate::storage::log::segments::{LiveDelta, SegmentKind, Segments, split_address};
-use crate::storage::log::{EntryCache, EntryScanner, LogError, ValuesWriter};
+use crate::storage::log::{EntryCache, EntryScanner, LogError, ValueCache, ValuesWriter};
 use crate::storage::store::Map;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -89,6 +89,8 @@ pub struct Cleaner {
     cleaned: HashSet<u64>,
     /// Snapshot installs seen (see [`Segments::cleaning`]).
     installs_seen: u64,
+    /// The readers' value cache: a moved value stays cached under its new address.
+    values: Option<Arc<Mutex<ValueCache>>>,
 }
 
 /// Live commands gathered for one durable write.
@@ -116,7 +118,14 @@ impl Cleaner {
             writer: None,
             cleaned: HashSet::new(),
             installs_seen: 0,
+            values: None,
         }
+    }
+
+    /// Keeps moved values cached under their new addresses in `values`.
+    pub fn with_value_cache(mut self, values: Arc<Mutex<ValueCache>>) -> Cleaner {
+        self.values = Some(values);
+        self
     }
 
     /// The segment to clean next, if one qualifies: sealed, every entry of it applied
@@ -252,9 +261,21 @@ impl Cleaner {
         };
         let target = split_address(base).0;
         let mut moved = 0i64;
+        let mut rekeyed = Vec::new();
         for &(hash, from, at) in &pending.moves {
-            if self.map.relocate(hash, from, base + at as u64) {
+            let to = base + at as u64;
+            if self.map.relocate(hash, from, to) {
                 moved += 1;
+                rekeyed.push((from, to));
+            }
+        }
+        if let Some(values) = &self.values {
+            // In batches, so readers never wait long for the cache.
+            for batch in rekeyed.chunks(256) {
+                let mut values = values.lock().unwrap_or_else(|e| e.into_inner());
+                for &(from, to) in batch {
+                    values.rekey(from, to);
+                }
             }
         }
         self.table.apply_live(&[
@@ -324,6 +345,39 @@ mod tests {
         engine
             .commit_local(Term(1), keys.len() as u64, &cmds)
             .unwrap();
+    }
+
+    /// A value cached under its old address is found under its new one once the cleaner
+    /// moved it, and no longer under the old.
+    #[test]
+    fn a_moved_value_stays_cached_under_its_new_address() {
+        let (_disk, mut engine) = engine();
+        for round in 0..6u8 {
+            set_all(&mut engine, 0..200, round);
+        }
+        // Key 0 alone keeps its first version in the oldest segments.
+        let mut keep = Vec::new();
+        command::encode(&mut keep, CommandOp::Set, 0, 0, b"kept", &[9; 200]);
+        engine.commit_local(Term(1), 1, &keep).unwrap();
+        for round in 6..12u8 {
+            set_all(&mut engine, 0..200, round);
+        }
+        let map = engine.map().clone();
+        let old = map.log_address(map.key_hash(b"kept")).unwrap();
+        let values = Arc::new(Mutex::new(ValueCache::new(1 << 20)));
+        values.lock().unwrap().insert(old, b"kept", &[9; 200]);
+        let mut cleaner = engine
+            .cleaner(CleanerOptions::default())
+            .with_value_cache(values.clone());
+        while cleaner.clean_one().unwrap().is_some() {}
+        let new = map.log_address(map.key_hash(b"kept")).unwrap();
+        assert_ne!(new, old, "the cleaner moved the value");
+        let mut v = values.lock().unwrap();
+        assert_eq!(
+            v.get(new, b"kept"),
+            Some(crate::storage::log::ValueRead::Value(vec![9; 200]))
+        );
+        assert_eq!(v.get(old, b"kept"), None);
     }
 
     /// Overwriting most keys leaves the old segments mostly dead: the cleaner copies what

@@ -273,8 +273,9 @@ pub struct SnapshotSource {
     header: SnapshotHeader,
     sessions: Vec<u8>,
     image: MapImage,
-    /// Log addresses of the values to send, ascending.
-    addresses: Vec<u64>,
+    /// Log addresses of the values to send, ascending (collected from the image by the
+    /// thread that reads the source, on its first chunk, not by the one that took it).
+    addresses: Option<Vec<u64>>,
     backend: Arc<dyn Backend>,
     table: Arc<Segments>,
     _pin: SegmentPin,
@@ -301,21 +302,19 @@ impl SnapshotSource {
         table: Arc<Segments>,
     ) -> SnapshotSource {
         let pin = table.pin();
-        let mut addresses = image.log_addresses();
-        addresses.sort_unstable();
         let header = SnapshotHeader {
             index,
             term,
             sessions_bytes: sessions.len() as u64,
             pages: image.page_count() as u64,
-            values: addresses.len() as u64,
+            values: 0,
         };
         SnapshotSource {
             id,
             header,
             sessions,
             image,
-            addresses,
+            addresses: None,
             backend,
             table,
             _pin: pin,
@@ -334,8 +333,20 @@ impl SnapshotSource {
         self.id
     }
 
+    /// The header (its value count is known once the first chunk was taken).
     pub fn header(&self) -> SnapshotHeader {
         self.header
+    }
+
+    /// The sorted addresses of the values to send, collected on first use.
+    fn addresses(&mut self) -> &[u64] {
+        if self.addresses.is_none() {
+            let mut addresses = self.image.log_addresses();
+            addresses.sort_unstable();
+            self.header.values = addresses.len() as u64;
+            self.addresses = Some(addresses);
+        }
+        self.addresses.as_deref().unwrap_or_default()
     }
 
     /// Bytes of the chunks handed out so far.
@@ -345,6 +356,7 @@ impl SnapshotSource {
 
     /// The next chunk, or `None` after the end chunk.
     pub fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, SnapshotError> {
+        let value_count = self.addresses().len();
         let (kind, body) = match self.phase {
             Phase::Header => {
                 self.phase = Phase::Sessions;
@@ -370,7 +382,7 @@ impl SnapshotSource {
                 self.pages_sent += count;
                 (ChunkKind::Pages, body)
             }
-            Phase::Pages | Phase::Values if self.values_sent < self.addresses.len() => {
+            Phase::Pages | Phase::Values if self.values_sent < value_count => {
                 self.phase = Phase::Values;
                 (ChunkKind::Values, self.values_body()?)
             }
@@ -391,8 +403,9 @@ impl SnapshotSource {
     /// The next value records, about [`CHUNK_BODY_TARGET`] of them.
     fn values_body(&mut self) -> Result<Vec<u8>, SnapshotError> {
         let mut body = Vec::with_capacity(CHUNK_BODY_TARGET + 4096);
-        while self.values_sent < self.addresses.len() && body.len() < CHUNK_BODY_TARGET {
-            let address = self.addresses[self.values_sent];
+        while self.values_sent < self.header.values as usize && body.len() < CHUNK_BODY_TARGET {
+            let at = self.values_sent;
+            let address = self.addresses()[at];
             let entry = self.entry_holding(address)?;
             let cmd = entry
                 .command_at(address)

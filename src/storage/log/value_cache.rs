@@ -118,6 +118,22 @@ impl ValueCache {
         self.used_bytes += charge;
     }
 
+    /// Files the value cached for the SET at `from` under `to` instead, its reference bit
+    /// kept (the cleaner moved that SET: the map now reads it at `to`). Nothing happens if
+    /// `from` is not cached or `to` already is.
+    pub fn rekey(&mut self, from: u64, to: u64) {
+        if self.index.contains_key(&to) {
+            return;
+        }
+        let Some(i) = self.index.remove(&from) else {
+            return;
+        };
+        if let Some(Some(slot)) = self.slots.get_mut(i) {
+            slot.offset = to;
+            self.index.insert(to, i);
+        }
+    }
+
     /// Moves the hand to the next value not read since the last sweep and evicts it.
     /// Returns false when the cache is empty.
     fn evict_one(&mut self) -> bool {
@@ -198,6 +214,25 @@ mod tests {
             assert!(c.used_bytes() <= budget);
         }
         assert_eq!(c.len(), 100);
+    }
+
+    #[test]
+    fn a_moved_value_is_found_under_its_new_offset_only() {
+        let mut c = ValueCache::new(1 << 20);
+        c.insert(10, b"k", b"v");
+        let _ = c.get(10, b"k");
+        c.rekey(10, 20);
+        assert_eq!(value(c.get(10, b"k")), None);
+        assert_eq!(value(c.get(20, b"k")), Some(b"v".to_vec()));
+        c.insert(30, b"j", b"w");
+        c.rekey(20, 30);
+        assert_eq!(
+            value(c.get(30, b"j")),
+            Some(b"w".to_vec()),
+            "an existing entry wins"
+        );
+        c.rekey(99, 100);
+        assert_eq!(c.len(), 2);
     }
 
     #[test]
