@@ -7,7 +7,8 @@
 #   tools/catchup.sh                 defaults: KEYS=50000 SECONDS_LOAD=25 VALUE=100
 #   KEYS=1000000 SECONDS_LOAD=60 tools/catchup.sh
 #
-# Environment: OL_ARGS (server flags; default small segments and retention so the
+# Environment: OCEAN_LINER (the servers' binary, as for tools/cluster.sh; the load tool
+# and `stats` are this tree's build), OL_ARGS (server flags; default small segments and retention so the
 # leader's log is compacted well within the run), DIR (default a temporary directory),
 # PEER_PORT_BASE (8600), CLIENT_PORT_BASE (9600).
 set -euo pipefail
