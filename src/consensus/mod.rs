@@ -201,7 +201,6 @@ pub struct RaftNode {
     ready: Option<raft::Ready>,
     /// A received snapshot raft-rs accepted, to install with the Ready that carries it.
     staged: Option<StagedSnapshot>,
-    snapshots_installed: u64,
 }
 
 impl RaftNode {
@@ -301,7 +300,6 @@ impl RaftNode {
             seen: (0, StateRole::Follower),
             ready: None,
             staged: None,
-            snapshots_installed: 0,
         }
         .started())
     }
@@ -686,7 +684,6 @@ impl RaftNode {
             .borrow_mut()
             .install_snapshot(staged)
             .map_err(|e| FatalError(format!("installing a snapshot failed: {e}")))?;
-        self.snapshots_installed += 1;
         eprintln!(
             "raft: node {}: installed a snapshot at index {} (term {})",
             self.raw.raft.id, meta.index, meta.term
@@ -698,11 +695,6 @@ impl RaftNode {
     /// the install writes one of its own).
     pub fn has_staged_snapshot(&self) -> bool {
         self.staged.is_some()
-    }
-
-    /// Snapshots this node installed since it started.
-    pub fn snapshots_installed(&self) -> u64 {
-        self.snapshots_installed
     }
 
     /// Tells the engine which Raft entries a follower may still need: from the slowest

@@ -11,11 +11,12 @@
 //! # Taking one ([`SnapshotSource`])
 //!
 //! Between two applies the engine copies the map's pages (an image at the applied index,
-//! [`crate::storage::store::image`]), encodes the sessions, and collects the log address
-//! of every value that is not inline, sorted. It pins the segment table, so no segment is
-//! released while the snapshot is read (the cleaner may still copy values elsewhere; the
-//! old copies stay). The values are then read segment by segment, in address order, each
-//! entry verified by its checksum as recovery does, on whatever thread sends them.
+//! [`crate::storage::store::image`]), encodes the sessions, and pins the segment table, so
+//! no segment is released while the snapshot is read (the cleaner may still copy values
+//! elsewhere; the old copies stay). Whatever thread sends the snapshot then collects from
+//! the copied pages the log address of every value that is not inline, sorts them, and
+//! reads the values segment by segment in address order, each entry verified by its
+//! checksum as recovery does.
 //!
 //! # Installing one ([`SnapshotSink`], [`crate::storage::engine::Engine::install_snapshot`])
 //!
@@ -582,19 +583,9 @@ impl SnapshotSink {
         }
     }
 
-    /// The snapshot's header, once its first chunk arrived.
-    pub fn header(&self) -> Option<SnapshotHeader> {
-        self.header
-    }
-
     /// The snapshot's id (0 before its first chunk).
     pub fn id(&self) -> u64 {
         self.id
-    }
-
-    /// Whether the end chunk arrived.
-    pub fn is_complete(&self) -> bool {
-        self.ended
     }
 
     /// Takes the next chunk. Any error refuses the whole snapshot.
