@@ -524,9 +524,9 @@ impl<R> Replica<R> {
         let _ = self.node.engine().prepare_log_ahead();
     }
 
-    /// Starts a checkpoint: copies the changed pages now, between two applies; the
-    /// returned job's IO may run elsewhere while this replica goes on
-    /// ([`Replica::checkpoint_end`] takes it back). `None` when nothing changed or a job
+    /// Starts a checkpoint at the applied index, between two applies (the job takes the
+    /// changed pages as it writes them); the returned job's IO may run elsewhere while
+    /// this replica goes on ([`Replica::checkpoint_end`] takes it back). `None` when nothing changed or a job
     /// is already out.
     pub fn checkpoint_begin(&mut self) -> Option<CheckpointJob> {
         if self.node.has_staged_snapshot() {

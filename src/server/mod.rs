@@ -178,7 +178,7 @@ impl Shared {
              read_mode={:?}\nkeys={}\nmap_pages={}\nindex_bytes={}\nindex_bytes_per_key={:.1}\n\
              entries_written={}\ncommands_applied={}\nlast_entry_commands={}\nrequests={}\ngets={}\n\
              hash_collisions={}\nrejected={}\ndropped={}\nbusy={}\nwrite_errors={}\n\
-             checkpoints={}\nlast_checkpoint_us={}\n\
+             checkpoints={}\nlast_checkpoint_us={}\ncheckpoint_copy_peak_bytes={}\n\
              segments={}\ndisk_bytes={}\nentry_bytes={}\nlive_bytes={}\nlive_values={}\n\
              segments_deleted={}\nbytes_deleted={}\nclean_passes={}\nvalues_moved={}\n\
              clean_bytes_read={}\nclean_bytes_written={}\nclean_errors={}\n\
@@ -211,6 +211,7 @@ impl Shared {
             get(&s.write_errors),
             get(&s.checkpoints),
             get(&s.last_checkpoint_us),
+            self.map.checkpoint_copy_peak_bytes(),
             space.segment_count,
             space.file_bytes,
             space.valid_bytes,

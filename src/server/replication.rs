@@ -380,8 +380,9 @@ impl Loop<'_> {
             .store(timeout_ms, Ordering::Relaxed);
     }
 
-    /// Starts a checkpoint in the background: the page copies are taken here, between two
-    /// applies; the journal and in-place writes run on their own thread.
+    /// Starts a checkpoint in the background at the applied index: its thread takes the
+    /// changed pages as it writes them (the apply loop saves the ones it changes first),
+    /// then writes them in place.
     fn start_checkpoint(&mut self) {
         if self.checkpoint_job.is_some() {
             return;

@@ -235,7 +235,8 @@ struct SimNode {
     clock_rate_per_mille: u64,
     clock_ns: u64,
     ticks: u64,
-    /// A checkpoint whose pages were copied, and the step its IO runs at.
+    /// A checkpoint begun (its pages are taken when its IO runs, or saved by the node's
+    /// applies before then), and the step its IO runs at.
     checkpoint: Option<(CheckpointJob, u64)>,
     /// The node's cleaner (the server runs it on a thread of its own), and the files of
     /// released segments it has still to remove.
@@ -757,8 +758,9 @@ impl Sim {
         Ok(())
     }
 
-    /// Copies a checkpoint's pages now and runs its IO a few steps later, while the node
-    /// goes on applying (the server runs it on a thread of its own).
+    /// Begins a checkpoint now and runs its IO a few steps later, while the node goes on
+    /// applying (the server runs it on a thread of its own): pages the node changes
+    /// meanwhile reach the journal through the copies its applies saved.
     fn checkpoint_step(&mut self, i: usize) -> Result<(), String> {
         let tick = self.tick;
         if self.nodes[i]

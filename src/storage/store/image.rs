@@ -86,6 +86,10 @@ impl Map {
         } = other;
         let mut other_layout = other_layout.into_inner().unwrap_or_else(|e| e.into_inner());
         let mut w = self.writer.lock().unwrap();
+        assert!(
+            w.capture.is_none(),
+            "a map's contents are replaced only while no checkpoint is running"
+        );
         {
             let mut layout = self.layout.write().unwrap();
             std::mem::swap(&mut *layout, &mut other_layout);
@@ -220,8 +224,10 @@ impl MapImageBuilder {
                 spare_chunk: None,
                 file: None,
                 journals: [None, None],
+                capture: None,
             }),
             dir: PathBuf::new(),
+            checkpoint_copy_peak: AtomicU64::new(0),
         };
         map.rebuild_directory()?;
         Ok(map)

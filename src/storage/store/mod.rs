@@ -58,6 +58,15 @@
 //! hold the directory lock shared and the page's embedded lock shared; the writer holds
 //! the directory lock shared and the page lock exclusive for an update, and the directory
 //! lock exclusive only for a split.
+//!
+//! # Checkpoints
+//!
+//! A checkpoint covers the map at one index but copies nothing when it begins: it marks
+//! the pages changed since the last one as pending. Its job (on any thread) takes pending
+//! pages a group at a time under the writer state, and the writer, about to change a
+//! pending page, saves that page's image for the job first. Each page is copied once, the
+//! journal holds every page as it was at the index, and the memory a checkpoint needs is
+//! one group plus the images saved for it, not a copy of every changed page.
 
 mod bloom;
 pub mod checkpoint;
@@ -75,6 +84,7 @@ use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use xxhash_rust::xxh3::{xxh3_128, xxh3_128_with_secret};
@@ -279,6 +289,68 @@ struct WriterState {
     /// The map file and the two journals; out on loan while a checkpoint job runs.
     file: Option<Box<dyn BlockFile>>,
     journals: [Option<Box<dyn BlockFile>>; 2],
+    /// The pages a running checkpoint has not taken yet.
+    capture: Option<Capture>,
+}
+
+/// What a running checkpoint still needs of the pages as they were at its index.
+///
+/// A checkpoint does not copy its pages when it begins. The job takes each page's image
+/// when it gets to it; the writer, about to change a page the job has not taken yet,
+/// first saves the page's image for the job. Either way each page is copied once, and
+/// the job sees every page as it was at the checkpoint's index.
+struct Capture {
+    /// Bit `p`: page `p` belongs to the checkpoint and its image is still the live page.
+    pending: Vec<u64>,
+    /// Pages with their bit set.
+    left: usize,
+    /// Where the job's scan of `pending` goes on.
+    next: usize,
+    /// Images the writer saved before changing a pending page, not yet taken by the job.
+    saved: Vec<(u32, Box<[u8]>)>,
+    /// The most images `saved` held at once.
+    saved_peak: usize,
+}
+
+impl Capture {
+    /// Clears page `p`'s bit; returns whether it was set.
+    fn take(&mut self, p: u32) -> bool {
+        let (word, bit) = (p as usize / 64, p % 64);
+        match self.pending.get_mut(word) {
+            Some(w) if *w & (1 << bit) != 0 => {
+                *w &= !(1 << bit);
+                self.left -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The first pending page at or after `from`.
+    fn next_pending(&self, from: usize) -> Option<u32> {
+        let mut word = from / 64;
+        let mut bits = *self.pending.get(word)? & (u64::MAX << (from % 64));
+        loop {
+            if bits != 0 {
+                return Some((word * 64 + bits.trailing_zeros() as usize) as u32);
+            }
+            word += 1;
+            bits = *self.pending.get(word)?;
+        }
+    }
+}
+
+/// Saves page `p`'s image for the running checkpoint before the writer changes it, if the
+/// checkpoint still needs that image. `page` is the writer's guard on `p`.
+fn preserve(capture: &mut Option<Capture>, p: u32, page: &impl PageView) {
+    if let Some(c) = capture
+        && c.take(p)
+    {
+        let mut image = vec![0u8; PAGE_SIZE].into_boxed_slice();
+        page.copy_to(&mut image);
+        c.saved.push((p, image));
+        c.saved_peak = c.saved_peak.max(c.saved.len());
+    }
 }
 
 /// The on-disk hashmap, fully resident in memory.
@@ -288,6 +360,8 @@ pub struct Map {
     entry_count: AtomicU64,
     writer: Mutex<WriterState>,
     dir: PathBuf,
+    /// Bytes of page images the last finished checkpoint held at once.
+    checkpoint_copy_peak: AtomicU64,
 }
 
 /// What loading the map found.
@@ -308,9 +382,9 @@ impl Map {
             crate::storage::io::open_durable(backend, &dir.join("ckpt.1"))?,
         ];
         let mut report = LoadReport::default();
-        if let Some(journal) = checkpoint::newest_valid(&mut journals)? {
-            checkpoint::replay(&journal, file.as_mut())?;
-            report.sessions = journal.sessions().to_vec();
+        if let Some((slot, header)) = checkpoint::newest_valid(&mut journals)? {
+            checkpoint::replay(journals[slot].as_mut(), &header, file.as_mut())?;
+            report.sessions = checkpoint::read_sessions(journals[slot].as_mut(), &header)?;
             report.journal_replayed = true;
         }
         let (meta, hasher, bloom, arena) = if file.len()? >= PAGE_SIZE as u64 {
@@ -344,8 +418,10 @@ impl Map {
                 spare_chunk: None,
                 file: Some(file),
                 journals: journals.map(Some),
+                capture: None,
             }),
             dir: dir.to_path_buf(),
+            checkpoint_copy_peak: AtomicU64::new(0),
         };
         map.rebuild_directory()?;
         Ok((map, report))
@@ -440,7 +516,7 @@ impl Map {
             {
                 let layout = self.layout.read().unwrap();
                 if let Ok((page_no, previous, word)) =
-                    upsert_in_bucket(&layout, hash, cmd_byte_offset, inline)
+                    upsert_in_bucket(&layout, &mut w.capture, hash, cmd_byte_offset, inline)
                 {
                     if previous.is_none() {
                         self.entry_count.fetch_add(1, Ordering::Relaxed);
@@ -483,6 +559,7 @@ impl Map {
         while let Some(p) = page_no {
             let mut guard = layout.arena.page(p).write();
             if guard.find(hash).is_some() {
+                preserve(&mut w.capture, p, &guard);
                 let moved = guard.relocate(hash, from, to);
                 if moved {
                     w.dirty.insert(p);
@@ -537,6 +614,7 @@ impl Map {
         new_guard.init(head_guard.local_depth(), head_guard.prefix());
         new_guard.set_overflow();
         new_guard.set_next_page(head_guard.next_page());
+        preserve(&mut w.capture, head_no, &head_guard);
         head_guard.set_next_page(Some(new_no));
         w.dirty.insert(head_no);
         w.dirty.insert(new_no);
@@ -567,6 +645,9 @@ impl Map {
         let mut page_no = Some(layout.page_no_for(hash));
         while let Some(p) = page_no {
             let mut guard = layout.arena.page(p).write();
+            if guard.find(hash).is_some() {
+                preserve(&mut w.capture, p, &guard);
+            }
             if let Some(word) = guard.remove_word(hash) {
                 self.entry_count.fetch_sub(1, Ordering::Relaxed);
                 w.dirty.insert(p);
@@ -602,6 +683,7 @@ impl Map {
         new_guard.init(depth + 1, prefix | 1 << depth);
         {
             let mut old_guard = old.write();
+            preserve(&mut w.capture, old_no, &old_guard);
             old_guard.set_depth_prefix(depth + 1, prefix);
             old_guard.split_into(&mut new_guard, depth as u32);
         }
@@ -654,23 +736,38 @@ impl Map {
     /// to `index` (of `term`), with `sessions` stored beside it. Writer only; no writes may
     /// be applied concurrently.
     pub fn checkpoint(&self, index: LogIndex, term: Term, sessions: &[u8]) -> io::Result<()> {
-        let Some(mut job) = self.checkpoint_begin(index, term, sessions) else {
+        let Some(mut io) = self.begin_checkpoint(index, term, sessions) else {
             return Err(io::Error::other("a checkpoint is already being written"));
         };
-        let result = job.write();
-        self.checkpoint_end(job, result)
+        let result = io.write(self);
+        self.end_checkpoint(io, result)
     }
 
-    /// Starts a checkpoint: copies the changed pages (a consistent snapshot at `index`)
-    /// and hands them, with the files, to a job whose [`CheckpointJob::write`] may run on
-    /// another thread while the writer goes on applying. `None` while another job is out.
-    /// Writer only, between two applies.
+    /// Starts a checkpoint of the map as it is now, at `index`, and hands it to a job
+    /// whose [`CheckpointJob::write`] may run on another thread while the writer goes on
+    /// applying. Nothing is copied here: the job takes each changed page's image as it
+    /// writes, and the writer saves the image of a page it is about to change before the
+    /// job has taken it (see [`Capture`]). `None` while another job is out. Writer only,
+    /// between two applies.
     pub fn checkpoint_begin(
-        &self,
+        self: &Arc<Self>,
         index: LogIndex,
         term: Term,
         sessions: &[u8],
     ) -> Option<CheckpointJob> {
+        let io = self.begin_checkpoint(index, term, sessions)?;
+        Some(CheckpointJob {
+            map: Arc::clone(self),
+            io,
+        })
+    }
+
+    fn begin_checkpoint(
+        &self,
+        index: LogIndex,
+        term: Term,
+        sessions: &[u8],
+    ) -> Option<CheckpointIo> {
         let mut w = self.writer.lock().unwrap();
         let file = w.file.take()?;
         let layout = self.layout.read().unwrap();
@@ -682,99 +779,163 @@ impl Map {
             global_depth: layout.global_depth,
             checkpoint_sequence: w.meta.checkpoint_sequence + 1,
         };
-        // Each dirty page is copied once, straight into the journal's buffer.
-        let page_numbers: Vec<u32> = std::mem::take(&mut w.dirty).into_iter().collect();
-        let mut journal =
-            checkpoint::Journal::new(meta.checkpoint_sequence, page_numbers, sessions);
-        for i in 0..journal.page_numbers.len() {
-            let page_no = journal.page_numbers[i];
-            layout
-                .arena
-                .page(page_no)
-                .read()
-                .copy_to(journal.page_mut(i));
+        let pages: Vec<u32> = std::mem::take(&mut w.dirty).into_iter().collect();
+        let mut pending = vec![0u64; layout.arena.page_count.div_ceil(64)];
+        for &p in &pages {
+            pending[p as usize / 64] |= 1 << (p % 64);
         }
-        journal
-            .meta_page_mut()
-            .copy_from_slice(&encode_meta(&meta, &layout.hasher, &self.bloom));
+        let meta_page = encode_meta(&meta, &layout.hasher, &self.bloom);
         drop(layout);
-        journal.seal();
+        w.capture = Some(Capture {
+            pending,
+            left: pages.len(),
+            next: 0,
+            saved: Vec::new(),
+            saved_peak: 0,
+        });
         let slot = (meta.checkpoint_sequence % 2) as usize;
         let journal_file = w.journals[slot]
             .take()
             .expect("journal files travel with the map file");
         w.meta_dirty = false;
-        Some(CheckpointJob {
-            journal_durable: false,
-            journal,
+        Some(CheckpointIo {
+            pages,
             meta,
+            meta_page,
+            sessions: sessions.to_vec(),
+            journal_durable: false,
             slot,
             file,
             journal_file,
         })
     }
 
+    /// Moves the next images of the running checkpoint into `group`: those the writer
+    /// saved first, then pending pages in page order. Returns whether any remain; once
+    /// none do, the writer stops saving images.
+    fn capture_into(&self, group: &mut checkpoint::Group) -> bool {
+        let mut w = self.writer.lock().unwrap();
+        let layout = self.layout.read().unwrap();
+        let Some(c) = w.capture.as_mut() else {
+            return false;
+        };
+        while !group.is_full()
+            && let Some((p, image)) = c.saved.pop()
+        {
+            group.push(p).copy_from_slice(&image);
+        }
+        while !group.is_full()
+            && let Some(p) = c.next_pending(c.next)
+        {
+            c.take(p);
+            c.next = p as usize + 1;
+            layout.arena.page(p).read().copy_to(group.push(p));
+        }
+        let more = c.left > 0 || !c.saved.is_empty();
+        if !more {
+            let peak = (c.saved_peak + 1 + checkpoint::GROUP_PAGES) * PAGE_SIZE;
+            self.checkpoint_copy_peak
+                .store(peak as u64, Ordering::Relaxed);
+            w.capture = None;
+        }
+        more
+    }
+
     /// Finishes a checkpoint job with the result of its `write`: the files come back, and
     /// on failure its pages are marked changed again so the next checkpoint retries them.
     pub fn checkpoint_end(&self, job: CheckpointJob, result: io::Result<()>) -> io::Result<()> {
+        self.end_checkpoint(job.io, result)
+    }
+
+    fn end_checkpoint(&self, io: CheckpointIo, result: io::Result<()>) -> io::Result<()> {
         let mut w = self.writer.lock().unwrap();
-        w.file = Some(job.file);
-        w.journals[job.slot] = Some(job.journal_file);
-        if job.journal_durable {
+        // A job that failed part-way leaves pages untaken: nothing needs them any more.
+        w.capture = None;
+        w.file = Some(io.file);
+        w.journals[io.slot] = Some(io.journal_file);
+        if io.journal_durable {
             // The journal is the newest complete checkpoint on disk, and the in-place
             // step may have changed map.dat already: a retry must go to the other journal
             // slot, or a crash that tears the retry would leave the older journal to be
             // replayed over pages of this one.
-            w.meta.checkpoint_sequence = job.meta.checkpoint_sequence;
+            w.meta.checkpoint_sequence = io.meta.checkpoint_sequence;
         }
         match result {
             Ok(()) => {
-                w.meta = job.meta;
+                w.meta = io.meta;
                 Ok(())
             }
             Err(e) => {
-                w.dirty.extend(job.journal.page_numbers.iter().copied());
+                w.dirty.extend(io.pages.iter().copied());
                 w.meta_dirty = true;
                 Err(e)
             }
         }
     }
+
+    /// Bytes of page images the last completed checkpoint held in memory at once: one
+    /// group buffer plus the most images the writer had saved for it.
+    pub fn checkpoint_copy_peak_bytes(&self) -> u64 {
+        self.checkpoint_copy_peak.load(Ordering::Relaxed)
+    }
 }
 
-/// The IO half of a checkpoint: journal write, in-place write, sync. Owns copies of the
-/// pages and the map's files, so it can run on any thread.
+/// A running checkpoint: the map it reads its pages from and its IO half.
 pub struct CheckpointJob {
-    journal: checkpoint::Journal,
+    map: Arc<Map>,
+    io: CheckpointIo,
+}
+
+impl CheckpointJob {
+    /// Writes the journal durably (taking each page's image as it goes), then the pages
+    /// in place, then syncs.
+    pub fn write(&mut self) -> io::Result<()> {
+        self.io.write(&self.map)
+    }
+
+    /// Pages this checkpoint writes.
+    pub fn page_count(&self) -> usize {
+        self.io.pages.len()
+    }
+
+    /// The log index the checkpoint covers.
+    pub fn index(&self) -> LogIndex {
+        self.io.meta.last_committed_index
+    }
+}
+
+/// The IO half of a checkpoint, with the map's files on loan.
+struct CheckpointIo {
+    /// Every page the checkpoint covers, ascending.
+    pages: Vec<u32>,
+    meta: MapMeta,
+    meta_page: AlignedBuf,
+    sessions: Vec<u8>,
     /// Whether the journal write completed (the in-place step may then have begun).
     journal_durable: bool,
-    meta: MapMeta,
     slot: usize,
     file: Box<dyn BlockFile>,
     journal_file: Box<dyn BlockFile>,
 }
 
-impl CheckpointJob {
-    /// Writes the journal durably, then the pages in place, then syncs.
-    pub fn write(&mut self) -> io::Result<()> {
-        checkpoint::write(self.journal_file.as_mut(), &self.journal)?;
+impl CheckpointIo {
+    fn write(&mut self, map: &Map) -> io::Result<()> {
+        let mut writer = checkpoint::JournalWriter::new(
+            self.journal_file.as_mut(),
+            self.meta.checkpoint_sequence,
+        );
+        let mut group = checkpoint::Group::new();
+        loop {
+            let more = map.capture_into(&mut group);
+            writer.write_group(&group)?;
+            group.clear();
+            if !more {
+                break;
+            }
+        }
+        let header = writer.finish(&self.meta_page, &self.sessions)?;
         self.journal_durable = true;
-        checkpoint::replay(&self.journal, self.file.as_mut())
-    }
-
-    /// Pages this checkpoint writes.
-    pub fn page_count(&self) -> usize {
-        self.journal.page_numbers.len()
-    }
-
-    /// Writes the in-place step makes before its metadata write and sync (one per run
-    /// of adjacent pages).
-    pub fn in_place_write_count(&self) -> usize {
-        checkpoint::runs(&self.journal.page_numbers).count()
-    }
-
-    /// The log index the checkpoint covers.
-    pub fn index(&self) -> LogIndex {
-        self.meta.last_committed_index
+        checkpoint::replay(self.journal_file.as_mut(), &header, self.file.as_mut())
     }
 }
 
@@ -789,6 +950,7 @@ fn directory_may_double(layout: &Layout) -> bool {
 /// the bucket is full and the key is new. Writer only.
 fn upsert_in_bucket(
     layout: &Layout,
+    capture: &mut Option<Capture>,
     hash: u128,
     cmd_byte_offset: u64,
     inline: Option<&[u8]>,
@@ -796,6 +958,7 @@ fn upsert_in_bucket(
     let head_no = layout.page_no_for(hash);
     let mut head = layout.arena.page(head_no).write();
     if head.next_page().is_none() || head.find(hash).is_some() {
+        preserve(capture, head_no, &head);
         return head
             .upsert_word(hash, cmd_byte_offset, inline)
             .map(|(previous, word)| (head_no, previous, word));
@@ -808,6 +971,7 @@ fn upsert_in_bucket(
     while let Some(p) = page_no {
         let mut guard = layout.arena.page(p).write();
         if guard.find(hash).is_some() {
+            preserve(capture, p, &guard);
             return guard
                 .upsert_word(hash, cmd_byte_offset, inline)
                 .map(|(previous, word)| (p, previous, word));
@@ -818,10 +982,9 @@ fn upsert_in_bucket(
         page_no = guard.next_page();
     }
     let p = with_room.ok_or(PageFull)?;
-    layout
-        .arena
-        .page(p)
-        .write()
+    let mut guard = layout.arena.page(p).write();
+    preserve(capture, p, &guard);
+    guard
         .upsert_word(hash, cmd_byte_offset, inline)
         .map(|(previous, word)| (p, previous, word))
 }

@@ -208,3 +208,90 @@ fn open_rejects_a_page_naming_an_inline_slot_it_lacks() {
     let err = Map::open(&disk, dir).err().expect("a damaged page loads");
     assert!(err.to_string().contains("inline slot 200"), "{err}");
 }
+
+/// Every key's lookup, for ids `0..n`.
+fn lookups(map: &Map, n: u64) -> Vec<Lookup> {
+    (0..n).map(|id| map.get(key_hash_of(map, id))).collect()
+}
+
+/// A checkpoint copies nothing when it begins; the writer goes on setting, deleting,
+/// splitting and relocating while the job writes. What the job writes must still be the
+/// map exactly as it was at the checkpoint's index — once with every change made before
+/// the job takes any page (so each changed page's image comes from the writer's saved
+/// copy), once with the job running on another thread meanwhile.
+#[test]
+fn a_checkpoint_is_the_map_at_its_index_while_the_writer_goes_on() {
+    for concurrent in [false, true] {
+        let disk = FaultBackend::new();
+        let dir = Path::new("/map");
+        let (map, _) = Map::open(&disk, dir).unwrap();
+        let map = Arc::new(map);
+        let set = |id: u64, version: u64| {
+            let hash = key_hash_of(&map, id);
+            map.set(hash, offset_of(id, version), &value_of(id, version));
+        };
+        for id in 0..20_000 {
+            set(id, 1);
+        }
+        map.checkpoint(LogIndex(1), Term(1), b"first").unwrap();
+        for id in (0..20_000).step_by(3) {
+            set(id, 2);
+        }
+        let expected = lookups(&map, 40_000);
+        let pages_at_index = map.page_count();
+        let mut job = map
+            .checkpoint_begin(LogIndex(2), Term(1), b"second")
+            .unwrap();
+        let change = || {
+            for id in 0..20_000u64 {
+                match id % 4 {
+                    0 => set(id, 3),
+                    1 => {
+                        map.delete(key_hash_of(&map, id));
+                    }
+                    2 => {
+                        let hash = key_hash_of(&map, id);
+                        if let Some(from) = map.log_address(hash) {
+                            map.relocate(hash, from, offset_of(id, 9));
+                        }
+                    }
+                    _ => set(20_000 + id, 1),
+                }
+            }
+        };
+        let result = if concurrent {
+            std::thread::scope(|s| {
+                let writer = s.spawn(change);
+                let result = job.write();
+                writer.join().unwrap();
+                result
+            })
+        } else {
+            change();
+            job.write()
+        };
+        map.checkpoint_end(job, result).unwrap();
+        assert!(map.page_count() > pages_at_index, "the writer split pages");
+        if !concurrent {
+            // Every page the checkpoint covers was changed first: the writer saved them
+            // all, once each, and the job held no other copy.
+            let peak = map.checkpoint_copy_peak_bytes() as usize / PAGE_SIZE;
+            assert!(peak > 100, "saved images: {peak}");
+            assert!(
+                peak <= pages_at_index + 1 + checkpoint::GROUP_PAGES,
+                "{peak}"
+            );
+        }
+        let (reopened, report) = Map::open(&disk, dir).unwrap();
+        assert!(report.journal_replayed);
+        assert_eq!(report.sessions, b"second");
+        assert_eq!(reopened.meta().last_committed_index, LogIndex(2));
+        assert_eq!(reopened.page_count(), pages_at_index);
+        let found = lookups(&reopened, 40_000);
+        let differ = (0..40_000).filter(|&i| found[i] != expected[i]).count();
+        assert_eq!(
+            differ, 0,
+            "keys whose checkpointed state is not the state at index 2"
+        );
+    }
+}
