@@ -42,11 +42,11 @@ pub const FRAME_SIZE_MAX: usize = codec::MESSAGE_SIZE_MAX + 64;
 /// Frames queued per peer before new ones are dropped (Raft retransmits).
 pub const QUEUE_FRAMES_MAX: usize = 4096;
 const HELLO_MAGIC: [u8; 8] = *b"OLPEER02";
-const KIND_HELLO: u8 = 1;
-const KIND_RAFT: u8 = 2;
+pub(crate) const KIND_HELLO: u8 = 1;
+pub(crate) const KIND_RAFT: u8 = 2;
 const KIND_PING: u8 = 3;
 const KIND_PONG: u8 = 4;
-const KIND_SNAPSHOT_CHUNK: u8 = 5;
+pub(crate) const KIND_SNAPSHOT_CHUNK: u8 = 5;
 const KIND_SNAPSHOT_ACK: u8 = 6;
 /// How long a snapshot sender waits for the receiver's acknowledgement after its last
 /// byte (the receiver writes the last values durably first).
@@ -247,7 +247,7 @@ fn write_frame(w: &mut impl Write, kind: u8, payload: &[u8]) -> io::Result<()> {
     w.write_all(payload)
 }
 
-fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>, limit: usize) -> io::Result<u8> {
+pub(crate) fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>, limit: usize) -> io::Result<u8> {
     let mut len = [0u8; 4];
     let mut kind = [0u8; 1];
     r.read_exact(&mut len)?;
@@ -278,7 +278,7 @@ pub struct Hello {
 /// address length.
 const HELLO_FIXED_SIZE: usize = 8 + 8 + 4 + 8 + 2;
 /// Longest hello payload accepted.
-const HELLO_SIZE_MAX: usize = 1024;
+pub(crate) const HELLO_SIZE_MAX: usize = 1024;
 
 impl Hello {
     pub fn encode(&self) -> Vec<u8> {

@@ -140,7 +140,7 @@ pub struct NewEntry<'a> {
     pub commands: &'a [u8],
 }
 
-pub(super) fn encode_entry(entry: &NewEntry<'_>, batch_first_index: LogIndex, out: &mut [u8]) {
+pub fn encode_entry(entry: &NewEntry<'_>, batch_first_index: LogIndex, out: &mut [u8]) {
     let header = EntryHeader {
         term: entry.term,
         log_index: entry.log_index,

@@ -92,7 +92,7 @@ mod values;
 pub use cache::EntryCache;
 pub use entry::{
     COMMAND_LENGTH_MAX, ENTRY_MAGIC, Entry, EntryHeader, HEADER_SIZE, HEADER_SLOT_SIZE, NewEntry,
-    entry_size,
+    encode_entry, entry_size,
 };
 pub use reader::{LogReader, ValueRead};
 use segment::SegmentFile;

@@ -18,10 +18,11 @@
 //! Either way `map.dat` ends up exactly at one checkpoint, and the log is replayed from
 //! that checkpoint's index.
 //!
-//! Neither step holds more than a group of pages in memory: the map hands the job each
-//! page image once (see `Map::checkpoint_begin`), and the in-place step streams the
-//! journal back. A checkpoint's memory is one group buffer plus the images the writer
-//! saved of pages it changed before the job took them.
+//! Neither step holds more than a batch of groups in memory (16 MiB): the map hands the
+//! job each page image once (see `Map::checkpoint_begin`), the job writes up to
+//! [`WRITE_GROUPS_MAX`] groups with one request, and the in-place step streams the
+//! journal back as many at a time. A checkpoint's memory is that buffer plus the images
+//! the writer saved of pages it changed before the job took them.
 //!
 //! ```text
 //! journal header page
@@ -54,7 +55,11 @@ pub const GROUP_PAGES_MAX: usize = PAGE_SIZE / 4 - 1;
 /// Page images per group this version writes: a group is then 1 MiB.
 pub const GROUP_PAGES: usize = 255;
 /// Bytes read at a time when a journal's body is hashed.
-const VERIFY_CHUNK: usize = 4 << 20;
+const VERIFY_CHUNK: usize = 16 << 20;
+/// Groups a checkpoint writes with one request (16 MiB), at most.
+pub const WRITE_GROUPS_MAX: usize = 16;
+/// Bytes of a journal the in-place step reads at a time, at most.
+const REPLAY_BATCH: usize = WRITE_GROUPS_MAX * (1 + GROUP_PAGES) * PAGE_SIZE;
 
 /// A journal's header, decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,27 +154,32 @@ impl Header {
     }
 }
 
-/// One group of page images being filled: its table page, then the images.
-pub struct Group {
+/// Groups of page images being filled, back to back as the journal holds them (each its
+/// table page, then its images), written with one request when full.
+pub struct Groups {
     buf: AlignedBuf,
+    groups_max: usize,
+    /// Groups begun (the last one may have room).
+    groups: usize,
+    /// Images in the last group begun.
+    in_last: usize,
     len: usize,
 }
 
-impl Default for Group {
-    fn default() -> Group {
-        Group::new()
-    }
-}
-
-impl Group {
-    /// An empty group of room for [`GROUP_PAGES`] images.
-    pub fn new() -> Group {
-        Group {
-            buf: AlignedBuf::new((1 + GROUP_PAGES) * PAGE_SIZE),
+impl Groups {
+    /// Room for `groups_max` (at least one) groups of [`GROUP_PAGES`] images.
+    pub fn new(groups_max: usize) -> Groups {
+        let groups_max = groups_max.max(1);
+        Groups {
+            buf: AlignedBuf::new(groups_max * (1 + GROUP_PAGES) * PAGE_SIZE),
+            groups_max,
+            groups: 0,
+            in_last: 0,
             len: 0,
         }
     }
 
+    /// Images held.
     pub fn len(&self) -> usize {
         self.len
     }
@@ -178,29 +188,49 @@ impl Group {
         self.len == 0
     }
 
+    /// Images that still fit.
+    pub fn room(&self) -> usize {
+        self.groups_max * GROUP_PAGES - self.len
+    }
+
     pub fn is_full(&self) -> bool {
-        self.len == GROUP_PAGES
+        self.room() == 0
     }
 
     /// Lists page `page_no` next and returns where its image goes.
     pub fn push(&mut self, page_no: u32) -> &mut [u8] {
-        assert!(!self.is_full(), "a full checkpoint group");
-        let at = 4 + self.len * 4;
+        assert!(!self.is_full(), "full checkpoint groups");
+        if self.groups == 0 || self.in_last == GROUP_PAGES {
+            self.groups += 1;
+            self.in_last = 0;
+        }
+        let table = (self.groups - 1) * (1 + GROUP_PAGES) * PAGE_SIZE;
+        let at = table + 4 + self.in_last * 4;
         self.buf[at..at + 4].copy_from_slice(&page_no.to_le_bytes());
+        self.in_last += 1;
         self.len += 1;
-        self.buf[..4].copy_from_slice(&(self.len as u32).to_le_bytes());
-        let image = self.len * PAGE_SIZE;
+        self.buf[table..table + 4].copy_from_slice(&(self.in_last as u32).to_le_bytes());
+        let image = table + self.in_last * PAGE_SIZE;
         &mut self.buf[image..image + PAGE_SIZE]
     }
 
-    /// Empties the group for reuse.
+    /// Empties the groups for reuse.
     pub fn clear(&mut self) {
-        self.buf[..PAGE_SIZE].fill(0);
-        self.len = 0;
+        for g in 0..self.groups {
+            let table = g * (1 + GROUP_PAGES) * PAGE_SIZE;
+            self.buf[table..table + PAGE_SIZE].fill(0);
+        }
+        (self.groups, self.in_last, self.len) = (0, 0, 0);
     }
 
     fn bytes(&self) -> &[u8] {
-        &self.buf[..(1 + self.len) * PAGE_SIZE]
+        let full = self.groups.saturating_sub(1) * (1 + GROUP_PAGES);
+        let last = if self.groups == 0 {
+            0
+        } else {
+            1 + self.in_last
+        };
+        &self.buf[..(full + last) * PAGE_SIZE]
     }
 }
 
@@ -224,16 +254,16 @@ impl<'f> JournalWriter<'f> {
         }
     }
 
-    /// Appends a group (not yet durable; an empty group is skipped).
-    pub fn write_group(&mut self, group: &Group) -> io::Result<()> {
-        if group.is_empty() {
+    /// Appends groups in one write (not yet durable; nothing when they are empty).
+    pub fn write_groups(&mut self, groups: &Groups) -> io::Result<()> {
+        if groups.is_empty() {
             return Ok(());
         }
-        let bytes = group.bytes();
+        let bytes = groups.bytes();
         self.hasher.update(bytes);
         self.file.write_at(bytes, self.offset)?;
         self.offset += bytes.len() as u64;
-        self.page_count += group.len() as u64;
+        self.page_count += groups.len() as u64;
         Ok(())
     }
 
@@ -332,7 +362,9 @@ pub fn replay(
             header.sequence
         ))
     };
-    let mut buf = AlignedBuf::new((1 + GROUP_PAGES_MAX) * PAGE_SIZE);
+    // One read of up to REPLAY_BATCH bytes at a time (at least one largest group).
+    let body = (header.body_len as usize).max(PAGE_SIZE);
+    let mut buf = AlignedBuf::new(body.clamp((1 + GROUP_PAGES_MAX) * PAGE_SIZE, REPLAY_BATCH));
     let mut left = header.page_count as usize;
     if header.version == 1 {
         let table_len = align_up(left * 4, PAGE_SIZE);
@@ -343,32 +375,46 @@ pub fn replay(
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         let mut at = page + table_len as u64;
-        for batch in numbers.chunks(GROUP_PAGES_MAX) {
+        for batch in numbers.chunks(buf.len() / PAGE_SIZE) {
             let bytes = batch.len() * PAGE_SIZE;
             read_exact_at(journal, &mut buf[..bytes], at)?;
             write_runs(map, batch, &buf[..bytes])?;
             at += bytes as u64;
         }
     } else {
+        // Several groups per read; a group the read cuts is read again from its start.
         let mut at = page;
         while left > 0 {
-            if at + page > meta_at {
+            let n_bytes = (meta_at.saturating_sub(at)).min(buf.len() as u64) as usize;
+            if n_bytes < PAGE_SIZE {
                 return Err(corrupt(at, "groups run into the metadata page"));
             }
-            read_exact_at(journal, &mut buf[..PAGE_SIZE], at)?;
-            let n = le::u32_at(&buf, 0).unwrap_or(0) as usize;
-            if n == 0 || n > GROUP_PAGES_MAX.min(left) || at + (1 + n as u64) * page > meta_at {
-                return Err(corrupt(at, &format!("a group of {n} pages")));
+            read_exact_at(journal, &mut buf[..n_bytes], at)?;
+            let mut offset = 0usize;
+            while left > 0 && offset + PAGE_SIZE <= n_bytes {
+                let n = le::u32_at(&buf, offset).unwrap_or(0) as usize;
+                let group_len = (1 + n) * PAGE_SIZE;
+                if n == 0
+                    || n > GROUP_PAGES_MAX.min(left)
+                    || at + (offset + group_len) as u64 > meta_at
+                {
+                    return Err(corrupt(
+                        at + offset as u64,
+                        &format!("a group of {n} pages"),
+                    ));
+                }
+                if offset + group_len > n_bytes {
+                    break;
+                }
+                let numbers: Vec<u32> = buf[offset + 4..offset + 4 + n * 4]
+                    .chunks_exact(4)
+                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                write_runs(map, &numbers, &buf[offset + PAGE_SIZE..offset + group_len])?;
+                offset += group_len;
+                left -= n;
             }
-            let numbers: Vec<u32> = buf[4..4 + n * 4]
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            let bytes = n * PAGE_SIZE;
-            read_exact_at(journal, &mut buf[PAGE_SIZE..PAGE_SIZE + bytes], at + page)?;
-            write_runs(map, &numbers, &buf[PAGE_SIZE..PAGE_SIZE + bytes])?;
-            at += (1 + n as u64) * page;
-            left -= n;
+            at += offset as u64;
         }
         if at != meta_at {
             return Err(corrupt(
@@ -431,18 +477,19 @@ mod tests {
         vec![0xA0 ^ version; PAGE_SIZE]
     }
 
-    /// Writes a format-2 journal of `pages` (in that order, in groups of [`GROUP_PAGES`]).
+    /// Writes a format-2 journal of `pages` (in that order, in groups of [`GROUP_PAGES`],
+    /// two groups per write).
     fn write_journal(file: &mut dyn BlockFile, sequence: u64, pages: &[u32], version: u8) {
         let mut writer = JournalWriter::new(file, sequence);
-        let mut group = Group::new();
+        let mut groups = Groups::new(2);
         for &p in pages {
-            group.push(p).copy_from_slice(&image(p, version));
-            if group.is_full() {
-                writer.write_group(&group).unwrap();
-                group.clear();
+            groups.push(p).copy_from_slice(&image(p, version));
+            if groups.is_full() {
+                writer.write_groups(&groups).unwrap();
+                groups.clear();
             }
         }
-        writer.write_group(&group).unwrap();
+        writer.write_groups(&groups).unwrap();
         writer.finish(&meta(version), b"sessions blob").unwrap();
     }
 
@@ -486,15 +533,15 @@ mod tests {
             // sync, then the header.
             disk.arm(disk.io_points() + 4, Fault::Crash { torn_sectors: 0 });
             let mut writer = JournalWriter::new(journal.as_mut(), 3);
-            let mut group = Group::new();
+            let mut groups = Groups::new(1);
             for p in 0..300 {
-                if group.is_full() {
-                    writer.write_group(&group).unwrap();
-                    group.clear();
+                if groups.is_full() {
+                    writer.write_groups(&groups).unwrap();
+                    groups.clear();
                 }
-                group.push(p).copy_from_slice(&image(p, 2));
+                groups.push(p).copy_from_slice(&image(p, 2));
             }
-            writer.write_group(&group).unwrap();
+            writer.write_groups(&groups).unwrap();
             writer.finish(&meta(2), b"").unwrap_err();
             drop(journal);
             disk.power_loss(loss);

@@ -63,10 +63,11 @@
 //!
 //! A checkpoint covers the map at one index but copies nothing when it begins: it marks
 //! the pages changed since the last one as pending. Its job (on any thread) takes pending
-//! pages a group at a time under the writer state, and the writer, about to change a
-//! pending page, saves that page's image for the job first. Each page is copied once, the
-//! journal holds every page as it was at the index, and the memory a checkpoint needs is
-//! one group plus the images saved for it, not a copy of every changed page.
+//! pages under their page locks, a group at a time, while the writer goes on applying;
+//! the writer, about to change a pending page, saves that page's image for the job first.
+//! Each page is copied once, the journal holds every page as it was at the index, and the
+//! memory a checkpoint needs is its write buffer plus the images saved for it, not a copy
+//! of every changed page.
 
 mod bloom;
 pub mod checkpoint;
@@ -78,7 +79,7 @@ mod tests;
 use crate::storage::io::{AlignedBuf, Backend, BlockFile, PAGE_SIZE, read_exact_at};
 use crate::storage::log::{LogIndex, Term};
 use bloom::Bloom;
-use page::{INLINE_VALUE_SIZE_MAX, NOT_INLINE, PageFull, PagePtr, PageView, SLOT_COUNT};
+use page::{INLINE_VALUE_SIZE_MAX, NOT_INLINE, PageFull, PagePtr, PageView, PageWrite, SLOT_COUNT};
 use std::alloc::{alloc_zeroed, dealloc, handle_alloc_error};
 use std::collections::BTreeSet;
 use std::io;
@@ -290,66 +291,82 @@ struct WriterState {
     file: Option<Box<dyn BlockFile>>,
     journals: [Option<Box<dyn BlockFile>>; 2],
     /// The pages a running checkpoint has not taken yet.
-    capture: Option<Capture>,
+    capture: Option<Arc<Capture>>,
 }
 
 /// What a running checkpoint still needs of the pages as they were at its index.
 ///
 /// A checkpoint does not copy its pages when it begins. The job takes each page's image
 /// when it gets to it; the writer, about to change a page the job has not taken yet,
-/// first saves the page's image for the job. Either way each page is copied once, and
-/// the job sees every page as it was at the checkpoint's index.
+/// first saves the page's image for the job. Whoever clears a page's bit copies it, and
+/// each does so only while holding that page's lock (the job shared, the writer
+/// exclusive, before it changes anything), so the one copy is always the page as it was
+/// at the checkpoint's index. The job needs neither the writer state nor a long-held
+/// directory lock: applies go on while it copies.
 struct Capture {
     /// Bit `p`: page `p` belongs to the checkpoint and its image is still the live page.
-    pending: Vec<u64>,
-    /// Pages with their bit set.
-    left: usize,
-    /// Where the job's scan of `pending` goes on.
-    next: usize,
+    pending: Vec<AtomicU64>,
     /// Images the writer saved before changing a pending page, not yet taken by the job.
-    saved: Vec<(u32, Box<[u8]>)>,
+    /// The writer clears a bit, copies and pushes under this lock, so once the job has
+    /// passed every bit, one last look here finds every image saved.
+    saved: Mutex<Vec<(u32, Box<[u8]>)>>,
     /// The most images `saved` held at once.
-    saved_peak: usize,
+    saved_peak: AtomicU64,
 }
 
 impl Capture {
-    /// Clears page `p`'s bit; returns whether it was set.
-    fn take(&mut self, p: u32) -> bool {
-        let (word, bit) = (p as usize / 64, p % 64);
-        match self.pending.get_mut(word) {
-            Some(w) if *w & (1 << bit) != 0 => {
-                *w &= !(1 << bit);
-                self.left -= 1;
-                true
-            }
-            _ => false,
-        }
+    fn bit(p: u32) -> (usize, u64) {
+        (p as usize / 64, 1 << (p % 64))
+    }
+
+    /// Whether page `p` still waits to be taken (exact while its lock is held).
+    fn is_pending(&self, p: u32) -> bool {
+        let (word, bit) = Capture::bit(p);
+        self.pending
+            .get(word)
+            .is_some_and(|w| w.load(Ordering::Relaxed) & bit != 0)
+    }
+
+    /// Clears page `p`'s bit; returns whether it was set. Call with the page's lock held.
+    fn take(&self, p: u32) -> bool {
+        let (word, bit) = Capture::bit(p);
+        self.pending
+            .get(word)
+            .is_some_and(|w| w.fetch_and(!bit, Ordering::Relaxed) & bit != 0)
     }
 
     /// The first pending page at or after `from`.
     fn next_pending(&self, from: usize) -> Option<u32> {
         let mut word = from / 64;
-        let mut bits = *self.pending.get(word)? & (u64::MAX << (from % 64));
+        let mut bits = self.pending.get(word)?.load(Ordering::Relaxed) & (u64::MAX << (from % 64));
         loop {
             if bits != 0 {
                 return Some((word * 64 + bits.trailing_zeros() as usize) as u32);
             }
             word += 1;
-            bits = *self.pending.get(word)?;
+            bits = self.pending.get(word)?.load(Ordering::Relaxed);
         }
     }
 }
 
 /// Saves page `p`'s image for the running checkpoint before the writer changes it, if the
-/// checkpoint still needs that image. `page` is the writer's guard on `p`.
-fn preserve(capture: &mut Option<Capture>, p: u32, page: &impl PageView) {
-    if let Some(c) = capture
-        && c.take(p)
-    {
+/// checkpoint still needs that image. `page` is the writer's exclusive guard on `p`.
+fn preserve(capture: &Option<Arc<Capture>>, p: u32, page: &PageWrite) {
+    let Some(c) = capture else {
+        return;
+    };
+    // The job clears bits only under the page lock, which the writer holds: a bit seen
+    // clear here stays clear.
+    if !c.is_pending(p) {
+        return;
+    }
+    let mut saved = c.saved.lock().unwrap();
+    if c.take(p) {
         let mut image = vec![0u8; PAGE_SIZE].into_boxed_slice();
         page.copy_to(&mut image);
-        c.saved.push((p, image));
-        c.saved_peak = c.saved_peak.max(c.saved.len());
+        saved.push((p, image));
+        c.saved_peak
+            .fetch_max(saved.len() as u64, Ordering::Relaxed);
     }
 }
 
@@ -516,7 +533,7 @@ impl Map {
             {
                 let layout = self.layout.read().unwrap();
                 if let Ok((page_no, previous, word)) =
-                    upsert_in_bucket(&layout, &mut w.capture, hash, cmd_byte_offset, inline)
+                    upsert_in_bucket(&layout, &w.capture, hash, cmd_byte_offset, inline)
                 {
                     if previous.is_none() {
                         self.entry_count.fetch_add(1, Ordering::Relaxed);
@@ -559,7 +576,7 @@ impl Map {
         while let Some(p) = page_no {
             let mut guard = layout.arena.page(p).write();
             if guard.find(hash).is_some() {
-                preserve(&mut w.capture, p, &guard);
+                preserve(&w.capture, p, &guard);
                 let moved = guard.relocate(hash, from, to);
                 if moved {
                     w.dirty.insert(p);
@@ -614,7 +631,7 @@ impl Map {
         new_guard.init(head_guard.local_depth(), head_guard.prefix());
         new_guard.set_overflow();
         new_guard.set_next_page(head_guard.next_page());
-        preserve(&mut w.capture, head_no, &head_guard);
+        preserve(&w.capture, head_no, &head_guard);
         head_guard.set_next_page(Some(new_no));
         w.dirty.insert(head_no);
         w.dirty.insert(new_no);
@@ -646,7 +663,7 @@ impl Map {
         while let Some(p) = page_no {
             let mut guard = layout.arena.page(p).write();
             if guard.find(hash).is_some() {
-                preserve(&mut w.capture, p, &guard);
+                preserve(&w.capture, p, &guard);
             }
             if let Some(word) = guard.remove_word(hash) {
                 self.entry_count.fetch_sub(1, Ordering::Relaxed);
@@ -683,7 +700,7 @@ impl Map {
         new_guard.init(depth + 1, prefix | 1 << depth);
         {
             let mut old_guard = old.write();
-            preserve(&mut w.capture, old_no, &old_guard);
+            preserve(&w.capture, old_no, &old_guard);
             old_guard.set_depth_prefix(depth + 1, prefix);
             old_guard.split_into(&mut new_guard, depth as u32);
         }
@@ -786,13 +803,16 @@ impl Map {
         }
         let meta_page = encode_meta(&meta, &layout.hasher, &self.bloom);
         drop(layout);
-        w.capture = Some(Capture {
-            pending,
-            left: pages.len(),
-            next: 0,
-            saved: Vec::new(),
-            saved_peak: 0,
+        let groups = pages
+            .len()
+            .div_ceil(checkpoint::GROUP_PAGES)
+            .clamp(1, checkpoint::WRITE_GROUPS_MAX);
+        let capture = Arc::new(Capture {
+            pending: pending.into_iter().map(AtomicU64::new).collect(),
+            saved: Mutex::new(Vec::new()),
+            saved_peak: AtomicU64::new(0),
         });
+        w.capture = Some(Arc::clone(&capture));
         let slot = (meta.checkpoint_sequence % 2) as usize;
         let journal_file = w.journals[slot]
             .take()
@@ -804,39 +824,52 @@ impl Map {
             meta_page,
             sessions: sessions.to_vec(),
             journal_durable: false,
+            write_groups: groups,
+            capture,
             slot,
             file,
             journal_file,
         })
     }
 
-    /// Moves the next images of the running checkpoint into `group`: those the writer
-    /// saved first, then pending pages in page order. Returns whether any remain; once
-    /// none do, the writer stops saving images.
-    fn capture_into(&self, group: &mut checkpoint::Group) -> bool {
-        let mut w = self.writer.lock().unwrap();
-        let layout = self.layout.read().unwrap();
-        let Some(c) = w.capture.as_mut() else {
-            return false;
-        };
-        while !group.is_full()
-            && let Some((p, image)) = c.saved.pop()
+    /// Moves the next images of `io`'s checkpoint into `groups`, at most one group's worth
+    /// per call (splits wait meanwhile; applies do not): pending pages in page order, then,
+    /// once every page has been passed, the images the writer saved. Returns whether any
+    /// remain.
+    fn capture_into(
+        &self,
+        c: &Capture,
+        cursor: &mut usize,
+        write_groups: usize,
+        groups: &mut checkpoint::Groups,
+    ) -> bool {
+        let mut room = groups.room().min(checkpoint::GROUP_PAGES);
         {
-            group.push(p).copy_from_slice(&image);
+            let layout = self.layout.read().unwrap();
+            while room > 0
+                && let Some(p) = c.next_pending(*cursor)
+            {
+                *cursor = p as usize + 1;
+                let page = layout.arena.page(p).read();
+                if c.take(p) {
+                    page.copy_to(groups.push(p));
+                    room -= 1;
+                }
+            }
         }
-        while !group.is_full()
-            && let Some(p) = c.next_pending(c.next)
+        let mut saved = c.saved.lock().unwrap();
+        while room > 0
+            && let Some((p, image)) = saved.pop()
         {
-            c.take(p);
-            c.next = p as usize + 1;
-            layout.arena.page(p).read().copy_to(group.push(p));
+            groups.push(p).copy_from_slice(&image);
+            room -= 1;
         }
-        let more = c.left > 0 || !c.saved.is_empty();
+        let more = c.next_pending(*cursor).is_some() || !saved.is_empty();
         if !more {
-            let peak = (c.saved_peak + 1 + checkpoint::GROUP_PAGES) * PAGE_SIZE;
+            let peak = c.saved_peak.load(Ordering::Relaxed) as usize
+                + write_groups * (1 + checkpoint::GROUP_PAGES);
             self.checkpoint_copy_peak
-                .store(peak as u64, Ordering::Relaxed);
-            w.capture = None;
+                .store((peak * PAGE_SIZE) as u64, Ordering::Relaxed);
         }
         more
     }
@@ -873,8 +906,9 @@ impl Map {
         }
     }
 
-    /// Bytes of page images the last completed checkpoint held in memory at once: one
-    /// group buffer plus the most images the writer had saved for it.
+    /// Bytes of page images the last completed checkpoint held in memory, at most: its
+    /// write buffer (up to [`checkpoint::WRITE_GROUPS_MAX`] groups) plus the most images
+    /// the writer had saved for it at once.
     pub fn checkpoint_copy_peak_bytes(&self) -> u64 {
         self.checkpoint_copy_peak.load(Ordering::Relaxed)
     }
@@ -913,6 +947,10 @@ struct CheckpointIo {
     sessions: Vec<u8>,
     /// Whether the journal write completed (the in-place step may then have begun).
     journal_durable: bool,
+    /// Groups gathered per journal write.
+    write_groups: usize,
+    /// The pages still to take, shared with the writer.
+    capture: Arc<Capture>,
     slot: usize,
     file: Box<dyn BlockFile>,
     journal_file: Box<dyn BlockFile>,
@@ -924,15 +962,20 @@ impl CheckpointIo {
             self.journal_file.as_mut(),
             self.meta.checkpoint_sequence,
         );
-        let mut group = checkpoint::Group::new();
+        let mut groups = checkpoint::Groups::new(self.write_groups);
+        let capture = Arc::clone(&self.capture);
+        let mut cursor = 0;
         loop {
-            let more = map.capture_into(&mut group);
-            writer.write_group(&group)?;
-            group.clear();
+            let more = map.capture_into(&capture, &mut cursor, self.write_groups, &mut groups);
+            if groups.is_full() || !more {
+                writer.write_groups(&groups)?;
+                groups.clear();
+            }
             if !more {
                 break;
             }
         }
+        drop(groups);
         let header = writer.finish(&self.meta_page, &self.sessions)?;
         self.journal_durable = true;
         checkpoint::replay(self.journal_file.as_mut(), &header, self.file.as_mut())
@@ -950,7 +993,7 @@ fn directory_may_double(layout: &Layout) -> bool {
 /// the bucket is full and the key is new. Writer only.
 fn upsert_in_bucket(
     layout: &Layout,
-    capture: &mut Option<Capture>,
+    capture: &Option<Arc<Capture>>,
     hash: u128,
     cmd_byte_offset: u64,
     inline: Option<&[u8]>,
@@ -1036,6 +1079,31 @@ fn check_chains(arena: &Arena) -> io::Result<()> {
         )));
     }
     Ok(())
+}
+
+/// A `map.dat` image of `pages` (whole pages) behind a valid metadata page: a fixed
+/// secret, a bloom filter that lets every lookup through, and the global depth of the
+/// deepest page. For fuzzing the page loader and the map behind it.
+pub fn map_file_with(pages: &[u8]) -> Vec<u8> {
+    let page_count = pages.len() / PAGE_SIZE;
+    let depth = pages
+        .chunks_exact(PAGE_SIZE)
+        .map(|p| p[page::OFFSET_LOCAL_DEPTH])
+        .max()
+        .unwrap_or(0)
+        .min(20);
+    let meta = MapMeta {
+        last_committed_index: LogIndex(1),
+        last_committed_term: Term(1),
+        entry_count: 0,
+        page_count: page_count as u64,
+        global_depth: depth,
+        checkpoint_sequence: 1,
+    };
+    let bloom = Bloom::load(&[0xFF; BLOOM_BYTES]);
+    let mut file = encode_meta(&meta, &KeyHasher::new([7; KEY_SECRET_SIZE]), &bloom).to_vec();
+    file.extend_from_slice(&pages[..page_count * PAGE_SIZE]);
+    file
 }
 
 /// Builds the metadata page.
