@@ -306,10 +306,11 @@ struct WriterState {
 struct Capture {
     /// Bit `p`: page `p` belongs to the checkpoint and its image is still the live page.
     pending: Vec<AtomicU64>,
-    /// Images the writer saved before changing a pending page, not yet taken by the job.
-    /// The writer clears a bit, copies and pushes under this lock, so once the job has
-    /// passed every bit, one last look here finds every image saved.
-    saved: Mutex<Vec<(u32, Box<[u8]>)>>,
+    /// Images the writer saved before changing a pending page, until the job reaches
+    /// that page (the journal then stays in page order, so the in-place step writes long
+    /// runs). The writer clears a bit and saves the image before it releases the page's
+    /// lock, so a job that finds a bit clear under that lock finds the image here.
+    saved: Mutex<std::collections::HashMap<u32, Box<[u8]>>>,
     /// The most images `saved` held at once.
     saved_peak: AtomicU64,
 }
@@ -334,19 +335,6 @@ impl Capture {
             .get(word)
             .is_some_and(|w| w.fetch_and(!bit, Ordering::Relaxed) & bit != 0)
     }
-
-    /// The first pending page at or after `from`.
-    fn next_pending(&self, from: usize) -> Option<u32> {
-        let mut word = from / 64;
-        let mut bits = self.pending.get(word)?.load(Ordering::Relaxed) & (u64::MAX << (from % 64));
-        loop {
-            if bits != 0 {
-                return Some((word * 64 + bits.trailing_zeros() as usize) as u32);
-            }
-            word += 1;
-            bits = self.pending.get(word)?.load(Ordering::Relaxed);
-        }
-    }
 }
 
 /// Saves page `p`'s image for the running checkpoint before the writer changes it, if the
@@ -364,7 +352,7 @@ fn preserve(capture: &Option<Arc<Capture>>, p: u32, page: &PageWrite) {
     if c.take(p) {
         let mut image = vec![0u8; PAGE_SIZE].into_boxed_slice();
         page.copy_to(&mut image);
-        saved.push((p, image));
+        saved.insert(p, image);
         c.saved_peak
             .fetch_max(saved.len() as u64, Ordering::Relaxed);
     }
@@ -809,7 +797,7 @@ impl Map {
             .clamp(1, checkpoint::WRITE_GROUPS_MAX);
         let capture = Arc::new(Capture {
             pending: pending.into_iter().map(AtomicU64::new).collect(),
-            saved: Mutex::new(Vec::new()),
+            saved: Mutex::new(std::collections::HashMap::new()),
             saved_peak: AtomicU64::new(0),
         });
         w.capture = Some(Arc::clone(&capture));
@@ -832,46 +820,47 @@ impl Map {
         })
     }
 
-    /// Moves the next images of `io`'s checkpoint into `groups`, at most one group's worth
-    /// per call (splits wait meanwhile; applies do not): pending pages in page order, then,
-    /// once every page has been passed, the images the writer saved. Returns whether any
-    /// remain.
+    /// Moves the images of the next pages of the checkpoint (`pages`, from `cursor`) into
+    /// `groups`, at most one group's worth per call (splits wait meanwhile; applies do
+    /// not), in page order: the live page if its bit is still set, else the image the
+    /// writer saved. Returns whether pages remain.
     fn capture_into(
         &self,
         c: &Capture,
+        pages: &[u32],
         cursor: &mut usize,
         write_groups: usize,
         groups: &mut checkpoint::Groups,
-    ) -> bool {
+    ) -> io::Result<bool> {
         let mut room = groups.room().min(checkpoint::GROUP_PAGES);
-        {
-            let layout = self.layout.read().unwrap();
-            while room > 0
-                && let Some(p) = c.next_pending(*cursor)
-            {
-                *cursor = p as usize + 1;
-                let page = layout.arena.page(p).read();
-                if c.take(p) {
-                    page.copy_to(groups.push(p));
-                    room -= 1;
-                }
-            }
-        }
-        let mut saved = c.saved.lock().unwrap();
+        let layout = self.layout.read().unwrap();
         while room > 0
-            && let Some((p, image)) = saved.pop()
+            && let Some(&p) = pages.get(*cursor)
         {
-            groups.push(p).copy_from_slice(&image);
+            *cursor += 1;
             room -= 1;
+            let page = layout.arena.page(p).read();
+            if c.take(p) {
+                page.copy_to(groups.push(p));
+                continue;
+            }
+            // The writer cleared the bit under the page's lock, which this read lock
+            // waited for: its image is saved.
+            let Some(image) = c.saved.lock().unwrap().remove(&p) else {
+                return Err(io::Error::other(format!(
+                    "checkpoint: page {p} was neither pending nor saved"
+                )));
+            };
+            groups.push(p).copy_from_slice(&image);
         }
-        let more = c.next_pending(*cursor).is_some() || !saved.is_empty();
+        let more = *cursor < pages.len();
         if !more {
             let peak = c.saved_peak.load(Ordering::Relaxed) as usize
                 + write_groups * (1 + checkpoint::GROUP_PAGES);
             self.checkpoint_copy_peak
                 .store((peak * PAGE_SIZE) as u64, Ordering::Relaxed);
         }
-        more
+        Ok(more)
     }
 
     /// Finishes a checkpoint job with the result of its `write`: the files come back, and
@@ -966,7 +955,13 @@ impl CheckpointIo {
         let capture = Arc::clone(&self.capture);
         let mut cursor = 0;
         loop {
-            let more = map.capture_into(&capture, &mut cursor, self.write_groups, &mut groups);
+            let more = map.capture_into(
+                &capture,
+                &self.pages,
+                &mut cursor,
+                self.write_groups,
+                &mut groups,
+            )?;
             if groups.is_full() || !more {
                 writer.write_groups(&groups)?;
                 groups.clear();
