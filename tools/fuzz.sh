@@ -18,8 +18,9 @@ export PATH="$HOME/.cargo/bin:$PATH"
 if ! cargo afl --version >/dev/null 2>&1; then
     cargo install cargo-afl --locked --version '^0.15'
 fi
-# cargo-afl builds its own AFL++ once (afl-fuzz and the runtime it links).
-cargo afl config --build >/dev/null 2>&1 || cargo afl config --build --force
+# cargo-afl builds its own AFL++ once (afl-fuzz and the runtime it links); it refuses to
+# build it again, which is fine.
+cargo afl config --build >/dev/null 2>&1 || true
 (cd "$here/fuzz" && cargo afl build --release --quiet)
 bin=$here/fuzz/target/release/ocean-liner-fuzz
 targets=("$@")
