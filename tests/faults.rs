@@ -9,7 +9,12 @@
 use ocean_liner::verify::faults::{self, Hosts, SCENARIOS};
 use std::path::Path;
 
-const CI_SUBSET: &[&str] = &["leader-isolated", "kill-restart", "pause-leader"];
+const CI_SUBSET: &[&str] = &[
+    "leader-isolated",
+    "kill-restart",
+    "pause-leader",
+    "disk-full-follower",
+];
 
 #[test]
 fn faults_on_real_processes_lose_nothing_and_stay_linearizable() {
@@ -29,9 +34,9 @@ fn faults_on_real_processes_lose_nothing_and_stay_linearizable() {
     let bin = Path::new(env!("CARGO_BIN_EXE_ocean-liner"));
     let mut failures = Vec::new();
     eprintln!(
-        "| scenario | seed | operations | acknowledged writes | failed ops | ok/s before | ok/s during | ok/s after | linearizable | acknowledged writes lost | leader before → after |"
+        "| scenario | seed | operations | acknowledged writes | failed ops | ok/s before | ok/s during | ok/s after | linearizable | acknowledged writes lost | leader before → after | all nodes caught up |"
     );
-    eprintln!("|---|---|---|---|---|---|---|---|---|---|---|");
+    eprintln!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for name in &wanted {
         let scenario = SCENARIOS
             .iter()
@@ -41,7 +46,7 @@ fn faults_on_real_processes_lose_nothing_and_stay_linearizable() {
         let r = faults::run_scenario(scenario, seed, bin, &dir)
             .unwrap_or_else(|e| panic!("{name}: the harness failed: {e}"));
         eprintln!(
-            "| {name} | {seed} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {} | {} → {} |",
+            "| {name} | {seed} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {} | {} → {} | {} |",
             r.operations,
             r.acknowledged_writes,
             r.failed_operations,
@@ -51,7 +56,9 @@ fn faults_on_real_processes_lose_nothing_and_stay_linearizable() {
             if r.linearizable { "yes" } else { "NO" },
             r.lost_writes,
             r.leaders.0,
-            r.leaders.1.map_or("none".into(), |k| k.to_string())
+            r.leaders.1.map_or("none".into(), |k| k.to_string()),
+            r.converged_after
+                .map_or("no".into(), |d| format!("{:.1} s", d.as_secs_f64()))
         );
         if let Some(problem) = r.problem {
             failures.push(format!(

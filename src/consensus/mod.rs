@@ -201,6 +201,8 @@ pub struct RaftNode {
     ready: Option<raft::Ready>,
     /// A received snapshot raft-rs accepted, to install with the Ready that carries it.
     staged: Option<StagedSnapshot>,
+    /// Appends refused because the disk had no room for them (see [`RaftNode::step`]).
+    appends_refused_no_space: u64,
 }
 
 impl RaftNode {
@@ -288,6 +290,7 @@ impl RaftNode {
             pending_reads: Vec::new(),
             planted_bug: config.planted_bug,
             leader_changes: 0,
+            appends_refused_no_space: 0,
             last_leader: 0,
             election_tick_range: (config.election_tick, config.max_election_tick),
             election_floor_ticks: config.election_tick,
@@ -404,11 +407,50 @@ impl RaftNode {
         if !self.guard_rejoin(&mut msg) {
             return;
         }
+        if !self.room_for(&msg) {
+            return;
+        }
         if let Err(e) = self.raw.step(msg) {
             // Only messages from unknown peers or local message types end up here.
             eprintln!("raft: dropped a peer message: {e}");
         }
         self.after_input();
+    }
+
+    /// Whether the log has room for the entries `msg` carries. A follower whose disk is
+    /// full must not accept entries it cannot persist (a failed append would stop the
+    /// node): it drops the append unanswered, as a lossy link would, and keeps following
+    /// the leader's heartbeats; the leader sends the entries again, and once space
+    /// returns they are taken.
+    fn room_for(&mut self, msg: &Message) -> bool {
+        if msg.get_msg_type() != raft::eraftpb::MessageType::MsgAppend || msg.entries.is_empty() {
+            return true;
+        }
+        let bytes: u64 = msg
+            .entries
+            .iter()
+            .map(|e| crate::storage::log::entry_size(e.data.len()) as u64)
+            .sum();
+        match self.engine.borrow_mut().prepare_log(bytes) {
+            Err(e) if e.is_no_space() => {
+                if self.appends_refused_no_space.is_multiple_of(1000) {
+                    eprintln!(
+                        "ocean-liner: the disk is full: entries from the leader are refused until \
+                         space returns ({} refused so far)",
+                        self.appends_refused_no_space + 1
+                    );
+                }
+                self.appends_refused_no_space += 1;
+                false
+            }
+            // Any other failure shows again, fatally, when the entries are persisted.
+            _ => true,
+        }
+    }
+
+    /// Appends refused because the disk was full.
+    pub fn appends_refused_no_space(&self) -> u64 {
+        self.appends_refused_no_space
     }
 
     /// Proposes one window of `num_commands` encoded commands under `tag`.

@@ -70,6 +70,8 @@ pub struct Stats {
     pub term: AtomicU64,
     pub applied_index: AtomicU64,
     pub leader_changes: AtomicU64,
+    /// Entries from the leader refused because the disk was full.
+    pub appends_refused_no_space: AtomicU64,
     pub election_timeout_ms: AtomicU64,
     pub rtt_us: AtomicU64,
     pub rtt_dev_us: AtomicU64,
@@ -179,6 +181,7 @@ impl Shared {
              entries_written={}\ncommands_applied={}\nlast_entry_commands={}\nrequests={}\ngets={}\n\
              hash_collisions={}\nrejected={}\ndropped={}\nbusy={}\nwrite_errors={}\n\
              checkpoints={}\nlast_checkpoint_us={}\ncheckpoint_copy_peak_bytes={}\n\
+             appends_refused_no_space={}\n\
              segments={}\ndisk_bytes={}\nentry_bytes={}\nlive_bytes={}\nlive_values={}\n\
              segments_deleted={}\nbytes_deleted={}\nclean_passes={}\nvalues_moved={}\n\
              clean_bytes_read={}\nclean_bytes_written={}\nclean_errors={}\n\
@@ -212,6 +215,7 @@ impl Shared {
             get(&s.checkpoints),
             get(&s.last_checkpoint_us),
             self.map.checkpoint_copy_peak_bytes(),
+            get(&s.appends_refused_no_space),
             space.segment_count,
             space.file_bytes,
             space.valid_bytes,

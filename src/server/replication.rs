@@ -374,6 +374,9 @@ impl Loop<'_> {
         s.stats
             .leader_changes
             .store(node.leader_changes(), Ordering::Relaxed);
+        s.stats
+            .appends_refused_no_space
+            .store(node.appends_refused_no_space(), Ordering::Relaxed);
         let timeout_ms = node.election_timeout_ticks() as u64 * self.config.tick.as_millis() as u64;
         s.stats
             .election_timeout_ms

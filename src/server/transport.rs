@@ -259,8 +259,15 @@ pub(crate) fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>, limit: usize) -> 
             format!("frame of {len} bytes is over the limit"),
         ));
     }
-    buf.resize(len, 0);
-    r.read_exact(buf)?;
+    // Memory follows the bytes that arrive, not the length a peer claims.
+    buf.clear();
+    r.take(len as u64).read_to_end(buf)?;
+    if buf.len() < len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("frame of {len} bytes cut at {}", buf.len()),
+        ));
+    }
     Ok(kind[0])
 }
 
@@ -588,6 +595,21 @@ mod tests {
 
     /// Every truncation of a valid hello — the 22-byte one with the magic and the cluster
     /// id among them — and random bytes are refused with a reason, never a panic.
+    #[test]
+    fn a_frame_claiming_more_than_arrives_takes_only_the_memory_of_what_arrived() {
+        let mut bytes = (100u32 << 20).to_le_bytes().to_vec();
+        bytes.push(KIND_RAFT);
+        bytes.extend_from_slice(&[7u8; 10]);
+        let mut buf = Vec::new();
+        let err = read_frame(&mut &bytes[..], &mut buf, FRAME_SIZE_MAX).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(
+            buf.capacity() < 1 << 20,
+            "allocated {} bytes",
+            buf.capacity()
+        );
+    }
+
     #[test]
     fn every_truncation_and_garbage_is_refused_without_panic() {
         let full = sample().encode();

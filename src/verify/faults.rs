@@ -279,11 +279,16 @@ pub struct Cluster {
     nodes: Vec<Node>,
     schedule: Mutex<Vec<String>>,
     epoch: Instant,
+    /// Loop-mounted data directories, unmounted on drop.
+    mounts: Vec<PathBuf>,
+    extra: Vec<String>,
 }
 
 impl Cluster {
-    /// Starts three nodes of `bin` with data and logs under `dir`.
-    pub fn start(bin: &Path, dir: &Path) -> io::Result<Cluster> {
+    /// Starts three nodes of `bin` with data and logs under `dir`; with `disk_mib`, each
+    /// node's data directory is an ext4 file system of that size of its own (loop-mounted),
+    /// so it can be filled.
+    pub fn start(bin: &Path, dir: &Path, disk_mib: Option<u64>) -> io::Result<Cluster> {
         std::fs::create_dir_all(dir)?;
         let mut c = Cluster {
             hosts: Hosts::create()?,
@@ -297,11 +302,55 @@ impl Cluster {
                 .collect(),
             schedule: Mutex::new(Vec::new()),
             epoch: Instant::now(),
+            mounts: Vec::new(),
+            extra: Vec::new(),
         };
+        if let Some(mib) = disk_mib {
+            for k in 0..NODES {
+                let image = dir.join(format!("node-{k}.img"));
+                let image_s = image.to_string_lossy().into_owned();
+                let mnt = c.data_dir(k);
+                std::fs::create_dir_all(&mnt)?;
+                run(&["truncate", "-s", &format!("{mib}M"), &image_s])?;
+                run(&["mkfs.ext4", "-q", "-F", &image_s])?;
+                run(&["mount", "-o", "loop", &image_s, &mnt.to_string_lossy()])?;
+                c.mounts.push(mnt);
+            }
+            // Segments small enough for a small disk.
+            // Small segments, so that new ones (which need free blocks) start during a run.
+            c.extra = ["--segment-mib", "1", "--raft-log-retain-mib", "4"]
+                .map(String::from)
+                .to_vec();
+        }
         for k in 0..NODES {
             c.spawn(k)?;
         }
         Ok(c)
+    }
+
+    /// Fills node `k`'s (loop-mounted) file system to the last block.
+    pub fn fill_disk(&self, k: usize) -> io::Result<()> {
+        self.note(format!("fill node {k}'s disk"));
+        let path = self.data_dir(k).join("filler");
+        let file = std::fs::File::create(&path)?;
+        use std::os::fd::AsRawFd;
+        let mut chunk: i64 = 1 << 30;
+        let mut at: i64 = 0;
+        while chunk >= 4096 {
+            // SAFETY: fallocate on an open descriptor with a valid range.
+            if unsafe { libc::fallocate(file.as_raw_fd(), 0, at, chunk) } == 0 {
+                at += chunk;
+            } else {
+                chunk /= 2;
+            }
+        }
+        file.sync_all()
+    }
+
+    /// Gives node `k` its space back.
+    pub fn free_disk(&self, k: usize) {
+        self.note(format!("free node {k}'s disk"));
+        let _ = std::fs::remove_file(self.data_dir(k).join("filler"));
     }
 
     /// Notes a fault in the schedule (kept with a failing run).
@@ -331,6 +380,7 @@ impl Cluster {
             .args(["--client-port", &CLIENT_PORT.to_string()])
             .arg("--data-dir")
             .arg(self.data_dir(k))
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
@@ -365,7 +415,11 @@ impl Cluster {
     pub fn restart(&mut self, k: usize, wipe: bool) -> io::Result<()> {
         if wipe {
             self.note(format!("wipe node {k}'s data directory"));
-            let _ = std::fs::remove_dir_all(self.data_dir(k));
+            // Its contents: the directory itself may be a mount point.
+            for e in std::fs::read_dir(self.data_dir(k))?.flatten() {
+                let path = e.path();
+                let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+            }
         }
         self.note(format!("start node {k}"));
         self.spawn(k)
@@ -415,6 +469,28 @@ impl Cluster {
         })
     }
 
+    /// A counter from node `k`'s STATS.
+    pub fn stat(&self, k: usize, name: &str) -> Option<u64> {
+        let stats = self.stats(k)?;
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// Waits until every node has applied all the leader had committed; how long it took.
+    pub fn wait_converged(&self, leader: usize, limit: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        let target = self.stat(leader, "commit_index")?;
+        while start.elapsed() < limit {
+            if (0..NODES).all(|k| self.stat(k, "applied_index").is_some_and(|a| a >= target)) {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
     pub fn wait_for_leader(&self, limit: Duration) -> Option<usize> {
         let start = Instant::now();
         while start.elapsed() < limit {
@@ -437,6 +513,9 @@ impl Drop for Cluster {
                 let _ = c.wait();
             }
         }
+        for mnt in &self.mounts {
+            let _ = run(&["umount", &mnt.to_string_lossy()]);
+        }
     }
 }
 
@@ -445,7 +524,29 @@ impl Drop for Cluster {
 pub struct Scenario {
     pub name: &'static str,
     pub what: &'static str,
+    /// Each node's data directory on a file system of this many MiB of its own.
+    disk_mib: Option<u64>,
     inject: fn(&mut Cluster, usize, &mut Rng) -> io::Result<()>,
+    /// Undoes what `heal` does not (the network is always healed), after checking that the
+    /// fault bit: a problem to report if it did not.
+    undo: fn(&mut Cluster, usize) -> Option<String>,
+}
+
+fn nothing(_: &mut Cluster, _: usize) -> Option<String> {
+    None
+}
+
+/// Frees node `k`'s disk after checking that counter `stat` shows the full disk was hit.
+fn free_after(c: &mut Cluster, k: usize, stat: &str) -> Option<String> {
+    let hits = c.stat(k, stat);
+    c.note(format!("node {k}: {stat}={hits:?}"));
+    c.free_disk(k);
+    match hits {
+        Some(n) if n > 0 => None,
+        _ => Some(format!(
+            "node {k}'s full disk was never hit ({stat}={hits:?})"
+        )),
+    }
 }
 
 /// How long a scenario's faults last before they are healed.
@@ -460,6 +561,8 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "leader-isolated",
         what: "the leader cut off from both followers (clients still reach it)",
+        disk_mib: None,
+        undo: nothing,
         inject: |c, leader, _| {
             c.note(format!("partition {{{leader}}} | {:?}", others(leader)));
             c.hosts.partition(&[leader], &others(leader))
@@ -468,6 +571,8 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "minority-majority",
         what: "a random node cut off from the other two",
+        disk_mib: None,
+        undo: nothing,
         inject: |c, _, rng| {
             let k = rng.below(NODES as u64) as usize;
             c.note(format!("partition {{{k}}} | {:?}", others(k)));
@@ -477,6 +582,8 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "one-way",
         what: "the followers stop hearing the leader; the leader still hears them",
+        disk_mib: None,
+        undo: nothing,
         inject: |c, leader, _| {
             for f in others(leader) {
                 c.note(format!("drop {leader} -> {f}"));
@@ -488,6 +595,8 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "bridge",
         what: "two nodes cut from each other, the third (the old leader) sees both",
+        disk_mib: None,
+        undo: nothing,
         inject: |c, leader, _| {
             let o = others(leader);
             c.note(format!(
@@ -500,6 +609,8 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "loss-20",
         what: "every node drops 20% of the packets it receives",
+        disk_mib: None,
+        undo: nothing,
         inject: |c, _, _| {
             for k in 0..NODES {
                 c.note(format!("20% loss into node {k}"));
@@ -511,6 +622,8 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "slow-leader",
         what: "the leader's outgoing link limited to 2 Mbit/s",
+        disk_mib: None,
+        undo: nothing,
         inject: |c, leader, _| {
             c.note(format!("tbf 2mbit on node {leader}"));
             c.hosts.slow_link(leader, 2000)
@@ -519,6 +632,8 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "kill-restart",
         what: "kill -9 of random nodes, each restarted 1.5 s later",
+        disk_mib: None,
+        undo: nothing,
         inject: |c, _, rng| {
             for _ in 0..2 {
                 let k = rng.below(NODES as u64) as usize;
@@ -533,6 +648,8 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "pause-leader",
         what: "SIGSTOP of the leader for 2 s (beyond the election timeout), then SIGCONT",
+        disk_mib: None,
+        undo: nothing,
         inject: |c, leader, _| {
             c.pause(leader, true);
             std::thread::sleep(Duration::from_secs(2));
@@ -543,12 +660,28 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "wiped-follower",
         what: "a follower killed and restarted with an empty data directory",
+        disk_mib: None,
+        undo: nothing,
         inject: |c, leader, rng| {
             let o = others(leader);
             let k = o[rng.below(2) as usize];
             c.kill9(k);
             c.restart(k, true)
         },
+    },
+    Scenario {
+        name: "disk-full-follower",
+        what: "a follower's file system filled to the last block, then freed",
+        disk_mib: Some(96),
+        undo: |c, leader| free_after(c, others(leader)[0], "appends_refused_no_space"),
+        inject: |c, leader, _| c.fill_disk(others(leader)[0]),
+    },
+    Scenario {
+        name: "disk-full-leader",
+        what: "the leader's file system filled to the last block, then freed",
+        disk_mib: Some(96),
+        undo: |c, leader| free_after(c, leader, "write_errors"),
+        inject: |c, leader, _| c.fill_disk(leader),
     },
 ];
 
@@ -583,6 +716,8 @@ pub struct Report {
     pub keys_checked: usize,
     /// The leader before the faults and after healing.
     pub leaders: (usize, Option<usize>),
+    /// How long after the final reads every node had applied all the leader committed.
+    pub converged_after: Option<Duration>,
     /// Where the history, schedule and logs were kept (a failed run).
     pub kept: Option<PathBuf>,
     pub problem: Option<String>,
@@ -598,7 +733,7 @@ const KEYS_PER_WRITER: usize = 5;
 /// the whole run, the faults injected and healed, every key read back at the end.
 pub fn run_scenario(scenario: &Scenario, seed: u64, bin: &Path, dir: &Path) -> io::Result<Report> {
     let _ = std::fs::remove_dir_all(dir);
-    let mut cluster = Cluster::start(bin, dir)?;
+    let mut cluster = Cluster::start(bin, dir, scenario.disk_mib)?;
     let mut rng = Rng::new(seed);
     let mut report = Report {
         scenario: scenario.name,
@@ -635,6 +770,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, bin: &Path, dir: &Path) -> i
         ),
     );
     cluster.note("heal");
+    let undone = (scenario.undo)(&mut cluster, leader);
     let healed = cluster.hosts.heal();
     let fault_end = phase(Instant::now());
     std::thread::sleep(Duration::from_secs(3));
@@ -679,7 +815,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, bin: &Path, dir: &Path) -> i
     })
     .join()
     .map_err(|_| io::Error::other("the final reader panicked"))?;
-    let mut problems = Vec::new();
+    let mut problems: Vec<String> = undone.into_iter().collect();
     if after.is_none() {
         problems.push("no leader after healing".to_string());
     }
@@ -721,6 +857,12 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, bin: &Path, dir: &Path) -> i
             }
         }
         Err(e) => problems.push(e.to_string()),
+    }
+    if let Some(leader) = after {
+        report.converged_after = cluster.wait_converged(leader, Duration::from_secs(30));
+        if report.converged_after.is_none() {
+            problems.push("the nodes did not converge within 30 s of healing".into());
+        }
     }
     report.operations = history.len();
     report.acknowledged_writes = history

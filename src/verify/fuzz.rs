@@ -189,7 +189,8 @@ fn pad(mut bytes: Vec<u8>) -> Vec<u8> {
 }
 
 /// Map pages as loaded from `map.dat`: each page is checked as a load checks it, and a
-/// set of pages that passes is opened as a map (behind a valid metadata page) and used.
+/// set of pages that passes is opened as a map (behind a valid metadata page), used, and
+/// its pages checked again.
 pub fn map_pages(data: &[u8]) {
     let pages = pad(data.iter().copied().take(64 * PAGE_SIZE).collect());
     if pages.is_empty()
@@ -216,6 +217,23 @@ pub fn map_pages(data: &[u8]) {
             }
         }
         map.for_each_log_address(|_| {});
+        // Whatever the map did to pages it accepted leaves pages it would accept again.
+        let image = map.image(LogIndex(1), Term(1));
+        for (i, p) in image.pages.chunks_exact(PAGE_SIZE).enumerate() {
+            if let Err(e) = page::check_loaded(p) {
+                panic!("page {i} is no longer consistent after updates: {e}");
+            }
+            // And, independently of that check, its count of used slots is right.
+            let occupied = p[..page::OFFSET_KEY_HASHES]
+                .chunks_exact(8)
+                .filter(|w| **w != [0xFF; 8])
+                .count();
+            let used = u16::from_le_bytes([p[page::OFFSET_USED], p[page::OFFSET_USED + 1]]);
+            assert_eq!(
+                occupied, used as usize,
+                "page {i}: used count after updates"
+            );
+        }
         let _ = map.checkpoint(LogIndex(1), Term(1), b"");
     }
 }

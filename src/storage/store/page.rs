@@ -66,7 +66,9 @@ pub const INLINE_VALUE_SIZE_MAX: usize = INLINE_SLOT_SIZE - 1;
 pub const NOT_INLINE: u8 = 0xFF;
 /// The slot word of an empty slot.
 pub const EMPTY: u64 = u64::MAX;
-/// The kind byte of an overflow page (a bucket page has 0).
+/// The kind byte of a bucket page (in the directory)...
+pub const KIND_BUCKET: u8 = 0;
+/// ...and of an overflow page (in a chain).
 pub const KIND_OVERFLOW: u8 = 1;
 
 pub const OFFSET_SLOT_WORDS: usize = 0;
@@ -209,18 +211,60 @@ impl PagePtr {
     }
 }
 
-/// Checks a page read from disk, before the map is shared: every slot word names an
-/// inline slot that exists (or none), so no later access leaves the page.
+/// Checks a page read from disk, before the map is shared, against everything the page
+/// code assumes: every slot word names an inline slot that exists (or none), no inline
+/// slot is named twice and each named one is marked in the bitmap, the used count is the
+/// number of occupied slots, and the kind is known. So no later access leaves the page,
+/// and no update underflows a count or frees another key's value.
 pub fn check_loaded(bytes: &[u8]) -> Result<(), String> {
     let words = bytes
         .get(OFFSET_SLOT_WORDS..OFFSET_KEY_HASHES)
         .ok_or("short page")?;
+    let field = |at: usize, len: usize| bytes.get(at..at + len).ok_or("short page");
+    let bitmap = u16::from_le_bytes(
+        field(OFFSET_BITMAP, 2)?
+            .try_into()
+            .map_err(|_| "short page")?,
+    );
+    let used = u16::from_le_bytes(
+        field(OFFSET_USED, 2)?
+            .try_into()
+            .map_err(|_| "short page")?,
+    );
+    let kind = field(OFFSET_KIND, 1)?[0];
+    if kind != KIND_BUCKET && kind != KIND_OVERFLOW {
+        return Err(format!("unknown page kind {kind}"));
+    }
+    let mut named = 0u16;
+    let mut occupied = 0usize;
     for (slot, word) in words.chunks_exact(8).enumerate() {
         let word = u64::from_le_bytes(word.try_into().map_err(|_| "short slot word")?);
+        if word == EMPTY {
+            continue;
+        }
+        occupied += 1;
         let inline = (word & 0xFF) as u8;
-        if word != EMPTY && inline != NOT_INLINE && inline as usize >= INLINE_SLOT_COUNT {
+        if inline == NOT_INLINE {
+            continue;
+        }
+        if inline as usize >= INLINE_SLOT_COUNT {
             return Err(format!("slot {slot} names inline slot {inline}"));
         }
+        let bit = 1u16 << inline;
+        if named & bit != 0 {
+            return Err(format!("inline slot {inline} is named by two slots"));
+        }
+        if bitmap & bit == 0 {
+            return Err(format!(
+                "slot {slot} names inline slot {inline}, which is marked free"
+            ));
+        }
+        named |= bit;
+    }
+    if occupied != used as usize {
+        return Err(format!(
+            "{occupied} slots are occupied but the page counts {used}"
+        ));
     }
     Ok(())
 }
