@@ -9,6 +9,7 @@
 //! in flight), (2) the whole recorded history is linearizable.
 
 use ocean_liner::client::{Client, ClientOptions};
+use ocean_liner::verify::faults;
 use ocean_liner::verify::linearizability::{self, CheckResult, Input, Operation, Output};
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -240,59 +241,12 @@ fn leader_kill_and_full_restart(extra: &[&str]) {
     let epoch = Instant::now();
     let history = Arc::new(Mutex::new(Vec::<Operation>::new()));
     let stop = Arc::new(AtomicBool::new(false));
-    const WRITERS: usize = 4;
-    const KEYS_PER_WRITER: usize = 5;
-    let threads: Vec<_> = (0..WRITERS)
+    let threads: Vec<_> = (0..faults::WRITERS)
         .map(|w| {
             let (addrs, history, stop) = (addrs.clone(), history.clone(), stop.clone());
             std::thread::spawn(move || {
-                let opts = ClientOptions {
-                    deadline: Duration::from_secs(3),
-                    ..ClientOptions::default()
-                };
-                let mut client = Client::connect_cluster(&addrs, opts).unwrap();
-                // (last acknowledged version, version in flight) per own key
-                let mut versions: HashMap<String, (u64, u64)> = HashMap::new();
-                let mut version = 0u64;
-                let mut i = 0usize;
-                while !stop.load(Ordering::Relaxed) {
-                    i += 1;
-                    let (key, input) = if i.is_multiple_of(2) {
-                        version += 1;
-                        let key = format!("w{w}-k{}", i / 2 % KEYS_PER_WRITER);
-                        (key, Input::Set(format!("{version}").into_bytes()))
-                    } else {
-                        let other = (w + i) % WRITERS;
-                        (format!("w{other}-k{}", i % KEYS_PER_WRITER), Input::Get)
-                    };
-                    let call = now_us(epoch);
-                    let (ret, output) = match &input {
-                        Input::Set(v) => {
-                            let entry = versions.entry(key.clone()).or_insert((0, 0));
-                            entry.1 = version;
-                            match client.set(&key, v) {
-                                Ok(()) => {
-                                    entry.0 = version;
-                                    (Some(now_us(epoch)), Output::Ok)
-                                }
-                                Err(_) => (None, Output::Unknown),
-                            }
-                        }
-                        _ => match client.get(&key) {
-                            Ok(v) => (Some(now_us(epoch)), Output::Value(v)),
-                            Err(_) => (None, Output::Unknown),
-                        },
-                    };
-                    history.lock().unwrap().push(Operation {
-                        client: w as u64,
-                        key: key.into_bytes(),
-                        input,
-                        call,
-                        ret,
-                        output,
-                    });
-                }
-                versions
+                let deadline = Duration::from_secs(3);
+                faults::workload(&addrs, w, "", deadline, epoch, &history, &stop).unwrap()
             })
         })
         .collect();

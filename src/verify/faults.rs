@@ -726,8 +726,9 @@ pub struct Report {
 /// A read of one key after healing: key, value, call and return times.
 type FinalRead = (String, Option<Vec<u8>>, u64, u64);
 
-const WRITERS: usize = 4;
-const KEYS_PER_WRITER: usize = 5;
+/// Client threads of a recorded workload, and keys each writes.
+pub const WRITERS: usize = 4;
+pub const KEYS_PER_WRITER: usize = 5;
 
 /// Runs `scenario` once: a cluster of `bin` under `dir`, clients writing and reading for
 /// the whole run, the faults injected and healed, every key read back at the end.
@@ -754,7 +755,10 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, bin: &Path, dir: &Path) -> i
             let netns = format!("/run/netns/{}", cluster.hosts.ns("c"));
             std::thread::spawn(move || -> io::Result<HashMap<String, (u64, u64)>> {
                 enter(&netns)?;
-                workload(w, salt, epoch, &history, &stop)
+                let prefix = format!("s{salt}-");
+                let servers = Cluster::client_addrs();
+                let deadline = Duration::from_millis(1500);
+                workload(&servers, w, &prefix, deadline, epoch, &history, &stop)
             })
         })
         .collect();
@@ -924,21 +928,26 @@ fn enter(netns: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// One client thread: SETs of increasing versions to its own keys, GETs of everyone's.
-/// Returns, per own key, (last acknowledged version, last attempted version).
-fn workload(
+/// One recorded client of a test cluster: SETs of increasing versions to
+/// `KEYS_PER_WRITER` keys of its own (`{prefix}w{w}-k{i}`), GETs of the other writers'
+/// keys, every call recorded in `history` until `stop`. Returns, per own key, (last
+/// acknowledged version, last attempted version). The real-process tests and this
+/// harness share it.
+pub fn workload(
+    servers: &[SocketAddr],
     w: usize,
-    salt: u64,
+    prefix: &str,
+    deadline: Duration,
     epoch: Instant,
     history: &Mutex<Vec<Operation>>,
     stop: &AtomicBool,
 ) -> io::Result<HashMap<String, (u64, u64)>> {
     let opts = ClientOptions {
-        deadline: Duration::from_millis(1500),
+        deadline,
         ..ClientOptions::default()
     };
-    let mut client = Client::connect_cluster(Cluster::client_addrs(), opts)
-        .map_err(|e| io::Error::other(e.to_string()))?;
+    let mut client =
+        Client::connect_cluster(servers, opts).map_err(|e| io::Error::other(e.to_string()))?;
     let mut versions: HashMap<String, (u64, u64)> = HashMap::new();
     let mut version = 0u64;
     let mut i = 0usize;
@@ -947,14 +956,12 @@ fn workload(
         i += 1;
         let (key, input) = if i.is_multiple_of(2) {
             version += 1;
-            (
-                format!("s{salt}-w{w}-k{}", i / 2 % KEYS_PER_WRITER),
-                Input::Set(version.to_string().into_bytes()),
-            )
+            let key = format!("{prefix}w{w}-k{}", i / 2 % KEYS_PER_WRITER);
+            (key, Input::Set(version.to_string().into_bytes()))
         } else {
             let other = (w + i) % WRITERS;
             (
-                format!("s{salt}-w{other}-k{}", i % KEYS_PER_WRITER),
+                format!("{prefix}w{other}-k{}", i % KEYS_PER_WRITER),
                 Input::Get,
             )
         };
