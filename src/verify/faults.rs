@@ -764,15 +764,12 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, bin: &Path, dir: &Path) -> i
         .collect();
     let phase = |t: Instant| t.duration_since(epoch).as_micros() as u64;
     std::thread::sleep(Duration::from_secs(2));
-    let fault_start = phase(Instant::now());
+    let fault_at = Instant::now();
+    let fault_start = phase(fault_at);
     let leader = cluster.leader().unwrap_or(first);
     report.leaders.0 = leader;
     let injected = (scenario.inject)(&mut cluster, leader, &mut rng);
-    std::thread::sleep(
-        HOLD.saturating_sub(
-            Instant::now().duration_since(epoch) - Duration::from_micros(fault_start),
-        ),
-    );
+    std::thread::sleep(HOLD.saturating_sub(fault_at.elapsed()));
     cluster.note("heal");
     let undone = (scenario.undo)(&mut cluster, leader);
     let healed = cluster.hosts.heal();

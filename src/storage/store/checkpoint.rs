@@ -370,10 +370,7 @@ pub fn replay(
         let table_len = align_up(left * 4, PAGE_SIZE);
         let mut table = AlignedBuf::new(table_len.max(PAGE_SIZE));
         read_exact_at(journal, &mut table[..table_len], page)?;
-        let numbers: Vec<u32> = table[..left * 4]
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let numbers = page_numbers(&table[..left * 4]);
         let mut at = page + table_len as u64;
         for batch in numbers.chunks(buf.len() / PAGE_SIZE) {
             let bytes = batch.len() * PAGE_SIZE;
@@ -406,10 +403,7 @@ pub fn replay(
                 if offset + group_len > n_bytes {
                     break;
                 }
-                let numbers: Vec<u32> = buf[offset + 4..offset + 4 + n * 4]
-                    .chunks_exact(4)
-                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect();
+                let numbers = page_numbers(&buf[offset + 4..offset + 4 + n * 4]);
                 write_runs(map, &numbers, &buf[offset + PAGE_SIZE..offset + group_len])?;
                 offset += group_len;
                 left -= n;
@@ -428,6 +422,14 @@ pub fn replay(
     map.sync()
 }
 
+/// The little-endian u32 page numbers of a journal table.
+fn page_numbers(table: &[u8]) -> Vec<u32> {
+    table
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
 /// Writes `images` (image `i` is page `numbers[i]`) into the map file, one write per run
 /// of adjacent page numbers.
 fn write_runs(map: &mut dyn BlockFile, numbers: &[u32], images: &[u8]) -> io::Result<()> {
@@ -442,7 +444,7 @@ fn write_runs(map: &mut dyn BlockFile, numbers: &[u32], images: &[u8]) -> io::Re
 }
 
 /// Splits page numbers into runs of ascending adjacent ones (as index ranges).
-pub fn runs(page_numbers: &[u32]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+fn runs(page_numbers: &[u32]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
     let mut start = 0;
     std::iter::from_fn(move || {
         if start >= page_numbers.len() {
