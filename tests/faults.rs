@@ -5,15 +5,21 @@
 //! CI runs a short subset. Every scenario: `FAULTS=all cargo test --release --test faults
 //! -- --nocapture`; some: `FAULTS=loss-20,bridge`; another seed: `SEED=7`. Needs root:
 //! elsewhere the test says it is skipped and passes.
+//!
+//! A soak (not in CI): `SOAK_MINUTES=30 FAULT_EVERY_S=30 cargo test --release --test faults
+//! soak -- --ignored --nocapture` runs the cluster under load with a random fault every
+//! `FAULT_EVERY_S` seconds and prints a row every 10 s.
 
 use ocean_liner::verify::faults::{self, Hosts, SCENARIOS};
 use std::path::Path;
+use std::time::Duration;
 
 const CI_SUBSET: &[&str] = &[
     "leader-isolated",
     "kill-restart",
     "pause-leader",
     "disk-full-follower",
+    "eio-leader",
 ];
 
 #[test]
@@ -68,4 +74,55 @@ fn faults_on_real_processes_lose_nothing_and_stay_linearizable() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The soak: minutes of load and random faults, then the whole history checked.
+#[test]
+#[ignore = "minutes long; run by hand"]
+fn soak() {
+    if let Err(why) = Hosts::available() {
+        eprintln!("SKIPPED: the fault harness {why}");
+        return;
+    }
+    let env = |name: &str, default: u64| -> u64 {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    };
+    let minutes = env("SOAK_MINUTES", 10);
+    let every = env("FAULT_EVERY_S", 30);
+    let seed = env("SEED", 1);
+    let bin = Path::new(env!("CARGO_BIN_EXE_ocean-liner"));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("soak-{seed}"));
+    let r = faults::soak(
+        bin,
+        &dir,
+        Duration::from_secs(minutes * 60),
+        Duration::from_secs(every),
+        seed,
+        &mut std::io::stderr(),
+    )
+    .unwrap_or_else(|e| panic!("the soak failed: {e}"));
+    let run = &r.run;
+    eprintln!(
+        "\nsoak: {minutes} min, seed {seed}: {} faults, {} failovers seen; recorded {} operations, \
+         {} acknowledged writes, {} failed; linearizable: {}; acknowledged writes lost: {}; \
+         all nodes caught up: {}",
+        r.faults_injected,
+        r.failovers,
+        run.operations,
+        run.acknowledged_writes,
+        run.failed_operations,
+        if run.linearizable { "yes" } else { "NO" },
+        run.lost_writes,
+        run.converged_after
+            .map_or("no".into(), |d| format!("in {:.1} s", d.as_secs_f64()))
+    );
+    assert!(
+        run.problem.is_none(),
+        "{:?} (kept in {:?})",
+        run.problem,
+        run.kept
+    );
 }

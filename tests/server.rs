@@ -306,6 +306,36 @@ fn stats_count_gets_and_hash_collisions() {
     assert_eq!(stat(&stats, "hash_collisions"), 0, "{stats}");
 }
 
+/// STATS comes in pages of whole lines: a request's key names the first line, a page
+/// past the last line is empty, and `ocean-liner stats` puts every page together.
+#[test]
+fn stats_come_in_pages_of_whole_lines() {
+    let server = Server::start();
+    let mut c = Conn::new(server.addr());
+    let (status, first) = c.call(Op::Stats, "", b"");
+    assert_eq!(status, Status::Ok);
+    let first = String::from_utf8(first).unwrap();
+    assert!(first.len() <= protocol::MAX_PAYLOAD_LEN && first.ends_with('\n'));
+    let (status, from_5) = c.call(Op::Stats, "5", b"");
+    assert_eq!(status, Status::Ok);
+    let from_5 = String::from_utf8(from_5).unwrap();
+    let fifth = first.lines().nth(5).unwrap();
+    let name = |l: &str| l.split('=').next().unwrap().to_string();
+    assert_eq!(name(from_5.lines().next().unwrap()), name(fifth));
+    assert_eq!(c.call(Op::Stats, "999999", b""), (Status::Ok, Vec::new()));
+    assert_eq!(c.call(Op::Stats, "x1", b"").0, Status::Malformed);
+    let out = server.cli(&["stats"]);
+    assert!(out.status.success());
+    let all = String::from_utf8(out.stdout).unwrap();
+    let names: Vec<String> = all.lines().map(name).collect();
+    for line in first.lines().chain(from_5.lines()) {
+        assert!(names.contains(&name(line)), "{line} missing from:\n{all}");
+    }
+    assert_eq!(names.last().map(String::as_str), Some("uptime_s"), "{all}");
+    let unique: std::collections::HashSet<&String> = names.iter().collect();
+    assert_eq!(unique.len(), names.len(), "no line twice:\n{all}");
+}
+
 #[test]
 fn ten_thousand_concurrent_clients_all_acknowledged_and_readable() {
     let server = Server::start();

@@ -17,8 +17,8 @@ conc=${CONCURRENCY:-512}
 port=${PORT:-9600}
 data=${DATA:-/var/tmp/ol-scale}
 [ -n "${OCEAN_LINER:-}" ] || (cd "$here" && cargo build --release --quiet)
-printf '| keys | read over | GET ops/s | p50 ms | p99 ms | p99.9 ms | RSS MiB | RSS B/key | index B/key | disk MiB |\n'
-printf '|---|---|---|---|---|---|---|---|---|---|\n'
+printf '| keys | read over | GET ops/s | p50 ms | p99 ms | p99.9 ms | value cache hits | RSS MiB | RSS B/key | index B/key | disk MiB |\n'
+printf '|---|---|---|---|---|---|---|---|---|---|---|\n'
 for keys in "$small" "$large"; do
     rm -rf "$data"
     mkdir -p "$data"
@@ -35,16 +35,26 @@ for keys in "$small" "$large"; do
     disk=$(sed -n 's/^disk_bytes=//p' <<<"$stats")
     overs=("$keys")
     [ "$keys" -gt 100000 ] && overs+=(100000)
+    cache_counts() {
+        "$bin" stats --server "127.0.0.1:$port" |
+            awk -F= '/^value_cache_hits=/ {h=$2} /^value_cache_misses=/ {m=$2} END {print h+0, m+0}'
+    }
     for over in "${overs[@]}"; do
+        read -r hits0 misses0 < <(cache_counts)
         "$bin" bench "${common[@]}" --keys "$over" --workload get --concurrency "$conc" \
             --duration "$duration" --warmup 2 >"$data/get-$over.json" 2>/dev/null
-        python3 - "$data/get-$over.json" "$keys" "$over" "$rss_kib" "$per_key" "$disk" <<'PY'
+        read -r hits1 misses1 < <(cache_counts)
+        python3 - "$data/get-$over.json" "$keys" "$over" "$rss_kib" "$per_key" "$disk" \
+            $((hits1 - hits0)) $((misses1 - misses0)) <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-keys, over, rss, per_key, disk = sys.argv[2:]
+keys, over, rss, per_key, disk, hits, misses = sys.argv[2:]
+lookups = int(hits) + int(misses)
+hit = f"{100 * int(hits) / lookups:.1f}%" if lookups else "n/a"
+
 label = "all" if over == keys else f"oldest {int(over):,}"
 print(f"| {int(keys):,} | {label} | {r['ops_per_sec']:.0f} | {r['p50_us']/1000:.2f} | "
-      f"{r['p99_us']/1000:.2f} | {r['p999_us']/1000:.2f} | {int(rss)/1024:.0f} | "
+      f"{r['p99_us']/1000:.2f} | {r['p999_us']/1000:.2f} | {hit} | {int(rss)/1024:.0f} | "
       f"{int(rss)*1024/int(keys):.0f} | {per_key} | {int(disk)/2**20:.0f} |", flush=True)
 PY
     done

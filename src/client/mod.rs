@@ -285,10 +285,28 @@ impl Client {
         Ok(start.elapsed())
     }
 
-    /// The server's counters as `key=value` text lines.
+    /// The server's counters as `key=value` text lines. The text comes in pages of whole
+    /// lines (one request each, until an empty page), so each line is consistent but the
+    /// pages are read one after another, not at one instant.
     pub fn stats(&mut self) -> Result<String, ClientError> {
-        let answer = self.call(Op::Stats, "", &[])?;
-        Ok(String::from_utf8_lossy(&answer.payload).into_owned())
+        let first = self.call(Op::Stats, "", &[])?;
+        let first = String::from_utf8_lossy(&first.payload).into_owned();
+        let mut text = first.clone();
+        let mut line = first.lines().count();
+        while line > 0 && line < 10usize.pow(protocol::STATS_LINE_DIGITS_MAX as u32) {
+            // A server from before pages refuses the key or sends the first page again:
+            // then the first page is all there is.
+            let Ok(answer) = self.call(Op::Stats, &line.to_string(), &[]) else {
+                break;
+            };
+            let page = String::from_utf8_lossy(&answer.payload).into_owned();
+            if page.is_empty() || page == first {
+                break;
+            }
+            line += page.lines().count();
+            text.push_str(&page);
+        }
+        Ok(text)
     }
 
     fn connect_to(&mut self, target: SocketAddr) -> io::Result<()> {
@@ -564,7 +582,9 @@ mod tests {
             Some(match (req.op, req.key) {
                 (Op::Get, "present") => (Status::Ok, 0, b"v".to_vec()),
                 (Op::Get, _) => (Status::NotFound, 0, vec![]),
-                (Op::Stats, _) => (Status::Ok, 0, b"a=1\n".to_vec()),
+                (Op::Stats, "") => (Status::Ok, 0, b"a=1\n".to_vec()),
+                // The page after the last line is empty.
+                (Op::Stats, _) => (Status::Ok, 0, vec![]),
                 _ => (Status::Ok, 0, vec![]),
             })
         });
@@ -579,7 +599,7 @@ mod tests {
         drop(c);
         let seen = server.join().unwrap();
         let seqs: Vec<u64> = seen.iter().map(|s| s.1).collect();
-        assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6, 7], "STATS took two pages");
         assert!(seen.iter().all(|s| s.0 == id));
     }
 

@@ -29,13 +29,16 @@ pub struct ServerConfig {
     /// Do not pin threads to cores (for shared hosts, or several nodes on one machine).
     #[arg(long)]
     pub no_pin: bool,
-    /// MiB of recent log entries kept in memory to serve values longer than 63 bytes
-    /// (older ones are read from the disk with O_DIRECT).
-    #[arg(long, default_value_t = 1024)]
+    /// MiB of recent log entries kept in memory: what the leader sends to followers and,
+    /// before the value cache has them, values longer than 63 bytes (older entries are
+    /// read from the disk with O_DIRECT).
+    #[arg(long, default_value_t = 64)]
     pub log_cache_mib: usize,
     /// MiB of values kept in memory for GETs: applied SETs put theirs there, GETs that
-    /// read one from the disk too; evicted by how often they are read (CLOCK).
-    #[arg(long, default_value_t = 1024)]
+    /// read one from the disk too; evicted by how often they are read (CLOCK order).
+    /// At most 16383.
+    #[arg(long, default_value_t = 1024,
+          value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(0..=16383), |v| v as usize))]
     pub value_cache_mib: usize,
     /// MiB of one log segment file; old segments are deleted once their live values are
     /// copied elsewhere and a checkpoint covers them.

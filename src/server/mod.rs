@@ -112,6 +112,8 @@ pub struct Shared {
     pub windows: Vec<WindowSlot>,
     pub map: Arc<Map>,
     pub segments: Arc<Segments>,
+    /// The values kept in memory for GETs (shared with the log readers).
+    pub value_cache: Arc<Mutex<ValueCache>>,
     pub stats: Stats,
     pub stop: AtomicBool,
     pub shards_idle: AtomicUsize,
@@ -169,6 +171,10 @@ impl Shared {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let space = self.segments.space();
         let index_bytes = self.map.index_bytes();
+        let (cache_bytes, cache_values, (cache_hits, cache_misses)) = {
+            let c = self.value_cache.lock().unwrap_or_else(|e| e.into_inner());
+            (c.used_bytes(), c.len(), c.hits_and_misses())
+        };
         let role = if self.is_leader.load(Ordering::Relaxed) {
             "leader"
         } else {
@@ -178,6 +184,8 @@ impl Shared {
             "node_id={}\nrole={role}\nterm={}\nleader_id={}\ncommit_index={}\napplied_index={}\n\
              elections_seen={}\nelection_timeout_ms={}\nrtt_estimate_us={}\nrtt_deviation_us={}\n\
              read_mode={:?}\nkeys={}\nmap_pages={}\nindex_bytes={}\nindex_bytes_per_key={:.1}\n\
+             value_cache_bytes={}\nvalue_cache_values={}\nvalue_cache_hits={}\n\
+             value_cache_misses={}\n\
              entries_written={}\ncommands_applied={}\nlast_entry_commands={}\nrequests={}\ngets={}\n\
              hash_collisions={}\nrejected={}\ndropped={}\nbusy={}\nwrite_errors={}\n\
              checkpoints={}\nlast_checkpoint_us={}\ncheckpoint_copy_peak_bytes={}\n\
@@ -202,6 +210,10 @@ impl Shared {
             self.map.page_count(),
             index_bytes,
             index_bytes as f64 / self.map.entry_count().max(1) as f64,
+            cache_bytes,
+            cache_values,
+            cache_hits,
+            cache_misses,
             get(&s.entries_written),
             get(&s.commands_applied),
             get(&s.last_entry_commands),
@@ -247,6 +259,7 @@ const VALUE_FILL_QUEUE: usize = 64;
 struct Opened {
     map: Arc<Map>,
     segments: Arc<Segments>,
+    value_cache: Arc<Mutex<ValueCache>>,
     cleaner: Cleaner,
     log_readers: Vec<LogReader>,
     applied_index: u64,
@@ -417,6 +430,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
                         map: engine.map().clone(),
                         segments: engine.log().segments().clone(),
                         cleaner: engine.cleaner(cleaner_options).with_value_cache(values.clone()),
+                        value_cache: values,
                         log_readers: readers,
                         applied_index: engine.applied_index().get(),
                         last_index: engine.last_index().get(),
@@ -475,6 +489,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         windows: (0..shard_count).map(|_| WindowSlot::default()).collect(),
         map: opened.map,
         segments: opened.segments,
+        value_cache: opened.value_cache,
         stats: Stats::default(),
         stop: AtomicBool::new(false),
         shards_idle: AtomicUsize::new(0),

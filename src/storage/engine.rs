@@ -212,20 +212,33 @@ pub struct Engine {
     value_fill: Option<crossbeam_channel::Sender<AppliedValues>>,
 }
 
-/// An applied entry and the log addresses of its SETs whose values the map reads from
-/// the log: what [`fill_value_cache`] puts into a value cache.
-pub type AppliedValues = (Entry, Vec<u64>);
+/// What [`fill_value_cache`] puts into a value cache from one applied entry.
+pub struct AppliedValues {
+    /// The entry.
+    pub entry: Entry,
+    /// The log addresses of its SETs whose values the map reads from the log.
+    pub stored: Vec<u64>,
+    /// The log addresses of the values its SETs and DELETEs replaced (no map slot
+    /// points at them any more).
+    pub replaced: Vec<u64>,
+}
 
 /// Values put into the value cache under one lock (readers wait at most for this many).
 const VALUE_CACHE_BATCH: usize = 256;
 
 /// Puts the values of one applied entry into `cache` (not marked as read, so they go
 /// first unless a GET reads them). Runs off the replication core.
-pub fn fill_value_cache(cache: &Mutex<ValueCache>, (entry, addresses): AppliedValues) {
-    for batch in addresses.chunks(VALUE_CACHE_BATCH) {
+pub fn fill_value_cache(cache: &Mutex<ValueCache>, applied: AppliedValues) {
+    for batch in applied.replaced.chunks(VALUE_CACHE_BATCH) {
         let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
         for &address in batch {
-            if let Ok(cmd) = entry.command_at(address) {
+            cache.remove(address);
+        }
+    }
+    for batch in applied.stored.chunks(VALUE_CACHE_BATCH) {
+        let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+        for &address in batch {
+            if let Ok(cmd) = applied.entry.command_at(address) {
                 cache.insert(address, cmd.key, cmd.value);
             }
         }
@@ -456,6 +469,7 @@ impl Engine {
             .min(entry.commands().len() / crate::storage::command::COMMAND_ALIGN);
         let mut outcomes = Vec::with_capacity(capacity);
         let mut cached: Vec<u64> = Vec::new();
+        let mut replaced: Vec<u64> = Vec::new();
         for cmd in entry.iter() {
             let cmd = cmd.map_err(|e| LogError::Corrupt {
                 offset: entry.offset,
@@ -488,16 +502,18 @@ impl Engine {
                     let set = self
                         .map
                         .set(hash, entry.command_file_offset(cmd.offset), cmd.value);
-                    if self.value_fill.is_some()
-                        && let Some(address) = set.stored_address
-                    {
-                        cached.push(address);
+                    if self.value_fill.is_some() {
+                        cached.extend(set.stored_address);
+                        replaced.extend(set.replaced_address);
                     }
                     self.count_set(set);
                     Outcome::Done
                 }
                 CommandOp::Delete => match self.map.remove(hash) {
                     Some(previous) => {
+                        if self.value_fill.is_some() {
+                            replaced.extend(previous);
+                        }
                         self.count_set(SetOutcome {
                             replaced_address: previous,
                             stored_address: None,
@@ -511,9 +527,13 @@ impl Engine {
             outcomes.push(outcome);
         }
         if let Some(fill) = &self.value_fill
-            && !cached.is_empty()
+            && !(cached.is_empty() && replaced.is_empty())
         {
-            let _ = fill.try_send((entry.clone(), cached));
+            let _ = fill.try_send(AppliedValues {
+                entry: entry.clone(),
+                stored: cached,
+                replaced,
+            });
         }
         let table = self.log.segments();
         table.apply_live(&self.deltas);
@@ -994,6 +1014,28 @@ mod tests {
             Some(ValueRead::Value(vec![b'l'; 100]))
         );
         assert_eq!(c.get(log_offset(&engine, b"before"), b"before"), None);
+        drop(c);
+        // A SET again and a DELETE take the values they replaced out of the cache.
+        let long_before = log_offset(&engine, b"long");
+        let mut cmds = Vec::new();
+        command::encode(&mut cmds, CommandOp::Set, 0, 0, b"long", &[b'L'; 100]);
+        command::encode(&mut cmds, CommandOp::Set, 0, 0, b"other", &[b'o'; 100]);
+        engine.commit_local(Term(1), 2, &cmds).unwrap();
+        let other = log_offset(&engine, b"other");
+        let mut cmds = Vec::new();
+        command::encode(&mut cmds, CommandOp::Delete, 0, 0, b"other", b"");
+        engine.commit_local(Term(1), 1, &cmds).unwrap();
+        for a in rx.try_iter() {
+            fill_value_cache(&cache, a);
+        }
+        let mut c = cache.lock().unwrap();
+        assert_eq!(c.get(long_before, b"long"), None, "the replaced value");
+        assert_eq!(c.get(other, b"other"), None, "the deleted value");
+        assert_eq!(
+            c.get(log_offset(&engine, b"long"), b"long"),
+            Some(ValueRead::Value(vec![b'L'; 100]))
+        );
+        assert_eq!(c.len(), 1);
     }
 
     /// The map only ever points at SET commands: any other command at its offset is

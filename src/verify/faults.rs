@@ -64,6 +64,14 @@ fn run(args: &[&str]) -> io::Result<()> {
 /// The namespaces of one run.
 pub struct Hosts {
     prefix: String,
+    /// NFQUEUE holder threads (see [`Hosts::delay`]): their stop flags and handles.
+    holders: Mutex<Vec<Holder>>,
+}
+
+/// A thread that holds a node's incoming packets (see [`Hosts::delay`]).
+struct Holder {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<io::Result<u64>>,
 }
 
 impl Hosts {
@@ -73,7 +81,7 @@ impl Hosts {
         if unsafe { libc::geteuid() } != 0 {
             return Err("needs root (network namespaces, iptables)".into());
         }
-        for tool in ["ip", "iptables", "tc"] {
+        for tool in ["ip", "iptables", "tc", "nft", "mkfs.ext4", "findmnt"] {
             let found = Command::new(tool)
                 .arg("-V")
                 .stdout(Stdio::null())
@@ -81,7 +89,9 @@ impl Hosts {
                 .status()
                 .is_ok();
             if !found {
-                return Err(format!("needs `{tool}` (iproute2, iptables)"));
+                return Err(format!(
+                    "needs `{tool}` (iproute2, iptables, nftables, e2fsprogs, mount)"
+                ));
             }
         }
         Ok(())
@@ -93,6 +103,7 @@ impl Hosts {
         remove_leftovers();
         let hosts = Hosts {
             prefix: format!("olf{}", std::process::id()),
+            holders: Mutex::new(Vec::new()),
         };
         let b = hosts.ns("b");
         run(&["ip", "netns", "add", &b])?;
@@ -214,11 +225,116 @@ impl Hosts {
         ])
     }
 
+    /// Sends a second copy of each packet node `k` sends, and of each packet the clients
+    /// send to it, with probability `percent`% (nftables `numgen` and `dup`).
+    pub fn duplicate(&self, k: usize, percent: u32) -> io::Result<()> {
+        let mut targets: Vec<(String, Vec<Ipv4Addr>)> = vec![(
+            self.ns(&format!("n{k}")),
+            (0..NODES)
+                .filter(|&o| o != k)
+                .map(node_ip)
+                .chain([client_ip()])
+                .collect(),
+        )];
+        targets.push((self.ns("c"), vec![node_ip(k)]));
+        for (ns, to) in targets {
+            let nft = |args: &[&str]| {
+                let mut all = vec!["ip", "netns", "exec", &ns, "nft"];
+                all.extend_from_slice(args);
+                run(&all)
+            };
+            // The table may exist from an earlier call: `add` keeps it.
+            nft(&["add", "table", "ip", "olfdup"])?;
+            nft(&[
+                "add",
+                "chain",
+                "ip",
+                "olfdup",
+                "out",
+                "{ type filter hook output priority 0; }",
+            ])?;
+            for ip in to {
+                let ip = ip.to_string();
+                nft(&[
+                    "add",
+                    "rule",
+                    "ip",
+                    "olfdup",
+                    "out",
+                    "ip",
+                    "daddr",
+                    &ip,
+                    "numgen",
+                    "random",
+                    "mod",
+                    "100",
+                    "<",
+                    &percent.to_string(),
+                    "dup",
+                    "to",
+                    &ip,
+                ])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Holds each packet node `k` receives for a random time between `min` and `max`
+    /// before letting it in, so packets arrive late and out of order: an NFQUEUE rule, and
+    /// a thread in the node's namespace that gives the verdicts when each packet's time is
+    /// up.
+    pub fn delay(&self, k: usize, min: Duration, max: Duration, seed: u64) -> io::Result<()> {
+        let ns = self.ns(&format!("n{k}"));
+        let netns = format!("/run/netns/{ns}");
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || hold_packets(&netns, min, max, seed, &stop, ready_tx))
+        };
+        // The queue is bound before the rule sends packets to it.
+        match ready_rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(io::Error::other("the NFQUEUE holder did not start")),
+        }
+        self.holders.lock().unwrap().push(Holder { stop, thread });
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "iptables",
+            "-A",
+            "INPUT",
+            "-j",
+            "NFQUEUE",
+            "--queue-num",
+            "0",
+            "--queue-bypass",
+        ])
+    }
+
     /// Removes every network fault.
     pub fn heal(&self) -> io::Result<()> {
+        let _ = run(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.ns("c"),
+            "nft",
+            "delete",
+            "table",
+            "ip",
+            "olfdup",
+        ]);
         for k in 0..NODES {
             let ns = self.ns(&format!("n{k}"));
             run(&["ip", "netns", "exec", &ns, "iptables", "-F", "INPUT"])?;
+            // No table is fine.
+            let _ = run(&[
+                "ip", "netns", "exec", &ns, "nft", "delete", "table", "ip", "olfdup",
+            ]);
             // No qdisc is fine.
             let _ = run(&[
                 "ip",
@@ -233,12 +349,96 @@ impl Hosts {
                 "root",
             ]);
         }
+        // The rules are gone, so no packet is queued any more: the holders let in what
+        // they hold and stop.
+        let holders: Vec<Holder> = std::mem::take(&mut *self.holders.lock().unwrap());
+        for h in holders {
+            h.stop.store(true, Ordering::Relaxed);
+            h.thread
+                .join()
+                .map_err(|_| io::Error::other("an NFQUEUE holder panicked"))??;
+        }
         Ok(())
+    }
+}
+
+/// The NFQUEUE holder of [`Hosts::delay`]: binds queue 0 in the namespace at `netns`,
+/// reports on `ready`, then accepts each queued packet once a random time in `[min, max]`
+/// has passed since it came; after `stop`, lets in everything still held and returns how
+/// many packets it held.
+fn hold_packets(
+    netns: &str,
+    min: Duration,
+    max: Duration,
+    seed: u64,
+    stop: &AtomicBool,
+    ready: std::sync::mpsc::Sender<io::Result<()>>,
+) -> io::Result<u64> {
+    use std::cmp::Reverse;
+    let opened = enter(netns).and_then(|()| {
+        let mut queue = nfq::Queue::open()?;
+        queue.bind(0)?;
+        // Metadata only; a full queue lets packets through rather than dropping them.
+        queue.set_copy_range(0, 0)?;
+        queue.set_fail_open(0, true)?;
+        queue.set_queue_max_len(0, 8192)?;
+        queue.set_nonblocking(true);
+        Ok(queue)
+    });
+    let mut queue = match opened {
+        Ok(q) => {
+            let _ = ready.send(Ok(()));
+            q
+        }
+        Err(e) => {
+            let _ = ready.send(Err(io::Error::new(e.kind(), e.to_string())));
+            return Err(e);
+        }
+    };
+    let mut rng = Rng::new(seed);
+    let spread = (max.saturating_sub(min)).as_micros() as u64;
+    let mut due: std::collections::BinaryHeap<Reverse<(Instant, u64)>> = Default::default();
+    let mut held: HashMap<u64, nfq::Message> = HashMap::new();
+    let mut count = 0u64;
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        loop {
+            match queue.recv() {
+                Ok(mut msg) => {
+                    msg.set_verdict(nfq::Verdict::Accept);
+                    let wait = min + Duration::from_micros(rng.below(spread + 1));
+                    count += 1;
+                    due.push(Reverse((Instant::now() + wait, count)));
+                    held.insert(count, msg);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        let now = Instant::now();
+        while let Some(&Reverse((at, id))) = due.peek() {
+            if at > now && !stopping {
+                break;
+            }
+            due.pop();
+            if let Some(msg) = held.remove(&id) {
+                queue.verdict(msg)?;
+            }
+        }
+        if stopping && held.is_empty() {
+            let _ = queue.unbind(0);
+            return Ok(count);
+        }
+        std::thread::sleep(Duration::from_micros(200));
     }
 }
 
 impl Drop for Hosts {
     fn drop(&mut self) {
+        for h in std::mem::take(&mut *self.holders.lock().unwrap()) {
+            h.stop.store(true, Ordering::Relaxed);
+            let _ = h.thread.join();
+        }
         for name in ["c", "n0", "n1", "n2", "b"] {
             let _ = run(&["ip", "netns", "del", &self.ns(name)]);
         }
@@ -263,6 +463,50 @@ fn remove_leftovers() {
             let _ = run(&["ip", "netns", "del", name]);
         }
     }
+    // The blkio groups of runs whose process is gone.
+    for e in std::fs::read_dir(BLKIO_ROOT)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("olf") else {
+            continue;
+        };
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        if digits
+            .parse::<u32>()
+            .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        {
+            release_blkio_group(&e.path());
+        }
+    }
+}
+
+/// Whether `path` is a mount point (listed in /proc/self/mounts).
+fn is_mount_point(path: &Path) -> bool {
+    let Ok(path) = path.canonicalize() else {
+        return false;
+    };
+    let want = path.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(want.as_str()))
+}
+
+/// Where the blkio cgroup hierarchy (cgroup v1) is mounted.
+const BLKIO_ROOT: &str = "/sys/fs/cgroup/blkio";
+
+/// Moves the processes of blkio cgroup `group` back to the root group and removes it
+/// (nothing happens if it does not exist).
+fn release_blkio_group(group: &Path) {
+    if let Ok(procs) = std::fs::read_to_string(group.join("cgroup.procs")) {
+        for pid in procs.split_whitespace() {
+            let _ = std::fs::write(Path::new(BLKIO_ROOT).join("cgroup.procs"), pid);
+        }
+    }
+    let _ = std::fs::remove_dir(group);
 }
 
 /// A running node.
@@ -281,14 +525,34 @@ pub struct Cluster {
     epoch: Instant,
     /// Loop-mounted data directories, unmounted on drop.
     mounts: Vec<PathBuf>,
+    /// The fault file system daemons (see [`Disk::FaultFs`]).
+    fault_fs: Vec<Child>,
     extra: Vec<String>,
 }
 
+/// What the nodes' data directories are on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disk {
+    /// The work directory's file system.
+    Plain,
+    /// An ext4 file system of this many MiB of its own per node (loop-mounted), so it
+    /// can be filled or throttled.
+    Loop(u64),
+    /// A FUSE pass-through file system per node (`tools/faultfs.py`, over the work
+    /// directory) that fails writes or reads, or shortens writes, on request
+    /// ([`Cluster::disk_faults`]).
+    FaultFs,
+}
+
+/// The FUSE fault file system's daemon.
+const FAULT_FS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/faultfs.py");
+/// The Python that has Debian's python3-fusepy.
+const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
 impl Cluster {
-    /// Starts three nodes of `bin` with data and logs under `dir`; with `disk_mib`, each
-    /// node's data directory is an ext4 file system of that size of its own (loop-mounted),
-    /// so it can be filled.
-    pub fn start(bin: &Path, dir: &Path, disk_mib: Option<u64>) -> io::Result<Cluster> {
+    /// Starts three nodes of `bin` with data and logs under `dir`, their data directories
+    /// on `disk`.
+    pub fn start(bin: &Path, dir: &Path, disk: Disk) -> io::Result<Cluster> {
         std::fs::create_dir_all(dir)?;
         let mut c = Cluster {
             hosts: Hosts::create()?,
@@ -303,9 +567,39 @@ impl Cluster {
             schedule: Mutex::new(Vec::new()),
             epoch: Instant::now(),
             mounts: Vec::new(),
+            fault_fs: Vec::new(),
             extra: Vec::new(),
         };
-        if let Some(mib) = disk_mib {
+        if disk == Disk::FaultFs {
+            for k in 0..NODES {
+                let (backing, mnt) = (dir.join(format!("node-{k}.back")), c.data_dir(k));
+                std::fs::create_dir_all(&backing)?;
+                std::fs::create_dir_all(&mnt)?;
+                let control = c.fault_control(k);
+                std::fs::write(&control, "none")?;
+                let log = std::fs::File::create(dir.join(format!("faultfs-{k}.log")))?;
+                let daemon = Command::new(SYSTEM_PYTHON)
+                    .arg(FAULT_FS)
+                    .args([&backing, &mnt, &control])
+                    .stdout(log.try_clone()?)
+                    .stderr(log)
+                    .spawn()?;
+                c.fault_fs.push(daemon);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !is_mount_point(&mnt) {
+                    if Instant::now() > deadline {
+                        return Err(io::Error::other(format!(
+                            "the fault file system did not mount on {} (needs {SYSTEM_PYTHON} \
+                             with python3-fusepy and /dev/fuse; see faultfs-{k}.log)",
+                            mnt.display()
+                        )));
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                c.mounts.push(mnt);
+            }
+        }
+        if let Disk::Loop(mib) = disk {
             for k in 0..NODES {
                 let image = dir.join(format!("node-{k}.img"));
                 let image_s = image.to_string_lossy().into_owned();
@@ -345,6 +639,106 @@ impl Cluster {
             }
         }
         file.sync_all()
+    }
+
+    /// The control file of node `k`'s fault file system.
+    fn fault_control(&self, k: usize) -> PathBuf {
+        self.dir.join(format!("node-{k}.faultfs"))
+    }
+
+    /// Sets what node `k`'s fault file system does (a [`Disk::FaultFs`] cluster):
+    /// `"eio-write P"`, `"eio-read P"`, `"short-write P"` (each with probability P%) or
+    /// `"none"`.
+    pub fn disk_faults(&self, k: usize, mode: &str) -> io::Result<()> {
+        self.note(format!("node {k}'s file system: {mode}"));
+        std::fs::write(self.fault_control(k), mode)?;
+        // The daemon reads it every 50 ms.
+        std::thread::sleep(Duration::from_millis(120));
+        Ok(())
+    }
+
+    /// Faults node `k`'s fault file system has injected so far.
+    pub fn disk_faults_injected(&self, k: usize) -> u64 {
+        let mut path = self.fault_control(k).into_os_string();
+        path.push(".count");
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Whether node `k`'s process has exited (it is then forgotten, ready for a restart).
+    pub fn exited(&mut self, k: usize) -> bool {
+        let gone = match &mut self.nodes[k].child {
+            Some(c) => c.try_wait().ok().flatten().is_some(),
+            None => true,
+        };
+        if gone {
+            self.nodes[k].child = None;
+        }
+        gone
+    }
+
+    /// The blkio cgroup (v1) node `k` is moved into to slow its disk.
+    fn blkio_group(&self, k: usize) -> PathBuf {
+        Path::new(BLKIO_ROOT).join(format!("{}n{k}", self.hosts.prefix))
+    }
+
+    /// Throttles node `k`'s (loop-mounted) disk to `bytes_per_s` and `iops` for writes and
+    /// reads: the process is moved into a blkio cgroup with those limits on its loop device.
+    pub fn slow_disk(&mut self, k: usize, bytes_per_s: u64, iops: u64) -> io::Result<()> {
+        self.note(format!(
+            "slow node {k}'s disk to {bytes_per_s} B/s, {iops} IO/s"
+        ));
+        let mnt = self.data_dir(k);
+        let out = Command::new("findmnt")
+            .args(["-n", "-o", "SOURCE", "--target"])
+            .arg(&mnt)
+            .output()?;
+        let source = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let device = source
+            .strip_prefix("/dev/")
+            .filter(|d| d.starts_with("loop"))
+            .ok_or_else(|| io::Error::other(format!("node {k}'s data is not on a loop device")))?;
+        let numbers = std::fs::read_to_string(format!("/sys/block/{device}/dev"))?;
+        let numbers = numbers.trim();
+        let group = self.blkio_group(k);
+        std::fs::create_dir_all(&group)?;
+        for (file, limit) in [
+            ("blkio.throttle.write_bps_device", bytes_per_s),
+            ("blkio.throttle.read_bps_device", bytes_per_s),
+            ("blkio.throttle.write_iops_device", iops),
+            ("blkio.throttle.read_iops_device", iops),
+        ] {
+            std::fs::write(group.join(file), format!("{numbers} {limit}"))?;
+        }
+        let pid = self.nodes[k]
+            .child
+            .as_ref()
+            .map(|c| c.id())
+            .ok_or_else(|| io::Error::other(format!("node {k} is not running")))?;
+        std::fs::write(group.join("cgroup.procs"), pid.to_string())?;
+        Ok(())
+    }
+
+    /// Ends [`Cluster::slow_disk`] for node `k`: the writes it made under the limit (0 if
+    /// none), after which the process is back in the root group and the group is gone.
+    pub fn unslow_disk(&mut self, k: usize) -> u64 {
+        let group = self.blkio_group(k);
+        let writes = std::fs::read_to_string(group.join("blkio.throttle.io_serviced"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut parts = l.split_whitespace();
+                let (_, op, n) = (parts.next()?, parts.next()?, parts.next()?);
+                (op == "Write").then(|| n.parse::<u64>().ok()).flatten()
+            })
+            .sum();
+        self.note(format!(
+            "node {k}'s disk at full speed again ({writes} writes throttled)"
+        ));
+        release_blkio_group(&group);
+        writes
     }
 
     /// Gives node `k` its space back.
@@ -513,8 +907,15 @@ impl Drop for Cluster {
                 let _ = c.wait();
             }
         }
+        for k in 0..NODES {
+            release_blkio_group(&self.blkio_group(k));
+        }
         for mnt in &self.mounts {
             let _ = run(&["umount", &mnt.to_string_lossy()]);
+        }
+        for mut daemon in self.fault_fs.drain(..) {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
         }
     }
 }
@@ -524,8 +925,8 @@ impl Drop for Cluster {
 pub struct Scenario {
     pub name: &'static str,
     pub what: &'static str,
-    /// Each node's data directory on a file system of this many MiB of its own.
-    disk_mib: Option<u64>,
+    /// What each node's data directory is on.
+    disk: Disk,
     inject: fn(&mut Cluster, usize, &mut Rng) -> io::Result<()>,
     /// Undoes what `heal` does not (the network is always healed), after checking that the
     /// fault bit: a problem to report if it did not.
@@ -549,6 +950,26 @@ fn free_after(c: &mut Cluster, k: usize, stat: &str) -> Option<String> {
     }
 }
 
+/// Ends an EIO fault on node `k`: the disk works again, and the node, which must have
+/// stopped on the failed write (it cannot know what reached the disk), is started again
+/// as a supervisor would.
+fn eio_undo(c: &mut Cluster, k: usize) -> Option<String> {
+    let injected = c.disk_faults_injected(k);
+    let _ = c.disk_faults(k, "none");
+    let stopped = c.exited(k);
+    c.note(format!(
+        "node {k}: {injected} failed writes, stopped: {stopped}"
+    ));
+    if stopped && let Err(e) = c.restart(k, false) {
+        return Some(format!("node {k} did not restart: {e}"));
+    }
+    match (injected, stopped) {
+        (0, _) => Some(format!("node {k} was never failed a write")),
+        (_, false) => Some(format!("node {k} went on after failed writes")),
+        _ => None,
+    }
+}
+
 /// How long a scenario's faults last before they are healed.
 const HOLD: Duration = Duration::from_secs(4);
 
@@ -561,7 +982,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "leader-isolated",
         what: "the leader cut off from both followers (clients still reach it)",
-        disk_mib: None,
+        disk: Disk::Plain,
         undo: nothing,
         inject: |c, leader, _| {
             c.note(format!("partition {{{leader}}} | {:?}", others(leader)));
@@ -571,7 +992,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "minority-majority",
         what: "a random node cut off from the other two",
-        disk_mib: None,
+        disk: Disk::Plain,
         undo: nothing,
         inject: |c, _, rng| {
             let k = rng.below(NODES as u64) as usize;
@@ -582,7 +1003,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "one-way",
         what: "the followers stop hearing the leader; the leader still hears them",
-        disk_mib: None,
+        disk: Disk::Plain,
         undo: nothing,
         inject: |c, leader, _| {
             for f in others(leader) {
@@ -595,7 +1016,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "bridge",
         what: "two nodes cut from each other, the third (the old leader) sees both",
-        disk_mib: None,
+        disk: Disk::Plain,
         undo: nothing,
         inject: |c, leader, _| {
             let o = others(leader);
@@ -609,7 +1030,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "loss-20",
         what: "every node drops 20% of the packets it receives",
-        disk_mib: None,
+        disk: Disk::Plain,
         undo: nothing,
         inject: |c, _, _| {
             for k in 0..NODES {
@@ -620,9 +1041,36 @@ pub const SCENARIOS: &[Scenario] = &[
         },
     },
     Scenario {
+        name: "duplicate-30",
+        what: "30% of the packets each node sends, and clients send it, arrive twice",
+        disk: Disk::Plain,
+        undo: nothing,
+        inject: |c, _, _| {
+            for k in 0..NODES {
+                c.note(format!("30% duplication from and to node {k}"));
+                c.hosts.duplicate(k, 30)?;
+            }
+            Ok(())
+        },
+    },
+    Scenario {
+        name: "delay-reorder",
+        what: "every packet a node receives held 5–60 ms at random (late and out of order)",
+        disk: Disk::Plain,
+        undo: nothing,
+        inject: |c, _, rng| {
+            for k in 0..NODES {
+                c.note(format!("hold packets into node {k} 5-60 ms"));
+                let (min, max) = (Duration::from_millis(5), Duration::from_millis(60));
+                c.hosts.delay(k, min, max, rng.below(u64::MAX))?;
+            }
+            Ok(())
+        },
+    },
+    Scenario {
         name: "slow-leader",
         what: "the leader's outgoing link limited to 2 Mbit/s",
-        disk_mib: None,
+        disk: Disk::Plain,
         undo: nothing,
         inject: |c, leader, _| {
             c.note(format!("tbf 2mbit on node {leader}"));
@@ -632,7 +1080,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "kill-restart",
         what: "kill -9 of random nodes, each restarted 1.5 s later",
-        disk_mib: None,
+        disk: Disk::Plain,
         undo: nothing,
         inject: |c, _, rng| {
             for _ in 0..2 {
@@ -648,7 +1096,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "pause-leader",
         what: "SIGSTOP of the leader for 2 s (beyond the election timeout), then SIGCONT",
-        disk_mib: None,
+        disk: Disk::Plain,
         undo: nothing,
         inject: |c, leader, _| {
             c.pause(leader, true);
@@ -660,7 +1108,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "wiped-follower",
         what: "a follower killed and restarted with an empty data directory",
-        disk_mib: None,
+        disk: Disk::Plain,
         undo: nothing,
         inject: |c, leader, rng| {
             let o = others(leader);
@@ -672,14 +1120,62 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "disk-full-follower",
         what: "a follower's file system filled to the last block, then freed",
-        disk_mib: Some(96),
+        disk: Disk::Loop(96),
         undo: |c, leader| free_after(c, others(leader)[0], "appends_refused_no_space"),
         inject: |c, leader, _| c.fill_disk(others(leader)[0]),
     },
     Scenario {
+        name: "slow-disk-leader",
+        what: "the leader's disk throttled to 256 KiB/s and 20 IO/s (blkio cgroup), then freed",
+        disk: Disk::Loop(96),
+        undo: |c, leader| match c.unslow_disk(leader) {
+            0 => Some(format!("node {leader} wrote nothing under the throttle")),
+            _ => None,
+        },
+        inject: |c, leader, _| c.slow_disk(leader, 256 << 10, 20),
+    },
+    Scenario {
+        name: "eio-follower",
+        what: "every write of a follower fails with EIO (FUSE); it stops, and is restarted once the disk works",
+        disk: Disk::FaultFs,
+        undo: |c, leader| eio_undo(c, others(leader)[0]),
+        inject: |c, leader, _| c.disk_faults(others(leader)[0], "eio-write 100"),
+    },
+    Scenario {
+        name: "eio-leader",
+        what: "every write of the leader fails with EIO (FUSE); it stops, and is restarted once the disk works",
+        disk: Disk::FaultFs,
+        undo: eio_undo,
+        inject: |c, leader, _| c.disk_faults(leader, "eio-write 100"),
+    },
+    Scenario {
+        name: "short-writes",
+        what: "a third of every node's writes store only their first half and say so (FUSE)",
+        disk: Disk::FaultFs,
+        undo: |c, _| {
+            let mut problems = Vec::new();
+            for k in 0..NODES {
+                let _ = c.disk_faults(k, "none");
+                if c.disk_faults_injected(k) == 0 {
+                    problems.push(format!("node {k} saw no short write"));
+                }
+                if c.exited(k) {
+                    problems.push(format!("node {k} stopped on short writes"));
+                }
+            }
+            (!problems.is_empty()).then(|| problems.join("; "))
+        },
+        inject: |c, _, _| {
+            for k in 0..NODES {
+                c.disk_faults(k, "short-write 33")?;
+            }
+            Ok(())
+        },
+    },
+    Scenario {
         name: "disk-full-leader",
         what: "the leader's file system filled to the last block, then freed",
-        disk_mib: Some(96),
+        disk: Disk::Loop(96),
         undo: |c, leader| free_after(c, leader, "write_errors"),
         inject: |c, leader, _| c.fill_disk(leader),
     },
@@ -734,7 +1230,7 @@ pub const KEYS_PER_WRITER: usize = 5;
 /// the whole run, the faults injected and healed, every key read back at the end.
 pub fn run_scenario(scenario: &Scenario, seed: u64, bin: &Path, dir: &Path) -> io::Result<Report> {
     let _ = std::fs::remove_dir_all(dir);
-    let mut cluster = Cluster::start(bin, dir, scenario.disk_mib)?;
+    let mut cluster = Cluster::start(bin, dir, scenario.disk)?;
     let mut rng = Rng::new(seed);
     let mut report = Report {
         scenario: scenario.name,
@@ -790,6 +1286,364 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, bin: &Path, dir: &Path) -> i
         .unwrap_or_default()
         .into_inner()
         .unwrap_or_default();
+    let mut problems: Vec<String> = undone.into_iter().collect();
+    read_back_and_check(
+        &cluster,
+        &mut history,
+        versions,
+        epoch,
+        &mut report,
+        &mut problems,
+    );
+    report.operations = history.len();
+    report.acknowledged_writes = history
+        .iter()
+        .filter(|o| matches!(o.input, Input::Set(_)) && o.output == Output::Ok)
+        .count();
+    report.failed_operations = history
+        .iter()
+        .filter(|o| o.output == Output::Unknown)
+        .count();
+    let spans = [
+        (0, fault_start),
+        (fault_start, fault_end),
+        (fault_end, run_end),
+    ];
+    for (i, (from, to)) in spans.into_iter().enumerate() {
+        let ok = history
+            .iter()
+            .filter(|o| o.client < 1000 && o.output != Output::Unknown)
+            .filter(|o| o.ret.is_some_and(|r| r >= from && r < to))
+            .count();
+        report.ok_per_s[i] = ok as f64 / ((to.saturating_sub(from)) as f64 / 1e6).max(1e-3);
+    }
+    if report.acknowledged_writes < 50 {
+        problems.push(format!(
+            "only {} writes were acknowledged",
+            report.acknowledged_writes
+        ));
+    }
+    if !problems.is_empty() {
+        report.problem = Some(problems.join("; "));
+        keep(&cluster, &history, dir)?;
+        report.kept = Some(dir.to_path_buf());
+    }
+    drop(cluster);
+    if report.problem.is_none() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    Ok(report)
+}
+
+/// One row of a soak run: what happened in the interval that ended `at_s` seconds in.
+#[derive(Debug, Clone, Default)]
+pub struct SoakSample {
+    pub at_s: f64,
+    /// Operations per second of the background load (`ocean-liner bench`) and of the
+    /// recorded clients that succeeded in the interval, and recorded ones that failed.
+    pub load_per_s: f64,
+    pub recorded_ok_per_s: f64,
+    pub recorded_failed: usize,
+    pub leader: Option<usize>,
+    /// Each node's resident memory and data directory size (MiB; 0 while it is down).
+    pub rss_mib: [u64; NODES],
+    pub disk_mib: [u64; NODES],
+    /// The faults injected in the interval.
+    pub faults: String,
+}
+
+/// What a soak run saw, and whether its history held.
+#[derive(Debug, Clone, Default)]
+pub struct SoakReport {
+    pub samples: Vec<SoakSample>,
+    pub faults_injected: usize,
+    /// Times the sampled leader changed.
+    pub failovers: usize,
+    pub run: Report,
+}
+
+/// Faults a soak draws from: every scenario that runs on loop-mounted data directories
+/// (the soak's), so all but the fault file system's.
+fn soak_scenarios() -> Vec<&'static Scenario> {
+    SCENARIOS
+        .iter()
+        .filter(|s| s.disk != Disk::FaultFs)
+        .collect()
+}
+
+/// Runs the cluster for `duration` under a background load (`ocean-liner bench`, 90%
+/// GETs over 100k keys, from the clients' namespace) and the recorded clients, with a
+/// fault drawn at random (seeded) every `every`, held [`HOLD`], then healed. Each
+/// `sample_every` it writes a row to `out`; at the end the whole history is checked as in
+/// [`run_scenario`].
+pub fn soak(
+    bin: &Path,
+    dir: &Path,
+    duration: Duration,
+    every: Duration,
+    seed: u64,
+    out: &mut dyn io::Write,
+) -> io::Result<SoakReport> {
+    let sample_every = Duration::from_secs(10);
+    let _ = std::fs::remove_dir_all(dir);
+    let mut cluster = Cluster::start(bin, dir, Disk::Loop(512))?;
+    let mut rng = Rng::new(seed);
+    let mut report = SoakReport::default();
+    report.run.scenario = "soak";
+    report.run.seed = seed;
+    let Some(first) = cluster.wait_for_leader(Duration::from_secs(15)) else {
+        return Err(io::Error::other("no leader was elected"));
+    };
+    let epoch = cluster.epoch;
+    let history = Arc::new(Mutex::new(Vec::<Operation>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let salt = rng.below(1 << 20);
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (history, stop) = (history.clone(), stop.clone());
+            let netns = format!("/run/netns/{}", cluster.hosts.ns("c"));
+            std::thread::spawn(move || -> io::Result<HashMap<String, (u64, u64)>> {
+                enter(&netns)?;
+                let servers = Cluster::client_addrs();
+                let prefix = format!("s{salt}-");
+                workload(
+                    &servers,
+                    w,
+                    &prefix,
+                    Duration::from_millis(1500),
+                    epoch,
+                    &history,
+                    &stop,
+                )
+            })
+        })
+        .collect();
+    let servers: Vec<String> = Cluster::client_addrs()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    let bench_log = dir.join("bench.log");
+    let mut bench = Command::new("ip")
+        .args(["netns", "exec", &cluster.hosts.ns("c")])
+        .arg(bin)
+        .args(["bench", "--server", &servers.join(",")])
+        .args([
+            "--workload",
+            "mixed",
+            "--read-ratio",
+            "0.9",
+            "--keys",
+            "100000",
+        ])
+        .args([
+            "--value-size",
+            "100",
+            "--concurrency",
+            "64",
+            "--threads",
+            "1",
+        ])
+        .args([
+            "--warmup",
+            "0",
+            "--duration",
+            &duration.as_secs().max(1).to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&bench_log)?)
+        .spawn()?;
+    writeln!(
+        out,
+        "| t (s) | load ops/s | recorded ok/s | recorded failed | leader | RSS MiB n0/n1/n2 | data MiB n0/n1/n2 | faults |"
+    )?;
+    writeln!(out, "|---|---|---|---|---|---|---|---|")?;
+    let start = Instant::now();
+    let mut next_fault = start + every;
+    let mut last_leader = Some(first);
+    let mut last_sample = start;
+    let mut seen_ops = 0usize;
+    let mut faults_now: Vec<String> = Vec::new();
+    let scenarios = soak_scenarios();
+    while start.elapsed() < duration {
+        if Instant::now() >= next_fault && start.elapsed() + every / 2 < duration {
+            let scenario = scenarios[rng.below(scenarios.len() as u64) as usize];
+            let leader = cluster.leader().unwrap_or(first);
+            cluster.note(format!("soak: {} (leader {leader})", scenario.name));
+            let fault_at = Instant::now();
+            let injected = (scenario.inject)(&mut cluster, leader, &mut rng);
+            std::thread::sleep(HOLD.saturating_sub(fault_at.elapsed()));
+            let undone = (scenario.undo)(&mut cluster, leader);
+            cluster.hosts.heal()?;
+            if let Err(e) = injected {
+                faults_now.push(format!("{} (failed to inject: {e})", scenario.name));
+            } else {
+                faults_now.push(scenario.name.to_string());
+            }
+            if let Some(p) = undone {
+                cluster.note(format!("soak: {}: {p}", scenario.name));
+            }
+            // A node a scenario left down comes back.
+            for k in 0..NODES {
+                if cluster.nodes[k].child.is_none() {
+                    cluster.restart(k, false)?;
+                }
+            }
+            report.faults_injected += 1;
+            next_fault += every;
+        }
+        if last_sample.elapsed() >= sample_every {
+            let interval = last_sample.elapsed().as_secs_f64();
+            last_sample = Instant::now();
+            let leader = cluster.leader();
+            if leader.is_some() && leader != last_leader {
+                if last_leader.is_some() {
+                    report.failovers += 1;
+                }
+                last_leader = leader;
+            }
+            let (ok, failed) = {
+                let h = history.lock().unwrap();
+                let fresh = &h[seen_ops.min(h.len())..];
+                let ok = fresh.iter().filter(|o| o.output != Output::Unknown).count();
+                let failed = fresh.len() - ok;
+                seen_ops = h.len();
+                (ok, failed)
+            };
+            let mut sample = SoakSample {
+                at_s: start.elapsed().as_secs_f64(),
+                load_per_s: recent_bench_rate(&bench_log, sample_every),
+                recorded_ok_per_s: ok as f64 / interval,
+                recorded_failed: failed,
+                leader,
+                faults: std::mem::take(&mut faults_now).join(", "),
+                ..SoakSample::default()
+            };
+            for k in 0..NODES {
+                sample.rss_mib[k] = cluster.nodes[k]
+                    .child
+                    .as_ref()
+                    .and_then(|c| std::fs::read_to_string(format!("/proc/{}/status", c.id())).ok())
+                    .and_then(|st| {
+                        st.lines()
+                            .find_map(|l| l.strip_prefix("VmRSS:"))
+                            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                    })
+                    .unwrap_or(0)
+                    / 1024;
+                sample.disk_mib[k] = dir_bytes(&cluster.data_dir(k)) >> 20;
+            }
+            writeln!(
+                out,
+                "| {:.0} | {:.0} | {:.0} | {} | {} | {}/{}/{} | {}/{}/{} | {} |",
+                sample.at_s,
+                sample.load_per_s,
+                sample.recorded_ok_per_s,
+                sample.recorded_failed,
+                sample.leader.map_or("none".into(), |k| k.to_string()),
+                sample.rss_mib[0],
+                sample.rss_mib[1],
+                sample.rss_mib[2],
+                sample.disk_mib[0],
+                sample.disk_mib[1],
+                sample.disk_mib[2],
+                sample.faults
+            )?;
+            out.flush()?;
+            report.samples.push(sample);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = bench.wait();
+    let mut versions = Vec::new();
+    for t in writers {
+        versions.push(
+            t.join()
+                .map_err(|_| io::Error::other("a client thread panicked"))??,
+        );
+    }
+    let mut history = Arc::try_unwrap(history)
+        .unwrap_or_default()
+        .into_inner()
+        .unwrap_or_default();
+    let mut problems = Vec::new();
+    let mut run = Report {
+        scenario: "soak",
+        seed,
+        ..Report::default()
+    };
+    read_back_and_check(
+        &cluster,
+        &mut history,
+        versions,
+        epoch,
+        &mut run,
+        &mut problems,
+    );
+    run.operations = history.len();
+    run.acknowledged_writes = history
+        .iter()
+        .filter(|o| matches!(o.input, Input::Set(_)) && o.output == Output::Ok)
+        .count();
+    run.failed_operations = history
+        .iter()
+        .filter(|o| o.output == Output::Unknown)
+        .count();
+    if !problems.is_empty() {
+        run.problem = Some(problems.join("; "));
+        keep(&cluster, &history, dir)?;
+        run.kept = Some(dir.to_path_buf());
+    }
+    drop(cluster);
+    report.run = run;
+    Ok(report)
+}
+
+/// The mean of the per-second rates `ocean-liner bench` logged over the last `span`.
+fn recent_bench_rate(log: &Path, span: Duration) -> f64 {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let rates: Vec<f64> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("ops/s=")))
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let n = (span.as_secs() as usize).clamp(1, rates.len().max(1));
+    let recent = &rates[rates.len().saturating_sub(n)..];
+    if recent.is_empty() {
+        0.0
+    } else {
+        recent.iter().sum::<f64>() / recent.len() as f64
+    }
+}
+
+/// Bytes of the files under `dir` (allocated blocks, as `du` counts).
+fn dir_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.blocks() * 512,
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// Reads every key back once the cluster has a leader again, adds those reads to
+/// `history`, counts acknowledged writes the reads do not show, waits for the nodes to
+/// converge and checks the history for linearizability: into `report` and `problems`.
+fn read_back_and_check(
+    cluster: &Cluster,
+    history: &mut Vec<Operation>,
+    versions: Vec<HashMap<String, (u64, u64)>>,
+    epoch: Instant,
+    report: &mut Report,
+    problems: &mut Vec<String>,
+) {
     // Every key read back once the cluster has a leader again.
     let after = cluster.wait_for_leader(Duration::from_secs(15));
     report.leaders.1 = after;
@@ -815,15 +1669,14 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, bin: &Path, dir: &Path) -> i
         Ok(out)
     })
     .join()
-    .map_err(|_| io::Error::other("the final reader panicked"))?;
-    let mut problems: Vec<String> = undone.into_iter().collect();
+    .unwrap_or_else(|_| Err(io::Error::other("the final reader panicked")));
     if after.is_none() {
         problems.push("no leader after healing".to_string());
     }
     match finals {
         Ok(finals) => {
             let mut limits: HashMap<String, (u64, u64)> = HashMap::new();
-            for op in &history {
+            for op in history.iter() {
                 let (Input::Set(v), Ok(key)) = (&op.input, String::from_utf8(op.key.clone()))
                 else {
                     continue;
@@ -865,29 +1718,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, bin: &Path, dir: &Path) -> i
             problems.push("the nodes did not converge within 30 s of healing".into());
         }
     }
-    report.operations = history.len();
-    report.acknowledged_writes = history
-        .iter()
-        .filter(|o| matches!(o.input, Input::Set(_)) && o.output == Output::Ok)
-        .count();
-    report.failed_operations = history
-        .iter()
-        .filter(|o| o.output == Output::Unknown)
-        .count();
-    let spans = [
-        (0, fault_start),
-        (fault_start, fault_end),
-        (fault_end, run_end),
-    ];
-    for (i, (from, to)) in spans.into_iter().enumerate() {
-        let ok = history
-            .iter()
-            .filter(|o| o.client < 1000 && o.output != Output::Unknown)
-            .filter(|o| o.ret.is_some_and(|r| r >= from && r < to))
-            .count();
-        report.ok_per_s[i] = ok as f64 / ((to.saturating_sub(from)) as f64 / 1e6).max(1e-3);
-    }
-    match linearizability::check(&history, 50_000_000) {
+    match linearizability::check(history, 50_000_000) {
         CheckResult::Ok => report.linearizable = true,
         CheckResult::Illegal { key, explanation } => problems.push(format!(
             "not linearizable on {}: {explanation}",
@@ -895,22 +1726,6 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, bin: &Path, dir: &Path) -> i
         )),
         CheckResult::Unknown => problems.push("the linearizability check ran out of budget".into()),
     }
-    if report.acknowledged_writes < 50 {
-        problems.push(format!(
-            "only {} writes were acknowledged",
-            report.acknowledged_writes
-        ));
-    }
-    if !problems.is_empty() {
-        report.problem = Some(problems.join("; "));
-        keep(&cluster, &history, dir)?;
-        report.kept = Some(dir.to_path_buf());
-    }
-    drop(cluster);
-    if report.problem.is_none() {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    Ok(report)
 }
 
 /// Moves the calling thread into the network namespace at `netns` (a `/run/netns` path).

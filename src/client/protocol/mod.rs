@@ -574,6 +574,35 @@ fn put(buf: &mut [u8], at: usize, bytes: &[u8]) {
     buf[at..at + bytes.len()].copy_from_slice(bytes);
 }
 
+/// Digits a STATS request's key (the first line of the page asked for) has at most.
+pub const STATS_LINE_DIGITS_MAX: usize = 6;
+
+/// The page of STATS `text` that starts at line `first_line`: as many whole lines as fit in
+/// a response payload (at least one, cut to fit if it alone is too long); empty past the
+/// last line. The second value is the number of lines in the page.
+pub fn stats_page(text: &str, first_line: usize) -> (String, usize) {
+    let mut page = String::new();
+    let mut lines = 0;
+    for line in text.lines().skip(first_line) {
+        if page.len() + line.len() + 1 > MAX_PAYLOAD_LEN {
+            if lines == 0 {
+                let mut cut = MAX_PAYLOAD_LEN - 1;
+                while !line.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                page.push_str(&line[..cut]);
+                page.push('\n');
+                lines = 1;
+            }
+            break;
+        }
+        page.push_str(line);
+        page.push('\n');
+        lines += 1;
+    }
+    (page, lines)
+}
+
 /// Checks the op-specific shape and the key rules; returns the key as `&str`.
 fn check_body(op: Op, key: &[u8], value_len: usize) -> Result<&str, RejectReason> {
     match op {
@@ -586,7 +615,11 @@ fn check_body(op: Op, key: &[u8], value_len: usize) -> Result<&str, RejectReason
             }
         }
         Op::Ping | Op::Stats => {
-            if !key.is_empty() {
+            // STATS may name the first line to send: the text is sent in pages.
+            let page_start = op == Op::Stats
+                && key.len() <= STATS_LINE_DIGITS_MAX
+                && key.iter().all(u8::is_ascii_digit);
+            if !key.is_empty() && !page_start {
                 return Err(RejectReason::UnexpectedKey);
             }
             if value_len != 0 {

@@ -633,3 +633,36 @@ fn leader_hints() {
     assert_eq!(parse_leader_hint(b"nonsense"), None);
     assert_eq!(parse_leader_hint(&[0xFF, 0xFE]), None);
 }
+
+/// A STATS page holds whole lines up to the payload limit; the pages cover the text once.
+#[test]
+fn stats_pages_hold_whole_lines_and_cover_the_text() {
+    let text: String = (0..200)
+        .map(|i| format!("counter_{i}={}\n", i * 7919))
+        .collect();
+    let mut joined = String::new();
+    let mut line = 0;
+    loop {
+        let (page, lines) = stats_page(&text, line);
+        assert!(page.len() <= MAX_PAYLOAD_LEN);
+        assert_eq!(page.lines().count(), lines);
+        if lines == 0 {
+            assert!(page.is_empty());
+            break;
+        }
+        joined.push_str(&page);
+        line += lines;
+    }
+    assert_eq!(joined, text);
+    let long = "x".repeat(3 * MAX_PAYLOAD_LEN);
+    let (page, lines) = stats_page(&long, 0);
+    assert_eq!((page.len(), lines), (MAX_PAYLOAD_LEN, 1));
+    let mut ok = sample_set();
+    ok.op = Op::Stats;
+    ok.value = b"";
+    ok.key = "123";
+    assert_eq!(ok.validate(), Ok(()));
+    assert_eq!(parse_request(&encoded(&ok)).map(|r| r.key), Ok("123"));
+    ok.key = "1234567";
+    assert_eq!(ok.validate(), Err(RejectReason::UnexpectedKey));
+}

@@ -1,170 +1,288 @@
-//! Values kept in memory by how often they are read (CLOCK), under a byte budget.
+//! Values kept in memory by how often they are read, under a byte budget.
 //!
 //! The entry cache ([`super::EntryCache`]) keeps what was *written* last; on a store that
 //! has grown past it, a GET of an older key would otherwise cost an O_DIRECT read every
 //! time. This cache holds the values that GETs read from the disk and, on a server, the
 //! values of applied SETs (put in off the replication core, see
-//! [`crate::storage::engine::fill_value_cache`]), keyed by the log offset of their SET
-//! command, and keeps the ones read again: each value has a
-//! reference bit, set on every hit; when the budget is reached the clock hand sweeps the
-//! values, clearing set bits and evicting the first value whose bit is clear. A value read
-//! once and never again is the first to go; a hot one survives any number of sweeps.
+//! [`crate::storage::engine::fill_value_cache`]), keyed by the log address of their SET
+//! command, and keeps the ones read again.
 //!
-//! Offsets are stable: the map only hands out offsets of applied entries, which are
-//! never truncated or rewritten, so a cached value never goes stale. Keys are stored with
-//! their values so a hit is checked against the key asked for, like a read from the log.
+//! # Layout
+//!
+//! The values live in one ring of bytes as large as the budget, allocated zeroed, so the
+//! kernel backs it with memory only as far as it has been written. Each record is
+//!
+//! ```text
+//! offset  size
+//!      0     8  the SET's log address (low 56 bits); bit 56 = read since it was (re)written
+//!      8     4  value length
+//!     12     4  fingerprint of the key (low 32 bits of its xxh3-64)
+//!     16     n  the value, padded to a multiple of 4
+//! ```
+//!
+//! and an index maps each cached address to its record (in units of 4 bytes). A record
+//! costs 16 bytes plus its value in the ring and one index entry: about 140 bytes for a
+//! 100-byte value, where a heap allocation per value cost over 200.
+//!
+//! # Eviction: FIFO with reinsertion (CLOCK's order)
+//!
+//! New records go at the head; room is made at the tail. A tail record read since it was
+//! written is moved to the head with its bit cleared (a second chance); one not read
+//! since is dropped. That is CLOCK's policy, with the ring as the clock: a value read once
+//! and never again is the first to go, a hot one survives any number of passes. While
+//! less than half the ring holds values that can still be found, every such value gets the
+//! second chance, so a store whose keys are overwritten again and again loses the dead
+//! copies, not the live ones that were not read lately. At most
+//! [`SECOND_CHANCES_MAX`] records are moved per insertion, so an insertion under the lock
+//! does bounded work even when every value is hot (the next one is then dropped).
+//!
+//! Records whose value no map slot points at any more (the key was set again or deleted,
+//! see [`ValueCache::remove`]) leave the index at once and their bytes at the tail.
+//!
+//! Addresses are stable: the map only hands out addresses of applied entries, which are
+//! never truncated or rewritten, so a cached value never goes stale. The map tells keys
+//! apart by 128-bit hash; a read from the log compares the whole key, and a hit here
+//! compares the key's fingerprint, so a hash collision reads as another key's SET in
+//! both (the chance that a 128-bit collision also agrees on the fingerprint is 2^-32).
 
 use super::ValueRead;
 use std::collections::HashMap;
 
-/// Bytes charged per value on top of its key and value (the index entry and the slot).
-const OVERHEAD_BYTES: usize = 64;
+/// Bytes of a record's header.
+const HEADER_BYTES: usize = 16;
+/// Records are aligned to this, and the index counts ring positions in it.
+const UNIT: usize = 4;
+/// The largest budget positions of `u32` units can address.
+pub const BUDGET_BYTES_MAX: usize = (u32::MAX as usize) * UNIT;
 /// A single value may take at most this fraction of the budget.
 const VALUE_SHARE_MAX: usize = 16;
+/// Records given a second chance per insertion at most.
+const SECOND_CHANCES_MAX: usize = 128;
+/// The address bits of a record's first word.
+const ADDRESS_MASK: u64 = (1 << 56) - 1;
+/// A record's first word: read since it was written.
+const REFERENCED: u64 = 1 << 56;
+/// The first word of the padding at the ring's end (the next record is at 0).
+const WRAP: u64 = u64::MAX;
 
-struct Slot {
-    offset: u64,
-    /// The key, then the value.
-    bytes: Box<[u8]>,
-    key_len: usize,
-    referenced: bool,
-}
+/// A cached address as the index stores it: two 32-bit halves, so an index entry takes 12
+/// bytes (a `u64` key would pad it to 16).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct IndexKey([u32; 2]);
 
-impl Slot {
-    fn charge(&self) -> usize {
-        self.bytes.len() + OVERHEAD_BYTES
+impl IndexKey {
+    fn of(address: u64) -> IndexKey {
+        IndexKey([address as u32, (address >> 32) as u32])
     }
 }
 
-/// Values by log offset, evicted by CLOCK.
+fn fingerprint(key: &[u8]) -> u32 {
+    xxhash_rust::xxh3::xxh3_64(key) as u32
+}
+
+fn record_bytes(value_len: usize) -> usize {
+    HEADER_BYTES + value_len.div_ceil(UNIT) * UNIT
+}
+
+/// Values by log address in a ring, evicted in CLOCK's order.
 pub struct ValueCache {
-    budget_bytes: usize,
-    used_bytes: usize,
-    index: HashMap<u64, usize>,
-    slots: Vec<Option<Slot>>,
-    free: Vec<usize>,
-    hand: usize,
+    ring: Vec<u8>,
+    /// Where the next record goes.
+    head: usize,
+    /// The oldest record (or the wrap padding before it).
+    tail: usize,
+    /// Ring bytes between the tail and the head, padding included.
+    used: usize,
+    /// Ring bytes of the records the index points at.
+    live: usize,
+    /// Cached addresses and their records' positions, in units.
+    index: HashMap<IndexKey, u32>,
     hits: u64,
     misses: u64,
 }
 
 impl ValueCache {
-    /// A cache of at most `budget_bytes` (0 disables it).
+    /// A cache of at most `budget_bytes` (0 disables it; capped at [`BUDGET_BYTES_MAX`]).
     pub fn new(budget_bytes: usize) -> ValueCache {
+        let capacity = budget_bytes.min(BUDGET_BYTES_MAX) / UNIT * UNIT;
         ValueCache {
-            budget_bytes,
-            used_bytes: 0,
+            // Zeroed: the allocator maps fresh pages, so memory is used as the ring fills.
+            ring: vec![0u8; capacity],
+            head: 0,
+            tail: 0,
+            used: 0,
+            live: 0,
             index: HashMap::new(),
-            slots: Vec::new(),
-            free: Vec::new(),
-            hand: 0,
             hits: 0,
             misses: 0,
         }
     }
 
-    /// The value of the SET at `offset` for `key`, if cached; marks it as read.
-    pub fn get(&mut self, offset: u64, key: &[u8]) -> Option<ValueRead> {
-        let Some(slot) = self
-            .index
-            .get(&offset)
-            .and_then(|&i| self.slots.get_mut(i))
-            .and_then(Option::as_mut)
-        else {
+    fn word_at(&self, pos: usize) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.ring[pos..pos + 8]);
+        u64::from_le_bytes(b)
+    }
+
+    fn set_word_at(&mut self, pos: usize, word: u64) {
+        self.ring[pos..pos + 8].copy_from_slice(&word.to_le_bytes());
+    }
+
+    fn u32_at(&self, pos: usize) -> u32 {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&self.ring[pos..pos + 4]);
+        u32::from_le_bytes(b)
+    }
+
+    /// The ring position of `address`'s record, if cached.
+    fn position(&self, address: u64) -> Option<usize> {
+        self.index
+            .get(&IndexKey::of(address))
+            .map(|&unit| unit as usize * UNIT)
+    }
+
+    /// The value of the SET at `address` for `key`, if cached; marks it as read.
+    pub fn get(&mut self, address: u64, key: &[u8]) -> Option<ValueRead> {
+        let Some(pos) = self.position(address) else {
             self.misses += 1;
             return None;
         };
         self.hits += 1;
-        slot.referenced = true;
-        let (stored_key, value) = slot.bytes.split_at(slot.key_len);
-        Some(if stored_key == key {
-            ValueRead::Value(value.to_vec())
-        } else {
-            ValueRead::OtherKey
-        })
+        let word = self.word_at(pos);
+        self.set_word_at(pos, word | REFERENCED);
+        let len = self.u32_at(pos + 8) as usize;
+        if self.u32_at(pos + 12) != fingerprint(key) {
+            return Some(ValueRead::OtherKey);
+        }
+        let start = pos + HEADER_BYTES;
+        Some(ValueRead::Value(self.ring[start..start + len].to_vec()))
     }
 
-    /// Caches the value `key` has in the SET at `offset`, evicting by CLOCK to make room.
-    pub fn insert(&mut self, offset: u64, key: &[u8], value: &[u8]) {
-        let charge = key.len() + value.len() + OVERHEAD_BYTES;
-        if charge > self.budget_bytes / VALUE_SHARE_MAX || self.index.contains_key(&offset) {
+    /// Caches the value `key` has in the SET at `address`, making room at the tail.
+    pub fn insert(&mut self, address: u64, key: &[u8], value: &[u8]) {
+        let bytes = record_bytes(value.len());
+        if bytes > self.ring.len() / VALUE_SHARE_MAX
+            || address > ADDRESS_MASK
+            || self.index.contains_key(&IndexKey::of(address))
+        {
             return;
         }
-        while self.used_bytes + charge > self.budget_bytes {
-            if !self.evict_one() {
-                return;
+        let pos = self.make_room(bytes);
+        self.set_word_at(pos, address);
+        self.ring[pos + 8..pos + 12].copy_from_slice(&(value.len() as u32).to_le_bytes());
+        self.ring[pos + 12..pos + 16].copy_from_slice(&fingerprint(key).to_le_bytes());
+        self.ring[pos + HEADER_BYTES..pos + HEADER_BYTES + value.len()].copy_from_slice(value);
+        self.index
+            .insert(IndexKey::of(address), (pos / UNIT) as u32);
+        self.live += bytes;
+    }
+
+    /// Returns the position of `bytes` free ring bytes at the head (now counted as used),
+    /// evicting at the tail as needed. `bytes` is at most a sixteenth of the ring.
+    fn make_room(&mut self, bytes: usize) -> usize {
+        let mut second_chances = 0;
+        loop {
+            if self.used == 0 {
+                self.head = 0;
+                self.tail = 0;
             }
+            let wrapped = self.used > 0 && self.head <= self.tail;
+            if !wrapped {
+                // Free: from the head to the end, then from 0 to the tail.
+                if self.ring.len() - self.head >= bytes {
+                    break;
+                }
+                let pad = self.ring.len() - self.head;
+                if pad >= 8 {
+                    self.set_word_at(self.head, WRAP);
+                }
+                self.used += pad;
+                self.head = 0;
+                continue;
+            }
+            if self.tail - self.head >= bytes {
+                break;
+            }
+            self.evict_tail(&mut second_chances);
         }
-        let mut bytes = Vec::with_capacity(key.len() + value.len());
-        bytes.extend_from_slice(key);
-        bytes.extend_from_slice(value);
-        let slot = Slot {
-            offset,
-            bytes: bytes.into_boxed_slice(),
-            key_len: key.len(),
-            referenced: false,
-        };
-        let i = match self.free.pop() {
-            Some(i) => {
-                self.slots[i] = Some(slot);
-                i
-            }
-            None => {
-                self.slots.push(Some(slot));
-                self.slots.len() - 1
-            }
-        };
-        self.index.insert(offset, i);
-        self.used_bytes += charge;
+        let pos = self.head;
+        self.head += bytes;
+        self.used += bytes;
+        pos
+    }
+
+    /// Takes the record at the tail out: dropped, or moved to the head if it was read
+    /// since it was written (while `second_chances` allows). Only called when the ring
+    /// is wrapped (the head before the tail) or full.
+    fn evict_tail(&mut self, second_chances: &mut usize) {
+        let len = self.ring.len();
+        if len - self.tail < 8 || self.word_at(self.tail) == WRAP {
+            self.used -= len - self.tail;
+            self.tail = 0;
+            return;
+        }
+        let word = self.word_at(self.tail);
+        let address = word & ADDRESS_MASK;
+        let bytes = record_bytes(self.u32_at(self.tail + 8) as usize);
+        let indexed = self.position(address) == Some(self.tail);
+        // A value read since it was written gets a second chance; so does any value while
+        // most of the ring is values no one can read any more (a store whose keys are set
+        // again and again), so those are what goes.
+        let worth_keeping = word & REFERENCED != 0 || self.live * 2 <= self.ring.len();
+        if indexed && worth_keeping && *second_chances < SECOND_CHANCES_MAX {
+            *second_chances += 1;
+            // The head is before the tail, so the record fits where the head is: the
+            // bytes between them are free, and the record's own follow.
+            let from = self.tail;
+            let to = self.head;
+            self.ring.copy_within(from..from + bytes, to);
+            self.set_word_at(to, address);
+            self.index.insert(IndexKey::of(address), (to / UNIT) as u32);
+            self.head += bytes;
+            self.tail += bytes;
+            return;
+        }
+        if indexed {
+            self.index.remove(&IndexKey::of(address));
+            self.live -= bytes;
+        }
+        self.used -= bytes;
+        self.tail += bytes;
+    }
+
+    /// Forgets the value cached for the SET at `address` (no map slot points at it any
+    /// more: its key was set again or deleted). Its bytes go when the tail reaches them.
+    pub fn remove(&mut self, address: u64) {
+        if let Some(unit) = self.index.remove(&IndexKey::of(address)) {
+            let pos = unit as usize * UNIT;
+            self.live -= record_bytes(self.u32_at(pos + 8) as usize);
+        }
     }
 
     /// Files the value cached for the SET at `from` under `to` instead, its reference bit
     /// kept (the cleaner moved that SET: the map now reads it at `to`). Nothing happens if
     /// `from` is not cached or `to` already is.
     pub fn rekey(&mut self, from: u64, to: u64) {
-        if self.index.contains_key(&to) {
+        if to > ADDRESS_MASK || self.index.contains_key(&IndexKey::of(to)) {
             return;
         }
-        let Some(i) = self.index.remove(&from) else {
+        let Some(unit) = self.index.remove(&IndexKey::of(from)) else {
             return;
         };
-        if let Some(Some(slot)) = self.slots.get_mut(i) {
-            slot.offset = to;
-            self.index.insert(to, i);
-        }
+        let pos = unit as usize * UNIT;
+        let word = self.word_at(pos);
+        self.set_word_at(pos, (word & !ADDRESS_MASK) | to);
+        self.index.insert(IndexKey::of(to), unit);
     }
 
-    /// Moves the hand to the next value not read since the last sweep and evicts it.
-    /// Returns false when the cache is empty.
-    fn evict_one(&mut self) -> bool {
-        if self.index.is_empty() {
-            return false;
-        }
-        // Terminates: a value exists, and one full sweep clears every reference bit.
-        loop {
-            if self.hand >= self.slots.len() {
-                self.hand = 0;
-            }
-            let i = self.hand;
-            self.hand += 1;
-            match self.slots.get_mut(i) {
-                Some(Some(slot)) if slot.referenced => slot.referenced = false,
-                Some(entry @ Some(_)) => {
-                    if let Some(slot) = entry.take() {
-                        self.index.remove(&slot.offset);
-                        self.used_bytes -= slot.charge();
-                        self.free.push(i);
-                    }
-                    return true;
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// Bytes charged to the cached values.
+    /// Ring bytes in use (records, the dropped ones the tail has not reached, padding).
     pub fn used_bytes(&self) -> usize {
-        self.used_bytes
+        self.used
+    }
+
+    /// Ring bytes of the values that can still be found.
+    pub fn live_bytes(&self) -> usize {
+        self.live
     }
 
     /// Values cached.
@@ -185,6 +303,7 @@ impl ValueCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn value(v: Option<ValueRead>) -> Option<Vec<u8>> {
         match v {
@@ -196,7 +315,7 @@ mod tests {
     /// Values read again survive a stream of values read once; the budget holds.
     #[test]
     fn values_read_again_outlive_values_read_once() {
-        let budget = 100 * (8 + 100 + OVERHEAD_BYTES);
+        let budget = 100 * record_bytes(100);
         let mut c = ValueCache::new(budget);
         let v = [7u8; 100];
         for hot in 0..10u64 {
@@ -207,9 +326,9 @@ mod tests {
                 assert!(value(c.get(hot, b"hot-key!")).is_some(), "round {round}");
             }
             for cold in 0..20u64 {
-                let offset = 1_000 + round * 20 + cold;
-                assert!(c.get(offset, b"coldkey!").is_none());
-                c.insert(offset, b"coldkey!", &v);
+                let address = 1_000 + round * 20 + cold;
+                assert!(c.get(address, b"coldkey!").is_none());
+                c.insert(address, b"coldkey!", &v);
             }
             assert!(c.used_bytes() <= budget);
         }
@@ -217,7 +336,7 @@ mod tests {
     }
 
     #[test]
-    fn a_moved_value_is_found_under_its_new_offset_only() {
+    fn a_moved_value_is_found_under_its_new_address_only() {
         let mut c = ValueCache::new(1 << 20);
         c.insert(10, b"k", b"v");
         let _ = c.get(10, b"k");
@@ -246,5 +365,110 @@ mod tests {
         let mut off = ValueCache::new(0);
         off.insert(1, b"k", b"v");
         assert!(off.is_empty());
+    }
+
+    /// A removed value is gone at once and its room comes back when the tail passes it.
+    #[test]
+    fn a_removed_value_is_not_found_and_its_room_is_reused() {
+        let budget = 20 * record_bytes(100);
+        let mut c = ValueCache::new(budget);
+        for a in 0..20u64 {
+            c.insert(a, b"k", &[a as u8; 100]);
+        }
+        for a in 0..10u64 {
+            c.remove(a);
+            assert!(c.get(a, b"k").is_none());
+        }
+        for a in 10..20u64 {
+            let _ = c.get(a, b"k");
+        }
+        for a in 20..30u64 {
+            c.insert(a, b"k", &[a as u8; 100]);
+        }
+        for a in 10..30u64 {
+            assert_eq!(value(c.get(a, b"k")), Some(vec![a as u8; 100]), "{a}");
+        }
+        assert_eq!(c.len(), 20);
+        assert_eq!(c.used_bytes(), budget);
+    }
+
+    /// Values set again and again leave dead copies; the live values outlast them even
+    /// when nothing reads them.
+    #[test]
+    fn live_values_outlast_overwritten_ones() {
+        let budget = 40 * record_bytes(100);
+        let mut c = ValueCache::new(budget);
+        for a in 0..5u64 {
+            c.insert(a, b"k", &[a as u8; 100]);
+        }
+        let mut current = 1000u64;
+        c.insert(current, b"hot", &[0; 100]);
+        for n in 1..500u64 {
+            c.remove(current);
+            current = 1000 + n;
+            c.insert(current, b"hot", &[n as u8; 100]);
+        }
+        for a in 0..5u64 {
+            assert_eq!(value(c.get(a, b"k")), Some(vec![a as u8; 100]), "{a}");
+        }
+        assert_eq!(c.len(), 6);
+        assert_eq!(c.live_bytes(), 6 * record_bytes(100));
+        assert!(c.used_bytes() <= budget);
+    }
+
+    /// The cache against a model: every hit is the value inserted at that address, the
+    /// ring never holds more than its budget, and with room for everything nothing is
+    /// lost.
+    fn run_model(budget: usize, ops: &[(u8, u16, u16)]) -> Result<(), TestCaseError> {
+        let mut c = ValueCache::new(budget);
+        let mut model: HashMap<u64, Vec<u8>> = HashMap::new();
+        for &(op, a, len) in ops {
+            let address = a as u64 % 64;
+            match op % 4 {
+                0 | 1 => {
+                    let v: Vec<u8> = (0..len % 300).map(|i| (i as u64 ^ address) as u8).collect();
+                    if c.position(address).is_none() {
+                        c.insert(address, b"k", &v);
+                        if c.position(address).is_some() {
+                            model.insert(address, v);
+                        }
+                    }
+                }
+                2 => {
+                    c.remove(address);
+                    model.remove(&address);
+                }
+                _ => {
+                    let to = 64 + a as u64 % 64;
+                    let had = c.position(address).is_some() && c.position(to).is_none();
+                    c.rekey(address, to);
+                    if had && let Some(v) = model.remove(&address) {
+                        model.insert(to, v);
+                    }
+                }
+            }
+            prop_assert!(c.used_bytes() <= c.ring.len());
+            prop_assert!(c.live_bytes() <= c.used_bytes());
+            for (&address, v) in &model {
+                if let Some(found) = value(c.get(address, b"k")) {
+                    prop_assert_eq!(&found, v);
+                } else {
+                    prop_assert!(budget < 64 * record_bytes(300) * 2, "lost {}", address);
+                }
+            }
+            model.retain(|a, _| c.position(*a).is_some());
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn agrees_with_a_model(
+            small in any::<bool>(),
+            ops in proptest::collection::vec(any::<(u8, u16, u16)>(), 1..400),
+        ) {
+            let budget = if small { 16 * record_bytes(300) + 12 } else { 1 << 20 };
+            run_model(budget, &ops)?;
+        }
     }
 }
