@@ -14,6 +14,7 @@
 //! - [`net`]: batched UDP (`recvmmsg`/`sendmmsg`), used by the shards and the load tool.
 //! - [`client`]: the UDP wire protocol, the client library and the load tool; it stands
 //!   apart from the server.
+//! - [`resp`]: RESP2, the Redis protocol: commands and replies, parsed with bounds.
 //! - [`verify`]: the cluster simulator and the linearizability checker.
 //! - [`backup`]: snapshots of a live node saved to a file, and restored from one.
 
@@ -24,6 +25,7 @@ pub mod ids;
 pub mod le;
 pub mod net;
 pub mod replica;
+pub mod resp;
 pub mod server;
 pub mod storage;
 pub mod verify;

@@ -165,6 +165,23 @@ fn write_seeds() {
     let mut chunks = vec![1u8];
     chunks.extend_from_slice(&[0, 1, 2, 3]);
     seeds.push(("snapshot_chunks", "seed-0".into(), chunks));
+    let mut pipeline = Vec::new();
+    ocean_liner::resp::command(&mut pipeline, &["SET", "key:1", "value"]);
+    ocean_liner::resp::command(&mut pipeline, &["GET", "key:1"]);
+    ocean_liner::resp::command(&mut pipeline, &["MSET", "a", "1", "b", "2"]);
+    pipeline.extend_from_slice(b"PING\r\nSET \"a b\" 'c'\r\n");
+    seeds.push(("resp_request", "seed-0".into(), pipeline));
+    let mut replies = Vec::new();
+    ocean_liner::resp::Reply::Array(Some(vec![
+        ocean_liner::resp::Reply::Simple(b"OK".to_vec()),
+        ocean_liner::resp::Reply::Error(b"ERR unknown command".to_vec()),
+        ocean_liner::resp::Reply::Integer(3),
+        ocean_liner::resp::Reply::Bulk(Some(b"value".to_vec())),
+        ocean_liner::resp::Reply::Bulk(None),
+        ocean_liner::resp::Reply::Array(None),
+    ]))
+    .encode(&mut replies);
+    seeds.push(("resp_reply", "seed-0".into(), replies));
     for (target, name, bytes) in seeds {
         let dir = fuzz_dir().join("corpus").join(target);
         std::fs::create_dir_all(&dir).unwrap();

@@ -22,7 +22,7 @@
 //! the shard maps them to the client protocol.
 
 use crate::consensus::{Event, FatalError, Output, ProposeError, RaftNode};
-use crate::storage::engine::{EngineError, Reclaimed};
+use crate::storage::engine::{EngineError, Outcome, Reclaimed};
 use crate::storage::log;
 use crate::storage::snapshot::SnapshotSource;
 use crate::storage::store::CheckpointJob;
@@ -125,6 +125,9 @@ pub struct Completed<R> {
     pub outcome: Option<WriteOutcome>,
     /// Commands the entry held (0 when it was not applied).
     pub applied_commands: u64,
+    /// What applying did to each command, in the windows' order (empty when the entry
+    /// was not applied).
+    pub outcomes: Vec<Outcome>,
 }
 
 /// What the driver must do after a call.
@@ -381,6 +384,7 @@ impl<R> Replica<R> {
                 windows,
                 outcome: None,
                 applied_commands: 0,
+                outcomes: Vec::new(),
             });
             return;
         }
@@ -389,6 +393,7 @@ impl<R> Replica<R> {
                 windows,
                 outcome: Some(outcome),
                 applied_commands: 0,
+                outcomes: Vec::new(),
             })
         };
         if !self.node.is_leader() {
@@ -455,6 +460,7 @@ impl<R> Replica<R> {
                 windows,
                 outcome: Some(outcome),
                 applied_commands: 0,
+                outcomes: Vec::new(),
             });
         }
     }
@@ -470,6 +476,7 @@ impl<R> Replica<R> {
                             windows,
                             outcome: Some(WriteOutcome::Applied),
                             applied_commands: outcomes.len() as u64,
+                            outcomes,
                         });
                     }
                 }
@@ -479,6 +486,7 @@ impl<R> Replica<R> {
                             windows,
                             outcome: Some(WriteOutcome::NotLeader),
                             applied_commands: 0,
+                            outcomes: Vec::new(),
                         });
                     }
                 }

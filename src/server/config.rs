@@ -20,6 +20,14 @@ pub struct ServerConfig {
     /// network you trust (e.g. --listen-ip 0.0.0.0 on a private network).
     #[arg(long, default_value = "127.0.0.1")]
     pub listen_ip: IpAddr,
+    /// TCP port for Redis clients (RESP2; off unless given). Every shard core accepts on
+    /// it, on --listen-ip.
+    #[arg(long)]
+    pub resp_port: Option<u16>,
+    /// RESP connections each shard core accepts at most (beyond them a new connection is
+    /// told "max number of clients reached" and closed).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(1..=1_000_000), |v| v as usize))]
+    pub resp_connections_max: usize,
     /// Milliseconds of writes batched into one log entry.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub batch_window_ms: u64,

@@ -34,6 +34,7 @@ mod cleaner;
 mod config;
 mod host;
 pub mod replication;
+pub mod resp_door;
 pub mod shard;
 pub mod transport;
 pub mod window;
@@ -109,7 +110,10 @@ pub struct Stats {
 
 /// State shared by every thread of a node.
 pub struct Shared {
+    /// One window per shard, then one per RESP door.
     pub windows: Vec<WindowSlot>,
+    /// UDP shards (the first windows).
+    pub shard_count: usize,
     pub map: Arc<Map>,
     pub segments: Arc<Segments>,
     /// The values kept in memory for GETs (shared with the log readers).
@@ -246,7 +250,7 @@ impl Shared {
             get(&s.snapshot_bytes_received),
             get(&s.first_log_index),
             self.batch_window_ms,
-            self.windows.len(),
+            self.shard_count,
             self.started.elapsed().as_secs(),
         )
     }
@@ -343,9 +347,16 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
     let (node_tx, node_rx) = crossbeam_channel::bounded::<Arc<Shared>>(1);
     let (flush_tx, flush_rx) = crossbeam_channel::bounded(1);
     let (inbound_tx, inbound_rx) = crossbeam_channel::bounded(1 << 16);
+    // A window slot per shard, and one per RESP door (one door per shard core).
+    let doors = if config.resp_port.is_some() {
+        shard_count
+    } else {
+        0
+    };
+    let slot_count = shard_count + doors;
     let mut completion_txs = Vec::new();
     let mut completion_rxs = Vec::new();
-    for _ in 0..shard_count {
+    for _ in 0..slot_count {
         let (tx, rx) = crossbeam_channel::unbounded();
         completion_txs.push(tx);
         completion_rxs.push(rx);
@@ -404,7 +415,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
                             }
                         })
                         .map_err(|e| crate::consensus::FatalError(e.to_string()))?;
-                    let readers = (0..shard_count)
+                    let readers = (0..slot_count)
                         .map(|_| {
                             engine
                                 .log_reader()
@@ -486,7 +497,8 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         started.elapsed()
     );
     let shared = Arc::new(Shared {
-        windows: (0..shard_count).map(|_| WindowSlot::default()).collect(),
+        windows: (0..slot_count).map(|_| WindowSlot::default()).collect(),
+        shard_count,
         map: opened.map,
         segments: opened.segments,
         value_cache: opened.value_cache,
@@ -519,11 +531,17 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         .store(opened.applied_index, Ordering::Relaxed);
     let secret = cookie_secret();
     let window_bytes_max = (config.window_kib_max as usize) << 10;
+    // All windows together must fit in one log entry, with a quarter to spare for the
+    // receive batch that crosses the limit.
+    let window_bytes_hard_max =
+        (window_bytes_max * 8).min(crate::storage::log::COMMAND_LENGTH_MAX / slot_count / 4 * 3);
+    let mut completion_rxs = completion_rxs.into_iter();
+    let mut log_readers = opened.log_readers.into_iter();
     let mut shard_threads = Vec::new();
     for (i, ((socket, completions), log_reader)) in sockets
         .into_iter()
-        .zip(completion_rxs)
-        .zip(opened.log_readers)
+        .zip(completion_rxs.by_ref().take(shard_count))
+        .zip(log_readers.by_ref().take(shard_count))
         .enumerate()
     {
         let shard = shard::Shard {
@@ -535,10 +553,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
             flush_tx: flush_tx.clone(),
             cookie_secret: secret,
             window_bytes_max,
-            // All shards' windows together must fit in one log entry, with a quarter to
-            // spare for the receive batch that crosses the limit.
-            window_bytes_hard_max: (window_bytes_max * 8)
-                .min(crate::storage::log::COMMAND_LENGTH_MAX / shard_count / 4 * 3),
+            window_bytes_hard_max,
             waiting_reads: WaitingReads::default(),
             log_reads: Vec::new(),
         };
@@ -552,6 +567,51 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
                     shard.run()
                 })?,
         );
+    }
+    if let Some(port) = config.resp_port {
+        let addr = SocketAddr::new(config.listen_ip, port);
+        let listeners = (0..doors)
+            .map(|_| resp_door::listen(addr))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen for Redis clients on TCP {addr}: {e} (another process holds the port: stop it, or choose another --resp-port)"
+                )
+            })?;
+        let doors_iter = completion_rxs.zip(log_readers).zip(listeners);
+        for (d, ((completions, log_reader), listener)) in doors_iter.enumerate() {
+            let door = resp_door::DoorConfig {
+                addr,
+                slot: shard_count + d,
+                connections_max: config.resp_connections_max,
+                window_bytes_max,
+                window_bytes_hard_max,
+            };
+            // RESP sessions' client ids: random, so they never meet a UDP client's.
+            let base = u64::from_le_bytes(cookie_secret()[..8].try_into().unwrap_or([0; 8]));
+            let (shared, flush_tx, pin) = (shared.clone(), flush_tx.clone(), pin.clone());
+            let core_slot = if cores == 1 { 0 } else { d + 1 };
+            shard_threads.push(
+                std::thread::Builder::new()
+                    .name(format!("resp-{d}"))
+                    .spawn(move || {
+                        pin(core_slot);
+                        let run = resp_door::run(
+                            door,
+                            listener,
+                            shared.clone(),
+                            completions,
+                            log_reader,
+                            flush_tx,
+                            base,
+                        );
+                        if let Err(e) = run {
+                            eprintln!("ocean-liner: the RESP door on TCP port {port} failed: {e}");
+                            shared.shards_idle.fetch_add(1, Ordering::AcqRel);
+                        }
+                    })?,
+            );
+        }
     }
     let _ = node_tx.send(shared.clone());
     let cleaner = {

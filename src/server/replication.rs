@@ -15,6 +15,7 @@ use super::window::ReplyTo;
 use crate::consensus::adaptive::AdaptiveTimeout;
 use crate::ids::NodeId;
 use crate::replica::{Completed, Replica, ReplicaOutput, Window, WriteOutcome};
+use crate::storage::engine::Outcome;
 use crate::storage::store::CheckpointJob;
 use crossbeam_channel::{Receiver, Sender, select};
 use std::sync::Arc;
@@ -26,6 +27,9 @@ use std::time::{Duration, Instant};
 pub struct Completion {
     pub window: Window<ReplyTo>,
     pub outcome: WriteOutcome,
+    /// What applying did to each of the window's commands, in order (empty unless the
+    /// window was applied).
+    pub outcomes: Vec<Outcome>,
 }
 
 /// Settings of the replication loop.
@@ -333,11 +337,18 @@ impl Loop<'_> {
                 let writes: usize = c.windows.iter().map(|w| w.replies.len()).sum();
                 eprintln!("ocean-liner: a window of {writes} writes failed: {outcome:?}");
             }
+            // The entry's commands are the windows' in order, one per reply.
+            let mut outcomes = c.outcomes.into_iter();
             for (shard, window) in c.windows.into_iter().enumerate() {
+                let mine: Vec<Outcome> = outcomes.by_ref().take(window.replies.len()).collect();
                 match c.outcome {
                     Some(outcome) if !window.is_empty() => {
                         // A shard that is gone cannot reply; its clients retry.
-                        let _ = self.completions[shard].send(Completion { window, outcome });
+                        let _ = self.completions[shard].send(Completion {
+                            window,
+                            outcome,
+                            outcomes: mine,
+                        });
                     }
                     _ => self.spares[shard].push(window),
                 }

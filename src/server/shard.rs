@@ -225,6 +225,7 @@ impl Shard {
                     value,
                 );
                 batch.replies.push(ReplyTo {
+                    door: super::window::Door::Udp,
                     addr: d.from,
                     op: req.op,
                     client_id: req.client_id,

@@ -9,9 +9,19 @@ use crate::client::protocol::Op;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 
+/// Which door a write came in through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    /// A UDP datagram from `addr`.
+    Udp,
+    /// A RESP connection: `client_id` names it, `request_seq` the command's place.
+    Resp,
+}
+
 /// Whom to answer once a write is durable and applied.
 #[derive(Debug, Clone, Copy)]
 pub struct ReplyTo {
+    pub door: Door,
     pub addr: SocketAddr,
     pub op: Op,
     pub client_id: u64,

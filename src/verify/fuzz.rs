@@ -15,6 +15,7 @@
 
 use crate::client::protocol::{self, ParseError};
 use crate::consensus::codec;
+use crate::resp;
 use crate::server::transport;
 use crate::storage::command::{self, CommandOp};
 use crate::storage::engine::{Engine, EngineOptions};
@@ -39,7 +40,70 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("log_segment", log_segment),
     ("map_pages", map_pages),
     ("snapshot_chunks", snapshot_chunks),
+    ("resp_request", resp_request),
+    ("resp_reply", resp_reply),
 ];
+
+/// Bounds small enough that the fuzzer reaches them.
+const RESP_LIMITS: resp::Limits = resp::Limits {
+    args_max: 1024,
+    bulk_max: 1 << 16,
+    inline_max: 1 << 12,
+    depth_max: 8,
+};
+
+/// A RESP connection's bytes, parsed command after command as the door parses them. Each
+/// accepted command takes bytes it was given, encodes as a command and parses back to
+/// the same arguments; an incomplete one asks for more bytes than there are.
+pub fn resp_request(data: &[u8]) {
+    let mut at = 0;
+    while at < data.len() {
+        let rest = &data[at..];
+        match resp::parse_command(rest, &RESP_LIMITS) {
+            Ok(resp::Parsed::Done(args, n)) => {
+                assert!(n > 0 && n <= rest.len(), "took {n} of {}", rest.len());
+                let mut out = Vec::new();
+                resp::command(&mut out, &args);
+                match resp::parse_command(&out, &RESP_LIMITS) {
+                    Ok(resp::Parsed::Done(again, m)) => {
+                        assert_eq!(again, args, "round trip");
+                        assert_eq!(m, out.len());
+                    }
+                    other => panic!("an accepted command did not parse back: {other:?}"),
+                }
+                at += n;
+            }
+            Ok(resp::Parsed::Incomplete { need }) => {
+                assert!(
+                    need > rest.len(),
+                    "incomplete with {} of {need}",
+                    rest.len()
+                );
+                return;
+            }
+            Err(e) => {
+                let reply = e.reply();
+                assert!(reply.starts_with(b"-ERR Protocol error: ") && reply.ends_with(b"\r\n"));
+                return;
+            }
+        }
+    }
+}
+
+/// A server's bytes as a RESP client parses them: an accepted reply encodes and parses
+/// back to itself.
+pub fn resp_reply(data: &[u8]) {
+    if let Ok(resp::Parsed::Done(reply, n)) = resp::parse_reply(data, &RESP_LIMITS) {
+        assert!(n > 0 && n <= data.len());
+        let mut out = Vec::new();
+        reply.encode(&mut out);
+        assert_eq!(
+            resp::parse_reply(&out, &RESP_LIMITS).ok(),
+            Some(resp::Parsed::Done(reply, out.len())),
+            "round trip"
+        );
+    }
+}
 
 /// A client datagram as a shard parses it. An accepted request must round-trip and, if
 /// it is a write, encode as a log command that decodes to the same fields.

@@ -1,0 +1,772 @@
+//! The RESP door: Redis clients over TCP on `--resp-port`, one glommio executor per shard
+//! core, each accepting on the port (`SO_REUSEPORT`, so the kernel spreads connections).
+//!
+//! A door is one more window slot for the replication core: its writes go into its own
+//! window, are sealed with the shards' into the same log entry, and are answered from the
+//! door's completions, after the entry is durable and applied, exactly as UDP writes are.
+//! Reads follow the same read decision as a shard's (lease, or a ReadIndex round).
+//!
+//! Each connection is one task. It parses every command its buffered bytes hold and
+//! answers them in order: a run of writes goes into the window together and is answered
+//! when it completes; a read or any other command waits until the connection's earlier
+//! writes are answered, so a connection always reads its own writes. A connection waits
+//! for its writes before it reads more from the socket, so one that sends faster than
+//! windows commit is throttled by TCP, not buffered without bound; its input buffer holds
+//! the command being parsed and at most [`READ_CHUNK`] bytes more.
+//!
+//! Writes of one command (MSET's pairs, DEL's keys) go into the window in one append, so
+//! they are in one log entry and applied together. A RESP connection is a session of its
+//! own for exactly-once (a client id the door draws), but RESP has no request ids, so a
+//! command a client library retries on a new connection after a drop may be applied twice
+//! (as with Redis).
+
+use super::Shared;
+use super::replication::Completion;
+use super::window::{Door, ReplyTo, Window};
+use crate::replica::{ReadDecision, WriteOutcome, decide_read, window_is_full};
+use crate::resp::{self, Args, Parsed};
+use crate::storage::command::{self, CommandOp, KEY_SIZE_MAX, VALUE_SIZE_MAX};
+use crate::storage::engine::Outcome;
+use crate::storage::log::{LogReader, ValueRead};
+use crate::storage::store::Lookup;
+use crossbeam_channel::{Receiver, Sender};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// Replies a connection holds at most before it writes them out (while it goes on
+/// parsing a long pipeline).
+pub const OUTPUT_FLUSH_BYTES: usize = 1 << 20;
+/// Bytes read from a socket at a time: a connection buffers the command it is parsing
+/// and at most this much more.
+const READ_CHUNK: usize = 64 << 10;
+/// How often a door looks for completed windows and finished read rounds.
+const POLL: Duration = Duration::from_micros(200);
+
+/// What one door needs.
+pub struct DoorConfig {
+    pub addr: SocketAddr,
+    /// This door's window slot.
+    pub slot: usize,
+    pub connections_max: usize,
+    pub window_bytes_max: usize,
+    pub window_bytes_hard_max: usize,
+}
+
+/// A listening socket for one door on `addr`: `SO_REUSEPORT`, so every door binds the
+/// same port and the kernel spreads connections over them, and `SO_REUSEADDR`, so a
+/// restart need not wait for old connections' TIME_WAIT.
+pub fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// Runs a door on the calling thread until the server stops: accepts on `listener` (from
+/// [`listen`]) and serves each connection.
+pub fn run(
+    config: DoorConfig,
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    completions: Receiver<Completion>,
+    log_reader: LogReader,
+    flush_tx: Sender<()>,
+    client_id_base: u64,
+) -> std::io::Result<()> {
+    let door = Rc::new(DoorState {
+        config,
+        shared,
+        flush_tx,
+        log_reader: RefCell::new(log_reader),
+        conns: RefCell::new(HashMap::new()),
+        next_conn: Cell::new(0),
+        client_id_base,
+    });
+    let local = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .make()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    local.run(async move {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        // SAFETY: the descriptor is a bound, listening TCP socket this function owns (it
+        // came out of `listener`, which gives it up); the glommio listener takes it over.
+        let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
+        let dispatcher = glommio::spawn_local(dispatch(door.clone(), completions));
+        // Accepting runs as a task of its own: an accept raced against a timer and dropped
+        // could lose a connection the kernel had just handed over.
+        let acceptor = {
+            let door = door.clone();
+            glommio::spawn_local(async move {
+                loop {
+                    let Ok(stream) = listener.accept().await else {
+                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    };
+                    // Replies go out as soon as they are written, not after a delayed ACK.
+                    let _ = stream.set_nodelay(true);
+                    if door.conns.borrow().len() >= door.config.connections_max {
+                        let mut stream = stream;
+                        let _ = stream
+                            .write_all(b"-ERR max number of clients reached\r\n")
+                            .await;
+                        continue;
+                    }
+                    let id = door.next_conn.get();
+                    door.next_conn.set(id + 1);
+                    glommio::spawn_local(serve(door.clone(), stream, id)).detach();
+                }
+            })
+        };
+        while !door.shared.stop.load(Ordering::Acquire) {
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
+        acceptor.cancel().await;
+        // Every accepted write is answered before the door reports idle.
+        while door.conns.borrow().values().any(|c| c.pending.get() > 0) {
+            glommio::timer::sleep(POLL).await;
+        }
+        door.shared.shards_idle.fetch_add(1, Ordering::AcqRel);
+        dispatcher.await;
+    });
+    Ok(())
+}
+
+struct DoorState {
+    config: DoorConfig,
+    shared: Arc<Shared>,
+    flush_tx: Sender<()>,
+    log_reader: RefCell<LogReader>,
+    conns: RefCell<HashMap<u64, Rc<ConnShared>>>,
+    next_conn: Cell<u64>,
+    client_id_base: u64,
+}
+
+/// What the dispatcher hands a connection: its writes' outcomes, by sequence number.
+struct ConnShared {
+    /// Writes in the window not yet answered.
+    pending: Cell<usize>,
+    done: RefCell<Vec<(u64, WriteOutcome, Option<Outcome>)>>,
+}
+
+/// Moves completed windows' outcomes to their connections, until the server has stopped
+/// and every pending write was answered.
+async fn dispatch(door: Rc<DoorState>, completions: Receiver<Completion>) {
+    loop {
+        let mut any = false;
+        while let Ok(done) = completions.try_recv() {
+            any = true;
+            let conns = door.conns.borrow();
+            for (i, reply) in done.window.replies.iter().enumerate() {
+                if let Some(conn) = conns.get(&reply.client_id) {
+                    conn.done.borrow_mut().push((
+                        reply.request_seq,
+                        done.outcome,
+                        done.outcomes.get(i).copied(),
+                    ));
+                    conn.pending.set(conn.pending.get().saturating_sub(1));
+                }
+            }
+        }
+        if !any {
+            if door.shared.replication_done.load(Ordering::Acquire) && completions.is_empty() {
+                return;
+            }
+            glommio::timer::sleep(POLL).await;
+        }
+    }
+}
+
+/// A command's writes waiting in the window, and how to answer them.
+enum Awaited {
+    /// SET, MSET: +OK.
+    Ok,
+    /// DEL: the number of keys that existed.
+    Count,
+    /// Refused before it reached the window: this reply, in its turn.
+    Refused(Vec<u8>),
+}
+
+/// One connection, until it closes, QUITs, sends what is not RESP, or the server stops.
+async fn serve(door: Rc<DoorState>, mut stream: TcpStream, conn: u64) {
+    let client_id = door.client_id_base.wrapping_add(conn);
+    let shared_conn = Rc::new(ConnShared {
+        pending: Cell::new(0),
+        done: RefCell::new(Vec::new()),
+    });
+    door.conns
+        .borrow_mut()
+        .insert(client_id, shared_conn.clone());
+    let mut c = Conn {
+        door: door.clone(),
+        shared: shared_conn,
+        client_id,
+        seq: 0,
+        name: None,
+        out: Vec::new(),
+        batch: Window::default(),
+        awaited: Vec::new(),
+    };
+    let _ = c.run(&mut stream).await;
+    door.conns.borrow_mut().remove(&client_id);
+}
+
+struct Conn {
+    door: Rc<DoorState>,
+    shared: Rc<ConnShared>,
+    client_id: u64,
+    seq: u64,
+    name: Option<Vec<u8>>,
+    out: Vec<u8>,
+    /// Writes parsed but not yet in the window.
+    batch: Window,
+    /// Commands whose writes are in flight, in order: how to answer, and their
+    /// sequence numbers.
+    awaited: Vec<(Awaited, std::ops::Range<u64>)>,
+}
+
+/// What a command asks of the connection after it is handled.
+enum Next {
+    Go,
+    Close,
+}
+
+impl Conn {
+    async fn run(&mut self, stream: &mut TcpStream) -> std::io::Result<()> {
+        let limits = resp::Limits::default();
+        let mut input: Vec<u8> = Vec::with_capacity(16 << 10);
+        let mut need = 1usize;
+        let mut chunk = vec![0u8; READ_CHUNK];
+        loop {
+            // Read until a whole command may be there, or the buffer is full.
+            while input.len() < need.max(1) || input.is_empty() {
+                let n = stream.read(&mut chunk).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                input.extend_from_slice(&chunk[..n]);
+            }
+            let mut used = 0;
+            let mut close = false;
+            loop {
+                match resp::parse_command(&input[used..], &limits) {
+                    Ok(Parsed::Done(args, n)) => {
+                        used += n;
+                        if args.is_empty() {
+                            continue;
+                        }
+                        if matches!(self.handle(args).await, Next::Close) {
+                            close = true;
+                            break;
+                        }
+                        if self.out.len() > OUTPUT_FLUSH_BYTES {
+                            self.finish_writes().await;
+                            stream.write_all(&self.out).await?;
+                            self.out.clear();
+                        }
+                    }
+                    Ok(Parsed::Incomplete { need: more }) => {
+                        need = more;
+                        break;
+                    }
+                    Err(e) => {
+                        self.finish_writes().await;
+                        self.out.extend_from_slice(&e.reply());
+                        close = true;
+                        break;
+                    }
+                }
+            }
+            input.drain(..used);
+            if used > 0 && input.is_empty() {
+                need = 1;
+            }
+            self.finish_writes().await;
+            if !self.out.is_empty() {
+                stream.write_all(&self.out).await?;
+                self.out.clear();
+            }
+            if close || self.door.shared.stop.load(Ordering::Acquire) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Puts the parsed writes into the window, waits until all are answered, and appends
+    /// their replies in order.
+    async fn finish_writes(&mut self) {
+        if !self.batch.is_empty() {
+            let slot = &self.door.shared.windows[self.door.config.slot];
+            let count = self.batch.replies.len();
+            self.shared.pending.set(self.shared.pending.get() + count);
+            let bytes = slot.append(&mut self.batch);
+            if window_is_full(bytes, self.door.config.window_bytes_max) {
+                let _ = self.door.flush_tx.try_send(());
+            }
+        }
+        if self.awaited.is_empty() {
+            return;
+        }
+        while self.shared.pending.get() > 0
+            && !self.door.shared.replication_done.load(Ordering::Acquire)
+        {
+            glommio::timer::sleep(POLL).await;
+        }
+        let mut done: HashMap<u64, (WriteOutcome, Option<Outcome>)> = self
+            .shared
+            .done
+            .borrow_mut()
+            .drain(..)
+            .map(|(seq, w, o)| (seq, (w, o)))
+            .collect();
+        let hint = self.door.shared.leader_hint();
+        for (how, seqs) in std::mem::take(&mut self.awaited) {
+            let mut outcome = WriteOutcome::Applied;
+            let mut count = 0i64;
+            for seq in seqs {
+                match done.remove(&seq) {
+                    Some((WriteOutcome::Applied, o)) => {
+                        count += matches!(o, Some(Outcome::Done)) as i64;
+                    }
+                    Some((other, _)) => outcome = other,
+                    None => outcome = WriteOutcome::Failed,
+                }
+            }
+            match (outcome, how) {
+                (_, Awaited::Refused(text)) => self.out.extend_from_slice(&text),
+                (WriteOutcome::Applied, Awaited::Ok) => resp::simple(&mut self.out, "OK"),
+                (WriteOutcome::Applied, Awaited::Count) => resp::integer(&mut self.out, count),
+                (other, _) => write_error(&mut self.out, other, &hint),
+            }
+        }
+    }
+
+    /// Queues the writes of one command (one append, so one log entry) after checking
+    /// that this node leads and the window has room.
+    fn write(&mut self, ops: &[(CommandOp, &[u8], &[u8])], how: Awaited) {
+        let shared = &self.door.shared;
+        let slot = &shared.windows[self.door.config.slot];
+        let refusal = if !shared.is_leader.load(Ordering::Acquire) {
+            Some(WriteOutcome::NotLeader)
+        } else if slot.bytes() + self.batch.commands.len() >= self.door.config.window_bytes_hard_max
+        {
+            Some(WriteOutcome::Busy)
+        } else {
+            None
+        };
+        if let Some(outcome) = refusal {
+            if outcome == WriteOutcome::Busy {
+                shared.stats.busy.fetch_add(1, Ordering::Relaxed);
+            }
+            // Answered in order, after the writes before it.
+            let hint = shared.leader_hint();
+            let mut text = Vec::new();
+            write_error(&mut text, outcome, &hint);
+            self.awaited.push((Awaited::Refused(text), 0..0));
+            return;
+        }
+        let first = self.seq + 1;
+        for &(op, key, value) in ops {
+            self.seq += 1;
+            command::encode(
+                &mut self.batch.commands,
+                op,
+                self.client_id,
+                self.seq,
+                key,
+                value,
+            );
+            self.batch.replies.push(ReplyTo {
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                door: Door::Resp,
+                op: crate::client::protocol::Op::Set,
+                client_id: self.client_id,
+                request_seq: self.seq,
+                validated: true,
+                request_len: 0,
+            });
+        }
+        self.awaited.push((how, first..self.seq + 1));
+    }
+}
+
+impl Conn {
+    /// Handles one command: answers it now, or queues its writes.
+    async fn handle(&mut self, args: Args<'_>) -> Next {
+        let name = args[0].to_ascii_uppercase();
+        let argc = args.len();
+        let arity = |ok: bool, out: &mut Vec<u8>| {
+            if !ok {
+                resp::error(out, &arity_message(&args[0]));
+            }
+            ok
+        };
+        // Writes first: consecutive ones share the wait for their window.
+        match name.as_slice() {
+            b"SET" => {
+                if argc > 3 {
+                    self.refuse_in_turn(
+                        "ERR SET options (EX, PX, NX, XX, GET, …) are not supported",
+                    );
+                    return Next::Go;
+                }
+                if argc != 3 {
+                    self.refuse_in_turn(&arity_message(&args[0]));
+                    return Next::Go;
+                }
+                if let Some(err) = check_key(&args[1]).or_else(|| check_value(&args[2])) {
+                    self.refuse_in_turn(&err);
+                    return Next::Go;
+                }
+                self.write(&[(CommandOp::Set, &args[1], &args[2])], Awaited::Ok);
+                return Next::Go;
+            }
+            b"MSET" => {
+                if argc < 3 || argc.is_multiple_of(2) {
+                    self.refuse_in_turn(&arity_message(&args[0]));
+                    return Next::Go;
+                }
+                let pairs: Vec<(&[u8], &[u8])> = args[1..]
+                    .chunks(2)
+                    .map(|p| (&p[0][..], &p[1][..]))
+                    .collect();
+                if let Some(err) = pairs
+                    .iter()
+                    .find_map(|(k, v)| check_key(k).or_else(|| check_value(v)))
+                {
+                    self.refuse_in_turn(&err);
+                    return Next::Go;
+                }
+                let ops: Vec<(CommandOp, &[u8], &[u8])> =
+                    pairs.iter().map(|&(k, v)| (CommandOp::Set, k, v)).collect();
+                self.write(&ops, Awaited::Ok);
+                return Next::Go;
+            }
+            b"DEL" | b"UNLINK" => {
+                if argc < 2 {
+                    self.refuse_in_turn(&arity_message(&args[0]));
+                    return Next::Go;
+                }
+                if let Some(err) = args[1..].iter().find_map(|k| check_key(k)) {
+                    self.refuse_in_turn(&err);
+                    return Next::Go;
+                }
+                let ops: Vec<(CommandOp, &[u8], &[u8])> = args[1..]
+                    .iter()
+                    .map(|k| (CommandOp::Delete, &k[..], &b""[..]))
+                    .collect();
+                self.write(&ops, Awaited::Count);
+                return Next::Go;
+            }
+            _ => {}
+        }
+        // Anything else answers after the connection's earlier writes.
+        self.finish_writes().await;
+        let out = &mut self.out;
+        match name.as_slice() {
+            b"GET" => {
+                if arity(argc == 2, out) {
+                    match self.read_values(&args[1..2]).await {
+                        Ok(mut values) => {
+                            resp::bulk(&mut self.out, values.pop().flatten().as_deref())
+                        }
+                        Err(e) => resp::error(&mut self.out, &e),
+                    }
+                }
+            }
+            b"MGET" => {
+                if arity(argc >= 2, out) {
+                    match self.read_values(&args[1..]).await {
+                        Ok(values) => {
+                            resp::array_header(&mut self.out, Some(values.len()));
+                            for v in values {
+                                resp::bulk(&mut self.out, v.as_deref());
+                            }
+                        }
+                        Err(e) => resp::error(&mut self.out, &e),
+                    }
+                }
+            }
+            b"EXISTS" => {
+                if arity(argc >= 2, out) {
+                    match self.read_values(&args[1..]).await {
+                        Ok(values) => {
+                            let n = values.iter().filter(|v| v.is_some()).count();
+                            resp::integer(&mut self.out, n as i64)
+                        }
+                        Err(e) => resp::error(&mut self.out, &e),
+                    }
+                }
+            }
+            b"PING" => match argc {
+                1 => resp::simple(out, "PONG"),
+                2 => resp::bulk(out, Some(&args[1])),
+                _ => {
+                    arity(false, out);
+                }
+            },
+            b"ECHO" => {
+                if arity(argc == 2, out) {
+                    resp::bulk(out, Some(&args[1]));
+                }
+            }
+            b"DBSIZE" => {
+                if arity(argc == 1, out) {
+                    resp::integer(out, self.door.shared.map.entry_count() as i64);
+                }
+            }
+            b"SELECT" => {
+                if arity(argc == 2, out) {
+                    if &args[1][..] == b"0" {
+                        resp::simple(out, "OK");
+                    } else {
+                        resp::error(out, "ERR DB index is out of range");
+                    }
+                }
+            }
+            b"QUIT" => {
+                resp::simple(out, "OK");
+                return Next::Close;
+            }
+            b"RESET" => {
+                self.name = None;
+                resp::simple(out, "RESET");
+            }
+            b"HELLO" => {
+                let version = args.get(1).map(|v| v.to_vec());
+                match version.as_deref() {
+                    None | Some(b"2") => {
+                        let id = self.client_id.to_string();
+                        resp::array_header(out, Some(14));
+                        for (k, v) in [
+                            ("server", "ocean-liner"),
+                            ("version", env!("CARGO_PKG_VERSION")),
+                        ] {
+                            resp::bulk(out, Some(k.as_bytes()));
+                            resp::bulk(out, Some(v.as_bytes()));
+                        }
+                        resp::bulk(out, Some(b"proto"));
+                        resp::integer(out, 2);
+                        resp::bulk(out, Some(b"id"));
+                        resp::bulk(out, Some(id.as_bytes()));
+                        resp::bulk(out, Some(b"mode"));
+                        resp::bulk(out, Some(b"standalone"));
+                        resp::bulk(out, Some(b"role"));
+                        let role: &[u8] = if self.door.shared.is_leader.load(Ordering::Acquire) {
+                            b"master"
+                        } else {
+                            b"replica"
+                        };
+                        resp::bulk(out, Some(role));
+                        resp::bulk(out, Some(b"modules"));
+                        resp::array_header(out, Some(0));
+                    }
+                    Some(_) => resp::error(out, "NOPROTO unsupported protocol version"),
+                }
+            }
+            b"CLIENT" => {
+                let sub = args
+                    .get(1)
+                    .map(|s| s.to_ascii_uppercase())
+                    .unwrap_or_default();
+                match (sub.as_slice(), argc) {
+                    (b"SETNAME", 3) => {
+                        self.name = Some(args[2].to_vec());
+                        resp::simple(out, "OK");
+                    }
+                    (b"GETNAME", 2) => resp::bulk(out, self.name.as_deref()),
+                    (b"ID", 2) => resp::integer(out, self.client_id as i64 & i64::MAX),
+                    (b"SETINFO", 4) => resp::simple(out, "OK"),
+                    _ => resp::error(
+                        out,
+                        &format!(
+                            "ERR unknown subcommand '{}'. Try CLIENT HELP.",
+                            String::from_utf8_lossy(args.get(1).map(|a| &a[..]).unwrap_or(b""))
+                        ),
+                    ),
+                }
+            }
+            b"COMMAND" => {
+                // No command table yet: clients that ask get an empty one.
+                resp::array_header(out, Some(0));
+            }
+            b"INFO" => {
+                let text = self.info();
+                resp::bulk(&mut self.out, Some(text.as_bytes()));
+            }
+            _ => {
+                let mut msg = format!(
+                    "ERR unknown command '{}', with args beginning with: ",
+                    String::from_utf8_lossy(&args[0])
+                );
+                for a in args.iter().skip(1).take(8) {
+                    msg.push_str(&format!("'{}' ", String::from_utf8_lossy(a)));
+                }
+                resp::error(out, &msg);
+            }
+        }
+        Next::Go
+    }
+
+    fn refuse_in_turn(&mut self, err: &str) {
+        let mut text = Vec::new();
+        resp::error(&mut text, err);
+        if self.awaited.is_empty() && self.batch.is_empty() {
+            self.out.extend_from_slice(&text);
+        } else {
+            self.awaited.push((Awaited::Refused(text), 0..0));
+        }
+    }
+
+    /// The values of `keys`, read as a shard reads: once this node may serve reads.
+    async fn read_values(
+        &mut self,
+        keys: &[std::borrow::Cow<'_, [u8]>],
+    ) -> Result<Vec<Option<Vec<u8>>>, String> {
+        let shared = self.door.shared.clone();
+        loop {
+            let view = shared.read_view();
+            let now = shared.started.elapsed();
+            match decide_read(&view, now, 0, usize::MAX) {
+                ReadDecision::Serve => break,
+                ReadDecision::NotLeader => {
+                    let hint = shared.leader_hint();
+                    return Err(if hint.is_empty() {
+                        "READONLY this node is not the leader and no leader is known yet; retry"
+                            .into()
+                    } else {
+                        format!(
+                            "READONLY this node is not the leader (the leader's UDP address is {hint})"
+                        )
+                    });
+                }
+                ReadDecision::Busy => glommio::timer::sleep(POLL).await,
+                ReadDecision::Wait { epoch } => {
+                    shared.reads_waiting.store(true, Ordering::Release);
+                    while shared.read_epoch_done.load(Ordering::Acquire) < epoch {
+                        if !shared.is_leader.load(Ordering::Acquire) {
+                            break;
+                        }
+                        shared.reads_waiting.store(true, Ordering::Release);
+                        glommio::timer::sleep(POLL).await;
+                    }
+                    if shared.read_epoch_done.load(Ordering::Acquire) >= epoch {
+                        break;
+                    }
+                }
+            }
+        }
+        shared
+            .stats
+            .gets
+            .fetch_add(keys.len() as u64, Ordering::Relaxed);
+        let map = &shared.map;
+        let mut values: Vec<Option<Vec<u8>>> = Vec::with_capacity(keys.len());
+        let mut from_log: Vec<(usize, u64)> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            match map.get(map.key_hash(key)) {
+                Lookup::Missing => values.push(None),
+                Lookup::Inline(v) => values.push(Some(v)),
+                Lookup::InLog(offset) => {
+                    values.push(None);
+                    from_log.push((i, offset));
+                }
+            }
+        }
+        if !from_log.is_empty() {
+            let wanted: Vec<(u64, &[u8])> = from_log
+                .iter()
+                .map(|&(i, off)| (off, &keys[i][..]))
+                .collect();
+            let read = self.door.log_reader.borrow_mut().read_values_at(&wanted);
+            for (&(i, _), r) in from_log.iter().zip(read) {
+                match r {
+                    Ok(ValueRead::Value(v)) => values[i] = Some(v),
+                    Ok(ValueRead::OtherKey) => {
+                        shared.stats.hash_collisions.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        eprintln!("ocean-liner: reading a value from the log failed: {e}");
+                        return Err("ERR reading the value from the log failed".into());
+                    }
+                }
+            }
+        }
+        Ok(values)
+    }
+
+    /// INFO's text: the sections clients read.
+    fn info(&self) -> String {
+        let s = &self.door.shared;
+        let role = if s.is_leader.load(Ordering::Acquire) {
+            "master"
+        } else {
+            "slave"
+        };
+        format!(
+            "# Server\r\nredis_version:7.0.0\r\nocean_liner_version:{}\r\nredis_mode:standalone\r\n\
+             uptime_in_seconds:{}\r\n\r\n# Clients\r\nconnected_clients:{}\r\n\r\n\
+             # Replication\r\nrole:{role}\r\n\r\n# Keyspace\r\ndb0:keys={},expires=0,avg_ttl=0\r\n",
+            env!("CARGO_PKG_VERSION"),
+            s.started.elapsed().as_secs(),
+            self.door.conns.borrow().len(),
+            s.map.entry_count(),
+        )
+    }
+}
+
+/// Redis's words for a command given the wrong number of arguments.
+fn arity_message(name: &[u8]) -> String {
+    format!(
+        "ERR wrong number of arguments for '{}' command",
+        String::from_utf8_lossy(name).to_lowercase()
+    )
+}
+
+/// Why `key` cannot be stored, if it cannot.
+fn check_key(key: &[u8]) -> Option<String> {
+    if key.is_empty() || key.len() > KEY_SIZE_MAX {
+        return Some(format!("ERR keys must be 1 to {KEY_SIZE_MAX} bytes"));
+    }
+    if key.contains(&0) || std::str::from_utf8(key).is_err() {
+        return Some("ERR keys must be UTF-8 without NUL bytes".into());
+    }
+    None
+}
+
+/// Why `value` cannot be stored, if it cannot.
+fn check_value(value: &[u8]) -> Option<String> {
+    (value.len() > VALUE_SIZE_MAX)
+        .then(|| format!("ERR values may be at most {VALUE_SIZE_MAX} bytes"))
+}
+
+/// The error a write gets for an outcome other than applied.
+fn write_error(out: &mut Vec<u8>, outcome: WriteOutcome, hint: &str) {
+    let msg = match outcome {
+        WriteOutcome::Applied => return resp::simple(out, "OK"),
+        WriteOutcome::NotLeader if hint.is_empty() => {
+            "READONLY You can't write against a read only replica (no leader is known yet; retry)"
+                .to_string()
+        }
+        WriteOutcome::NotLeader => format!(
+            "READONLY You can't write against a read only replica (the leader's UDP address is {hint})"
+        ),
+        WriteOutcome::Busy => "BUSY the server is busy; retry".to_string(),
+        WriteOutcome::NoSpace => {
+            "ERR no space left on the server's disk: writes are refused, reads work".to_string()
+        }
+        WriteOutcome::Failed => "ERR the write failed on the server".to_string(),
+    };
+    resp::error(out, &msg);
+}

@@ -1,0 +1,356 @@
+//! The RESP door (`--resp-port`) on a real server process: pipelines of raw RESP, the
+//! Redis project's own clients (redis-cli and redis-benchmark, Debian's redis-tools), and
+//! a kill -9 after which every acknowledged write is read back.
+
+use ocean_liner::resp::{self, Limits, Parsed, Reply};
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ocean-liner");
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// A UDP/TCP port number and a RESP port no one uses right now.
+fn free_ports() -> (u16, u16) {
+    if NEXT_PORT.load(Ordering::Relaxed) == 0 {
+        let base = 40_000 + (std::process::id() % 2000) as u16 * 10;
+        let _ = NEXT_PORT.compare_exchange(0, base, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    let free = |p: u16| {
+        UdpSocket::bind(("127.0.0.1", p)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+    };
+    loop {
+        let a = NEXT_PORT.fetch_add(2, Ordering::Relaxed);
+        if free(a) && free(a + 1) {
+            return (a, a + 1);
+        }
+    }
+}
+
+struct Server {
+    child: Option<Child>,
+    udp: u16,
+    resp: u16,
+    dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Server {
+        let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let (udp, resp) = free_ports();
+        let mut s = Server {
+            child: None,
+            udp,
+            resp,
+            dir: tmp.path().join("data"),
+            _tmp: tmp,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(BIN)
+            .args(["--cores", "2", "--no-pin", "--batch-window-ms", "10"])
+            .args(["--client-port", &self.udp.to_string()])
+            .args(["--resp-port", &self.resp.to_string()])
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.log()).unwrap())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(mut c) = Resp::connect(self.resp) {
+                let mut out = Vec::new();
+                resp::command(&mut out, &["SET", "__up", "1"]);
+                c.send(&out);
+                // Until this node has elected itself, writes are refused: try again.
+                if c.reply() == Some(ok()) {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "the RESP door did not come up on port {}:\n{}",
+            self.resp,
+            std::fs::read_to_string(self.log()).unwrap_or_default()
+        );
+    }
+
+    fn log(&self) -> PathBuf {
+        self._tmp.path().join("server.log")
+    }
+
+    fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A raw RESP connection.
+struct Resp {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Resp {
+    fn connect(port: u16) -> std::io::Result<Resp> {
+        let stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(Resp {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    fn reply(&mut self) -> Option<Reply> {
+        loop {
+            match resp::parse_reply(&self.buf, &Limits::default()).unwrap() {
+                Parsed::Done(reply, n) => {
+                    self.buf.drain(..n);
+                    return Some(reply);
+                }
+                Parsed::Incomplete { .. } => {
+                    let mut chunk = [0u8; 65536];
+                    let n = self.stream.read(&mut chunk).ok()?;
+                    if n == 0 {
+                        return None;
+                    }
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+            }
+        }
+    }
+
+    fn call(&mut self, args: &[&str]) -> Reply {
+        let mut out = Vec::new();
+        resp::command(&mut out, args);
+        self.send(&out);
+        self.reply().expect("a reply")
+    }
+}
+
+fn ok() -> Reply {
+    Reply::Simple(b"OK".to_vec())
+}
+
+fn bulk(v: &str) -> Reply {
+    Reply::Bulk(Some(v.as_bytes().to_vec()))
+}
+
+fn error_starts(reply: &Reply, prefix: &str) -> bool {
+    matches!(reply, Reply::Error(e) if e.starts_with(prefix.as_bytes()))
+}
+
+/// One pipeline of every kind of command, sent in one write: the replies come back in
+/// order, and reads see the writes before them on the connection.
+#[test]
+fn a_pipeline_is_answered_in_order_and_reads_its_own_writes() {
+    let server = Server::start();
+    let mut c = Resp::connect(server.resp).unwrap();
+    let commands: &[&[&str]] = &[
+        &["SET", "a", "1"],
+        &["GET", "a"],
+        &["SET", "long", &"v".repeat(300)],
+        &["DEL", "a", "nothing"],
+        &["GET", "a"],
+        &["MSET", "x", "10", "y", "20"],
+        &["MGET", "x", "y", "z"],
+        &["EXISTS", "x", "z", "y"],
+        &["GET", "long"],
+        &["PING"],
+        &["ECHO", "hi"],
+        &["SELECT", "0"],
+        &["SELECT", "1"],
+        &["HELLO", "3"],
+        &["CLIENT", "SETNAME", "tester"],
+        &["CLIENT", "GETNAME"],
+        &["SET", "k"],
+        &["NOSUCH", "arg"],
+        &["DBSIZE"],
+    ];
+    let mut out = Vec::new();
+    for cmd in commands {
+        resp::command(&mut out, cmd);
+    }
+    out.extend_from_slice(b"PING\r\n");
+    c.send(&out);
+    let replies: Vec<Reply> = (0..commands.len() + 1)
+        .map(|_| c.reply().unwrap())
+        .collect();
+    assert_eq!(replies[0], ok());
+    assert_eq!(replies[1], bulk("1"));
+    assert_eq!(replies[2], ok());
+    assert_eq!(replies[3], Reply::Integer(1), "one of the two keys existed");
+    assert_eq!(replies[4], Reply::Bulk(None));
+    assert_eq!(replies[5], ok());
+    assert_eq!(
+        replies[6],
+        Reply::Array(Some(vec![bulk("10"), bulk("20"), Reply::Bulk(None)]))
+    );
+    assert_eq!(replies[7], Reply::Integer(2));
+    assert_eq!(replies[8], bulk(&"v".repeat(300)));
+    assert_eq!(replies[9], Reply::Simple(b"PONG".to_vec()));
+    assert_eq!(replies[10], bulk("hi"));
+    assert_eq!(replies[11], ok());
+    assert!(error_starts(&replies[12], "ERR DB index is out of range"));
+    assert!(error_starts(&replies[13], "NOPROTO"));
+    assert_eq!(replies[14], ok());
+    assert_eq!(replies[15], bulk("tester"));
+    assert!(error_starts(
+        &replies[16],
+        "ERR wrong number of arguments for 'set' command"
+    ));
+    assert!(error_starts(&replies[17], "ERR unknown command 'NOSUCH'"));
+    // __up, long, x, y.
+    assert_eq!(replies[18], Reply::Integer(4));
+    assert_eq!(replies[19], Reply::Simple(b"PONG".to_vec()));
+}
+
+/// Bytes that are not RESP get Redis's protocol error, and the connection is closed.
+#[test]
+fn a_protocol_error_is_answered_and_the_connection_closed() {
+    let server = Server::start();
+    let mut c = Resp::connect(server.resp).unwrap();
+    c.send(b"*1\r\n$3\r\nGET\r\n*x\r\n");
+    let first = c.reply().unwrap();
+    assert!(error_starts(
+        &first,
+        "ERR wrong number of arguments for 'get'"
+    ));
+    let second = c.reply().unwrap();
+    assert_eq!(
+        second,
+        Reply::Error(b"ERR Protocol error: invalid multibulk length".to_vec())
+    );
+    assert_eq!(c.reply(), None, "closed");
+    // Oversize values are refused, not stored.
+    let mut c = Resp::connect(server.resp).unwrap();
+    let big = "x".repeat((1 << 20) + 1);
+    assert!(error_starts(
+        &c.call(&["SET", "big", &big]),
+        "ERR values may be at most"
+    ));
+    assert_eq!(c.call(&["GET", "big"]), Reply::Bulk(None));
+}
+
+/// Pipelined SETs acknowledged before a kill -9 are all there after the restart.
+#[test]
+fn acknowledged_pipelined_writes_survive_kill_9() {
+    let mut server = Server::start();
+    let mut c = Resp::connect(server.resp).unwrap();
+    let mut out = Vec::new();
+    for i in 0..2000 {
+        resp::command(
+            &mut out,
+            &["SET", &format!("key:{i}"), &format!("value-{i}")],
+        );
+    }
+    c.send(&out);
+    for i in 0..2000 {
+        assert_eq!(c.reply().unwrap(), ok(), "SET {i}");
+    }
+    server.kill9();
+    server.spawn();
+    let mut c = Resp::connect(server.resp).unwrap();
+    for i in (0..2000).step_by(7) {
+        assert_eq!(
+            c.call(&["GET", &format!("key:{i}")]),
+            bulk(&format!("value-{i}")),
+            "key:{i}"
+        );
+    }
+}
+
+fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// redis-cli, unmodified: commands, a value from stdin, the reply formats.
+#[test]
+fn redis_cli_talks_to_the_door() {
+    if !have("redis-cli") {
+        eprintln!("SKIPPED: redis-cli is not installed (Debian's redis-tools)");
+        return;
+    }
+    let server = Server::start();
+    let port = server.resp.to_string();
+    let cli = |args: &[&str], stdin: Option<&[u8]>| {
+        let mut child = Command::new("redis-cli")
+            .args(["-p", &port])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(input) = stdin {
+            child.stdin.take().unwrap().write_all(input).unwrap();
+        } else {
+            drop(child.stdin.take());
+        }
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+    };
+    assert_eq!(cli(&["PING"], None), "PONG");
+    assert_eq!(cli(&["SET", "greeting", "hello world"], None), "OK");
+    assert_eq!(cli(&["GET", "greeting"], None), "hello world");
+    let big: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    assert_eq!(cli(&["-x", "SET", "big"], Some(&big)), "OK");
+    assert!(cli(&["STRLEN", "big"], None).contains("unknown command"));
+    let got = cli(&["GET", "big"], None);
+    assert_eq!(got.as_bytes(), &big[..]);
+    assert_eq!(cli(&["DEL", "greeting", "missing"], None), "1");
+    assert_eq!(cli(&["EXISTS", "greeting"], None), "0");
+}
+
+/// redis-benchmark, unmodified, pipelined: every request answered without an error, and
+/// the keys it wrote are there.
+#[test]
+fn redis_benchmark_runs_against_the_door() {
+    if !have("redis-benchmark") {
+        eprintln!("SKIPPED: redis-benchmark is not installed (Debian's redis-tools)");
+        return;
+    }
+    let server = Server::start();
+    let out = Command::new("redis-benchmark")
+        .args(["-p", &server.resp.to_string()])
+        .args(["-t", "set,get", "-n", "20000", "-c", "20", "-P", "16", "-q"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("SET:") && text.contains("GET:"), "{text}");
+    assert!(!text.to_lowercase().contains("error"), "{text}");
+    let mut c = Resp::connect(server.resp).unwrap();
+    assert!(matches!(c.call(&["DBSIZE"]), Reply::Integer(n) if n >= 2));
+    assert_eq!(c.call(&["GET", "key:__rand_int__"]), bulk("VXK"));
+}
