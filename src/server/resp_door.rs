@@ -45,7 +45,7 @@ use std::time::Duration;
 pub const OUTPUT_FLUSH_BYTES: usize = 1 << 20;
 /// Bytes read from a socket at a time: a connection buffers the command it is parsing
 /// and at most this much more.
-const READ_CHUNK: usize = 64 << 10;
+const READ_CHUNK: usize = 16 << 10;
 /// How often a door looks for completed windows and finished read rounds.
 const POLL: Duration = Duration::from_micros(200);
 
@@ -133,10 +133,8 @@ pub fn run(
             glommio::timer::sleep(Duration::from_millis(20)).await;
         }
         acceptor.cancel().await;
-        // Every accepted write is answered before the door reports idle.
-        while door.conns.borrow().values().any(|c| c.pending.get() > 0) {
-            glommio::timer::sleep(POLL).await;
-        }
+        // New writes are refused from now on; the replication core seals what the window
+        // holds, and the dispatcher hands out the outcomes until it is done.
         door.shared.shards_idle.fetch_add(1, Ordering::AcqRel);
         dispatcher.await;
     });
@@ -357,7 +355,9 @@ impl Conn {
     fn write(&mut self, ops: &[(CommandOp, &[u8], &[u8])], how: Awaited) {
         let shared = &self.door.shared;
         let slot = &shared.windows[self.door.config.slot];
-        let refusal = if !shared.is_leader.load(Ordering::Acquire) {
+        let refusal = if shared.stop.load(Ordering::Acquire) {
+            Some(WriteOutcome::Failed)
+        } else if !shared.is_leader.load(Ordering::Acquire) {
             Some(WriteOutcome::NotLeader)
         } else if slot.bytes() + self.batch.commands.len() >= self.door.config.window_bytes_hard_max
         {
@@ -766,7 +766,9 @@ fn write_error(out: &mut Vec<u8>, outcome: WriteOutcome, hint: &str) {
         WriteOutcome::NoSpace => {
             "ERR no space left on the server's disk: writes are refused, reads work".to_string()
         }
-        WriteOutcome::Failed => "ERR the write failed on the server".to_string(),
+        WriteOutcome::Failed => {
+            "ERR the write was not applied (the server failed it, or is stopping)".to_string()
+        }
     };
     resp::error(out, &msg);
 }
