@@ -10,7 +10,7 @@
 //! - [`replica`]: one node's replication logic — seal, propose, Ready cycle, leases and
 //!   read rounds — as a state machine the server and the simulator both drive.
 //! - [`server`]: the threads, sockets and timers around it: shards (ingress, window,
-//!   reply), the replication thread, the peer transport, batched UDP.
+//!   reply), the RESP door (glommio), the replication thread, the peer transport.
 //! - [`net`]: batched UDP (`recvmmsg`/`sendmmsg`), used by the shards and the load tool.
 //! - [`client`]: the UDP wire protocol, the client library and the load tool; it stands
 //!   apart from the server.

@@ -63,9 +63,10 @@ for t in "${targets[@]}"; do
             cp "$f" "$here/fuzz/crashes/$t/$(sha1sum "$f" | cut -c1-16)"
         done
     done
-    # Grow the kept corpus with the smallest new inputs.
+    # Grow the kept corpus with the smallest new inputs (`head` closing the pipe early is
+    # not a failure).
     find "$out/$t/default/queue" -maxdepth 1 -type f -name 'id*' ! -name '*orig*' \
         -printf '%s %p\n' 2>/dev/null | sort -n | head -200 | while read -r _ f; do
         cp "$f" "$here/fuzz/corpus/$t/$(sha1sum "$f" | cut -c1-16)"
-    done
+    done || true
 done

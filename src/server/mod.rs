@@ -8,7 +8,9 @@
 //! ```
 //!
 //! - [`shard`]: ingress, validation, window, GETs, replies.
-//! - [`window`]: the per-shard window buffer handed to the replication core.
+//! - [`resp_door`]: Redis clients over TCP (`--resp-port`), a glommio executor per shard
+//!   core with a window of its own.
+//! - [`window`]: the per-shard (and per-door) window buffer handed to the replication core.
 //! - [`replication`]: the thread that drives the replica core (`crate::replica`).
 //! - [`transport`]: TCP frames between the nodes of a cluster, and a thread per snapshot
 //!   streamed to a follower.
