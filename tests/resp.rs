@@ -1,6 +1,6 @@
 //! The RESP door (`--resp-port`) on a real server process: pipelines of raw RESP, the
-//! Redis project's own clients (redis-cli and redis-benchmark, Debian's redis-tools), and
-//! a kill -9 after which every acknowledged write is read back.
+//! Redis project's own clients (redis-cli and redis-benchmark, Debian's redis-tools),
+//! redis-py (PyPI), and kill -9 after which every acknowledged write is read back.
 
 use ocean_liner::resp::{self, Limits, Parsed, Reply};
 use std::io::{Read, Write};
@@ -353,4 +353,68 @@ fn redis_benchmark_runs_against_the_door() {
     let mut c = Resp::connect(server.resp).unwrap();
     assert!(matches!(c.call(&["DBSIZE"]), Reply::Integer(n) if n >= 2));
     assert_eq!(c.call(&["GET", "key:__rand_int__"]), bulk("VXK"));
+}
+
+/// What redis-py does against the door, in two phases around a kill -9: `write` pipelines
+/// 1,000 SETs, an MSET and a 1 MiB value and prints "acked" once all are acknowledged;
+/// `check` reads every one back.
+const REDIS_PY: &str = r#"
+import hashlib, sys, redis
+port, phase = int(sys.argv[1]), sys.argv[2]
+# RESP2: redis-py 5+ asks for RESP3 with HELLO 3, which the door refuses.
+r = redis.Redis(port=port, protocol=2, socket_timeout=20)
+big = hashlib.sha256(b"seed").digest() * (1 << 15)
+assert len(big) == 1 << 20
+if phase == "write":
+    p = r.pipeline(transaction=False)
+    for i in range(1000):
+        p.set(f"py:{i}", f"value-{i}")
+    assert all(p.execute())
+    assert r.mset({"m:a": "1", "m:b": "2"})
+    assert r.set("py:big", big)
+    assert r.get("py:big") == big
+    print("acked")
+else:
+    p = r.pipeline(transaction=False)
+    for i in range(1000):
+        p.get(f"py:{i}")
+    got = p.execute()
+    assert got == [f"value-{i}".encode() for i in range(1000)], "a pipelined SET was lost"
+    assert r.mget("m:a", "m:b", "m:none") == [b"1", b"2", None]
+    assert r.get("py:big") == big
+    assert r.delete("m:a", "m:none") == 1 and r.exists("m:a") == 0
+    print("checked")
+"#;
+
+/// redis-py, unmodified (PyPI): a pipeline, MSET/MGET, a 1 MiB value, then kill -9 and
+/// every acknowledged write read back.
+#[test]
+fn redis_py_writes_survive_kill_9() {
+    let importable = Command::new("python3")
+        .args(["-c", "import redis"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !importable {
+        eprintln!("SKIPPED: redis-py is not installed (python3 -m pip install redis)");
+        return;
+    }
+    let mut server = Server::start();
+    let port = server.resp.to_string();
+    let py = |phase: &str| {
+        let out = Command::new("python3")
+            .args(["-c", REDIS_PY, &port, phase])
+            .output()
+            .unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (out, err) = py("write");
+    assert_eq!(out, "acked", "{err}");
+    server.kill9();
+    server.spawn();
+    let (out, err) = py("check");
+    assert_eq!(out, "checked", "{err}");
 }
