@@ -137,6 +137,19 @@ pub fn run(
         // holds, and the dispatcher hands out the outcomes until it is done.
         door.shared.shards_idle.fetch_add(1, Ordering::AcqRel);
         dispatcher.await;
+        // Let the connections write the replies of the last windows (bounded: a client
+        // that stopped reading does not hold the server up).
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while std::time::Instant::now() < deadline
+            && door
+                .conns
+                .borrow()
+                .values()
+                .any(|c| c.pending.get() > 0 || !c.done.borrow().is_empty())
+        {
+            glommio::timer::sleep(POLL).await;
+        }
+        glommio::timer::sleep(Duration::from_millis(20)).await;
     });
     Ok(())
 }
