@@ -583,7 +583,6 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         let doors_iter = completion_rxs.zip(log_readers).zip(listeners);
         for (d, ((completions, log_reader), listener)) in doors_iter.enumerate() {
             let door = resp_door::DoorConfig {
-                addr,
                 slot: shard_count + d,
                 connections_max: config.resp_connections_max,
                 window_bytes_max,

@@ -51,7 +51,6 @@ const POLL: Duration = Duration::from_micros(200);
 
 /// What one door needs.
 pub struct DoorConfig {
-    pub addr: SocketAddr,
     /// This door's window slot.
     pub slot: usize,
     pub connections_max: usize,

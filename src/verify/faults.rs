@@ -445,6 +445,18 @@ impl Drop for Hosts {
     }
 }
 
+/// Whether the run a name belongs to (the name with its `olf` prefix cut off: the run's
+/// process id, then the rest) has no process any more.
+fn run_is_gone(after_prefix: &str) -> bool {
+    let digits: String = after_prefix
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits
+        .parse::<u32>()
+        .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+}
+
 /// Deletes the namespaces of runs whose process is gone.
 fn remove_leftovers() {
     let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
@@ -455,11 +467,7 @@ fn remove_leftovers() {
         let Some(rest) = name.strip_prefix("olf") else {
             continue;
         };
-        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        let Ok(pid) = digits.parse::<u32>() else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if run_is_gone(rest) {
             let _ = run(&["ip", "netns", "del", name]);
         }
     }
@@ -473,11 +481,7 @@ fn remove_leftovers() {
         let Some(rest) = name.strip_prefix("olf") else {
             continue;
         };
-        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        if digits
-            .parse::<u32>()
-            .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
-        {
+        if run_is_gone(rest) {
             release_blkio_group(&e.path());
         }
     }
@@ -1245,19 +1249,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, bin: &Path, dir: &Path) -> i
     let history = Arc::new(Mutex::new(Vec::<Operation>::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let salt = rng.below(1 << 20);
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|w| {
-            let (history, stop) = (history.clone(), stop.clone());
-            let netns = format!("/run/netns/{}", cluster.hosts.ns("c"));
-            std::thread::spawn(move || -> io::Result<HashMap<String, (u64, u64)>> {
-                enter(&netns)?;
-                let prefix = format!("s{salt}-");
-                let servers = Cluster::client_addrs();
-                let deadline = Duration::from_millis(1500);
-                workload(&servers, w, &prefix, deadline, epoch, &history, &stop)
-            })
-        })
-        .collect();
+    let writers = start_writers(&cluster, salt, epoch, &history, &stop);
     let phase = |t: Instant| t.duration_since(epoch).as_micros() as u64;
     std::thread::sleep(Duration::from_secs(2));
     let fault_at = Instant::now();
@@ -1272,13 +1264,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, bin: &Path, dir: &Path) -> i
     let fault_end = phase(Instant::now());
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, Ordering::Relaxed);
-    let mut versions = Vec::new();
-    for t in writers {
-        versions.push(
-            t.join()
-                .map_err(|_| io::Error::other("a client thread panicked"))??,
-        );
-    }
+    let versions = join_writers(writers)?;
     let run_end = phase(Instant::now());
     injected?;
     healed?;
@@ -1295,15 +1281,7 @@ pub fn run_scenario(scenario: &Scenario, seed: u64, bin: &Path, dir: &Path) -> i
         &mut report,
         &mut problems,
     );
-    report.operations = history.len();
-    report.acknowledged_writes = history
-        .iter()
-        .filter(|o| matches!(o.input, Input::Set(_)) && o.output == Output::Ok)
-        .count();
-    report.failed_operations = history
-        .iter()
-        .filter(|o| o.output == Output::Unknown)
-        .count();
+    report.count(&history);
     let spans = [
         (0, fault_start),
         (fault_start, fault_end),
@@ -1398,26 +1376,7 @@ pub fn soak(
     let history = Arc::new(Mutex::new(Vec::<Operation>::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let salt = rng.below(1 << 20);
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|w| {
-            let (history, stop) = (history.clone(), stop.clone());
-            let netns = format!("/run/netns/{}", cluster.hosts.ns("c"));
-            std::thread::spawn(move || -> io::Result<HashMap<String, (u64, u64)>> {
-                enter(&netns)?;
-                let servers = Cluster::client_addrs();
-                let prefix = format!("s{salt}-");
-                workload(
-                    &servers,
-                    w,
-                    &prefix,
-                    Duration::from_millis(1500),
-                    epoch,
-                    &history,
-                    &stop,
-                )
-            })
-        })
-        .collect();
+    let writers = start_writers(&cluster, salt, epoch, &history, &stop);
     let servers: Vec<String> = Cluster::client_addrs()
         .iter()
         .map(|a| a.to_string())
@@ -1555,13 +1514,7 @@ pub fn soak(
     }
     stop.store(true, Ordering::Relaxed);
     let _ = bench.wait();
-    let mut versions = Vec::new();
-    for t in writers {
-        versions.push(
-            t.join()
-                .map_err(|_| io::Error::other("a client thread panicked"))??,
-        );
-    }
+    let versions = join_writers(writers)?;
     let mut history = Arc::try_unwrap(history)
         .unwrap_or_default()
         .into_inner()
@@ -1580,15 +1533,7 @@ pub fn soak(
         &mut run,
         &mut problems,
     );
-    run.operations = history.len();
-    run.acknowledged_writes = history
-        .iter()
-        .filter(|o| matches!(o.input, Input::Set(_)) && o.output == Output::Ok)
-        .count();
-    run.failed_operations = history
-        .iter()
-        .filter(|o| o.output == Output::Unknown)
-        .count();
+    run.count(&history);
     if !problems.is_empty() {
         run.problem = Some(problems.join("; "));
         keep(&cluster, &history, dir)?;
@@ -1631,6 +1576,58 @@ fn dir_bytes(dir: &Path) -> u64 {
         }
     }
     total
+}
+
+/// A recorded client's thread.
+type Writer = std::thread::JoinHandle<io::Result<HashMap<String, (u64, u64)>>>;
+
+/// Starts the [`WRITERS`] recorded clients of a run, in the clients' namespace.
+fn start_writers(
+    cluster: &Cluster,
+    salt: u64,
+    epoch: Instant,
+    history: &Arc<Mutex<Vec<Operation>>>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<Writer> {
+    (0..WRITERS)
+        .map(|w| {
+            let (history, stop) = (history.clone(), stop.clone());
+            let netns = format!("/run/netns/{}", cluster.hosts.ns("c"));
+            std::thread::spawn(move || {
+                enter(&netns)?;
+                let prefix = format!("s{salt}-");
+                let servers = Cluster::client_addrs();
+                let deadline = Duration::from_millis(1500);
+                workload(&servers, w, &prefix, deadline, epoch, &history, &stop)
+            })
+        })
+        .collect()
+}
+
+/// Waits for the recorded clients: per client, its keys' (acknowledged, attempted) versions.
+fn join_writers(writers: Vec<Writer>) -> io::Result<Vec<HashMap<String, (u64, u64)>>> {
+    writers
+        .into_iter()
+        .map(|t| {
+            t.join()
+                .map_err(|_| io::Error::other("a client thread panicked"))?
+        })
+        .collect()
+}
+
+impl Report {
+    /// Counts a history's operations, acknowledged writes and failed operations.
+    fn count(&mut self, history: &[Operation]) {
+        self.operations = history.len();
+        self.acknowledged_writes = history
+            .iter()
+            .filter(|o| matches!(o.input, Input::Set(_)) && o.output == Output::Ok)
+            .count();
+        self.failed_operations = history
+            .iter()
+            .filter(|o| o.output == Output::Unknown)
+            .count();
+    }
 }
 
 /// Reads every key back once the cluster has a leader again, adds those reads to
