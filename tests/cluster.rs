@@ -25,11 +25,14 @@ struct Node {
     child: Option<Child>,
     peer_port: u16,
     client_port: u16,
+    resp_port: u16,
 }
 
 struct Cluster {
     nodes: Vec<Node>,
     extra: Vec<String>,
+    /// Whether the nodes open their RESP door (on each node's `resp_port`).
+    resp: bool,
     dir: PathBuf,
     _tmp: tempfile::TempDir,
 }
@@ -63,15 +66,18 @@ impl Cluster {
         for _ in 0..n {
             let peer_port = free_port();
             let client_port = free_port();
+            let resp_port = free_port();
             nodes.push(Node {
                 child: None,
                 peer_port,
                 client_port,
+                resp_port,
             });
         }
         let mut c = Cluster {
             nodes,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            resp: extra.contains(&"--resp"),
             dir: tmp.path().to_path_buf(),
             _tmp: tmp,
         };
@@ -91,12 +97,29 @@ impl Cluster {
 
     fn spawn(&mut self, k: usize) {
         let child = Command::new(BIN)
-            .args(["--no-pin", "--cores", "2", "--batch-window-ms", "10"])
+            .args(["--no-pin", "--cores", "2"])
+            .args(
+                (!self.extra.iter().any(|a| a == "--batch-window-ms"))
+                    .then_some(["--batch-window-ms", "10"])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(["--peers", &self.peers(), "--node-id", &k.to_string()])
             .args(["--client-port", &self.nodes[k].client_port.to_string()])
             .arg("--data-dir")
             .arg(self.dir.join(format!("node-{k}")))
-            .args(&self.extra)
+            .args(self.extra.iter().filter(|a| *a != "--resp"))
+            .args(
+                self.resp
+                    .then(|| {
+                        [
+                            "--resp-port".to_string(),
+                            self.nodes[k].resp_port.to_string(),
+                        ]
+                    })
+                    .into_iter()
+                    .flatten(),
+            )
             .stdout(Stdio::null())
             .stderr(self.stderr_file(k))
             .spawn()
@@ -603,4 +626,105 @@ fn bad_peer_connections_are_closed_and_the_cluster_keeps_working() {
         client.set(&format!("k{i}"), b"v").unwrap();
     }
     assert_eq!(client.get("k49").unwrap(), Some(b"v".to_vec()));
+}
+
+/// One RESP command on a new connection to `port`, and its reply.
+fn resp_call(port: u16, args: &[&str]) -> Option<ocean_liner::resp::Reply> {
+    use ocean_liner::resp::{self, Limits, Parsed};
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut out = Vec::new();
+    resp::command(&mut out, args);
+    stream.write_all(&out).ok()?;
+    let mut buf = Vec::new();
+    loop {
+        if let Ok(Parsed::Done(reply, _)) = resp::parse_reply(&buf, &Limits::default()) {
+            return Some(reply);
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// INCR through the leader's RESP door while its earlier entries are still in flight
+/// (a follower must acknowledge each): every acknowledged INCR got a value no other got,
+/// together exactly 1..=N. The followers applied the same plain SETs, so after a kill -9
+/// of the leader the next one continues at N+1.
+#[test]
+fn incr_on_a_cluster_hands_out_each_value_once_across_a_leader_kill() {
+    use ocean_liner::resp::{self, Limits, Parsed, Reply};
+    use std::io::{Read, Write};
+    // Windows of 1 ms: shorter than a commit, so entries are still in flight at a seal.
+    let mut cluster = Cluster::start_with(3, &["--resp", "--batch-window-ms", "1"]);
+    let (leader, _, _) = cluster
+        .wait_for_leader(None, Duration::from_secs(10))
+        .expect("a leader is elected");
+    let port = cluster.nodes[leader].resp_port;
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                let mut buf = Vec::new();
+                let mut got = Vec::new();
+                for round in 0..15 {
+                    let depth = 1 + (t * 5 + round) % 16;
+                    let mut out = Vec::new();
+                    for _ in 0..depth {
+                        resp::command(&mut out, &["INCR", "counter"]);
+                    }
+                    stream.write_all(&out).unwrap();
+                    let mut answered = 0;
+                    while answered < depth {
+                        match resp::parse_reply(&buf, &Limits::default()).unwrap() {
+                            Parsed::Done(reply, n) => {
+                                buf.drain(..n);
+                                match reply {
+                                    Reply::Integer(v) => got.push(v),
+                                    other => panic!("INCR answered {other:?}"),
+                                }
+                                answered += 1;
+                            }
+                            Parsed::Incomplete { .. } => {
+                                let mut chunk = [0u8; 4096];
+                                let n = stream.read(&mut chunk).unwrap();
+                                assert!(n > 0, "the leader closed the connection");
+                                buf.extend_from_slice(&chunk[..n]);
+                            }
+                        }
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    let mut all: Vec<i64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    all.sort_unstable();
+    let n = all.len() as i64;
+    assert_eq!(all, (1..=n).collect::<Vec<_>>(), "each value once");
+    cluster.kill9(leader);
+    let (next, _, _) = cluster
+        .wait_for_leader(Some(leader), Duration::from_secs(10))
+        .expect("another leader is elected");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reply = loop {
+        // Right after the election the new leader answers BUSY until its first entry
+        // applied: retry.
+        match resp_call(cluster.nodes[next].resp_port, &["INCR", "counter"]) {
+            Some(Reply::Integer(v)) => break v,
+            other if Instant::now() > deadline => panic!("INCR on the new leader: {other:?}"),
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    assert_eq!(reply, n + 1, "the new leader continues the counter");
 }

@@ -230,6 +230,173 @@ fn a_pipeline_is_answered_in_order_and_reads_its_own_writes() {
     assert_eq!(replies[19], Reply::Simple(b"PONG".to_vec()));
 }
 
+/// SET NX/XX/GET, SETNX, GETSET, GETDEL and the INCR family answer as Redis answers,
+/// in one pipeline (so in the same window, each seeing the ones before it) and across
+/// windows.
+#[test]
+fn conditional_writes_answer_as_redis_does() {
+    let server = Server::start();
+    let mut c = Resp::connect(server.resp).unwrap();
+    let int = Reply::Integer;
+    let nil = Reply::Bulk(None);
+    let cases: &[(&[&str], Reply)] = &[
+        (&["SET", "n", "10"], ok()),
+        (&["INCR", "n"], int(11)),
+        (&["INCRBY", "n", "5"], int(16)),
+        (&["DECR", "n"], int(15)),
+        (&["DECRBY", "n", "100"], int(-85)),
+        (&["GET", "n"], bulk("-85")),
+        (&["INCR", "fresh"], int(1)),
+        (&["SET", "k", "v", "NX"], ok()),
+        (&["SET", "k", "v2", "nx"], nil.clone()),
+        (&["SET", "k", "v3", "XX", "GET"], bulk("v")),
+        (&["GET", "k"], bulk("v3")),
+        (&["SET", "absent", "1", "XX"], nil.clone()),
+        (&["EXISTS", "absent"], int(0)),
+        (&["SET", "k", "v4", "KEEPTTL", "GET"], bulk("v3")),
+        (&["SETNX", "k", "q"], int(0)),
+        (&["SETNX", "k2", "q"], int(1)),
+        (&["GETSET", "k2", "r"], bulk("q")),
+        (&["GETDEL", "k2"], bulk("r")),
+        (&["GETDEL", "k2"], nil.clone()),
+        (&["EXISTS", "k2"], int(0)),
+        (&["SET", "k", "a", "GET"], bulk("v4")),
+        (&["GET", "k"], bulk("a")),
+    ];
+    let errors: &[(&[&str], &str)] = &[
+        (
+            &["INCR", "k"],
+            "ERR value is not an integer or out of range",
+        ),
+        (&["SET", "max", "9223372036854775807"], ""),
+        (
+            &["INCR", "max"],
+            "ERR increment or decrement would overflow",
+        ),
+        (
+            &["INCRBY", "n", "1.5"],
+            "ERR value is not an integer or out of range",
+        ),
+        (
+            &["DECRBY", "n", "-9223372036854775808"],
+            "ERR decrement would overflow",
+        ),
+        (
+            &["SET", "a", "b", "EX", "10"],
+            "ERR SET EX, PX, EXAT and PXAT are not supported",
+        ),
+        (&["SET", "a", "b", "NX", "XX"], "ERR syntax error"),
+        (&["SET", "a", "b", "FOO"], "ERR syntax error"),
+        (
+            &["INCR"],
+            "ERR wrong number of arguments for 'incr' command",
+        ),
+        (&["GET", "a"], ""),
+    ];
+    // Once one command at a time, once as one pipeline (one window).
+    for round in 0..2 {
+        let prefix = format!("r{round}:");
+        let named = |args: &[&str]| -> Vec<String> {
+            args.iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    if i == 1 {
+                        format!("{prefix}{a}")
+                    } else {
+                        a.to_string()
+                    }
+                })
+                .collect()
+        };
+        let mut out = Vec::new();
+        let mut want = Vec::new();
+        for (args, reply) in cases {
+            let args = named(args);
+            let args: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
+            if round == 0 {
+                assert_eq!(&c.call(&args), reply, "{args:?}");
+            } else {
+                resp::command(&mut out, &args);
+                want.push(reply.clone());
+            }
+        }
+        for (args, err) in errors {
+            let args = named(args);
+            let args: Vec<&str> = args.iter().map(|a| a.as_str()).collect();
+            let reply = if round == 0 {
+                c.call(&args)
+            } else {
+                resp::command(&mut out, &args);
+                continue;
+            };
+            match *err {
+                "" if args[0] == "GET" => assert_eq!(reply, nil, "{args:?}"),
+                "" => assert_eq!(reply, ok(), "{args:?}"),
+                _ => assert!(error_starts(&reply, err), "{args:?}: {reply:?}"),
+            }
+        }
+        if round == 1 {
+            c.send(&out);
+            for (i, w) in want.iter().enumerate() {
+                assert_eq!(&c.reply().unwrap(), w, "pipelined {:?}", cases[i].0);
+            }
+            for (args, err) in errors {
+                let reply = c.reply().unwrap();
+                match *err {
+                    "" if args[0] == "GET" => assert_eq!(reply, nil, "{args:?}"),
+                    "" => assert_eq!(reply, ok(), "{args:?}"),
+                    _ => assert!(error_starts(&reply, err), "{args:?}: {reply:?}"),
+                }
+            }
+        }
+    }
+}
+
+/// Many connections INCR one counter at once: every acknowledged INCR got a value no other
+/// got, together they are exactly 1..=N, and after kill -9 the counter is N.
+#[test]
+fn concurrent_incr_hands_out_each_value_once_and_survives_kill_9() {
+    let mut server = Server::start();
+    let port = server.resp;
+    let threads: Vec<_> = (0..6)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut c = Resp::connect(port).unwrap();
+                let mut got = Vec::new();
+                for round in 0..20 {
+                    let depth = 1 + (t * 7 + round) % 16;
+                    let mut out = Vec::new();
+                    for _ in 0..depth {
+                        resp::command(&mut out, &["INCR", "counter"]);
+                        resp::command(&mut out, &["SET", "other", "x"]);
+                    }
+                    c.send(&out);
+                    for _ in 0..depth {
+                        match c.reply().unwrap() {
+                            Reply::Integer(n) => got.push(n),
+                            other => panic!("INCR answered {other:?}"),
+                        }
+                        assert_eq!(c.reply().unwrap(), ok());
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    let mut all: Vec<i64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    all.sort_unstable();
+    let n = all.len() as i64;
+    assert_eq!(all, (1..=n).collect::<Vec<_>>(), "each value once");
+    server.kill9();
+    server.spawn();
+    let mut c = Resp::connect(server.resp).unwrap();
+    assert_eq!(c.call(&["GET", "counter"]), bulk(&n.to_string()));
+    assert_eq!(c.call(&["INCR", "counter"]), Reply::Integer(n + 1));
+}
+
 /// Bytes that are not RESP get Redis's protocol error, and the connection is closed.
 #[test]
 fn a_protocol_error_is_answered_and_the_connection_closed() {
@@ -373,6 +540,22 @@ if phase == "write":
     assert r.mset({"m:a": "1", "m:b": "2"})
     assert r.set("py:big", big)
     assert r.get("py:big") == big
+    # Conditional writes and counters, as redis-py calls them.
+    assert r.set("py:nx", "a", nx=True) and r.set("py:nx", "b", nx=True) is None
+    assert r.set("py:nx", "c", xx=True, get=True) == b"a"
+    assert r.setnx("py:nx", "d") is False and r.getset("py:nx", "e") == b"c"
+    assert r.getdel("py:nx") == b"e" and r.getdel("py:nx") is None
+    p = r.pipeline(transaction=False)
+    for _ in range(100):
+        p.incr("py:counter")
+    p.decrby("py:counter", 30)
+    p.incrby("py:counter", 5)
+    assert p.execute() == list(range(1, 101)) + [70, 75]
+    try:
+        r.incr("py:0")
+        raise AssertionError("INCR of a non-integer succeeded")
+    except redis.ResponseError as e:
+        assert "not an integer" in str(e)
     print("acked")
 else:
     p = r.pipeline(transaction=False)
@@ -383,6 +566,7 @@ else:
     assert r.mget("m:a", "m:b", "m:none") == [b"1", b"2", None]
     assert r.get("py:big") == big
     assert r.delete("m:a", "m:none") == 1 and r.exists("m:a") == 0
+    assert r.get("py:counter") == b"75" and r.incr("py:counter") == 76
     print("checked")
 "#;
 

@@ -472,6 +472,22 @@ impl RaftNode {
         Ok(LogIndex(index))
     }
 
+    /// Whether every entry of the log past the applied index is one this leader proposed
+    /// in its current term (and still awaits): then the applied state plus those proposals
+    /// is the state a new proposal will meet.
+    pub fn unapplied_entries_are_own(&self) -> bool {
+        let applied = self.applied_index().get();
+        let last = self.raw.raft.raft_log.last_index();
+        let term = self.raw.raft.term;
+        self.is_leader()
+            && last.saturating_sub(applied) == self.pending.len() as u64
+            && self
+                .pending
+                .iter()
+                .enumerate()
+                .all(|(i, (&index, &(t, _)))| index == applied + 1 + i as u64 && t == term)
+    }
+
     /// Starts a read confirmed by a quorum (ReadIndex); [`Event::ReadReady`] reports it.
     pub fn read_index(&mut self, ctx: u64) {
         self.raw.read_index(ctx.to_le_bytes().to_vec());

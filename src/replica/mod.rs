@@ -21,6 +21,8 @@
 //! What it reports is outcomes ([`WriteOutcome`], [`ReadDecision`]), never wire statuses:
 //! the shard maps them to the client protocol.
 
+pub mod conditional;
+
 use crate::consensus::{Event, FatalError, Output, ProposeError, RaftNode};
 use crate::storage::engine::{EngineError, Outcome, Reclaimed};
 use crate::storage::log;
@@ -71,6 +73,11 @@ impl ReplicaConfig {
 pub struct Window<R> {
     pub commands: Vec<u8>,
     pub replies: Vec<R>,
+    /// Whether `commands` holds window-only (conditional) commands, which sealing
+    /// resolves into log commands ([`conditional`]).
+    pub conditional: bool,
+    /// After sealing: the answers of the conditional commands, by place in the window.
+    pub results: Vec<(usize, conditional::Resolved)>,
 }
 
 impl<R> Default for Window<R> {
@@ -78,6 +85,8 @@ impl<R> Default for Window<R> {
         Window {
             commands: Vec::new(),
             replies: Vec::new(),
+            conditional: false,
+            results: Vec::new(),
         }
     }
 }
@@ -90,6 +99,8 @@ impl<R> Window<R> {
     pub fn clear(&mut self) {
         self.commands.clear();
         self.replies.clear();
+        self.conditional = false;
+        self.results.clear();
     }
 }
 
@@ -399,6 +410,20 @@ impl<R> Replica<R> {
         if !self.node.is_leader() {
             fail(windows, WriteOutcome::NotLeader, out);
             return;
+        }
+        let mut windows = windows;
+        if windows.iter().any(|w| w.conditional) {
+            // Resolved against the applied state and the entries still in flight, in
+            // the order they were proposed.
+            let complete = self.node.unapplied_entries_are_own();
+            let mut tags: Vec<&u64> = self.pending.keys().collect();
+            tags.sort_unstable();
+            let in_flight: Vec<&[u8]> = tags
+                .into_iter()
+                .flat_map(|t| self.pending[t].iter().map(|w| &w.commands[..]))
+                .collect();
+            let mut engine = self.node.engine();
+            conditional::resolve(&in_flight, &mut windows, complete, &mut *engine);
         }
         self.entry.clear();
         for w in &windows {

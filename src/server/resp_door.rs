@@ -23,9 +23,12 @@
 use super::Shared;
 use super::replication::Completion;
 use super::window::{Door, ReplyTo, Window};
+use crate::replica::conditional::Resolved;
 use crate::replica::{ReadDecision, WriteOutcome, decide_read, window_is_full};
 use crate::resp::{self, Args, Parsed};
-use crate::storage::command::{self, CommandOp, KEY_SIZE_MAX, VALUE_SIZE_MAX};
+use crate::storage::command::{
+    self, CommandOp, ConditionalOp, KEY_SIZE_MAX, SET_GET, SET_NX, SET_XX, VALUE_SIZE_MAX,
+};
 use crate::storage::engine::Outcome;
 use crate::storage::log::{LogReader, ValueRead};
 use crate::storage::store::Lookup;
@@ -167,23 +170,32 @@ struct DoorState {
 struct ConnShared {
     /// Writes in the window not yet answered.
     pending: Cell<usize>,
-    done: RefCell<Vec<(u64, WriteOutcome, Option<Outcome>)>>,
+    done: RefCell<Vec<Done>>,
 }
+
+/// One write's fate: its request, its window's outcome, what applying did, and the answer
+/// of a conditional write.
+type Done = (u64, WriteOutcome, Option<Outcome>, Option<Resolved>);
 
 /// Moves completed windows' outcomes to their connections, until the server has stopped
 /// and every pending write was answered.
 async fn dispatch(door: Rc<DoorState>, completions: Receiver<Completion>) {
     loop {
         let mut any = false;
-        while let Ok(done) = completions.try_recv() {
+        while let Ok(mut done) = completions.try_recv() {
             any = true;
             let conns = door.conns.borrow();
+            let mut results = std::mem::take(&mut done.window.results)
+                .into_iter()
+                .peekable();
             for (i, reply) in done.window.replies.iter().enumerate() {
+                let resolved = results.next_if(|r| r.0 == i).map(|r| r.1);
                 if let Some(conn) = conns.get(&reply.client_id) {
                     conn.done.borrow_mut().push((
                         reply.request_seq,
                         done.outcome,
                         done.outcomes.get(i).copied(),
+                        resolved,
                     ));
                     conn.pending.set(conn.pending.get().saturating_sub(1));
                 }
@@ -204,8 +216,23 @@ enum Awaited {
     Ok,
     /// DEL: the number of keys that existed.
     Count,
+    /// A conditional write: answered from what it was resolved to.
+    Resolved(Shape),
     /// Refused before it reached the window: this reply, in its turn.
     Refused(Vec<u8>),
+}
+
+/// How a conditional write's answer is shaped.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    /// SET with NX/XX: +OK when written, else a nil; with GET, the previous value.
+    Set { get: bool },
+    /// SETNX: 1 when written, else 0.
+    SetNx,
+    /// GETSET, GETDEL: the previous value.
+    Previous,
+    /// INCR and its family: the new value.
+    Counter,
 }
 
 /// One connection, until it closes, QUITs, sends what is not RESP, or the server stops.
@@ -333,23 +360,26 @@ impl Conn {
         {
             glommio::timer::sleep(POLL).await;
         }
-        let mut done: HashMap<u64, (WriteOutcome, Option<Outcome>)> = self
+        type Fate = (WriteOutcome, Option<Outcome>, Option<Resolved>);
+        let mut done: HashMap<u64, Fate> = self
             .shared
             .done
             .borrow_mut()
             .drain(..)
-            .map(|(seq, w, o)| (seq, (w, o)))
+            .map(|(seq, w, o, r)| (seq, (w, o, r)))
             .collect();
         let hint = self.door.shared.leader_hint();
         for (how, seqs) in std::mem::take(&mut self.awaited) {
             let mut outcome = WriteOutcome::Applied;
             let mut count = 0i64;
+            let mut resolved = None;
             for seq in seqs {
                 match done.remove(&seq) {
-                    Some((WriteOutcome::Applied, o)) => {
+                    Some((WriteOutcome::Applied, o, r)) => {
                         count += matches!(o, Some(Outcome::Done)) as i64;
+                        resolved = r;
                     }
-                    Some((other, _)) => outcome = other,
+                    Some((other, _, _)) => outcome = other,
                     None => outcome = WriteOutcome::Failed,
                 }
             }
@@ -357,6 +387,9 @@ impl Conn {
                 (_, Awaited::Refused(text)) => self.out.extend_from_slice(&text),
                 (WriteOutcome::Applied, Awaited::Ok) => resp::simple(&mut self.out, "OK"),
                 (WriteOutcome::Applied, Awaited::Count) => resp::integer(&mut self.out, count),
+                (WriteOutcome::Applied, Awaited::Resolved(shape)) => {
+                    answer_resolved(&mut self.out, shape, resolved, &hint)
+                }
                 (other, _) => write_error(&mut self.out, other, &hint),
             }
         }
@@ -365,6 +398,29 @@ impl Conn {
     /// Queues the writes of one command (one append, so one log entry) after checking
     /// that this node leads and the window has room.
     fn write(&mut self, ops: &[(CommandOp, &[u8], &[u8])], how: Awaited) {
+        let ops: Vec<(WriteOp, &[u8], &[u8])> = ops
+            .iter()
+            .map(|&(op, k, v)| (WriteOp::Log(op), k, v))
+            .collect();
+        self.write_ops(&ops, how);
+    }
+
+    /// Queues one conditional write, answered as `shape` says.
+    fn write_conditional(
+        &mut self,
+        op: ConditionalOp,
+        flags: u8,
+        key: &[u8],
+        value: &[u8],
+        shape: Shape,
+    ) {
+        self.write_ops(
+            &[(WriteOp::Conditional(op, flags), key, value)],
+            Awaited::Resolved(shape),
+        );
+    }
+
+    fn write_ops(&mut self, ops: &[(WriteOp, &[u8], &[u8])], how: Awaited) {
         let shared = &self.door.shared;
         let slot = &shared.windows[self.door.config.slot];
         let refusal = if shared.stop.load(Ordering::Acquire) {
@@ -391,14 +447,28 @@ impl Conn {
         let first = self.seq + 1;
         for &(op, key, value) in ops {
             self.seq += 1;
-            command::encode(
-                &mut self.batch.commands,
-                op,
-                self.client_id,
-                self.seq,
-                key,
-                value,
-            );
+            match op {
+                WriteOp::Log(op) => command::encode(
+                    &mut self.batch.commands,
+                    op,
+                    self.client_id,
+                    self.seq,
+                    key,
+                    value,
+                ),
+                WriteOp::Conditional(op, flags) => {
+                    command::encode_conditional(
+                        &mut self.batch.commands,
+                        op,
+                        flags,
+                        self.client_id,
+                        self.seq,
+                        key,
+                        value,
+                    );
+                    self.batch.conditional = true;
+                }
+            }
             self.batch.replies.push(ReplyTo {
                 addr: SocketAddr::from(([0, 0, 0, 0], 0)),
                 door: Door::Resp,
@@ -427,12 +497,32 @@ impl Conn {
         // Writes first: consecutive ones share the wait for their window.
         match name.as_slice() {
             b"SET" => {
-                if argc > 3 {
-                    self.refuse_in_turn(
-                        "ERR SET options (EX, PX, NX, XX, GET, …) are not supported",
-                    );
+                if argc < 3 {
+                    self.refuse_in_turn(&arity_message(&args[0]));
                     return Next::Go;
                 }
+                let flags = match set_flags(&args[3..]) {
+                    Ok(flags) => flags,
+                    Err(e) => {
+                        self.refuse_in_turn(e);
+                        return Next::Go;
+                    }
+                };
+                if let Some(err) = check_key(&args[1]).or_else(|| check_value(&args[2])) {
+                    self.refuse_in_turn(&err);
+                    return Next::Go;
+                }
+                if flags == 0 {
+                    self.write(&[(CommandOp::Set, &args[1], &args[2])], Awaited::Ok);
+                } else {
+                    let shape = Shape::Set {
+                        get: flags & SET_GET != 0,
+                    };
+                    self.write_conditional(ConditionalOp::SetIf, flags, &args[1], &args[2], shape);
+                }
+                return Next::Go;
+            }
+            b"SETNX" | b"GETSET" => {
                 if argc != 3 {
                     self.refuse_in_turn(&arity_message(&args[0]));
                     return Next::Go;
@@ -441,7 +531,60 @@ impl Conn {
                     self.refuse_in_turn(&err);
                     return Next::Go;
                 }
-                self.write(&[(CommandOp::Set, &args[1], &args[2])], Awaited::Ok);
+                let (flags, shape) = if name.as_slice() == b"SETNX" {
+                    (SET_NX, Shape::SetNx)
+                } else {
+                    (SET_GET, Shape::Previous)
+                };
+                self.write_conditional(ConditionalOp::SetIf, flags, &args[1], &args[2], shape);
+                return Next::Go;
+            }
+            b"GETDEL" => {
+                if argc != 2 {
+                    self.refuse_in_turn(&arity_message(&args[0]));
+                    return Next::Go;
+                }
+                if let Some(err) = check_key(&args[1]) {
+                    self.refuse_in_turn(&err);
+                    return Next::Go;
+                }
+                self.write_conditional(ConditionalOp::GetDel, 0, &args[1], b"", Shape::Previous);
+                return Next::Go;
+            }
+            b"INCR" | b"DECR" | b"INCRBY" | b"DECRBY" => {
+                let by = matches!(name.as_slice(), b"INCRBY" | b"DECRBY");
+                if argc != 2 + by as usize {
+                    self.refuse_in_turn(&arity_message(&args[0]));
+                    return Next::Go;
+                }
+                if let Some(err) = check_key(&args[1]) {
+                    self.refuse_in_turn(&err);
+                    return Next::Go;
+                }
+                let amount = if by {
+                    crate::replica::conditional::parse_integer(&args[2])
+                } else {
+                    Some(1)
+                };
+                let delta = match (amount, name.starts_with(b"DECR")) {
+                    (None, _) => {
+                        self.refuse_in_turn("ERR value is not an integer or out of range");
+                        return Next::Go;
+                    }
+                    (Some(n), false) => Some(n),
+                    (Some(n), true) => n.checked_neg(),
+                };
+                let Some(delta) = delta else {
+                    self.refuse_in_turn("ERR decrement would overflow");
+                    return Next::Go;
+                };
+                self.write_conditional(
+                    ConditionalOp::IncrBy,
+                    0,
+                    &args[1],
+                    &delta.to_le_bytes(),
+                    Shape::Counter,
+                );
                 return Next::Go;
             }
             b"MSET" => {
@@ -744,6 +887,64 @@ fn arity_message(name: &[u8]) -> String {
         "ERR wrong number of arguments for '{}' command",
         String::from_utf8_lossy(name).to_lowercase()
     )
+}
+
+/// A write queued in a window: a log command, or a conditional one with its flags.
+#[derive(Debug, Clone, Copy)]
+enum WriteOp {
+    Log(CommandOp),
+    Conditional(ConditionalOp, u8),
+}
+
+/// SET's options as conditional flags (0: a plain SET), or Redis's error.
+fn set_flags(options: &[std::borrow::Cow<'_, [u8]>]) -> Result<u8, &'static str> {
+    let mut flags = 0;
+    for option in options {
+        match option.to_ascii_uppercase().as_slice() {
+            b"NX" if flags & SET_XX == 0 => flags |= SET_NX,
+            b"XX" if flags & SET_NX == 0 => flags |= SET_XX,
+            b"GET" => flags |= SET_GET,
+            // No key has a time to live, so there is none to keep.
+            b"KEEPTTL" => {}
+            b"EX" | b"PX" | b"EXAT" | b"PXAT" => {
+                return Err(
+                    "ERR SET EX, PX, EXAT and PXAT are not supported: keys never expire in Ocean Liner",
+                );
+            }
+            _ => return Err("ERR syntax error"),
+        }
+    }
+    Ok(flags)
+}
+
+/// The answer of a conditional write whose entry applied.
+fn answer_resolved(out: &mut Vec<u8>, shape: Shape, resolved: Option<Resolved>, hint: &str) {
+    match (shape, resolved) {
+        (Shape::Set { get: false }, Some(Resolved::Set { written, .. })) => {
+            if written {
+                resp::simple(out, "OK")
+            } else {
+                resp::bulk(out, None)
+            }
+        }
+        (Shape::Set { get: true } | Shape::Previous, Some(Resolved::Set { previous, .. })) => {
+            resp::bulk(out, previous.as_deref())
+        }
+        (Shape::SetNx, Some(Resolved::Set { written, .. })) => resp::integer(out, written as i64),
+        (Shape::Counter, Some(Resolved::Counter(n))) => resp::integer(out, n),
+        (_, Some(Resolved::NotInteger)) => {
+            resp::error(out, "ERR value is not an integer or out of range")
+        }
+        (_, Some(Resolved::Overflow)) => {
+            resp::error(out, "ERR increment or decrement would overflow")
+        }
+        (_, Some(Resolved::Busy)) => write_error(out, WriteOutcome::Busy, hint),
+        (_, Some(Resolved::ReadFailed)) => {
+            resp::error(out, "ERR reading the value from the log failed")
+        }
+        // Applied without an answer: not resolved by this node's replication core.
+        (_, _) => write_error(out, WriteOutcome::Failed, hint),
+    }
 }
 
 /// Why `key` cannot be stored, if it cannot.

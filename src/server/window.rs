@@ -47,6 +47,7 @@ impl WindowSlot {
         let mut w = self.current.lock().unwrap();
         w.commands.extend_from_slice(&batch.commands);
         w.replies.append(&mut batch.replies);
+        w.conditional |= std::mem::take(&mut batch.conditional);
         batch.commands.clear();
         w.commands.len()
     }

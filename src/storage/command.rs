@@ -16,6 +16,13 @@
 //!   24+k     8  value_len
 //!   32+k     v  value         then zero padding: the command's size is a multiple of 32
 //! ```
+//!
+//! Writes that read before they write (SET NX/XX/GET, INCRBY, GETDEL) are encoded the same
+//! way with an op of [`ConditionalOp`] and flags in byte 1, but only inside a window: the
+//! leader's replication core resolves each against the state every earlier write leaves
+//! and puts the plain SET, DELETE or NOP it comes to into the entry
+//! ([`crate::replica::conditional`]). The log holds only ops 0–3, so replay and a fuzzy
+//! checkpoint stay idempotent; [`decode_at`] refuses anything else.
 
 use crate::storage::io::align_up;
 
@@ -53,6 +60,36 @@ impl CommandOp {
     }
 }
 
+/// A write that reads the key's current value first. Window buffers only: never logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ConditionalOp {
+    /// SET with flags [`SET_NX`], [`SET_XX`], [`SET_GET`].
+    SetIf = 4,
+    /// Adds the value (8 bytes, a little-endian i64) to the key's integer.
+    IncrBy = 5,
+    /// Deletes the key and answers its value.
+    GetDel = 6,
+}
+
+/// SET only if the key is absent.
+pub const SET_NX: u8 = 1;
+/// SET only if the key exists.
+pub const SET_XX: u8 = 2;
+/// Answer the value the key had before.
+pub const SET_GET: u8 = 4;
+
+impl ConditionalOp {
+    fn from_u8(byte: u8) -> Option<ConditionalOp> {
+        match byte {
+            4 => Some(ConditionalOp::SetIf),
+            5 => Some(ConditionalOp::IncrBy),
+            6 => Some(ConditionalOp::GetDel),
+            _ => None,
+        }
+    }
+}
+
 /// One decoded command, borrowing the entry's bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CommandRef<'a> {
@@ -85,12 +122,37 @@ pub fn encode(
     key: &[u8],
     value: &[u8],
 ) {
+    encode_raw(out, op as u8, 0, client_id, request_seq, key, value);
+}
+
+/// Appends one window-only command (see the module docs); same limits as [`encode`].
+pub fn encode_conditional(
+    out: &mut Vec<u8>,
+    op: ConditionalOp,
+    flags: u8,
+    client_id: u64,
+    request_seq: u64,
+    key: &[u8],
+    value: &[u8],
+) {
+    encode_raw(out, op as u8, flags, client_id, request_seq, key, value);
+}
+
+fn encode_raw(
+    out: &mut Vec<u8>,
+    op: u8,
+    flags: u8,
+    client_id: u64,
+    request_seq: u64,
+    key: &[u8],
+    value: &[u8],
+) {
     assert!(key.len() <= KEY_SIZE_MAX && value.len() <= VALUE_SIZE_MAX);
     assert!(!key.contains(&0), "keys never contain NUL");
     let start = out.len();
     debug_assert_eq!(start % COMMAND_ALIGN, 0);
-    out.push(op as u8);
-    out.push(0);
+    out.push(op);
+    out.push(flags);
     out.extend_from_slice(&(key.len() as u16).to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(&client_id.to_le_bytes());
@@ -117,8 +179,33 @@ impl std::fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
-/// Decodes the command at `offset` of `region`. Never panics, whatever the bytes.
+/// Decodes the command at `offset` of `region` (a log entry's: window-only ops are
+/// refused). Never panics, whatever the bytes.
 pub fn decode_at(region: &[u8], offset: usize) -> Result<CommandRef<'_>, DecodeError> {
+    decode_inner(region, offset, false).map(|(cmd, _)| cmd)
+}
+
+/// A window-only command's op and flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conditional {
+    pub op: ConditionalOp,
+    pub flags: u8,
+}
+
+/// Decodes the command at `offset` of a window buffer: a log command, or a window-only
+/// one (then its [`CommandRef::op`] says NOP and the second field what it is).
+pub fn decode_window_at(
+    region: &[u8],
+    offset: usize,
+) -> Result<(CommandRef<'_>, Option<Conditional>), DecodeError> {
+    decode_inner(region, offset, true)
+}
+
+fn decode_inner(
+    region: &[u8],
+    offset: usize,
+    window: bool,
+) -> Result<(CommandRef<'_>, Option<Conditional>), DecodeError> {
     let fail = |reason| Err(DecodeError { offset, reason });
     let rest = region.get(offset..).unwrap_or_default();
     // The shortest command: the header, an empty key's NUL padded to 8, the value length.
@@ -139,10 +226,26 @@ pub fn decode_at(region: &[u8], offset: usize) -> Result<CommandRef<'_>, DecodeE
         r3,
         ids @ ..,
     ] = *header;
-    let Some(op) = CommandOp::from_u8(op) else {
-        return fail("unknown op");
+    let conditional = match ConditionalOp::from_u8(op) {
+        Some(op) if window => Some(Conditional {
+            op,
+            flags: reserved,
+        }),
+        _ => None,
     };
-    if reserved != 0 || [r0, r1, r2, r3] != [0; 4] {
+    let op = match (CommandOp::from_u8(op), conditional) {
+        (Some(op), _) => op,
+        (None, Some(_)) => CommandOp::Nop,
+        (None, None) => return fail("unknown op"),
+    };
+    let flags_allowed = match conditional {
+        Some(Conditional {
+            op: ConditionalOp::SetIf,
+            ..
+        }) => SET_NX | SET_XX | SET_GET,
+        _ => 0,
+    };
+    if reserved & !flags_allowed != 0 || [r0, r1, r2, r3] != [0; 4] {
         return fail("reserved bytes set");
     }
     let key_len = u16::from_le_bytes([key_len_lo, key_len_hi]) as usize;
@@ -182,15 +285,18 @@ pub fn decode_at(region: &[u8], offset: usize) -> Result<CommandRef<'_>, DecodeE
     if rest.len() < size {
         return fail("truncated value");
     }
-    Ok(CommandRef {
-        op,
-        client_id,
-        request_seq,
-        key,
-        value,
-        offset,
-        size,
-    })
+    Ok((
+        CommandRef {
+            op,
+            client_id,
+            request_seq,
+            key,
+            value,
+            offset,
+            size,
+        },
+        conditional,
+    ))
 }
 
 /// Iterates over the commands of a region, stopping at the first error.
@@ -271,5 +377,58 @@ mod tests {
         bad[0] = 9;
         assert!(decode_at(&bad, 0).is_err());
         assert!(decode_at(&buf[..20], 0).is_err());
+    }
+
+    #[test]
+    fn window_only_commands_never_decode_as_log_commands() {
+        let mut buf = Vec::new();
+        encode_conditional(
+            &mut buf,
+            ConditionalOp::SetIf,
+            SET_NX | SET_GET,
+            3,
+            4,
+            b"k",
+            b"v",
+        );
+        encode_conditional(
+            &mut buf,
+            ConditionalOp::IncrBy,
+            0,
+            3,
+            5,
+            b"n",
+            &7i64.to_le_bytes(),
+        );
+        assert_eq!(decode_at(&buf, 0).unwrap_err().reason, "unknown op");
+        let (cmd, cond) = decode_window_at(&buf, 0).unwrap();
+        assert_eq!(
+            (cmd.key, cmd.value, cmd.op),
+            (&b"k"[..], &b"v"[..], CommandOp::Nop)
+        );
+        assert_eq!(
+            cond,
+            Some(Conditional {
+                op: ConditionalOp::SetIf,
+                flags: SET_NX | SET_GET
+            })
+        );
+        let (cmd, cond) = decode_window_at(&buf, cmd.size).unwrap();
+        assert_eq!(cond.map(|c| c.op), Some(ConditionalOp::IncrBy));
+        assert_eq!(cmd.value, 7i64.to_le_bytes());
+        // Flags on an op that has none, or unknown flags, are refused.
+        let mut bad = buf.clone();
+        bad[1] = 8;
+        assert!(decode_window_at(&bad, 0).is_err());
+        let mut bad = buf.clone();
+        bad[cmd.offset + 1] = SET_NX;
+        assert!(decode_window_at(&bad, cmd.offset).is_err());
+        // A plain command decodes the same either way.
+        let mut plain = Vec::new();
+        encode(&mut plain, CommandOp::Set, 1, 1, b"a", b"b");
+        assert_eq!(
+            decode_window_at(&plain, 0).unwrap(),
+            (decode_at(&plain, 0).unwrap(), None)
+        );
     }
 }

@@ -184,6 +184,17 @@ impl EngineError {
     }
 }
 
+/// Conditional writes are resolved against the applied map and sessions.
+impl crate::replica::conditional::AppliedState for Engine {
+    fn last_seq(&self, client_id: u64) -> Option<u64> {
+        self.sessions.get(&client_id).map(|s| s.last_seq)
+    }
+
+    fn read(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        self.get(key).map_err(|e| e.to_string())
+    }
+}
+
 /// Log + map + sessions of one node.
 pub struct Engine {
     backend: Arc<dyn Backend>,
