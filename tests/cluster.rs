@@ -629,7 +629,7 @@ fn bad_peer_connections_are_closed_and_the_cluster_keeps_working() {
 }
 
 /// One RESP command on a new connection to `port`, and its reply.
-fn resp_call(port: u16, args: &[&str]) -> Option<ocean_liner::resp::Reply> {
+fn resp_call<A: AsRef<[u8]>>(port: u16, args: &[A]) -> Option<ocean_liner::resp::Reply> {
     use ocean_liner::resp::{self, Limits, Parsed};
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -712,6 +712,27 @@ fn incr_on_a_cluster_hands_out_each_value_once_across_a_leader_kill() {
     all.sort_unstable();
     let n = all.len() as i64;
     assert_eq!(all, (1..=n).collect::<Vec<_>>(), "each value once");
+    // A 16 MiB value (an entry of its own) reaches the followers too.
+    let big: Vec<u8> = (0..16u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let set = {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut out = Vec::new();
+        resp::command(&mut out, &[&b"SET"[..], b"big", &big]);
+        stream.write_all(&out).unwrap();
+        let mut reply = Vec::new();
+        let mut byte = [0u8; 1];
+        while !reply.ends_with(b"\r\n") {
+            stream.read_exact(&mut byte).unwrap();
+            reply.push(byte[0]);
+        }
+        String::from_utf8_lossy(&reply).to_string()
+    };
+    assert_eq!(set, "+OK\r\n");
     cluster.kill9(leader);
     let (next, _, _) = cluster
         .wait_for_leader(Some(leader), Duration::from_secs(10))
@@ -727,4 +748,11 @@ fn incr_on_a_cluster_hands_out_each_value_once_across_a_leader_kill() {
         }
     };
     assert_eq!(reply, n + 1, "the new leader continues the counter");
+    match resp_call(cluster.nodes[next].resp_port, &["GET", "big"]) {
+        Some(Reply::Bulk(Some(v))) => assert!(v == big, "the 16 MiB value differs"),
+        other => panic!(
+            "GET big on the new leader: {:?}",
+            other.map(|_| "not the value")
+        ),
+    }
 }

@@ -189,6 +189,8 @@ pub struct RaftNode {
     election_tick_range: (usize, usize),
     /// Lower end of the randomized election timeout, in ticks (the adaptive estimate).
     election_floor_ticks: usize,
+    /// Follower ticks left during which the election clock stands still.
+    election_hold_ticks: usize,
     /// Started without any state (see [`RaftNode::guard_rejoin`]).
     fresh: bool,
     ticks: u64,
@@ -294,6 +296,7 @@ impl RaftNode {
             last_leader: 0,
             election_tick_range: (config.election_tick, config.max_election_tick),
             election_floor_ticks: config.election_tick,
+            election_hold_ticks: 0,
             fresh,
             ticks: 0,
             vote_floor_term: None,
@@ -314,9 +317,47 @@ impl RaftNode {
 
     /// Advances the logical clock by one tick.
     pub fn tick(&mut self) {
-        self.raw.tick();
         self.ticks = self.ticks.saturating_add(1);
+        if self.election_hold_ticks > 0 && !self.is_leader() {
+            // A follower's election clock only (see `hold_election_clock`).
+            self.election_hold_ticks -= 1;
+            return;
+        }
+        self.raw.tick();
         self.after_input();
+    }
+
+    /// Heartbeats to every other member in this leader's term that advance nothing
+    /// (commit index 0): what the driver sends on the leader's behalf while its core is
+    /// busy with one long write. Empty unless this node leads.
+    pub fn liveness_heartbeats(&self) -> Vec<Message> {
+        if !self.is_leader() {
+            return Vec::new();
+        }
+        let me = self.raw.raft.id;
+        let mut ids: Vec<u64> = self.raw.raft.prs().iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .filter(|&id| id != me)
+            .map(|to| {
+                let mut m = Message::default();
+                m.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
+                m.to = to;
+                m.from = me;
+                m.term = self.raw.raft.term;
+                m
+            })
+            .collect()
+    }
+
+    /// Stops a follower's election clock for the next `ticks` ticks. The driver calls it
+    /// after a persist that took long (a large entry): the leader, which writes the same
+    /// entry and cannot send heartbeats meanwhile, is likely still writing it, and an
+    /// election now would only depose a healthy leader.
+    pub fn hold_election_clock(&mut self, ticks: usize) {
+        if !self.is_leader() {
+            self.election_hold_ticks = self.election_hold_ticks.max(ticks);
+        }
     }
 
     /// Protects the cluster from a member that lost its state (its data directory was

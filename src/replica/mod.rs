@@ -385,9 +385,10 @@ impl<R> Replica<R> {
         true
     }
 
-    /// Seals the shards' windows into one entry and proposes it. Windows that cannot be
-    /// proposed come back at once in `out` with their outcome; empty ones come back
-    /// unused.
+    /// Seals the shards' windows into one entry and proposes it (into several, each of
+    /// whole windows, when together they pass [`log::COMMAND_LENGTH_MAX`]: a large value
+    /// gets an entry of its own). Windows that cannot be proposed come back at once in
+    /// `out` with their outcome; empty ones come back unused.
     pub fn seal(&mut self, windows: Vec<Window<R>>, out: &mut ReplicaOutput<R>) {
         let num_commands: usize = windows.iter().map(|w| w.replies.len()).sum();
         if num_commands == 0 {
@@ -399,14 +400,6 @@ impl<R> Replica<R> {
             });
             return;
         }
-        let fail = |windows, outcome, out: &mut ReplicaOutput<R>| {
-            out.completed.push(Completed {
-                windows,
-                outcome: Some(outcome),
-                applied_commands: 0,
-                outcomes: Vec::new(),
-            })
-        };
         if !self.node.is_leader() {
             fail(windows, WriteOutcome::NotLeader, out);
             return;
@@ -425,9 +418,51 @@ impl<R> Replica<R> {
             let mut engine = self.node.engine();
             conditional::resolve(&in_flight, &mut windows, complete, &mut *engine);
         }
+        let total: usize = windows.iter().map(|w| w.commands.len()).sum();
+        let groups = if total <= log::COMMAND_LENGTH_MAX {
+            vec![windows]
+        } else {
+            split_windows(windows)
+        };
+        // Conditional writes of a later entry were resolved assuming the earlier ones
+        // apply: once one fails, the rest fail with it.
+        let mut failed = None;
+        for group in groups {
+            match failed {
+                Some(outcome) => fail(group, outcome, out),
+                None => failed = self.propose_windows(group, out).err(),
+            }
+        }
+    }
+
+    /// Proposes one entry of `windows`' commands; on failure hands them back failed.
+    fn propose_windows(
+        &mut self,
+        windows: Vec<Window<R>>,
+        out: &mut ReplicaOutput<R>,
+    ) -> Result<(), WriteOutcome> {
+        let num_commands: usize = windows.iter().map(|w| w.replies.len()).sum();
+        if num_commands == 0 {
+            out.completed.push(Completed {
+                windows,
+                outcome: None,
+                applied_commands: 0,
+                outcomes: Vec::new(),
+            });
+            return Ok(());
+        }
         self.entry.clear();
         for w in &windows {
             self.entry.extend_from_slice(&w.commands);
+        }
+        if self.entry.len() > log::COMMAND_LENGTH_MAX {
+            // The shards' size caps keep a window well under this.
+            eprintln!(
+                "ocean-liner: a window of {} bytes is over the entry limit",
+                self.entry.len()
+            );
+            fail(windows, WriteOutcome::Failed, out);
+            return Err(WriteOutcome::Failed);
         }
         // A full disk shows here, before anything is proposed: the windows fail cleanly.
         let prepared = self
@@ -441,18 +476,21 @@ impl<R> Replica<R> {
                 WriteOutcome::Failed
             };
             fail(windows, outcome, out);
-            return;
+            return Err(outcome);
         }
         let tag = self.next_tag;
         self.next_tag += 1;
         let commands = std::mem::take(&mut self.entry);
-        match self.node.propose(tag, commands, num_commands as u64) {
+        let outcome = match self.node.propose(tag, commands, num_commands as u64) {
             Ok(_) => {
                 self.pending.insert(tag, windows);
+                return Ok(());
             }
-            Err(ProposeError::NotLeader(_)) => fail(windows, WriteOutcome::NotLeader, out),
-            Err(ProposeError::Busy) => fail(windows, WriteOutcome::Busy, out),
-        }
+            Err(ProposeError::NotLeader(_)) => WriteOutcome::NotLeader,
+            Err(ProposeError::Busy) => WriteOutcome::Busy,
+        };
+        fail(windows, outcome, out);
+        Err(outcome)
     }
 
     /// Step one of the Ready cycle: the messages that may leave before this node's own
@@ -583,6 +621,36 @@ impl<R> Replica<R> {
     }
 }
 
+/// Hands `windows` back with `outcome`, none of their writes applied.
+fn fail<R>(windows: Vec<Window<R>>, outcome: WriteOutcome, out: &mut ReplicaOutput<R>) {
+    out.completed.push(Completed {
+        windows,
+        outcome: Some(outcome),
+        applied_commands: 0,
+        outcomes: Vec::new(),
+    })
+}
+
+/// Groups whole windows into entries of at most [`log::COMMAND_LENGTH_MAX`] bytes, in
+/// order; each group keeps every window at its slot (empty ones elsewhere).
+fn split_windows<R>(windows: Vec<Window<R>>) -> Vec<Vec<Window<R>>> {
+    let slots = windows.len();
+    let new_group = || (0..slots).map(|_| Window::default()).collect::<Vec<_>>();
+    let mut groups = vec![new_group()];
+    let mut bytes = 0;
+    for (i, w) in windows.into_iter().enumerate() {
+        if bytes > 0 && bytes + w.commands.len() > log::COMMAND_LENGTH_MAX {
+            groups.push(new_group());
+            bytes = 0;
+        }
+        bytes += w.commands.len();
+        if let Some(group) = groups.last_mut() {
+            group[i] = w;
+        }
+    }
+    groups
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -615,6 +683,48 @@ mod tests {
             d(view(ReadMode::Index, false, 0), 0),
             ReadDecision::NotLeader
         );
+    }
+
+    #[test]
+    fn windows_too_large_for_one_entry_are_split_at_window_bounds_in_order() {
+        let window = |bytes: usize, tag: u8| Window::<u8> {
+            commands: vec![tag; bytes],
+            replies: vec![tag],
+            ..Window::default()
+        };
+        let third = log::COMMAND_LENGTH_MAX / 3;
+        // Slots: two that fit together, an empty one, one that starts a new entry, one
+        // that needs an entry of its own, a small one after it.
+        let windows = vec![
+            window(third, 1),
+            window(third, 2),
+            Window::default(),
+            window(third + 10, 3),
+            window(log::COMMAND_LENGTH_MAX - third, 4),
+            window(100, 5),
+        ];
+        let groups = split_windows(windows);
+        let layout: Vec<Vec<u8>> = groups
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .map(|w| w.replies.first().copied().unwrap_or(0))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            layout,
+            vec![
+                vec![1, 2, 0, 0, 0, 0],
+                vec![0, 0, 0, 3, 0, 0],
+                vec![0, 0, 0, 0, 4, 5],
+            ]
+        );
+        for g in &groups {
+            assert_eq!(g.len(), 6, "every slot keeps its place");
+            let bytes: usize = g.iter().map(|w| w.commands.len()).sum();
+            assert!(bytes <= log::COMMAND_LENGTH_MAX);
+        }
     }
 
     #[test]

@@ -533,10 +533,11 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         .store(opened.applied_index, Ordering::Relaxed);
     let secret = cookie_secret();
     let window_bytes_max = (config.window_kib_max as usize) << 10;
-    // All windows together must fit in one log entry, with a quarter to spare for the
-    // receive batch that crosses the limit.
+    // Past this a shard answers busy. A window must fit in one log entry (windows that do
+    // not fit together are sealed into several): the cap, plus the command or receive
+    // batch that crosses it — a value of up to VALUE_SIZE_MAX — stays under the limit.
     let window_bytes_hard_max =
-        (window_bytes_max * 8).min(crate::storage::log::COMMAND_LENGTH_MAX / slot_count / 4 * 3);
+        (window_bytes_max * 8).min(crate::storage::log::COMMAND_LENGTH_MAX / 2);
     let mut completion_rxs = completion_rxs.into_iter();
     let mut log_readers = opened.log_readers.into_iter();
     let mut shard_threads = Vec::new();

@@ -18,8 +18,9 @@ use crate::replica::{Completed, Replica, ReplicaOutput, Window, WriteOutcome};
 use crate::storage::engine::Outcome;
 use crate::storage::store::CheckpointJob;
 use crossbeam_channel::{Receiver, Sender, select};
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use raft::eraftpb::Message;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// What a shard gets back for one sealed window: every write in it shares the entry's
@@ -43,10 +44,76 @@ pub struct ReplicationConfig {
 type CheckpointThread = std::thread::JoinHandle<(CheckpointJob, std::io::Result<()>)>;
 
 const PING_EVERY_TICKS: u64 = 5;
+/// A follower's election clock stands still for at most this many ticks at a time.
+const HOLD_TICKS_MAX: usize = 1000;
+/// Emptied window buffers kept per slot for reuse.
+const SPARES_MAX: usize = 4;
 const INBOUND_DRAIN_MAX: usize = 4096;
 const STOP_DRAIN: Duration = Duration::from_secs(2);
 
+/// Heartbeats sent on the leader's behalf while its replication core is busy with a large
+/// entry. Preparing log space for it, encoding it once per follower and writing it each
+/// take time in proportion to its size (a 16 MiB value: 50–150 ms each here), in which
+/// the core sends nothing; together they can pass an election timeout, and followers that
+/// hear nothing would depose a healthy leader. So around such a seal a helper thread sends
+/// the leader's heartbeats ([`crate::consensus::RaftNode::liveness_heartbeats`]: its term,
+/// commit index 0, so they advance nothing). They stop when the core is done, or after
+/// [`KEEPALIVE_MAX`], so a leader stuck in its IO is still replaced.
+#[derive(Default)]
+struct Keepalive {
+    armed: Mutex<Option<(Vec<Message>, Instant)>>,
+    wake: Condvar,
+    stop: AtomicBool,
+}
+
+/// Windows that together hold at least this much are sealed under [`Keepalive`].
+const KEEPALIVE_SEAL_BYTES: usize = 2 << 20;
+/// The longest a keepalive runs for one seal.
+const KEEPALIVE_MAX: Duration = Duration::from_secs(1);
+/// How often keepalive heartbeats go out (the leader's heartbeat interval).
+const KEEPALIVE_EVERY: Duration = Duration::from_millis(30);
+
+impl Keepalive {
+    fn arm(&self, heartbeats: Vec<Message>) {
+        if heartbeats.is_empty() {
+            return;
+        }
+        *self.armed.lock().unwrap() = Some((heartbeats, Instant::now() + KEEPALIVE_MAX));
+        self.wake.notify_all();
+    }
+
+    fn disarm(&self) {
+        self.armed.lock().unwrap().take();
+    }
+
+    /// The helper thread: sends while armed, until `stop`.
+    fn run(&self, transport: &Transport) {
+        let mut armed = self.armed.lock().unwrap();
+        while !self.stop.load(Ordering::Acquire) {
+            let until = match &*armed {
+                Some((heartbeats, until)) if Instant::now() < *until => {
+                    for m in heartbeats {
+                        transport.send(m);
+                    }
+                    *until
+                }
+                Some(_) => {
+                    *armed = None;
+                    continue;
+                }
+                None => {
+                    armed = self.wake.wait(armed).unwrap();
+                    continue;
+                }
+            };
+            let wait = KEEPALIVE_EVERY.min(until.saturating_duration_since(Instant::now()));
+            armed = self.wake.wait_timeout(armed, wait).unwrap().0;
+        }
+    }
+}
+
 struct Loop<'a> {
+    keepalive: &'a Keepalive,
     replica: Replica<ReplyTo>,
     shared: Arc<Shared>,
     completions: Vec<Sender<Completion>>,
@@ -77,11 +144,47 @@ pub fn run(
     config: ReplicationConfig,
 ) -> anyhow::Result<()> {
     let spares = completions.iter().map(|_| Vec::new()).collect();
+    let keepalive = Keepalive::default();
+    std::thread::scope(|scope| {
+        if let Some(t) = transport.as_ref() {
+            let keepalive = &keepalive;
+            std::thread::Builder::new()
+                .name("keepalive".into())
+                .spawn_scoped(scope, move || keepalive.run(t))?;
+        }
+        let result = run_loop(
+            &keepalive,
+            replica,
+            shared,
+            &inputs,
+            completions,
+            transport.as_ref(),
+            config,
+            spares,
+        );
+        keepalive.stop.store(true, Ordering::Release);
+        keepalive.wake.notify_all();
+        result
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_loop(
+    keepalive: &Keepalive,
+    replica: Replica<ReplyTo>,
+    shared: Arc<Shared>,
+    inputs: &Inputs,
+    completions: Vec<Sender<Completion>>,
+    transport: Option<&Transport>,
+    config: ReplicationConfig,
+    spares: Vec<Vec<Window<ReplyTo>>>,
+) -> anyhow::Result<()> {
     let mut l = Loop {
+        keepalive,
         replica,
         shared,
         completions,
-        transport: transport.as_ref(),
+        transport,
         config,
         adaptive: AdaptiveTimeout::new(Default::default()),
         spares,
@@ -149,12 +252,16 @@ impl Loop<'_> {
                     next_tick = now + self.config.tick;
                 }
             }
+            let mut kept_alive = false;
             if now >= next_seal || seal_now {
-                self.seal(&mut out);
+                kept_alive = self.seal(&mut out);
                 self.start_read_round();
                 next_seal = now + self.config.batch_window;
             }
             let advanced = self.advance(out);
+            if kept_alive {
+                self.keepalive.disarm();
+            }
             self.replica.prepare_log_ahead();
             if let Err(e) = advanced {
                 anyhow::bail!("the node must stop: {e}");
@@ -265,7 +372,9 @@ impl Loop<'_> {
     }
 
     /// Takes every shard's window and hands them to the replica as one entry.
-    fn seal(&mut self, out: &mut ReplicaOutput<ReplyTo>) {
+    /// Seals the windows; returns whether the keepalive was armed for it (a large entry
+    /// on a leader), to be disarmed once the entry is written.
+    fn seal(&mut self, out: &mut ReplicaOutput<ReplyTo>) -> bool {
         let windows: Vec<Window<ReplyTo>> = self
             .shared
             .windows
@@ -273,7 +382,14 @@ impl Loop<'_> {
             .zip(self.spares.iter_mut())
             .map(|(slot, spare)| slot.seal(spare.pop().unwrap_or_default()))
             .collect();
+        let bytes: usize = windows.iter().map(|w| w.commands.len()).sum();
+        let keep_alive = bytes >= KEEPALIVE_SEAL_BYTES && self.transport.is_some();
+        if keep_alive {
+            self.keepalive
+                .arm(self.replica.node().liveness_heartbeats());
+        }
         self.replica.seal(windows, out);
+        keep_alive
     }
 
     /// In index mode, one ReadIndex round covers every GET waiting when it starts.
@@ -298,7 +414,18 @@ impl Loop<'_> {
     ) -> Result<(), crate::consensus::FatalError> {
         self.replica.ready(&mut out);
         self.send(&mut out);
+        let started = Instant::now();
         let result = self.replica.persist_and_apply(&mut out);
+        let took = started.elapsed();
+        if took > self.config.tick * 2 {
+            // A follower that took this long to write what the leader sent grants the
+            // leader, busy writing the same, twice as long before it may stand for
+            // election.
+            let ticks = (took.as_secs_f64() * 2.0 / self.config.tick.as_secs_f64()).ceil();
+            self.replica
+                .node_mut()
+                .hold_election_clock((ticks as usize).min(HOLD_TICKS_MAX));
+        }
         self.send(&mut out);
         self.complete(std::mem::take(&mut out.completed));
         self.publish();
@@ -350,7 +477,10 @@ impl Loop<'_> {
                             outcomes: mine,
                         });
                     }
-                    _ => self.spares[shard].push(window),
+                    // An entry split for a large value hands back extra empty windows:
+                    // keep a few.
+                    _ if self.spares[shard].len() < SPARES_MAX => self.spares[shard].push(window),
+                    _ => {}
                 }
             }
         }

@@ -130,6 +130,16 @@ impl Shard {
         validated: bool,
         response: Response<'_>,
     ) {
+        // A value stored over the RESP door may be larger than a datagram.
+        let response = if response.encoded_len() > protocol::MAX_DATAGRAM_SIZE {
+            Response {
+                status: Status::TooLarge,
+                payload: b"the value is larger than a datagram: read it over the RESP door",
+                ..response
+            }
+        } else {
+            response
+        };
         let response =
             if validated || protocol::reply_fits_unvalidated(request_len, response.encoded_len()) {
                 response

@@ -32,8 +32,16 @@ pub const COMMAND_ALIGN: usize = 32;
 pub const COMMAND_HEADER_SIZE: usize = 24;
 /// Longest key accepted anywhere in the engine.
 pub const KEY_SIZE_MAX: usize = 1024;
-/// Longest value accepted by the engine (the UDP protocol's own cap is smaller).
-pub const VALUE_SIZE_MAX: usize = 1 << 20;
+/// Longest value accepted by the engine (the UDP protocol's own cap is smaller; the RESP
+/// door takes values up to this).
+pub const VALUE_SIZE_MAX: usize = 16 << 20;
+// A window's hard cap (half an entry) plus one command of the longest value fits an entry.
+const _: () = assert!(
+    crate::storage::log::COMMAND_LENGTH_MAX / 2
+        + encoded_size(KEY_SIZE_MAX, VALUE_SIZE_MAX)
+        + (1 << 20)
+        <= crate::storage::log::COMMAND_LENGTH_MAX
+);
 const _: () = assert!(COMMAND_HEADER_SIZE.is_multiple_of(8));
 const _: () = assert!(KEY_SIZE_MAX < u16::MAX as usize);
 

@@ -69,7 +69,12 @@ pub const CHUNK_HEADER_SIZE: usize = 32;
 /// Bytes of the checksum after the body.
 pub const CHUNK_HASH_SIZE: usize = 16;
 /// Largest body accepted (a value record holds up to a whole command).
-pub const CHUNK_BODY_MAX: usize = 4 << 20;
+pub const CHUNK_BODY_MAX: usize = 20 << 20;
+// One value record of the longest value fits a chunk.
+const _: () = assert!(
+    VALUE_RECORD_HEADER + command::encoded_size(command::KEY_SIZE_MAX, command::VALUE_SIZE_MAX)
+        <= CHUNK_BODY_MAX
+);
 /// Largest chunk, header and checksum included.
 pub const CHUNK_SIZE_MAX: usize = CHUNK_HEADER_SIZE + CHUNK_BODY_MAX + CHUNK_HASH_SIZE;
 /// Body size a sender aims for.
