@@ -541,6 +541,84 @@ fn sixteen_mib_values_through_log_cleaner_and_snapshot() {
     check(restored.resp, "restored");
 }
 
+/// A number field of the load tool's JSON report.
+fn json_field(report: &str, field: &str) -> f64 {
+    report
+        .split(&format!("\"{field}\":"))
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !(c.is_ascii_digit() || c == '.')).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {report}"))
+}
+
+/// `ocean-liner bench --protocol resp` with a mixed load over prefilled keys.
+fn bench_resp(port: u16) -> String {
+    let out = Command::new(BIN)
+        .args(["bench", "--protocol", "resp", "--workload", "mixed"])
+        .args(["--keys", "2000", "--prefill", "--prefill-concurrency", "64"])
+        .args(["--concurrency", "64", "--pipeline", "8"])
+        .args(["--duration", "2", "--warmup", "0.5", "--json", "--server"])
+        .arg(format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The load tool speaks RESP: the same report from Ocean Liner's RESP door and from a
+/// real Redis (Debian's redis-server, when installed), every prefilled key read back.
+#[test]
+fn the_load_tool_drives_the_door_and_redis_over_resp() {
+    let server = Server::start();
+    let report = bench_resp(server.resp);
+    assert!(report.contains("\"protocol\":\"resp\""), "{report}");
+    assert!(json_field(&report, "ops") > 100.0, "{report}");
+    assert_eq!(json_field(&report, "errors"), 0.0, "{report}");
+    assert_eq!(
+        json_field(&report, "get_miss"),
+        0.0,
+        "every key was prefilled: {report}"
+    );
+    let mut c = Resp::connect(server.resp).unwrap();
+    assert_eq!(
+        c.call(&["EXISTS", "key:0000000000", "key:0000001999"]),
+        Reply::Integer(2)
+    );
+    if !have("redis-server") {
+        eprintln!("SKIPPED (the Redis half): redis-server is not installed");
+        return;
+    }
+    let (_, port) = free_ports();
+    let mut redis = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Resp::connect(port).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let report = bench_resp(port);
+    let _ = redis.kill();
+    let _ = redis.wait();
+    assert!(json_field(&report, "ops") > 100.0, "{report}");
+    assert_eq!(json_field(&report, "errors"), 0.0, "{report}");
+    assert_eq!(json_field(&report, "get_miss"), 0.0, "{report}");
+}
+
 /// Bytes that are not RESP get Redis's protocol error, and the connection is closed.
 #[test]
 fn a_protocol_error_is_answered_and_the_connection_closed() {
@@ -564,7 +642,9 @@ fn a_protocol_error_is_answered_and_the_connection_closed() {
     c.send(format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${}\r\n", 64 << 20).as_bytes());
     assert_eq!(
         c.reply(),
-        Some(Reply::Error(b"ERR Protocol error: invalid bulk length".to_vec()))
+        Some(Reply::Error(
+            b"ERR Protocol error: invalid bulk length".to_vec()
+        ))
     );
     assert_eq!(c.reply(), None, "closed");
 }

@@ -36,7 +36,7 @@ use crossbeam_channel::{Receiver, Sender};
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol as SocketProtocol, Socket, Type};
 
 use crate::client::protocol::{
     self, MAX_DATAGRAM_SIZE, NO_COOKIE, Op, REQUEST_HEADER_SIZE, Request, Status,
@@ -45,6 +45,7 @@ use crate::client::resolve_servers;
 
 mod keys;
 mod report;
+mod resp_worker;
 #[cfg(test)]
 mod tests;
 mod worker;
@@ -107,6 +108,24 @@ impl fmt::Display for Workload {
     }
 }
 
+/// What the load speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// Ocean Liner's UDP protocol: one request per datagram.
+    Udp,
+    /// RESP2 over TCP: Ocean Liner's RESP door, or Redis.
+    Resp,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Udp => "udp",
+            Protocol::Resp => "resp",
+        }
+    }
+}
+
 /// How keys are chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum KeyDist {
@@ -149,7 +168,15 @@ pub struct BenchArgs {
     /// Zipf exponent for `--key-dist zipfian`.
     #[arg(long, default_value_t = 0.99)]
     pub zipf_theta: f64,
-    /// Total outstanding requests across all threads (one per virtual client).
+    /// What to speak: Ocean Liner's UDP protocol, or RESP (`--server` is then the RESP
+    /// port of Ocean Liner or of Redis).
+    #[arg(long, value_enum, default_value_t = Protocol::Udp)]
+    pub protocol: Protocol,
+    /// RESP: commands in flight per connection (connections = concurrency / pipeline).
+    #[arg(long, default_value_t = 1)]
+    pub pipeline: usize,
+    /// Total outstanding requests across all threads (one per virtual client; over RESP,
+    /// spread over connections of `--pipeline` each).
     #[arg(long, default_value_t = 1024)]
     pub concurrency: usize,
     /// Load-generating threads.
@@ -189,6 +216,8 @@ impl Default for BenchArgs {
             keys: 1_000_000,
             key_dist: KeyDist::Uniform,
             zipf_theta: 0.99,
+            protocol: Protocol::Udp,
+            pipeline: 1,
             concurrency: 1024,
             threads: 1,
             sockets: 4,
@@ -209,11 +238,29 @@ impl BenchArgs {
             self.keys >= 1 && self.keys <= MAX_KEYS,
             "--keys must be in 1..={MAX_KEYS}"
         );
-        ensure!(
-            self.value_size <= MAX_VALUE_SIZE,
-            "--value-size {} does not fit a datagram (at most {MAX_VALUE_SIZE} bytes)",
-            self.value_size
-        );
+        match self.protocol {
+            Protocol::Udp => {
+                ensure!(
+                    self.value_size <= MAX_VALUE_SIZE,
+                    "--value-size {} does not fit a datagram (at most {MAX_VALUE_SIZE} bytes; \
+                     --protocol resp takes larger values)",
+                    self.value_size
+                );
+                ensure!(
+                    self.pipeline == 1,
+                    "--pipeline needs --protocol resp (the UDP protocol has one request per \
+                     datagram; raise --concurrency instead)"
+                );
+            }
+            Protocol::Resp => {
+                ensure!(
+                    self.value_size <= crate::storage::command::VALUE_SIZE_MAX,
+                    "--value-size must be at most {} over RESP",
+                    crate::storage::command::VALUE_SIZE_MAX
+                );
+                ensure!(self.pipeline >= 1, "--pipeline must be at least 1");
+            }
+        }
         ensure!(
             (0.0..=1.0).contains(&self.read_ratio),
             "--read-ratio must be within 0..=1"
@@ -295,10 +342,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
             duration: Duration::from_secs_f64(args.duration),
         };
         let tx = msg_tx.clone();
+        let (protocol, pipeline) = (args.protocol, args.pipeline);
         let handle = thread::Builder::new()
             .name(format!("bench-{t}"))
             .spawn(move || {
-                let result = Worker::new(cfg, tx.clone()).and_then(|mut w| w.run(start_rx));
+                let result = match protocol {
+                    Protocol::Udp => Worker::new(cfg, tx.clone()).and_then(|mut w| w.run(start_rx)),
+                    Protocol::Resp => resp_worker::RespWorker::new(cfg, pipeline, tx.clone())
+                        .and_then(|mut w| w.run(start_rx)),
+                };
                 if let Err(e) = &result {
                     let _ = tx.send(Msg::Failed(format!("{e:#}")));
                 }

@@ -30,6 +30,9 @@ pub struct Report {
     pub value_size: usize,
     pub keys: u64,
     pub key_dist: KeyDist,
+    pub protocol: Protocol,
+    /// Commands in flight per RESP connection (1 over UDP).
+    pub pipeline: usize,
     pub concurrency: usize,
     pub threads: usize,
     pub duration_s: f64,
@@ -70,6 +73,8 @@ impl Report {
         let _ = write!(s, ",\"value_size\":{}", self.value_size);
         let _ = write!(s, ",\"keys\":{}", self.keys);
         let _ = write!(s, ",\"key_dist\":\"{}\"", self.key_dist.name());
+        let _ = write!(s, ",\"protocol\":\"{}\"", self.protocol.name());
+        let _ = write!(s, ",\"pipeline\":{}", self.pipeline);
         let _ = write!(s, ",\"concurrency\":{}", self.concurrency);
         let _ = write!(s, ",\"threads\":{}", self.threads);
         let _ = write!(s, ",\"duration_s\":{}", json_f64(self.duration_s));
@@ -137,12 +142,16 @@ impl fmt::Display for Report {
         };
         writeln!(
             f,
-            "workload      {mix}, {} B values, {} {} keys, concurrency {} on {} thread(s)",
+            "workload      {mix}, {} B values, {} {} keys, concurrency {} on {} thread(s), {}",
             self.value_size,
             self.keys,
             self.key_dist.name(),
             self.concurrency,
-            self.threads
+            self.threads,
+            match self.protocol {
+                Protocol::Udp => "UDP".to_string(),
+                Protocol::Resp => format!("RESP, pipeline {}", self.pipeline),
+            }
         )?;
         if let Some(p) = &self.prefill {
             writeln!(
@@ -266,6 +275,8 @@ impl Progress {
             value_size: args.value_size,
             keys: args.keys,
             key_dist: args.key_dist,
+            protocol: args.protocol,
+            pipeline: args.pipeline,
             concurrency: args.concurrency,
             threads,
             duration_s: args.duration,

@@ -135,6 +135,8 @@ fn sample_report() -> Report {
         value_size: 100,
         keys: 1000,
         key_dist: KeyDist::Zipfian,
+        protocol: Protocol::Udp,
+        pipeline: 1,
         concurrency: 64,
         threads: 2,
         duration_s: 2.0,

@@ -121,8 +121,12 @@ impl Worker {
         };
         let mut sockets = Vec::with_capacity(cfg.sockets);
         for _ in 0..cfg.sockets {
-            let s = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))
-                .context("creating a UDP socket")?;
+            let s = Socket::new(
+                Domain::for_address(bind),
+                Type::DGRAM,
+                Some(SocketProtocol::UDP),
+            )
+            .context("creating a UDP socket")?;
             s.set_nonblocking(true)?;
             // Above net.core.{r,w}mem_max when allowed (root), else capped by them.
             crate::net::set_buffer_size(&s, SOCKET_BUFFER_BYTES, true);

@@ -1,0 +1,359 @@
+//! One load thread speaking RESP (`--protocol resp`): its TCP connections, each keeping
+//! up to `--pipeline` commands in flight, answered in order.
+//!
+//! The concurrency model is the UDP worker's: the thread's share of `--concurrency`
+//! requests is outstanding at all times, here as connections of `--pipeline` commands
+//! each (a connection sends its next command as soon as one is answered, so its pipeline
+//! stays full). The phases, key sampler, latency histograms and statistics are the UDP
+//! worker's too, so a report from Ocean Liner's RESP door, from its UDP port and from
+//! Redis compare line by line. Latency runs from when a command is queued on its
+//! connection to when its reply is parsed.
+//!
+//! Replies: `+OK` to a SET and a bulk string to a GET count as ok, a nil bulk as a miss;
+//! `-BUSY…` counts as Busy, `-READONLY…` as NotLeader, any other error as Failed. TCP
+//! delivers every reply, so there are no timeouts; a connection the server closes, or a
+//! reply that is not RESP, ends the run with an error.
+
+use super::keys::*;
+use super::report::*;
+use super::worker::{KeyShare, Phase, WorkerConfig, in_window};
+use super::*;
+use crate::resp::{self, Limits, Parsed, Reply};
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+
+/// Bytes read from a connection at a time.
+const READ_CHUNK: usize = 64 << 10;
+
+/// A command sent and not yet answered.
+struct Sent {
+    op: Op,
+    at: Instant,
+}
+
+struct Conn {
+    stream: TcpStream,
+    fd: RawFd,
+    /// Encoded commands not yet written, from `written` on.
+    out: Vec<u8>,
+    written: usize,
+    input: Vec<u8>,
+    in_flight: VecDeque<Sent>,
+    /// Commands this connection keeps in flight in the current phase.
+    depth: usize,
+}
+
+pub(super) struct RespWorker {
+    cfg: WorkerConfig,
+    pipeline: usize,
+    tx: Sender<Msg>,
+    rng: StdRng,
+    conns: Vec<Conn>,
+    limits: Limits,
+    chunk: Vec<u8>,
+    window: Counts,
+    window_hist: Histogram<u64>,
+    interval: Counts,
+    interval_hist: Histogram<u64>,
+    prefill_unreported: u64,
+    /// The phase has no more operations to start.
+    exhausted: bool,
+    pollfds: Vec<libc::pollfd>,
+}
+
+impl RespWorker {
+    pub(super) fn new(
+        cfg: WorkerConfig,
+        pipeline: usize,
+        tx: Sender<Msg>,
+    ) -> anyhow::Result<RespWorker> {
+        let server = *cfg.servers.first().context("no server address")?;
+        let count = cfg.slots.div_ceil(pipeline);
+        let mut conns = Vec::with_capacity(count);
+        for _ in 0..count {
+            let stream = TcpStream::connect(server)
+                .with_context(|| format!("connecting to {server} (is its RESP port open?)"))?;
+            stream.set_nodelay(true)?;
+            stream.set_nonblocking(true)?;
+            conns.push(Conn {
+                fd: stream.as_raw_fd(),
+                stream,
+                out: Vec::new(),
+                written: 0,
+                input: Vec::new(),
+                in_flight: VecDeque::new(),
+                depth: 0,
+            });
+        }
+        Ok(RespWorker {
+            cfg,
+            pipeline,
+            tx,
+            rng: StdRng::from_entropy(),
+            conns,
+            limits: Limits::default(),
+            chunk: vec![0; READ_CHUNK],
+            window: Counts::default(),
+            window_hist: new_histogram(),
+            interval: Counts::default(),
+            interval_hist: new_histogram(),
+            prefill_unreported: 0,
+            exhausted: false,
+            pollfds: Vec::new(),
+        })
+    }
+
+    pub(super) fn run(&mut self, start_rx: Receiver<Instant>) -> anyhow::Result<()> {
+        if let Some(share) = self.cfg.prefill_keys {
+            let mut phase = Phase::Prefill {
+                next: share.first,
+                share,
+                retry: Vec::new(),
+                done: 0,
+                failed: 0,
+            };
+            self.run_phase(&mut phase, self.cfg.slots)?;
+            let Phase::Prefill { failed, .. } = phase else {
+                unreachable!()
+            };
+            let unreported = mem::take(&mut self.prefill_unreported);
+            let _ = self.tx.send(Msg::PrefillDone {
+                done: unreported,
+                failed,
+            });
+            self.interval = Counts::default();
+            self.interval_hist.reset();
+        }
+        let Ok(start) = start_rx.recv() else {
+            return Ok(());
+        };
+        let warm_end = start + self.cfg.warmup;
+        let mut phase = Phase::Measure {
+            warm_end,
+            end: warm_end + self.cfg.duration,
+        };
+        self.run_phase(&mut phase, self.cfg.measure_slots)?;
+        self.flush_interval();
+        let stats = FinalStats {
+            counts: mem::take(&mut self.window),
+            hist: mem::replace(&mut self.window_hist, new_histogram()),
+        };
+        let _ = self.tx.send(Msg::Done(Box::new(stats)));
+        Ok(())
+    }
+
+    fn run_phase(&mut self, phase: &mut Phase, slots: usize) -> anyhow::Result<()> {
+        let mut left = slots;
+        for c in &mut self.conns {
+            c.depth = left.min(self.pipeline);
+            left -= c.depth;
+        }
+        self.exhausted = false;
+        let mut next_flush = Instant::now() + FLUSH_INTERVAL;
+        loop {
+            let now = Instant::now();
+            let busy = self.conns.iter().any(|c| !c.in_flight.is_empty());
+            match phase {
+                Phase::Measure { end, .. } if now >= *end => break,
+                Phase::Prefill { .. } if self.exhausted && !busy => break,
+                _ => {}
+            }
+            if now >= next_flush {
+                self.flush_interval();
+                next_flush = now + FLUSH_INTERVAL;
+            }
+            let mut progress = 0;
+            for i in 0..self.conns.len() {
+                progress += self.turn(i, phase)?;
+            }
+            if progress == 0 {
+                self.wait_idle(next_flush);
+            }
+        }
+        Ok(())
+    }
+
+    /// One connection's turn: fill its pipeline, write, read, answer what arrived.
+    /// Returns how much happened (0: nothing to do right now).
+    fn turn(&mut self, i: usize, phase: &mut Phase) -> anyhow::Result<usize> {
+        let mut progress = 0;
+        let now = Instant::now();
+        while !self.exhausted && self.conns[i].in_flight.len() < self.conns[i].depth {
+            match self.next_op(phase, now) {
+                Some((op, key)) => {
+                    let mut name = [0u8; KEY_NAME_LEN];
+                    let name = key_name(key, &mut name).as_bytes();
+                    let c = &mut self.conns[i];
+                    match op {
+                        Op::Get => resp::command(&mut c.out, &[&b"GET"[..], name]),
+                        _ => resp::command(&mut c.out, &[&b"SET"[..], name, &self.cfg.value]),
+                    }
+                    c.in_flight.push_back(Sent { op, at: now });
+                    progress += 1;
+                }
+                None => self.exhausted = true,
+            }
+        }
+        let c = &mut self.conns[i];
+        while c.written < c.out.len() {
+            match c.stream.write(&c.out[c.written..]) {
+                Ok(0) => bail!("the server stopped taking commands"),
+                Ok(n) => {
+                    c.written += n;
+                    progress += 1;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e).context("writing to the server"),
+            }
+        }
+        if c.written == c.out.len() {
+            c.out.clear();
+            c.written = 0;
+        }
+        for _ in 0..4 {
+            match c.stream.read(&mut self.chunk) {
+                Ok(0) => bail!("the server closed the connection"),
+                Ok(n) => {
+                    c.input.extend_from_slice(&self.chunk[..n]);
+                    progress += 1;
+                    if n < self.chunk.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e).context("reading from the server"),
+            }
+        }
+        let mut used = 0;
+        let now = Instant::now();
+        loop {
+            let c = &mut self.conns[i];
+            match resp::parse_reply(&c.input[used..], &self.limits) {
+                Ok(Parsed::Done(reply, n)) => {
+                    used += n;
+                    let sent = c
+                        .in_flight
+                        .pop_front()
+                        .context("the server answered a command it was not sent")?;
+                    self.complete(sent, &reply, phase, now);
+                }
+                Ok(Parsed::Incomplete { .. }) => break,
+                Err(e) => bail!("the server's reply is not RESP: {e:?}"),
+            }
+        }
+        self.conns[i].input.drain(..used);
+        Ok(progress)
+    }
+
+    /// The next operation of the phase, if it has one.
+    fn next_op(&mut self, phase: &mut Phase, now: Instant) -> Option<(Op, u64)> {
+        match phase {
+            Phase::Measure { end, .. } => {
+                if now >= *end {
+                    return None;
+                }
+                let key = self.cfg.sampler.sample(&mut self.rng);
+                let op = match self.cfg.workload {
+                    Workload::Set => Op::Set,
+                    Workload::Get => Op::Get,
+                    Workload::Mixed if self.rng.r#gen::<f64>() < self.cfg.read_ratio => Op::Get,
+                    Workload::Mixed => Op::Set,
+                };
+                Some((op, key))
+            }
+            Phase::Prefill { next, share, .. } => {
+                let KeyShare { step, end, .. } = *share;
+                (*next < end).then(|| {
+                    let key = *next;
+                    *next += step;
+                    (Op::Set, key)
+                })
+            }
+        }
+    }
+
+    fn complete(&mut self, sent: Sent, reply: &Reply, phase: &mut Phase, now: Instant) {
+        let status = match (sent.op, reply) {
+            (_, Reply::Error(e)) if e.starts_with(b"BUSY") => Status::Busy,
+            (_, Reply::Error(e)) if e.starts_with(b"READONLY") => Status::NotLeader,
+            (Op::Get, Reply::Bulk(Some(_))) => Status::Ok,
+            (Op::Get, Reply::Bulk(None)) => Status::NotFound,
+            (Op::Set, Reply::Simple(s)) if s == b"OK" => Status::Ok,
+            _ => Status::Failed,
+        };
+        let latency_us = (now.duration_since(sent.at).as_micros() as u64).max(1);
+        let window = in_window(phase, now);
+        for (counts, hist, record) in [
+            (&mut self.interval, &mut self.interval_hist, true),
+            (&mut self.window, &mut self.window_hist, window),
+        ] {
+            if !record {
+                continue;
+            }
+            match status {
+                Status::Ok => {
+                    counts.ok += 1;
+                    hist.saturating_record(latency_us);
+                }
+                Status::NotFound => {
+                    counts.get_miss += 1;
+                    hist.saturating_record(latency_us);
+                }
+                Status::Busy => counts.busy += 1,
+                s => counts.count_error(s),
+            }
+        }
+        if let Phase::Prefill { done, failed, .. } = phase {
+            if status == Status::Ok {
+                *done += 1;
+                self.prefill_unreported += 1;
+            } else {
+                *failed += 1;
+            }
+        }
+    }
+
+    fn flush_interval(&mut self) {
+        if self.prefill_unreported > 0 && self.cfg.prefill_keys.is_some() {
+            let done = mem::take(&mut self.prefill_unreported);
+            let _ = self.tx.send(Msg::PrefillProgress { done });
+        }
+        let stats = IntervalStats {
+            counts: mem::take(&mut self.interval),
+            hist: mem::replace(&mut self.interval_hist, new_histogram()),
+        };
+        let _ = self.tx.send(Msg::Interval(stats));
+    }
+
+    /// Sleeps in `poll` until a connection is readable (or writable, with output
+    /// pending), or `until`; at most 1 ms.
+    fn wait_idle(&mut self, until: Instant) {
+        let now = Instant::now();
+        if until <= now {
+            return;
+        }
+        self.pollfds.clear();
+        self.pollfds.extend(self.conns.iter().map(|c| libc::pollfd {
+            fd: c.fd,
+            events: libc::POLLIN | if c.out.is_empty() { 0 } else { libc::POLLOUT },
+            revents: 0,
+        }));
+        let wait = (until - now).min(Duration::from_millis(1));
+        let ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: wait.as_nanos() as libc::c_long,
+        };
+        // SAFETY: `pollfds` is a valid array of `pollfds.len()` pollfds and `ts` a valid
+        // timespec; both outlive the call.
+        unsafe {
+            libc::ppoll(
+                self.pollfds.as_mut_ptr(),
+                self.pollfds.len() as libc::nfds_t,
+                &ts,
+                std::ptr::null(),
+            );
+        }
+    }
+}
