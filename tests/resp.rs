@@ -792,6 +792,12 @@ else:
     assert r.get("py:big") == big
     assert r.delete("m:a", "m:none") == 1 and r.exists("m:a") == 0
     assert r.get("py:counter") == b"75" and r.incr("py:counter") == 76
+    # The command table and INFO as redis-py reads them.
+    table = r.command()
+    assert table["incr"]["arity"] == 2 and table["mset"]["step_count"] == 2, table["mset"]
+    assert r.command_count() == len(table) and b"getdel" in r.command_list()
+    assert r.info("keyspace")["db0"]["keys"] >= 1000
+    assert r.info("replication")["role"] == "master" and "db0" not in r.info("replication")
     print("checked")
 "#;
 

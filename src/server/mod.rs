@@ -36,6 +36,7 @@ mod cleaner;
 mod config;
 mod host;
 pub mod replication;
+mod resp_commands;
 pub mod resp_door;
 pub mod shard;
 pub mod transport;
@@ -585,6 +586,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         for (d, ((completions, log_reader), listener)) in doors_iter.enumerate() {
             let door = resp_door::DoorConfig {
                 slot: shard_count + d,
+                port,
                 connections_max: config.resp_connections_max,
                 window_bytes_max,
                 window_bytes_hard_max,

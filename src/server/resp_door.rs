@@ -56,6 +56,8 @@ const POLL: Duration = Duration::from_micros(200);
 pub struct DoorConfig {
     /// This door's window slot.
     pub slot: usize,
+    /// The TCP port the door listens on (INFO reports it).
+    pub port: u16,
     pub connections_max: usize,
     pub window_bytes_max: usize,
     pub window_bytes_hard_max: usize,
@@ -753,11 +755,13 @@ impl Conn {
                 }
             }
             b"COMMAND" => {
-                // No command table yet: clients that ask get an empty one.
-                resp::array_header(out, Some(0));
+                let rest: Vec<&[u8]> = args[1..].iter().map(|a| &a[..]).collect();
+                super::resp_commands::answer(out, &rest);
             }
             b"INFO" => {
-                let text = self.info();
+                let sections: Vec<Vec<u8>> =
+                    args[1..].iter().map(|a| a.to_ascii_lowercase()).collect();
+                let text = self.info(&sections);
                 resp::bulk(&mut self.out, Some(text.as_bytes()));
             }
             _ => {
@@ -861,23 +865,69 @@ impl Conn {
         Ok(values)
     }
 
-    /// INFO's text: the sections clients read.
-    fn info(&self) -> String {
+    /// INFO's text: the sections asked for (all of them for none, `all`, `default` or
+    /// `everything`), in Redis's `field:value` lines; an unknown section is empty.
+    fn info(&self, asked: &[Vec<u8>]) -> String {
         let s = &self.door.shared;
         let role = if s.is_leader.load(Ordering::Acquire) {
             "master"
         } else {
             "slave"
         };
-        format!(
-            "# Server\r\nredis_version:7.0.0\r\nocean_liner_version:{}\r\nredis_mode:standalone\r\n\
-             uptime_in_seconds:{}\r\n\r\n# Clients\r\nconnected_clients:{}\r\n\r\n\
-             # Replication\r\nrole:{role}\r\n\r\n# Keyspace\r\ndb0:keys={},expires=0,avg_ttl=0\r\n",
-            env!("CARGO_PKG_VERSION"),
-            s.started.elapsed().as_secs(),
-            self.door.conns.borrow().len(),
-            s.map.entry_count(),
-        )
+        let stats = &s.stats;
+        let sections: [(&str, String); 5] = [
+            (
+                "server",
+                format!(
+                    "redis_version:7.0.0\r\nocean_liner_version:{}\r\nredis_mode:standalone\r\n\
+                     process_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n",
+                    env!("CARGO_PKG_VERSION"),
+                    std::process::id(),
+                    self.door.config.port,
+                    s.started.elapsed().as_secs(),
+                ),
+            ),
+            (
+                "clients",
+                format!(
+                    "connected_clients:{}\r\nmaxclients:{}\r\n",
+                    self.door.conns.borrow().len(),
+                    self.door.config.connections_max,
+                ),
+            ),
+            (
+                "stats",
+                format!(
+                    "ocean_liner_udp_requests:{}\r\nocean_liner_commands_applied:{}\r\n\
+                     ocean_liner_gets:{}\r\nocean_liner_busy:{}\r\n",
+                    stats.requests.load(Ordering::Relaxed),
+                    stats.commands_applied.load(Ordering::Relaxed),
+                    stats.gets.load(Ordering::Relaxed),
+                    stats.busy.load(Ordering::Relaxed),
+                ),
+            ),
+            ("replication", format!("role:{role}\r\n")),
+            (
+                "keyspace",
+                format!("db0:keys={},expires=0,avg_ttl=0\r\n", s.map.entry_count()),
+            ),
+        ];
+        let all = asked.is_empty()
+            || asked
+                .iter()
+                .any(|a| matches!(a.as_slice(), b"all" | b"default" | b"everything"));
+        let mut text = String::new();
+        for (name, body) in sections {
+            if all || asked.iter().any(|a| a.as_slice() == name.as_bytes()) {
+                if !text.is_empty() {
+                    text.push_str("\r\n");
+                }
+                let mut title = name.to_string();
+                title[..1].make_ascii_uppercase();
+                text.push_str(&format!("# {title}\r\n{body}"));
+            }
+        }
+        text
     }
 }
 

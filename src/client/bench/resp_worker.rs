@@ -25,6 +25,14 @@ use std::net::TcpStream;
 /// Bytes read from a connection at a time.
 const READ_CHUNK: usize = 64 << 10;
 
+/// Prefill's commands in flight per connection at least: it fills the key space at full
+/// speed whatever pipeline the measurement uses, without a connection per command.
+const PREFILL_PIPELINE_MIN: usize = 64;
+
+fn prefill_pipeline(pipeline: usize) -> usize {
+    pipeline.max(PREFILL_PIPELINE_MIN)
+}
+
 /// A command sent and not yet answered.
 struct Sent {
     op: Op,
@@ -68,7 +76,10 @@ impl RespWorker {
         tx: Sender<Msg>,
     ) -> anyhow::Result<RespWorker> {
         let server = *cfg.servers.first().context("no server address")?;
-        let count = cfg.slots.div_ceil(pipeline);
+        let count = cfg
+            .measure_slots
+            .div_ceil(pipeline)
+            .max(cfg.slots.div_ceil(prefill_pipeline(pipeline)));
         let mut conns = Vec::with_capacity(count);
         for _ in 0..count {
             let stream = TcpStream::connect(server)
@@ -112,7 +123,8 @@ impl RespWorker {
                 done: 0,
                 failed: 0,
             };
-            self.run_phase(&mut phase, self.cfg.slots)?;
+            let depth = prefill_pipeline(self.pipeline);
+            self.run_phase(&mut phase, self.cfg.slots, depth)?;
             let Phase::Prefill { failed, .. } = phase else {
                 unreachable!()
             };
@@ -132,7 +144,7 @@ impl RespWorker {
             warm_end,
             end: warm_end + self.cfg.duration,
         };
-        self.run_phase(&mut phase, self.cfg.measure_slots)?;
+        self.run_phase(&mut phase, self.cfg.measure_slots, self.pipeline)?;
         self.flush_interval();
         let stats = FinalStats {
             counts: mem::take(&mut self.window),
@@ -142,12 +154,14 @@ impl RespWorker {
         Ok(())
     }
 
-    fn run_phase(&mut self, phase: &mut Phase, slots: usize) -> anyhow::Result<()> {
+    fn run_phase(&mut self, phase: &mut Phase, slots: usize, depth: usize) -> anyhow::Result<()> {
         let mut left = slots;
         for c in &mut self.conns {
-            c.depth = left.min(self.pipeline);
+            c.depth = left.min(depth);
             left -= c.depth;
         }
+        // Connections are filled in order: the phase uses the first ones.
+        let used = self.conns.iter().take_while(|c| c.depth > 0).count();
         self.exhausted = false;
         let mut next_flush = Instant::now() + FLUSH_INTERVAL;
         loop {
@@ -163,11 +177,11 @@ impl RespWorker {
                 next_flush = now + FLUSH_INTERVAL;
             }
             let mut progress = 0;
-            for i in 0..self.conns.len() {
+            for i in 0..used {
                 progress += self.turn(i, phase)?;
             }
             if progress == 0 {
-                self.wait_idle(next_flush);
+                self.wait_idle(next_flush, used);
             }
         }
         Ok(())
@@ -329,17 +343,18 @@ impl RespWorker {
 
     /// Sleeps in `poll` until a connection is readable (or writable, with output
     /// pending), or `until`; at most 1 ms.
-    fn wait_idle(&mut self, until: Instant) {
+    fn wait_idle(&mut self, until: Instant, used: usize) {
         let now = Instant::now();
         if until <= now {
             return;
         }
         self.pollfds.clear();
-        self.pollfds.extend(self.conns.iter().map(|c| libc::pollfd {
-            fd: c.fd,
-            events: libc::POLLIN | if c.out.is_empty() { 0 } else { libc::POLLOUT },
-            revents: 0,
-        }));
+        self.pollfds
+            .extend(self.conns[..used].iter().map(|c| libc::pollfd {
+                fd: c.fd,
+                events: libc::POLLIN | if c.out.is_empty() { 0 } else { libc::POLLOUT },
+                revents: 0,
+            }));
         let wait = (until - now).min(Duration::from_millis(1));
         let ts = libc::timespec {
             tv_sec: 0,
