@@ -677,6 +677,20 @@ fn incr_on_a_cluster_hands_out_each_value_once_across_a_leader_kill() {
         assert!(Instant::now() < deadline, "no leader takes an INCR");
         std::thread::sleep(Duration::from_millis(20));
     };
+    // A follower names the leader's RESP address.
+    let (leader, _) = leader_port(&cluster);
+    let follower = (leader + 1) % 3;
+    let want = format!(
+        "the leader is 127.0.0.1:{}",
+        cluster.nodes[leader].resp_port
+    );
+    match resp_call(cluster.nodes[follower].resp_port, &["SET", "k", "v"]) {
+        Some(Reply::Error(e)) => {
+            let e = String::from_utf8_lossy(&e).to_string();
+            assert!(e.starts_with("READONLY") && e.contains(&want), "{e}");
+        }
+        other => panic!("a follower answered a SET with {other:?}"),
+    }
     // Each thread: the values its INCRs got, and how many ended with an unknown outcome
     // (the leader lost its place while they were in flight: they may or may not apply).
     let threads: Vec<_> = (0..4)

@@ -137,6 +137,7 @@ fn write_seeds() {
         node_index: 1,
         last_index: 10,
         client_addr: "127.0.0.1:9001".parse().unwrap(),
+        resp_port: 6380,
     }
     .encode();
     frame(&mut stream, 1, &hello);

@@ -53,10 +53,17 @@ proptest! {
             node_index,
             last_index,
             client_addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            resp_port: port.rotate_left(3),
         };
         let bytes = hello.encode();
-        prop_assert_eq!(Hello::decode(&bytes), Ok(hello));
+        prop_assert_eq!(Hello::decode(&bytes), Ok(hello.clone()));
         for cut in 0..bytes.len() {
+            if cut == bytes.len() - 2 {
+                // A hello from before the RESP port: no door.
+                let old = Hello { resp_port: 0, ..hello.clone() };
+                prop_assert_eq!(Hello::decode(&bytes[..cut]), Ok(old));
+                continue;
+            }
             prop_assert!(Hello::decode(&bytes[..cut]).is_err());
         }
         let _ = Hello::decode(&flip(bytes, at, to));

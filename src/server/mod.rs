@@ -58,7 +58,7 @@ use std::fs::File;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use window::WindowSlot;
@@ -141,6 +141,9 @@ pub struct Shared {
     pub reads_waiting: AtomicBool,
     /// Each node's client address, by node index (learned from peer handshakes).
     pub client_addrs: Mutex<Vec<SocketAddr>>,
+    /// Each node's RESP port as its hello announced it (this node's from its flags; 0:
+    /// none or not heard yet), by node index.
+    pub resp_ports: Vec<AtomicU16>,
     /// This node's last log index (announced to peers when connecting).
     pub last_log_index: Arc<AtomicU64>,
     /// Files of segments released by checkpoints, to remove in this order.
@@ -149,6 +152,14 @@ pub struct Shared {
 
 impl Shared {
     /// The client address of the current leader, if one is known.
+    /// Where a Redis client finds the leader: its client IP and RESP port, once known.
+    pub fn leader_resp_addr(&self) -> Option<SocketAddr> {
+        let leader = NodeId::from_raft_id(self.leader_id.load(Ordering::Acquire))?;
+        let port = self.resp_ports.get(leader.index())?.load(Ordering::Relaxed);
+        let ip = self.client_addrs.lock().unwrap().get(leader.index())?.ip();
+        (port != 0).then_some(SocketAddr::new(ip, port))
+    }
+
     pub fn leader_client_addr(&self) -> Option<SocketAddr> {
         let leader = NodeId::from_raft_id(self.leader_id.load(Ordering::Acquire))?;
         let addrs = self.client_addrs.lock().unwrap();
@@ -377,6 +388,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         peers: cluster.peers.clone(),
         cluster_id: cluster.cluster_id,
         client_addr: cluster.client_addr,
+        resp_port: config.resp_port.unwrap_or(0),
         last_index: last_log_index.clone(),
         snapshot_target: None,
         snapshot_bytes_per_s: config.snapshot_mib_per_s << 20,
@@ -520,6 +532,12 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         read_epoch_done: AtomicU64::new(0),
         reads_waiting: AtomicBool::new(false),
         client_addrs: Mutex::new(cluster.client_addrs.clone()),
+        resp_ports: (0..cluster.client_addrs.len())
+            .map(|i| {
+                let own = (i == cluster.node_index).then_some(config.resp_port);
+                AtomicU16::new(own.flatten().unwrap_or(0))
+            })
+            .collect(),
         last_log_index: last_log_index.clone(),
         released_files: Mutex::new(VecDeque::new()),
     });

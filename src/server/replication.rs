@@ -336,8 +336,12 @@ impl Loop<'_> {
             Inbound::PeerHello {
                 peer,
                 addr,
+                resp_port,
                 last_index,
             } => {
+                if let Some(slot) = self.shared.resp_ports.get(peer.index()) {
+                    slot.store(resp_port, Ordering::Relaxed);
+                }
                 if let Some(slot) = self
                     .shared
                     .client_addrs

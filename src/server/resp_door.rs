@@ -370,7 +370,7 @@ impl Conn {
             .drain(..)
             .map(|(seq, w, o, r)| (seq, (w, o, r)))
             .collect();
-        let hint = self.door.shared.leader_hint();
+        let hint = leader_words(&self.door.shared);
         for (how, seqs) in std::mem::take(&mut self.awaited) {
             let mut outcome = WriteOutcome::Applied;
             let mut count = 0i64;
@@ -440,7 +440,7 @@ impl Conn {
                 shared.stats.busy.fetch_add(1, Ordering::Relaxed);
             }
             // Answered in order, after the writes before it.
-            let hint = shared.leader_hint();
+            let hint = leader_words(shared);
             let mut text = Vec::new();
             write_error(&mut text, outcome, &hint);
             self.awaited.push((Awaited::Refused(text), 0..0));
@@ -800,14 +800,12 @@ impl Conn {
             match decide_read(&view, now, 0, usize::MAX) {
                 ReadDecision::Serve => break,
                 ReadDecision::NotLeader => {
-                    let hint = shared.leader_hint();
+                    let hint = leader_words(&shared);
                     return Err(if hint.is_empty() {
                         "READONLY this node is not the leader and no leader is known yet; retry"
                             .into()
                     } else {
-                        format!(
-                            "READONLY this node is not the leader (the leader's UDP address is {hint})"
-                        )
+                        format!("READONLY this node is not the leader ({hint})")
                     });
                 }
                 ReadDecision::Busy => glommio::timer::sleep(POLL).await,
@@ -1014,6 +1012,18 @@ fn check_value(value: &[u8]) -> Option<String> {
         .then(|| format!("ERR values may be at most {VALUE_SIZE_MAX} bytes"))
 }
 
+/// Where the leader is, for a READONLY answer: its RESP address, else its UDP address;
+/// empty while no leader is known.
+fn leader_words(shared: &Shared) -> String {
+    if let Some(addr) = shared.leader_resp_addr() {
+        return format!("the leader is {addr}");
+    }
+    match shared.leader_client_addr() {
+        Some(addr) => format!("the leader's UDP address is {addr}; it has no RESP door"),
+        None => String::new(),
+    }
+}
+
 /// The error a write gets for an outcome other than applied.
 fn write_error(out: &mut Vec<u8>, outcome: WriteOutcome, hint: &str) {
     let msg = match outcome {
@@ -1022,9 +1032,9 @@ fn write_error(out: &mut Vec<u8>, outcome: WriteOutcome, hint: &str) {
             "READONLY You can't write against a read only replica (no leader is known yet; retry)"
                 .to_string()
         }
-        WriteOutcome::NotLeader => format!(
-            "READONLY You can't write against a read only replica (the leader's UDP address is {hint})"
-        ),
+        WriteOutcome::NotLeader => {
+            format!("READONLY You can't write against a read only replica ({hint})")
+        }
         WriteOutcome::Busy => "BUSY the server is busy; retry".to_string(),
         WriteOutcome::NoSpace => {
             "ERR no space left on the server's disk: writes are refused, reads work".to_string()

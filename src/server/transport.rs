@@ -68,6 +68,8 @@ pub enum Inbound {
     PeerHello {
         peer: NodeId,
         addr: SocketAddr,
+        /// Its RESP door's port (0: none).
+        resp_port: u16,
         last_index: LogIndex,
     },
     /// A snapshot received whole and staged, with the Raft message that names it.
@@ -97,6 +99,8 @@ pub struct TransportConfig {
     pub peers: Vec<SocketAddr>,
     pub cluster_id: u64,
     pub client_addr: SocketAddr,
+    /// This node's RESP port (0: no door), announced in each hello.
+    pub resp_port: u16,
     /// This node's last log index, announced in each hello.
     pub last_index: Arc<std::sync::atomic::AtomicU64>,
     /// Where received snapshots are staged (set once the node's state is open).
@@ -279,6 +283,8 @@ pub struct Hello {
     pub last_index: u64,
     /// The sender's client address.
     pub client_addr: SocketAddr,
+    /// The sender's RESP port (0: no door).
+    pub resp_port: u16,
 }
 
 /// Bytes of a hello before its address: magic, cluster id, node index, last index,
@@ -297,6 +303,7 @@ impl Hello {
         out.extend_from_slice(&self.last_index.to_le_bytes());
         out.extend_from_slice(&(addr.len() as u16).to_le_bytes());
         out.extend_from_slice(addr.as_bytes());
+        out.extend_from_slice(&self.resp_port.to_le_bytes());
         out
     }
 
@@ -333,14 +340,18 @@ impl Hello {
             .ok()
             .and_then(|s| s.parse::<SocketAddr>().ok())
             .ok_or_else(|| "bad client address in hello".to_string())?;
-        if !rest.is_empty() {
-            return Err(format!("{} trailing bytes after a hello", rest.len()));
-        }
+        // The RESP port came later: a hello without it says the sender has none.
+        let resp_port = match rest {
+            [] => 0,
+            [lo, hi] => u16::from_le_bytes([*lo, *hi]),
+            _ => return Err(format!("{} trailing bytes after a hello", rest.len())),
+        };
         Ok(Hello {
             cluster_id,
             node_index,
             last_index,
             client_addr,
+            resp_port,
         })
     }
 }
@@ -351,6 +362,7 @@ fn hello(config: &TransportConfig) -> Vec<u8> {
         node_index: config.node_index as u32,
         last_index: config.last_index.load(Ordering::Acquire),
         client_addr: config.client_addr,
+        resp_port: config.resp_port,
     }
     .encode()
 }
@@ -501,6 +513,7 @@ fn reader_loop(
     let _ = inbound.send(Inbound::PeerHello {
         peer,
         addr: hello.client_addr,
+        resp_port: hello.resp_port,
         last_index: LogIndex(hello.last_index),
     });
     r.get_ref().set_read_timeout(None)?;
@@ -585,6 +598,7 @@ mod tests {
             node_index: 2,
             last_index: 99,
             client_addr: "127.0.0.1:9002".parse().unwrap(),
+            resp_port: 6380,
         }
     }
 
@@ -614,6 +628,18 @@ mod tests {
     fn every_truncation_and_garbage_is_refused_without_panic() {
         let full = sample().encode();
         for cut in 0..full.len() {
+            if cut == full.len() - 2 {
+                // A hello from before the RESP port: the sender has no door.
+                let old = Hello::decode(&full[..cut]).unwrap();
+                assert_eq!(
+                    old,
+                    Hello {
+                        resp_port: 0,
+                        ..sample()
+                    }
+                );
+                continue;
+            }
             assert!(Hello::decode(&full[..cut]).is_err(), "cut at {cut}");
         }
         let mut longer = full.clone();
