@@ -649,10 +649,12 @@ fn a_protocol_error_is_answered_and_the_connection_closed() {
     assert_eq!(c.reply(), None, "closed");
 }
 
-/// Pipelined SETs acknowledged before a kill -9 are all there after the restart.
+/// Pipelined SETs acknowledged before a kill -9 are all there after the restart, and
+/// reads over UDP see them too (with the shard's UDP loop on a thread of its own,
+/// `--shard-loop thread`; the other tests run it in the door's executor, the default).
 #[test]
 fn acknowledged_pipelined_writes_survive_kill_9() {
-    let mut server = Server::start();
+    let mut server = Server::start_with(&["--shard-loop", "thread"]);
     let mut c = Resp::connect(server.resp).unwrap();
     let mut out = Vec::new();
     for i in 0..2000 {
@@ -675,6 +677,11 @@ fn acknowledged_pipelined_writes_survive_kill_9() {
             "key:{i}"
         );
     }
+    let out = Command::new(BIN)
+        .args(["get", "key:1999", "--server", &format!("127.0.0.1:{}", server.udp)])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "value-1999");
 }
 
 fn have(tool: &str) -> bool {

@@ -560,6 +560,9 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
     let mut completion_rxs = completion_rxs.into_iter();
     let mut log_readers = opened.log_readers.into_iter();
     let mut shard_threads = Vec::new();
+    // Shards that run as tasks of their core's door executor, by shard index.
+    let in_doors = config.resp_port.is_some() && config.shard_loop == ShardLoop::Door;
+    let mut door_shards: Vec<Option<shard::Shard>> = Vec::new();
     for (i, ((socket, completions), log_reader)) in sockets
         .into_iter()
         .zip(completion_rxs.by_ref().take(shard_count))
@@ -579,6 +582,10 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
             waiting_reads: WaitingReads::default(),
             log_reads: Vec::new(),
         };
+        if in_doors {
+            door_shards.push(Some(shard));
+            continue;
+        }
         let core_slot = if cores == 1 { 0 } else { i + 1 };
         let pin = pin.clone();
         shard_threads.push(
@@ -602,16 +609,18 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
             })?;
         let doors_iter = completion_rxs.zip(log_readers).zip(listeners);
         for (d, ((completions, log_reader), listener)) in doors_iter.enumerate() {
+            // RESP sessions' client ids: random, so they never meet a UDP client's.
+            let base = u64::from_le_bytes(cookie_secret()[..8].try_into().unwrap_or([0; 8]));
             let door = resp_door::DoorConfig {
+                client_id_base: base,
                 slot: shard_count + d,
                 port,
                 connections_max: config.resp_connections_max,
                 window_bytes_max,
                 window_bytes_hard_max,
             };
-            // RESP sessions' client ids: random, so they never meet a UDP client's.
-            let base = u64::from_le_bytes(cookie_secret()[..8].try_into().unwrap_or([0; 8]));
             let (shared, flush_tx, pin) = (shared.clone(), flush_tx.clone(), pin.clone());
+            let shard = door_shards.get_mut(d).and_then(Option::take);
             let core_slot = if cores == 1 { 0 } else { d + 1 };
             shard_threads.push(
                 std::thread::Builder::new()
@@ -625,7 +634,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
                             completions,
                             log_reader,
                             flush_tx,
-                            base,
+                            shard,
                         );
                         if let Err(e) = run {
                             eprintln!("ocean-liner: the RESP door on TCP port {port} failed: {e}");

@@ -58,6 +58,8 @@ pub struct DoorConfig {
     pub slot: usize,
     /// The TCP port the door listens on (INFO reports it).
     pub port: u16,
+    /// RESP sessions' client ids start here.
+    pub client_id_base: u64,
     pub connections_max: usize,
     pub window_bytes_max: usize,
     pub window_bytes_hard_max: usize,
@@ -88,8 +90,9 @@ pub fn run(
     completions: Receiver<Completion>,
     log_reader: LogReader,
     flush_tx: Sender<()>,
-    client_id_base: u64,
+    shard: Option<super::shard::Shard>,
 ) -> std::io::Result<()> {
+    let client_id_base = config.client_id_base;
     let door = Rc::new(DoorState {
         config,
         shared,
@@ -108,6 +111,8 @@ pub fn run(
         // came out of `listener`, which gives it up); the glommio listener takes it over.
         let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
         let dispatcher = glommio::spawn_local(dispatch(door.clone(), completions));
+        // `--shard-loop door`: this core's UDP shard is a task here too.
+        let shard = shard.map(|s| glommio::spawn_local(s.run_in_executor()));
         // Accepting runs as a task of its own: an accept raced against a timer and dropped
         // could lose a connection the kernel had just handed over.
         let acceptor = {
@@ -152,6 +157,9 @@ pub fn run(
                 .any(|c| c.pending.get() > 0 || !c.done.borrow().is_empty())
         {
             glommio::timer::sleep(POLL).await;
+        }
+        if let Some(shard) = shard {
+            shard.await;
         }
         glommio::timer::sleep(Duration::from_millis(20)).await;
     });

@@ -22,6 +22,7 @@ use crate::storage::log::{LogReader, ValueRead};
 use crate::storage::store::Lookup;
 use crossbeam_channel::{Receiver as ChannelReceiver, Sender as ChannelSender};
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -69,53 +70,116 @@ pub struct WaitingRead {
     validated: bool,
 }
 
+/// A shard's loop state between two turns.
+pub struct ShardLoop {
+    shard: Shard,
+    receiver: Receiver,
+    sender: Sender,
+    batch: Window,
+    idle_reported: bool,
+}
+
+/// What one turn of a shard's loop did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// Datagrams or completions were handled.
+    Worked,
+    /// Nothing was waiting.
+    Idle,
+    /// The server stopped and every accepted write was answered.
+    Finished,
+}
+
 impl Shard {
-    /// Runs until the server stops and every accepted write has been answered.
-    pub fn run(mut self) {
-        let mut receiver = Receiver::new();
-        let mut sender = Sender::new();
-        let mut batch = Window::default();
-        let mut idle_reported = false;
-        loop {
-            if !self.shared.stop.load(Ordering::Acquire) {
-                match receiver.recv(&self.socket) {
-                    Ok(n) => {
-                        for i in 0..n {
-                            if let Some(d) = receiver.get(i) {
-                                self.handle(&d, &mut batch, &mut sender);
-                            }
-                        }
-                    }
-                    Err(e) => eprintln!("ocean-liner: shard {}: receive failed: {e}", self.index),
-                }
-                if !batch.is_empty() {
-                    let bytes = self.shared.windows[self.index].append(&mut batch);
-                    if window_is_full(bytes, self.window_bytes_max) {
-                        let _ = self.flush_tx.try_send(());
-                    }
-                }
-            } else if !idle_reported {
-                idle_reported = true;
-                self.shared.shards_idle.fetch_add(1, Ordering::AcqRel);
-            }
-            self.serve_waiting_reads(&mut sender);
-            self.answer_log_reads(&mut sender);
-            while let Ok(done) = self.completions.try_recv() {
-                self.reply_completion(&done, &mut sender);
-            }
-            sender.flush(&self.socket);
-            if idle_reported
-                && self.shared.replication_done.load(Ordering::Acquire)
-                && self.completions.is_empty()
-            {
-                return;
-            }
-            if idle_reported {
+    /// Runs on its own thread until the server stops and every accepted write has been
+    /// answered; each receive waits for datagrams (at most the socket's 1 ms timeout).
+    pub fn run(self) {
+        let mut l = self.into_loop();
+        while l.turn(false) != Turn::Finished {
+            if l.idle_reported {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
         }
     }
 
+    /// Runs as a task of the RESP door's executor on the same core: each receive takes
+    /// only what is waiting, and an idle turn sleeps on the executor's timer so the door's
+    /// connections run meanwhile.
+    pub async fn run_in_executor(self) {
+        let mut l = self.into_loop();
+        loop {
+            match l.turn(true) {
+                Turn::Finished => return,
+                Turn::Worked => glommio::yield_if_needed().await,
+                Turn::Idle => glommio::timer::sleep(EXECUTOR_IDLE_SLEEP).await,
+            }
+        }
+    }
+
+    fn into_loop(self) -> ShardLoop {
+        ShardLoop {
+            shard: self,
+            receiver: Receiver::new(),
+            sender: Sender::new(),
+            batch: Window::default(),
+            idle_reported: false,
+        }
+    }
+}
+
+/// How long a shard running in the door's executor sleeps when nothing is waiting.
+const EXECUTOR_IDLE_SLEEP: std::time::Duration = std::time::Duration::from_micros(50);
+
+impl ShardLoop {
+    /// One turn: receive a batch, answer what completed, send.
+    pub fn turn(&mut self, nonblocking: bool) -> Turn {
+        let s = &mut self.shard;
+        let mut worked = false;
+        if !s.shared.stop.load(Ordering::Acquire) {
+            let received = if nonblocking {
+                self.receiver.recv_nonblocking(s.socket.as_raw_fd())
+            } else {
+                self.receiver.recv(&s.socket)
+            };
+            match received {
+                Ok(n) => {
+                    worked |= n > 0;
+                    for i in 0..n {
+                        if let Some(d) = self.receiver.get(i) {
+                            s.handle(&d, &mut self.batch, &mut self.sender);
+                        }
+                    }
+                }
+                Err(e) => eprintln!("ocean-liner: shard {}: receive failed: {e}", s.index),
+            }
+            if !self.batch.is_empty() {
+                let bytes = s.shared.windows[s.index].append(&mut self.batch);
+                if window_is_full(bytes, s.window_bytes_max) {
+                    let _ = s.flush_tx.try_send(());
+                }
+            }
+        } else if !self.idle_reported {
+            self.idle_reported = true;
+            s.shared.shards_idle.fetch_add(1, Ordering::AcqRel);
+        }
+        s.serve_waiting_reads(&mut self.sender);
+        s.answer_log_reads(&mut self.sender);
+        while let Ok(done) = s.completions.try_recv() {
+            worked = true;
+            s.reply_completion(&done, &mut self.sender);
+        }
+        self.sender.flush(&s.socket);
+        if self.idle_reported
+            && s.shared.replication_done.load(Ordering::Acquire)
+            && s.completions.is_empty()
+        {
+            return Turn::Finished;
+        }
+        if worked { Turn::Worked } else { Turn::Idle }
+    }
+}
+
+impl Shard {
     fn cookie(&self, addr: &SocketAddr) -> u64 {
         protocol::cookie_for(&self.cookie_secret, addr)
     }
