@@ -5,6 +5,11 @@
 //! requests at once → append the batch's writes to the shard's window → send the replies
 //! of every window the replication core has completed (`sendmmsg`).
 //!
+//! The loop runs on a thread of its own ([`Shard::run`]; a receive waits up to 1 ms), or,
+//! when the RESP door is open, as a task of its core's glommio executor
+//! ([`Shard::run_in_executor`]; a receive takes what is waiting, an idle turn sleeps on
+//! the executor's timer).
+//!
 //! A write is answered only from a [`Completion`], i.e. after its entry is durable and
 //! applied. A GET reads the map the replication core applies to (the page lock makes
 //! that safe), so it sees every acknowledged write.
