@@ -50,6 +50,9 @@ enum Command {
     Stats {
         #[command(flatten)]
         target: Target,
+        /// Print one JSON object (numbers as numbers) instead of key=value lines.
+        #[arg(long)]
+        json: bool,
     },
     /// Check that a server answers, and print the round-trip time.
     Ping {
@@ -190,8 +193,13 @@ fn client_command(command: Command) -> ExitCode {
             c.delete(&key).map_err(fail)?;
             Ok(ExitCode::SUCCESS)
         }),
-        Command::Stats { target } => run(&target, &mut |c| {
-            print!("{}", c.stats().map_err(fail)?);
+        Command::Stats { target, json } => run(&target, &mut |c| {
+            let text = c.stats().map_err(fail)?;
+            if json {
+                println!("{}", ocean_liner::client::stats_json(&text));
+            } else {
+                print!("{text}");
+            }
             Ok(ExitCode::SUCCESS)
         }),
         Command::Ping { target } => run(&target, &mut |c| {

@@ -26,6 +26,7 @@ struct Node {
     peer_port: u16,
     client_port: u16,
     resp_port: u16,
+    metrics_port: u16,
 }
 
 struct Cluster {
@@ -33,6 +34,8 @@ struct Cluster {
     extra: Vec<String>,
     /// Whether the nodes open their RESP door (on each node's `resp_port`).
     resp: bool,
+    /// Whether the nodes serve metrics (on each node's `metrics_port`).
+    metrics: bool,
     dir: PathBuf,
     _tmp: tempfile::TempDir,
 }
@@ -67,17 +70,20 @@ impl Cluster {
             let peer_port = free_port();
             let client_port = free_port();
             let resp_port = free_port();
+            let metrics_port = free_port();
             nodes.push(Node {
                 child: None,
                 peer_port,
                 client_port,
                 resp_port,
+                metrics_port,
             });
         }
         let mut c = Cluster {
             nodes,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             resp: extra.contains(&"--resp"),
+            metrics: extra.contains(&"--metrics"),
             dir: tmp.path().to_path_buf(),
             _tmp: tmp,
         };
@@ -108,7 +114,22 @@ impl Cluster {
             .args(["--client-port", &self.nodes[k].client_port.to_string()])
             .arg("--data-dir")
             .arg(self.dir.join(format!("node-{k}")))
-            .args(self.extra.iter().filter(|a| *a != "--resp"))
+            .args(
+                self.extra
+                    .iter()
+                    .filter(|a| *a != "--resp" && *a != "--metrics"),
+            )
+            .args(
+                self.metrics
+                    .then(|| {
+                        [
+                            "--metrics-addr".to_string(),
+                            format!("127.0.0.1:{}", self.nodes[k].metrics_port),
+                        ]
+                    })
+                    .into_iter()
+                    .flatten(),
+            )
             .args(
                 self.resp
                     .then(|| {
@@ -798,5 +819,152 @@ fn incr_on_a_cluster_hands_out_each_value_once_across_a_leader_kill() {
             "GET big on the new leader: {:?}",
             other.map(|_| "not the value")
         ),
+    }
+}
+
+/// One HTTP GET: the status code and the body.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
+/// Every node's `/metrics` scraped and parsed by a Prometheus text parser (the
+/// prometheus-parse crate): counters, gauges and histograms under their conventional
+/// names, one leader among them, the writes counted on every node; `/livez` and
+/// `/readyz` answer 200 on every node, and again on the survivors once they have elected
+/// a new leader after a kill -9 of the old one.
+#[test]
+fn metrics_and_health_endpoints_on_a_cluster() {
+    use prometheus_parse::{Scrape, Value};
+    let mut cluster = Cluster::start_with(3, &["--metrics"]);
+    let (leader, _, _) = cluster
+        .wait_for_leader(None, Duration::from_secs(10))
+        .expect("a leader is elected");
+    let opts = ClientOptions {
+        deadline: Duration::from_secs(10),
+        ..ClientOptions::default()
+    };
+    let mut client = Client::connect_cluster(cluster.client_addrs(), opts).unwrap();
+    for i in 0..200 {
+        client.set(&format!("m{i}"), b"value").unwrap();
+    }
+    let scrape = |k: usize| -> Scrape {
+        let (status, body) = http_get(cluster.nodes[k].metrics_port, "/metrics").expect("scraped");
+        assert_eq!(status, 200);
+        Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("Prometheus text")
+    };
+    let value = |s: &Scrape, name: &str| -> Value {
+        s.samples
+            .iter()
+            .find(|m| m.metric == name)
+            .unwrap_or_else(|| panic!("no {name}"))
+            .value
+            .clone()
+    };
+    let Value::Gauge(committed) = value(&scrape(leader), "ocean_liner_commit_index") else {
+        panic!("commit_index is a gauge")
+    };
+    assert!(matches!(
+        value(&scrape(leader), "ocean_liner_commands_applied_total"),
+        Value::Counter(n) if n >= 200.0
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut leaders = 0.0;
+    for k in 0..3 {
+        // Each node applies what the leader committed.
+        let s = loop {
+            let s = scrape(k);
+            match value(&s, "ocean_liner_applied_index") {
+                Value::Gauge(n) if n >= committed => break s,
+                Value::Gauge(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                other => panic!("node {k} applied_index: {other:?}, leader committed {committed}"),
+            }
+        };
+        let Value::Gauge(is_leader) = value(&s, "ocean_liner_is_leader") else {
+            panic!("is_leader is a gauge")
+        };
+        leaders += is_leader;
+        assert_eq!(value(&s, "ocean_liner_has_leader"), Value::Gauge(1.0));
+        assert_eq!(value(&s, "ocean_liner_cluster_nodes"), Value::Gauge(3.0));
+        assert_eq!(value(&s, "ocean_liner_ready"), Value::Gauge(1.0));
+        assert!(
+            matches!(value(&s, "ocean_liner_resident_memory_bytes"), Value::Gauge(b) if b > 1e6)
+        );
+        assert!(matches!(value(&s, "ocean_liner_term"), Value::Gauge(t) if t >= 1.0));
+        // Every node persisted and applied entries: its histogram counts them.
+        let Value::Histogram(buckets) = value(&s, "ocean_liner_persist_seconds") else {
+            panic!("persist_seconds is a histogram")
+        };
+        assert!(buckets.len() >= 10 && buckets.last().unwrap().less_than.is_infinite());
+        assert!(
+            buckets.windows(2).all(|w| w[0].count <= w[1].count),
+            "cumulative"
+        );
+        assert!(
+            buckets.last().unwrap().count > 0.0,
+            "node {k} persisted nothing"
+        );
+        for name in ["ocean_liner_log_live_bytes", "ocean_liner_peer_rtt_seconds"] {
+            assert!(s.docs.contains_key(name), "no HELP for {name}");
+        }
+        assert_eq!(
+            http_get(cluster.nodes[k].metrics_port, "/livez").map(|r| r.0),
+            Some(200)
+        );
+        assert_eq!(
+            http_get(cluster.nodes[k].metrics_port, "/readyz").map(|r| r.0),
+            Some(200)
+        );
+    }
+    assert_eq!(leaders, 1.0, "exactly one node says it leads");
+    // The leader timed each SET from receipt to reply.
+    let s = scrape(leader);
+    let set = s
+        .samples
+        .iter()
+        .find(|m| m.metric == "ocean_liner_request_seconds" && m.labels.get("op") == Some("set"))
+        .expect("a SET latency histogram");
+    let Value::Histogram(buckets) = &set.value else {
+        panic!("request_seconds is a histogram")
+    };
+    assert!(buckets.last().unwrap().count >= 200.0, "{buckets:?}");
+    assert_eq!(
+        http_get(cluster.nodes[leader].metrics_port, "/nope").map(|r| r.0),
+        Some(404)
+    );
+    // `stats --json`: one object, numbers as numbers.
+    let out = Command::new(BIN)
+        .args(["stats", "--json", "--server"])
+        .arg(cluster.client_addrs()[leader].to_string())
+        .output()
+        .unwrap();
+    let json = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(json.starts_with('{') && json.ends_with('}'), "{json}");
+    assert!(
+        json.contains("\"role\":\"leader\"") && json.contains("\"keys\":200"),
+        "{json}"
+    );
+    cluster.kill9(leader);
+    for k in (0..3).filter(|&k| k != leader) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match http_get(cluster.nodes[k].metrics_port, "/readyz") {
+                Some((200, _)) => break,
+                Some((503, body)) if Instant::now() < deadline => {
+                    assert!(body.starts_with("not ready: "), "{body}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => panic!("node {k} /readyz after the leader's kill: {other:?}"),
+            }
+        }
     }
 }

@@ -678,7 +678,12 @@ fn acknowledged_pipelined_writes_survive_kill_9() {
         );
     }
     let out = Command::new(BIN)
-        .args(["get", "key:1999", "--server", &format!("127.0.0.1:{}", server.udp)])
+        .args([
+            "get",
+            "key:1999",
+            "--server",
+            &format!("127.0.0.1:{}", server.udp),
+        ])
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "value-1999");

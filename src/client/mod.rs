@@ -143,6 +143,49 @@ impl From<io::Error> for ClientError {
     }
 }
 
+/// STATS text (`key=value` lines) as one JSON object: values that read as numbers are
+/// numbers, the rest strings.
+pub fn stats_json(text: &str) -> String {
+    let mut out = String::from("{");
+    for (i, (k, v)) in text.lines().filter_map(|l| l.split_once('=')).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        json_string(&mut out, k);
+        out.push(':');
+        // JSON numbers: no leading zeros, no exponent or sign forms JSON lacks.
+        let digits = v.strip_prefix('-').unwrap_or(v);
+        let leading_zero = digits.len() > 1 && digits.starts_with('0') && !digits.starts_with("0.");
+        let bad_dot = digits.starts_with('.') || digits.ends_with('.');
+        let all_digits = digits.chars().all(|c| c.is_ascii_digit() || c == '.');
+        let numeric = all_digits
+            && !digits.is_empty()
+            && !leading_zero
+            && !bad_dot
+            && v.parse::<f64>().is_ok_and(f64::is_finite);
+        if numeric {
+            out.push_str(v);
+        } else {
+            json_string(&mut out, v);
+        }
+    }
+    out.push('}');
+    out
+}
+
+fn json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
 /// Resolves a comma-separated list of `host:port` addresses (every address each name
 /// resolves to, in order, without duplicates).
 pub fn resolve_servers(list: &str) -> Result<Vec<SocketAddr>, ClientError> {
@@ -533,6 +576,16 @@ fn sleep_until(t: Instant) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn stats_become_json_with_numbers_and_strings() {
+        let text = "node_id=0\nrole=leader\nleader_id=-1\nratio=53.1\nread_mode=Lease\n\
+                    odd=007\nquote=a\"b\nend=1.\n";
+        assert_eq!(
+            stats_json(text),
+            r#"{"node_id":0,"role":"leader","leader_id":-1,"ratio":53.1,"read_mode":"Lease","odd":"007","quote":"a\"b","end":"1."}"#
+        );
+    }
+
     use super::*;
     use crate::client::protocol::{encode_response, parse_request};
     use std::thread;

@@ -40,6 +40,10 @@ pub struct ServerConfig {
     /// told "max number of clients reached" and closed).
     #[arg(long, default_value_t = 10_000, value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(1..=1_000_000), |v| v as usize))]
     pub resp_connections_max: usize,
+    /// Serve Prometheus metrics on http://HOST:PORT/metrics, with /livez and /readyz
+    /// (off unless given).
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
     /// With --resp-port: where each shard's UDP loop runs — on a thread of its own beside
     /// the door's executor on the same core, or as a task of that executor.
     #[arg(long, value_enum, default_value_t = ShardLoop::Door)]

@@ -35,6 +35,7 @@
 mod cleaner;
 mod config;
 mod host;
+pub mod metrics;
 pub mod replication;
 mod resp_commands;
 pub mod resp_door;
@@ -109,6 +110,12 @@ pub struct Stats {
     pub snapshot_bytes_received: AtomicU64,
     /// The first index this node's Raft log still holds.
     pub first_log_index: AtomicU64,
+    /// Time per Raft ready cycle spent persisting and applying.
+    pub persist_seconds: metrics::Histogram,
+    /// UDP requests from receipt to the reply being queued, by op.
+    pub udp_set_seconds: metrics::Histogram,
+    pub udp_del_seconds: metrics::Histogram,
+    pub udp_get_seconds: metrics::Histogram,
 }
 
 /// State shared by every thread of a node.
@@ -128,6 +135,8 @@ pub struct Shared {
     pub started: Instant,
     pub batch_window_ms: u64,
     pub node_index: usize,
+    /// Voters in the cluster (1: a single node).
+    pub cluster_size: usize,
     pub read_mode: ReadMode,
     /// Raft id of the leader (0 = unknown), and whether it is this node.
     pub leader_id: AtomicU64,
@@ -290,6 +299,11 @@ struct Opened {
 pub fn run(config: ServerConfig) -> anyhow::Result<()> {
     preflight(&config)?;
     let _lock = lock_data_dir(&config)?;
+    // Metrics and health answer from the start, recovery included.
+    let metrics_node: metrics::Node = Arc::new(std::sync::OnceLock::new());
+    if let Some(addr) = config.metrics_addr {
+        metrics::start(addr, metrics_node.clone())?;
+    }
     let cluster = cluster_layout(&config)?;
     let available = core_affinity::get_core_ids().unwrap_or_default();
     let cores = config.cores.unwrap_or(available.len().max(1));
@@ -524,6 +538,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         started,
         batch_window_ms: config.batch_window_ms,
         node_index: cluster.node_index,
+        cluster_size: cluster.client_addrs.len().max(1),
         read_mode: config.read_mode,
         leader_id: AtomicU64::new(0),
         is_leader: AtomicBool::new(false),
@@ -581,6 +596,8 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
             window_bytes_hard_max,
             waiting_reads: WaitingReads::default(),
             log_reads: Vec::new(),
+            turn_started: Instant::now(),
+            turn_gets: 0,
         };
         if in_doors {
             door_shards.push(Some(shard));
@@ -645,6 +662,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         }
     }
     let _ = node_tx.send(shared.clone());
+    let _ = metrics_node.set(shared.clone());
     let cleaner = {
         let shared = shared.clone();
         let mut cleaner = opened.cleaner;

@@ -419,8 +419,19 @@ impl Loop<'_> {
         self.replica.ready(&mut out);
         self.send(&mut out);
         let started = Instant::now();
+        let before = (
+            self.replica.node().last_index(),
+            self.replica.node().applied_index(),
+        );
         let result = self.replica.persist_and_apply(&mut out);
         let took = started.elapsed();
+        let after = (
+            self.replica.node().last_index(),
+            self.replica.node().applied_index(),
+        );
+        if after != before {
+            self.shared.stats.persist_seconds.observe(took);
+        }
         if took > self.config.tick * 2 {
             // A follower that took this long to write what the leader sent grants the
             // leader, busy writing the same, twice as long before it may stand for

@@ -487,6 +487,7 @@ impl Conn {
                 request_seq: self.seq,
                 validated: true,
                 request_len: 0,
+                received: std::time::Instant::now(),
             });
         }
         self.awaited.push((how, first..self.seq + 1));

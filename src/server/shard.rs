@@ -48,6 +48,9 @@ pub struct Shard {
     pub waiting_reads: WaitingReads<WaitingRead>,
     /// GETs of this receive batch whose values are in the log.
     pub log_reads: Vec<LogRead>,
+    /// When the current turn of the loop began, and the GETs it answered.
+    pub turn_started: std::time::Instant,
+    pub turn_gets: u64,
 }
 
 /// Most GETs one shard holds waiting for a ReadIndex round before answering Busy.
@@ -140,6 +143,8 @@ impl ShardLoop {
     pub fn turn(&mut self, nonblocking: bool) -> Turn {
         let s = &mut self.shard;
         let mut worked = false;
+        s.turn_started = std::time::Instant::now();
+        s.turn_gets = 0;
         if !s.shared.stop.load(Ordering::Acquire) {
             let received = if nonblocking {
                 self.receiver.recv_nonblocking(s.socket.as_raw_fd())
@@ -174,6 +179,12 @@ impl ShardLoop {
             s.reply_completion(&done, &mut self.sender);
         }
         self.sender.flush(&s.socket);
+        // The GETs this turn answered, from the turn's start (a GET that waited for a
+        // ReadIndex round counts from the turn that answered it).
+        s.shared
+            .stats
+            .udp_get_seconds
+            .observe_n(s.turn_started.elapsed(), s.turn_gets);
         if self.idle_reported
             && s.shared.replication_done.load(Ordering::Acquire)
             && s.completions.is_empty()
@@ -311,6 +322,7 @@ impl Shard {
                     request_seq: req.request_seq,
                     validated,
                     request_len: request_len.min(u16::MAX as usize) as u16,
+                    received: self.turn_started,
                 });
             }
             Op::Ping => self.respond(
@@ -460,6 +472,7 @@ impl Shard {
     ) {
         let to = *to;
         self.shared.stats.gets.fetch_add(1, Ordering::Relaxed);
+        self.turn_gets += 1;
         let map = &self.shared.map;
         let value = match map.get(map.key_hash(key.as_bytes())) {
             Lookup::Missing => None,
@@ -522,7 +535,13 @@ impl Shard {
         } else {
             b""
         };
+        let now = std::time::Instant::now();
         for reply in &done.window.replies {
+            let histogram = match reply.op {
+                Op::Delete => &self.shared.stats.udp_del_seconds,
+                _ => &self.shared.stats.udp_set_seconds,
+            };
+            histogram.observe(now.saturating_duration_since(reply.received));
             let to = Addressing {
                 op: Some(reply.op),
                 client_id: reply.client_id,

@@ -30,6 +30,8 @@ pub struct ReplyTo {
     /// bound how large the reply may be.
     pub validated: bool,
     pub request_len: u16,
+    /// When the request arrived (for the latency histograms).
+    pub received: std::time::Instant,
 }
 
 /// Commands (in log encoding) and their reply addresses, in arrival order.
