@@ -968,3 +968,83 @@ fn metrics_and_health_endpoints_on_a_cluster() {
         }
     }
 }
+
+/// SIGTERM on the leader hands leadership to a follower before the node stops: a client
+/// writing throughout sees no failed write, none of its writes waits a second, the old
+/// leader says it handed over and exits cleanly, and every acknowledged write is there.
+#[test]
+fn sigterm_on_the_leader_hands_leadership_over() {
+    let mut cluster = Cluster::start(3);
+    let (leader, term, _) = cluster
+        .wait_for_leader(None, Duration::from_secs(10))
+        .expect("a leader is elected");
+    let addrs = cluster.client_addrs();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let opts = ClientOptions {
+                deadline: Duration::from_secs(10),
+                ..ClientOptions::default()
+            };
+            let mut client = Client::connect_cluster(&addrs, opts).unwrap();
+            let mut written = Vec::new();
+            let mut slowest = Duration::ZERO;
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let began = Instant::now();
+                let key = format!("h{i}");
+                client
+                    .set(&key, b"v")
+                    .unwrap_or_else(|e| panic!("write {i} failed: {e}"));
+                slowest = slowest.max(began.elapsed());
+                written.push(key);
+                i += 1;
+            }
+            (written, slowest)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = cluster.nodes[leader].child.as_ref().unwrap().id();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = cluster.nodes[leader]
+        .child
+        .as_mut()
+        .unwrap()
+        .wait()
+        .unwrap();
+    cluster.nodes[leader].child = None;
+    assert!(status.success(), "the old leader exited with {status}");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let (written, slowest) = writer.join().unwrap();
+    let log = cluster.stderr_text(leader);
+    assert!(log.contains("handed leadership over in"), "{log}");
+    let line = log.lines().find(|l| l.contains("handed leadership over in"));
+    eprintln!("{line:?}; slowest write {slowest:?} of {}", written.len());
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a write waited {slowest:?} across the hand-over"
+    );
+    let (next, next_term, _) = cluster
+        .wait_for_leader(Some(leader), Duration::from_secs(5))
+        .expect("a new leader");
+    assert_ne!(next, leader);
+    assert!(next_term > term);
+    let opts = ClientOptions {
+        deadline: Duration::from_secs(10),
+        ..ClientOptions::default()
+    };
+    let mut client = Client::connect_cluster(cluster.client_addrs(), opts).unwrap();
+    for key in written.iter().step_by(13).chain(written.last()) {
+        assert_eq!(
+            client.get(key).unwrap().as_deref(),
+            Some(&b"v"[..]),
+            "{key}"
+        );
+    }
+}

@@ -350,6 +350,26 @@ impl RaftNode {
             .collect()
     }
 
+    /// Starts handing leadership to the member whose log matches this leader's furthest
+    /// (raft-rs sends it what it lacks, then MsgTimeoutNow, and it campaigns at once).
+    /// Returns the member chosen; `None` unless this node leads a cluster.
+    pub fn transfer_leadership(&mut self) -> Option<NodeId> {
+        if !self.is_leader() {
+            return None;
+        }
+        let me = self.raw.raft.id;
+        let target = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != me)
+            .max_by_key(|(id, pr)| (pr.matched, std::cmp::Reverse(**id)))
+            .map(|(id, _)| *id)?;
+        self.raw.transfer_leader(target);
+        NodeId::from_raft_id(target)
+    }
+
     /// Stops a follower's election clock for the next `ticks` ticks. The driver calls it
     /// after a persist that took long (a large entry): the leader, which writes the same
     /// entry and cannot send heartbeats meanwhile, is likely still writing it, and an

@@ -272,6 +272,8 @@ pub struct Replica<R> {
     read_round_lost: bool,
     ticks: u64,
     was_leader: bool,
+    /// A leadership transfer is under way: no lease is taken or renewed.
+    transferring: bool,
 }
 
 impl<R> Replica<R> {
@@ -284,6 +286,7 @@ impl<R> Replica<R> {
             entry: Vec::new(),
             lease_round: None,
             read_round: None,
+            transferring: false,
             lease_until: Duration::ZERO,
             read_epoch_done: 0,
             read_round_lost: false,
@@ -360,6 +363,7 @@ impl<R> Replica<R> {
         if self.config.read_mode == ReadMode::Lease
             && self.node.is_leader()
             && self.lease_round.is_none()
+            && !self.transferring
         {
             let ctx = LEASE_CTX | self.ticks;
             self.node.read_index(ctx);
@@ -562,6 +566,7 @@ impl<R> Replica<R> {
         if ctx & LEASE_CTX != 0 {
             if let Some((round, sent)) = self.lease_round
                 && round == ctx
+                && !self.transferring
             {
                 // The round started at `sent`: a quorum was still following this leader
                 // then, so no other leader can be elected before `sent` plus the
@@ -585,8 +590,24 @@ impl<R> Replica<R> {
                 self.lease_until = Duration::ZERO;
                 self.lease_round = None;
                 self.read_round = None;
+                self.transferring = false;
             }
         }
+    }
+
+    /// Hands leadership to the most up-to-date follower (a graceful stop). The lease is
+    /// dropped first and not renewed while the transfer runs: the new leader is elected
+    /// at once, without waiting out the followers' election timeout that a lease counts
+    /// on, so this node must serve no lease read from now on (the driver publishes the
+    /// dropped lease before the transfer's messages leave). Returns the node chosen.
+    pub fn transfer_leadership(&mut self) -> Option<crate::ids::NodeId> {
+        if !self.node.is_leader() {
+            return None;
+        }
+        self.lease_until = Duration::ZERO;
+        self.lease_round = None;
+        self.transferring = true;
+        self.node.transfer_leadership()
     }
 
     /// Keeps log space prepared ahead of the next entry, between windows rather than

@@ -131,6 +131,8 @@ pub struct Shared {
     pub stats: Stats,
     pub stop: AtomicBool,
     pub shards_idle: AtomicUsize,
+    /// Set by a SIGTERM on a leader: the replication core hands leadership over.
+    pub transfer_requested: AtomicBool,
     pub replication_done: AtomicBool,
     pub started: Instant,
     pub batch_window_ms: u64,
@@ -534,6 +536,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         stats: Stats::default(),
         stop: AtomicBool::new(false),
         shards_idle: AtomicUsize::new(0),
+        transfer_requested: AtomicBool::new(false),
         replication_done: AtomicBool::new(false),
         started,
         batch_window_ms: config.batch_window_ms,
@@ -685,6 +688,32 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
     while !STOP_SIGNAL.load(Ordering::SeqCst) && !replication.is_finished() {
         std::thread::sleep(Duration::from_millis(20));
     }
+    if shared.cluster_size > 1
+        && shared.is_leader.load(Ordering::Acquire)
+        && !replication.is_finished()
+    {
+        // Hand leadership over first, so clients see a new leader at once rather than
+        // after an election timeout.
+        let began = Instant::now();
+        shared.transfer_requested.store(true, Ordering::Release);
+        while shared.is_leader.load(Ordering::Acquire)
+            && began.elapsed() < HANDOVER_WAIT
+            && !replication.is_finished()
+        {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if shared.is_leader.load(Ordering::Acquire) {
+            eprintln!(
+                "ocean-liner: no follower took over leadership within {} ms; stopping anyway",
+                HANDOVER_WAIT.as_millis()
+            );
+        } else {
+            eprintln!(
+                "ocean-liner: handed leadership over in {} ms",
+                began.elapsed().as_millis()
+            );
+        }
+    }
     eprintln!("ocean-liner: stopping: finishing the current window and checkpointing");
     shared.stop.store(true, Ordering::Release);
     let result = replication
@@ -702,6 +731,9 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
     eprintln!("ocean-liner: stopped cleanly");
     Ok(())
 }
+
+/// How long a stopping leader waits for a follower to take over.
+const HANDOVER_WAIT: Duration = Duration::from_secs(3);
 
 fn cookie_secret_seed() -> u64 {
     u64::from_le_bytes(cookie_secret()[..8].try_into().unwrap())

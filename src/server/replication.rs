@@ -215,6 +215,13 @@ impl Loop<'_> {
         let mut next_seal = Instant::now() + self.config.batch_window;
         let mut stop_deadline: Option<Instant> = None;
         loop {
+            if self.shared.transfer_requested.swap(false, Ordering::AcqRel) {
+                if let Some(to) = self.replica.transfer_leadership() {
+                    eprintln!("ocean-liner: stopping: handing leadership to node {to}");
+                }
+                // The dropped lease is visible to the shards before anything leaves.
+                self.publish();
+            }
             let mut seal_now = false;
             if self.shared.stop.load(Ordering::Acquire) && stop_deadline.is_none() {
                 // Let the shards finish the batch they are on, then seal everything.
