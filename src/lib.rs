@@ -21,6 +21,7 @@
 pub mod backup;
 pub mod client;
 pub mod consensus;
+pub mod doctor;
 pub mod ids;
 pub mod le;
 pub mod net;

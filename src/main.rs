@@ -61,6 +61,21 @@ enum Command {
     },
     /// Run a load test against a server and report throughput and latency.
     Bench(BenchArgs),
+    /// Check this host against what Ocean Liner wants (kernel, io_uring, limits, network
+    /// buffers, CPU, clock, memory, the data directory's disk); exit 1 on anything fatal.
+    Doctor {
+        /// Also probe O_DIRECT, the file system and the disk scheduler here.
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+    },
+    /// Print the commands that fix what `doctor` finds (a shell script, for root).
+    Tune {
+        /// Print the commands (the only mode: nothing is changed by this command).
+        #[arg(long, required = true)]
+        print: bool,
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+    },
     /// Back a node up into a snapshot file, or restore one into a new data directory.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -125,6 +140,23 @@ fn main() -> ExitCode {
             Err(e) => fail(format!("{e:#}")),
         },
         Some(Command::Snapshot(command)) => snapshot_command(command),
+        Some(Command::Doctor { data_dir }) => {
+            let findings = ocean_liner::doctor::examine(data_dir.as_deref());
+            print!("{}", ocean_liner::doctor::render(&findings));
+            let fatal = findings
+                .iter()
+                .any(|f| f.severity == ocean_liner::doctor::Severity::Fatal);
+            if fatal {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Some(Command::Tune { print: _, data_dir }) => {
+            let findings = ocean_liner::doctor::examine(data_dir.as_deref());
+            print!("{}", ocean_liner::doctor::tune_script(&findings));
+            ExitCode::SUCCESS
+        }
         Some(command) => client_command(command),
     }
 }
@@ -211,7 +243,11 @@ fn client_command(command: Command) -> ExitCode {
             );
             Ok(ExitCode::SUCCESS)
         }),
-        Command::Serve(_) | Command::Bench(_) | Command::Snapshot(_) => {
+        Command::Serve(_)
+        | Command::Bench(_)
+        | Command::Snapshot(_)
+        | Command::Doctor { .. }
+        | Command::Tune { .. } => {
             unreachable!("handled in main")
         }
     }

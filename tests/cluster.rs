@@ -1024,7 +1024,9 @@ fn sigterm_on_the_leader_hands_leadership_over() {
     let (written, slowest) = writer.join().unwrap();
     let log = cluster.stderr_text(leader);
     assert!(log.contains("handed leadership over in"), "{log}");
-    let line = log.lines().find(|l| l.contains("handed leadership over in"));
+    let line = log
+        .lines()
+        .find(|l| l.contains("handed leadership over in"));
     eprintln!("{line:?}; slowest write {slowest:?} of {}", written.len());
     assert!(
         slowest < Duration::from_secs(1),

@@ -693,6 +693,48 @@ fn sigterm_finishes_the_window_checkpoints_and_exits_zero() {
 #[test]
 fn start_up_errors_name_the_cause_and_the_fix() {
     let server = Server::start();
+    // What doctor calls fatal: a data directory on tmpfs (no O_DIRECT).
+    if std::path::Path::new("/dev/shm").is_dir() {
+        let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+        let out = Command::new(BIN)
+            .args([
+                "--no-pin",
+                "--client-port",
+                &free_port().to_string(),
+                "--data-dir",
+            ])
+            .arg(shm.path().join("d"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains("data directory file system: tmpfs")
+                && stderr.contains("ocean-liner doctor --data-dir"),
+            "{stderr}"
+        );
+        let doctor = Command::new(BIN)
+            .args(["doctor", "--data-dir"])
+            .arg(shm.path())
+            .output()
+            .unwrap();
+        assert_eq!(
+            doctor.status.code(),
+            Some(1),
+            "doctor exits 1 on a fatal finding"
+        );
+        assert!(String::from_utf8_lossy(&doctor.stdout).contains("FATAL"));
+    } else {
+        eprintln!("SKIPPED (the tmpfs case): no /dev/shm");
+    }
+    let doctor = Command::new(BIN)
+        .args(["doctor", "--data-dir"])
+        .arg(env!("CARGO_TARGET_TMPDIR"))
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    assert_eq!(doctor.status.code(), Some(0), "{report}");
+    assert!(report.contains("O_DIRECT write + fdatasync") && report.contains("io_uring opcodes"));
     // Port in use.
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let out = Command::new(BIN)

@@ -51,6 +51,19 @@ pub(super) fn preflight(config: &ServerConfig) -> anyhow::Result<()> {
             config.data_dir.display()
         )
     })?;
+    // What `ocean-liner doctor` calls fatal stops the start.
+    if let Some(f) = crate::doctor::fatal(&config.data_dir) {
+        bail!(
+            "{}: {} (wants {}); `ocean-liner doctor --data-dir {}` checks the host{}",
+            f.check,
+            f.found,
+            f.wants,
+            config.data_dir.display(),
+            f.fix
+                .map(|c| format!(", and `{c}` fixes this"))
+                .unwrap_or_default()
+        );
+    }
     Ok(())
 }
 
