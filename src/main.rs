@@ -15,7 +15,12 @@ use std::time::Duration;
 ///
 /// With no subcommand, starts a server (single node, ./data, UDP 127.0.0.1:9000).
 #[derive(Parser)]
-#[command(name = "ocean-liner", version, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "ocean-liner",
+    version,
+    args_conflicts_with_subcommands = true,
+    args_override_self = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -130,7 +135,20 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `--config FILE` settings go in before the command line's flags, which override them.
+    let flags: std::collections::BTreeSet<String> =
+        <ServerConfig as clap::Args>::augment_args(clap::Command::new("serve"))
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(str::to_string))
+            .collect();
+    let args = match server::config_file::expand(std::env::args_os().collect(), &flags) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("ocean-liner: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
 
     match cli.command {
         None => serve(cli.server),

@@ -1048,3 +1048,67 @@ fn a_snapshot_saved_during_writes_restores_a_node_at_one_index() {
     assert_eq!((status, value.as_slice()), (Status::Ok, &b"yes"[..]));
     eprintln!("restored {k} keys: {before} acknowledged before the save, {written} in all");
 }
+
+/// `--config FILE`: the file's settings apply, a flag on the command line overrides one,
+/// and the server tells systemd (`NOTIFY_SOCKET`, `Type=notify`) `READY=1` only once it
+/// answers, then `STOPPING=1` when SIGTERM stops it.
+#[test]
+fn config_file_under_flags_and_systemd_notification() {
+    use std::os::unix::net::UnixDatagram;
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (file_port, flag_port) = (free_port(), free_port());
+    let config = tmp.path().join("ocean-liner.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "client-port = {file_port}\nbatch-window-ms = 7\nno-pin = true\ncores = 2\n\
+             data-dir = \"{}\"\n",
+            tmp.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let notify_path = tmp.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .args(["--client-port", &flag_port.to_string()])
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = notify.recv(&mut buf).expect("READY=1 within 20 s");
+    let ready = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(ready.starts_with("READY=1"), "{ready}");
+    // Ready means serving: the flag's port answers at once, with the file's window.
+    let mut c = Conn::new(SocketAddr::from(([127, 0, 0, 1], flag_port)));
+    let (status, stats) = c.call(Op::Stats, "", b"");
+    assert_eq!(status, Status::Ok);
+    let stats = String::from_utf8_lossy(&stats).to_string();
+    assert!(stats.contains("batch_window_ms=7\n"), "{stats}");
+    assert!(
+        UdpSocket::bind(("127.0.0.1", file_port)).is_ok(),
+        "the flag overrides the file"
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let n = notify.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert!(child.wait().unwrap().success());
+    // A misspelt key is refused by name before anything starts.
+    std::fs::write(&config, "batch-windw-ms = 7\n").unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown setting 'batch-windw-ms'"));
+}

@@ -40,6 +40,10 @@ pub struct ServerConfig {
     /// told "max number of clients reached" and closed).
     #[arg(long, default_value_t = 10_000, value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(1..=1_000_000), |v| v as usize))]
     pub resp_connections_max: usize,
+    /// Read settings from this TOML file first (keys are these flags' names without the
+    /// dashes); a flag given on the command line overrides the file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Serve Prometheus metrics on http://HOST:PORT/metrics, with /livez and /readyz
     /// (off unless given).
     #[arg(long)]

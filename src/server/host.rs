@@ -67,6 +67,30 @@ pub(super) fn preflight(config: &ServerConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Tells systemd how the service is (`Type=notify`): `READY=1` once recovered and
+/// serving, `STOPPING=1` when a stop begins. Nothing without `NOTIFY_SOCKET`.
+pub(super) fn sd_notify(state: &str) {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::UnixDatagram;
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(socket) = UnixDatagram::unbound() else {
+        return;
+    };
+    let sent = match path.as_bytes().strip_prefix(b"@") {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            std::os::unix::net::SocketAddr::from_abstract_name(name)
+                .and_then(|addr| socket.send_to_addr(state.as_bytes(), &addr))
+        }
+        None => socket.send_to(state.as_bytes(), &path),
+    };
+    if let Err(e) = sent {
+        eprintln!("ocean-liner: telling systemd {state:?} failed: {e}");
+    }
+}
+
 /// Takes an exclusive lock on the data directory so two servers never share it.
 pub(super) fn lock_data_dir(config: &ServerConfig) -> anyhow::Result<File> {
     let path = config.data_dir.join("LOCK");

@@ -34,6 +34,7 @@
 
 mod cleaner;
 mod config;
+pub mod config_file;
 mod host;
 pub mod metrics;
 pub mod replication;
@@ -685,9 +686,14 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         },
         config.data_dir.display()
     );
+    host::sd_notify(&format!(
+        "READY=1\nSTATUS=serving on udp://{}, node {}",
+        cluster.client_addr, cluster.node_index
+    ));
     while !STOP_SIGNAL.load(Ordering::SeqCst) && !replication.is_finished() {
         std::thread::sleep(Duration::from_millis(20));
     }
+    host::sd_notify("STOPPING=1");
     if shared.cluster_size > 1
         && shared.is_leader.load(Ordering::Acquire)
         && !replication.is_finished()
