@@ -59,6 +59,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A live view of a node or cluster (one row per address in --server), refreshed
+    /// every --interval: role, term, commit lag, writes and GETs per second, p99, keys.
+    Top {
+        #[command(flatten)]
+        target: Target,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Stop after this many screens (default: until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+        /// Print screens one after another instead of redrawing the terminal.
+        #[arg(long)]
+        no_clear: bool,
+    },
     /// Check that a server answers, and print the round-trip time.
     Ping {
         #[command(flatten)]
@@ -158,6 +173,24 @@ fn main() -> ExitCode {
             Err(e) => fail(format!("{e:#}")),
         },
         Some(Command::Snapshot(command)) => snapshot_command(command),
+        Some(Command::Top {
+            target,
+            interval,
+            count,
+            no_clear,
+        }) => match resolve_servers(&target.server) {
+            Ok(servers) if interval > 0.0 && interval.is_finite() => {
+                ocean_liner::client::top::run(
+                    &servers,
+                    Duration::from_secs_f64(interval),
+                    count,
+                    !no_clear,
+                );
+                ExitCode::SUCCESS
+            }
+            Ok(_) => fail("--interval must be a positive number of seconds"),
+            Err(e) => fail(e),
+        },
         Some(Command::Doctor { data_dir }) => {
             let findings = ocean_liner::doctor::examine(data_dir.as_deref());
             print!("{}", ocean_liner::doctor::render(&findings));
@@ -265,6 +298,7 @@ fn client_command(command: Command) -> ExitCode {
         | Command::Bench(_)
         | Command::Snapshot(_)
         | Command::Doctor { .. }
+        | Command::Top { .. }
         | Command::Tune { .. } => {
             unreachable!("handled in main")
         }

@@ -1112,3 +1112,42 @@ fn config_file_under_flags_and_systemd_notification() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown setting 'batch-windw-ms'"));
 }
+
+/// `ocean-liner top` shows a row per address: the node's role and counters, and a node
+/// that does not answer as such.
+#[test]
+fn top_shows_each_node_and_one_that_is_down() {
+    let server = Server::start();
+    let down = free_port();
+    let out = Command::new(BIN)
+        .args([
+            "top",
+            "--count",
+            "1",
+            "--no-clear",
+            "--interval",
+            "0.3",
+            "--server",
+        ])
+        .arg(format!("{},127.0.0.1:{down}", server.addr()))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let screen = String::from_utf8_lossy(&out.stdout).to_string();
+    let rows: Vec<&str> = screen.lines().collect();
+    assert!(
+        rows.iter()
+            .any(|r| r.starts_with("node ") && r.contains("writes/s")),
+        "{screen}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.starts_with(&server.addr().to_string()) && r.contains(" leader ")),
+        "{screen}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.starts_with(&format!("127.0.0.1:{down}")) && r.contains("(no answer)")),
+        "{screen}"
+    );
+}

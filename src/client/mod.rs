@@ -26,6 +26,7 @@
 
 pub mod bench;
 pub mod protocol;
+pub mod top;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -54,6 +54,21 @@ impl Histogram {
         self.observe_n(d, 1);
     }
 
+    /// Each bucket's count (not cumulative), the last one past the largest bound.
+    pub fn counts(&self) -> Vec<u64> {
+        self.buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
+/// The buckets' upper bounds in µs (the last bucket, past them, has none).
+pub fn bucket_bounds_us() -> &'static [u64] {
+    &BUCKETS_US
+}
+
+impl Histogram {
     /// Appends the histogram as `name` (in seconds) with `labels` (`key="value",…`).
     fn render(&self, out: &mut String, name: &str, labels: &str, help: &str, header: bool) {
         if header {

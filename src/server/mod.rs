@@ -224,7 +224,8 @@ impl Shared {
              segments_deleted={}\nbytes_deleted={}\nclean_passes={}\nvalues_moved={}\n\
              clean_bytes_read={}\nclean_bytes_written={}\nclean_errors={}\n\
              snapshots_sent={}\nsnapshot_bytes_sent={}\nsnapshots_received={}\n\
-             snapshot_bytes_received={}\nfirst_log_index={}\nbatch_window_ms={}\nshards={}\nuptime_s={}\n",
+             snapshot_bytes_received={}\nfirst_log_index={}\nbatch_window_ms={}\nshards={}\nuptime_s={}\n\
+             latency_bounds_us={}\nset_latency_counts={}\nget_latency_counts={}\n",
             self.node_index,
             get(&s.term),
             // The leader's node index, or -1 while none is known (Raft id 0).
@@ -278,6 +279,9 @@ impl Shared {
             self.batch_window_ms,
             self.shard_count,
             self.started.elapsed().as_secs(),
+            join_u64(metrics::bucket_bounds_us()),
+            join_u64(&s.udp_set_seconds.counts()),
+            join_u64(&s.udp_get_seconds.counts()),
         )
     }
 }
@@ -736,6 +740,14 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
     result?;
     eprintln!("ocean-liner: stopped cleanly");
     Ok(())
+}
+
+fn join_u64(values: &[u64]) -> String {
+    values
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// How long a stopping leader waits for a follower to take over.
