@@ -937,6 +937,20 @@ fn metrics_and_health_endpoints_on_a_cluster() {
         panic!("request_seconds is a histogram")
     };
     assert!(buckets.last().unwrap().count >= 200.0, "{buckets:?}");
+    // Per shard: the leader's one UDP shard took every datagram.
+    let shard0 = s
+        .samples
+        .iter()
+        .find(|m| {
+            m.metric == "ocean_liner_slot_requests_total"
+                && m.labels.get("door") == Some("udp")
+                && m.labels.get("shard") == Some("0")
+        })
+        .expect("per-shard counters");
+    assert!(
+        matches!(shard0.value, Value::Counter(n) if n >= 200.0),
+        "{shard0:?}"
+    );
     assert_eq!(
         http_get(cluster.nodes[leader].metrics_port, "/nope").map(|r| r.0),
         Some(404)

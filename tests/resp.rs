@@ -845,3 +845,51 @@ fn redis_py_writes_survive_kill_9() {
     let (out, err) = py("check");
     assert_eq!(out, "checked", "{err}");
 }
+
+/// With `--metrics-addr`, RESP commands are timed and counted per door: the scrape, parsed
+/// by prometheus-parse, holds a write and a read latency histogram for the RESP door.
+#[test]
+fn resp_commands_show_in_the_metrics() {
+    use prometheus_parse::{Scrape, Value};
+    let (metrics_port, _) = free_ports();
+    let server = Server::start_with(&["--metrics-addr", &format!("127.0.0.1:{metrics_port}")]);
+    let mut c = Resp::connect(server.resp).unwrap();
+    for i in 0..50 {
+        assert_eq!(c.call(&["SET", &format!("m{i}"), "v"]), ok());
+        assert_eq!(c.call(&["GET", &format!("m{i}")]), bulk("v"));
+    }
+    let mut stream = TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let body = text.split_once("\r\n\r\n").unwrap().1;
+    let scrape = Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap();
+    for op in ["write", "read"] {
+        let h = scrape
+            .samples
+            .iter()
+            .find(|m| {
+                m.metric == "ocean_liner_request_seconds"
+                    && m.labels.get("door") == Some("resp")
+                    && m.labels.get("op") == Some(op)
+            })
+            .unwrap_or_else(|| panic!("no RESP {op} histogram"));
+        let Value::Histogram(b) = &h.value else {
+            panic!("not a histogram")
+        };
+        assert!(b.last().unwrap().count >= 50.0, "{op}: {b:?}");
+    }
+    let door = scrape
+        .samples
+        .iter()
+        .find(|m| {
+            m.metric == "ocean_liner_slot_requests_total" && m.labels.get("door") == Some("resp")
+        })
+        .expect("the door's own counter");
+    assert!(
+        matches!(door.value, Value::Counter(n) if n >= 100.0),
+        "{door:?}"
+    );
+}

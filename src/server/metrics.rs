@@ -485,6 +485,56 @@ pub fn render(shared: Option<&Shared>) -> String {
         help,
         false,
     );
+    st.resp_write_seconds.render(
+        &mut out,
+        "ocean_liner_request_seconds",
+        "op=\"write\",door=\"resp\"",
+        help,
+        false,
+    );
+    st.resp_read_seconds.render(
+        &mut out,
+        "ocean_liner_request_seconds",
+        "op=\"read\",door=\"resp\"",
+        help,
+        false,
+    );
+    // Per window slot: each UDP shard, then each RESP door.
+    type Pick = fn(&super::SlotStats) -> &AtomicU64;
+    let counters: [(&str, &str, Pick); 4] = [
+        (
+            "ocean_liner_slot_requests_total",
+            "Datagrams (a UDP shard) or commands (a RESP door) handled.",
+            |c| &c.requests,
+        ),
+        ("ocean_liner_slot_gets_total", "GETs served.", |c| &c.gets),
+        (
+            "ocean_liner_slot_errors_total",
+            "Requests refused as malformed or too large, or dropped.",
+            |c| &c.errors,
+        ),
+        (
+            "ocean_liner_slot_busy_total",
+            "Requests answered busy.",
+            |c| &c.busy,
+        ),
+    ];
+    for (name, help, pick) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (i, c) in s.slot_stats.iter().enumerate() {
+            let (door, core) = if i < s.shard_count {
+                ("udp", i)
+            } else {
+                ("resp", i - s.shard_count)
+            };
+            let _ = writeln!(
+                out,
+                "{name}{{door=\"{door}\",shard=\"{core}\"}} {}",
+                pick(c).load(Ordering::Relaxed)
+            );
+        }
+    }
     out
 }
 

@@ -117,6 +117,20 @@ pub struct Stats {
     pub udp_set_seconds: metrics::Histogram,
     pub udp_del_seconds: metrics::Histogram,
     pub udp_get_seconds: metrics::Histogram,
+    /// RESP commands, from being parsed to the reply being queued.
+    pub resp_write_seconds: metrics::Histogram,
+    pub resp_read_seconds: metrics::Histogram,
+}
+
+/// One window slot's own counters (a UDP shard's, or a RESP door's).
+#[derive(Debug, Default)]
+pub struct SlotStats {
+    /// Datagrams (a shard) or commands (a door) handled.
+    pub requests: AtomicU64,
+    pub gets: AtomicU64,
+    /// Refused as malformed or too large, or unanswerable.
+    pub errors: AtomicU64,
+    pub busy: AtomicU64,
 }
 
 /// State shared by every thread of a node.
@@ -130,6 +144,8 @@ pub struct Shared {
     /// The values kept in memory for GETs (shared with the log readers).
     pub value_cache: Arc<Mutex<ValueCache>>,
     pub stats: Stats,
+    /// Per window slot: the shards', then the doors'.
+    pub slot_stats: Vec<SlotStats>,
     pub stop: AtomicBool,
     pub shards_idle: AtomicUsize,
     /// Set by a SIGTERM on a leader: the replication core hands leadership over.
@@ -540,6 +556,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         value_cache: opened.value_cache,
         stats: Stats::default(),
         stop: AtomicBool::new(false),
+        slot_stats: (0..slot_count).map(|_| SlotStats::default()).collect(),
         shards_idle: AtomicUsize::new(0),
         transfer_requested: AtomicBool::new(false),
         replication_done: AtomicBool::new(false),

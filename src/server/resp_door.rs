@@ -264,6 +264,7 @@ async fn serve(door: Rc<DoorState>, mut stream: TcpStream, conn: u64) {
         out: Vec::new(),
         batch: Window::default(),
         awaited: Vec::new(),
+        awaited_at: Vec::new(),
     };
     let _ = c.run(&mut stream).await;
     door.conns.borrow_mut().remove(&client_id);
@@ -281,6 +282,8 @@ struct Conn {
     /// Commands whose writes are in flight, in order: how to answer, and their
     /// sequence numbers.
     awaited: Vec<(Awaited, std::ops::Range<u64>)>,
+    /// When the awaited writes were parsed, in the same order (for the latency histogram).
+    awaited_at: Vec<std::time::Instant>,
 }
 
 /// What a command asks of the connection after it is handled.
@@ -379,7 +382,14 @@ impl Conn {
             .map(|(seq, w, o, r)| (seq, (w, o, r)))
             .collect();
         let hint = leader_words(&self.door.shared);
-        for (how, seqs) in std::mem::take(&mut self.awaited) {
+        let now = std::time::Instant::now();
+        let parsed_at = std::mem::take(&mut self.awaited_at);
+        for (at, (how, seqs)) in parsed_at.into_iter().zip(std::mem::take(&mut self.awaited)) {
+            self.door
+                .shared
+                .stats
+                .resp_write_seconds
+                .observe(now.saturating_duration_since(at));
             let mut outcome = WriteOutcome::Applied;
             let mut count = 0i64;
             let mut resolved = None;
@@ -446,11 +456,15 @@ impl Conn {
         if let Some(outcome) = refusal {
             if outcome == WriteOutcome::Busy {
                 shared.stats.busy.fetch_add(1, Ordering::Relaxed);
+                shared.slot_stats[self.door.config.slot]
+                    .busy
+                    .fetch_add(1, Ordering::Relaxed);
             }
             // Answered in order, after the writes before it.
             let hint = leader_words(shared);
             let mut text = Vec::new();
             write_error(&mut text, outcome, &hint);
+            self.awaited_at.push(std::time::Instant::now());
             self.awaited.push((Awaited::Refused(text), 0..0));
             return;
         }
@@ -490,6 +504,7 @@ impl Conn {
                 received: std::time::Instant::now(),
             });
         }
+        self.awaited_at.push(std::time::Instant::now());
         self.awaited.push((how, first..self.seq + 1));
     }
 }
@@ -497,6 +512,9 @@ impl Conn {
 impl Conn {
     /// Handles one command: answers it now, or queues its writes.
     async fn handle(&mut self, args: Args<'_>) -> Next {
+        self.door.shared.slot_stats[self.door.config.slot]
+            .requests
+            .fetch_add(1, Ordering::Relaxed);
         let name = args[0].to_ascii_uppercase();
         let argc = args.len();
         let arity = |ok: bool, out: &mut Vec<u8>| {
@@ -793,12 +811,27 @@ impl Conn {
         if self.awaited.is_empty() && self.batch.is_empty() {
             self.out.extend_from_slice(&text);
         } else {
+            self.awaited_at.push(std::time::Instant::now());
             self.awaited.push((Awaited::Refused(text), 0..0));
         }
     }
 
     /// The values of `keys`, read as a shard reads: once this node may serve reads.
     async fn read_values(
+        &mut self,
+        keys: &[std::borrow::Cow<'_, [u8]>],
+    ) -> Result<Vec<Option<Vec<u8>>>, String> {
+        let began = std::time::Instant::now();
+        let read = self.read_values_now(keys).await;
+        let shared = &self.door.shared;
+        shared.stats.resp_read_seconds.observe(began.elapsed());
+        shared.slot_stats[self.door.config.slot]
+            .gets
+            .fetch_add(keys.len() as u64, Ordering::Relaxed);
+        read
+    }
+
+    async fn read_values_now(
         &mut self,
         keys: &[std::borrow::Cow<'_, [u8]>],
     ) -> Result<Vec<Option<Vec<u8>>>, String> {

@@ -247,6 +247,8 @@ impl Shard {
     fn handle(&mut self, d: &Datagram<'_>, batch: &mut Window, sender: &mut Sender) {
         let stats = &self.shared.stats;
         stats.requests.fetch_add(1, Ordering::Relaxed);
+        let mine = &self.shared.slot_stats[self.index];
+        mine.requests.fetch_add(1, Ordering::Relaxed);
         let cookie = self.cookie(&d.from);
         let request_len = if d.truncated {
             usize::MAX
@@ -258,6 +260,7 @@ impl Shard {
             Ok(req) => {
                 // Larger than our receive buffer: certainly over the limit.
                 stats.rejected.fetch_add(1, Ordering::Relaxed);
+                mine.errors.fetch_add(1, Ordering::Relaxed);
                 let resp = Response::reply(
                     &req.addressing(),
                     Status::TooLarge,
@@ -269,10 +272,12 @@ impl Shard {
             }
             Err(ParseError::Unaddressable(_)) => {
                 stats.dropped.fetch_add(1, Ordering::Relaxed);
+                mine.errors.fetch_add(1, Ordering::Relaxed);
                 return;
             }
             Err(ParseError::Rejected(rejection)) => {
                 stats.rejected.fetch_add(1, Ordering::Relaxed);
+                mine.errors.fetch_add(1, Ordering::Relaxed);
                 let validated = rejection.to.cookie == cookie;
                 self.respond(
                     sender,
@@ -364,6 +369,9 @@ impl Shard {
             Status::NotLeader => self.shared.leader_hint(),
             _ => {
                 self.shared.stats.busy.fetch_add(1, Ordering::Relaxed);
+                self.shared.slot_stats[self.index]
+                    .busy
+                    .fetch_add(1, Ordering::Relaxed);
                 String::new()
             }
         };
@@ -472,6 +480,9 @@ impl Shard {
     ) {
         let to = *to;
         self.shared.stats.gets.fetch_add(1, Ordering::Relaxed);
+        self.shared.slot_stats[self.index]
+            .gets
+            .fetch_add(1, Ordering::Relaxed);
         self.turn_gets += 1;
         let map = &self.shared.map;
         let value = match map.get(map.key_hash(key.as_bytes())) {
