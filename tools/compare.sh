@@ -1,56 +1,114 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark on this machine, in one run: Ocean Liner (single node, durable
-# SETs) and Redis (no persistence, and appendfsync always), 100-byte values, 1M keys.
-# Ocean Liner is driven by `ocean-liner bench` at the concurrency where it peaks; Redis by
-# redis-benchmark (50 clients, pipeline 1 and 16) through ../shared/peers/redis_bench.sh.
+# Ocean Liner against Redis on this machine, in one run, every system driven by the same
+# client: `ocean-liner bench` (UDP for Ocean Liner's own port, `--protocol resp` for
+# Ocean Liner's RESP door and for Redis), the same key space, value size, concurrency
+# model and HDR histograms. Systems, one at a time:
+#   - Ocean Liner, single node, durable (defaults, --cores 2): UDP, and RESP at pipeline
+#     1 and 16;
+#   - Ocean Liner with --batch-window-ms 2: the same;
+#   - Redis with appendfsync always, and with no persistence: RESP at pipeline 1 and 16.
+# Each: SET then GET (100-byte values over 1M prefilled keys), 50 connections for RESP,
+# SET_CONCURRENCY / GET_CONCURRENCY requests outstanding for UDP.
 #
-#   tools/compare.sh            (env: DURATION=10, SET_CONCURRENCY=16384, GET_CONCURRENCY=512)
+# Writes bench-results/<date>-<time>/: one JSON report per run, results.csv, and
+# results.md (the machine, the command, a table with each figure as a ratio of the best
+# Redis figure for the same op). Installs redis-server from Debian's packages if missing.
 #
-# Needs redis-server and redis-tools (apt-get install redis-server redis-tools).
+#   tools/compare.sh   (env: DURATION=10 KEYS=1000000 SET_CONCURRENCY=16384
+#                       GET_CONCURRENCY=512 CLIENTS=50 OCEAN_LINER=path/to/binary)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-peers=${PEERS_DIR:-$here/../shared/peers}
-bin=$here/target/release/ocean-liner
+bin=${OCEAN_LINER:-$here/target/release/ocean-liner}
 duration=${DURATION:-10}
+keys=${KEYS:-1000000}
 set_c=${SET_CONCURRENCY:-16384}
 get_c=${GET_CONCURRENCY:-512}
-out=$(mktemp -d /var/tmp/ol-compare.XXXXXX)
-(cd "$here" && cargo build --release --quiet)
+clients=${CLIENTS:-50}
+[ -n "${OCEAN_LINER:-}" ] || (cd "$here" && cargo build --release --quiet)
+if ! command -v redis-server >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+fi
+stamp=$(date -u +%Y-%m-%d-%H%M%S)
+out=$here/bench-results/$stamp
+mkdir -p "$out"
+work=$(mktemp -d /var/tmp/ol-compare.XXXXXX)
+udp=9300
+resp=6391
+server=
+stop_server() {
+    if [ -n "$server" ]; then
+        kill "$server" 2>/dev/null || true
+        wait "$server" 2>/dev/null || true
+        server=
+    fi
+}
+trap stop_server EXIT
 
-data=$out/data
-"$bin" --data-dir "$data" --client-port 9300 --cores 2 2>"$out/server.log" &
-server=$!
-trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT
-sleep 1
-common=(--server 127.0.0.1:9300 --keys 1000000 --value-size 100 --sockets 16 --json)
-"$bin" bench "${common[@]}" --workload set --prefill --concurrency "$set_c" --duration 1 --warmup 0 >/dev/null 2>"$out/prefill.log"
-"$bin" bench "${common[@]}" --workload set --concurrency "$set_c" --duration "$duration" --warmup 2 >"$out/ol_set.json" 2>/dev/null
-"$bin" bench "${common[@]}" --workload get --concurrency "$get_c" --duration "$duration" --warmup 2 >"$out/ol_get.json" 2>/dev/null
-kill $server; wait $server 2>/dev/null || true
+wait_resp() {
+    for _ in $(seq 200); do
+        if redis-cli -p "$resp" SET __up 1 2>/dev/null | grep -q OK; then return 0; fi
+        sleep 0.05
+    done
+    echo "nothing answers on $resp" >&2
+    exit 1
+}
 
-REPS=1 MODES="none always" OUT="$out/redis" bash "$peers/redis_bench.sh" >"$out/redis.log" 2>&1
+# run SYSTEM LABEL ARGS...: one `ocean-liner bench` run, its JSON kept.
+run() {
+    local system=$1 label=$2
+    shift 2
+    "$bin" bench --keys "$keys" --value-size 100 --duration "$duration" --warmup 2 --json "$@" \
+        >"$out/$system.$label.json" 2>"$work/$system.$label.log"
+}
 
-python3 - "$out" "$set_c" "$get_c" <<'PY'
-import csv, json, sys
-out, set_c, get_c = sys.argv[1], sys.argv[2], sys.argv[3]
-ol = {op: json.load(open(f"{out}/ol_{op}.json")) for op in ("set", "get")}
-redis = {}
-for row in csv.DictReader(open(f"{out}/redis/redis_runs.csv")):
-    redis[(row["mode"], row["test"].lower(), row["pipeline"])] = row
-print(f"| system | op | config | ops/s | p50 ms | p99 ms | p99.9 ms | Ocean Liner / this |")
-print("|---|---|---|---|---|---|---|---|")
-for op, conc in (("set", set_c), ("get", get_c)):
-    o = ol[op]
-    print(f"| Ocean Liner (durable) | {op.upper()} | {conc} outstanding, UDP | {o['ops_per_sec']:.0f} | "
-          f"{o['p50_us']/1000:.2f} | {o['p99_us']/1000:.2f} | {o['p999_us']/1000:.2f} | 1.00 |")
-    for mode in ("none", "always"):
-        for p in ("1", "16"):
-            r = redis.get((mode, op, p))
-            if not r:
-                continue
-            rps = float(r["rps"])
-            label = "no persistence" if mode == "none" else "appendfsync always"
-            print(f"| Redis ({label}) | {op.upper()} | 50 clients, pipeline {p} | {rps:.0f} | "
-                  f"{float(r['p50_ms']):.2f} | {float(r['p99_ms']):.2f} | - | {o['ops_per_sec']/rps:.2f} |")
-PY
-echo "raw results: $out"
+resp_runs() {
+    local system=$1
+    run "$system" set-p1 --protocol resp --server "127.0.0.1:$resp" --workload set --prefill \
+        --pipeline 1 --concurrency "$clients"
+    run "$system" get-p1 --protocol resp --server "127.0.0.1:$resp" --workload get \
+        --pipeline 1 --concurrency "$clients"
+    run "$system" set-p16 --protocol resp --server "127.0.0.1:$resp" --workload set \
+        --pipeline 16 --concurrency $((clients * 16))
+    run "$system" get-p16 --protocol resp --server "127.0.0.1:$resp" --workload get \
+        --pipeline 16 --concurrency $((clients * 16))
+}
+
+ocean_liner() {
+    local system=$1
+    shift
+    rm -rf "$work/data"
+    "$bin" --data-dir "$work/data" --client-port "$udp" --resp-port "$resp" --cores 2 "$@" \
+        2>"$work/$system.server.log" &
+    server=$!
+    wait_resp
+    run "$system" set-udp --server "127.0.0.1:$udp" --workload set --prefill --sockets 16 \
+        --concurrency "$set_c"
+    run "$system" get-udp --server "127.0.0.1:$udp" --workload get --sockets 16 \
+        --concurrency "$get_c"
+    resp_runs "$system"
+    stop_server
+}
+
+redis() {
+    local system=$1
+    shift
+    rm -rf "$work/redis" && mkdir -p "$work/redis"
+    redis-server --port "$resp" --dir "$work/redis" --save '' --daemonize no "$@" \
+        >"$work/$system.server.log" 2>&1 &
+    server=$!
+    wait_resp
+    resp_runs "$system"
+    stop_server
+}
+
+ocean_liner ocean-liner
+ocean_liner ocean-liner-2ms --batch-window-ms 2
+redis redis-always --appendonly yes --appendfsync always
+redis redis-none --appendonly no
+
+machine="$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'))"
+machine="$machine, $(free -g | awk '/Mem:/ {print $2}') GiB, Linux $(uname -r)"
+machine="$machine, Redis $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/')"
+python3 "$here/tools/compare_report.py" "$out" "$machine" \
+    "tools/compare.sh (DURATION=$duration KEYS=$keys SET_CONCURRENCY=$set_c GET_CONCURRENCY=$get_c CLIENTS=$clients)"
+echo "results: $out (logs in $work)"

@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""The report of tools/compare.sh: results.csv and results.md in the run's directory,
+from its JSON reports. Usage: compare_report.py DIR MACHINE COMMAND."""
+import glob, json, os, sys
+out, machine, command = sys.argv[1], sys.argv[2], sys.argv[3]
+rows = []
+order = ["ocean-liner", "ocean-liner-2ms", "redis-always", "redis-none"]
+for path in sorted(glob.glob(f"{out}/*.json"),
+                   key=lambda p: (order.index(os.path.basename(p).split(".")[0])
+                                  if os.path.basename(p).split(".")[0] in order else 9, p)):
+    system, label = os.path.basename(path)[:-5].split(".")
+    r = json.load(open(path))
+    rows.append((system, label, r))
+names = {
+    "ocean-liner": "Ocean Liner (durable)",
+    "ocean-liner-2ms": "Ocean Liner (durable), 2 ms windows",
+    "redis-always": "Redis appendfsync always",
+    "redis-none": "Redis no persistence",
+}
+def conf(label, r):
+    if label.endswith("udp"):
+        return f"UDP, {r['concurrency']} outstanding"
+    return f"RESP, {r['concurrency'] // r['pipeline']} conns × pipeline {r['pipeline']}"
+best, best_always = {}, {}
+for system, label, r in rows:
+    op = r["workload"]
+    if system.startswith("redis"):
+        best[op] = max(best.get(op, 0), r["ops_per_sec"])
+    if system == "redis-always":
+        best_always[op] = max(best_always.get(op, 0), r["ops_per_sec"])
+with open(f"{out}/results.csv", "w") as f:
+    f.write("system,run,op,protocol,pipeline,concurrency,ops_per_sec,p50_us,p99_us,p999_us,errors\n")
+    for system, label, r in rows:
+        f.write(f"{system},{label},{r['workload']},{r['protocol']},{r['pipeline']},"
+                f"{r['concurrency']},{r['ops_per_sec']},{r['p50_us']},{r['p99_us']},"
+                f"{r['p999_us']},{r['errors']}\n")
+lines = [f"Machine: {machine}", "", f"Command: `{command}`", "",
+         "Every system driven by `ocean-liner bench` (the same client, concurrency model and "
+         "histograms). Ratios: ops/s over the best Redis figure for the same op (any mode), "
+         "and over the best Redis `appendfsync always` figure (the durable one).", "",
+         "| system | op | config | ops/s | p50 ms | p99 ms | p99.9 ms | errors | / best Redis | / best Redis always |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
+for op in ("set", "get"):
+    for system, label, r in rows:
+        if r["workload"] != op:
+            continue
+        ratio = r["ops_per_sec"] / best[op] if best.get(op) else float("nan")
+        durable = r["ops_per_sec"] / best_always[op] if best_always.get(op) else float("nan")
+        lines.append(f"| {names.get(system, system)} | {op.upper()} | {conf(label, r)} | "
+                     f"{r['ops_per_sec']:,.0f} | {r['p50_us']/1000:.2f} | {r['p99_us']/1000:.2f} | "
+                     f"{r['p999_us']/1000:.2f} | {r['errors']} | {ratio:.2f} | {durable:.2f} |")
+open(f"{out}/results.md", "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
