@@ -70,6 +70,8 @@ struct Keepalive {
 const KEEPALIVE_SEAL_BYTES: usize = 2 << 20;
 /// The longest a keepalive runs for one seal.
 const KEEPALIVE_MAX: Duration = Duration::from_secs(1);
+/// How often an idle keepalive thread looks at its stop flag anyway.
+const KEEPALIVE_IDLE: Duration = Duration::from_millis(200);
 /// How often keepalive heartbeats go out (the leader's heartbeat interval).
 const KEEPALIVE_EVERY: Duration = Duration::from_millis(30);
 
@@ -84,6 +86,15 @@ impl Keepalive {
 
     fn disarm(&self) {
         self.armed.lock().unwrap().take();
+    }
+
+    /// Stops the helper thread. `stop` is set under the lock the thread holds between
+    /// looking at it and waiting, so the wake-up cannot fall between the two.
+    fn finish(&self) {
+        let guard = self.armed.lock().unwrap();
+        self.stop.store(true, Ordering::Release);
+        drop(guard);
+        self.wake.notify_all();
     }
 
     /// The helper thread: sends while armed, until `stop`.
@@ -102,7 +113,7 @@ impl Keepalive {
                     continue;
                 }
                 None => {
-                    armed = self.wake.wait(armed).unwrap();
+                    armed = self.wake.wait_timeout(armed, KEEPALIVE_IDLE).unwrap().0;
                     continue;
                 }
             };
@@ -162,8 +173,7 @@ pub fn run(
             config,
             spares,
         );
-        keepalive.stop.store(true, Ordering::Release);
-        keepalive.wake.notify_all();
+        keepalive.finish();
         result
     })
 }

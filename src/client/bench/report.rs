@@ -358,3 +358,143 @@ pub(super) enum Msg {
     Done(Box<FinalStats>),
     Failed(String),
 }
+
+/// What one load thread counts, whatever it speaks: the measured window's statistics,
+/// those since its last report to the main thread, and the prefilled keys not yet
+/// reported.
+pub(super) struct Tally {
+    window: Counts,
+    window_hist: Histogram<u64>,
+    interval: Counts,
+    interval_hist: Histogram<u64>,
+    prefill_unreported: u64,
+}
+
+impl Tally {
+    pub(super) fn new() -> Tally {
+        Tally {
+            window: Counts::default(),
+            window_hist: new_histogram(),
+            interval: Counts::default(),
+            interval_hist: new_histogram(),
+            prefill_unreported: 0,
+        }
+    }
+
+    /// Adds one to a counter of the interval, and of the window when `in_window`.
+    pub(super) fn bump(&mut self, in_window: bool, field: fn(&mut Counts) -> &mut u64) {
+        *field(&mut self.interval) += 1;
+        if in_window {
+            *field(&mut self.window) += 1;
+        }
+    }
+
+    /// One operation's final answer (`None`: given up on, counted elsewhere) and its
+    /// latency; in the prefill, whether its key is in.
+    pub(super) fn answer(
+        &mut self,
+        status: Option<Status>,
+        latency_us: u64,
+        phase: &mut Phase,
+        now: Instant,
+    ) {
+        let window = in_window(phase, now);
+        for (counts, hist, record) in [
+            (&mut self.interval, &mut self.interval_hist, true),
+            (&mut self.window, &mut self.window_hist, window),
+        ] {
+            if !record {
+                continue;
+            }
+            match status {
+                Some(Status::Ok) => {
+                    counts.ok += 1;
+                    hist.saturating_record(latency_us);
+                }
+                Some(Status::NotFound) => {
+                    counts.get_miss += 1;
+                    hist.saturating_record(latency_us);
+                }
+                Some(s) => counts.count_error(s),
+                None => {}
+            }
+        }
+        if let Phase::Prefill { done, failed, .. } = phase {
+            if status.is_some_and(Status::is_success) {
+                *done += 1;
+                self.prefill_unreported += 1;
+            } else {
+                *failed += 1;
+            }
+        }
+    }
+
+    /// Sends the interval's statistics (and prefill progress) to the main thread.
+    pub(super) fn flush(&mut self, tx: &Sender<Msg>, prefilling: bool) {
+        if self.prefill_unreported > 0 && prefilling {
+            let done = mem::take(&mut self.prefill_unreported);
+            let _ = tx.send(Msg::PrefillProgress { done });
+        }
+        let stats = IntervalStats {
+            counts: mem::take(&mut self.interval),
+            hist: mem::replace(&mut self.interval_hist, new_histogram()),
+        };
+        let _ = tx.send(Msg::Interval(stats));
+    }
+}
+
+/// A load thread's protocol side: the phases run the same way over it.
+pub(super) trait LoadThread {
+    fn config(&self) -> &WorkerConfig;
+    fn tally(&mut self) -> &mut Tally;
+    fn tx(&self) -> &Sender<Msg>;
+    /// Runs `phase` to its end (prefill: every key tried; measurement: its end time).
+    fn run_phase(&mut self, phase: &mut Phase) -> anyhow::Result<()>;
+}
+
+/// Prefill (when asked), then, once the main thread says start, warm-up and measurement;
+/// reports progress and the final statistics to the main thread.
+pub(super) fn drive(t: &mut impl LoadThread, start_rx: Receiver<Instant>) -> anyhow::Result<()> {
+    if let Some(share) = t.config().prefill_keys {
+        let mut phase = Phase::Prefill {
+            next: share.first,
+            share,
+            retry: Vec::new(),
+            done: 0,
+            failed: 0,
+        };
+        t.run_phase(&mut phase)?;
+        let Phase::Prefill { done, failed, .. } = phase else {
+            unreachable!()
+        };
+        debug_assert!(done + failed >= share.end.saturating_sub(share.first) / share.step);
+        let unreported = mem::take(&mut t.tally().prefill_unreported);
+        let _ = t.tx().send(Msg::PrefillDone {
+            done: unreported,
+            failed,
+        });
+        // Prefill traffic is not part of the first measured second.
+        let tally = t.tally();
+        tally.interval = Counts::default();
+        tally.interval_hist.reset();
+    }
+    let Ok(start) = start_rx.recv() else {
+        // The coordinator gave up (another thread failed); nothing to measure.
+        return Ok(());
+    };
+    let warm_end = start + t.config().warmup;
+    let mut phase = Phase::Measure {
+        warm_end,
+        end: warm_end + t.config().duration,
+    };
+    t.run_phase(&mut phase)?;
+    let tx = t.tx().clone();
+    let tally = t.tally();
+    tally.flush(&tx, false);
+    let stats = FinalStats {
+        counts: mem::take(&mut tally.window),
+        hist: mem::replace(&mut tally.window_hist, new_histogram()),
+    };
+    let _ = tx.send(Msg::Done(Box::new(stats)));
+    Ok(())
+}

@@ -10,13 +10,14 @@
 //! connection to when its reply is parsed.
 //!
 //! Replies: `+OK` to a SET and a bulk string to a GET count as ok, a nil bulk as a miss;
-//! `-BUSY…` counts as Busy, `-READONLY…` as NotLeader, any other error as Failed. TCP
+//! errors are final (nothing is resent) and counted by status: `-BUSY…` as Busy,
+//! `-READONLY…` as NotLeader, any other as Failed. TCP
 //! delivers every reply, so there are no timeouts; a connection the server closes, or a
 //! reply that is not RESP, ends the run with an error.
 
 use super::keys::*;
 use super::report::*;
-use super::worker::{KeyShare, Phase, WorkerConfig, in_window};
+use super::worker::{KeyShare, Phase, WorkerConfig};
 use super::*;
 use crate::resp::{self, Limits, Parsed, Reply};
 use std::io::{ErrorKind, Read, Write};
@@ -59,11 +60,7 @@ pub(super) struct RespWorker {
     conns: Vec<Conn>,
     limits: Limits,
     chunk: Vec<u8>,
-    window: Counts,
-    window_hist: Histogram<u64>,
-    interval: Counts,
-    interval_hist: Histogram<u64>,
-    prefill_unreported: u64,
+    tally: Tally,
     /// The phase has no more operations to start.
     exhausted: bool,
     pollfds: Vec<libc::pollfd>,
@@ -104,57 +101,22 @@ impl RespWorker {
             conns,
             limits: Limits::default(),
             chunk: vec![0; READ_CHUNK],
-            window: Counts::default(),
-            window_hist: new_histogram(),
-            interval: Counts::default(),
-            interval_hist: new_histogram(),
-            prefill_unreported: 0,
+            tally: Tally::new(),
             exhausted: false,
             pollfds: Vec::new(),
         })
     }
 
     pub(super) fn run(&mut self, start_rx: Receiver<Instant>) -> anyhow::Result<()> {
-        if let Some(share) = self.cfg.prefill_keys {
-            let mut phase = Phase::Prefill {
-                next: share.first,
-                share,
-                retry: Vec::new(),
-                done: 0,
-                failed: 0,
-            };
-            let depth = prefill_pipeline(self.pipeline);
-            self.run_phase(&mut phase, self.cfg.slots, depth)?;
-            let Phase::Prefill { failed, .. } = phase else {
-                unreachable!()
-            };
-            let unreported = mem::take(&mut self.prefill_unreported);
-            let _ = self.tx.send(Msg::PrefillDone {
-                done: unreported,
-                failed,
-            });
-            self.interval = Counts::default();
-            self.interval_hist.reset();
-        }
-        let Ok(start) = start_rx.recv() else {
-            return Ok(());
-        };
-        let warm_end = start + self.cfg.warmup;
-        let mut phase = Phase::Measure {
-            warm_end,
-            end: warm_end + self.cfg.duration,
-        };
-        self.run_phase(&mut phase, self.cfg.measure_slots, self.pipeline)?;
-        self.flush_interval();
-        let stats = FinalStats {
-            counts: mem::take(&mut self.window),
-            hist: mem::replace(&mut self.window_hist, new_histogram()),
-        };
-        let _ = self.tx.send(Msg::Done(Box::new(stats)));
-        Ok(())
+        drive(self, start_rx)
     }
 
-    fn run_phase(&mut self, phase: &mut Phase, slots: usize, depth: usize) -> anyhow::Result<()> {
+    fn run_phase_with(
+        &mut self,
+        phase: &mut Phase,
+        slots: usize,
+        depth: usize,
+    ) -> anyhow::Result<()> {
         let mut left = slots;
         for c in &mut self.conns {
             c.depth = left.min(depth);
@@ -298,47 +260,12 @@ impl RespWorker {
             _ => Status::Failed,
         };
         let latency_us = (now.duration_since(sent.at).as_micros() as u64).max(1);
-        let window = in_window(phase, now);
-        for (counts, hist, record) in [
-            (&mut self.interval, &mut self.interval_hist, true),
-            (&mut self.window, &mut self.window_hist, window),
-        ] {
-            if !record {
-                continue;
-            }
-            match status {
-                Status::Ok => {
-                    counts.ok += 1;
-                    hist.saturating_record(latency_us);
-                }
-                Status::NotFound => {
-                    counts.get_miss += 1;
-                    hist.saturating_record(latency_us);
-                }
-                Status::Busy => counts.busy += 1,
-                s => counts.count_error(s),
-            }
-        }
-        if let Phase::Prefill { done, failed, .. } = phase {
-            if status == Status::Ok {
-                *done += 1;
-                self.prefill_unreported += 1;
-            } else {
-                *failed += 1;
-            }
-        }
+        self.tally.answer(Some(status), latency_us, phase, now);
     }
 
     fn flush_interval(&mut self) {
-        if self.prefill_unreported > 0 && self.cfg.prefill_keys.is_some() {
-            let done = mem::take(&mut self.prefill_unreported);
-            let _ = self.tx.send(Msg::PrefillProgress { done });
-        }
-        let stats = IntervalStats {
-            counts: mem::take(&mut self.interval),
-            hist: mem::replace(&mut self.interval_hist, new_histogram()),
-        };
-        let _ = self.tx.send(Msg::Interval(stats));
+        let prefilling = self.cfg.prefill_keys.is_some();
+        self.tally.flush(&self.tx, prefilling);
     }
 
     /// Sleeps in `poll` until a connection is readable (or writable, with output
@@ -370,5 +297,27 @@ impl RespWorker {
                 std::ptr::null(),
             );
         }
+    }
+}
+
+impl LoadThread for RespWorker {
+    fn config(&self) -> &WorkerConfig {
+        &self.cfg
+    }
+
+    fn tally(&mut self) -> &mut Tally {
+        &mut self.tally
+    }
+
+    fn tx(&self) -> &Sender<Msg> {
+        &self.tx
+    }
+
+    fn run_phase(&mut self, phase: &mut Phase) -> anyhow::Result<()> {
+        let (slots, depth) = match phase {
+            Phase::Prefill { .. } => (self.cfg.slots, prefill_pipeline(self.pipeline)),
+            Phase::Measure { .. } => (self.cfg.measure_slots, self.pipeline),
+        };
+        self.run_phase_with(phase, slots, depth)
     }
 }

@@ -100,13 +100,7 @@ pub(super) struct Worker {
     pub(super) receiver: Option<net::Receiver>,
     pub(super) last_rx: Instant,
     pub(super) last_rotate: Instant,
-    /// Counters and histogram for the measured window.
-    pub(super) window: Counts,
-    pub(super) window_hist: Histogram<u64>,
-    /// Counters and histogram since the last flush to the main thread (all phases).
-    pub(super) interval: Counts,
-    pub(super) interval_hist: Histogram<u64>,
-    pub(super) prefill_unreported: u64,
+    pub(super) tally: Tally,
     /// Slots not [`SlotState::Idle`].
     pub(super) active: usize,
     pub(super) pollfds: Vec<libc::pollfd>,
@@ -156,11 +150,7 @@ impl Worker {
             receiver: Some(net::Receiver::new()),
             last_rx: now,
             last_rotate: now,
-            window: Counts::default(),
-            window_hist: new_histogram(),
-            interval: Counts::default(),
-            interval_hist: new_histogram(),
-            prefill_unreported: 0,
+            tally: Tally::new(),
             active: 0,
             pollfds: Vec::new(),
             rng,
@@ -222,45 +212,7 @@ impl Worker {
     }
 
     pub(super) fn run(&mut self, start_rx: Receiver<Instant>) -> anyhow::Result<()> {
-        if let Some(share) = self.cfg.prefill_keys {
-            let mut phase = Phase::Prefill {
-                next: share.first,
-                share,
-                retry: Vec::new(),
-                done: 0,
-                failed: 0,
-            };
-            self.run_phase(&mut phase)?;
-            let Phase::Prefill { done, failed, .. } = phase else {
-                unreachable!()
-            };
-            debug_assert!(done + failed >= share.end.saturating_sub(share.first) / share.step);
-            let unreported = mem::take(&mut self.prefill_unreported);
-            let _ = self.tx.send(Msg::PrefillDone {
-                done: unreported,
-                failed,
-            });
-            // Prefill traffic is not part of the first measured second.
-            self.interval = Counts::default();
-            self.interval_hist.reset();
-        }
-        let Ok(start) = start_rx.recv() else {
-            // The coordinator gave up (another thread failed); nothing to measure.
-            return Ok(());
-        };
-        let warm_end = start + self.cfg.warmup;
-        let mut phase = Phase::Measure {
-            warm_end,
-            end: warm_end + self.cfg.duration,
-        };
-        self.run_phase(&mut phase)?;
-        self.flush_interval();
-        let stats = FinalStats {
-            counts: mem::take(&mut self.window),
-            hist: mem::replace(&mut self.window_hist, new_histogram()),
-        };
-        let _ = self.tx.send(Msg::Done(Box::new(stats)));
-        Ok(())
+        drive(self, start_rx)
     }
 
     pub(super) fn run_phase(&mut self, phase: &mut Phase) -> anyhow::Result<()> {
@@ -405,10 +357,7 @@ impl Worker {
             }
             let (key, attempts) = (s.key, s.attempts + 1);
             let mut generation = s.generation.wrapping_add(1);
-            self.interval.timeouts += 1;
-            if in_window(phase, now) {
-                self.window.timeouts += 1;
-            }
+            self.tally.bump(in_window(phase, now), |c| &mut c.timeouts);
             // A new session: the abandoned request may still be applied, but nothing
             // sent under the old id can be mistaken for an answer to the new one.
             let id = self.client_id_for(i, &mut generation);
@@ -540,18 +489,13 @@ impl Worker {
         match status {
             Status::Ok | Status::NotFound => self.complete(i, Some(status), phase, now),
             Status::CookieRequired => {
-                self.interval.cookie_retries += 1;
-                if in_window(phase, now) {
-                    self.window.cookie_retries += 1;
-                }
+                self.tally
+                    .bump(in_window(phase, now), |c| &mut c.cookie_retries);
                 self.cookies[slot_target][sock] = cookie;
                 self.queue(i);
             }
             Status::NotLeader => {
-                self.interval.redirects += 1;
-                if in_window(phase, now) {
-                    self.window.redirects += 1;
-                }
+                self.tally.bump(in_window(phase, now), |c| &mut c.redirects);
                 match hint.flatten() {
                     Some(leader) => {
                         self.target = self.server_index(leader);
@@ -568,10 +512,7 @@ impl Worker {
                 }
             }
             Status::Busy => {
-                self.interval.busy += 1;
-                if in_window(phase, now) {
-                    self.window.busy += 1;
-                }
+                self.tally.bump(in_window(phase, now), |c| &mut c.busy);
                 let slot = &mut self.slots[i];
                 let backoff = BUSY_BACKOFF
                     .saturating_mul(1 << slot.busy_streak.min(10))
@@ -593,54 +534,18 @@ impl Worker {
         phase: &mut Phase,
         now: Instant,
     ) {
-        let slot = &self.slots[i];
-        let latency_us = slot
+        let latency_us = self.slots[i]
             .first_sent
             .map_or(0, |t| now.duration_since(t).as_micros() as u64)
             .max(1);
-        let window = in_window(phase, now);
-        for (counts, hist, record) in [
-            (&mut self.interval, &mut self.interval_hist, true),
-            (&mut self.window, &mut self.window_hist, window),
-        ] {
-            if !record {
-                continue;
-            }
-            match status {
-                Some(Status::Ok) => {
-                    counts.ok += 1;
-                    hist.saturating_record(latency_us);
-                }
-                Some(Status::NotFound) => {
-                    counts.get_miss += 1;
-                    hist.saturating_record(latency_us);
-                }
-                Some(s) => counts.count_error(s),
-                None => {}
-            }
-        }
-        if let Phase::Prefill { done, failed, .. } = phase {
-            if status.is_some_and(Status::is_success) {
-                *done += 1;
-                self.prefill_unreported += 1;
-            } else {
-                *failed += 1;
-            }
-        }
+        self.tally.answer(status, latency_us, phase, now);
         self.start_next(i, phase, now);
     }
 
     /// Sends interval statistics to the main thread.
     pub(super) fn flush_interval(&mut self) {
-        if self.prefill_unreported > 0 && self.cfg.prefill_keys.is_some() {
-            let done = mem::take(&mut self.prefill_unreported);
-            let _ = self.tx.send(Msg::PrefillProgress { done });
-        }
-        let stats = IntervalStats {
-            counts: mem::take(&mut self.interval),
-            hist: mem::replace(&mut self.interval_hist, new_histogram()),
-        };
-        let _ = self.tx.send(Msg::Interval(stats));
+        let prefilling = self.cfg.prefill_keys.is_some();
+        self.tally.flush(&self.tx, prefilling);
     }
 
     /// Sleeps in `poll` until a socket is readable (or writable, if sends are pending),
@@ -688,5 +593,23 @@ pub(super) fn in_window(phase: &Phase, now: Instant) -> bool {
     match phase {
         Phase::Measure { warm_end, end } => now >= *warm_end && now < *end,
         Phase::Prefill { .. } => false,
+    }
+}
+
+impl LoadThread for Worker {
+    fn config(&self) -> &WorkerConfig {
+        &self.cfg
+    }
+
+    fn tally(&mut self) -> &mut Tally {
+        &mut self.tally
+    }
+
+    fn tx(&self) -> &Sender<Msg> {
+        &self.tx
+    }
+
+    fn run_phase(&mut self, phase: &mut Phase) -> anyhow::Result<()> {
+        Worker::run_phase(self, phase)
     }
 }
