@@ -88,12 +88,23 @@ pub fn examine(data_dir: Option<&Path>) -> Vec<Finding> {
     out
 }
 
-/// Only the checks whose failure stops the server: io_uring and O_DIRECT on `data_dir`.
-pub fn fatal(data_dir: &Path) -> Option<Finding> {
+/// The first fatal io_uring finding: the server cannot run here.
+pub fn fatal_io_uring() -> Option<Finding> {
     io_uring_checks()
         .into_iter()
-        .chain(data_dir_checks(data_dir))
         .find(|f| f.severity == Severity::Fatal)
+}
+
+/// The first fatal finding about `data_dir` (its file system, O_DIRECT there).
+pub fn fatal_data_dir(data_dir: &Path) -> Option<Finding> {
+    data_dir_checks(data_dir)
+        .into_iter()
+        .find(|f| f.severity == Severity::Fatal)
+}
+
+/// Every check whose failure stops the server.
+pub fn fatal(data_dir: &Path) -> Option<Finding> {
+    fatal_io_uring().or_else(|| fatal_data_dir(data_dir))
 }
 
 fn kernel() -> Finding {
@@ -147,10 +158,18 @@ fn io_uring_checks() -> Vec<Finding> {
     match io_uring::IoUring::new(8) {
         Err(e) => out.push(finding(
             "io_uring ring",
-            format!("cannot create one: {e}"),
+            match e.raw_os_error() {
+                Some(libc::ENOMEM) => format!(
+                    "cannot create one ({e}): the locked-memory limit is too low for io_uring on this kernel"
+                ),
+                Some(libc::EPERM | libc::ENOSYS) => format!(
+                    "cannot create one ({e}): a seccomp profile (e.g. a container runtime's default) blocks io_uring_setup/io_uring_enter"
+                ),
+                _ => format!("cannot create one ({e})"),
+            },
             "io_uring_setup allowed (no seccomp filter blocking it)",
             Severity::Fatal,
-            None,
+            (e.raw_os_error() == Some(libc::ENOMEM)).then(|| "ulimit -l unlimited".to_string()),
         )),
         Ok(ring) => {
             let mut probe = io_uring::Probe::new();

@@ -23,27 +23,10 @@ pub(super) fn install_signal_handlers() {
 
 /// Checks the host can run the server, with a one-line cause and fix for each failure.
 pub(super) fn preflight(config: &ServerConfig) -> anyhow::Result<()> {
-    if let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
-        match v.trim() {
-            "0" => {}
-            "1" if unsafe { libc::geteuid() } == 0 => {}
-            other => bail!(
-                "io_uring is disabled on this host (kernel.io_uring_disabled = {other}); \
-                 run `sysctl -w kernel.io_uring_disabled=0` (see kernel-notes.md)"
-            ),
-        }
-    }
-    if let Err(e) = io_uring::IoUring::new(4) {
-        let hint = match e.raw_os_error() {
-            Some(libc::ENOMEM) => {
-                "the locked-memory limit is too low for io_uring on this kernel: raise `ulimit -l`"
-            }
-            Some(libc::EPERM) | Some(libc::ENOSYS) => {
-                "a seccomp profile (e.g. a container runtime's default) blocks io_uring: allow io_uring_setup/io_uring_enter"
-            }
-            _ => "io_uring is unavailable",
-        };
-        bail!("cannot create an io_uring ({e}): {hint} (see kernel-notes.md)");
+    // What `ocean-liner doctor` calls fatal stops the start: io_uring first (the data
+    // directory is created with it), then the data directory.
+    if let Some(f) = crate::doctor::fatal_io_uring() {
+        bail!("{}", refusal(&f, config));
     }
     crate::storage::io::create_dir_durable(&crate::storage::io::uring::UringBackend, &config.data_dir).with_context(|| {
         format!(
@@ -51,20 +34,25 @@ pub(super) fn preflight(config: &ServerConfig) -> anyhow::Result<()> {
             config.data_dir.display()
         )
     })?;
-    // What `ocean-liner doctor` calls fatal stops the start.
-    if let Some(f) = crate::doctor::fatal(&config.data_dir) {
-        bail!(
-            "{}: {} (wants {}); `ocean-liner doctor --data-dir {}` checks the host{}",
-            f.check,
-            f.found,
-            f.wants,
-            config.data_dir.display(),
-            f.fix
-                .map(|c| format!(", and `{c}` fixes this"))
-                .unwrap_or_default()
-        );
+    if let Some(f) = crate::doctor::fatal_data_dir(&config.data_dir) {
+        bail!("{}", refusal(&f, config));
     }
     Ok(())
+}
+
+/// Why the server will not start, in doctor's words, with the fix when there is one.
+fn refusal(f: &crate::doctor::Finding, config: &ServerConfig) -> String {
+    format!(
+        "{}: {} (wants {}); `ocean-liner doctor --data-dir {}` checks the host{} (see kernel-notes.md)",
+        f.check,
+        f.found,
+        f.wants,
+        config.data_dir.display(),
+        f.fix
+            .as_ref()
+            .map(|c| format!(", and `{c}` fixes this"))
+            .unwrap_or_default()
+    )
 }
 
 /// Tells systemd how the service is (`Type=notify`): `READY=1` once recovered and
