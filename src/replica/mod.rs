@@ -394,16 +394,9 @@ impl<R> Replica<R> {
     /// gets an entry of its own). Windows that cannot be proposed come back at once in
     /// `out` with their outcome; empty ones come back unused.
     pub fn seal(&mut self, windows: Vec<Window<R>>, out: &mut ReplicaOutput<R>) {
-        let num_commands: usize = windows.iter().map(|w| w.replies.len()).sum();
-        if num_commands == 0 {
-            out.completed.push(Completed {
-                windows,
-                outcome: None,
-                applied_commands: 0,
-                outcomes: Vec::new(),
-            });
+        let Some(windows) = with_commands(windows, out) else {
             return;
-        }
+        };
         if !self.node.is_leader() {
             fail(windows, WriteOutcome::NotLeader, out);
             return;
@@ -445,16 +438,10 @@ impl<R> Replica<R> {
         windows: Vec<Window<R>>,
         out: &mut ReplicaOutput<R>,
     ) -> Result<(), WriteOutcome> {
-        let num_commands: usize = windows.iter().map(|w| w.replies.len()).sum();
-        if num_commands == 0 {
-            out.completed.push(Completed {
-                windows,
-                outcome: None,
-                applied_commands: 0,
-                outcomes: Vec::new(),
-            });
+        let Some(windows) = with_commands(windows, out) else {
             return Ok(());
-        }
+        };
+        let num_commands: usize = windows.iter().map(|w| w.replies.len()).sum();
         self.entry.clear();
         for w in &windows {
             self.entry.extend_from_slice(&w.commands);
@@ -640,6 +627,20 @@ impl<R> Replica<R> {
     ) -> Result<Reclaimed, EngineError> {
         self.node.engine().checkpoint_end(job, result)
     }
+}
+
+/// `windows`, unless none holds a command: then they go back unused and `None` is returned.
+fn with_commands<R>(windows: Vec<Window<R>>, out: &mut ReplicaOutput<R>) -> Option<Vec<Window<R>>> {
+    if windows.iter().any(|w| !w.replies.is_empty()) {
+        return Some(windows);
+    }
+    out.completed.push(Completed {
+        windows,
+        outcome: None,
+        applied_commands: 0,
+        outcomes: Vec::new(),
+    });
+    None
 }
 
 /// Hands `windows` back with `outcome`, none of their writes applied.
