@@ -17,7 +17,7 @@
 
 use super::keys::*;
 use super::report::*;
-use super::worker::{KeyShare, Phase, WorkerConfig};
+use super::worker::{KeyShare, Phase, WorkerConfig, poll_briefly};
 use super::*;
 use crate::resp::{self, Limits, Parsed, Reply};
 use std::io::{ErrorKind, Read, Write};
@@ -282,21 +282,7 @@ impl RespWorker {
                 events: libc::POLLIN | if c.out.is_empty() { 0 } else { libc::POLLOUT },
                 revents: 0,
             }));
-        let wait = (until - now).min(Duration::from_millis(1));
-        let ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: wait.as_nanos() as libc::c_long,
-        };
-        // SAFETY: `pollfds` is a valid array of `pollfds.len()` pollfds and `ts` a valid
-        // timespec; both outlive the call.
-        unsafe {
-            libc::ppoll(
-                self.pollfds.as_mut_ptr(),
-                self.pollfds.len() as libc::nfds_t,
-                &ts,
-                std::ptr::null(),
-            );
-        }
+        poll_briefly(&mut self.pollfds, until - now);
     }
 }
 

@@ -571,20 +571,27 @@ impl Worker {
                     revents: 0,
                 }),
         );
-        let wait = (deadline - now).min(Duration::from_millis(1));
-        let ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: wait.as_nanos() as libc::c_long,
-        };
-        // SAFETY: `pfds` is a valid array of `pfds.len()` pollfds; `ts` is a valid timespec.
-        unsafe {
-            libc::ppoll(
-                pfds.as_mut_ptr(),
-                pfds.len() as libc::nfds_t,
-                &ts,
-                std::ptr::null(),
-            );
-        }
+        poll_briefly(pfds, deadline - now);
+    }
+}
+
+/// Waits in `ppoll` on `pfds` for at most `wait`, capped at 1 ms (load threads poll their
+/// sockets briefly when idle, so timers and reports stay on time).
+pub(super) fn poll_briefly(pfds: &mut [libc::pollfd], wait: Duration) {
+    let wait = wait.min(Duration::from_millis(1));
+    let ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: wait.as_nanos() as libc::c_long,
+    };
+    // SAFETY: `pfds` is a valid array of `pfds.len()` pollfds and `ts` a valid timespec;
+    // both outlive the call.
+    unsafe {
+        libc::ppoll(
+            pfds.as_mut_ptr(),
+            pfds.len() as libc::nfds_t,
+            &ts,
+            std::ptr::null(),
+        );
     }
 }
 
