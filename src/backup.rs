@@ -286,6 +286,11 @@ pub fn restore(file: &Path, data_dir: &Path) -> anyhow::Result<BackupReport> {
     engine
         .install_snapshot(staged)
         .map_err(|e| anyhow::anyhow!("installing the snapshot failed: {e}"))?;
+    // The backed-up cluster's members are not the new one's: its --peers name them.
+    engine.forget_membership();
+    engine
+        .checkpoint()
+        .map_err(|e| anyhow::anyhow!("writing the restored state failed: {e}"))?;
     drop(engine);
     let mut hs = HardStateFile::open(backend.as_ref(), data_dir)?;
     let state = raft::eraftpb::HardState {

@@ -99,6 +99,42 @@ enum Command {
     /// Back a node up into a snapshot file, or restore one into a new data directory.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// List, add, promote and remove a cluster's members, or hand leadership over
+    /// (over the peer port; any member's address will do: requests go to the leader).
+    Member {
+        #[command(subcommand)]
+        command: MemberCommand,
+        /// Peer address (HOST:PORT, as in --peers) of any member.
+        #[arg(long, global = true, default_value = "127.0.0.1:8000")]
+        peer: String,
+        /// Seconds to keep retrying (a change under way, a learner catching up).
+        #[arg(long, global = true, default_value_t = 30.0)]
+        timeout: f64,
+    },
+}
+
+#[derive(Subcommand)]
+enum MemberCommand {
+    /// Print each member: id, role, peer and client addresses, how far its log matches
+    /// the leader's.
+    List,
+    /// Add node ID as a learner: it receives the log but does not vote. Start it first
+    /// with --join (see the README).
+    Add {
+        id: usize,
+        /// Where its peers reach it (its own --peers entry).
+        peer_addr: std::net::SocketAddr,
+        /// Where its clients reach it (UDP).
+        client_addr: std::net::SocketAddr,
+    },
+    /// Make learner ID a voter once its log has caught up with the leader's (waits for
+    /// that, up to --timeout).
+    Promote { id: usize },
+    /// Remove node ID (a leader hands leadership over first); then stop it.
+    Remove { id: usize },
+    /// Hand leadership to voter ID (default: the one whose log matches furthest) and wait
+    /// until it leads.
+    Transfer { id: Option<usize> },
 }
 
 #[derive(Subcommand)]
@@ -173,6 +209,11 @@ fn main() -> ExitCode {
             Err(e) => fail(format!("{e:#}")),
         },
         Some(Command::Snapshot(command)) => snapshot_command(command),
+        Some(Command::Member {
+            command,
+            peer,
+            timeout,
+        }) => member_command(command, &peer, timeout),
         Some(Command::Top {
             target,
             interval,
@@ -231,6 +272,63 @@ fn snapshot_command(command: SnapshotCommand) -> ExitCode {
     match result {
         Ok(summary) => {
             println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("{e:#}")),
+    }
+}
+
+fn member_command(command: MemberCommand, peer: &str, timeout: f64) -> ExitCode {
+    use ocean_liner::client::member;
+    use ocean_liner::consensus::membership::Change;
+    use ocean_liner::ids::NodeId;
+    use ocean_liner::server::admin::AdminRequest;
+    let peer = match resolve_servers(peer).map(|s| s.first().copied()) {
+        Ok(Some(p)) => p,
+        Ok(None) => return fail("no --peer address given"),
+        Err(e) => return fail(e),
+    };
+    if !(timeout > 0.0 && timeout.is_finite()) {
+        return fail("--timeout must be a positive number of seconds");
+    }
+    let timeout = Duration::from_secs_f64(timeout);
+    let id = |k: usize| NodeId::from_index(k);
+    let result = match command {
+        MemberCommand::List => member::list(peer, timeout).map(|l| member::render(&l)),
+        MemberCommand::Transfer { id: target } => {
+            member::transfer(peer, target.map(id), timeout).map(|s| s + "\n")
+        }
+        MemberCommand::Add {
+            id: k,
+            peer_addr,
+            client_addr,
+        } => member::ask(
+            peer,
+            &AdminRequest::Change(Change::AddLearner {
+                id: id(k),
+                peer_addr,
+                client_addr,
+            }),
+            timeout,
+        ),
+        MemberCommand::Promote { id: k } => member::ask(
+            peer,
+            &AdminRequest::Change(Change::Promote { id: id(k) }),
+            timeout,
+        ),
+        MemberCommand::Remove { id: k } => member::ask(
+            peer,
+            &AdminRequest::Change(Change::Remove { id: id(k) }),
+            timeout,
+        ),
+    };
+    match result {
+        Ok(text) => {
+            let text = text.strip_prefix("OK ").unwrap_or(&text);
+            print!("{text}");
+            if !text.ends_with('\n') {
+                println!();
+            }
             ExitCode::SUCCESS
         }
         Err(e) => fail(format!("{e:#}")),
@@ -297,6 +395,7 @@ fn client_command(command: Command) -> ExitCode {
         Command::Serve(_)
         | Command::Bench(_)
         | Command::Snapshot(_)
+        | Command::Member { .. }
         | Command::Doctor { .. }
         | Command::Top { .. }
         | Command::Tune { .. } => {

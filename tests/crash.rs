@@ -36,6 +36,7 @@ fn options() -> EngineOptions {
             segment_bytes: 96 << 10,
         },
         raft_log_retain_bytes: 0,
+        bootstrap_membership: None,
     }
 }
 
@@ -336,6 +337,7 @@ fn cleaning_options() -> EngineOptions {
             segment_bytes: 32 << 10,
         },
         raft_log_retain_bytes: 0,
+        bootstrap_membership: None,
     }
 }
 

@@ -52,6 +52,7 @@ fn options() -> EngineOptions {
             segment_bytes: 64 << 10,
         },
         raft_log_retain_bytes: 0,
+        bootstrap_membership: None,
     }
 }
 

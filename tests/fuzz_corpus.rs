@@ -131,6 +131,22 @@ fn write_seeds() {
     vote.set_msg_type(MessageType::MsgRequestVote);
     (vote.to, vote.from, vote.term, vote.log_term, vote.index) = (1, 3, 4, 3, 11);
     messages.push(vote);
+    // A membership change, as the leader replicates one.
+    let mut conf = Message::default();
+    conf.set_msg_type(MessageType::MsgAppend);
+    (conf.to, conf.from, conf.term, conf.index, conf.log_term) = (2, 1, 3, 11, 3);
+    let change = ocean_liner::consensus::membership::Change::AddLearner {
+        id: ocean_liner::ids::NodeId::from_index(3),
+        peer_addr: "127.0.0.1:8003".parse().unwrap(),
+        client_addr: "127.0.0.1:9003".parse().unwrap(),
+    };
+    conf.set_entries(
+        vec![ocean_liner::consensus::storage::conf_change_entry(
+            3, 12, &change,
+        )]
+        .into(),
+    );
+    messages.push(conf);
     let mut stream = Vec::new();
     let hello = ocean_liner::server::transport::Hello {
         cluster_id: 1,
@@ -138,6 +154,7 @@ fn write_seeds() {
         last_index: 10,
         client_addr: "127.0.0.1:9001".parse().unwrap(),
         resp_port: 6380,
+        peer_addr: Some("127.0.0.1:8001".parse().unwrap()),
     }
     .encode();
     frame(&mut stream, 1, &hello);

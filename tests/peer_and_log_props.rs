@@ -54,13 +54,21 @@ proptest! {
             last_index,
             client_addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
             resp_port: port.rotate_left(3),
+            peer_addr: Some(std::net::SocketAddr::from(([10, 0, 0, 1], port.rotate_left(5)))),
         };
         let bytes = hello.encode();
         prop_assert_eq!(Hello::decode(&bytes), Ok(hello.clone()));
+        let peer_len = 2 + hello.peer_addr.unwrap().to_string().len();
         for cut in 0..bytes.len() {
-            if cut == bytes.len() - 2 {
+            if cut == bytes.len() - peer_len - 2 {
                 // A hello from before the RESP port: no door.
-                let old = Hello { resp_port: 0, ..hello.clone() };
+                let old = Hello { resp_port: 0, peer_addr: None, ..hello.clone() };
+                prop_assert_eq!(Hello::decode(&bytes[..cut]), Ok(old));
+                continue;
+            }
+            if cut == bytes.len() - peer_len {
+                // One from before the peer address.
+                let old = Hello { peer_addr: None, ..hello.clone() };
                 prop_assert_eq!(Hello::decode(&bytes[..cut]), Ok(old));
                 continue;
             }

@@ -25,6 +25,7 @@
 //! ```
 
 pub mod bench;
+pub mod member;
 pub mod protocol;
 pub mod top;
 

@@ -14,8 +14,10 @@
 //!   i64 priority
 //!   u32 context_len,  context bytes
 //!   u32 entry_count, then per entry:
-//!       u8 entry_type (0 normal; conf changes are never sent), u64 term, u64 index,
-//!       u32 data_len, data, u32 context_len, context
+//!       u8 entry_type, u64 term, u64 index, u32 data_len, data, u32 context_len, context
+//!         type 0, normal: data the commands, context their count (or both empty)
+//!         type 2, a membership change: data its CONFIG command as the log holds it,
+//!         context empty (raft-rs's own encoding of the change is rebuilt from it)
 //!   u8  has_snapshot    1 only in a MsgSnapshot, which must have it; then:
 //!       u64 index, u64 term, u32 voter_count, voters (u64 each),
 //!       u32 learner_count, learners, u32 data_len (≤ SNAPSHOT_DATA_MAX), data
@@ -76,8 +78,9 @@ fn msg_type_from(v: u8) -> Option<MessageType> {
     })
 }
 
-/// Appends `msg` to `out`. Panics on a message this cluster never sends (a conf-change
-/// entry, a snapshot carrying more than a descriptor): those would be programming errors.
+/// Appends `msg` to `out`. Panics on a message this cluster never sends (a version-1
+/// conf-change entry, a snapshot carrying more than a descriptor): those would be
+/// programming errors.
 pub fn encode(msg: &Message, out: &mut Vec<u8>) {
     out.push(msg.get_msg_type() as i32 as u8);
     for v in [
@@ -98,16 +101,23 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
     put_bytes(out, &msg.context);
     out.extend_from_slice(&(msg.entries.len() as u32).to_le_bytes());
     for e in msg.entries.iter() {
-        assert_eq!(
-            e.get_entry_type(),
-            EntryType::EntryNormal,
-            "conf changes are never sent"
-        );
-        out.push(0);
-        out.extend_from_slice(&e.term.to_le_bytes());
-        out.extend_from_slice(&e.index.to_le_bytes());
-        put_bytes(out, &e.data);
-        put_bytes(out, &e.context);
+        match e.get_entry_type() {
+            EntryType::EntryNormal => {
+                out.push(0);
+                out.extend_from_slice(&e.term.to_le_bytes());
+                out.extend_from_slice(&e.index.to_le_bytes());
+                put_bytes(out, &e.data);
+                put_bytes(out, &e.context);
+            }
+            EntryType::EntryConfChangeV2 => {
+                out.push(2);
+                out.extend_from_slice(&e.term.to_le_bytes());
+                out.extend_from_slice(&e.index.to_le_bytes());
+                put_bytes(out, &e.context);
+                put_bytes(out, &[]);
+            }
+            EntryType::EntryConfChange => panic!("version-1 conf changes are never made"),
+        }
     }
     match msg.snapshot.as_ref() {
         Some(snap) if msg.get_msg_type() == MessageType::MsgSnapshot => {
@@ -207,13 +217,27 @@ pub fn decode(buf: &[u8]) -> Result<Message, DecodeError> {
     }
     let mut entries = Vec::with_capacity(count.min(1024));
     for _ in 0..count {
-        if r.u8()? != 0 {
-            return Err(DecodeError("only normal entries are accepted"));
-        }
+        let entry_type = r.u8()?;
         let term = r.u64()?;
         let index = r.u64()?;
         let data = r.bytes(MESSAGE_SIZE_MAX)?;
         let context = r.bytes(CONTEXT_SIZE_MAX)?;
+        match entry_type {
+            0 => {}
+            2 => {
+                if !context.is_empty() || data.len() > CONTEXT_SIZE_MAX {
+                    return Err(DecodeError("a membership change's entry is malformed"));
+                }
+                let change = crate::storage::command::config_change(data)
+                    .ok_or(DecodeError("a membership change's entry holds no change"))?
+                    .map_err(DecodeError)?;
+                entries.push(crate::consensus::storage::conf_change_entry(
+                    term, index, &change,
+                ));
+                continue;
+            }
+            _ => return Err(DecodeError("unknown entry type")),
+        }
         check_entry_commands(data, context)?;
         entries.push(Entry {
             term,
@@ -268,6 +292,11 @@ fn check_entry_commands(data: &[u8], context: &[u8]) -> Result<(), DecodeError> 
         .filter(|_| context.len() == 8)
         .map(|c| u64::from_le_bytes(*c))
         .ok_or(DecodeError("an entry's context is not its command count"))?;
+    if crate::storage::command::has_config(data) {
+        return Err(DecodeError(
+            "a membership change outside an entry of its own",
+        ));
+    }
     match crate::storage::command::count(data) {
         Ok(n) if n == count => Ok(()),
         Ok(_) => Err(DecodeError(
@@ -429,6 +458,62 @@ mod tests {
             (two[..two.len() - 8].to_vec(), 2u64.to_le_bytes().to_vec()),
         ] {
             assert!(with_entry(data, context).is_err());
+        }
+    }
+
+    #[test]
+    fn membership_changes_travel_in_their_log_form_and_nowhere_else() {
+        use crate::consensus::membership::Change;
+        let change = Change::AddLearner {
+            id: crate::ids::NodeId::from_index(3),
+            peer_addr: "127.0.0.1:8003".parse().unwrap(),
+            client_addr: "127.0.0.1:9003".parse().unwrap(),
+        };
+        let entry = crate::consensus::storage::conf_change_entry(4, 9, &change);
+        let mut m = sample();
+        m.set_entries(vec![entry.clone()].into());
+        let mut buf = Vec::new();
+        encode(&m, &mut buf);
+        let back = decode(&buf).unwrap();
+        assert_eq!(
+            back.entries[0], entry,
+            "the same entry, raft-rs's encoding rebuilt"
+        );
+        // A CONFIG command inside a normal entry, or beside another command, is refused.
+        let config = crate::storage::command::encode_config(&change);
+        let mut beside = config.clone();
+        crate::storage::command::encode(
+            &mut beside,
+            crate::storage::command::CommandOp::Set,
+            0,
+            0,
+            b"k",
+            b"v",
+        );
+        for (data, context, kind) in [
+            (config.clone(), 1u64.to_le_bytes().to_vec(), 0u8),
+            (beside.clone(), 2u64.to_le_bytes().to_vec(), 0),
+            (beside.clone(), Vec::new(), 2),
+            (vec![0; 64], Vec::new(), 2),
+            (config.clone(), vec![1], 2),
+        ] {
+            let mut m = sample();
+            m.set_entries(
+                vec![Entry {
+                    term: 1,
+                    index: 1,
+                    data: data.into(),
+                    context: context.into(),
+                    ..Default::default()
+                }]
+                .into(),
+            );
+            let mut buf = Vec::new();
+            encode(&m, &mut buf);
+            // The entry type byte follows the fixed fields and the message context.
+            let at = 1 + 9 * 8 + 1 + 8 + 4 + m.context.len() + 4;
+            buf[at] = kind;
+            assert!(decode(&buf).is_err(), "kind {kind}");
         }
     }
 }

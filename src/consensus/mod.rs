@@ -21,6 +21,7 @@
 pub mod adaptive;
 pub mod codec;
 pub mod hard_state;
+pub mod membership;
 pub mod storage;
 
 use crate::ids::{LogIndex, NodeId, Term};
@@ -29,7 +30,8 @@ use crate::storage::io::Backend;
 use crate::storage::log::NewEntry;
 use crate::storage::snapshot::{SnapshotSource, StagedSnapshot};
 use hard_state::HardStateFile;
-use raft::eraftpb::{Entry, Message};
+use membership::{Change, Membership};
+use raft::eraftpb::{Entry, EntryType, Message};
 use raft::{RawNode, StateRole};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -62,8 +64,11 @@ pub enum PlantedBug {
 pub struct NodeConfig {
     /// This node's Raft id (1-based).
     pub id: NodeId,
-    /// Every voter's id, this node included.
-    pub voters: Vec<NodeId>,
+    /// The members a new cluster starts with (every one a voter); once a membership is
+    /// recorded in the node's state (a change applied, a checkpoint, a snapshot) that one
+    /// holds instead. Empty for a node that joins a running cluster: it has no say until
+    /// the cluster adds it.
+    pub bootstrap: Membership,
     /// Ticks without a leader before an election may start (the lease bound too).
     pub election_tick: usize,
     /// Upper bound of the randomized election timeout, in ticks.
@@ -84,11 +89,21 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    /// Defaults for a node with `id` among `voters`.
+    /// Defaults for a node with `id` among `voters` (whose addresses are unspecified: for
+    /// drivers that route by id, such as the simulator).
     pub fn new(id: NodeId, voters: Vec<NodeId>) -> NodeConfig {
+        let nowhere = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+        let count = voters.iter().map(|v| v.index() + 1).max().unwrap_or(0);
+        let mut bootstrap = Membership::bootstrap(&vec![nowhere; count], &vec![nowhere; count]);
+        for k in 0..count {
+            let k = NodeId::from_index(k);
+            if !voters.contains(&k) {
+                let _ = bootstrap.apply(&membership::Change::Remove { id: k });
+            }
+        }
         NodeConfig {
             id,
-            voters,
+            bootstrap,
             election_tick: 15,
             max_election_tick: 30,
             heartbeat_tick: 3,
@@ -128,6 +143,16 @@ pub struct Output {
     /// Snapshots to stream to followers, each with the message to deliver after its
     /// chunks; the driver reports the outcome with [`RaftNode::report_snapshot`].
     pub snapshots: Vec<(Message, SnapshotSource)>,
+    /// The membership, when a change or a snapshot made a new one.
+    pub membership: Option<Membership>,
+}
+
+/// Why a membership change was not proposed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeError {
+    Propose(ProposeError),
+    /// The membership's rules refuse it, or another change is under way.
+    Refused(String),
 }
 
 /// Why a proposal was not accepted.
@@ -205,6 +230,9 @@ pub struct RaftNode {
     staged: Option<StagedSnapshot>,
     /// Appends refused because the disk had no room for them (see [`RaftNode::step`]).
     appends_refused_no_space: u64,
+    /// Peers (raft ids) whose hello said their log is empty: a learner among them is sent
+    /// a snapshot, never the log from its start (see [`RaftNode::tick`]).
+    empty_peers: BTreeMap<u64, Option<u64>>,
 }
 
 impl RaftNode {
@@ -215,10 +243,6 @@ impl RaftNode {
         dir: &Path,
         config: NodeConfig,
     ) -> Result<RaftNode, FatalError> {
-        assert!(
-            config.voters.contains(&config.id),
-            "a node is one of the voters"
-        );
         crate::storage::io::create_dir_durable(backend.as_ref(), dir)
             .map_err(|e| FatalError(format!("cannot create {}: {e}", dir.display())))?;
         let hard_state = HardStateFile::open(backend.as_ref(), dir).map_err(|e| {
@@ -229,12 +253,11 @@ impl RaftNode {
         })?;
         let mut hs = hard_state.get().clone();
         let state_was_empty = hs == raft::eraftpb::HardState::default();
-        let (engine, open_report) = Engine::open(
-            backend,
-            dir,
-            config.engine.clone(),
-            Some(LogIndex(hs.commit)),
-        )?;
+        let mut engine_options = config.engine.clone();
+        engine_options.bootstrap_membership =
+            (!config.bootstrap.is_empty()).then(|| config.bootstrap.clone());
+        let (engine, open_report) =
+            Engine::open(backend, dir, engine_options, Some(LogIndex(hs.commit)))?;
         // The map may be checkpointed past the last saved commit index: those entries were
         // committed (they were applied), so the commit index is raised to match.
         hs.commit = hs
@@ -243,16 +266,16 @@ impl RaftNode {
             .min(engine.last_index().get());
         let applied = engine.applied_index().get();
         let mut engine = engine;
-        if config.voters.len() > 1 {
+        let membership = engine.membership();
+        let alone = membership.members().len() == 1 && membership.get(config.id).is_some();
+        if !alone {
             // Nothing is known of the followers yet: keep every Raft segment (within the
             // retention bound) until a checkpoint sets the bound.
             engine.set_raft_keep_from(LogIndex::ZERO);
         }
-        let fresh =
-            state_was_empty && engine.last_index() == LogIndex::ZERO && config.voters.len() > 1;
+        let fresh = state_was_empty && engine.last_index() == LogIndex::ZERO && !alone;
         let engine = Rc::new(RefCell::new(engine));
-        let voters: Vec<u64> = config.voters.iter().map(|v| v.raft_id()).collect();
-        let storage = LogStorage::new(engine.clone(), hs, &voters);
+        let storage = LogStorage::new(engine.clone(), hs, membership.conf_state());
         storage.seed_snapshot_ids(config.seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
         let raft_config = raft::Config {
             id: config.id.raft_id(),
@@ -280,7 +303,7 @@ impl RaftNode {
         );
         let mut raw = RawNode::new(&raft_config, storage, &logger)
             .map_err(|e| FatalError(format!("cannot start raft: {e}")))?;
-        if config.voters.len() == 1 {
+        if alone && membership.get(config.id).is_some_and(|m| m.voter) {
             raw.campaign()
                 .map_err(|e| FatalError(format!("campaign: {e}")))?;
         }
@@ -306,6 +329,7 @@ impl RaftNode {
             seen: (0, StateRole::Follower),
             ready: None,
             staged: None,
+            empty_peers: Default::default(),
         }
         .started())
     }
@@ -324,7 +348,43 @@ impl RaftNode {
             return;
         }
         self.raw.tick();
+        self.snapshot_empty_learners();
         self.after_input();
+    }
+
+    /// A node added to a running cluster starts with no state: the log's early entries
+    /// assume the membership before it, which it does not know, so it must begin from a
+    /// snapshot (its membership and all). The leader asks raft-rs to send one to each
+    /// learner that reported an empty log and has matched nothing yet; raft-rs forgets
+    /// the request once a transfer ends, so it is made again until the learner answers.
+    fn snapshot_empty_learners(&mut self) {
+        if !self.is_leader() || self.empty_peers.is_empty() {
+            return;
+        }
+        let applied = self.applied_index().get();
+        let learners = self.raw.raft.prs().conf().learners().clone();
+        let (ticks, again) = (self.ticks, 2 * self.election_tick_range.1 as u64);
+        let raft = &mut self.raw.raft;
+        self.empty_peers.retain(|id, asked| {
+            let Some(pr) = raft.mut_prs().get_mut(*id) else {
+                return true;
+            };
+            if pr.matched > 0 {
+                return false;
+            }
+            // After one transfer the learner's answer takes a moment: ask again only if
+            // none came for a while.
+            if learners.contains(id)
+                && applied > 0
+                && pr.pending_request_snapshot == raft::INVALID_INDEX
+                && pr.state != raft::ProgressState::Snapshot
+                && asked.is_none_or(|at| ticks.saturating_sub(at) > again)
+            {
+                pr.pending_request_snapshot = applied;
+                *asked = Some(ticks);
+            }
+            true
+        });
     }
 
     /// Heartbeats to every other member in this leader's term that advance nothing
@@ -354,20 +414,33 @@ impl RaftNode {
     /// (raft-rs sends it what it lacks, then MsgTimeoutNow, and it campaigns at once).
     /// Returns the member chosen; `None` unless this node leads a cluster.
     pub fn transfer_leadership(&mut self) -> Option<NodeId> {
+        self.transfer_leadership_to(None)
+    }
+
+    /// Hands leadership to `target` if it is another voter (`None`: the voter whose log
+    /// matches furthest). Returns the member chosen.
+    pub fn transfer_leadership_to(&mut self, target: Option<NodeId>) -> Option<NodeId> {
         if !self.is_leader() {
             return None;
         }
         let me = self.raw.raft.id;
+        let voters = self.raw.raft.prs().conf().voters().ids();
         let target = self
             .raw
             .raft
             .prs()
             .iter()
-            .filter(|(id, _)| **id != me)
+            .filter(|(id, _)| **id != me && voters.contains(**id))
+            .filter(|(id, _)| target.is_none_or(|t| t.raft_id() == **id))
             .max_by_key(|(id, pr)| (pr.matched, std::cmp::Reverse(**id)))
             .map(|(id, _)| *id)?;
         self.raw.transfer_leader(target);
         NodeId::from_raft_id(target)
+    }
+
+    /// Whether a leadership transfer is under way.
+    pub fn is_transferring(&self) -> bool {
+        self.raw.raft.lead_transferee.is_some()
     }
 
     /// Stops a follower's election clock for the next `ticks` ticks. The driver calls it
@@ -468,6 +541,14 @@ impl RaftNode {
         if !self.guard_rejoin(&mut msg) {
             return;
         }
+        if msg.get_msg_type() == raft::eraftpb::MessageType::MsgAppend
+            && !msg.entries.is_empty()
+            && self.engine.borrow().knows_no_membership()
+        {
+            // A node that joins knows no membership until its first snapshot brings one;
+            // the entries before it would be applied to a membership it lacks.
+            return;
+        }
         if !self.room_for(&msg) {
             return;
         }
@@ -512,6 +593,70 @@ impl RaftNode {
     /// Appends refused because the disk was full.
     pub fn appends_refused_no_space(&self) -> u64 {
         self.appends_refused_no_space
+    }
+
+    /// Proposes one membership change under `tag`; [`Event::Applied`] reports it (its
+    /// one outcome `Done` if made). Refused while another change is not applied yet, or
+    /// if the membership's rules refuse it.
+    pub fn propose_change(&mut self, tag: u64, change: &Change) -> Result<LogIndex, ChangeError> {
+        if self.raw.raft.state != StateRole::Leader {
+            return Err(ChangeError::Propose(ProposeError::NotLeader(
+                self.leader_id(),
+            )));
+        }
+        if self.raw.raft.has_pending_conf() {
+            return Err(ChangeError::Refused(
+                "another membership change is not applied yet; retry".into(),
+            ));
+        }
+        self.engine
+            .borrow()
+            .membership()
+            .check(change)
+            .map_err(ChangeError::Refused)?;
+        let commands = crate::storage::command::encode_config(change);
+        if self
+            .raw
+            .propose_conf_change(commands, change.to_conf_change())
+            .is_err()
+        {
+            return Err(ChangeError::Propose(ProposeError::Busy));
+        }
+        let index = self.raw.raft.raft_log.last_index();
+        self.pending.insert(index, (self.raw.raft.term, tag));
+        Ok(LogIndex(index))
+    }
+
+    /// The cluster's members as of the applied index.
+    pub fn membership(&self) -> Membership {
+        self.engine.borrow().membership()
+    }
+
+    /// How far each member's log is known to match this leader's (empty unless leading).
+    pub fn match_indexes(&self) -> Vec<(NodeId, LogIndex)> {
+        if !self.is_leader() {
+            return Vec::new();
+        }
+        let mut out: Vec<(NodeId, LogIndex)> = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .filter_map(|(id, pr)| Some((NodeId::from_raft_id(*id)?, LogIndex(pr.matched))))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Whether `node`'s log is close enough to this leader's to promote it: no snapshot
+    /// is on its way to it, and it lacks at most `lag` entries.
+    pub fn has_caught_up(&self, node: NodeId, lag: u64) -> bool {
+        self.is_leader()
+            && self.raw.raft.prs().get(node.raft_id()).is_some_and(|pr| {
+                pr.state != raft::ProgressState::Snapshot
+                    && pr.matched > 0
+                    && pr.matched + lag >= self.raw.raft.raft_log.last_index()
+            })
     }
 
     /// Proposes one window of `num_commands` encoded commands under `tag`.
@@ -608,10 +753,19 @@ impl RaftNode {
     /// repairs its log from there, instead of waiting forever on acknowledgements that
     /// were lost with it.
     pub fn peer_log_reaches(&mut self, node: NodeId, last_index: LogIndex) {
-        if !self.is_leader() || node == self.id() {
+        if node == self.id() {
+            return;
+        }
+        if last_index == LogIndex::ZERO {
+            self.empty_peers.entry(node.raft_id()).or_insert(None);
+        }
+        if !self.is_leader() {
             return;
         }
         let (id, last_index) = (node.raft_id(), last_index.get());
+        if last_index > 0 {
+            self.empty_peers.remove(&id);
+        }
         if let Some(pr) = self.raw.raft.mut_prs().get_mut(id)
             && pr.matched > last_index
         {
@@ -681,6 +835,7 @@ impl RaftNode {
         };
         if !rd.snapshot().is_empty() {
             self.install(rd.snapshot().get_metadata())?;
+            out.membership = Some(self.engine.borrow().membership());
         }
         if !rd.entries().is_empty() {
             self.persist(rd.entries())?;
@@ -852,14 +1007,23 @@ impl RaftNode {
         }
         let new: Vec<NewEntry<'_>> = entries
             .iter()
-            .map(|e| NewEntry {
-                term: Term(e.term),
-                log_index: LogIndex(e.index),
-                num_commands: e
-                    .context
-                    .first_chunk::<8>()
-                    .map_or(0, |b| u64::from_le_bytes(*b)),
-                commands: &e.data,
+            .map(|e| match e.get_entry_type() {
+                // A membership change: its log form travels in the entry's context.
+                EntryType::EntryConfChangeV2 => NewEntry {
+                    term: Term(e.term),
+                    log_index: LogIndex(e.index),
+                    num_commands: 1,
+                    commands: &e.context,
+                },
+                _ => NewEntry {
+                    term: Term(e.term),
+                    log_index: LogIndex(e.index),
+                    num_commands: e
+                        .context
+                        .first_chunk::<8>()
+                        .map_or(0, |b| u64::from_le_bytes(*b)),
+                    commands: &e.data,
+                },
             })
             .collect();
         engine
@@ -882,6 +1046,9 @@ impl RaftNode {
             );
             let outcomes = engine.apply(index)?;
             drop(engine);
+            if e.get_entry_type() == EntryType::EntryConfChangeV2 {
+                self.apply_change(&e, &outcomes, out)?;
+            }
             // Proposals at lower indexes were replaced by another leader's entries.
             while let Some((&index, _)) = self.pending.first_key_value() {
                 if index > e.index {
@@ -899,6 +1066,63 @@ impl RaftNode {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Tells raft-rs of a membership change the engine made (the same rules decided both).
+    fn apply_change(
+        &mut self,
+        e: &Entry,
+        outcomes: &[Outcome],
+        out: &mut Output,
+    ) -> Result<(), FatalError> {
+        let Some(Ok(change)) = crate::storage::command::config_change(&e.context) else {
+            return Err(FatalError(format!(
+                "entry {} is a membership change that does not decode",
+                e.index
+            )));
+        };
+        if outcomes.first() != Some(&Outcome::Done) {
+            eprintln!(
+                "raft: node {}: entry {}: the membership refused \"{change}\"; nothing changed",
+                self.id(),
+                e.index
+            );
+            return Ok(());
+        }
+        let cs = self
+            .raw
+            .apply_conf_change(&change.to_conf_change())
+            .map_err(|err| FatalError(format!("raft refused the change \"{change}\": {err}")))?;
+        let membership = self.engine.borrow().membership();
+        let sorted = |ids: &[u64]| {
+            let mut ids = ids.to_vec();
+            ids.sort_unstable();
+            ids
+        };
+        let ours = membership.conf_state();
+        if sorted(&cs.voters) != ours.voters || sorted(&cs.learners) != ours.learners {
+            return Err(FatalError(format!(
+                "after \"{change}\" raft has voters {:?} learners {:?}, the state {:?} {:?}",
+                cs.voters, cs.learners, ours.voters, ours.learners
+            )));
+        }
+        let ids = |voter: bool| -> Vec<String> {
+            membership
+                .members()
+                .iter()
+                .filter(|m| m.voter == voter)
+                .map(|m| m.id.to_string())
+                .collect()
+        };
+        eprintln!(
+            "raft: node {}: entry {}: {change}; voters [{}], learners [{}]",
+            self.id(),
+            e.index,
+            ids(true).join(", "),
+            ids(false).join(", ")
+        );
+        out.membership = Some(membership);
         Ok(())
     }
 

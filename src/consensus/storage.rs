@@ -9,6 +9,7 @@
 //! metadata and a descriptor; the taken snapshot waits here until the driver collects
 //! it with the message that names it ([`LogStorage::take_snapshot_source`]).
 
+use crate::consensus::membership::Change;
 use crate::ids::LogIndex;
 use crate::storage::engine::Engine;
 use crate::storage::snapshot::{self, SnapshotSource};
@@ -28,11 +29,12 @@ pub struct LogStorage {
 }
 
 impl LogStorage {
-    pub fn new(engine: Rc<RefCell<Engine>>, hard_state: HardState, voters: &[u64]) -> LogStorage {
-        let conf_state = ConfState {
-            voters: voters.to_vec(),
-            ..Default::default()
-        };
+    /// The log of `engine`, whose applied state has the configuration `conf_state`.
+    pub fn new(
+        engine: Rc<RefCell<Engine>>,
+        hard_state: HardState,
+        conf_state: ConfState,
+    ) -> LogStorage {
         LogStorage {
             engine,
             hard_state,
@@ -64,9 +66,15 @@ fn other(e: impl std::error::Error + Send + Sync + 'static) -> raft::Error {
     raft::Error::Store(StorageError::Other(Box::new(e)))
 }
 
-/// Builds the raft entry for log entry `index`.
+/// Builds the raft entry for log entry `index`. An entry that holds one membership
+/// change is raft-rs's `ConfChangeV2` entry: the change as raft-rs encodes it, and the
+/// log's form of it in the context (as [`crate::consensus::RaftNode`] proposes it).
 pub fn raft_entry(engine: &mut Engine, index: u64) -> raft::Result<Entry> {
     let entry = engine.read_entry(LogIndex(index)).map_err(other)?;
+    if let Some(change) = crate::storage::command::config_change(entry.commands()) {
+        let change = change.map_err(|e| other(std::io::Error::other(e)))?;
+        return Ok(conf_change_entry(entry.header.term.get(), index, &change));
+    }
     Ok(Entry {
         term: entry.header.term.get(),
         index,
@@ -74,6 +82,24 @@ pub fn raft_entry(engine: &mut Engine, index: u64) -> raft::Result<Entry> {
         context: bytes::Bytes::copy_from_slice(&entry.header.num_commands.to_le_bytes()),
         ..Default::default()
     })
+}
+
+/// raft-rs's entry for a membership change at `index` of `term`.
+pub fn conf_change_entry(term: u64, index: u64, change: &Change) -> Entry {
+    use protobuf::Message as _;
+    let data = change
+        .to_conf_change()
+        .write_to_bytes()
+        .expect("a ConfChangeV2 of one change encodes");
+    let mut e = Entry {
+        term,
+        index,
+        data: data.into(),
+        context: crate::storage::command::encode_config(change).into(),
+        ..Default::default()
+    };
+    e.set_entry_type(raft::eraftpb::EntryType::EntryConfChangeV2);
+    e
 }
 
 impl raft::Storage for LogStorage {
@@ -151,7 +177,8 @@ impl raft::Storage for LogStorage {
         let mut snap = Snapshot::default();
         snap.mut_metadata().index = header.index.get();
         snap.mut_metadata().term = header.term.get();
-        snap.mut_metadata().set_conf_state(self.conf_state.clone());
+        snap.mut_metadata()
+            .set_conf_state(engine.membership().conf_state());
         snap.data = snapshot::encode_descriptor(id).into();
         Ok(snap)
     }

@@ -23,7 +23,9 @@
 
 pub mod conditional;
 
-use crate::consensus::{Event, FatalError, Output, ProposeError, RaftNode};
+use crate::consensus::membership::{Change, Membership};
+use crate::consensus::{ChangeError, Event, FatalError, Output, ProposeError, RaftNode};
+use crate::ids::LogIndex;
 use crate::storage::engine::{EngineError, Outcome, Reclaimed};
 use crate::storage::log;
 use crate::storage::snapshot::SnapshotSource;
@@ -150,6 +152,22 @@ pub struct ReplicaOutput<R> {
     /// Snapshots to stream, each followed by its message; the driver reports how each
     /// fared ([`crate::consensus::RaftNode::report_snapshot`]).
     pub snapshots: Vec<(Message, SnapshotSource)>,
+    /// Membership changes proposed here that are settled: (tag, how).
+    pub changes: Vec<(u64, ChangeOutcome)>,
+    /// The membership, when a change or a snapshot made a new one: the driver connects
+    /// to new members and drops removed ones.
+    pub membership: Option<Membership>,
+}
+
+/// How a membership change this node proposed ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeOutcome {
+    /// Committed and made, at this index.
+    Made(LogIndex),
+    /// Committed, but the membership it met refused it (nothing changed).
+    Refused,
+    /// Will not commit through this node (leadership lost); it may still commit elsewhere.
+    Dropped,
 }
 
 impl<R> Default for ReplicaOutput<R> {
@@ -158,6 +176,8 @@ impl<R> Default for ReplicaOutput<R> {
             messages: Vec::new(),
             completed: Vec::new(),
             snapshots: Vec::new(),
+            changes: Vec::new(),
+            membership: None,
         }
     }
 }
@@ -260,6 +280,8 @@ pub struct Replica<R> {
     config: ReplicaConfig,
     /// Sealed windows whose entry was proposed, by proposal tag.
     pending: HashMap<u64, Vec<Window<R>>>,
+    /// Membership changes proposed, by tag.
+    pending_changes: std::collections::HashSet<u64>,
     next_tag: u64,
     entry: Vec<u8>,
     /// The lease round in flight: (context, when it was issued).
@@ -274,6 +296,8 @@ pub struct Replica<R> {
     was_leader: bool,
     /// A leadership transfer is under way: no lease is taken or renewed.
     transferring: bool,
+    /// The tick at which raft-rs was seen to have given a transfer up.
+    transfer_given_up_at: Option<u64>,
 }
 
 impl<R> Replica<R> {
@@ -282,11 +306,13 @@ impl<R> Replica<R> {
             node,
             config,
             pending: HashMap::new(),
+            pending_changes: Default::default(),
             next_tag: 1,
             entry: Vec::new(),
             lease_round: None,
             read_round: None,
             transferring: false,
+            transfer_given_up_at: None,
             lease_until: Duration::ZERO,
             read_epoch_done: 0,
             read_round_lost: false,
@@ -346,6 +372,17 @@ impl<R> Replica<R> {
     pub fn tick(&mut self, now: Duration) {
         self.node.tick();
         self.ticks += 1;
+        if self.transferring && self.node.is_leader() && !self.node.is_transferring() {
+            // raft-rs gave the transfer up (the target did not catch up in time) and this
+            // node leads on. The target may still have been told to campaign at once,
+            // which voters grant whatever lease they hold: the lease is taken again only
+            // once such a late campaign would have shown (two election timeouts).
+            let since = *self.transfer_given_up_at.get_or_insert(self.ticks);
+            if self.ticks - since > 2 * self.config.election_ticks as u64 {
+                self.transferring = false;
+                self.transfer_given_up_at = None;
+            }
+        }
         let retry = self.config.read_round_retry;
         if self
             .lease_round
@@ -519,11 +556,39 @@ impl<R> Replica<R> {
         }
     }
 
+    /// Proposes a membership change; its outcome comes back in
+    /// [`ReplicaOutput::changes`] under the returned tag.
+    pub fn propose_change(&mut self, change: &Change) -> Result<u64, ChangeError> {
+        let tag = self.next_tag;
+        self.node.propose_change(tag, change)?;
+        self.next_tag += 1;
+        self.pending_changes.insert(tag);
+        Ok(tag)
+    }
+
     fn take_output(&mut self, raft_out: Output, out: &mut ReplicaOutput<R>) {
         out.messages.extend(raft_out.messages);
         out.snapshots.extend(raft_out.snapshots);
+        if raft_out.membership.is_some() {
+            out.membership = raft_out.membership;
+        }
         for event in raft_out.events {
             match event {
+                Event::Applied {
+                    tag,
+                    outcomes,
+                    index,
+                } if self.pending_changes.remove(&tag) => {
+                    let outcome = if outcomes.first() == Some(&Outcome::Done) {
+                        ChangeOutcome::Made(index)
+                    } else {
+                        ChangeOutcome::Refused
+                    };
+                    out.changes.push((tag, outcome));
+                }
+                Event::Dropped { tag } if self.pending_changes.remove(&tag) => {
+                    out.changes.push((tag, ChangeOutcome::Dropped));
+                }
                 Event::Applied { tag, outcomes, .. } => {
                     if let Some(windows) = self.pending.remove(&tag) {
                         out.completed.push(Completed {
@@ -588,13 +653,27 @@ impl<R> Replica<R> {
     /// on, so this node must serve no lease read from now on (the driver publishes the
     /// dropped lease before the transfer's messages leave). Returns the node chosen.
     pub fn transfer_leadership(&mut self) -> Option<crate::ids::NodeId> {
+        self.transfer_leadership_to(None)
+    }
+
+    /// Hands leadership to `target` (a voter), or to the most up-to-date follower when
+    /// `None`, as [`Replica::transfer_leadership`] does.
+    pub fn transfer_leadership_to(
+        &mut self,
+        target: Option<crate::ids::NodeId>,
+    ) -> Option<crate::ids::NodeId> {
         if !self.node.is_leader() {
             return None;
         }
         self.lease_until = Duration::ZERO;
         self.lease_round = None;
         self.transferring = true;
-        self.node.transfer_leadership()
+        self.transfer_given_up_at = None;
+        let chosen = self.node.transfer_leadership_to(target);
+        if chosen.is_none() {
+            self.transferring = false;
+        }
+        chosen
     }
 
     /// Keeps log space prepared ahead of the next entry, between windows rather than

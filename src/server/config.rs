@@ -97,7 +97,10 @@ pub struct ServerConfig {
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub checkpoint_interval_s: u64,
     /// Peer addresses (HOST:PORT for Raft traffic over TCP) of every node, in node-id
-    /// order, comma-separated. Without it the node is a cluster of one.
+    /// order, comma-separated: the voters a new cluster starts with. Once the cluster
+    /// has recorded its membership (after its first checkpoint or membership change) the
+    /// recorded one holds and only this node's own entry is used. Without it the node is
+    /// a cluster of one.
     #[arg(long, value_delimiter = ',')]
     pub peers: Vec<String>,
     /// This node's position in --peers (0-based).
@@ -106,6 +109,12 @@ pub struct ServerConfig {
     /// Identifies the cluster in peer handshakes [default: derived from --peers].
     #[arg(long)]
     pub cluster_id: Option<u64>,
+    /// Start as a new node of a running cluster, with no say until the cluster adds it
+    /// (`ocean-liner member add`): it waits for the leader to send it the data. Needs
+    /// --cluster-id (`ocean-liner member list` prints it) and this node's own entry in
+    /// --peers, at --node-id (the other entries are not used).
+    #[arg(long)]
+    pub join: bool,
     /// How GETs are made linearizable: a leader lease (no extra round trip; assumes clock
     /// rates differ by less than 20%), or a ReadIndex round per window.
     #[arg(long, value_enum, default_value_t = ReadMode::Lease)]
@@ -180,6 +189,12 @@ pub(super) fn cluster_layout(config: &ServerConfig) -> anyhow::Result<Cluster> {
     }
     if client_addrs.is_empty() {
         client_addrs.push(client_addr);
+    }
+    if config.join && (peers.is_empty() || config.cluster_id.is_none()) {
+        bail!(
+            "--join needs --peers (with this node's own peer address at --node-id) and \
+             --cluster-id (ocean-liner member list --peer ADDR prints the cluster's)"
+        );
     }
     let cluster_id = config
         .cluster_id

@@ -159,7 +159,7 @@ pub fn readiness(shared: Option<&Shared>) -> Result<(), String> {
     if s.stop.load(Ordering::Acquire) {
         return Err("stopping".into());
     }
-    if s.cluster_size <= 1 {
+    if s.cluster_size.load(Ordering::Relaxed) <= 1 {
         return Ok(());
     }
     if NodeId::from_raft_id(s.leader_id.load(Ordering::Acquire)).is_none() {
@@ -219,7 +219,7 @@ pub fn render(shared: Option<&Shared>) -> String {
         "ocean_liner_cluster_nodes",
         "gauge",
         "Voters in the cluster.",
-        s.cluster_size as f64,
+        s.cluster_size.load(Ordering::Relaxed) as f64,
     );
     m(
         "ocean_liner_term",

@@ -32,6 +32,7 @@
 //! driving it step by step. A pinned thread with `recvmmsg`/`sendmmsg` and a per-file
 //! io_uring keeps the one-thread-per-core shape with batched system calls.
 
+pub mod admin;
 mod cleaner;
 mod config;
 pub mod config_file;
@@ -44,6 +45,7 @@ pub mod shard;
 pub mod transport;
 pub mod window;
 
+use crate::consensus::membership::{Membership, NODES_MAX};
 use crate::consensus::{NodeConfig, RaftNode};
 use crate::ids::NodeId;
 use crate::replica::{ReadMode, ReadView, Replica, ReplicaConfig, WaitingReads};
@@ -154,8 +156,8 @@ pub struct Shared {
     pub started: Instant,
     pub batch_window_ms: u64,
     pub node_index: usize,
-    /// Voters in the cluster (1: a single node).
-    pub cluster_size: usize,
+    /// Voters in the cluster (1: a single node), as of the applied membership.
+    pub cluster_size: AtomicUsize,
     pub read_mode: ReadMode,
     /// Raft id of the leader (0 = unknown), and whether it is this node.
     pub leader_id: AtomicU64,
@@ -167,8 +169,9 @@ pub struct Shared {
     pub read_epoch_next: AtomicU64,
     pub read_epoch_done: AtomicU64,
     pub reads_waiting: AtomicBool,
-    /// Each node's client address, by node index (learned from peer handshakes).
-    pub client_addrs: Mutex<Vec<SocketAddr>>,
+    /// Each node's client address, by node index (from the membership and peer
+    /// handshakes; `None`: unknown).
+    pub client_addrs: Mutex<Vec<Option<SocketAddr>>>,
     /// Each node's RESP port as its hello announced it (this node's from its flags; 0:
     /// none or not heard yet), by node index.
     pub resp_ports: Vec<AtomicU16>,
@@ -184,14 +187,14 @@ impl Shared {
     pub fn leader_resp_addr(&self) -> Option<SocketAddr> {
         let leader = NodeId::from_raft_id(self.leader_id.load(Ordering::Acquire))?;
         let port = self.resp_ports.get(leader.index())?.load(Ordering::Relaxed);
-        let ip = self.client_addrs.lock().unwrap().get(leader.index())?.ip();
+        let ip = (*self.client_addrs.lock().unwrap().get(leader.index())?)?.ip();
         (port != 0).then_some(SocketAddr::new(ip, port))
     }
 
     pub fn leader_client_addr(&self) -> Option<SocketAddr> {
         let leader = NodeId::from_raft_id(self.leader_id.load(Ordering::Acquire))?;
         let addrs = self.client_addrs.lock().unwrap();
-        addrs.get(leader.index()).copied()
+        addrs.get(leader.index()).copied().flatten()
     }
 
     /// The NotLeader payload: the leader's client address as text, or empty if unknown.
@@ -315,6 +318,33 @@ struct Opened {
     applied_index: u64,
     last_index: u64,
     summary: String,
+    membership: Membership,
+}
+
+/// The peers a node keeps links to: every other member.
+pub(super) fn peer_links(membership: &Membership, me: usize) -> Vec<(NodeId, SocketAddr)> {
+    membership
+        .members()
+        .iter()
+        .filter(|m| m.id.index() != me)
+        .map(|m| (m.id, m.peer_addr))
+        .collect()
+}
+
+/// Publishes a membership's client addresses and voter count to the shards.
+pub(super) fn publish_membership(shared: &Shared, membership: &Membership) {
+    let mut addrs = shared.client_addrs.lock().unwrap();
+    for m in membership.members() {
+        if let Some(slot) = addrs.get_mut(m.id.index())
+            && slot.is_none_or(|a| a.ip().is_unspecified() || a.port() == 0)
+        {
+            *slot = Some(m.client_addr);
+        }
+    }
+    drop(addrs);
+    shared
+        .cluster_size
+        .store(membership.voters().count().max(1), Ordering::Relaxed);
 }
 
 /// Starts a node and blocks until SIGTERM/SIGINT, then shuts down cleanly: no new
@@ -374,10 +404,18 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
 
     // The replication thread opens the node (RaftNode is single-threaded by design) and
     // sends back what the shards share with it.
-    let voters = (0..cluster.client_addrs.len())
-        .map(NodeId::from_index)
-        .collect();
-    let mut node_config = NodeConfig::new(NodeId::from_index(cluster.node_index), voters);
+    let mut node_config = NodeConfig::new(NodeId::from_index(cluster.node_index), Vec::new());
+    node_config.bootstrap = if config.join {
+        Membership::default()
+    } else if cluster.peers.is_empty() {
+        // A single node: its own peer address is never used.
+        Membership::bootstrap(
+            &[SocketAddr::new(config.listen_ip, 0)],
+            &cluster.client_addrs,
+        )
+    } else {
+        Membership::bootstrap(&cluster.peers, &cluster.client_addrs)
+    };
     node_config.election_tick = ELECTION_TICKS;
     node_config.max_election_tick = ELECTION_TICKS_MAX;
     node_config.heartbeat_tick = HEARTBEAT_TICKS;
@@ -388,11 +426,12 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
             segment_bytes: config.segment_mib << 20,
             ..LogOptions::default()
         },
-        raft_log_retain_bytes: if cluster.client_addrs.len() > 1 {
-            config.raft_log_retain_mib << 20
-        } else {
+        raft_log_retain_bytes: if cluster.peers.is_empty() {
             0
+        } else {
+            config.raft_log_retain_mib << 20
         },
+        bootstrap_membership: None,
     };
     let (opened_tx, opened_rx) = crossbeam_channel::bounded::<anyhow::Result<Opened>>(1);
     let (node_tx, node_rx) = crossbeam_channel::bounded::<Arc<Shared>>(1);
@@ -422,7 +461,8 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
     let last_log_index = Arc::new(AtomicU64::new(0));
     let transport_config = (!cluster.peers.is_empty()).then(|| transport::TransportConfig {
         node_index: cluster.node_index,
-        peers: cluster.peers.clone(),
+        listen_addr: cluster.peers[cluster.node_index],
+        peers: Vec::new(),
         cluster_id: cluster.cluster_id,
         client_addr: cluster.client_addr,
         resp_port: config.resp_port.unwrap_or(0),
@@ -434,6 +474,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         batch_window: Duration::from_millis(config.batch_window_ms),
         checkpoint_interval: Duration::from_secs(config.checkpoint_interval_s),
         tick: TICK,
+        cluster_id: cluster.cluster_id,
     };
     let replica_config = ReplicaConfig {
         tick: TICK,
@@ -498,6 +539,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
                         applied_index: engine.applied_index().get(),
                         last_index: engine.last_index().get(),
                         summary,
+                        membership: engine.membership(),
                     };
                     drop(engine);
                     Ok((node, opened))
@@ -518,6 +560,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
             let transport = match transport_config {
                 Some(mut tc) => {
                     tc.snapshot_target = Some(node.engine().snapshot_target());
+                    tc.peers = peer_links(&node.membership(), tc.node_index);
                     Some(transport::Transport::start(tc, inbound_tx, transport_stop)?)
                 }
                 None => None,
@@ -563,7 +606,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         started,
         batch_window_ms: config.batch_window_ms,
         node_index: cluster.node_index,
-        cluster_size: cluster.client_addrs.len().max(1),
+        cluster_size: AtomicUsize::new(1),
         read_mode: config.read_mode,
         leader_id: AtomicU64::new(0),
         is_leader: AtomicBool::new(false),
@@ -571,8 +614,12 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         read_epoch_next: AtomicU64::new(1),
         read_epoch_done: AtomicU64::new(0),
         reads_waiting: AtomicBool::new(false),
-        client_addrs: Mutex::new(cluster.client_addrs.clone()),
-        resp_ports: (0..cluster.client_addrs.len())
+        client_addrs: Mutex::new({
+            let mut addrs = vec![None; NODES_MAX];
+            addrs[cluster.node_index] = Some(cluster.client_addr);
+            addrs
+        }),
+        resp_ports: (0..NODES_MAX)
             .map(|i| {
                 let own = (i == cluster.node_index).then_some(config.resp_port);
                 AtomicU16::new(own.flatten().unwrap_or(0))
@@ -581,6 +628,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         last_log_index: last_log_index.clone(),
         released_files: Mutex::new(VecDeque::new()),
     });
+    publish_membership(&shared, &opened.membership);
     last_log_index.store(opened.last_index, Ordering::Release);
     shared
         .stats
@@ -715,7 +763,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     host::sd_notify("STOPPING=1");
-    if shared.cluster_size > 1
+    if shared.cluster_size.load(Ordering::Relaxed) > 1
         && shared.is_leader.load(Ordering::Acquire)
         && !replication.is_finished()
     {

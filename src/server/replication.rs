@@ -13,8 +13,9 @@ use super::Shared;
 use super::transport::{Inbound, Transport};
 use super::window::ReplyTo;
 use crate::consensus::adaptive::AdaptiveTimeout;
+use crate::consensus::membership::Change;
 use crate::ids::NodeId;
-use crate::replica::{Completed, Replica, ReplicaOutput, Window, WriteOutcome};
+use crate::replica::{ChangeOutcome, Completed, Replica, ReplicaOutput, Window, WriteOutcome};
 use crate::storage::engine::Outcome;
 use crate::storage::store::CheckpointJob;
 use crossbeam_channel::{Receiver, Sender, select};
@@ -38,7 +39,12 @@ pub struct ReplicationConfig {
     pub batch_window: Duration,
     pub checkpoint_interval: Duration,
     pub tick: Duration,
+    /// Named in `member list` answers.
+    pub cluster_id: u64,
 }
+
+/// A learner may be promoted once it lacks at most this many of the leader's entries.
+const PROMOTE_LAG_MAX: u64 = 64;
 
 /// A checkpoint's IO running on its own thread; it hands the job back when done.
 type CheckpointThread = std::thread::JoinHandle<(CheckpointJob, std::io::Result<()>)>;
@@ -135,6 +141,8 @@ struct Loop<'a> {
     ticks: u64,
     checkpoint_job: Option<(CheckpointThread, Instant)>,
     backups: u64,
+    /// Operators waiting for a membership change they asked for, by proposal tag.
+    changes_waiting: std::collections::HashMap<u64, (Sender<String>, Change)>,
 }
 
 /// Runs the loop until `shared.stop` is set; then seals one last window, waits (bounded)
@@ -201,7 +209,10 @@ fn run_loop(
         ticks: 0,
         checkpoint_job: None,
         backups: 0,
+        changes_waiting: Default::default(),
     };
+    let membership = l.replica.node().membership();
+    l.note_membership(&membership);
     let result = l.main_loop(&inputs.flush_rx, &inputs.inbound_rx, &inputs.backup_rx);
     l.checkpoint();
     l.shared.replication_done.store(true, Ordering::Release);
@@ -354,6 +365,7 @@ impl Loop<'_> {
                 peer,
                 addr,
                 resp_port,
+                peer_addr,
                 last_index,
             } => {
                 if let Some(slot) = self.shared.resp_ports.get(peer.index()) {
@@ -366,10 +378,158 @@ impl Loop<'_> {
                     .unwrap()
                     .get_mut(peer.index())
                 {
-                    *slot = addr;
+                    *slot = Some(addr);
+                }
+                // A node the cluster has not added (yet) learns where its peers are from
+                // their hellos: the leader's comes first, with the log.
+                let me = self.replica.node().id();
+                if let (Some(t), Some(peer_addr)) = (self.transport, peer_addr)
+                    && self.replica.node().membership().get(me).is_none()
+                {
+                    t.connect(peer, peer_addr);
                 }
                 self.replica.node_mut().peer_log_reaches(peer, last_index);
             }
+            Inbound::Admin { request, reply } => self.admin(&request, reply),
+        }
+    }
+
+    /// Follows a new membership: links to every other member, their client addresses.
+    fn note_membership(&mut self, membership: &crate::consensus::membership::Membership) {
+        let me = self.replica.node().id();
+        if let Some(t) = self.transport {
+            if membership.get(me).is_some() {
+                t.set_peers(&super::peer_links(membership, me.index()));
+            } else if !membership.is_empty() {
+                eprintln!(
+                    "ocean-liner: this node is not a member of the cluster (it was removed, or is \
+                     not added yet); it serves no writes and may be stopped"
+                );
+            }
+        }
+        super::publish_membership(&self.shared, membership);
+    }
+
+    /// Answers an operator's request (see [`super::admin`]); a membership change is
+    /// answered once it is applied.
+    fn admin(&mut self, text: &str, reply: Sender<String>) {
+        use super::admin::AdminRequest;
+        let request = match super::admin::parse(text) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = reply.send(format!("ERR {e}"));
+                return;
+            }
+        };
+        let node = self.replica.node();
+        let membership = node.membership();
+        let leader = node.leader_id();
+        let leader_peer = leader
+            .filter(|&l| l != node.id())
+            .and_then(|l| membership.get(l))
+            .map(|m| m.peer_addr);
+        if let (false, Some(at)) = (node.is_leader(), leader_peer) {
+            let _ = reply.send(format!("LEADER {at}"));
+            return;
+        }
+        let answer = match request {
+            AdminRequest::List => {
+                let matches = node.match_indexes();
+                let mut out = format!(
+                    "OK cluster_id={} leader={} commit={}\n",
+                    self.config.cluster_id,
+                    leader.map_or("none".to_string(), |l| l.to_string()),
+                    node.commit_index()
+                );
+                for m in membership.members() {
+                    let matched = matches
+                        .iter()
+                        .find(|(id, _)| *id == m.id)
+                        .map_or("-".to_string(), |(_, i)| i.to_string());
+                    out.push_str(&format!(
+                        "member id={} {} peer={} client={} match={matched}\n",
+                        m.id,
+                        if m.voter { "voter" } else { "learner" },
+                        m.peer_addr,
+                        m.client_addr
+                    ));
+                }
+                out
+            }
+            _ if !node.is_leader() => "RETRY no leader is known yet".to_string(),
+            AdminRequest::Transfer(Some(target)) if target == node.id() => {
+                format!("OK node {target} already leads")
+            }
+            AdminRequest::Transfer(target) => match self.replica.transfer_leadership_to(target) {
+                Some(to) => {
+                    self.publish();
+                    format!("OK handing leadership to node {to}")
+                }
+                None => "ERR no such voter to hand leadership to".to_string(),
+            },
+            AdminRequest::Change(Change::Remove { id }) if id == node.id() => {
+                // A leader that removed itself would lead a cluster it is not part of
+                // until the change commits; it hands leadership over first.
+                match self.replica.transfer_leadership() {
+                    Some(to) => {
+                        self.publish();
+                        format!(
+                            "RETRY node {id} leads: it is handing leadership to node {to} first"
+                        )
+                    }
+                    None => format!("ERR node {id} is the only voter"),
+                }
+            }
+            AdminRequest::Change(Change::Promote { id })
+                if membership.get(id).is_some_and(|m| !m.voter)
+                    && !node.has_caught_up(id, PROMOTE_LAG_MAX) =>
+            {
+                let matched = node
+                    .match_indexes()
+                    .iter()
+                    .find(|(m, _)| *m == id)
+                    .map_or(0, |(_, i)| i.get());
+                format!(
+                    "RETRY node {id} has not caught up: its log matches up to {matched} of {}",
+                    node.last_index()
+                )
+            }
+            AdminRequest::Change(change) => match self.replica.propose_change(&change) {
+                Ok(tag) => {
+                    self.changes_waiting.insert(tag, (reply, change));
+                    return;
+                }
+                Err(crate::consensus::ChangeError::Refused(why)) if why.contains("retry") => {
+                    format!("RETRY {why}")
+                }
+                Err(crate::consensus::ChangeError::Refused(why)) => format!("ERR {why}"),
+                Err(crate::consensus::ChangeError::Propose(_)) => {
+                    "RETRY the leader cannot take proposals now".to_string()
+                }
+            },
+        };
+        let _ = reply.send(answer);
+    }
+
+    /// Answers the operators whose changes settled, and follows a new membership.
+    fn settle_changes(&mut self, out: &mut ReplicaOutput<ReplyTo>) {
+        for (tag, outcome) in out.changes.drain(..) {
+            let Some((reply, change)) = self.changes_waiting.remove(&tag) else {
+                continue;
+            };
+            let answer = match outcome {
+                ChangeOutcome::Made(index) => format!("OK {change} (log index {index})"),
+                ChangeOutcome::Refused => {
+                    format!("ERR the membership refused \"{change}\" when it applied")
+                }
+                ChangeOutcome::Dropped => format!(
+                    "RETRY leadership changed before \"{change}\" committed (it may still be made)"
+                ),
+            };
+            let _ = reply.send(answer);
+        }
+        if let Some(membership) = out.membership.take() {
+            self.note_membership(&membership);
         }
     }
 
@@ -460,6 +620,7 @@ impl Loop<'_> {
         }
         self.send(&mut out);
         self.complete(std::mem::take(&mut out.completed));
+        self.settle_changes(&mut out);
         self.publish();
         result
     }

@@ -1,19 +1,25 @@
 //! TCP transport between the nodes of a cluster.
 //!
-//! Each node keeps one outbound connection to every peer (a sender thread per peer, with
-//! reconnection and backoff) and accepts inbound connections from them (a reader thread
-//! per connection). A connection opens with a hello naming the cluster and the sender;
-//! a node of another cluster, an unknown node id, or any malformed frame closes that
-//! connection only.
+//! Each node keeps one outbound connection to every other member (a sender thread per
+//! peer, with reconnection and backoff; [`Transport::set_peers`] follows membership
+//! changes) and accepts inbound connections from them (a reader thread per connection).
+//! A connection opens with a hello naming the cluster and the sender; a node of another
+//! cluster, a node id out of range, or any malformed frame closes that connection only.
 //!
 //! ```text
 //! frame     u32 payload_len (≤ FRAME_SIZE_MAX), u8 kind, payload
 //! kind 1    hello: 8 B magic b"OLPEER02", u64 cluster_id, u32 node_index,
-//!           u64 last_log_index, u16 addr_len, client address as text ("ip:port")
+//!           u64 last_log_index, u16 addr_len, client address as text ("ip:port"),
+//!           u16 RESP port (0: none), u16 addr_len, peer address as text (both optional:
+//!           older nodes end the hello before them)
 //! kind 2    raft message (see crate::consensus::codec)
 //! kind 3    ping: u64 sender's clock in ns      kind 4  pong: the ping's u64 echoed
 //! kind 5    snapshot chunk (see crate::storage::snapshot)
 //! kind 6    snapshot acknowledgement: u8 1 = staged whole, 0 = refused
+//! kind 7    admin request, instead of a hello: UTF-8 text (≤ ADMIN_SIZE_MAX), e.g.
+//!           "member list"; answered by one kind 8 frame, then the connection closes
+//! kind 8    admin reply: UTF-8 text, first word OK, ERR or LEADER (then the leader's
+//!           peer address: ask there)
 //! ```
 //!
 //! A snapshot travels on a connection of its own, opened by a thread that streams it: the
@@ -27,6 +33,7 @@
 //! answered by the reader thread at once, never behind a disk write.
 
 use crate::consensus::codec;
+use crate::consensus::membership::NODES_MAX;
 use crate::ids::{LogIndex, NodeId};
 use crate::storage::snapshot::{SnapshotSink, SnapshotSource, SnapshotTarget, StagedSnapshot};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
@@ -48,6 +55,13 @@ const KIND_PING: u8 = 3;
 const KIND_PONG: u8 = 4;
 pub(crate) const KIND_SNAPSHOT_CHUNK: u8 = 5;
 const KIND_SNAPSHOT_ACK: u8 = 6;
+pub(crate) const KIND_ADMIN: u8 = 7;
+pub(crate) const KIND_ADMIN_REPLY: u8 = 8;
+/// Longest admin request or reply.
+pub const ADMIN_SIZE_MAX: usize = 64 << 10;
+/// How long an admin connection waits for the replication core's answer (a membership
+/// change answers once it is applied).
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a snapshot sender waits for the receiver's acknowledgement after its last
 /// byte (the receiver writes the last values durably first).
 const SNAPSHOT_ACK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -70,7 +84,14 @@ pub enum Inbound {
         addr: SocketAddr,
         /// Its RESP door's port (0: none).
         resp_port: u16,
+        /// Where it takes peer connections (`None` from nodes that do not say).
+        peer_addr: Option<SocketAddr>,
         last_index: LogIndex,
+    },
+    /// An operator's request (see the module docs): the answer goes to `reply`.
+    Admin {
+        request: String,
+        reply: Sender<String>,
     },
     /// A snapshot received whole and staged, with the Raft message that names it.
     Snapshot {
@@ -96,7 +117,10 @@ enum Frame {
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
     pub node_index: usize,
-    pub peers: Vec<SocketAddr>,
+    /// Where this node takes peer connections.
+    pub listen_addr: SocketAddr,
+    /// The other members to connect to at start.
+    pub peers: Vec<(NodeId, SocketAddr)>,
     pub cluster_id: u64,
     pub client_addr: SocketAddr,
     /// This node's RESP port (0: no door), announced in each hello.
@@ -109,12 +133,32 @@ pub struct TransportConfig {
     pub snapshot_bytes_per_s: u64,
 }
 
+/// The outbound link to each peer, by node index.
+#[derive(Default)]
+struct Links {
+    senders: Vec<Option<(SocketAddr, Sender<Frame>)>>,
+}
+
+impl Links {
+    fn sender(&self, peer: NodeId) -> Option<&Sender<Frame>> {
+        self.senders.get(peer.index())?.as_ref().map(|(_, tx)| tx)
+    }
+
+    fn addr(&self, peer: NodeId) -> Option<SocketAddr> {
+        self.senders
+            .get(peer.index())?
+            .as_ref()
+            .map(|(addr, _)| *addr)
+    }
+}
+
 /// Handle used by the replication core to send.
 pub struct Transport {
-    outbound: Vec<Option<Sender<Frame>>>,
+    links: Arc<std::sync::Mutex<Links>>,
     epoch: Instant,
     config: TransportConfig,
     inbound: Sender<Inbound>,
+    stop: Arc<AtomicBool>,
 }
 
 impl Transport {
@@ -124,44 +168,25 @@ impl Transport {
         inbound: Sender<Inbound>,
         stop: Arc<AtomicBool>,
     ) -> anyhow::Result<Transport> {
-        let me = config.node_index;
-        let listener = TcpListener::bind(config.peers[me]).map_err(|e| {
+        let listener = TcpListener::bind(config.listen_addr).map_err(|e| {
             anyhow::anyhow!(
                 "cannot listen for peers on TCP {}: {e} (is another node using it? check --peers and --node-id)",
-                config.peers[me]
+                config.listen_addr
             )
         })?;
         let epoch = Instant::now();
-        let mut outbound = Vec::new();
-        let mut receivers = Vec::new();
-        for (i, addr) in config.peers.iter().enumerate() {
-            if i == me {
-                outbound.push(None);
-                receivers.push(None);
-                continue;
-            }
-            let (tx, rx) = crossbeam_channel::bounded(QUEUE_FRAMES_MAX);
-            outbound.push(Some(tx));
-            receivers.push(Some((i, *addr, rx)));
-        }
-        let outbound_for_readers: Vec<Option<Sender<Frame>>> = outbound.clone();
-        for (i, addr, rx) in receivers.into_iter().flatten() {
-            let config = config.clone();
-            let inbound = inbound.clone();
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name(format!("peer-out-{i}"))
-                .spawn(move || {
-                    sender_loop(NodeId::from_index(i), addr, rx, &config, inbound, stop)
-                })?;
-        }
-        let readers_outbound = Arc::new(outbound_for_readers);
+        let links = Arc::new(std::sync::Mutex::new(Links {
+            senders: vec![None; NODES_MAX],
+        }));
+        let readers_outbound = links.clone();
         let transport = Transport {
-            outbound,
+            links,
             epoch,
             config: config.clone(),
             inbound: inbound.clone(),
+            stop: stop.clone(),
         };
+        transport.set_peers(&config.peers);
         std::thread::Builder::new()
             .name("peer-listen".into())
             .spawn(move || {
@@ -172,11 +197,11 @@ impl Transport {
                     let Ok(conn) = conn else { continue };
                     let config = config.clone();
                     let inbound = inbound.clone();
-                    let outbound = readers_outbound.clone();
+                    let links = readers_outbound.clone();
                     let _ = std::thread::Builder::new()
                         .name("peer-in".into())
                         .spawn(move || {
-                            if let Err(e) = reader_loop(conn, &config, &inbound, &outbound, epoch)
+                            if let Err(e) = reader_loop(conn, &config, &inbound, &links, epoch)
                                 && e.kind() != io::ErrorKind::UnexpectedEof
                             {
                                 eprintln!("ocean-liner: closed a peer connection: {e}");
@@ -187,12 +212,63 @@ impl Transport {
         Ok(transport)
     }
 
+    /// Makes `peers` (this node left out) the ones this node keeps links to: a new peer,
+    /// or one at a new address, gets a sender thread; a peer not listed any more loses its
+    /// (the thread ends once its queue is dropped).
+    pub fn set_peers(&self, peers: &[(NodeId, SocketAddr)]) {
+        let mut links = self.links.lock().unwrap();
+        for index in 0..links.senders.len() {
+            let wanted = peers
+                .iter()
+                .find(|(id, _)| id.index() == index && index != self.config.node_index)
+                .map(|(_, addr)| *addr);
+            let current = links.senders[index].as_ref().map(|(addr, _)| *addr);
+            if wanted == current {
+                continue;
+            }
+            links.senders[index] = wanted.and_then(|addr| {
+                let (tx, rx) = crossbeam_channel::bounded(QUEUE_FRAMES_MAX);
+                let peer = NodeId::from_index(index);
+                let (config, inbound, stop) =
+                    (self.config.clone(), self.inbound.clone(), self.stop.clone());
+                std::thread::Builder::new()
+                    .name(format!("peer-out-{index}"))
+                    .spawn(move || sender_loop(peer, addr, rx, &config, inbound, stop))
+                    .ok()?;
+                Some((addr, tx))
+            });
+        }
+    }
+
+    /// Adds a link to `peer` at `addr` unless there is one.
+    pub fn connect(&self, peer: NodeId, addr: SocketAddr) {
+        let mut now: Vec<(NodeId, SocketAddr)> = {
+            let links = self.links.lock().unwrap();
+            if links.sender(peer).is_some() {
+                return;
+            }
+            links
+                .senders
+                .iter()
+                .enumerate()
+                .filter_map(|(i, l)| l.as_ref().map(|(a, _)| (NodeId::from_index(i), *a)))
+                .collect()
+        };
+        now.push((peer, addr));
+        self.set_peers(&now);
+    }
+
     /// Streams a snapshot to the peer its message is for, on a connection and a thread of
     /// its own; the outcome comes back as [`Inbound::SnapshotSent`].
     pub fn send_snapshot(&self, msg: Message, source: SnapshotSource) {
-        let Some(peer) =
-            NodeId::from_raft_id(msg.to).filter(|p| p.index() < self.config.peers.len())
-        else {
+        let target = NodeId::from_raft_id(msg.to)
+            .and_then(|p| Some((p, self.links.lock().unwrap().addr(p)?)));
+        let Some((peer, addr)) = target else {
+            let _ = self.inbound.send(Inbound::SnapshotSent {
+                peer: NodeId::from_raft_id(msg.to).unwrap_or(NodeId::from_index(0)),
+                delivered: false,
+                bytes: 0,
+            });
             return;
         };
         let config = self.config.clone();
@@ -202,7 +278,7 @@ impl Transport {
             .spawn(move || {
                 super::host::run_in_background();
                 let mut source = source;
-                let result = stream_snapshot(&config, peer, &msg, &mut source);
+                let result = stream_snapshot(&config, addr, &msg, &mut source);
                 if let Err(e) = &result {
                     eprintln!("ocean-liner: sending a snapshot to node {peer} failed: {e}");
                 }
@@ -224,8 +300,10 @@ impl Transport {
     /// Queues a Raft message for its destination (dropped if the queue is full or the
     /// destination is unknown: Raft retransmits).
     pub fn send(&self, msg: &Message) {
-        let to = NodeId::from_raft_id(msg.to);
-        let Some(Some(tx)) = to.and_then(|node| self.outbound.get(node.index())) else {
+        let Some(to) = NodeId::from_raft_id(msg.to) else {
+            return;
+        };
+        let Some(tx) = self.links.lock().unwrap().sender(to).cloned() else {
             return;
         };
         let mut buf =
@@ -237,7 +315,8 @@ impl Transport {
     /// Sends a ping to every peer.
     pub fn ping_all(&self) {
         let now = self.epoch.elapsed().as_nanos() as u64;
-        for tx in self.outbound.iter().flatten() {
+        let links = self.links.lock().unwrap();
+        for (_, tx) in links.senders.iter().flatten() {
             match tx.try_send(Frame::Ping(now)) {
                 Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
             }
@@ -285,6 +364,8 @@ pub struct Hello {
     pub client_addr: SocketAddr,
     /// The sender's RESP port (0: no door).
     pub resp_port: u16,
+    /// Where the sender takes peer connections (`None` from older nodes).
+    pub peer_addr: Option<SocketAddr>,
 }
 
 /// Bytes of a hello before its address: magic, cluster id, node index, last index,
@@ -304,6 +385,11 @@ impl Hello {
         out.extend_from_slice(&(addr.len() as u16).to_le_bytes());
         out.extend_from_slice(addr.as_bytes());
         out.extend_from_slice(&self.resp_port.to_le_bytes());
+        if let Some(peer) = self.peer_addr {
+            let peer = peer.to_string();
+            out.extend_from_slice(&(peer.len() as u16).to_le_bytes());
+            out.extend_from_slice(peer.as_bytes());
+        }
         out
     }
 
@@ -340,11 +426,26 @@ impl Hello {
             .ok()
             .and_then(|s| s.parse::<SocketAddr>().ok())
             .ok_or_else(|| "bad client address in hello".to_string())?;
-        // The RESP port came later: a hello without it says the sender has none.
-        let resp_port = match rest {
-            [] => 0,
-            [lo, hi] => u16::from_le_bytes([*lo, *hi]),
-            _ => return Err(format!("{} trailing bytes after a hello", rest.len())),
+        // The RESP port and the peer address came later: a hello without the port says
+        // the sender has no door, one without the address does not say where it listens.
+        let (resp_port, peer_addr) = match rest {
+            [] => (0, None),
+            [lo, hi] => (u16::from_le_bytes([*lo, *hi]), None),
+            [lo, hi, len_lo, len_hi, text @ ..]
+                if text.len() == u16::from_le_bytes([*len_lo, *len_hi]) as usize =>
+            {
+                let peer = std::str::from_utf8(text)
+                    .ok()
+                    .and_then(|s| s.parse::<SocketAddr>().ok())
+                    .ok_or_else(|| "bad peer address in hello".to_string())?;
+                (u16::from_le_bytes([*lo, *hi]), Some(peer))
+            }
+            _ => {
+                return Err(format!(
+                    "{} bytes after a hello's address do not parse",
+                    rest.len()
+                ));
+            }
         };
         Ok(Hello {
             cluster_id,
@@ -352,6 +453,7 @@ impl Hello {
             last_index,
             client_addr,
             resp_port,
+            peer_addr,
         })
     }
 }
@@ -363,6 +465,7 @@ fn hello(config: &TransportConfig) -> Vec<u8> {
         last_index: config.last_index.load(Ordering::Acquire),
         client_addr: config.client_addr,
         resp_port: config.resp_port,
+        peer_addr: Some(config.listen_addr),
     }
     .encode()
 }
@@ -386,7 +489,14 @@ fn sender_loop(
             Err(_) => {
                 let _ = inbound.try_send(Inbound::PeerUnreachable(peer));
                 // Drop what queued up for a dead peer; Raft will send afresh.
-                while rx.try_recv().is_ok() {}
+                loop {
+                    match rx.try_recv() {
+                        Ok(_) => {}
+                        Err(crossbeam_channel::TryRecvError::Empty) => break,
+                        // Not a peer any more.
+                        Err(crossbeam_channel::TryRecvError::Disconnected) => return,
+                    }
+                }
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
@@ -430,11 +540,10 @@ fn sender_loop(
 /// waits for the receiver's acknowledgement.
 fn stream_snapshot(
     config: &TransportConfig,
-    peer: NodeId,
+    addr: SocketAddr,
     msg: &Message,
     source: &mut SnapshotSource,
 ) -> io::Result<()> {
-    let addr = config.peers[peer.index()];
     let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     let _ = stream.set_nodelay(true);
     let mut reader = io::BufReader::new(stream.try_clone()?);
@@ -484,7 +593,7 @@ fn reader_loop(
     conn: TcpStream,
     config: &TransportConfig,
     inbound: &Sender<Inbound>,
-    outbound: &[Option<Sender<Frame>>],
+    links: &std::sync::Mutex<Links>,
     epoch: Instant,
 ) -> io::Result<()> {
     let _ = conn.set_nodelay(true);
@@ -493,8 +602,10 @@ fn reader_loop(
     let mut r = io::BufReader::with_capacity(256 << 10, conn);
     let mut buf = Vec::new();
     let mut sink: Option<SnapshotSink> = None;
-    if read_frame(&mut r, &mut buf, HELLO_SIZE_MAX)? != KIND_HELLO {
-        return Err(invalid("peer did not open with a hello".into()));
+    match read_frame(&mut r, &mut buf, HELLO_SIZE_MAX.max(ADMIN_SIZE_MAX))? {
+        KIND_HELLO if buf.len() <= HELLO_SIZE_MAX => {}
+        KIND_ADMIN => return answer_admin(&buf, inbound, &mut ack_writer),
+        _ => return Err(invalid("peer did not open with a hello".into())),
     }
     let hello = Hello::decode(&buf).map_err(invalid)?;
     let cluster_id = hello.cluster_id;
@@ -505,15 +616,16 @@ fn reader_loop(
         )));
     }
     let peer = NodeId::from_index(hello.node_index as usize);
-    if peer.index() >= config.peers.len() || peer.index() == config.node_index {
-        return Err(invalid(format!(
-            "refused a hello from unknown node index {peer}"
-        )));
+    // Any node of this cluster may connect (a node being added, one the membership this
+    // node applied does not name yet); raft-rs ignores members it does not know.
+    if peer.index() >= NODES_MAX || peer.index() == config.node_index {
+        return Err(invalid(format!("refused a hello from node index {peer}")));
     }
     let _ = inbound.send(Inbound::PeerHello {
         peer,
         addr: hello.client_addr,
         resp_port: hello.resp_port,
+        peer_addr: hello.peer_addr,
         last_index: LogIndex(hello.last_index),
     });
     r.get_ref().set_read_timeout(None)?;
@@ -562,7 +674,7 @@ fn reader_loop(
             }
             KIND_PING if buf.len() == 8 => {
                 let t = buf.first_chunk::<8>().map_or(0, |c| u64::from_le_bytes(*c));
-                if let Some(Some(tx)) = outbound.get(peer.index()) {
+                if let Some(tx) = links.lock().unwrap().sender(peer) {
                     let _ = tx.try_send(Frame::Pong(t));
                 }
             }
@@ -588,6 +700,44 @@ fn reader_loop(
     }
 }
 
+/// Hands an admin request to the replication core and writes its answer back.
+fn answer_admin(request: &[u8], inbound: &Sender<Inbound>, w: &mut TcpStream) -> io::Result<()> {
+    let answer = match std::str::from_utf8(request) {
+        Err(_) => "ERR the request is not UTF-8".to_string(),
+        Ok(request) => {
+            let (reply, answer) = crossbeam_channel::bounded(1);
+            let sent = inbound.send(Inbound::Admin {
+                request: request.to_string(),
+                reply,
+            });
+            match sent.ok().map(|_| answer.recv_timeout(ADMIN_TIMEOUT)) {
+                Some(Ok(a)) => a,
+                Some(Err(_)) => "ERR no answer in time (the change may still be made)".into(),
+                None => "ERR the node is stopping".into(),
+            }
+        }
+    };
+    let mut answer = answer.into_bytes();
+    answer.truncate(ADMIN_SIZE_MAX);
+    write_frame(w, KIND_ADMIN_REPLY, &answer)?;
+    w.flush()
+}
+
+/// Sends one admin request to the node at `addr` and returns its answer.
+pub fn admin_request(addr: SocketAddr, request: &str, timeout: Duration) -> io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(5)))?;
+    stream.set_read_timeout(Some(timeout))?;
+    write_frame(&mut stream, KIND_ADMIN, request.as_bytes())?;
+    stream.flush()?;
+    let mut buf = Vec::new();
+    match read_frame(&mut stream, &mut buf, ADMIN_SIZE_MAX)? {
+        KIND_ADMIN_REPLY => {
+            String::from_utf8(buf).map_err(|_| invalid("the answer is not UTF-8".into()))
+        }
+        other => Err(invalid(format!("answered with frame kind {other}"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -599,6 +749,7 @@ mod tests {
             last_index: 99,
             client_addr: "127.0.0.1:9002".parse().unwrap(),
             resp_port: 6380,
+            peer_addr: Some("127.0.0.1:8002".parse().unwrap()),
         }
     }
 
@@ -627,14 +778,28 @@ mod tests {
     #[test]
     fn every_truncation_and_garbage_is_refused_without_panic() {
         let full = sample().encode();
+        let peer_len = "127.0.0.1:8002".len() + 2;
         for cut in 0..full.len() {
-            if cut == full.len() - 2 {
+            if cut == full.len() - peer_len - 2 {
                 // A hello from before the RESP port: the sender has no door.
                 let old = Hello::decode(&full[..cut]).unwrap();
                 assert_eq!(
                     old,
                     Hello {
                         resp_port: 0,
+                        peer_addr: None,
+                        ..sample()
+                    }
+                );
+                continue;
+            }
+            if cut == full.len() - peer_len {
+                // One from before the peer address.
+                let old = Hello::decode(&full[..cut]).unwrap();
+                assert_eq!(
+                    old,
+                    Hello {
+                        peer_addr: None,
                         ..sample()
                     }
                 );

@@ -323,6 +323,7 @@ mod tests {
                 segment_bytes: 64 << 10,
             },
             raft_log_retain_bytes: 0,
+            bootstrap_membership: None,
         };
         let (engine, _) =
             Engine::open(Arc::new(disk.clone()), Path::new("/c"), options, None).unwrap();

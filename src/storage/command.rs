@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! offset  size  field
-//!      0     1  op            0 NOP, 1 GET, 2 SET, 3 DELETE
+//!      0     1  op            0 NOP, 1 GET, 2 SET, 3 DELETE, 7 CONFIG
 //!      1     1  reserved      0
 //!      2     2  key_len       bytes of key, excluding the NUL
 //!      4     4  reserved      0
@@ -23,6 +23,10 @@
 //! and puts the plain SET, DELETE or NOP it comes to into the entry
 //! ([`crate::replica::conditional`]). The log holds only ops 0–3, so replay and a fuzzy
 //! checkpoint stay idempotent; [`decode_at`] refuses anything else.
+//!
+//! A CONFIG command changes the cluster's membership: no key, no session, and as its
+//! value a [`crate::consensus::membership::Change`]. It is the only command of its entry
+//! (see [`config_change`]), and no other entry holds one.
 
 use crate::storage::io::align_up;
 
@@ -53,6 +57,8 @@ pub enum CommandOp {
     Get = 1,
     Set = 2,
     Delete = 3,
+    /// A membership change (see the module docs).
+    Config = 7,
 }
 
 impl CommandOp {
@@ -63,6 +69,7 @@ impl CommandOp {
             1 => Some(CommandOp::Get),
             2 => Some(CommandOp::Set),
             3 => Some(CommandOp::Delete),
+            7 => Some(CommandOp::Config),
             _ => None,
         }
     }
@@ -260,6 +267,9 @@ fn decode_inner(
     if key_len > KEY_SIZE_MAX {
         return fail("key too long");
     }
+    if op == CommandOp::Config && (key_len != 0 || ids.iter().any(|&b| b != 0)) {
+        return fail("a membership change has a key or a session");
+    }
     let (client_id, request_seq) = match ids.split_first_chunk::<8>() {
         Some((client_id, request_seq)) => (
             u64::from_le_bytes(*client_id),
@@ -339,6 +349,33 @@ impl<'a> Iterator for Commands<'a> {
         }
         Some(result)
     }
+}
+
+/// The membership change an entry's commands region holds, if it holds exactly one
+/// CONFIG command (`None` for any other region); its value must decode as a change.
+pub fn config_change(
+    region: &[u8],
+) -> Option<Result<crate::consensus::membership::Change, &'static str>> {
+    let cmd = decode_at(region, 0).ok()?;
+    if cmd.op != CommandOp::Config {
+        return None;
+    }
+    if cmd.size != region.len() {
+        return Some(Err("a membership change shares its entry"));
+    }
+    Some(crate::consensus::membership::Change::decode(cmd.value))
+}
+
+/// Encodes the entry of one membership change.
+pub fn encode_config(change: &crate::consensus::membership::Change) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode(&mut out, CommandOp::Config, 0, 0, b"", &change.encode());
+    out
+}
+
+/// Whether `region` holds a CONFIG command anywhere.
+pub fn has_config(region: &[u8]) -> bool {
+    Commands::new(region).any(|c| c.is_ok_and(|c| c.op == CommandOp::Config))
 }
 
 /// Counts the commands of `region` (whole commands back to back), failing at the first

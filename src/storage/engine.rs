@@ -27,6 +27,7 @@
 //! snapshot's values segments are then unreferenced and deleted like any empty one); a
 //! crash after it leaves the new state, and the open finishes the deletions.
 
+use crate::consensus::membership::{Change, Membership};
 use crate::storage::cleaner::{Cleaner, CleanerOptions};
 use crate::storage::command::CommandOp;
 use crate::storage::io::Backend;
@@ -55,6 +56,10 @@ pub struct EngineOptions {
     /// (see [`Engine::set_raft_keep_from`]) is deleted anyway once this many bytes of
     /// newer Raft segments exist; that follower then gets a snapshot.
     pub raft_log_retain_bytes: u64,
+    /// The membership a cluster starts with when its checkpoint names none (a new
+    /// cluster, or data from before memberships were kept): what the first membership
+    /// change is made to.
+    pub bootstrap_membership: Option<Membership>,
 }
 
 /// The outcome of one applied command.
@@ -221,6 +226,9 @@ pub struct Engine {
     /// Where applied entries go, with the addresses of their values read from the log,
     /// to fill the readers' value cache (see [`Engine::fill_value_cache_through`]).
     value_fill: Option<crossbeam_channel::Sender<AppliedValues>>,
+    /// The cluster's members as of the applied index (`None`: no change was ever made and
+    /// none was recorded, so the bootstrap membership holds).
+    membership: Option<Membership>,
 }
 
 /// What [`fill_value_cache`] puts into a value cache from one applied entry.
@@ -276,7 +284,7 @@ impl Engine {
             ))));
         }
         let (map, load) = Map::open(backend.as_ref(), dir)?;
-        let (sessions, install_floor) = decode_checkpoint_record(&load.sessions);
+        let (sessions, install_floor, membership) = decode_checkpoint_record(&load.sessions);
         if let Some((floor, kept)) = &install_floor {
             remove_below_floor(backend.as_ref(), &dir.join(SEGMENTS_DIR), *floor, kept)?;
         }
@@ -322,6 +330,7 @@ impl Engine {
             raft_keep_from: LogIndex(u64::MAX),
             install_floor,
             value_fill: None,
+            membership,
         };
         let last = replay_to
             .unwrap_or(LogIndex(u64::MAX))
@@ -490,6 +499,10 @@ impl Engine {
                 outcomes.push(Outcome::Ignored);
                 continue;
             }
+            if cmd.op == CommandOp::Config {
+                outcomes.push(self.apply_config(&entry, cmd.value));
+                continue;
+            }
             if cmd.client_id != 0 {
                 let fresh = self
                     .sessions
@@ -556,6 +569,54 @@ impl Engine {
             self.evict_sessions();
         }
         Ok(outcomes)
+    }
+
+    /// Applies a membership change: `Done` if made, `Ignored` if the membership refused it
+    /// (then raft-rs is not told of it either).
+    fn apply_config(&mut self, entry: &Entry, value: &[u8]) -> Outcome {
+        // Not alone in its entry, or not decoding: no membership change (peers and
+        // proposals never make such entries).
+        let Some(Ok(change)) = crate::storage::command::config_change(entry.commands()) else {
+            return Outcome::Ignored;
+        };
+        debug_assert_eq!(Change::decode(value).as_ref(), Ok(&change));
+        let mut membership = self.membership();
+        match membership.apply(&change) {
+            Ok(()) => {
+                self.membership = Some(membership);
+                Outcome::Done
+            }
+            Err(_) => Outcome::Ignored,
+        }
+    }
+
+    /// The cluster's members as of the applied index.
+    pub fn membership(&self) -> Membership {
+        self.membership
+            .clone()
+            .or_else(|| self.options.bootstrap_membership.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether this engine knows no member at all (a node that joins, before its first
+    /// snapshot). Cheap: no copy.
+    pub fn knows_no_membership(&self) -> bool {
+        match (&self.membership, &self.options.bootstrap_membership) {
+            (Some(m), _) | (None, Some(m)) => m.is_empty(),
+            (None, None) => true,
+        }
+    }
+
+    /// Drops the recorded membership: a restored backup starts a cluster of its own,
+    /// whose members its nodes' `--peers` name. The next checkpoint records none.
+    pub fn forget_membership(&mut self) {
+        self.membership = None;
+    }
+
+    /// Whether a membership was recorded (a change applied, or a snapshot or checkpoint
+    /// brought one), as opposed to the bootstrap one.
+    pub fn has_recorded_membership(&self) -> bool {
+        self.membership.is_some()
     }
 
     /// Notes the live-count changes of one SET or DELETE.
@@ -720,9 +781,10 @@ impl Engine {
         self.raft_keep_from = index;
     }
 
-    /// The record stored with each checkpoint: the sessions, and the install floor.
+    /// The record stored with each checkpoint: the sessions, the membership, and the
+    /// install floor.
     fn checkpoint_record(&self) -> Vec<u8> {
-        let mut out = encode_sessions(&self.sessions);
+        let mut out = self.sessions_record();
         if let Some((floor, kept)) = &self.install_floor {
             out.extend_from_slice(&INSTALL_TAG);
             out.extend_from_slice(&floor.to_le_bytes());
@@ -730,6 +792,23 @@ impl Engine {
             for no in kept {
                 out.extend_from_slice(&no.to_le_bytes());
             }
+        }
+        out
+    }
+
+    /// The sessions, then the membership (the replicated state besides the map, as a
+    /// snapshot carries it).
+    fn sessions_record(&self) -> Vec<u8> {
+        let mut out = encode_sessions(&self.sessions);
+        let membership = self
+            .membership
+            .clone()
+            .or_else(|| self.options.bootstrap_membership.clone());
+        if let Some(m) = membership {
+            let bytes = m.encode();
+            out.extend_from_slice(&MEMBERS_TAG);
+            out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            out.extend_from_slice(&bytes);
         }
         out
     }
@@ -742,7 +821,7 @@ impl Engine {
             id,
             self.applied_index,
             self.applied_term,
-            encode_sessions(&self.sessions),
+            self.sessions_record(),
             self.map.image(self.applied_index, self.applied_term),
             self.backend.clone(),
             self.log.segments().clone(),
@@ -774,7 +853,10 @@ impl Engine {
         let mut installs = table.cleaning();
         *installs += 1;
         self.map.replace_contents(map);
-        self.sessions = decode_sessions(&sessions);
+        let (sessions, _, membership) = decode_checkpoint_record(&sessions);
+        self.sessions = sessions;
+        // A snapshot from before memberships were kept names none: the bootstrap one holds.
+        self.membership = membership;
         self.applied_index = header.index;
         self.applied_term = header.term;
         let mut obsolete: Vec<PathBuf> = self
@@ -857,14 +939,40 @@ type InstallFloor = (u64, Vec<u64>);
 
 /// Marks the install floor after the sessions in a checkpoint record.
 const INSTALL_TAG: [u8; 8] = *b"INSTALL\0";
+/// Marks the membership after the sessions, in a checkpoint record and a snapshot.
+const MEMBERS_TAG: [u8; 8] = *b"MEMBERS\0";
 
-/// Splits a checkpoint record into the sessions and the install floor (none in a record
-/// written before installs existed, or never installed into).
-fn decode_checkpoint_record(blob: &[u8]) -> (HashMap<u64, Session>, Option<InstallFloor>) {
+/// Splits a checkpoint record (or a snapshot's sessions) into the sessions, the install
+/// floor (none in a record written before installs existed, or never installed into) and
+/// the membership (none in a record from before memberships were kept). A damaged
+/// membership reads as none.
+fn decode_checkpoint_record(
+    blob: &[u8],
+) -> (
+    HashMap<u64, Session>,
+    Option<InstallFloor>,
+    Option<Membership>,
+) {
     let sessions = decode_sessions(blob);
     let count = crate::le::u64_at(blob, 0).unwrap_or(0) as usize;
     let after = 8usize.saturating_add(count.saturating_mul(24));
-    let rest = blob.get(after..).unwrap_or_default();
+    let mut rest = blob.get(after..).unwrap_or_default();
+    let mut membership = None;
+    if rest.get(..8) == Some(&MEMBERS_TAG[..]) {
+        let len = crate::le::u64_at(rest, 8).unwrap_or(u64::MAX);
+        let body = usize::try_from(len)
+            .ok()
+            .and_then(|len| rest.get(16..16usize.checked_add(len)?));
+        if let Some(body) = body {
+            membership = Membership::decode(body)
+                .ok()
+                .filter(|(_, after)| after.is_empty())
+                .map(|(m, _)| m);
+            rest = rest.get(16 + body.len()..).unwrap_or_default();
+        } else {
+            rest = &[];
+        }
+    }
     let floor = (rest.get(..8) == Some(&INSTALL_TAG[..])).then(|| {
         let floor = crate::le::u64_at(rest, 8)?;
         let n = crate::le::u64_at(rest, 16)? as usize;
@@ -873,7 +981,7 @@ fn decode_checkpoint_record(blob: &[u8]) -> (HashMap<u64, Session>, Option<Insta
             .collect::<Option<Vec<u64>>>()?;
         Some((floor, kept))
     });
-    (sessions, floor.flatten())
+    (sessions, floor.flatten(), membership)
 }
 
 /// Deletes every segment file numbered below `floor` that is not in `kept`: what an
@@ -951,6 +1059,78 @@ mod tests {
             Lookup::InLog(offset) => offset,
             other => panic!("{:?} is not in the log: {other:?}", key),
         }
+    }
+
+    /// The membership is replicated state: a change applies on top of the bootstrap one,
+    /// survives a reopen by replay and by checkpoint, and travels in a snapshot; a CONFIG
+    /// command beside another one is no change.
+    #[test]
+    fn membership_changes_apply_replay_checkpoint_and_travel_in_snapshots() {
+        use crate::consensus::membership::{Change, Membership};
+        use crate::ids::NodeId;
+        let addr = |p: u16| std::net::SocketAddr::from(([127, 0, 0, 1], p));
+        let boot = Membership::bootstrap(&[addr(8000), addr(8001)], &[addr(9000), addr(9001)]);
+        let options = EngineOptions {
+            bootstrap_membership: Some(boot.clone()),
+            ..EngineOptions::default()
+        };
+        let disk = Arc::new(FaultBackend::new());
+        let dir = Path::new("/m");
+        let open = |options: &EngineOptions| {
+            Engine::open(disk.clone(), dir, options.clone(), None)
+                .unwrap()
+                .0
+        };
+        let add = Change::AddLearner {
+            id: NodeId::from_index(2),
+            peer_addr: addr(8002),
+            client_addr: addr(9002),
+        };
+        let mut want = boot.clone();
+        want.apply(&add).unwrap();
+        let mut e = open(&options);
+        assert_eq!(e.membership(), boot);
+        let cmds = command::encode_config(&add);
+        let (_, outcomes) = e.commit_local(Term(1), 1, &cmds).unwrap();
+        assert_eq!(outcomes, vec![Outcome::Done]);
+        assert_eq!(e.membership(), want);
+        // The same change again is refused by the rules, and changes nothing.
+        let (_, outcomes) = e.commit_local(Term(1), 1, &cmds).unwrap();
+        assert_eq!(outcomes, vec![Outcome::Ignored]);
+        // Beside a SET it is no change at all.
+        let mut beside = command::encode_config(&Change::Remove {
+            id: NodeId::from_index(0),
+        });
+        command::encode(&mut beside, CommandOp::Set, 0, 0, b"k", b"v");
+        let (_, outcomes) = e.commit_local(Term(1), 2, &beside).unwrap();
+        assert_eq!(outcomes, vec![Outcome::Ignored, Outcome::Done]);
+        assert_eq!(e.membership(), want);
+        drop(e);
+        // Replayed from the log onto the bootstrap membership.
+        let e = open(&options);
+        assert_eq!(e.membership(), want);
+        let mut e = e;
+        e.checkpoint().unwrap();
+        drop(e);
+        // From the checkpoint, whatever bootstrap membership the node is given now.
+        let e = open(&EngineOptions::default());
+        assert!(e.has_recorded_membership());
+        assert_eq!(e.membership(), want);
+        // A snapshot carries it into another engine.
+        let mut source = e.snapshot_source(7);
+        let target_disk = Arc::new(FaultBackend::new());
+        let mut other = Engine::open(target_disk, Path::new("/t"), EngineOptions::default(), None)
+            .unwrap()
+            .0;
+        assert!(other.knows_no_membership());
+        let mut sink = crate::storage::snapshot::SnapshotSink::new(other.snapshot_target());
+        while let Some(chunk) = source.next_chunk().unwrap() {
+            sink.accept(&chunk).unwrap();
+        }
+        drop(source);
+        other.install_snapshot(sink.finish().unwrap()).unwrap();
+        assert_eq!(other.membership(), want);
+        assert!(!other.knows_no_membership());
     }
 
     /// A data directory written by the single-file log of earlier versions is refused

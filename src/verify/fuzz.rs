@@ -208,6 +208,7 @@ fn engine_options() -> EngineOptions {
             segment_bytes: 1 << 20,
         },
         raft_log_retain_bytes: 0,
+        bootstrap_membership: None,
     }
 }
 

@@ -306,6 +306,7 @@ fn engine_options() -> EngineOptions {
         // Little Raft log kept for lagging followers: a node that was down or cut off
         // for a while is sent a snapshot.
         raft_log_retain_bytes: 0,
+        bootstrap_membership: None,
     }
 }
 
