@@ -46,6 +46,13 @@ fn clusters_survive_faults_with_linearizable_histories() {
                 totals.segments_deleted += r.segments_deleted;
                 totals.snapshots_sent += r.snapshots_sent;
                 totals.snapshots_installed += r.snapshots_installed;
+                totals.membership_changes += r.membership_changes;
+                if SimConfig::new(seed).membership_changes {
+                    assert_eq!(
+                        r.membership_changes, 3,
+                        "seed {seed}: the node was added and promoted, a voter removed"
+                    );
+                }
             }
             Err(f) => panic!("{f}\nreplay with: SIM_SEED={seed} cargo test --release --test sim"),
         }
@@ -71,6 +78,11 @@ fn clusters_survive_faults_with_linearizable_histories() {
         totals.snapshots_installed > 0,
         "followers behind the leaders' logs were sent snapshots: {totals:?}"
     );
+    let with_changes = seeds
+        .iter()
+        .filter(|&&s| SimConfig::new(s).membership_changes)
+        .count();
+    assert_eq!(totals.membership_changes, 3 * with_changes, "{totals:?}");
 }
 
 fn finds(bug: PlantedBug) -> Option<(u64, String)> {

@@ -14,7 +14,8 @@
 //!                               3 remove), u16 0, u32 node index; for an add:
 //!                               u16 len, peer address as text, u16 len, client address
 //! membership                    u32 count, then per member: u32 node index, u8 voter,
-//!                               u16 len, peer address, u16 len, client address
+//!                               u16 len, peer address, u16 len, client address; then
+//!                               u32 count, the node indexes removed (never re-added)
 //! ```
 //!
 //! Every decoder checks each length against the bytes present; nothing here panics on
@@ -146,6 +147,9 @@ impl std::fmt::Display for Change {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Membership {
     members: Vec<Member>,
+    /// Ids that were members once: a removed node's data (its log, its votes) may still
+    /// exist, so its id is not given to a new node.
+    removed: Vec<NodeId>,
 }
 
 impl Membership {
@@ -165,6 +169,7 @@ impl Membership {
                     voter: true,
                 })
                 .collect(),
+            removed: Vec::new(),
         }
     }
 
@@ -195,6 +200,9 @@ impl Membership {
             Change::AddLearner { .. } if id.index() >= NODES_MAX => {
                 Err(format!("node ids run below {NODES_MAX}"))
             }
+            Change::AddLearner { .. } if self.removed.contains(&id) => Err(format!(
+                "node {id} was removed from this cluster; a new node takes a new id"
+            )),
             Change::AddLearner { .. } => Ok(()),
             Change::Promote { .. } => match existing {
                 None => Err(format!("node {id} is not a member")),
@@ -233,7 +241,13 @@ impl Membership {
                     m.voter = true;
                 }
             }
-            Change::Remove { id } => self.members.retain(|m| m.id != *id),
+            Change::Remove { id } => {
+                self.members.retain(|m| m.id != *id);
+                if self.removed.len() < NODES_MAX {
+                    self.removed.push(*id);
+                    self.removed.sort();
+                }
+            }
         }
         Ok(())
     }
@@ -262,6 +276,10 @@ impl Membership {
             out.push(m.voter as u8);
             put_addr(&mut out, &m.peer_addr);
             put_addr(&mut out, &m.client_addr);
+        }
+        out.extend_from_slice(&(self.removed.len() as u32).to_le_bytes());
+        for id in &self.removed {
+            out.extend_from_slice(&(id.index() as u32).to_le_bytes());
         }
         out
     }
@@ -293,7 +311,14 @@ impl Membership {
                 voter,
             });
         }
-        Ok((Membership { members }, r.0))
+        let removed_count = r.u32().ok_or("truncated membership")? as usize;
+        if removed_count > NODES_MAX {
+            return Err("too many removed members");
+        }
+        let removed = (0..removed_count)
+            .map(|_| r.node_id())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((Membership { members, removed }, r.0))
     }
 }
 
@@ -393,6 +418,12 @@ mod tests {
             })
             .is_err()
         );
+        let again = Change::AddLearner {
+            id: NodeId::from_index(0),
+            peer_addr: addr(8010),
+            client_addr: addr(9010),
+        };
+        assert!(m.check(&again).unwrap_err().contains("was removed"));
         let bytes = m.encode();
         let (back, rest) = Membership::decode(&bytes).unwrap();
         assert_eq!(back, m);

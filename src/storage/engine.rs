@@ -6,7 +6,9 @@
 //! the map in log order. Recovery ([`Engine::open`]) loads the newest map checkpoint and
 //! replays the log entries after the index it covers. SET and DELETE are idempotent per
 //! key and the sessions table is checkpointed with the map, so replaying from any
-//! checkpoint reaches the same state.
+//! checkpoint reaches the same state. So is the cluster's membership
+//! ([`crate::consensus::membership`]): CONFIG commands change it, the checkpoint record
+//! and a snapshot's sessions record carry it after the sessions.
 //!
 //! Space: applying a command keeps the segments' live counts (see
 //! [`crate::storage::log::segments`]); a checkpoint that completes releases the segments

@@ -42,7 +42,8 @@
 //! 32+n 16 xxh3-128 of bytes 0..32+n
 //!
 //! header    u64 index, u64 term, u64 sessions bytes, u64 pages, u64 values
-//! sessions  the next bytes of the engine's sessions record
+//! sessions  the next bytes of the engine's sessions record (the sessions, then the
+//!           cluster's membership)
 //! map meta  the map's metadata page (4096 bytes; index and term as in the header)
 //! pages     u64 first page number, then whole pages
 //! values    records: u64 the value's address on the sender, u32 command length, u32 0,

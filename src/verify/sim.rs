@@ -19,22 +19,30 @@
 //! copying the live values of its mostly dead segments (small ones, so runs roll over to
 //! many) and repointing its map while applies and checkpoints go on around it.
 //!
+//! Membership changes (a quarter of the seeds): one more node starts empty, as `--join`
+//! starts it, and the current leader is asked, as an operator's `ocean-liner member`
+//! asks it, to add it as a learner, to promote it once it has caught up, and then to
+//! remove one of the first voters; nodes announce their log's end to their peers when
+//! they start, as the transport's hello does, so the leader sends the new node a
+//! snapshot. Crashes, partitions and lost messages go on around every step.
+//!
 //! Simulated clients issue GET/SET/DELETE with exactly-once sessions, retry on timeouts
 //! and Busy, follow leader hints, and their history is recorded.
 //!
 //! After the faulty phase the network heals, every node restarts, and the run continues
-//! until the cluster converges. Then it checks:
-//! - every node holds the same committed log prefix and the same map;
+//! until the cluster converges (and the membership changes are made). Then it checks:
+//! - every member holds the same committed log prefix and the same map;
 //! - the recorded history, closed by a final read of every key, is linearizable (so no
 //!   acknowledged write was lost, no read was stale, no retry applied twice).
 //!
 //! Everything random comes from the seed, so a failure replays exactly from it.
 
+use crate::consensus::membership::{Change, Membership};
 use crate::consensus::{NodeConfig, PlantedBug, RaftNode};
 use crate::ids::{LogIndex, NodeId, Term};
 use crate::replica::{
-    Completed, ReadDecision, ReadMode, Replica, ReplicaConfig, ReplicaOutput, WaitingReads, Window,
-    WriteOutcome, decide_read, window_is_full,
+    ChangeOutcome, Completed, ReadDecision, ReadMode, Replica, ReplicaConfig, ReplicaOutput,
+    WaitingReads, Window, WriteOutcome, decide_read, window_is_full,
 };
 use crate::storage::cleaner::{Cleaner, CleanerOptions};
 use crate::storage::command;
@@ -77,6 +85,9 @@ pub struct SimConfig {
     /// Chance per tick that a partition starts, when none is in force.
     pub partition_per_mille: u64,
     pub planted_bug: PlantedBug,
+    /// Start one more node empty, add it, promote it, remove a first voter (see the
+    /// module docs).
+    pub membership_changes: bool,
 }
 
 impl SimConfig {
@@ -103,6 +114,7 @@ impl SimConfig {
             disk_fault_per_mille: 2,
             partition_per_mille: 3,
             planted_bug: PlantedBug::None,
+            membership_changes: seed % 4 == 3,
         }
     }
 }
@@ -124,6 +136,8 @@ pub struct SimReport {
     /// Ready).
     pub snapshots_sent: u64,
     pub snapshots_installed: u64,
+    /// Membership changes made (added, promoted, removed).
+    pub membership_changes: usize,
 }
 
 /// Why a run failed; replay with the same seed.
@@ -293,7 +307,18 @@ struct Sim {
     segments_deleted: u64,
     snapshots_sent: u64,
     snapshots_installed: u64,
+    /// The membership changes still to make, in order, and the one proposed (by the node
+    /// that proposed it, with its tag).
+    changes_to_make: Vec<Change>,
+    change_in_flight: Option<(usize, u64)>,
+    changes_made: usize,
+    /// Steps before the next try of a change.
+    change_next_try: u64,
 }
+
+/// The first try of a membership change, and the pause between tries.
+const CHANGE_FIRST_TICK: u64 = 150;
+const CHANGE_RETRY_TICKS: u64 = 15;
 
 fn engine_options() -> EngineOptions {
     EngineOptions {
@@ -327,7 +352,26 @@ impl Sim {
                 values_written: 0,
             })
             .collect();
-        let nodes = (0..config.nodes)
+        // With membership changes, one more node: the one that joins.
+        let node_count = config.nodes + config.membership_changes as usize;
+        let changes_to_make = if config.membership_changes {
+            let joiner = NodeId::from_index(config.nodes);
+            let nowhere = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+            vec![
+                Change::AddLearner {
+                    id: joiner,
+                    peer_addr: nowhere,
+                    client_addr: nowhere,
+                },
+                Change::Promote { id: joiner },
+                Change::Remove {
+                    id: NodeId::from_index(rng.below(config.nodes as u64) as usize),
+                },
+            ]
+        } else {
+            Vec::new()
+        };
+        let nodes = (0..node_count)
             .map(|i| {
                 let clock_rate_per_mille = clock_rate(&config, &mut rng, false);
                 SimNode {
@@ -364,12 +408,20 @@ impl Sim {
             segments_deleted: 0,
             snapshots_sent: 0,
             snapshots_installed: 0,
+            changes_to_make,
+            change_in_flight: None,
+            changes_made: 0,
+            change_next_try: CHANGE_FIRST_TICK,
         }
     }
 
     fn node_config(&self, i: usize) -> NodeConfig {
         let voters = (0..self.config.nodes).map(NodeId::from_index).collect();
         let mut config = NodeConfig::new(NodeId::from_index(i), voters);
+        if i >= self.config.nodes {
+            // The node that joins: no membership until the cluster sends it one.
+            config.bootstrap = Membership::default();
+        }
         config.election_tick = ELECTION_TICKS;
         config.engine = engine_options();
         config.planted_bug = self.config.planted_bug;
@@ -391,11 +443,21 @@ impl Sim {
                     read_round_retry: STEP * 6,
                 };
                 let cleaner = node.engine().cleaner(CleanerOptions::default());
+                let last_index = node.last_index();
                 let n = &mut self.nodes[i];
                 n.replica = Some(Replica::new(node, replica_config));
                 n.cleaner = Some(cleaner);
                 // The clock ran on while the node was down; its ticks start from now.
                 n.ticks = n.clock_ns / STEP.as_nanos() as u64;
+                // Its hello: every peer learns how far its log reaches.
+                for (k, other) in self.nodes.iter_mut().enumerate() {
+                    if k != i
+                        && let Some(r) = other.replica.as_mut()
+                    {
+                        r.node_mut()
+                            .peer_log_reaches(NodeId::from_index(i), last_index);
+                    }
+                }
                 Ok(())
             }
             Err(_) if disk.crashed() => {
@@ -412,6 +474,10 @@ impl Sim {
     }
 
     fn crash_node(&mut self, i: usize) {
+        if self.change_in_flight.is_some_and(|(node, _)| node == i) {
+            // Its answer died with it; the change may have committed (see change_step).
+            self.change_in_flight = None;
+        }
         let n = &mut self.nodes[i];
         n.replica = None;
         n.window.clear();
@@ -653,6 +719,19 @@ impl Sim {
 
     /// Sends the messages and answers the windows a replica call produced.
     fn finish(&mut self, i: usize, mut out: ReplicaOutput<ClientReq>) {
+        for (tag, outcome) in std::mem::take(&mut out.changes) {
+            if self.change_in_flight != Some((i, tag)) {
+                continue;
+            }
+            self.change_in_flight = None;
+            if let ChangeOutcome::Made(_) = outcome {
+                self.changes_to_make.remove(0);
+                self.changes_made += 1;
+            }
+            // Refused (cannot happen: one change at a time, checked first) or dropped
+            // (leadership moved; it may still commit): tried again, and the rules refuse
+            // it if it did commit, which shows as made below.
+        }
         for (msg, mut source) in std::mem::take(&mut out.snapshots) {
             let Some(to) = NodeId::from_raft_id(msg.to).map(NodeId::index) else {
                 continue;
@@ -858,7 +937,7 @@ impl Sim {
             }
             inflight.deadline = tick + REQUEST_TIMEOUT_TICKS;
             let req = inflight.req.clone();
-            let target = self.rng.below(self.config.nodes as u64) as usize;
+            let target = self.rng.below(self.nodes.len() as u64) as usize;
             self.clients[c].target = target;
             self.send(Envelope::Request { to: target, req });
             return;
@@ -923,7 +1002,7 @@ impl Sim {
             ReplyKind::NotLeader(hint) => {
                 let req = inflight.req.clone();
                 let target =
-                    hint.unwrap_or_else(|| self.rng.below(self.config.nodes as u64) as usize);
+                    hint.unwrap_or_else(|| self.rng.below(self.nodes.len() as u64) as usize);
                 self.clients[c].target = target;
                 self.send(Envelope::Request { to: target, req });
             }
@@ -941,7 +1020,7 @@ impl Sim {
     }
 
     fn inject_faults(&mut self) -> Result<(), String> {
-        let n = self.config.nodes;
+        let n = self.nodes.len();
         if self.tick.is_multiple_of(CLOCK_RATE_STEPS) {
             for i in 0..n {
                 let leader = self.nodes[i]
@@ -981,11 +1060,67 @@ impl Sim {
         Ok(())
     }
 
+    /// Asks the leader for the next membership change, as an operator would: once a
+    /// change is settled, after a pause; a promotion only once the learner has caught up.
+    fn change_step(&mut self) {
+        let Some(change) = self.changes_to_make.first().cloned() else {
+            return;
+        };
+        if self.change_in_flight.is_some() || self.tick < self.change_next_try {
+            return;
+        }
+        self.change_next_try = self.tick + CHANGE_RETRY_TICKS;
+        let Some(leader) = (0..self.nodes.len()).find(|&k| {
+            self.nodes[k]
+                .replica
+                .as_ref()
+                .is_some_and(|r| r.node().is_leader())
+        }) else {
+            return;
+        };
+        let replica = self.nodes[leader].replica.as_mut().expect("found above");
+        let membership = replica.node().membership();
+        if membership.check(&change).is_err() {
+            // A change dropped earlier committed after all.
+            self.changes_to_make.remove(0);
+            self.changes_made += 1;
+            return;
+        }
+        match change {
+            Change::Promote { id } if !replica.node().has_caught_up(id, 64) => return,
+            // A leader hands leadership over before removing itself.
+            Change::Remove { id } if id == replica.node().id() => {
+                replica.transfer_leadership();
+                return;
+            }
+            _ => {}
+        }
+        if let Ok(tag) = replica.propose_change(&change) {
+            self.change_in_flight = Some((leader, tag));
+        }
+    }
+
+    /// The nodes the cluster's membership names (as its leader, or else any live node,
+    /// has applied it).
+    fn members(&self) -> Vec<usize> {
+        let view = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.replica.as_ref().map(|r| r.node()))
+            .max_by_key(|n| (n.is_leader(), n.applied_index()))
+            .map(|n| n.membership());
+        match view {
+            Some(m) => m.members().iter().map(|m| m.id.index()).collect(),
+            None => (0..self.nodes.len()).collect(),
+        }
+    }
+
     fn step(&mut self) -> Result<(), String> {
         self.tick += 1;
         if self.faults_enabled {
             self.inject_faults()?;
         }
+        self.change_step();
         for i in 0..self.nodes.len() {
             if self.nodes[i].replica.is_none() && self.tick >= self.nodes[i].down_until {
                 self.start_node(i)?;
@@ -1039,10 +1174,17 @@ impl Sim {
     }
 
     fn converged(&self) -> bool {
-        let live: Vec<&RaftNode> = self.live_nodes().collect();
-        if live.len() != self.nodes.len() {
+        if !self.changes_to_make.is_empty() || self.change_in_flight.is_some() {
             return false;
         }
+        let members = self.members();
+        if members.iter().any(|&k| self.nodes[k].replica.is_none()) {
+            return false;
+        }
+        let live: Vec<&RaftNode> = members
+            .iter()
+            .filter_map(|&k| self.nodes[k].replica.as_ref().map(|r| r.node()))
+            .collect();
         let Some(leader) = live.iter().find(|n| n.is_leader()) else {
             return false;
         };
@@ -1084,7 +1226,11 @@ impl Sim {
                     })
                     .collect();
                 return Err(format!(
-                    "the cluster did not converge after healing: {states:?}"
+                    "the cluster did not converge after healing: {states:?}; membership \
+                     changes still to make: {:?} (one in flight: {:?}), members {:?}",
+                    self.changes_to_make,
+                    self.change_in_flight,
+                    self.members()
                 ));
             }
             self.step()?;
@@ -1092,10 +1238,18 @@ impl Sim {
         self.final_checks()
     }
 
+    /// The live members' nodes (a removed node is left behind, as it should be).
+    fn member_nodes(&self) -> Vec<&RaftNode> {
+        self.members()
+            .into_iter()
+            .filter_map(|k| self.nodes[k].replica.as_ref().map(|r| r.node()))
+            .collect()
+    }
+
     fn final_checks(mut self) -> Result<SimReport, String> {
-        // Log matching: every node holds the same committed entries (those every log
+        // Log matching: every member holds the same committed entries (those every log
         // still holds; earlier ones went into snapshots).
-        let nodes: Vec<&RaftNode> = self.live_nodes().collect();
+        let nodes: Vec<&RaftNode> = self.member_nodes();
         let commit = nodes[0].commit_index().get();
         let first = nodes
             .iter()
@@ -1116,7 +1270,7 @@ impl Sim {
         for k in 0..self.config.keys {
             let key = format!("key{k}").into_bytes();
             let mut values = Vec::new();
-            for n in self.live_nodes() {
+            for n in self.member_nodes() {
                 let v = n
                     .engine()
                     .get(&key)
@@ -1173,6 +1327,7 @@ impl Sim {
             segments_deleted: self.segments_deleted,
             snapshots_sent: self.snapshots_sent,
             snapshots_installed: self.snapshots_installed,
+            membership_changes: self.changes_made,
             leader_changes,
             committed_index: commit,
         })

@@ -268,6 +268,7 @@ impl Log {
                 report.torn_tail_at = Some(torn);
             }
         }
+        log.drop_empty_segments()?;
         for &(no, kind) in &names {
             if kind == SegmentKind::Values {
                 log.open_values_segment(no)?;
@@ -314,11 +315,6 @@ impl Log {
                     prev.address(prev.end),
                     format!("{}: {reason}", prev.path.display()),
                 ))
-            } else if prev.is_empty() {
-                Some((
-                    prev.address(0),
-                    format!("{} holds no entry", prev.path.display()),
-                ))
             } else if Some(seg.first_index) != expected {
                 Some((
                     seg.address(0),
@@ -346,6 +342,27 @@ impl Log {
         self.register(&seg, !newest);
         self.segs.push(seg);
         Ok(if newest { torn } else { None })
+    }
+
+    /// Deletes every empty Raft segment but the newest. A crash can leave one behind: a
+    /// snapshot install creates the new head before its commit point, and an install cut
+    /// short leaves that head, empty, after the old log. An empty segment takes the index
+    /// the one before it ends at, and the scan checked that the next one starts there, so
+    /// no entry is missing where it was; but appends go to the newest segment, and an
+    /// empty one left in between would hold the log's front in place for good (only the
+    /// oldest segment is ever released).
+    fn drop_empty_segments(&mut self) -> Result<(), LogError> {
+        let mut at = 0;
+        while at + 1 < self.segs.len() {
+            if self.segs[at].is_empty() {
+                let seg = self.segs.remove(at);
+                self.table.remove(seg.no);
+                remove_durable(self.backend.as_ref(), &seg.path)?;
+            } else {
+                at += 1;
+            }
+        }
+        Ok(())
     }
 
     /// Scans values segment `no` (cutting a torn tail: a relocation that never finished)
@@ -866,5 +883,45 @@ mod tests {
             }
         }
         assert!(failures > 3, "the fault hit the append {failures} times");
+    }
+
+    /// An install cut short by a crash leaves its new, empty head segment after the old
+    /// log (and after the old log's own empty head): reopened, the log appends to the
+    /// newest segment, and reopens again with every entry, the empty ones deleted.
+    #[test]
+    fn empty_segments_left_by_an_interrupted_install_are_dropped() {
+        let disk = FaultBackend::new();
+        let dir = Path::new("/l");
+        let cmds = commands(2);
+        let entry = |i: u64| NewEntry {
+            term: Term(1),
+            log_index: LogIndex(i),
+            num_commands: 2,
+            commands: &cmds,
+        };
+        let options = LogOptions::default();
+        {
+            let (mut log, _) = Log::open(Arc::new(disk.clone()), dir, options.clone()).unwrap();
+            log.append(&[entry(1), entry(2)]).unwrap();
+            log.roll().unwrap();
+            // What reset_after leaves when the install's checkpoint never became durable.
+            let _ = log.start_segment(LogIndex(3)).unwrap();
+        }
+        for round in 0..2u64 {
+            let (mut log, _) = Log::open(Arc::new(disk.clone()), dir, options.clone()).unwrap();
+            assert_eq!(log.last_index(), LogIndex(2 + 2 * round));
+            assert_eq!(
+                log.segment_paths().len(),
+                2,
+                "round {round}: the empty one is gone"
+            );
+            log.append(&[entry(3 + 2 * round), entry(4 + 2 * round)])
+                .unwrap();
+        }
+        let (mut log, _) = Log::open(Arc::new(disk.clone()), dir, options).unwrap();
+        assert_eq!(log.last_index(), LogIndex(6));
+        for i in 1..=6 {
+            assert_eq!(log.read(LogIndex(i)).unwrap().header.log_index, LogIndex(i));
+        }
     }
 }
