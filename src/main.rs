@@ -81,6 +81,9 @@ enum Command {
     },
     /// Run a load test against a server and report throughput and latency.
     Bench(BenchArgs),
+    /// Draw SVG charts (throughput, latency distributions, operations per second over
+    /// time) of the `bench --json` reports in DIR, into DIR (as `tools/compare.sh` does).
+    Plot { dir: std::path::PathBuf },
     /// Check this host against what Ocean Liner wants (kernel, io_uring, limits, network
     /// buffers, CPU, clock, memory, the data directory's disk); exit 1 on anything fatal.
     Doctor {
@@ -209,6 +212,15 @@ fn main() -> ExitCode {
             Err(e) => fail(format!("{e:#}")),
         },
         Some(Command::Snapshot(command)) => snapshot_command(command),
+        Some(Command::Plot { dir }) => match bench::plot::plot_dir(&dir) {
+            Ok(files) => {
+                for f in files {
+                    println!("{}", f.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(format!("{e:#}")),
+        },
         Some(Command::Member {
             command,
             peer,
@@ -396,6 +408,7 @@ fn client_command(command: Command) -> ExitCode {
         | Command::Bench(_)
         | Command::Snapshot(_)
         | Command::Member { .. }
+        | Command::Plot { .. }
         | Command::Doctor { .. }
         | Command::Top { .. }
         | Command::Tune { .. } => {

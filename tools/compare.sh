@@ -10,9 +10,11 @@
 # Each: SET then GET (100-byte values over 1M prefilled keys), 50 connections for RESP,
 # SET_CONCURRENCY / GET_CONCURRENCY requests outstanding for UDP.
 #
-# Writes bench-results/<date>-<time>/: one JSON report per run, results.csv, and
-# results.md (the machine, the command, a table with each figure as a ratio of the best
-# Redis figure for the same op). Installs redis-server from Debian's packages if missing.
+# Writes bench-results/<date>-<time>/: one JSON report per run, results.csv, results.md
+# (the machine, the command, a table with each figure as a ratio of the best Redis figure
+# for the same op) and SVG charts drawn by `ocean-liner plot` (throughput, latency
+# distributions, operations per second over each run). Installs redis-server from
+# Debian's packages if missing.
 #
 #   tools/compare.sh   (env: DURATION=10 KEYS=1000000 SET_CONCURRENCY=16384
 #                       GET_CONCURRENCY=512 CLIENTS=50 OCEAN_LINER=path/to/binary)
@@ -109,6 +111,7 @@ redis redis-none --appendonly no
 machine="$(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'))"
 machine="$machine, $(free -g | awk '/Mem:/ {print $2}') GiB, Linux $(uname -r)"
 machine="$machine, Redis $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/')"
+"$bin" plot "$out" >/dev/null
 python3 "$here/tools/compare_report.py" "$out" "$machine" \
     "tools/compare.sh (DURATION=$duration KEYS=$keys SET_CONCURRENCY=$set_c GET_CONCURRENCY=$get_c CLIENTS=$clients)"
 echo "results: $out (logs in $work)"

@@ -49,5 +49,13 @@ for op in ("set", "get"):
         lines.append(f"| {names.get(system, system)} | {op.upper()} | {conf(label, r)} | "
                      f"{r['ops_per_sec']:,.0f} | {r['p50_us']/1000:.2f} | {r['p99_us']/1000:.2f} | "
                      f"{r['p999_us']/1000:.2f} | {r['errors']} | {ratio:.2f} | {durable:.2f} |")
+charts = [("throughput.svg", "Operations per second, every run")]
+for op in ("set", "get"):
+    charts.append((f"latency-{op}.svg", f"{op.upper()} latency distribution"))
+    charts.append((f"timeline-{op}.svg", f"{op.upper()} operations per second over the run"))
+lines.append("")
+for name, title in charts:
+    if os.path.exists(f"{out}/{name}"):
+        lines += [f"![{title}]({name})", ""]
 open(f"{out}/results.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))

@@ -44,6 +44,7 @@ use crate::client::protocol::{
 use crate::client::resolve_servers;
 
 mod keys;
+pub mod plot;
 mod report;
 mod resp_worker;
 #[cfg(test)]

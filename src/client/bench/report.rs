@@ -61,7 +61,19 @@ pub struct Report {
     pub p999_us: u64,
     pub max_us: u64,
     pub prefill: Option<PrefillReport>,
+    /// Each second of the measured window: (second since the start, operations
+    /// answered in it, their p99 in µs).
+    pub timeline: Vec<(u64, u64, u64)>,
+    /// The latency distribution of the measured window: (quantile, µs) at
+    /// [`CDF_QUANTILES`].
+    pub latency_cdf: Vec<(f64, u64)>,
 }
+
+/// Where the report's latency distribution is sampled.
+pub const CDF_QUANTILES: [f64; 16] = [
+    0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9995, 0.9999, 0.99999,
+    0.999999, 1.0,
+];
 
 impl Report {
     /// The report as one JSON object on one line.
@@ -98,6 +110,17 @@ impl Report {
         let _ = write!(s, ",\"p99_us\":{}", self.p99_us);
         let _ = write!(s, ",\"p999_us\":{}", self.p999_us);
         let _ = write!(s, ",\"max_us\":{}", self.max_us);
+        s.push_str(",\"timeline\":[");
+        for (i, (t, ops, p99)) in self.timeline.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            let _ = write!(s, "{sep}[{t},{ops},{p99}]");
+        }
+        s.push_str("],\"latency_cdf\":[");
+        for (i, (q, us)) in self.latency_cdf.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            let _ = write!(s, "{sep}[{},{us}]", json_f64(*q));
+        }
+        s.push(']');
         match &self.prefill {
             None => s.push_str(",\"prefill\":null"),
             Some(p) => {
@@ -202,6 +225,8 @@ pub(super) struct Progress {
     pub(super) total: Counts,
     pub(super) total_hist: Histogram<u64>,
     pub(super) threads: usize,
+    /// The measured seconds so far (see [`Report::timeline`]).
+    pub(super) timeline: Vec<(u64, u64, u64)>,
 }
 
 impl Progress {
@@ -212,6 +237,7 @@ impl Progress {
             total: Counts::default(),
             total_hist: new_histogram(),
             threads,
+            timeline: Vec::new(),
         }
     }
 
@@ -234,6 +260,9 @@ impl Progress {
         } else {
             self.interval_hist.value_at_quantile(0.99)
         };
+        if !warmup {
+            self.timeline.push((secs, c.ok + c.get_miss, p99));
+        }
         let line = format!(
             "t={secs}s{} ops/s={} p99={p99}us errors={} timeouts={}",
             if warmup { " (warmup)" } else { "" },
@@ -296,6 +325,8 @@ impl Progress {
             p999_us: q(0.999),
             max_us: if h.is_empty() { 0 } else { h.max() },
             prefill,
+            latency_cdf: CDF_QUANTILES.iter().map(|&p| (p, q(p))).collect(),
+            timeline: self.timeline,
         }
     }
 }

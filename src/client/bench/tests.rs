@@ -160,6 +160,8 @@ fn sample_report() -> Report {
             failed: 0,
             seconds: 0.5,
         }),
+        timeline: vec![(3, 140, 28), (4, 160, 31)],
+        latency_cdf: vec![(0.5, 10), (0.99, 30), (1.0, 50)],
     }
 }
 
@@ -186,8 +188,12 @@ fn json_report_has_the_documented_fields() {
         assert!(json.contains(field), "{field} missing from {json}");
     }
     assert!(json.starts_with('{') && json.ends_with('}') && !json.contains('\n'));
-    let opens = json.matches('{').count();
-    assert_eq!(opens, json.matches('}').count());
+    let v: serde_json::Value = serde_json::from_str(&json).expect("the report is JSON");
+    assert_eq!(
+        v["timeline"],
+        serde_json::json!([[3, 140, 28], [4, 160, 31]])
+    );
+    assert_eq!(v["latency_cdf"][1], serde_json::json!([0.99, 30]));
     let none = Report {
         prefill: None,
         errors_by_status: vec![],
@@ -457,4 +463,42 @@ fn prefill_runs_at_its_own_concurrency() {
     assert_eq!(prefill.keys, 16 * 2);
     assert_eq!(prefill.failed, 0, "{report}");
     assert!(report.ops > 0, "the measured phase ran: {report}");
+}
+
+/// `ocean-liner plot` draws every chart from reports as `--json` writes them, naming each
+/// run by its file; a directory without reports is an error that says so.
+#[test]
+fn reports_are_plotted_as_svg_charts() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(super::plot::plot_dir(dir.path()).is_err());
+    for name in ["first", "second"] {
+        std::fs::write(
+            dir.path().join(format!("{name}.json")),
+            sample_report().to_json(),
+        )
+        .unwrap();
+    }
+    let files = super::plot::plot_dir(dir.path()).unwrap();
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        ["throughput.svg", "latency-mixed.svg", "timeline-mixed.svg"]
+    );
+    for f in &files {
+        let svg = std::fs::read_to_string(f).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+            "{f:?}"
+        );
+        assert!(
+            svg.contains("first") && svg.contains("second"),
+            "{f:?} names the runs"
+        );
+    }
+    let run = super::plot::read_run(&dir.path().join("first.json")).unwrap();
+    assert_eq!(run.timeline, vec![(3, 140), (4, 160)]);
+    assert_eq!(run.latency_cdf.last(), Some(&(1.0, 50)));
 }
