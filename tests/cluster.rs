@@ -8,14 +8,16 @@
 //! and check (1) each key holds its last acknowledged value (or the one write that was
 //! in flight), (2) the whole recorded history is linearizable.
 
+mod procs;
+
 use ocean_liner::client::{Client, ClientOptions};
 use ocean_liner::verify::faults;
 use ocean_liner::verify::linearizability::{self, CheckResult, Input, Operation, Output};
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,22 +42,10 @@ struct Cluster {
     _tmp: tempfile::TempDir,
 }
 
-static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
-
 /// A port free for both TCP and UDP, never handed out twice in this process (the tests of
 /// this file run in parallel, each with its own cluster).
 fn free_port() -> u16 {
-    if NEXT_PORT.load(Ordering::Relaxed) == 0 {
-        let base = 30_000 + (std::process::id() % 1000) as u16 * 20;
-        let _ = NEXT_PORT.compare_exchange(0, base, Ordering::Relaxed, Ordering::Relaxed);
-    }
-    loop {
-        let p = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
-        if TcpListener::bind(("127.0.0.1", p)).is_ok() && UdpSocket::bind(("127.0.0.1", p)).is_ok()
-        {
-            return p;
-        }
-    }
+    procs::free_port(30_000)
 }
 
 impl Cluster {

@@ -4,30 +4,20 @@
 //! is read back. The changes go through the command line (`ocean-liner member …`), as an
 //! operator makes them.
 
+mod procs;
+
 use ocean_liner::client::{Client, ClientOptions};
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ocean-liner");
 
-static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
-
 fn free_port() -> u16 {
-    if NEXT_PORT.load(Ordering::Relaxed) == 0 {
-        let base = 40_000 + (std::process::id() % 1000) as u16 * 16;
-        let _ = NEXT_PORT.compare_exchange(0, base, Ordering::Relaxed, Ordering::Relaxed);
-    }
-    loop {
-        let p = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
-        if TcpListener::bind(("127.0.0.1", p)).is_ok() && UdpSocket::bind(("127.0.0.1", p)).is_ok()
-        {
-            return p;
-        }
-    }
+    procs::free_port(40_000)
 }
 
 struct Node {

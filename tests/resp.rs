@@ -2,33 +2,19 @@
 //! Redis project's own clients (redis-cli and redis-benchmark, Debian's redis-tools),
 //! redis-py (PyPI), and kill -9 after which every acknowledged write is read back.
 
+mod procs;
+
 use ocean_liner::resp::{self, Limits, Parsed, Reply};
 use std::io::{Read, Write};
-use std::net::{TcpStream, UdpSocket};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ocean-liner");
-static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
-
 /// A UDP/TCP port number and a RESP port no one uses right now.
 fn free_ports() -> (u16, u16) {
-    if NEXT_PORT.load(Ordering::Relaxed) == 0 {
-        let base = 40_000 + (std::process::id() % 2000) as u16 * 10;
-        let _ = NEXT_PORT.compare_exchange(0, base, Ordering::Relaxed, Ordering::Relaxed);
-    }
-    let free = |p: u16| {
-        UdpSocket::bind(("127.0.0.1", p)).is_ok()
-            && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
-    };
-    loop {
-        let a = NEXT_PORT.fetch_add(2, Ordering::Relaxed);
-        if free(a) && free(a + 1) {
-            return (a, a + 1);
-        }
-    }
+    (procs::free_port(40_000), procs::free_port(40_000))
 }
 
 struct Server {

@@ -6,33 +6,22 @@
 //! with every acknowledged write intact, garbage input, the amplification rule, clean
 //! shutdown, and clear start-up errors.
 
+mod procs;
+
 use ocean_liner::client::protocol::{self, Op, Request, Response, Status};
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ocean-liner");
 
-static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
-
-/// A port no other test (or process) uses right now.
+/// A port no other test (or process) uses right now (backups are served over TCP on the
+/// same number as the UDP port).
 fn free_port() -> u16 {
-    if NEXT_PORT.load(Ordering::Relaxed) == 0 {
-        let base = 20_000 + (std::process::id() % 2000) as u16 * 10;
-        let _ = NEXT_PORT.compare_exchange(0, base, Ordering::Relaxed, Ordering::Relaxed);
-    }
-    loop {
-        let port = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
-        // Backups are served over TCP on the same number.
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok()
-            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
-        {
-            return port;
-        }
-    }
+    procs::free_port(20_000)
 }
 
 struct Server {

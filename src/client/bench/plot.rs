@@ -157,25 +157,40 @@ fn latency_chart(runs: &[&Run], title: &str, path: &Path) -> Fallible {
         .y_desc("latency (µs)")
         .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()?;
-    for (i, run) in runs.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        let points: Vec<(f64, f64)> = run
-            .latency_cdf
+    draw_lines(&mut chart, runs, SeriesLabelPosition::UpperLeft, |run| {
+        run.latency_cdf
             .iter()
             .map(|(q, us)| (nines(*q), (*us).max(1) as f64))
-            .collect();
+            .collect()
+    })?;
+    root.present()?;
+    Ok(())
+}
+
+/// One line per run, in the palette's colours, with a legend at `legend`.
+fn draw_lines<'a, Y: plotters::coord::ranged1d::Ranged<ValueType = f64>>(
+    chart: &mut ChartContext<
+        'a,
+        SVGBackend<'a>,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, Y>,
+    >,
+    runs: &[&Run],
+    legend: SeriesLabelPosition,
+    points: impl Fn(&Run) -> Vec<(f64, f64)>,
+) -> Fallible {
+    for (i, run) in runs.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
         chart
-            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+            .draw_series(LineSeries::new(points(run), color.stroke_width(2)))?
             .label(run.label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(legend)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;
-    root.present()?;
     Ok(())
 }
 
@@ -212,24 +227,12 @@ fn timeline_chart(runs: &[&Run], title: &str, path: &Path) -> Fallible {
         .y_desc("operations per second")
         .y_label_formatter(&|y| format!("{:.0}k", y / 1000.0))
         .draw()?;
-    for (i, run) in runs.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        let points: Vec<(f64, f64)> = run
-            .timeline
+    draw_lines(&mut chart, runs, SeriesLabelPosition::LowerRight, |run| {
+        run.timeline
             .iter()
             .map(|(t, ops)| (*t as f64, *ops as f64))
-            .collect();
-        chart
-            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
-            .label(run.label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+            .collect()
+    })?;
     root.present()?;
     Ok(())
 }

@@ -1,0 +1,23 @@
+//! What the tests that start real processes share.
+
+use std::net::{TcpListener, UdpSocket};
+use std::sync::atomic::{AtomicU16, Ordering};
+
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// A loopback port free for both UDP and TCP right now, never handed out twice in this
+/// process (the tests of one file run in parallel). Numbers start at `base` plus a
+/// stretch picked by the process id, so that runs side by side rarely collide.
+pub fn free_port(base: u16) -> u16 {
+    if NEXT_PORT.load(Ordering::Relaxed) == 0 {
+        let start = base + (std::process::id() % 1000) as u16 * 16;
+        let _ = NEXT_PORT.compare_exchange(0, start, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    loop {
+        let p = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+        if UdpSocket::bind(("127.0.0.1", p)).is_ok() && TcpListener::bind(("127.0.0.1", p)).is_ok()
+        {
+            return p;
+        }
+    }
+}
