@@ -84,6 +84,20 @@ enum Command {
     /// Draw SVG charts (throughput, latency distributions, operations per second over
     /// time) of the `bench --json` reports in DIR, into DIR (as `tools/compare.sh` does).
     Plot { dir: std::path::PathBuf },
+    /// Answer every request on a UDP port at once, doing no work: the ceiling of this
+    /// machine's UDP request/response path for `ocean-liner bench` (run the bench against
+    /// it as against a node). Runs until killed, or for --duration.
+    UdpCeiling {
+        /// Address to answer on.
+        #[arg(long, default_value = "127.0.0.1:9500")]
+        listen: std::net::SocketAddr,
+        /// Receiving threads (one socket each, as one shard each).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+        threads: u64,
+        /// Seconds to run (default: until killed).
+        #[arg(long)]
+        duration: Option<f64>,
+    },
     /// Check this host against what Ocean Liner wants (kernel, io_uring, limits, network
     /// buffers, CPU, clock, memory, the data directory's disk); exit 1 on anything fatal.
     Doctor {
@@ -212,6 +226,25 @@ fn main() -> ExitCode {
             Err(e) => fail(format!("{e:#}")),
         },
         Some(Command::Snapshot(command)) => snapshot_command(command),
+        Some(Command::UdpCeiling {
+            listen,
+            threads,
+            duration,
+        }) => {
+            let duration = match duration {
+                Some(d) if d > 0.0 && d.is_finite() => Some(Duration::from_secs_f64(d)),
+                Some(_) => return fail("--duration must be a positive number of seconds"),
+                None => None,
+            };
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            match bench::echo::serve(listen, threads as usize, duration, stop) {
+                Ok(n) => {
+                    println!("answered {n} requests");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(format!("{e:#}")),
+            }
+        }
         Some(Command::Plot { dir }) => match bench::plot::plot_dir(&dir) {
             Ok(files) => {
                 for f in files {
@@ -409,6 +442,7 @@ fn client_command(command: Command) -> ExitCode {
         | Command::Snapshot(_)
         | Command::Member { .. }
         | Command::Plot { .. }
+        | Command::UdpCeiling { .. }
         | Command::Doctor { .. }
         | Command::Top { .. }
         | Command::Tune { .. } => {

@@ -6,7 +6,9 @@
 #   - Ocean Liner, single node, durable (defaults, --cores 2): UDP, and RESP at pipeline
 #     1 and 16;
 #   - Ocean Liner with --batch-window-ms 2: the same;
-#   - Redis with appendfsync always, and with no persistence: RESP at pipeline 1 and 16.
+#   - Redis with appendfsync always, and with no persistence: RESP at pipeline 1 and 16;
+#   - the UDP request/response ceiling (`ocean-liner udp-ceiling`, which answers at once
+#     doing no work), for GETs at GET_CONCURRENCY and 4096 outstanding.
 # Each: SET then GET (100-byte values over 1M prefilled keys), 50 connections for RESP,
 # SET_CONCURRENCY / GET_CONCURRENCY requests outstanding for UDP.
 #
@@ -87,7 +89,22 @@ ocean_liner() {
         --concurrency "$set_c"
     run "$system" get-udp --server "127.0.0.1:$udp" --workload get --sockets 16 \
         --concurrency "$get_c"
+    run "$system" get-udp4096 --server "127.0.0.1:$udp" --workload get --sockets 16 \
+        --concurrency 4096
     resp_runs "$system"
+    stop_server
+}
+
+# The machine's UDP request/response ceiling for this client: a responder that answers
+# every request at once (`ocean-liner udp-ceiling`, one receiving thread as one shard).
+udp_ceiling() {
+    "$bin" udp-ceiling --listen "127.0.0.1:$udp" 2>"$work/udp-ceiling.server.log" &
+    server=$!
+    sleep 0.5
+    run udp-ceiling get-udp --server "127.0.0.1:$udp" --workload get --sockets 16 \
+        --concurrency "$get_c"
+    run udp-ceiling get-udp4096 --server "127.0.0.1:$udp" --workload get --sockets 16 \
+        --concurrency 4096
     stop_server
 }
 
@@ -103,6 +120,7 @@ redis() {
     stop_server
 }
 
+udp_ceiling
 ocean_liner ocean-liner
 ocean_liner ocean-liner-2ms --batch-window-ms 2
 redis redis-always --appendonly yes --appendfsync always

@@ -4,7 +4,7 @@ from its JSON reports. Usage: compare_report.py DIR MACHINE COMMAND."""
 import glob, json, os, sys
 out, machine, command = sys.argv[1], sys.argv[2], sys.argv[3]
 rows = []
-order = ["ocean-liner", "ocean-liner-2ms", "redis-always", "redis-none"]
+order = ["ocean-liner", "ocean-liner-2ms", "redis-always", "redis-none", "udp-ceiling"]
 for path in sorted(glob.glob(f"{out}/*.json"),
                    key=lambda p: (order.index(os.path.basename(p).split(".")[0])
                                   if os.path.basename(p).split(".")[0] in order else 9, p)):
@@ -16,6 +16,7 @@ names = {
     "ocean-liner-2ms": "Ocean Liner (durable), 2 ms windows",
     "redis-always": "Redis appendfsync always",
     "redis-none": "Redis no persistence",
+    "udp-ceiling": "UDP ceiling (answers at once, no work)",
 }
 def conf(label, r):
     if label.endswith("udp"):
@@ -42,13 +43,27 @@ lines = [f"Machine: {machine}", "", f"Command: `{command}`", "",
          "|---|---|---|---|---|---|---|---|---|---|"]
 for op in ("set", "get"):
     for system, label, r in rows:
-        if r["workload"] != op:
+        if r["workload"] != op or system == "udp-ceiling":
             continue
         ratio = r["ops_per_sec"] / best[op] if best.get(op) else float("nan")
         durable = r["ops_per_sec"] / best_always[op] if best_always.get(op) else float("nan")
         lines.append(f"| {names.get(system, system)} | {op.upper()} | {conf(label, r)} | "
                      f"{r['ops_per_sec']:,.0f} | {r['p50_us']/1000:.2f} | {r['p99_us']/1000:.2f} | "
                      f"{r['p999_us']/1000:.2f} | {r['errors']} | {ratio:.2f} | {durable:.2f} |")
+ceiling = {r["concurrency"]: r["ops_per_sec"] for system, label, r in rows
+           if system == "udp-ceiling"}
+if ceiling:
+    lines += ["", "UDP GETs as a fraction of the machine's UDP request/response ceiling at the "
+              "same outstanding count (`ocean-liner udp-ceiling` driven by the same client):", "",
+              "| system | outstanding | ops/s | ceiling ops/s | fraction | p99 ms |",
+              "|---|---|---|---|---|---|"]
+    for system, label, r in rows:
+        if r["protocol"] == "udp" and r["workload"] == "get" and system != "udp-ceiling" \
+                and r["concurrency"] in ceiling:
+            c = ceiling[r["concurrency"]]
+            lines.append(f"| {names.get(system, system)} | {r['concurrency']} | "
+                         f"{r['ops_per_sec']:,.0f} | {c:,.0f} | {r['ops_per_sec'] / c:.2f} | "
+                         f"{r['p99_us']/1000:.2f} |")
 charts = [("throughput.svg", "Operations per second, every run")]
 for op in ("set", "get"):
     charts.append((f"latency-{op}.svg", f"{op.upper()} latency distribution"))

@@ -43,6 +43,7 @@ use crate::client::protocol::{
 };
 use crate::client::resolve_servers;
 
+pub mod echo;
 mod keys;
 pub mod plot;
 mod report;
