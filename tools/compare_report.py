@@ -19,7 +19,7 @@ names = {
     "udp-ceiling": "UDP ceiling (answers at once, no work)",
 }
 def conf(label, r):
-    if label.endswith("udp"):
+    if r["protocol"] == "udp":
         return f"UDP, {r['concurrency']} outstanding"
     return f"RESP, {r['concurrency'] // r['pipeline']} conns × pipeline {r['pipeline']}"
 best, best_always = {}, {}
