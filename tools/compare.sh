@@ -10,7 +10,9 @@
 #   - the UDP request/response ceiling (`ocean-liner udp-ceiling`, which answers at once
 #     doing no work), for GETs at GET_CONCURRENCY and 4096 outstanding.
 # Each: SET then GET (100-byte values over 1M prefilled keys), 50 connections for RESP,
-# SET_CONCURRENCY / GET_CONCURRENCY requests outstanding for UDP.
+# SET_CONCURRENCY / GET_CONCURRENCY requests outstanding for UDP; then sweeps: UDP SETs at
+# 2048-8192 outstanding, UDP GETs at 64 and 4096, RESP at pipeline 16 with 10 and 200
+# connections.
 #
 # Writes bench-results/<date>-<time>/: one JSON report per run, results.csv, results.md
 # (the machine, the command, a table with each figure as a ratio of the best Redis figure
@@ -75,6 +77,13 @@ resp_runs() {
         --pipeline 16 --concurrency $((clients * 16))
     run "$system" get-p16 --protocol resp --server "127.0.0.1:$resp" --workload get \
         --pipeline 16 --concurrency $((clients * 16))
+    # A connection sweep at pipeline 16: each system at its peak, whichever count that is.
+    run "$system" set-p16-c200 --protocol resp --server "127.0.0.1:$resp" --workload set \
+        --pipeline 16 --concurrency $((200 * 16))
+    run "$system" get-p16-c10 --protocol resp --server "127.0.0.1:$resp" --workload get \
+        --pipeline 16 --concurrency $((10 * 16))
+    run "$system" get-p16-c200 --protocol resp --server "127.0.0.1:$resp" --workload get \
+        --pipeline 16 --concurrency $((200 * 16))
 }
 
 ocean_liner() {
@@ -91,6 +100,13 @@ ocean_liner() {
         --concurrency "$get_c"
     run "$system" get-udp4096 --server "127.0.0.1:$udp" --workload get --sockets 16 \
         --concurrency 4096
+    # Sweeps of the outstanding count (the SET p99 at ~80% of the peak comes from these).
+    for c in 2048 4096 8192; do
+        run "$system" "set-udp$c" --server "127.0.0.1:$udp" --workload set --sockets 16 \
+            --concurrency "$c"
+    done
+    run "$system" get-udp64 --server "127.0.0.1:$udp" --workload get --sockets 16 \
+        --concurrency 64
     resp_runs "$system"
     stop_server
 }
@@ -105,6 +121,8 @@ udp_ceiling() {
         --concurrency "$get_c"
     run udp-ceiling get-udp4096 --server "127.0.0.1:$udp" --workload get --sockets 16 \
         --concurrency 4096
+    run udp-ceiling get-udp64 --server "127.0.0.1:$udp" --workload get --sockets 16 \
+        --concurrency 64
     stop_server
 }
 

@@ -5,7 +5,10 @@
 //! - `throughput.svg`: operations per second of every run, one bar each;
 //! - `latency-set.svg`, `latency-get.svg` (and `-mixed`): each run's latency
 //!   distribution, latency (log scale) against the percentile on a scale of nines;
-//! - `timeline-set.svg`, …: operations per second in each second of the measured window.
+//! - `timeline-set.svg`, …: operations per second in each second of the measured window;
+//! - `concurrency-set.svg`, …: operations per second against requests outstanding, one
+//!   line per system, protocol and pipeline depth that was run at several (a sweep; the
+//!   system is the part of NAME before its first dot).
 
 use anyhow::{Context, bail};
 use plotters::prelude::*;
@@ -16,6 +19,9 @@ use std::path::{Path, PathBuf};
 pub struct Run {
     pub label: String,
     pub workload: String,
+    pub protocol: String,
+    pub pipeline: u64,
+    pub concurrency: u64,
     pub ops_per_sec: f64,
     /// (quantile, µs)
     pub latency_cdf: Vec<(f64, u64)>,
@@ -50,6 +56,13 @@ pub fn read_run(path: &Path) -> anyhow::Result<Run> {
             .and_then(|w| w.as_str())
             .unwrap_or("unknown")
             .to_string(),
+        protocol: v
+            .get("protocol")
+            .and_then(|w| w.as_str())
+            .unwrap_or("udp")
+            .to_string(),
+        pipeline: v.get("pipeline").and_then(|o| o.as_u64()).unwrap_or(1),
+        concurrency: v.get("concurrency").and_then(|o| o.as_u64()).unwrap_or(1),
         ops_per_sec: v.get("ops_per_sec").and_then(|o| o.as_f64()).unwrap_or(0.0),
         latency_cdf: pairs("latency_cdf")
             .into_iter()
@@ -237,6 +250,68 @@ fn timeline_chart(runs: &[&Run], title: &str, path: &Path) -> Fallible {
     Ok(())
 }
 
+/// Runs of one system, protocol and pipeline depth at several concurrencies: (series
+/// name, (concurrency, ops/s) by concurrency).
+fn sweeps(runs: &[&Run]) -> Vec<(String, Vec<(f64, f64)>)> {
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for run in runs {
+        let system = run.label.split('.').next().unwrap_or_default();
+        let name = if run.protocol == "udp" {
+            format!("{system} udp")
+        } else {
+            format!("{system} {} p{}", run.protocol, run.pipeline)
+        };
+        let point = (run.concurrency as f64, run.ops_per_sec);
+        match series.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, points)) => points.push(point),
+            None => series.push((name, vec![point])),
+        }
+    }
+    series.retain(|(_, points)| points.len() > 1);
+    for (_, points) in &mut series {
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    series
+}
+
+fn concurrency_chart(series: &[(String, Vec<(f64, f64)>)], title: &str, path: &Path) -> Fallible {
+    let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let points = || series.iter().flat_map(|(_, p)| p.iter());
+    let c_max = points().map(|p| p.0).fold(2.0, f64::max) * 1.5;
+    let c_min = points().map(|p| p.0).fold(f64::MAX, f64::min).max(1.0) / 1.5;
+    let ops_max = points().map(|p| p.1).fold(1.0, f64::max) * 1.15;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d((c_min..c_max).log_scale(), 0.0..ops_max)?;
+    chart
+        .configure_mesh()
+        .x_desc("requests outstanding")
+        .y_desc("operations per second")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{:.0}k", y / 1000.0))
+        .draw()?;
+    for (i, (name, points)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        chart.draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
 /// Draws the charts of every report in `dir` into `dir`; returns the files written.
 pub fn plot_dir(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -268,6 +343,17 @@ pub fn plot_dir(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         if of.iter().any(|r| !r.latency_cdf.is_empty()) {
             let path = dir.join(format!("latency-{w}.svg"));
             latency_chart(&of, &format!("{w}: latency distribution"), &path).map_err(draw_err)?;
+            written.push(path);
+        }
+        let sweep = sweeps(&of);
+        if !sweep.is_empty() {
+            let path = dir.join(format!("concurrency-{w}.svg"));
+            concurrency_chart(
+                &sweep,
+                &format!("{w}: operations per second by requests outstanding"),
+                &path,
+            )
+            .map_err(draw_err)?;
             written.push(path);
         }
         if of.iter().any(|r| !r.timeline.is_empty()) {

@@ -498,6 +498,24 @@ fn reports_are_plotted_as_svg_charts() {
             "{f:?} names the runs"
         );
     }
+    // Runs of one system at several concurrencies make a sweep chart.
+    for (name, concurrency) in [("sweep.c1", 64), ("sweep.c2", 128)] {
+        let report = Report {
+            concurrency,
+            ..sample_report()
+        };
+        std::fs::write(dir.path().join(format!("{name}.json")), report.to_json()).unwrap();
+    }
+    let files = super::plot::plot_dir(dir.path()).unwrap();
+    let sweep = files
+        .iter()
+        .find(|f| f.ends_with("concurrency-mixed.svg"))
+        .expect("a sweep chart");
+    let svg = std::fs::read_to_string(sweep).unwrap();
+    assert!(
+        svg.contains("sweep udp") && !svg.contains("first"),
+        "one line, the sweep's"
+    );
     let run = super::plot::read_run(&dir.path().join("first.json")).unwrap();
     assert_eq!(run.timeline, vec![(3, 140), (4, 160)]);
     assert_eq!(run.latency_cdf.last(), Some(&(1.0, 50)));
