@@ -355,6 +355,29 @@ fn std_to_sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, u32) {
     }
 }
 
+/// A UDP socket bound to `addr` with `SO_REUSEPORT` (so several, one per thread, share
+/// the port and the kernel spreads datagrams over them), `buffer_bytes` buffers each way
+/// and a `read_timeout` on receives: how a shard's socket is set up, and the load tool's
+/// UDP ceiling responder's.
+pub fn bind_reuse_port(
+    addr: SocketAddr,
+    buffer_bytes: usize,
+    read_timeout: std::time::Duration,
+) -> io::Result<UdpSocket> {
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    s.set_reuse_port(true)?;
+    set_buffer_size(&s, buffer_bytes, true);
+    set_buffer_size(&s, buffer_bytes, false);
+    s.bind(&addr.into())?;
+    s.set_read_timeout(Some(read_timeout))?;
+    Ok(s.into())
+}
+
 /// Sets a socket buffer size, above `net.core.{r,w}mem_max` when the process may
 /// (`CAP_NET_ADMIN`, e.g. root), else as large as the limit allows. Bursts of a whole
 /// window's replies or requests need more than the usual 208 KiB default.

@@ -415,24 +415,29 @@ mod tests {
 
     /// An entry whose context claims a command count its commands do not have, or whose
     /// commands do not decode, is refused at the frame: it must never reach the log.
+    /// The encoding of [`sample`] carrying one normal entry of `data` and `context`, and
+    /// where that entry's type byte is in it.
+    fn with_one_entry(data: Vec<u8>, context: Vec<u8>) -> (Vec<u8>, usize) {
+        let mut m = sample();
+        m.set_entries(
+            vec![Entry {
+                term: 7,
+                index: 42,
+                data: data.into(),
+                context: context.into(),
+                ..Default::default()
+            }]
+            .into(),
+        );
+        let mut buf = Vec::new();
+        encode(&m, &mut buf);
+        // The entry type byte follows the fixed fields, the context and the entry count.
+        (buf, 1 + 9 * 8 + 1 + 8 + 4 + m.context.len() + 4)
+    }
+
     #[test]
     fn entries_whose_commands_do_not_match_their_count_are_refused() {
-        let with_entry = |data: Vec<u8>, context: Vec<u8>| {
-            let mut m = sample();
-            m.set_entries(
-                vec![Entry {
-                    term: 7,
-                    index: 42,
-                    data: data.into(),
-                    context: context.into(),
-                    ..Default::default()
-                }]
-                .into(),
-            );
-            let mut buf = Vec::new();
-            encode(&m, &mut buf);
-            decode(&buf)
-        };
+        let with_entry = |data: Vec<u8>, context: Vec<u8>| decode(&with_one_entry(data, context).0);
         let mut two = Vec::new();
         for key in [&b"a"[..], b"b"] {
             crate::storage::command::encode(
@@ -497,21 +502,7 @@ mod tests {
             (vec![0; 64], Vec::new(), 2),
             (config.clone(), vec![1], 2),
         ] {
-            let mut m = sample();
-            m.set_entries(
-                vec![Entry {
-                    term: 1,
-                    index: 1,
-                    data: data.into(),
-                    context: context.into(),
-                    ..Default::default()
-                }]
-                .into(),
-            );
-            let mut buf = Vec::new();
-            encode(&m, &mut buf);
-            // The entry type byte follows the fixed fields and the message context.
-            let at = 1 + 9 * 8 + 1 + 8 + 4 + m.context.len() + 4;
+            let (mut buf, at) = with_one_entry(data, context);
             buf[at] = kind;
             assert!(decode(&buf).is_err(), "kind {kind}");
         }

@@ -114,14 +114,8 @@ pub(super) fn bind_client_socket(addr: SocketAddr, probe: bool) -> anyhow::Resul
             );
         }
     }
-    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
-    s.set_reuse_port(true)?;
-    crate::net::set_buffer_size(&s, SOCKET_BUFFER_BYTES, true);
-    crate::net::set_buffer_size(&s, SOCKET_BUFFER_BYTES, false);
-    s.bind(&addr.into())
-        .with_context(|| format!("cannot listen on UDP {addr} (choose another --client-port)"))?;
-    s.set_read_timeout(Some(Duration::from_millis(1)))?;
-    Ok(s.into())
+    crate::net::bind_reuse_port(addr, SOCKET_BUFFER_BYTES, Duration::from_millis(1))
+        .with_context(|| format!("cannot listen on UDP {addr} (choose another --client-port)"))
 }
 
 pub(super) fn cookie_secret() -> [u8; 16] {

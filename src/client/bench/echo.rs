@@ -11,7 +11,6 @@
 use crate::client::protocol::{self, Response, Status};
 use crate::net::{Receiver, Sender};
 use anyhow::Context;
-use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,19 +19,8 @@ use std::time::{Duration, Instant};
 const SOCKET_BUFFER_BYTES: usize = 64 << 20;
 
 fn bind(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
-    let domain = if addr.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
-    };
-    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
-    s.set_reuse_port(true)?;
-    crate::net::set_buffer_size(&s, SOCKET_BUFFER_BYTES, true);
-    crate::net::set_buffer_size(&s, SOCKET_BUFFER_BYTES, false);
-    s.bind(&addr.into())
-        .with_context(|| format!("cannot listen on UDP {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_millis(50)))?;
-    Ok(s.into())
+    crate::net::bind_reuse_port(addr, SOCKET_BUFFER_BYTES, Duration::from_millis(50))
+        .with_context(|| format!("cannot listen on UDP {addr}"))
 }
 
 /// Answers on `addr` with `threads` threads (one socket each) until `stop`, or for
