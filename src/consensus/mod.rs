@@ -756,15 +756,15 @@ impl RaftNode {
         if node == self.id() {
             return;
         }
-        if last_index == LogIndex::ZERO {
-            self.empty_peers.entry(node.raft_id()).or_insert(None);
+        let (id, last_index) = (node.raft_id(), last_index.get());
+        // Kept whatever this node's role: it may lead when the peer needs its snapshot.
+        if last_index == 0 {
+            self.empty_peers.entry(id).or_insert(None);
+        } else {
+            self.empty_peers.remove(&id);
         }
         if !self.is_leader() {
             return;
-        }
-        let (id, last_index) = (node.raft_id(), last_index.get());
-        if last_index > 0 {
-            self.empty_peers.remove(&id);
         }
         if let Some(pr) = self.raw.raft.mut_prs().get_mut(id)
             && pr.matched > last_index

@@ -29,7 +29,7 @@
 //! snapshot's values segments are then unreferenced and deleted like any empty one); a
 //! crash after it leaves the new state, and the open finishes the deletions.
 
-use crate::consensus::membership::{Change, Membership};
+use crate::consensus::membership::Membership;
 use crate::storage::cleaner::{Cleaner, CleanerOptions};
 use crate::storage::command::CommandOp;
 use crate::storage::io::Backend;
@@ -502,7 +502,7 @@ impl Engine {
                 continue;
             }
             if cmd.op == CommandOp::Config {
-                outcomes.push(self.apply_config(&entry, cmd.value));
+                outcomes.push(self.apply_config(&entry));
                 continue;
             }
             if cmd.client_id != 0 {
@@ -575,13 +575,12 @@ impl Engine {
 
     /// Applies a membership change: `Done` if made, `Ignored` if the membership refused it
     /// (then raft-rs is not told of it either).
-    fn apply_config(&mut self, entry: &Entry, value: &[u8]) -> Outcome {
+    fn apply_config(&mut self, entry: &Entry) -> Outcome {
         // Not alone in its entry, or not decoding: no membership change (peers and
         // proposals never make such entries).
         let Some(Ok(change)) = crate::storage::command::config_change(entry.commands()) else {
             return Outcome::Ignored;
         };
-        debug_assert_eq!(Change::decode(value).as_ref(), Ok(&change));
         let mut membership = self.membership();
         match membership.apply(&change) {
             Ok(()) => {
