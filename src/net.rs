@@ -146,6 +146,9 @@ pub struct Sender {
     addrs: Vec<RawAddr>,
     iovecs: Vec<libc::iovec>,
     headers: Vec<libc::mmsghdr>,
+    /// The address of the last queued datagram when that datagram was begun by
+    /// [`Sender::push_coalesced`] and may take more items.
+    open: Option<SocketAddr>,
 }
 
 // SAFETY: the raw pointers inside `iovecs` and `headers` point into the sender's own
@@ -166,6 +169,7 @@ impl Sender {
             addrs: Vec::with_capacity(BATCH),
             iovecs: Vec::with_capacity(BATCH),
             headers: Vec::with_capacity(BATCH),
+            open: None,
         }
     }
 
@@ -180,6 +184,34 @@ impl Sender {
         fill(&mut self.bytes);
         self.spans.push((start, self.bytes.len() - start));
         self.addrs.push(to);
+        self.open = None;
+    }
+
+    /// Queues one item of `item_len` bytes to `to`, in the last queued datagram if that
+    /// one was begun here for the same address and stays within `limit` bytes, else in a
+    /// new datagram that `begin` starts. `append` adds the item's bytes, given the vector
+    /// and where its datagram starts (to update a length in the datagram's header).
+    pub fn push_coalesced(
+        &mut self,
+        to: SocketAddr,
+        limit: usize,
+        item_len: usize,
+        begin: impl FnOnce(&mut Vec<u8>),
+        append: impl FnOnce(&mut Vec<u8>, usize),
+    ) {
+        let fits = |&(_, len): &(usize, usize)| len + item_len <= limit;
+        let reuse = self.open == Some(to) && self.spans.last().is_some_and(fits);
+        if !reuse {
+            let start = self.bytes.len();
+            begin(&mut self.bytes);
+            self.spans.push((start, self.bytes.len() - start));
+            self.addrs.push(RawAddr::new(&to));
+            self.open = Some(to);
+        }
+        if let Some(span) = self.spans.last_mut() {
+            append(&mut self.bytes, span.0);
+            span.1 = self.bytes.len() - span.0;
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -293,6 +325,7 @@ impl Sender {
     }
 
     fn clear(&mut self) {
+        self.open = None;
         self.bytes.clear();
         self.spans.clear();
         self.addrs.clear();

@@ -87,6 +87,39 @@ fn write_seeds() {
             request(op, key, value),
         ));
     }
+    // A BATCH of a GET and a SET, and a BATCH reply to it.
+    let to = protocol::Addressing {
+        op: Some(Op::Batch),
+        client_id: 43,
+        request_seq: 1,
+        cookie: 99,
+    };
+    let mut batch = Vec::new();
+    let start = protocol::batch::begin_batch(&mut batch, &to);
+    let get = Request {
+        op: Op::Get,
+        client_id: 42,
+        request_seq: 7,
+        cookie: 99,
+        key: "key:1",
+        value: b"",
+    };
+    let set = Request {
+        op: Op::Set,
+        client_id: 44,
+        value: b"value",
+        ..get
+    };
+    protocol::batch::push_request_item(&mut batch, start, &get);
+    protocol::batch::push_request_item(&mut batch, start, &set);
+    seeds.push(("client_request", "seed-batch".into(), batch));
+    let mut reply = Vec::new();
+    let start = protocol::batch::begin_batch_response(&mut reply, 99);
+    for (r, payload) in [(&get, &b"value"[..]), (&set, &b""[..])] {
+        let resp = Response::reply(&r.addressing(), Status::Ok, 99, payload);
+        protocol::batch::push_response_item(&mut reply, start, &resp);
+    }
+    seeds.push(("client_response", "seed-batch".into(), reply));
     for (i, (status, payload)) in [
         (Status::Ok, &b"value"[..]),
         (Status::NotLeader, &b"127.0.0.1:9001"[..]),

@@ -51,6 +51,16 @@ fn op() -> impl Strategy<Value = Op> {
     prop::sample::select(Op::ALL.to_vec())
 }
 
+/// The ops a request alone in its datagram (or a batch item, but for STATS) carries.
+fn single_op() -> impl Strategy<Value = Op> {
+    prop::sample::select(
+        Op::ALL
+            .into_iter()
+            .filter(|&o| o != Op::Batch)
+            .collect::<Vec<_>>(),
+    )
+}
+
 fn status() -> impl Strategy<Value = Status> {
     prop::sample::select(Status::ALL.to_vec())
 }
@@ -63,7 +73,7 @@ fn key() -> impl Strategy<Value = String> {
 /// Requests that satisfy every rule, including the 1024-byte limit.
 fn valid_request() -> impl Strategy<Value = OwnedRequest> {
     (
-        op(),
+        single_op(),
         any::<u64>(),
         any::<u64>(),
         any::<u64>(),
@@ -262,6 +272,186 @@ proptest! {
             let mut out = Vec::new();
             encode_response(&parsed, &mut out);
             prop_assert_eq!(&out[..], &buf[..]);
+        }
+    }
+}
+
+// BATCH datagrams: several requests, or several replies, in one datagram.
+
+use ocean_liner::client::protocol::batch::{
+    begin_batch, begin_batch_response, push_request_item, push_response_item, request_item_len,
+    response_item_len,
+};
+use ocean_liner::client::protocol::{
+    Addressing, MAX_BATCH_DATAGRAM_SIZE, Reply, parse_batch, parse_reply,
+};
+
+/// A batchable request (not STATS) that also satisfies every single-request rule.
+fn batch_item() -> impl Strategy<Value = OwnedRequest> {
+    valid_request().prop_filter("STATS is not batched", |r| r.op != Op::Stats)
+}
+
+/// Encodes as many of `items` as fit one BATCH datagram; returns it and how many went in.
+fn encode_batch(to: &Addressing, items: &[OwnedRequest]) -> (Vec<u8>, usize) {
+    let mut out = Vec::new();
+    let start = begin_batch(&mut out, to);
+    let mut n = 0;
+    for item in items {
+        let req = item.as_request();
+        if out.len() + request_item_len(&req) > MAX_BATCH_DATAGRAM_SIZE {
+            break;
+        }
+        push_request_item(&mut out, start, &req);
+        n += 1;
+    }
+    (out, n)
+}
+
+/// Re-encodes an accepted batch from its parsed items.
+fn reencode_batch(buf: &[u8]) -> Option<Vec<u8>> {
+    let b = parse_batch(buf).ok()?;
+    let mut out = Vec::new();
+    let start = begin_batch(&mut out, &b.to);
+    for req in b.items() {
+        push_request_item(&mut out, start, &req);
+    }
+    assert_eq!(b.items().count(), b.len);
+    Some(out)
+}
+
+fn reencode_reply(buf: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    match parse_reply(buf).ok()? {
+        Reply::Single(r) => encode_response(&r, &mut out),
+        Reply::Batch(b) => {
+            let start = begin_batch_response(&mut out, b.cookie);
+            for item in b.items() {
+                push_response_item(&mut out, start, &item);
+            }
+        }
+    }
+    Some(out)
+}
+
+fn addressing() -> impl Strategy<Value = Addressing> {
+    (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(client_id, request_seq, cookie)| {
+        Addressing {
+            op: Some(Op::Batch),
+            client_id,
+            request_seq,
+            cookie,
+        }
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    /// Every item of a batch comes back as sent, carrying the batch's cookie; a single
+    /// request's parser refuses the batch.
+    #[test]
+    fn valid_batches_round_trip(
+        to in addressing(),
+        items in prop::collection::vec(batch_item(), 1..40),
+    ) {
+        let (buf, n) = encode_batch(&to, &items);
+        prop_assume!(n > 0);
+        prop_assert!(buf.len() <= MAX_BATCH_DATAGRAM_SIZE);
+        let b = parse_batch(&buf).unwrap();
+        prop_assert_eq!(b.to, to);
+        prop_assert_eq!(b.len, n);
+        let parsed: Vec<Request<'_>> = b.items().collect();
+        let want: Vec<Request<'_>> = items[..n]
+            .iter()
+            .map(|i| Request { cookie: to.cookie, ..i.as_request() })
+            .collect();
+        prop_assert_eq!(parsed, want);
+        prop_assert!(parse_request(&buf).is_err());
+    }
+
+    /// A damaged batch never panics the parser, and what it accepts is canonical: it
+    /// re-encodes to the same bytes, within the size limit.
+    #[test]
+    fn mutated_batches_never_panic(
+        to in addressing(),
+        items in prop::collection::vec(batch_item(), 1..8),
+        mutations in prop::collection::vec(mutation(), 1..4),
+    ) {
+        let (mut buf, _) = encode_batch(&to, &items);
+        for m in &mutations {
+            if buf.is_empty() {
+                break;
+            }
+            apply(&mut buf, m);
+        }
+        match parse_batch(&buf) {
+            Ok(_) => {
+                prop_assert!(buf.len() <= MAX_BATCH_DATAGRAM_SIZE);
+                let again = reencode_batch(&buf);
+                prop_assert_eq!(again.as_deref(), Some(&buf[..]));
+            }
+            Err(ParseError::Rejected(r)) => {
+                let id = u64::from_le_bytes(buf[offset::CLIENT_ID..][..8].try_into().unwrap());
+                prop_assert_eq!(r.to.client_id, id);
+            }
+            Err(ParseError::Unaddressable(_)) => {}
+        }
+    }
+
+    /// Reply items come back as sent; damaged replies never panic, and what is accepted
+    /// re-encodes to the same bytes.
+    #[test]
+    fn batch_replies_round_trip_and_damage_never_panics(
+        cookie in any::<u64>(),
+        items in prop::collection::vec(response(), 1..12),
+        mutations in prop::collection::vec(mutation(), 0..4),
+    ) {
+        let mut buf = Vec::new();
+        let start = begin_batch_response(&mut buf, cookie);
+        let mut sent = Vec::new();
+        for (op, status, client_id, request_seq, _, payload) in &items {
+            let r = Response {
+                op: *op, status: *status, client_id: *client_id, request_seq: *request_seq,
+                cookie, payload,
+            };
+            if buf.len() + response_item_len(&r) > MAX_BATCH_DATAGRAM_SIZE {
+                break;
+            }
+            push_response_item(&mut buf, start, &r);
+            sent.push(r);
+        }
+        match parse_reply(&buf).unwrap() {
+            Reply::Batch(b) => prop_assert_eq!(b.items().collect::<Vec<_>>(), sent),
+            Reply::Single(_) => prop_assert!(false, "a BATCH reply parsed as a single one"),
+        }
+        let mut damaged = buf.clone();
+        for m in &mutations {
+            if damaged.is_empty() {
+                break;
+            }
+            apply(&mut damaged, m);
+        }
+        if let Some(out) = reencode_reply(&damaged) {
+            prop_assert_eq!(out, damaged);
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_batch_parsers(
+        rest in prop::collection::vec(any::<u8>(), 37..1600),
+        status_ok in any::<bool>(),
+    ) {
+        let mut buf = vec![b'O', b'L', 1];
+        buf.extend_from_slice(&rest);
+        buf[offset::OP] = Op::Batch.as_u8();
+        if status_ok {
+            buf[offset::STATUS..offset::STATUS + 2].copy_from_slice(&200u16.to_le_bytes());
+        }
+        if let Some(out) = reencode_batch(&buf) {
+            prop_assert_eq!(out, buf.clone());
+        }
+        if let Some(out) = reencode_reply(&buf) {
+            prop_assert_eq!(out, buf);
         }
     }
 }

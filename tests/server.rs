@@ -1144,3 +1144,275 @@ fn top_shows_each_node_and_one_that_is_down() {
         "{screen}"
     );
 }
+
+/// An owned reply item (or a reply to a whole batch).
+#[derive(Debug, Clone, PartialEq)]
+struct Answer {
+    op: Option<Op>,
+    status: Status,
+    client_id: u64,
+    request_seq: u64,
+    payload: Vec<u8>,
+}
+
+impl Answer {
+    fn of(r: &Response<'_>) -> Answer {
+        Answer {
+            op: r.op,
+            status: r.status,
+            client_id: r.client_id,
+            request_seq: r.request_seq,
+            payload: r.payload.to_vec(),
+        }
+    }
+}
+
+/// Sends one BATCH datagram of `items` (retrying what is unanswered or Busy) and collects
+/// the replies: the answer per item (in item order), or the reply to the whole batch.
+/// Also returns the size of every reply datagram.
+fn batch_call(
+    sock: &UdpSocket,
+    server: SocketAddr,
+    to: &protocol::Addressing,
+    items: &[Request<'_>],
+) -> (Result<Vec<Answer>, Answer>, Vec<usize>) {
+    use protocol::batch;
+    let mut answers: Vec<Option<Answer>> = vec![None; items.len()];
+    let mut sizes = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 2048];
+    while answers.iter().any(Option::is_none) {
+        assert!(Instant::now() < deadline, "items unanswered: {answers:?}");
+        let mut out = Vec::new();
+        let start = batch::begin_batch(&mut out, to);
+        for (item, a) in items.iter().zip(&answers) {
+            if a.is_none() {
+                batch::push_request_item(&mut out, start, item);
+            }
+        }
+        sock.send_to(&out, server).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        while let Ok(n) = sock.recv(&mut buf) {
+            sizes.push(n);
+            match protocol::parse_reply(&buf[..n]).unwrap() {
+                protocol::Reply::Single(r) => {
+                    assert_eq!(
+                        (r.op, r.client_id, r.request_seq),
+                        (Some(Op::Batch), to.client_id, to.request_seq)
+                    );
+                    return (Err(Answer::of(&r)), sizes);
+                }
+                protocol::Reply::Batch(b) => {
+                    for r in b.items() {
+                        let i = items
+                            .iter()
+                            .position(|q| {
+                                q.client_id == r.client_id && q.request_seq == r.request_seq
+                            })
+                            .expect("a reply item to an item of the batch");
+                        if r.status != Status::Busy {
+                            answers[i] = Some(Answer::of(&r));
+                        }
+                    }
+                }
+            }
+            if answers.iter().all(Option::is_some) {
+                break;
+            }
+        }
+    }
+    (Ok(answers.into_iter().map(Option::unwrap).collect()), sizes)
+}
+
+#[test]
+fn batches_need_the_cookie_run_every_item_once_and_reject_whole() {
+    let server = Server::start();
+    let mut c = Conn::new(server.addr());
+    // A leader whose lease is confirmed, and the cookie for this socket.
+    assert_eq!(c.call(Op::Get, "warm", b"").0, Status::NotFound);
+    let cookie = c.cookie;
+    let sock = &c.socket;
+    let ids: Vec<u64> = (0..8).map(|_| rand::random::<u64>() | 1).collect();
+    let item = |i: usize, op: Op, key: &'static str, value: &'static [u8]| Request {
+        op,
+        client_id: ids[i],
+        request_seq: 1,
+        cookie: 0,
+        key,
+        value,
+    };
+    let mut to = protocol::Addressing {
+        op: Some(Op::Batch),
+        client_id: 99,
+        request_seq: 1,
+        cookie: 0,
+    };
+
+    // Without the cookie nothing runs, and the one reply is no larger than the request.
+    let writes = [item(0, Op::Set, "a", b"1"), item(1, Op::Set, "b", b"2")];
+    let (whole, sizes) = batch_call(sock, server.addr(), &to, &writes);
+    let whole = whole.unwrap_err();
+    assert_eq!((whole.status, sizes.len()), (Status::CookieRequired, 1));
+    assert!(sizes[0] <= 40 + 2 * (24 + 2));
+    assert_eq!(c.call(Op::Get, "a", b"").0, Status::NotFound);
+
+    // With it, every item runs and is answered in BATCH replies.
+    let sock = &c.socket;
+    to.cookie = cookie;
+    to.request_seq = 2;
+    let mixed = [
+        item(0, Op::Set, "a", b"1"),
+        item(1, Op::Set, "b", b"2"),
+        item(2, Op::Delete, "c", b""),
+        item(3, Op::Ping, "", b""),
+        item(4, Op::Get, "missing", b""),
+    ];
+    let (answers, _) = batch_call(sock, server.addr(), &to, &mixed);
+    let statuses: Vec<Status> = answers.unwrap().iter().map(|a| a.status).collect();
+    use Status::{NotFound, Ok as Done};
+    assert_eq!(statuses, [Done, Done, Done, Done, NotFound]);
+    assert_eq!(c.call(Op::Get, "b", b""), (Status::Ok, b"2".to_vec()));
+
+    // A retransmitted batch item is answered but not applied again.
+    let mut other = Conn::new(server.addr());
+    assert_eq!(other.call(Op::Set, "a", b"newer").0, Status::Ok);
+    let sock = &c.socket;
+    let (answers, _) = batch_call(sock, server.addr(), &to, &mixed[..1]);
+    assert_eq!(answers.unwrap()[0].status, Status::Ok);
+    assert_eq!(c.call(Op::Get, "a", b""), (Status::Ok, b"newer".to_vec()));
+
+    // One broken item rejects the batch whole: its SET does not run.
+    let sock = &c.socket;
+    to.request_seq = 3;
+    let broken = [item(5, Op::Set, "z", b"no"), item(6, Op::Stats, "", b"")];
+    let (whole, _) = batch_call(sock, server.addr(), &to, &broken);
+    assert_eq!(whole.unwrap_err().status, Status::Malformed);
+    assert_eq!(c.call(Op::Get, "z", b"").0, Status::NotFound);
+
+    // Large values: the replies spread over several datagrams, none over the limit.
+    static BIG: [u8; 900] = [b'v'; 900];
+    assert_eq!(c.call(Op::Set, "big", &BIG).0, Status::Ok);
+    let sock = &c.socket;
+    to.request_seq = 4;
+    let gets: Vec<Request<'_>> = (0..8)
+        .map(|i| Request {
+            request_seq: 2,
+            ..item(i, Op::Get, "big", b"")
+        })
+        .collect();
+    let (answers, sizes) = batch_call(sock, server.addr(), &to, &gets);
+    for a in answers.unwrap() {
+        assert_eq!((a.status, &a.payload[..]), (Status::Ok, &BIG[..]));
+    }
+    assert!(
+        sizes.len() >= 8,
+        "900-byte values: one per reply datagram, got {sizes:?}"
+    );
+    assert!(
+        sizes
+            .iter()
+            .all(|&n| n <= protocol::MAX_BATCH_DATAGRAM_SIZE)
+    );
+    let stats = c.call(Op::Stats, "", b"").1;
+    assert!(stat(&String::from_utf8_lossy(&stats), "batches") >= 5);
+}
+
+#[test]
+fn the_load_tool_batches_and_recovers_its_cookie_after_a_restart() {
+    let mut server = Server::start();
+    let bench = |duration: &str| {
+        Command::new(BIN)
+            .args([
+                "bench",
+                "--workload",
+                "mixed",
+                "--read-ratio",
+                "0.9",
+                "--keys",
+                "2000",
+            ])
+            .args([
+                "--prefill",
+                "--pipeline",
+                "16",
+                "--concurrency",
+                "256",
+                "--json",
+            ])
+            .args([
+                "--warmup",
+                "0",
+                "--timeout-ms",
+                "300",
+                "--duration",
+                duration,
+            ])
+            .arg("--server")
+            .arg(server.addr().to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let report = |child: Child| {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let n = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"));
+        (n("ops"), n("errors"), n("get_miss"), n("timeouts"))
+    };
+    let (ops, errors, misses, timeouts) = report(bench("2"));
+    assert!(ops > 1000, "{ops} ops");
+    assert_eq!((errors, misses, timeouts), (0, 0, 0));
+    let mut c = Conn::new(server.addr());
+    let stats = String::from_utf8_lossy(&c.call(Op::Stats, "", b"").1).into_owned();
+    assert!(
+        stat(&stats, "batches") * 4 < stat(&stats, "requests"),
+        "{stats}"
+    );
+
+    // A restart gives the server a new cookie secret: the tool's batches are refused
+    // whole (CookieRequired) until it takes the new cookie; then they run again.
+    let child = bench("4");
+    std::thread::sleep(Duration::from_millis(1500));
+    server.kill9();
+    server.spawn(&[]);
+    let (ops, errors, _, _) = report(child);
+    assert!(ops > 1000 && errors == 0, "{ops} ops, {errors} errors");
+    let mut c = Conn::new(server.addr());
+    let stats = String::from_utf8_lossy(&c.call(Op::Stats, "", b"").1).into_owned();
+    assert!(
+        stat(&stats, "gets") > 1000,
+        "GETs ran after the restart: {stats}"
+    );
+}
+
+#[test]
+fn the_client_library_reads_and_writes_many_keys_in_batches() {
+    use ocean_liner::client::{Client, ClientOptions};
+    let server = Server::start();
+    let mut c = Client::connect(server.addr(), ClientOptions::default()).unwrap();
+    let keys: Vec<String> = (0..300).map(|i| format!("many:{i}")).collect();
+    let values: Vec<Vec<u8>> = (0..300)
+        .map(|i| vec![b'a' + (i % 26) as u8; 100 + i])
+        .collect();
+    let pairs: Vec<(&str, &[u8])> = keys
+        .iter()
+        .map(|k| k.as_str())
+        .zip(values.iter().map(|v| &v[..]))
+        .collect();
+    c.set_many(&pairs).unwrap();
+    let mut wanted: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+    wanted.push("never-written");
+    let got = c.get_many(&wanted).unwrap();
+    assert_eq!(got.len(), 301);
+    for (i, v) in got[..300].iter().enumerate() {
+        assert_eq!(v.as_deref(), Some(&values[i][..]), "{}", keys[i]);
+    }
+    assert_eq!(got[300], None);
+    // The same keys read one by one agree.
+    assert_eq!(c.get("many:7").unwrap().as_deref(), Some(&values[7][..]));
+    let stats = c.stats().unwrap();
+    assert!(stat(&stats, "batches") >= 300 * 100 / 1400, "{stats}");
+}

@@ -14,6 +14,11 @@
 //! - backs off and retries on [`Status::Busy`] until the deadline;
 //! - ignores datagrams that are not the answer to the outstanding request.
 //!
+//! [`Client::get_many`] and [`Client::set_many`] send many operations in BATCH datagrams
+//! (see [`protocol::batch`]): each operation rides on a *lane* of its own, a client id
+//! with its own sequence numbers, so the exactly-once rules hold item by item; what stays
+//! unanswered is resent with the same sequence numbers, by the same rules as a call.
+//!
 //! ```no_run
 //! use ocean_liner::client::{Client, ClientOptions};
 //!
@@ -233,6 +238,10 @@ pub struct Client {
     opts: ClientOptions,
     send_buf: Vec<u8>,
     recv_buf: Box<[u8]>,
+    /// `(client_id, next_seq)` per lane of [`Client::get_many`]/[`Client::set_many`].
+    lanes: Vec<(u64, u64)>,
+    /// The number of the last BATCH datagram sent (its `request_seq`).
+    batch_seq: u64,
 }
 
 /// A successful answer, owning its payload.
@@ -285,7 +294,9 @@ impl Client {
             cookies: HashMap::new(),
             opts,
             send_buf: Vec::with_capacity(MAX_DATAGRAM_SIZE),
-            recv_buf: vec![0u8; MAX_DATAGRAM_SIZE + 1].into_boxed_slice(),
+            recv_buf: vec![0u8; protocol::MAX_BATCH_DATAGRAM_SIZE + 1].into_boxed_slice(),
+            lanes: Vec::new(),
+            batch_seq: 0,
         })
     }
 
@@ -321,6 +332,24 @@ impl Client {
     /// Removes `key`; removing an absent key succeeds.
     pub fn delete(&mut self, key: &str) -> Result<(), ClientError> {
         self.call(Op::Delete, key, &[]).map(|_| ())
+    }
+
+    /// Reads many keys in BATCH datagrams: the value of each (`None` if absent), in
+    /// order. Fails as a call fails, if any one read does.
+    pub fn get_many(&mut self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>, ClientError> {
+        let ops: Vec<(Op, &str, &[u8])> = keys.iter().map(|k| (Op::Get, *k, &[][..])).collect();
+        let answers = self.call_batch(&ops)?;
+        Ok(answers
+            .into_iter()
+            .map(|a| (a.status == Status::Ok).then_some(a.payload))
+            .collect())
+    }
+
+    /// Writes many keys in BATCH datagrams. Every write is durable when this returns
+    /// `Ok`; on an error, some may have been applied and others not.
+    pub fn set_many(&mut self, pairs: &[(&str, &[u8])]) -> Result<(), ClientError> {
+        let ops: Vec<(Op, &str, &[u8])> = pairs.iter().map(|(k, v)| (Op::Set, *k, *v)).collect();
+        self.call_batch(&ops).map(|_| ())
     }
 
     /// Checks that a server answers; returns the round-trip time of the call.
@@ -497,6 +526,259 @@ impl Client {
         }
     }
 
+    /// Runs `ops` (each on a lane of its own) in BATCH datagrams, resending what is
+    /// unanswered, until every one has a final answer or the deadline passes.
+    fn call_batch(&mut self, ops: &[(Op, &str, &[u8])]) -> Result<Vec<Answer>, ClientError> {
+        use protocol::batch;
+        let mut items = Vec::with_capacity(ops.len());
+        for (i, &(op, key, value)) in ops.iter().enumerate() {
+            if i == self.lanes.len() {
+                self.lanes.push((random_client_id(), 1));
+            }
+            let (client_id, request_seq) = self.lanes[i];
+            let req = Request {
+                op,
+                client_id,
+                request_seq,
+                cookie: NO_COOKIE,
+                key,
+                value,
+            };
+            req.validate().map_err(ClientError::InvalidRequest)?;
+            items.push(req);
+        }
+        for lane in &mut self.lanes[..ops.len()] {
+            lane.1 += 1;
+        }
+        let mut answers: Vec<Option<Answer>> = (0..ops.len()).map(|_| None).collect();
+        let start = Instant::now();
+        let deadline = start + self.opts.deadline;
+        let mut backoff = self.opts.initial_backoff;
+        let mut redirects = 0u32;
+        let mut last = Trouble::Silence;
+        let mut last_redirect = None;
+        let mut refused = false;
+        let mut datagrams = Vec::new();
+        while answers.iter().any(Option::is_none) {
+            let now = Instant::now();
+            if now >= deadline {
+                // The unanswered operations may yet be applied: their lanes start over
+                // with new ids, so nothing sent under the old ones answers a later call.
+                for (i, a) in answers.iter().enumerate() {
+                    if a.is_none() {
+                        self.lanes[i] = (random_client_id(), 1);
+                    }
+                }
+                return Err(match last {
+                    Trouble::Busy => ClientError::Refused {
+                        status: Status::Busy,
+                        message: "server still busy at the deadline".into(),
+                    },
+                    Trouble::LeaderUnknown => ClientError::NoLeader {
+                        last: last_redirect,
+                    },
+                    Trouble::Silence => ClientError::NoReply {
+                        servers: self.servers.clone(),
+                        waited: now - start,
+                        refused,
+                    },
+                });
+            }
+            let target = self.servers[self.current];
+            let cookie = self.cookies.get(&target).copied().unwrap_or(NO_COOKIE);
+            // The unanswered operations, packed into as few datagrams as they fit.
+            datagrams.clear();
+            let first_batch = self.batch_seq + 1;
+            let mut open: Option<usize> = None;
+            for (req, _) in items.iter().zip(&answers).filter(|(_, a)| a.is_none()) {
+                let len = batch::request_item_len(req);
+                let fits = open.is_some_and(|start| {
+                    let d: &Vec<u8> = &datagrams[start];
+                    d.len() + len <= protocol::MAX_BATCH_DATAGRAM_SIZE
+                });
+                if !fits {
+                    self.batch_seq += 1;
+                    let to = protocol::Addressing {
+                        op: Some(Op::Batch),
+                        client_id: self.client_id,
+                        request_seq: self.batch_seq,
+                        cookie,
+                    };
+                    let mut d = Vec::with_capacity(protocol::MAX_BATCH_DATAGRAM_SIZE);
+                    batch::begin_batch(&mut d, &to);
+                    datagrams.push(d);
+                    open = Some(datagrams.len() - 1);
+                }
+                let d = datagrams.last_mut().expect("a datagram was begun");
+                batch::push_request_item(d, 0, req);
+            }
+            let mut sent = self.connect_to(target);
+            for d in &datagrams {
+                if sent.is_err() {
+                    break;
+                }
+                sent = self.socket.send(d).map(|_| ());
+            }
+            let wait_until = deadline.min(Instant::now() + backoff);
+            let outcome = match sent {
+                Ok(()) => {
+                    let batches = first_batch..=self.batch_seq;
+                    self.await_batch(&items, &mut answers, batches, wait_until)?
+                }
+                Err(e) if is_unreachable(&e) => BatchWait::Unreachable,
+                Err(e) => return Err(ClientError::Io(e)),
+            };
+            match outcome {
+                BatchWait::Done => {}
+                BatchWait::Cookie(c) => {
+                    let had = self.cookies.insert(target, c);
+                    if had == Some(c) || c == NO_COOKIE {
+                        sleep_until(wait_until);
+                        backoff = (backoff * 2).min(self.opts.max_backoff);
+                    }
+                }
+                BatchWait::Redirect(Some(leader)) if leader != target => {
+                    redirects += 1;
+                    last_redirect = Some(leader);
+                    last = Trouble::LeaderUnknown;
+                    if redirects > self.opts.max_redirects {
+                        return Err(ClientError::NoLeader { last: Some(leader) });
+                    }
+                    self.current = self.server_index(leader);
+                }
+                BatchWait::Redirect(_) => {
+                    last = Trouble::LeaderUnknown;
+                    sleep_until(wait_until);
+                    backoff = (backoff * 2).min(self.opts.max_backoff);
+                    self.current = (self.current + 1) % self.servers.len();
+                }
+                BatchWait::Busy => {
+                    last = Trouble::Busy;
+                    sleep_until(wait_until);
+                    backoff = (backoff * 2).min(self.opts.max_backoff);
+                }
+                BatchWait::Unreachable => {
+                    refused = true;
+                    last = Trouble::Silence;
+                    sleep_until(wait_until);
+                    backoff = (backoff * 2).min(self.opts.max_backoff);
+                    self.current = (self.current + 1) % self.servers.len();
+                }
+                BatchWait::TimedOut => {
+                    last = Trouble::Silence;
+                    backoff = (backoff * 2).min(self.opts.max_backoff);
+                    self.current = (self.current + 1) % self.servers.len();
+                }
+            }
+        }
+        Ok(answers.into_iter().flatten().collect())
+    }
+
+    /// Collects reply items to `items` into `answers` until all are answered, a reply
+    /// asks for a resend (cookie, redirect, Busy), or `until`.
+    fn await_batch(
+        &mut self,
+        items: &[Request<'_>],
+        answers: &mut [Option<Answer>],
+        batches: std::ops::RangeInclusive<u64>,
+        until: Instant,
+    ) -> Result<BatchWait, ClientError> {
+        let mut resend = None;
+        loop {
+            if answers.iter().all(Option::is_some) {
+                return Ok(BatchWait::Done);
+            }
+            let now = Instant::now();
+            if now >= until {
+                return Ok(resend.unwrap_or(BatchWait::TimedOut));
+            }
+            let remaining = (until - now).max(Duration::from_micros(100));
+            // Once something asked for a resend, take only what is already here.
+            let wait = if resend.is_some() {
+                Duration::from_micros(100)
+            } else {
+                remaining
+            };
+            if self.socket.set_read_timeout(Some(wait)).is_err() {
+                return Ok(BatchWait::TimedOut);
+            }
+            let n = match self.socket.recv(&mut self.recv_buf) {
+                Ok(n) => n,
+                Err(e) if is_unreachable(&e) => return Ok(BatchWait::Unreachable),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    if let Some(r) = resend {
+                        return Ok(r);
+                    }
+                    continue;
+                }
+                Err(_) => return Ok(BatchWait::TimedOut),
+            };
+            let Ok(reply) = protocol::parse_reply(&self.recv_buf[..n]) else {
+                continue;
+            };
+            match reply {
+                protocol::Reply::Single(r) => {
+                    let ours = r.op == Some(Op::Batch)
+                        && r.client_id == self.client_id
+                        && batches.contains(&r.request_seq);
+                    if !ours {
+                        continue;
+                    }
+                    match r.status {
+                        Status::CookieRequired => return Ok(BatchWait::Cookie(r.cookie)),
+                        status => {
+                            return Err(ClientError::Refused {
+                                status,
+                                message: String::from_utf8_lossy(r.payload).into_owned(),
+                            });
+                        }
+                    }
+                }
+                protocol::Reply::Batch(b) => {
+                    for r in b.items() {
+                        let Some(i) = items
+                            .iter()
+                            .position(|q| answers_item(&r, q))
+                            .filter(|&i| answers[i].is_none())
+                        else {
+                            continue;
+                        };
+                        match r.status {
+                            Status::Ok | Status::NotFound => {
+                                answers[i] = Some(Answer {
+                                    status: r.status,
+                                    payload: r.payload.to_vec(),
+                                })
+                            }
+                            Status::NotLeader => {
+                                let hint = protocol::parse_leader_hint(r.payload);
+                                resend = Some(BatchWait::Redirect(hint));
+                            }
+                            Status::Busy => {
+                                resend.get_or_insert(BatchWait::Busy);
+                            }
+                            // Items never ask for a cookie (the whole batch does).
+                            Status::CookieRequired => {}
+                            status => {
+                                return Err(ClientError::Refused {
+                                    status,
+                                    message: String::from_utf8_lossy(r.payload).into_owned(),
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Waits until `until` for the answer to `(client_id, seq)`, skipping anything else.
     fn await_reply(&mut self, seq: u64, op: Op, until: Instant) -> Wait {
         loop {
@@ -537,6 +819,24 @@ impl Client {
             };
         }
     }
+}
+
+/// How waiting for a batch's replies ended.
+enum BatchWait {
+    /// Every item is answered.
+    Done,
+    /// The batch needs this cookie.
+    Cookie(u64),
+    /// An item was answered NotLeader (with the hint, if any).
+    Redirect(Option<SocketAddr>),
+    Busy,
+    Unreachable,
+    TimedOut,
+}
+
+/// Whether reply item `r` answers request item `q`.
+fn answers_item(r: &Response<'_>, q: &Request<'_>) -> bool {
+    r.client_id == q.client_id && r.request_seq == q.request_seq && r.op.is_none_or(|o| o == q.op)
 }
 
 enum Trouble {
@@ -800,5 +1100,84 @@ mod tests {
         assert_eq!(list.len(), 2);
         assert!(resolve_servers("").is_err());
         assert!(resolve_servers("not an address").is_err());
+    }
+
+    /// A BATCH server with a cookie, that drops the first transmission of the item for
+    /// key "lost" and answers "busy" Busy once: every item ends up answered, the retries
+    /// reuse each item's sequence number, and only the unanswered items are resent.
+    #[test]
+    fn batches_take_the_cookie_and_resend_only_what_is_unanswered() {
+        use crate::client::protocol::batch;
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
+        let addr = sock.local_addr().unwrap();
+        let server = thread::spawn(move || {
+            let mut seen: Vec<(u64, u64, String)> = Vec::new();
+            let (mut dropped, mut refused) = (false, false);
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let Ok(b) = protocol::parse_batch(&buf[..n]) else {
+                    continue;
+                };
+                let mut out = Vec::new();
+                if b.to.cookie != 77 {
+                    encode_response(&Response::cookie_required(&b.to, 77), &mut out);
+                    sock.send_to(&out, from).unwrap();
+                    continue;
+                }
+                let start = batch::begin_batch_response(&mut out, 77);
+                for req in b.items() {
+                    seen.push((req.client_id, req.request_seq, req.key.to_string()));
+                    let status = match req.key {
+                        "lost" if !dropped => {
+                            dropped = true;
+                            continue;
+                        }
+                        "busy" if !refused => {
+                            refused = true;
+                            Status::Busy
+                        }
+                        "absent" => Status::NotFound,
+                        _ => Status::Ok,
+                    };
+                    let value = req.key.as_bytes();
+                    let payload: &[u8] = if status == Status::Ok { value } else { b"" };
+                    let resp = Response::reply(&req.addressing(), status, 77, payload);
+                    batch::push_response_item(&mut out, start, &resp);
+                }
+                sock.send_to(&out, from).unwrap();
+            }
+            seen
+        });
+        let mut c = Client::connect(addr, quick()).unwrap();
+        let got = c.get_many(&["a", "lost", "busy", "absent"]).unwrap();
+        assert_eq!(
+            got,
+            [
+                Some(b"a".to_vec()),
+                Some(b"lost".to_vec()),
+                Some(b"busy".to_vec()),
+                None
+            ]
+        );
+        drop(c);
+        let seen = server.join().unwrap();
+        let count = |k: &str| seen.iter().filter(|s| s.2 == k).count();
+        assert_eq!((count("a"), count("absent")), (1, 1), "{seen:?}");
+        assert!(count("lost") >= 2 && count("busy") >= 2, "{seen:?}");
+        for k in ["lost", "busy"] {
+            let mut ids: Vec<_> = seen
+                .iter()
+                .filter(|s| s.2 == k)
+                .map(|s| (s.0, s.1))
+                .collect();
+            ids.dedup();
+            assert_eq!(
+                ids.len(),
+                1,
+                "retries of {k} reuse its id and sequence: {seen:?}"
+            );
+        }
     }
 }

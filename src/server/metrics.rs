@@ -284,8 +284,14 @@ pub fn render(shared: Option<&Shared>) -> String {
     m(
         "ocean_liner_udp_requests_total",
         "counter",
-        "UDP datagrams received by the shards.",
+        "UDP requests received by the shards (a BATCH datagram counts its items).",
         get(&st.requests),
+    );
+    m(
+        "ocean_liner_udp_batches_total",
+        "counter",
+        "UDP BATCH datagrams received by the shards.",
+        get(&st.batches),
     );
     m(
         "ocean_liner_gets_total",

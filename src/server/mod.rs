@@ -83,7 +83,10 @@ pub struct Stats {
     pub election_timeout_ms: AtomicU64,
     pub rtt_us: AtomicU64,
     pub rtt_dev_us: AtomicU64,
+    /// UDP requests: single datagrams, and the items of BATCH datagrams.
     pub requests: AtomicU64,
+    /// BATCH datagrams received.
+    pub batches: AtomicU64,
     pub gets: AtomicU64,
     /// GETs whose key hash the map held for another key (answered NotFound).
     pub hash_collisions: AtomicU64,
@@ -127,7 +130,7 @@ pub struct Stats {
 /// One window slot's own counters (a UDP shard's, or a RESP door's).
 #[derive(Debug, Default)]
 pub struct SlotStats {
-    /// Datagrams (a shard) or commands (a door) handled.
+    /// Requests (a shard; a BATCH counts its items) or commands (a door) handled.
     pub requests: AtomicU64,
     pub gets: AtomicU64,
     /// Refused as malformed or too large, or unanswerable.
@@ -235,7 +238,7 @@ impl Shared {
              read_mode={:?}\nkeys={}\nmap_pages={}\nindex_bytes={}\nindex_bytes_per_key={:.1}\n\
              value_cache_bytes={}\nvalue_cache_values={}\nvalue_cache_hits={}\n\
              value_cache_misses={}\n\
-             entries_written={}\ncommands_applied={}\nlast_entry_commands={}\nrequests={}\ngets={}\n\
+             entries_written={}\ncommands_applied={}\nlast_entry_commands={}\nrequests={}\nbatches={}\ngets={}\n\
              hash_collisions={}\nrejected={}\ndropped={}\nbusy={}\nwrite_errors={}\n\
              checkpoints={}\nlast_checkpoint_us={}\ncheckpoint_copy_peak_bytes={}\n\
              appends_refused_no_space={}\n\
@@ -268,6 +271,7 @@ impl Shared {
             get(&s.commands_applied),
             get(&s.last_entry_commands),
             get(&s.requests),
+            get(&s.batches),
             get(&s.gets),
             get(&s.hash_collisions),
             get(&s.rejected),

@@ -3,7 +3,9 @@
 //! Each shard owns a `SO_REUSEPORT` UDP socket on the client port and loops:
 //! receive a batch (`recvmmsg`) → validate each datagram → answer GETs, PINGs and bad
 //! requests at once → append the batch's writes to the shard's window → send the replies
-//! of every window the replication core has completed (`sendmmsg`).
+//! of every window the replication core has completed (`sendmmsg`). A BATCH datagram is
+//! checked whole and its items run one by one as requests of their own; their replies
+//! join BATCH replies to the same address ([`Sender::push_coalesced`]).
 //!
 //! The loop runs on a thread of its own ([`Shard::run`]; a receive waits up to 1 ms), or,
 //! when the RESP door is open, as a task of its core's glommio executor
@@ -56,26 +58,34 @@ pub struct Shard {
 /// Most GETs one shard holds waiting for a ReadIndex round before answering Busy.
 pub const WAITING_READS_MAX: usize = 1 << 16;
 
+/// Where a reply goes, and what bounds it.
+#[derive(Debug, Clone, Copy)]
+pub struct Dest {
+    addr: SocketAddr,
+    /// Size of the request's datagram: an unvalidated reply may not be larger.
+    request_len: usize,
+    /// Whether the request carried this source's cookie.
+    validated: bool,
+    /// The request was an item of a BATCH: its reply is an item of a BATCH reply.
+    batched: bool,
+}
+
 /// A GET whose value must be read from the log.
 pub struct LogRead {
     offset: u64,
     /// The key asked for: the SET command at `offset` must be of this key, not of another
     /// one with the same hash.
     key: Vec<u8>,
-    from: SocketAddr,
-    request_len: usize,
+    dest: Dest,
     to: Addressing,
-    validated: bool,
     cookie: u64,
 }
 
 /// A GET waiting for the ReadIndex round of the epoch it arrived in.
 pub struct WaitingRead {
     key: String,
-    from: SocketAddr,
-    request_len: usize,
+    dest: Dest,
     to: Addressing,
-    validated: bool,
 }
 
 /// A shard's loop state between two turns.
@@ -217,18 +227,18 @@ impl Shard {
         protocol::cookie_for(&self.cookie_secret, addr)
     }
 
-    /// Queues `response` to `to`, unless the source is unvalidated and the reply would be
-    /// larger than its request: then only the cookie goes back.
-    fn respond(
-        &self,
-        sender: &mut Sender,
-        to: SocketAddr,
-        request_len: usize,
-        validated: bool,
-        response: Response<'_>,
-    ) {
+    /// Queues `response` to `dest`, unless the source is unvalidated and the reply would
+    /// be larger than its request: then only the cookie goes back. The reply to a batch
+    /// item joins a BATCH reply to the same address.
+    fn respond(&self, sender: &mut Sender, dest: Dest, response: Response<'_>) {
+        let Dest {
+            addr: to,
+            request_len,
+            validated,
+            batched,
+        } = dest;
         // A value stored over the RESP door may be larger than a datagram.
-        let response = if response.encoded_len() > protocol::MAX_DATAGRAM_SIZE {
+        let response = if response.payload.len() > protocol::MAX_PAYLOAD_LEN {
             Response {
                 status: Status::TooLarge,
                 payload: b"the value is larger than a datagram: read it over the RESP door",
@@ -237,6 +247,20 @@ impl Shard {
         } else {
             response
         };
+        if batched {
+            // Only a batch with the valid cookie runs, so its replies may be larger.
+            let cookie = response.cookie;
+            sender.push_coalesced(
+                to,
+                protocol::MAX_BATCH_DATAGRAM_SIZE,
+                protocol::batch::response_item_len(&response),
+                |out| {
+                    protocol::batch::begin_batch_response(out, cookie);
+                },
+                |out, start| protocol::batch::push_response_item(out, start, &response),
+            );
+            return;
+        }
         let response =
             if validated || protocol::reply_fits_unvalidated(request_len, response.encoded_len()) {
                 response
@@ -262,6 +286,9 @@ impl Shard {
     }
 
     fn handle(&mut self, d: &Datagram<'_>, batch: &mut Window, sender: &mut Sender) {
+        if protocol::batch::is_batch(d.bytes) {
+            return self.handle_batch(d, batch, sender);
+        }
         let stats = &self.shared.stats;
         stats.requests.fetch_add(1, Ordering::Relaxed);
         let mine = &self.shared.slot_stats[self.index];
@@ -284,7 +311,7 @@ impl Shard {
                     cookie,
                     b"datagram larger than 1024 bytes",
                 );
-                self.respond(sender, d.from, request_len, false, resp);
+                self.respond(sender, Dest::single(d.from, request_len, false), resp);
                 return;
             }
             Err(ParseError::Unaddressable(_)) => {
@@ -296,20 +323,71 @@ impl Shard {
                 stats.rejected.fetch_add(1, Ordering::Relaxed);
                 mine.errors.fetch_add(1, Ordering::Relaxed);
                 let validated = rejection.to.cookie == cookie;
-                self.respond(
-                    sender,
-                    d.from,
-                    request_len,
-                    validated,
-                    rejection.response(cookie),
-                );
+                let dest = Dest::single(d.from, request_len, validated);
+                self.respond(sender, dest, rejection.response(cookie));
                 return;
             }
         };
-        let validated = req.cookie == cookie;
+        let dest = Dest::single(d.from, request_len, req.cookie == cookie);
+        self.execute(&req, dest, cookie, batch, sender);
+    }
+
+    /// A BATCH datagram: checked whole, run only with this source's cookie, each item as
+    /// a request of its own whose reply joins a BATCH reply.
+    fn handle_batch(&mut self, d: &Datagram<'_>, batch: &mut Window, sender: &mut Sender) {
+        let stats = &self.shared.stats;
+        let mine = &self.shared.slot_stats[self.index];
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        let cookie = self.cookie(&d.from);
+        let request_len = d.bytes.len();
+        match protocol::parse_batch(d.bytes) {
+            Err(ParseError::Unaddressable(_)) => {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                mine.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(ParseError::Rejected(rejection)) => {
+                stats.requests.fetch_add(1, Ordering::Relaxed);
+                stats.rejected.fetch_add(1, Ordering::Relaxed);
+                mine.requests.fetch_add(1, Ordering::Relaxed);
+                mine.errors.fetch_add(1, Ordering::Relaxed);
+                let validated = rejection.to.cookie == cookie;
+                let dest = Dest::single(d.from, request_len, validated);
+                self.respond(sender, dest, rejection.response(cookie));
+            }
+            Ok(b) if b.to.cookie != cookie => {
+                // Nothing runs without the cookie: 40 bytes go back, never more.
+                let dest = Dest::single(d.from, request_len, false);
+                self.respond(sender, dest, Response::cookie_required(&b.to, cookie));
+            }
+            Ok(b) => {
+                let n = b.len as u64;
+                stats.requests.fetch_add(n, Ordering::Relaxed);
+                mine.requests.fetch_add(n, Ordering::Relaxed);
+                let dest = Dest {
+                    addr: d.from,
+                    request_len,
+                    validated: true,
+                    batched: true,
+                };
+                for req in b.items() {
+                    self.execute(&req, dest, cookie, batch, sender);
+                }
+            }
+        }
+    }
+
+    /// Runs one parsed request (a datagram's, or a batch item).
+    fn execute(
+        &mut self,
+        req: &Request<'_>,
+        dest: Dest,
+        cookie: u64,
+        batch: &mut Window,
+        sender: &mut Sender,
+    ) {
         let to = req.addressing();
         match req.op {
-            Op::Get => self.get_request(&req, d, validated, cookie, sender),
+            Op::Get => self.get_request(req, dest, cookie, sender),
             Op::Set | Op::Delete => {
                 let in_window = self.shared.windows[self.index].bytes() + batch.commands.len();
                 let refusal = if !self.shared.is_leader.load(Ordering::Acquire) {
@@ -320,8 +398,7 @@ impl Shard {
                     None
                 };
                 if let Some(status) = refusal {
-                    let (from, len) = (d.from, request_len);
-                    self.refuse(sender, from, len, validated, &to, cookie, status);
+                    self.refuse(sender, dest, &to, cookie, status);
                     return;
                 }
                 let (op, value) = match req.op {
@@ -337,23 +414,21 @@ impl Shard {
                     value,
                 );
                 batch.replies.push(ReplyTo {
-                    door: super::window::Door::Udp,
-                    addr: d.from,
+                    door: if dest.batched {
+                        super::window::Door::UdpBatch
+                    } else {
+                        super::window::Door::Udp
+                    },
+                    addr: dest.addr,
                     op: req.op,
                     client_id: req.client_id,
                     request_seq: req.request_seq,
-                    validated,
-                    request_len: request_len.min(u16::MAX as usize) as u16,
+                    validated: dest.validated,
+                    request_len: dest.request_len.min(u16::MAX as usize) as u16,
                     received: self.turn_started,
                 });
             }
-            Op::Ping => self.respond(
-                sender,
-                d.from,
-                request_len,
-                validated,
-                Response::reply(&to, Status::Ok, cookie, b""),
-            ),
+            Op::Ping => self.respond(sender, dest, Response::reply(&to, Status::Ok, cookie, b"")),
             Op::Stats => {
                 // The decoder let only an empty key or a few digits through.
                 let first_line = req.key.parse::<usize>().unwrap_or(0);
@@ -361,23 +436,21 @@ impl Shard {
                     crate::client::protocol::stats_page(&self.shared.stats_text(), first_line);
                 self.respond(
                     sender,
-                    d.from,
-                    request_len,
-                    validated,
+                    dest,
                     Response::reply(&to, Status::Ok, cookie, page.as_bytes()),
                 );
             }
+            // The dispatch in `handle` sends BATCH datagrams to `handle_batch`, and a
+            // batch's items are never batches.
+            Op::Batch => {}
         }
     }
 
     /// Answers Busy (back off and retry) or NotLeader (with the leader's address).
-    #[allow(clippy::too_many_arguments)]
     fn refuse(
         &self,
         sender: &mut Sender,
-        to_addr: SocketAddr,
-        request_len: usize,
-        validated: bool,
+        dest: Dest,
         to: &Addressing,
         cookie: u64,
         status: Status,
@@ -393,33 +466,18 @@ impl Shard {
             }
         };
         let resp = Response::reply(to, status, cookie, hint.as_bytes());
-        self.respond(sender, to_addr, request_len, validated, resp);
+        self.respond(sender, dest, resp);
     }
 
     /// GET: served as the replica core decides (lease valid, or after its ReadIndex
     /// round), from what the replication thread published.
-    fn get_request(
-        &mut self,
-        req: &Request<'_>,
-        d: &Datagram<'_>,
-        validated: bool,
-        cookie: u64,
-        sender: &mut Sender,
-    ) {
+    fn get_request(&mut self, req: &Request<'_>, dest: Dest, cookie: u64, sender: &mut Sender) {
         let to = req.addressing();
         let view = self.shared.read_view();
         let now = self.shared.started.elapsed();
         let decision = decide_read(&view, now, self.waiting_reads.len(), WAITING_READS_MAX);
         match decision {
-            ReadDecision::Serve => self.get(
-                req.key,
-                d.from,
-                d.bytes.len(),
-                &to,
-                validated,
-                cookie,
-                sender,
-            ),
+            ReadDecision::Serve => self.get(req.key, dest, &to, cookie, sender),
             // Busy: a new leader whose lease is not yet confirmed, or too many reads
             // waiting; the client backs off briefly and retries.
             ReadDecision::NotLeader | ReadDecision::Busy => {
@@ -427,18 +485,15 @@ impl Shard {
                     ReadDecision::NotLeader => Status::NotLeader,
                     _ => Status::Busy,
                 };
-                let len = d.bytes.len();
-                self.refuse(sender, d.from, len, validated, &to, cookie, status)
+                self.refuse(sender, dest, &to, cookie, status)
             }
             ReadDecision::Wait { epoch } => {
                 self.waiting_reads.push(
                     epoch,
                     WaitingRead {
                         key: req.key.to_string(),
-                        from: d.from,
-                        request_len: d.bytes.len(),
+                        dest,
                         to,
-                        validated,
                     },
                 );
                 self.shared.reads_waiting.store(true, Ordering::Release);
@@ -456,27 +511,11 @@ impl Shard {
         let done = self.shared.read_epoch_done.load(Ordering::Acquire);
         let (ready, still_waiting) = self.waiting_reads.take_ready(leader, done);
         for r in ready {
-            let cookie = self.cookie(&r.from);
+            let cookie = self.cookie(&r.dest.addr);
             if leader {
-                self.get(
-                    &r.key,
-                    r.from,
-                    r.request_len,
-                    &r.to,
-                    r.validated,
-                    cookie,
-                    sender,
-                );
+                self.get(&r.key, r.dest, &r.to, cookie, sender);
             } else {
-                self.refuse(
-                    sender,
-                    r.from,
-                    r.request_len,
-                    r.validated,
-                    &r.to,
-                    cookie,
-                    Status::NotLeader,
-                );
+                self.refuse(sender, r.dest, &r.to, cookie, Status::NotLeader);
             }
         }
         if still_waiting {
@@ -484,17 +523,7 @@ impl Shard {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn get(
-        &mut self,
-        key: &str,
-        from: SocketAddr,
-        request_len: usize,
-        to: &Addressing,
-        validated: bool,
-        cookie: u64,
-        sender: &mut Sender,
-    ) {
+    fn get(&mut self, key: &str, dest: Dest, to: &Addressing, cookie: u64, sender: &mut Sender) {
         let to = *to;
         self.shared.stats.gets.fetch_add(1, Ordering::Relaxed);
         self.shared.slot_stats[self.index]
@@ -510,10 +539,8 @@ impl Shard {
                 self.log_reads.push(LogRead {
                     offset,
                     key: key.as_bytes().to_vec(),
-                    from,
-                    request_len,
+                    dest,
                     to,
-                    validated,
                     cookie,
                 });
                 return;
@@ -523,7 +550,7 @@ impl Shard {
             Some(v) => Response::reply(&to, Status::Ok, cookie, v),
             None => Response::reply(&to, Status::NotFound, cookie, b""),
         };
-        self.respond(sender, from, request_len, validated, resp);
+        self.respond(sender, dest, resp);
     }
 
     /// Reads the values of the batch's GETs that live in the log (cache, or one batch of
@@ -549,7 +576,7 @@ impl Shard {
                     Response::reply(&r.to, Status::Failed, r.cookie, b"log read failed")
                 }
             };
-            self.respond(sender, r.from, r.request_len, r.validated, resp);
+            self.respond(sender, r.dest, resp);
         }
         self.log_reads = reads;
         self.log_reads.clear();
@@ -577,13 +604,25 @@ impl Shard {
                 cookie: 0,
             };
             let resp = Response::reply(&to, status, self.cookie(&reply.addr), payload);
-            self.respond(
-                sender,
-                reply.addr,
-                reply.request_len as usize,
-                reply.validated,
-                resp,
-            );
+            let dest = Dest {
+                addr: reply.addr,
+                request_len: reply.request_len.into(),
+                validated: reply.validated,
+                batched: reply.door == super::window::Door::UdpBatch,
+            };
+            self.respond(sender, dest, resp);
+        }
+    }
+}
+
+impl Dest {
+    /// The reply to a request that came alone in its datagram.
+    fn single(addr: SocketAddr, request_len: usize, validated: bool) -> Dest {
+        Dest {
+            addr,
+            request_len,
+            validated,
+            batched: false,
         }
     }
 }

@@ -14,6 +14,8 @@ use std::sync::Mutex;
 pub enum Door {
     /// A UDP datagram from `addr`.
     Udp,
+    /// An item of a UDP BATCH datagram from `addr` (answered in a BATCH reply).
+    UdpBatch,
     /// A RESP connection: `client_id` names it, `request_seq` the command's place.
     Resp,
 }

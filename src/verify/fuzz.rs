@@ -105,9 +105,13 @@ pub fn resp_reply(data: &[u8]) {
     }
 }
 
-/// A client datagram as a shard parses it. An accepted request must round-trip and, if
-/// it is a write, encode as a log command that decodes to the same fields.
+/// A client datagram as a shard parses it (a BATCH, or a single request). An accepted
+/// request must round-trip and, if it is a write, encode as a log command that decodes to
+/// the same fields; an accepted batch re-encodes to the same bytes, item by item.
 pub fn client_request(data: &[u8]) {
+    if protocol::batch::is_batch(data) {
+        return client_batch(data);
+    }
     match protocol::parse_request(data) {
         Ok(req) => {
             assert!(req.validate().is_ok(), "accepted but invalid: {req:?}");
@@ -143,8 +147,39 @@ pub fn client_request(data: &[u8]) {
     }
 }
 
+fn client_batch(data: &[u8]) {
+    use protocol::batch;
+    match protocol::parse_batch(data) {
+        Ok(b) => {
+            assert!(data.len() <= protocol::MAX_BATCH_DATAGRAM_SIZE);
+            let mut out = Vec::new();
+            let start = batch::begin_batch(&mut out, &b.to);
+            for req in b.items() {
+                assert!(req.validate().is_ok(), "accepted but invalid: {req:?}");
+                batch::push_request_item(&mut out, start, &req);
+            }
+            assert_eq!(out, data, "round trip");
+        }
+        Err(ParseError::Rejected(r)) => {
+            let reply = protocol::Response::reply(&r.to, r.reason.status(), 0, &[]);
+            assert!(reply.encoded_len() <= data.len());
+        }
+        Err(ParseError::Unaddressable(_)) => {}
+    }
+}
+
 /// A server's reply as the client library parses it, and the leader hint it may carry.
 pub fn client_response(data: &[u8]) {
+    if let Ok(protocol::Reply::Batch(b)) = protocol::parse_reply(data) {
+        let mut out = Vec::new();
+        let start = protocol::batch::begin_batch_response(&mut out, b.cookie);
+        for item in b.items() {
+            protocol::batch::push_response_item(&mut out, start, &item);
+            let _ = protocol::parse_leader_hint(item.payload);
+        }
+        assert_eq!(out, data, "round trip");
+        return;
+    }
     if let Ok(resp) = protocol::parse_response(data) {
         let mut out = Vec::new();
         protocol::encode_response(&resp, &mut out);

@@ -19,6 +19,12 @@
 //! named); [`Status::Busy`] resends after a short backoff. Retransmissions reuse the
 //! request's sequence number, and latency is measured from the first transmission.
 //!
+//! With `--pipeline N` over UDP, a socket packs up to N of its queued requests into one
+//! BATCH datagram (each keeps its slot's client id and sequence number) once it holds
+//! the server's cookie, and takes the items of BATCH replies one by one. A reply to a
+//! whole batch (CookieRequired after a server restart, say) is applied to each of its
+//! items, from a record of the batches recently sent.
+//!
 //! Every phase ends by itself: prefill when every key has been written (or given up on
 //! after a few timeouts), measurement after `--warmup + --duration` seconds.
 
@@ -63,6 +69,9 @@ const KEY_NAME_LEN: usize = 14;
 const MAX_KEYS: u64 = 10_000_000_000;
 /// Largest `--value-size` that fits a datagram with a key name.
 pub const MAX_VALUE_SIZE: usize = MAX_DATAGRAM_SIZE - REQUEST_HEADER_SIZE - KEY_NAME_LEN;
+/// Most requests one UDP BATCH datagram carries (`--pipeline`); fewer go when their
+/// bytes would pass [`protocol::MAX_BATCH_DATAGRAM_SIZE`].
+pub const UDP_PIPELINE_MAX: usize = 64;
 /// Socket buffer size requested from the kernel (it may grant less).
 const SOCKET_BUFFER_BYTES: usize = 16 << 20;
 /// Workers report interval statistics this often.
@@ -113,7 +122,7 @@ impl fmt::Display for Workload {
 /// What the load speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Protocol {
-    /// Ocean Liner's UDP protocol: one request per datagram.
+    /// Ocean Liner's UDP protocol: a request per datagram, or `--pipeline` per BATCH.
     Udp,
     /// RESP2 over TCP: Ocean Liner's RESP door, or Redis.
     Resp,
@@ -175,6 +184,7 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = Protocol::Udp)]
     pub protocol: Protocol,
     /// RESP: commands in flight per connection (connections = concurrency / pipeline).
+    /// UDP: most requests per BATCH datagram (1 sends each request alone).
     #[arg(long, default_value_t = 1)]
     pub pipeline: usize,
     /// Total outstanding requests across all threads (one per virtual client; over RESP,
@@ -249,9 +259,10 @@ impl BenchArgs {
                     self.value_size
                 );
                 ensure!(
-                    self.pipeline == 1,
-                    "--pipeline needs --protocol resp (the UDP protocol has one request per \
-                     datagram; raise --concurrency instead)"
+                    (1..=UDP_PIPELINE_MAX).contains(&self.pipeline),
+                    "--pipeline must be within 1..={UDP_PIPELINE_MAX} over UDP (a BATCH \
+                     datagram holds at most {} bytes)",
+                    protocol::MAX_BATCH_DATAGRAM_SIZE
                 );
             }
             Protocol::Resp => {
@@ -342,6 +353,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
             }),
             warmup: Duration::from_secs_f64(args.warmup),
             duration: Duration::from_secs_f64(args.duration),
+            pipeline: args.pipeline,
         };
         let tx = msg_tx.clone();
         let (protocol, pipeline) = (args.protocol, args.pipeline);

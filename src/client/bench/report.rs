@@ -172,6 +172,7 @@ impl fmt::Display for Report {
             self.concurrency,
             self.threads,
             match self.protocol {
+                Protocol::Udp if self.pipeline > 1 => format!("UDP, batch {}", self.pipeline),
                 Protocol::Udp => "UDP".to_string(),
                 Protocol::Resp => format!("RESP, pipeline {}", self.pipeline),
             }

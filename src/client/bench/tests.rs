@@ -122,7 +122,23 @@ fn argument_validation() {
             zipf_theta: -1.0,
             ..BenchArgs::default()
         },
+        BenchArgs {
+            pipeline: 0,
+            ..BenchArgs::default()
+        },
+        BenchArgs {
+            pipeline: UDP_PIPELINE_MAX + 1,
+            ..BenchArgs::default()
+        },
     ];
+    let batched = BenchArgs {
+        pipeline: 16,
+        ..BenchArgs::default()
+    };
+    assert!(
+        batched.validate().is_ok(),
+        "UDP takes --pipeline: BATCH datagrams"
+    );
     for args in bad {
         assert!(args.validate().is_err(), "{args:?}");
     }

@@ -30,7 +30,21 @@ pub(super) struct WorkerConfig {
     pub(super) prefill_keys: Option<KeyShare>,
     pub(super) warmup: Duration,
     pub(super) duration: Duration,
+    /// Most requests per BATCH datagram (1: no batches).
+    pub(super) pipeline: usize,
 }
+
+/// A BATCH datagram sent recently: its items, for a reply to the whole batch.
+#[derive(Debug, Default)]
+pub(super) struct BatchRecord {
+    pub(super) seq: u64,
+    /// `(slot, request_seq)` of each item.
+    pub(super) items: Vec<(u32, u64)>,
+}
+
+/// Batches remembered per worker (the oldest is forgotten; its items time out if the
+/// server answers only the whole batch that late).
+const BATCH_RECORDS_MAX: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum SlotState {
@@ -104,6 +118,13 @@ pub(super) struct Worker {
     /// Slots not [`SlotState::Idle`].
     pub(super) active: usize,
     pub(super) pollfds: Vec<libc::pollfd>,
+    /// The `client_id` of this worker's BATCH datagrams, and the last batch number used.
+    pub(super) batch_id: u64,
+    pub(super) batch_seq: u64,
+    /// The BATCH datagrams sent recently, oldest first (consecutive numbers).
+    pub(super) batches: VecDeque<BatchRecord>,
+    /// Items per datagram of the send being prepared.
+    pub(super) batch_counts: Vec<usize>,
 }
 
 impl Worker {
@@ -132,6 +153,7 @@ impl Worker {
         let fds = sockets.iter().map(AsRawFd::as_raw_fd).collect();
         let mut rng = StdRng::from_entropy();
         let id_base = rng.r#gen::<u64>();
+        let batch_id = rng.r#gen::<u64>();
         let n = cfg.slots;
         let now = Instant::now();
         let mut w = Worker {
@@ -153,6 +175,10 @@ impl Worker {
             tally: Tally::new(),
             active: 0,
             pollfds: Vec::new(),
+            batch_id,
+            batch_seq: 0,
+            batches: VecDeque::new(),
+            batch_counts: Vec::new(),
             rng,
             cfg,
         };
@@ -388,6 +414,12 @@ impl Worker {
     pub(super) fn flush_sends(&mut self) -> anyhow::Result<usize> {
         let mut total = 0;
         for sock in 0..self.sockets.len() {
+            // Batches need the cookie (the server runs none without it); until a reply
+            // brings it, requests go alone.
+            if self.cfg.pipeline > 1 && self.cookies[self.target][sock] != NO_COOKIE {
+                total += self.flush_batches(sock)?;
+                continue;
+            }
             while !self.send_queues[sock].is_empty() {
                 let n = self.send_queues[sock].len().min(BATCH);
                 let target = self.target;
@@ -432,6 +464,86 @@ impl Worker {
         Ok(total)
     }
 
+    /// Sends socket `sock`'s queued requests as BATCH datagrams of up to `--pipeline`
+    /// items; returns how many requests went out.
+    fn flush_batches(&mut self, sock: usize) -> anyhow::Result<usize> {
+        let target = self.target;
+        let addr = self.server_addrs[target];
+        let cookie = self.cookies[target][sock];
+        let mut total = 0;
+        while !self.send_queues[sock].is_empty() {
+            let mut sender = mem::take(&mut self.sender);
+            self.batch_counts.clear();
+            let queue = &self.send_queues[sock];
+            let mut next = 0;
+            let mut key_buf = [0u8; KEY_NAME_LEN];
+            while next < queue.len() && self.batch_counts.len() < BATCH {
+                let to = protocol::Addressing {
+                    op: Some(Op::Batch),
+                    client_id: self.batch_id,
+                    request_seq: self.batch_seq + 1 + self.batch_counts.len() as u64,
+                    cookie,
+                };
+                let mut items = 0;
+                sender.push_raw(addr, |out| {
+                    let start = protocol::batch::begin_batch(out, &to);
+                    while next < queue.len() && items < self.cfg.pipeline {
+                        let slot = &self.slots[queue[next] as usize];
+                        let req = Request {
+                            op: slot.op,
+                            client_id: slot.client_id,
+                            request_seq: slot.seq,
+                            cookie,
+                            key: key_name(slot.key, &mut key_buf),
+                            value: if slot.op == Op::Set {
+                                &self.cfg.value
+                            } else {
+                                &[]
+                            },
+                        };
+                        let len = protocol::batch::request_item_len(&req);
+                        if out.len() - start + len > protocol::MAX_BATCH_DATAGRAM_SIZE {
+                            break;
+                        }
+                        protocol::batch::push_request_item(out, start, &req);
+                        next += 1;
+                        items += 1;
+                    }
+                });
+                self.batch_counts.push(items);
+            }
+            let datagrams = self.batch_counts.len();
+            let sent = sender.send_nonblocking(self.fds[sock]);
+            self.sender = sender;
+            let sent = sent.context("sendmmsg")?;
+            let now = Instant::now();
+            for d in 0..sent {
+                self.batch_seq += 1;
+                let mut record = if self.batches.len() >= BATCH_RECORDS_MAX {
+                    self.batches.pop_front().unwrap_or_default()
+                } else {
+                    BatchRecord::default()
+                };
+                record.seq = self.batch_seq;
+                record.items.clear();
+                for _ in 0..self.batch_counts[d] {
+                    let i = self.send_queues[sock].pop_front().expect("queued") as usize;
+                    let slot = &mut self.slots[i];
+                    slot.target = target;
+                    slot.state = SlotState::InFlight;
+                    slot.first_sent.get_or_insert(now);
+                    record.items.push((i as u32, slot.seq));
+                    total += 1;
+                }
+                self.batches.push_back(record);
+            }
+            if sent < datagrams {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
     /// Receives and handles responses with `recvmmsg`; returns how many arrived.
     pub(super) fn receive(&mut self, phase: &mut Phase) -> anyhow::Result<usize> {
         let mut rx = self.receiver.take().expect("the worker owns a receiver");
@@ -469,9 +581,59 @@ impl Worker {
         phase: &mut Phase,
         now: Instant,
     ) {
-        let Ok(resp) = protocol::parse_response(bytes) else {
+        match protocol::parse_reply(bytes) {
+            Ok(protocol::Reply::Batch(b)) => {
+                for item in b.items() {
+                    self.handle_response(sock, &item, phase, now);
+                }
+            }
+            Ok(protocol::Reply::Single(r))
+                if r.op == Some(Op::Batch) && r.client_id == self.batch_id =>
+            {
+                self.handle_batch_refusal(sock, &r, phase, now)
+            }
+            Ok(protocol::Reply::Single(r)) => self.handle_response(sock, &r, phase, now),
+            Err(_) => {}
+        }
+    }
+
+    /// A reply to a whole batch (CookieRequired, or a rejection): each item takes it.
+    fn handle_batch_refusal(
+        &mut self,
+        sock: usize,
+        resp: &protocol::Response<'_>,
+        phase: &mut Phase,
+        now: Instant,
+    ) {
+        let Some(first) = self.batches.front().map(|b| b.seq) else {
             return;
         };
+        let Some(at) = resp.request_seq.checked_sub(first) else {
+            return;
+        };
+        let Some(record) = self.batches.get_mut(at as usize) else {
+            return;
+        };
+        let items = mem::take(&mut record.items);
+        for &(i, seq) in &items {
+            let item = protocol::Response {
+                op: None,
+                client_id: self.slots[i as usize].client_id,
+                request_seq: seq,
+                ..*resp
+            };
+            self.handle_response(sock, &item, phase, now);
+        }
+    }
+
+    /// One reply to one request (alone, or an item of a batch).
+    fn handle_response(
+        &mut self,
+        sock: usize,
+        resp: &protocol::Response<'_>,
+        phase: &mut Phase,
+        now: Instant,
+    ) {
         let Some(i) = self.slot_for(resp.client_id) else {
             return;
         };

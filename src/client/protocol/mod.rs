@@ -149,11 +149,13 @@ pub enum Op {
     Ping = 4,
     /// Server counters as `key=value` text lines.
     Stats = 5,
+    /// Several requests in one datagram (see [`batch`]); never an item of a batch.
+    Batch = 6,
 }
 
 impl Op {
     /// Every op, in wire order.
-    pub const ALL: [Op; 5] = [Op::Get, Op::Set, Op::Delete, Op::Ping, Op::Stats];
+    pub const ALL: [Op; 6] = [Op::Get, Op::Set, Op::Delete, Op::Ping, Op::Stats, Op::Batch];
 
     /// Decodes a wire op byte.
     pub fn from_u8(v: u8) -> Option<Op> {
@@ -163,6 +165,7 @@ impl Op {
             3 => Some(Op::Delete),
             4 => Some(Op::Ping),
             5 => Some(Op::Stats),
+            6 => Some(Op::Batch),
             _ => None,
         }
     }
@@ -190,6 +193,7 @@ impl Op {
             Op::Delete => "DELETE",
             Op::Ping => "PING",
             Op::Stats => "STATS",
+            Op::Batch => "BATCH",
         }
     }
 }
@@ -474,6 +478,11 @@ pub enum RejectReason {
     KeyContainsNul,
     /// The key is not valid UTF-8.
     KeyNotUtf8,
+    /// A BATCH datagram parsed as a single request, or an item of a batch whose op may
+    /// not be batched (STATS, BATCH).
+    NotBatchable,
+    /// A batch with no items, or whose items do not fill its body exactly.
+    BadBatch,
 }
 
 impl RejectReason {
@@ -488,7 +497,7 @@ impl RejectReason {
     /// A short ASCII explanation, sent as the error reply's payload.
     pub fn message(self) -> &'static str {
         match self {
-            RejectReason::Oversize => "datagram larger than 1024 bytes",
+            RejectReason::Oversize => "datagram larger than the size limit",
             RejectReason::UnknownOp => "unknown op",
             RejectReason::NonZeroFlags => "flags must be zero",
             RejectReason::NonZeroReserved => "reserved must be zero",
@@ -498,6 +507,8 @@ impl RejectReason {
             RejectReason::UnexpectedValue => "op takes no value",
             RejectReason::KeyContainsNul => "key contains a NUL byte",
             RejectReason::KeyNotUtf8 => "key is not valid UTF-8",
+            RejectReason::NotBatchable => "op cannot be an item of a batch",
+            RejectReason::BadBatch => "batch items do not fill its body",
         }
     }
 }
@@ -529,7 +540,7 @@ impl fmt::Display for ResponseError {
             ResponseError::TooShort => f.write_str("response shorter than a header"),
             ResponseError::BadMagic => f.write_str("response has bad magic"),
             ResponseError::BadVersion => f.write_str("response has unsupported version"),
-            ResponseError::Oversize => f.write_str("response larger than 1024 bytes"),
+            ResponseError::Oversize => f.write_str("response larger than the size limit"),
             ResponseError::LengthMismatch => f.write_str("response payload_len mismatch"),
             ResponseError::NonZeroFlags => f.write_str("response flags not zero"),
             ResponseError::NonZeroReserved => f.write_str("response reserved not zero"),
@@ -614,6 +625,7 @@ fn check_body(op: Op, key: &[u8], value_len: usize) -> Result<&str, RejectReason
                 return Err(RejectReason::UnexpectedValue);
             }
         }
+        Op::Batch => return Err(RejectReason::NotBatchable),
         Op::Ping | Op::Stats => {
             // STATS may name the first line to send: the text is sent in pages.
             let page_start = op == Op::Stats
@@ -846,6 +858,12 @@ pub fn reply_fits_unvalidated(request_len: usize, response_len: usize) -> bool {
 pub fn parse_leader_hint(payload: &[u8]) -> Option<SocketAddr> {
     std::str::from_utf8(payload).ok()?.trim().parse().ok()
 }
+
+pub mod batch;
+pub use batch::{
+    BATCH_ITEM_HEADER_SIZE, Batch, BatchResponse, MAX_BATCH_DATAGRAM_SIZE, Reply, parse_batch,
+    parse_reply,
+};
 
 #[cfg(test)]
 mod tests;

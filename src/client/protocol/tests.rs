@@ -207,7 +207,7 @@ fn rejections_carry_the_addressing() {
 
 #[test]
 fn unknown_ops_are_malformed_and_echo_op_zero() {
-    for op in [0u8, 6, 200, 255] {
+    for op in [0u8, 7, 200, 255] {
         let mut bad = encoded(&sample_set());
         bad[offset::OP] = op;
         let r = rejected(&bad);
@@ -570,7 +570,7 @@ fn op_codes_round_trip() {
         assert_eq!(Op::from_u8(op.as_u8()), Some(op));
     }
     assert_eq!(Op::from_u8(0), None);
-    assert_eq!(Op::from_u8(6), None);
+    assert_eq!(Op::from_u8(7), None);
     assert!(Op::Set.is_write() && Op::Delete.is_write() && !Op::Get.is_write());
 }
 
@@ -665,4 +665,215 @@ fn stats_pages_hold_whole_lines_and_cover_the_text() {
     assert_eq!(parse_request(&encoded(&ok)).map(|r| r.key), Ok("123"));
     ok.key = "1234567";
     assert_eq!(ok.validate(), Err(RejectReason::UnexpectedKey));
+}
+
+// BATCH datagrams.
+
+fn batch_of(to: &Addressing, items: &[Request<'_>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let start = batch::begin_batch(&mut out, to);
+    for item in items {
+        batch::push_request_item(&mut out, start, item);
+    }
+    out
+}
+
+fn batch_to() -> Addressing {
+    Addressing {
+        op: Some(Op::Batch),
+        client_id: 0xAA,
+        request_seq: 7,
+        cookie: 0xC0C0,
+    }
+}
+
+fn batch_rejected(buf: &[u8]) -> Rejection {
+    match parse_batch(buf) {
+        Err(ParseError::Rejected(r)) => r,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+#[test]
+fn batch_layout_is_as_documented() {
+    let get = Request {
+        op: Op::Get,
+        client_id: 0x11,
+        request_seq: 0x22,
+        cookie: 0,
+        key: "k",
+        value: b"",
+    };
+    let set = Request {
+        op: Op::Set,
+        key: "ab",
+        value: b"xyz",
+        ..get
+    };
+    let buf = batch_of(&batch_to(), &[get, set]);
+    assert_eq!(buf.len(), 40 + (24 + 1) + (24 + 5));
+    assert_eq!(&buf[..4], &[0x4f, 0x4c, 1, 6]);
+    assert_eq!(&buf[4..8], &[0, 0, 0, 0], "key_len and flags are zero");
+    assert_eq!(buf[offset::CLIENT_ID], 0xAA);
+    assert_eq!(buf[offset::REQUEST_SEQ], 7);
+    assert_eq!(&buf[offset::COOKIE..][..2], &[0xC0, 0xC0]);
+    assert_eq!(&buf[offset::VALUE_LEN..][..4], &(25u32 + 29).to_le_bytes());
+    let item = &buf[40..];
+    assert_eq!(
+        &item[..8],
+        &[1, 0, 1, 0, 0, 0, 0, 0],
+        "op, flags, key_len, value_len"
+    );
+    assert_eq!(item[8], 0x11);
+    assert_eq!(item[16], 0x22);
+    assert_eq!(item[24], b'k');
+    let item = &buf[65..];
+    assert_eq!(&item[..8], &[2, 0, 2, 0, 3, 0, 0, 0]);
+    assert_eq!(&item[24..], b"abxyz");
+
+    let b = parse_batch(&buf).unwrap();
+    assert_eq!((b.to, b.len), (batch_to(), 2));
+    let items: Vec<_> = b.items().collect();
+    assert_eq!(
+        items,
+        [
+            Request {
+                cookie: 0xC0C0,
+                ..get
+            },
+            Request {
+                cookie: 0xC0C0,
+                ..set
+            }
+        ]
+    );
+    // A single request's parser refuses it, with the batch's addressing.
+    let r = rejected(&buf);
+    assert_eq!(
+        (r.reason, r.to.client_id),
+        (RejectReason::NotBatchable, 0xAA)
+    );
+}
+
+#[test]
+fn batch_rejections() {
+    let get = sample_set();
+    let get = Request {
+        op: Op::Get,
+        value: b"",
+        ..get
+    };
+    let stats = Request {
+        op: Op::Stats,
+        key: "",
+        ..get
+    };
+    let to = batch_to();
+    assert_eq!(
+        batch_rejected(&batch_of(&to, &[])).reason,
+        RejectReason::BadBatch
+    );
+    let with_stats = batch_of(&to, &[get, stats]);
+    assert_eq!(
+        batch_rejected(&with_stats).reason,
+        RejectReason::NotBatchable
+    );
+    // An item that would not fit a datagram alone.
+    let long = "v".repeat(MAX_DATAGRAM_SIZE);
+    let big = Request {
+        op: Op::Set,
+        key: "k",
+        value: long.as_bytes(),
+        ..get
+    };
+    let r = batch_rejected(&batch_of(&to, &[big]));
+    assert_eq!(r.reason, RejectReason::Oversize);
+    // A truncated last item, with the body length told the truth about.
+    let mut cut = batch_of(&to, &[get, get]);
+    cut.truncate(cut.len() - 1);
+    let body = (cut.len() - REQUEST_HEADER_SIZE) as u32;
+    cut[offset::VALUE_LEN..][..4].copy_from_slice(&body.to_le_bytes());
+    assert_eq!(batch_rejected(&cut).reason, RejectReason::BadBatch);
+    // Lengths that lie, nonzero header fields, a GET with a value.
+    let good = batch_of(&to, &[get]);
+    let mut lie = good.clone();
+    lie.push(0);
+    assert_eq!(batch_rejected(&lie).reason, RejectReason::LengthMismatch);
+    let mut keyed = good.clone();
+    keyed[offset::KEY_LEN] = 1;
+    assert_eq!(batch_rejected(&keyed).reason, RejectReason::UnexpectedKey);
+    let mut flagged = good.clone();
+    flagged[REQUEST_HEADER_SIZE + 1] = 1;
+    assert_eq!(batch_rejected(&flagged).reason, RejectReason::NonZeroFlags);
+    let with_value = Request { value: b"x", ..get };
+    let r = batch_rejected(&batch_of(&to, &[with_value]));
+    assert_eq!(r.reason, RejectReason::UnexpectedValue);
+    // Larger than a BATCH datagram may be.
+    let many: Vec<_> = (0..60).map(|_| get).collect();
+    let r = batch_rejected(&batch_of(&to, &many));
+    assert_eq!(
+        (r.reason, r.status()),
+        (RejectReason::Oversize, Status::TooLarge)
+    );
+    assert_eq!(r.to, to);
+    // Not ours at all.
+    let mut foreign = good;
+    foreign[0] = b'X';
+    assert!(matches!(
+        parse_batch(&foreign),
+        Err(ParseError::Unaddressable(_))
+    ));
+    assert!(!batch::is_batch(&foreign));
+}
+
+#[test]
+fn batch_replies_round_trip_and_single_replies_still_parse() {
+    let mut out = Vec::new();
+    let start = batch::begin_batch_response(&mut out, 0x55);
+    let hit = Response {
+        op: Some(Op::Get),
+        status: Status::Ok,
+        client_id: 3,
+        request_seq: 4,
+        cookie: 0,
+        payload: b"value",
+    };
+    let leader = Response {
+        op: Some(Op::Set),
+        status: Status::NotLeader,
+        payload: b"127.0.0.1:9001",
+        ..hit
+    };
+    batch::push_response_item(&mut out, start, &hit);
+    batch::push_response_item(&mut out, start, &leader);
+    assert_eq!(out.len(), 40 + 24 + 5 + 24 + 14);
+    assert_eq!(&out[..6], &[0x4f, 0x4c, 1, 6, 200, 0]);
+    assert_eq!(&out[40..48], &[1, 0, 200, 0, 5, 0, 0, 0]);
+    let Ok(Reply::Batch(b)) = parse_reply(&out) else {
+        panic!("not a batch reply");
+    };
+    assert_eq!(b.cookie, 0x55);
+    let items: Vec<_> = b.items().collect();
+    assert_eq!(
+        items,
+        [
+            Response {
+                cookie: 0x55,
+                ..hit
+            },
+            Response {
+                cookie: 0x55,
+                ..leader
+            }
+        ]
+    );
+    // A reply to the whole batch is a single reply with op BATCH.
+    let whole = Response::cookie_required(&batch_to(), 9);
+    let mut single = Vec::new();
+    encode_response(&whole, &mut single);
+    assert_eq!(parse_reply(&single), Ok(Reply::Single(whole)));
+    // A damaged item is refused, not skipped.
+    let mut bad = out.clone();
+    bad[40 + 2] = 0xFF;
+    assert!(parse_reply(&bad).is_err());
 }
