@@ -3,16 +3,16 @@
 # client: `ocean-liner bench` (UDP for Ocean Liner's own port, `--protocol resp` for
 # Ocean Liner's RESP door and for Redis), the same key space, value size, concurrency
 # model and HDR histograms. Systems, one at a time:
-#   - Ocean Liner, single node, durable (defaults, --cores 2): UDP, and RESP at pipeline
-#     1 and 16;
+#   - Ocean Liner, single node, durable (defaults, --cores 2): UDP (a request per
+#     datagram, and BATCH datagrams of 16), and RESP at pipeline 1 and 16;
 #   - Ocean Liner with --batch-window-ms 2: the same;
 #   - Redis with appendfsync always, and with no persistence: RESP at pipeline 1 and 16;
 #   - the UDP request/response ceiling (`ocean-liner udp-ceiling`, which answers at once
 #     doing no work), for GETs at GET_CONCURRENCY and 4096 outstanding.
 # Each: SET then GET (100-byte values over 1M prefilled keys), 50 connections for RESP,
 # SET_CONCURRENCY / GET_CONCURRENCY requests outstanding for UDP; then sweeps: UDP SETs at
-# 2048-8192 outstanding, UDP GETs at 64 and 4096, RESP at pipeline 16 with 10 and 200
-# connections.
+# 2048-8192 outstanding, UDP GETs at 64 and 4096, the same with batches of 16, RESP at
+# pipeline 16 with 10 and 200 connections.
 #
 # Writes bench-results/<date>-<time>/: one JSON report per run, results.csv, results.md
 # (the machine, the command, a table with each figure as a ratio of the best Redis figure
@@ -107,6 +107,15 @@ ocean_liner() {
     done
     run "$system" get-udp64 --server "127.0.0.1:$udp" --workload get --sockets 16 \
         --concurrency 64
+    # BATCH datagrams of up to 16 requests (`--pipeline 16` over UDP).
+    for c in 2048 4096 8192 "$set_c"; do
+        run "$system" "set-udp$c-b16" --server "127.0.0.1:$udp" --workload set --sockets 16 \
+            --concurrency "$c" --pipeline 16
+    done
+    for c in 64 "$get_c" 4096; do
+        run "$system" "get-udp$c-b16" --server "127.0.0.1:$udp" --workload get --sockets 16 \
+            --concurrency "$c" --pipeline 16
+    done
     resp_runs "$system"
     stop_server
 }

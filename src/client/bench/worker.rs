@@ -648,6 +648,11 @@ impl Worker {
         let hint = (status == Status::NotLeader).then(|| protocol::parse_leader_hint(resp.payload));
         let slot_target = slot.target;
         self.last_rx = now;
+        // Every reply carries the server's cookie for this socket: keep it (a SET-only
+        // load never sees CookieRequired, and batches need the cookie).
+        if cookie != NO_COOKIE {
+            self.cookies[slot_target][sock] = cookie;
+        }
         match status {
             Status::Ok | Status::NotFound => self.complete(i, Some(status), phase, now),
             Status::CookieRequired => {
