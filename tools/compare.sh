@@ -6,6 +6,8 @@
 #   - Ocean Liner, single node, durable (defaults, --cores 2): UDP (a request per
 #     datagram, and BATCH datagrams of 16), and RESP at pipeline 1 and 16;
 #   - Ocean Liner with --batch-window-ms 2: the same;
+#   - a 3-node Ocean Liner cluster on this machine (tools/cluster.sh): UDP SETs, alone and
+#     in BATCH datagrams of 16;
 #   - Redis with appendfsync always, and with no persistence: RESP at pipeline 1 and 16;
 #   - the UDP request/response ceiling (`ocean-liner udp-ceiling`, which answers at once
 #     doing no work), for GETs at GET_CONCURRENCY and 4096 outstanding.
@@ -135,6 +137,24 @@ udp_ceiling() {
     stop_server
 }
 
+cluster3() {
+    local system=ocean-liner-3node
+    export PEER_PORT_BASE=8300 CLIENT_PORT_BASE=$udp OCEAN_LINER=$bin
+    "$here/tools/cluster.sh" start 3 "$work/cluster" >"$work/$system.server.log" 2>&1
+    local all="127.0.0.1:$udp,127.0.0.1:$((udp + 1)),127.0.0.1:$((udp + 2))"
+    # Wait for a leader: a SET through the list succeeds once one is elected.
+    for _ in $(seq 100); do
+        "$bin" set __up 1 --server "$all" --timeout 1 >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    run "$system" set-udp --server "$all" --workload set --prefill --sockets 16 \
+        --concurrency "$set_c"
+    run "$system" "set-udp$set_c-b16" --server "$all" --workload set --sockets 16 \
+        --concurrency "$set_c" --pipeline 16
+    "$here/tools/cluster.sh" stop "$work/cluster" >>"$work/$system.server.log" 2>&1 || true
+    unset PEER_PORT_BASE CLIENT_PORT_BASE
+}
+
 redis() {
     local system=$1
     shift
@@ -150,6 +170,7 @@ redis() {
 udp_ceiling
 ocean_liner ocean-liner
 ocean_liner ocean-liner-2ms --batch-window-ms 2
+cluster3
 redis redis-always --appendonly yes --appendfsync always
 redis redis-none --appendonly no
 

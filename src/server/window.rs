@@ -8,6 +8,7 @@
 use crate::client::protocol::Op;
 use std::net::SocketAddr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Which door a write came in through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +44,9 @@ pub type Window = crate::replica::Window<ReplyTo>;
 #[derive(Debug, Default)]
 pub struct WindowSlot {
     current: Mutex<Window>,
+    /// The current window's size in bytes, written under the lock and read without it
+    /// (a shard checks it for every write it takes, so the check must not lock).
+    bytes: AtomicUsize,
 }
 
 impl WindowSlot {
@@ -53,17 +57,45 @@ impl WindowSlot {
         w.replies.append(&mut batch.replies);
         w.conditional |= std::mem::take(&mut batch.conditional);
         batch.commands.clear();
-        w.commands.len()
+        let bytes = w.commands.len();
+        self.bytes.store(bytes, Ordering::Release);
+        bytes
     }
 
     /// Seals the current window, leaving `spare` (an emptied buffer) in its place.
     pub fn seal(&self, mut spare: Window) -> Window {
         spare.clear();
-        std::mem::replace(&mut *self.current.lock().unwrap(), spare)
+        let mut current = self.current.lock().unwrap();
+        self.bytes.store(0, Ordering::Release);
+        std::mem::replace(&mut *current, spare)
     }
 
-    /// Bytes in the current window.
+    /// Bytes in the current window, as of the last append or seal (no lock taken).
     pub fn bytes(&self) -> usize {
-        self.current.lock().unwrap().commands.len()
+        self.bytes.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_size_a_shard_checks_follows_appends_and_seals_without_the_lock() {
+        let slot = WindowSlot::default();
+        assert_eq!(slot.bytes(), 0);
+        let mut batch = Window::default();
+        batch.commands.extend_from_slice(&[7u8; 100]);
+        assert_eq!(slot.append(&mut batch), 100);
+        batch.commands.extend_from_slice(&[8u8; 20]);
+        assert_eq!(slot.append(&mut batch), 120);
+        assert_eq!(slot.bytes(), 120);
+        // Held by someone else (the replication core sealing): the size is still read.
+        {
+            let _held = slot.current.lock().unwrap();
+            assert_eq!(slot.bytes(), 120);
+        }
+        let sealed = slot.seal(Window::default());
+        assert_eq!((sealed.commands.len(), slot.bytes()), (120, 0));
     }
 }
