@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 /// Stand-in distance between the log offsets of consecutive keys' SET commands.
 const OFFSET_STRIDE: u64 = 256;
 const SLOWEST: usize = 10;
-/// Bucket pages per chunk of the map's page arena (1 MiB chunks).
-const PAGES_PER_CHUNK: usize = 256;
+/// Bucket pages per chunk of the map's page arena (2 MiB chunks).
+const PAGES_PER_CHUNK: usize = 512;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
@@ -158,7 +158,7 @@ fn main() {
     );
     println!(
         "slowest {SLOWEST} sets (a page split shows as pages a -> b; the page arena \
-         grows by a 1 MiB chunk every {PAGES_PER_CHUNK} pages):"
+         grows by a 2 MiB chunk every {PAGES_PER_CHUNK} pages):"
     );
     let mut slowest: Vec<_> = slowest.into_iter().map(|Reverse(s)| s).collect();
     slowest.sort_unstable_by(|a, b| b.cmp(a));

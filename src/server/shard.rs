@@ -369,6 +369,12 @@ impl Shard {
                     validated: true,
                     batched: true,
                 };
+                // The batch's GETs start loading their pages together: their cache misses
+                // overlap instead of coming one after the other.
+                let map = &self.shared.map;
+                for req in b.items().filter(|r| r.op == Op::Get) {
+                    map.prefetch(map.key_hash(req.key.as_bytes()));
+                }
                 for req in b.items() {
                     self.execute(&req, dest, cookie, batch, sender);
                 }

@@ -80,7 +80,7 @@ use crate::storage::io::{AlignedBuf, Backend, BlockFile, PAGE_SIZE, read_exact_a
 use crate::storage::log::{LogIndex, Term};
 use bloom::Bloom;
 use page::{INLINE_VALUE_SIZE_MAX, NOT_INLINE, PageFull, PagePtr, PageView, PageWrite, SLOT_COUNT};
-use std::alloc::{alloc_zeroed, dealloc, handle_alloc_error};
+use std::alloc::handle_alloc_error;
 use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -122,8 +122,8 @@ impl std::fmt::Debug for KeyHasher {
     }
 }
 
-/// Bucket pages per arena chunk (1 MiB chunks).
-const PAGES_PER_CHUNK: usize = 256;
+/// Bucket pages per arena chunk (2 MiB chunks: one huge page each).
+const PAGES_PER_CHUNK: usize = 512;
 /// The directory never grows beyond this many bits.
 pub const GLOBAL_DEPTH_MAX: u8 = 40;
 /// The directory may always grow to this many entries (4 MiB of page numbers)...
@@ -174,7 +174,7 @@ pub struct MapMeta {
 /// Bytes of one arena chunk.
 const CHUNK_SIZE: usize = PAGES_PER_CHUNK * PAGE_SIZE;
 const CHUNK_LAYOUT: std::alloc::Layout =
-    match std::alloc::Layout::from_size_align(CHUNK_SIZE, PAGE_SIZE) {
+    match std::alloc::Layout::from_size_align(CHUNK_SIZE, CHUNK_SIZE) {
         Ok(layout) => layout,
         Err(_) => panic!("chunk layout"),
     };
@@ -196,12 +196,45 @@ unsafe impl Send for Chunk {}
 unsafe impl Sync for Chunk {}
 
 impl Chunk {
-    /// A zeroed chunk.
+    /// A zeroed chunk: an anonymous mapping aligned to its size, which the kernel is
+    /// asked to back with one transparent huge page. A lookup lands on a random page of
+    /// the map; with 4 KiB pages nearly every one missed the TLB as well as the cache.
     fn new() -> Chunk {
-        // SAFETY: the layout has non-zero size.
-        let base = unsafe { alloc_zeroed(CHUNK_LAYOUT) };
-        let base = NonNull::new(base).unwrap_or_else(|| handle_alloc_error(CHUNK_LAYOUT));
-        Chunk { base }
+        let len = 2 * CHUNK_SIZE;
+        // SAFETY: a new private anonymous mapping (no file, no fixed address); the result
+        // is checked before use.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            handle_alloc_error(CHUNK_LAYOUT);
+        }
+        let raw = raw.cast::<u8>();
+        let head = (CHUNK_SIZE - raw as usize % CHUNK_SIZE) % CHUNK_SIZE;
+        // SAFETY: `head < CHUNK_SIZE`, so the aligned chunk and everything trimmed lie in
+        // the mapping of `len` bytes; the trimmed parts are never used.
+        unsafe {
+            let base = raw.add(head);
+            if head > 0 {
+                libc::munmap(raw.cast(), head);
+            }
+            let tail = len - head - CHUNK_SIZE;
+            if tail > 0 {
+                libc::munmap(base.add(CHUNK_SIZE).cast(), tail);
+            }
+            // A hint: without transparent huge pages the chunk is plain 4 KiB pages.
+            libc::madvise(base.cast(), CHUNK_SIZE, libc::MADV_HUGEPAGE);
+            Chunk {
+                base: NonNull::new_unchecked(base),
+            }
+        }
     }
 
     /// A chunk whose bytes `fill` writes first (pages read from disk at load).
@@ -225,8 +258,8 @@ impl Chunk {
 
 impl Drop for Chunk {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout; no page pointer outlives the map.
-        unsafe { dealloc(self.base.as_ptr(), CHUNK_LAYOUT) }
+        // SAFETY: mapped in `new` with this length; no page pointer outlives the map.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), CHUNK_SIZE) };
     }
 }
 
@@ -485,6 +518,14 @@ impl Map {
     }
 
     /// Looks a key up by its hash.
+    /// Starts loading the page `hash` lives in (see [`PagePtr::prefetch`]): a reader
+    /// about to look up many keys prefetches them all first.
+    pub fn prefetch(&self, hash: u128) {
+        if self.bloom.may_contain(hash) {
+            self.layout.read().unwrap().page_for(hash).prefetch();
+        }
+    }
+
     pub fn get(&self, hash: u128) -> Lookup {
         if !self.bloom.may_contain(hash) {
             return Lookup::Missing;
