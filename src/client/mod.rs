@@ -416,33 +416,14 @@ impl Client {
 
         let seq = self.next_seq;
         self.next_seq += 1;
-        let start = Instant::now();
-        let deadline = start + self.opts.deadline;
-        let mut backoff = self.opts.initial_backoff;
-        let mut redirects = 0u32;
-        let mut last_redirect = None;
-        let mut refused = false;
-        // What went wrong most recently, to explain a deadline expiry.
-        let mut last = Trouble::Silence;
+        let mut retry = Retry::new(&self.opts);
 
         loop {
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(match last {
-                    Trouble::Busy => ClientError::Refused {
-                        status: Status::Busy,
-                        message: "server still busy at the deadline".into(),
-                    },
-                    Trouble::LeaderUnknown => ClientError::NoLeader {
-                        last: last_redirect,
-                    },
-                    Trouble::Silence => ClientError::NoReply {
-                        servers: self.servers.clone(),
-                        waited: now - start,
-                        refused,
-                    },
-                });
+            if let Some(e) = retry.expired(&self.servers) {
+                return Err(e);
             }
+            let deadline = retry.deadline;
+            let backoff = retry.backoff;
             let target = self.servers[self.current];
             let req = Request {
                 request_seq: seq,
@@ -470,39 +451,13 @@ impl Client {
                 } => match status {
                     Status::Ok | Status::NotFound => return Ok(Answer { status, payload }),
                     Status::CookieRequired => {
-                        // Resend at once with the cookie. A server that keeps asking for
-                        // the cookie it was just given is treated as not answering.
-                        let had = self.cookies.insert(target, cookie);
-                        if had == Some(cookie) || cookie == NO_COOKIE {
-                            sleep_until(wait_until);
-                            backoff = (backoff * 2).min(self.opts.max_backoff);
-                        }
+                        self.take_cookie(&mut retry, target, cookie, wait_until)
                     }
                     Status::NotLeader => {
-                        match protocol::parse_leader_hint(&payload) {
-                            Some(leader) if leader != target => {
-                                redirects += 1;
-                                last_redirect = Some(leader);
-                                last = Trouble::LeaderUnknown;
-                                if redirects > self.opts.max_redirects {
-                                    return Err(ClientError::NoLeader { last: Some(leader) });
-                                }
-                                self.current = self.server_index(leader);
-                            }
-                            _ => {
-                                // Election in progress: wait, then ask another server.
-                                last = Trouble::LeaderUnknown;
-                                sleep_until(wait_until);
-                                backoff = (backoff * 2).min(self.opts.max_backoff);
-                                self.current = (self.current + 1) % self.servers.len();
-                            }
-                        }
+                        let hint = protocol::parse_leader_hint(&payload);
+                        self.redirect(&mut retry, hint, target, wait_until)?
                     }
-                    Status::Busy => {
-                        last = Trouble::Busy;
-                        sleep_until(wait_until);
-                        backoff = (backoff * 2).min(self.opts.max_backoff);
-                    }
+                    Status::Busy => retry.busy(wait_until),
                     Status::Malformed | Status::TooLarge | Status::Failed | Status::NoSpace => {
                         return Err(ClientError::Refused {
                             status,
@@ -510,20 +465,64 @@ impl Client {
                         });
                     }
                 },
-                Wait::Unreachable => {
-                    refused = true;
-                    last = Trouble::Silence;
-                    sleep_until(wait_until);
-                    backoff = (backoff * 2).min(self.opts.max_backoff);
-                    self.current = (self.current + 1) % self.servers.len();
-                }
-                Wait::TimedOut => {
-                    last = Trouble::Silence;
-                    backoff = (backoff * 2).min(self.opts.max_backoff);
-                    self.current = (self.current + 1) % self.servers.len();
-                }
+                Wait::Unreachable => self.unreachable(&mut retry, wait_until),
+                Wait::TimedOut => self.timed_out(&mut retry),
             }
         }
+    }
+
+    /// A server asked for its cookie: resend at once with it. One that keeps asking for
+    /// the cookie it was just given is treated as not answering.
+    fn take_cookie(&mut self, retry: &mut Retry, target: SocketAddr, cookie: u64, until: Instant) {
+        let had = self.cookies.insert(target, cookie);
+        if had == Some(cookie) || cookie == NO_COOKIE {
+            retry.wait(until);
+        }
+    }
+
+    /// NotLeader: follow the hint, or (election in progress) wait and ask another server.
+    fn redirect(
+        &mut self,
+        retry: &mut Retry,
+        hint: Option<SocketAddr>,
+        target: SocketAddr,
+        until: Instant,
+    ) -> Result<(), ClientError> {
+        retry.last = Trouble::LeaderUnknown;
+        match hint {
+            Some(leader) if leader != target => {
+                retry.redirects += 1;
+                retry.last_redirect = Some(leader);
+                if retry.redirects > self.opts.max_redirects {
+                    return Err(ClientError::NoLeader { last: Some(leader) });
+                }
+                self.current = self.server_index(leader);
+            }
+            _ => {
+                retry.wait(until);
+                self.next_server();
+            }
+        }
+        Ok(())
+    }
+
+    /// The port was unreachable: wait, then try the next server.
+    fn unreachable(&mut self, retry: &mut Retry, until: Instant) {
+        retry.refused = true;
+        retry.last = Trouble::Silence;
+        retry.wait(until);
+        self.next_server();
+    }
+
+    /// No answer in time: back off and try the next server.
+    fn timed_out(&mut self, retry: &mut Retry) {
+        retry.last = Trouble::Silence;
+        retry.backoff = (retry.backoff * 2).min(retry.max_backoff);
+        self.next_server();
+    }
+
+    fn next_server(&mut self) {
+        self.current = (self.current + 1) % self.servers.len();
     }
 
     /// Runs `ops` (each on a lane of its own) in BATCH datagrams, resending what is
@@ -551,17 +550,10 @@ impl Client {
             lane.1 += 1;
         }
         let mut answers: Vec<Option<Answer>> = (0..ops.len()).map(|_| None).collect();
-        let start = Instant::now();
-        let deadline = start + self.opts.deadline;
-        let mut backoff = self.opts.initial_backoff;
-        let mut redirects = 0u32;
-        let mut last = Trouble::Silence;
-        let mut last_redirect = None;
-        let mut refused = false;
+        let mut retry = Retry::new(&self.opts);
         let mut datagrams = Vec::new();
         while answers.iter().any(Option::is_none) {
-            let now = Instant::now();
-            if now >= deadline {
+            if let Some(e) = retry.expired(&self.servers) {
                 // The unanswered operations may yet be applied: their lanes start over
                 // with new ids, so nothing sent under the old ones answers a later call.
                 for (i, a) in answers.iter().enumerate() {
@@ -569,21 +561,9 @@ impl Client {
                         self.lanes[i] = (random_client_id(), 1);
                     }
                 }
-                return Err(match last {
-                    Trouble::Busy => ClientError::Refused {
-                        status: Status::Busy,
-                        message: "server still busy at the deadline".into(),
-                    },
-                    Trouble::LeaderUnknown => ClientError::NoLeader {
-                        last: last_redirect,
-                    },
-                    Trouble::Silence => ClientError::NoReply {
-                        servers: self.servers.clone(),
-                        waited: now - start,
-                        refused,
-                    },
-                });
+                return Err(e);
             }
+            let (deadline, backoff) = (retry.deadline, retry.backoff);
             let target = self.servers[self.current];
             let cookie = self.cookies.get(&target).copied().unwrap_or(NO_COOKIE);
             // The unanswered operations, packed into as few datagrams as they fit.
@@ -630,45 +610,11 @@ impl Client {
             };
             match outcome {
                 BatchWait::Done => {}
-                BatchWait::Cookie(c) => {
-                    let had = self.cookies.insert(target, c);
-                    if had == Some(c) || c == NO_COOKIE {
-                        sleep_until(wait_until);
-                        backoff = (backoff * 2).min(self.opts.max_backoff);
-                    }
-                }
-                BatchWait::Redirect(Some(leader)) if leader != target => {
-                    redirects += 1;
-                    last_redirect = Some(leader);
-                    last = Trouble::LeaderUnknown;
-                    if redirects > self.opts.max_redirects {
-                        return Err(ClientError::NoLeader { last: Some(leader) });
-                    }
-                    self.current = self.server_index(leader);
-                }
-                BatchWait::Redirect(_) => {
-                    last = Trouble::LeaderUnknown;
-                    sleep_until(wait_until);
-                    backoff = (backoff * 2).min(self.opts.max_backoff);
-                    self.current = (self.current + 1) % self.servers.len();
-                }
-                BatchWait::Busy => {
-                    last = Trouble::Busy;
-                    sleep_until(wait_until);
-                    backoff = (backoff * 2).min(self.opts.max_backoff);
-                }
-                BatchWait::Unreachable => {
-                    refused = true;
-                    last = Trouble::Silence;
-                    sleep_until(wait_until);
-                    backoff = (backoff * 2).min(self.opts.max_backoff);
-                    self.current = (self.current + 1) % self.servers.len();
-                }
-                BatchWait::TimedOut => {
-                    last = Trouble::Silence;
-                    backoff = (backoff * 2).min(self.opts.max_backoff);
-                    self.current = (self.current + 1) % self.servers.len();
-                }
+                BatchWait::Cookie(c) => self.take_cookie(&mut retry, target, c, wait_until),
+                BatchWait::Redirect(hint) => self.redirect(&mut retry, hint, target, wait_until)?,
+                BatchWait::Busy => retry.busy(wait_until),
+                BatchWait::Unreachable => self.unreachable(&mut retry, wait_until),
+                BatchWait::TimedOut => self.timed_out(&mut retry),
             }
         }
         Ok(answers.into_iter().flatten().collect())
@@ -705,14 +651,7 @@ impl Client {
             let n = match self.socket.recv(&mut self.recv_buf) {
                 Ok(n) => n,
                 Err(e) if is_unreachable(&e) => return Ok(BatchWait::Unreachable),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) =>
-                {
+                Err(e) if is_wait_over(&e) => {
                     if let Some(r) = resend {
                         return Ok(r);
                     }
@@ -794,14 +733,7 @@ impl Client {
             let n = match self.socket.recv(&mut self.recv_buf) {
                 Ok(n) => n,
                 Err(e) if is_unreachable(&e) => return Wait::Unreachable,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) =>
-                {
+                Err(e) if is_wait_over(&e) => {
                     continue;
                 }
                 Err(_) => return Wait::TimedOut,
@@ -839,6 +771,66 @@ fn answers_item(r: &Response<'_>, q: &Request<'_>) -> bool {
     r.client_id == q.client_id && r.request_seq == q.request_seq && r.op.is_none_or(|o| o == q.op)
 }
 
+/// One call's retry state: the deadline, the backoff, and what went wrong last (to
+/// explain a deadline expiry).
+struct Retry {
+    start: Instant,
+    deadline: Instant,
+    backoff: Duration,
+    max_backoff: Duration,
+    redirects: u32,
+    last: Trouble,
+    last_redirect: Option<SocketAddr>,
+    /// Whether the OS ever reported a port unreachable.
+    refused: bool,
+}
+
+impl Retry {
+    fn new(opts: &ClientOptions) -> Retry {
+        let start = Instant::now();
+        Retry {
+            start,
+            deadline: start + opts.deadline,
+            backoff: opts.initial_backoff,
+            max_backoff: opts.max_backoff,
+            redirects: 0,
+            last: Trouble::Silence,
+            last_redirect: None,
+            refused: false,
+        }
+    }
+
+    /// Sleeps until `until` and doubles the backoff.
+    fn wait(&mut self, until: Instant) {
+        sleep_until(until);
+        self.backoff = (self.backoff * 2).min(self.max_backoff);
+    }
+
+    fn busy(&mut self, until: Instant) {
+        self.last = Trouble::Busy;
+        self.wait(until);
+    }
+
+    /// The error to give up with, once the deadline has passed.
+    fn expired(&self, servers: &[SocketAddr]) -> Option<ClientError> {
+        let now = Instant::now();
+        (now >= self.deadline).then(|| match self.last {
+            Trouble::Busy => ClientError::Refused {
+                status: Status::Busy,
+                message: "server still busy at the deadline".into(),
+            },
+            Trouble::LeaderUnknown => ClientError::NoLeader {
+                last: self.last_redirect,
+            },
+            Trouble::Silence => ClientError::NoReply {
+                servers: servers.to_vec(),
+                waited: now - self.start,
+                refused: self.refused,
+            },
+        })
+    }
+}
+
 enum Trouble {
     Silence,
     Busy,
@@ -860,6 +852,14 @@ enum Wait {
 /// could not parse carries op 0, so a missing op is accepted.
 fn answers(resp: &Response<'_>, client_id: u64, seq: u64, op: Op) -> bool {
     resp.client_id == client_id && resp.request_seq == seq && resp.op.is_none_or(|o| o == op)
+}
+
+/// A receive that ended with nothing: its timeout passed, or a signal interrupted it.
+fn is_wait_over(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
 }
 
 fn is_unreachable(e: &io::Error) -> bool {

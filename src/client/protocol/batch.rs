@@ -334,12 +334,7 @@ fn response_item(body: &[u8], at: usize) -> Result<Option<(Response<'_>, usize)>
     if rest.len() < BATCH_ITEM_HEADER_SIZE {
         return Err(ResponseError::LengthMismatch);
     }
-    let op = match get_u8(rest, item::OP) {
-        0 => None,
-        b => Some(Op::from_u8(b).ok_or(ResponseError::UnknownOp(b))?),
-    };
-    let code = get_u16(rest, item::STATUS);
-    let status = Status::from_u16(code).ok_or(ResponseError::UnknownStatus(code))?;
+    let (op, status) = reply_op_and_status(get_u8(rest, item::OP), get_u16(rest, item::STATUS))?;
     if get_u8(rest, item::FLAGS) != 0 {
         return Err(ResponseError::NonZeroFlags);
     }

@@ -756,12 +756,7 @@ pub fn parse_response(buf: &[u8]) -> Result<Response<'_>, ResponseError> {
     if buf.len() > MAX_DATAGRAM_SIZE {
         return Err(ResponseError::Oversize);
     }
-    let op = match get_u8(buf, offset::OP) {
-        0 => None,
-        b => Some(Op::from_u8(b).ok_or(ResponseError::UnknownOp(b))?),
-    };
-    let code = get_u16(buf, offset::STATUS);
-    let status = Status::from_u16(code).ok_or(ResponseError::UnknownStatus(code))?;
+    let (op, status) = reply_op_and_status(get_u8(buf, offset::OP), get_u16(buf, offset::STATUS))?;
     if get_u16(buf, offset::FLAGS) != 0 {
         return Err(ResponseError::NonZeroFlags);
     }
@@ -780,6 +775,16 @@ pub fn parse_response(buf: &[u8]) -> Result<Response<'_>, ResponseError> {
         cookie: get_u64(buf, offset::COOKIE),
         payload: buf.get(RESPONSE_HEADER_SIZE..).unwrap_or_default(),
     })
+}
+
+/// A reply's op (0: the request's op was unknown) and status, as the wire has them.
+fn reply_op_and_status(op: u8, code: u16) -> Result<(Option<Op>, Status), ResponseError> {
+    let op = match op {
+        0 => None,
+        b => Some(Op::from_u8(b).ok_or(ResponseError::UnknownOp(b))?),
+    };
+    let status = Status::from_u16(code).ok_or(ResponseError::UnknownStatus(code))?;
+    Ok((op, status))
 }
 
 /// Encodes `resp` into the front of `buf` and returns the datagram length.
