@@ -165,21 +165,7 @@ fn request_item(body: &[u8], at: usize) -> Result<Option<(Request<'_>, usize)>, 
 /// Receive into a buffer larger than [`MAX_BATCH_DATAGRAM_SIZE`], so an oversize batch
 /// is seen as such and rejected with [`Status::TooLarge`].
 pub fn parse_batch(buf: &[u8]) -> Result<Batch<'_>, ParseError> {
-    if buf.len() < REQUEST_HEADER_SIZE {
-        return Err(ParseError::Unaddressable(Unaddressable::TooShort));
-    }
-    if get_u16(buf, offset::MAGIC) != MAGIC {
-        return Err(ParseError::Unaddressable(Unaddressable::BadMagic));
-    }
-    if get_u8(buf, offset::VERSION) != VERSION {
-        return Err(ParseError::Unaddressable(Unaddressable::BadVersion));
-    }
-    let to = Addressing {
-        op: Op::from_u8(get_u8(buf, offset::OP)),
-        client_id: get_u64(buf, offset::CLIENT_ID),
-        request_seq: get_u64(buf, offset::REQUEST_SEQ),
-        cookie: get_u64(buf, offset::COOKIE),
-    };
+    let to = request_addressing(buf)?;
     let reject = |reason| ParseError::Rejected(Rejection { to, reason });
     if to.op != Some(Op::Batch) {
         return Err(reject(RejectReason::UnknownOp));

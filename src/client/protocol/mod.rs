@@ -645,12 +645,9 @@ fn check_body(op: Op, key: &[u8], value_len: usize) -> Result<&str, RejectReason
     std::str::from_utf8(key).map_err(|_| RejectReason::KeyNotUtf8)
 }
 
-/// Parses one request datagram.
-///
-/// Pass the whole datagram. A server should receive into a buffer of at least
-/// `MAX_DATAGRAM_SIZE + 1` bytes: an oversize datagram truncated to that buffer is still
-/// longer than [`MAX_DATAGRAM_SIZE`] and is rejected with [`Status::TooLarge`].
-pub fn parse_request(buf: &[u8]) -> Result<Request<'_>, ParseError> {
+/// The addressing of a request datagram (single or BATCH), once it is recognisably ours:
+/// long enough for a header, with the right magic and version.
+fn request_addressing(buf: &[u8]) -> Result<Addressing, ParseError> {
     if buf.len() < REQUEST_HEADER_SIZE {
         return Err(ParseError::Unaddressable(Unaddressable::TooShort));
     }
@@ -660,13 +657,22 @@ pub fn parse_request(buf: &[u8]) -> Result<Request<'_>, ParseError> {
     if get_u8(buf, offset::VERSION) != VERSION {
         return Err(ParseError::Unaddressable(Unaddressable::BadVersion));
     }
-    let op = Op::from_u8(get_u8(buf, offset::OP));
-    let to = Addressing {
-        op,
+    Ok(Addressing {
+        op: Op::from_u8(get_u8(buf, offset::OP)),
         client_id: get_u64(buf, offset::CLIENT_ID),
         request_seq: get_u64(buf, offset::REQUEST_SEQ),
         cookie: get_u64(buf, offset::COOKIE),
-    };
+    })
+}
+
+/// Parses one request datagram.
+///
+/// Pass the whole datagram. A server should receive into a buffer of at least
+/// `MAX_DATAGRAM_SIZE + 1` bytes: an oversize datagram truncated to that buffer is still
+/// longer than [`MAX_DATAGRAM_SIZE`] and is rejected with [`Status::TooLarge`].
+pub fn parse_request(buf: &[u8]) -> Result<Request<'_>, ParseError> {
+    let to = request_addressing(buf)?;
+    let op = to.op;
     let reject = |reason| ParseError::Rejected(Rejection { to, reason });
     if buf.len() > MAX_DATAGRAM_SIZE {
         return Err(reject(RejectReason::Oversize));
