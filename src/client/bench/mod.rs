@@ -51,6 +51,8 @@ use crate::client::resolve_servers;
 
 pub mod echo;
 mod keys;
+mod memcache;
+mod memcache_worker;
 pub mod plot;
 mod report;
 mod resp_worker;
@@ -126,6 +128,9 @@ pub enum Protocol {
     Udp,
     /// RESP2 over TCP: Ocean Liner's RESP door, or Redis.
     Resp,
+    /// memcached's text protocol over UDP (`memcached -U PORT`): `--pipeline` commands per
+    /// request datagram.
+    Memcache,
 }
 
 impl Protocol {
@@ -133,6 +138,7 @@ impl Protocol {
         match self {
             Protocol::Udp => "udp",
             Protocol::Resp => "resp",
+            Protocol::Memcache => "memcache",
         }
     }
 }
@@ -179,12 +185,13 @@ pub struct BenchArgs {
     /// Zipf exponent for `--key-dist zipfian`.
     #[arg(long, default_value_t = 0.99)]
     pub zipf_theta: f64,
-    /// What to speak: Ocean Liner's UDP protocol, or RESP (`--server` is then the RESP
-    /// port of Ocean Liner or of Redis).
+    /// What to speak: Ocean Liner's UDP protocol, RESP (`--server` is then the RESP port
+    /// of Ocean Liner or of Redis), or memcached's UDP protocol.
     #[arg(long, value_enum, default_value_t = Protocol::Udp)]
     pub protocol: Protocol,
     /// RESP: commands in flight per connection (connections = concurrency / pipeline).
-    /// UDP: most requests per BATCH datagram (1 sends each request alone).
+    /// UDP: most requests per BATCH datagram (1 sends each request alone). memcache: most
+    /// commands per request datagram.
     #[arg(long, default_value_t = 1)]
     pub pipeline: usize,
     /// Total outstanding requests across all threads (one per virtual client; over RESP,
@@ -263,6 +270,19 @@ impl BenchArgs {
                     "--pipeline must be within 1..={UDP_PIPELINE_MAX} over UDP (a BATCH \
                      datagram holds at most {} bytes)",
                     protocol::MAX_BATCH_DATAGRAM_SIZE
+                );
+            }
+            Protocol::Memcache => {
+                ensure!(
+                    memcache::FRAME_HEADER_LEN + memcache::set_len(KEY_NAME_LEN, self.value_size)
+                        <= memcache::DATAGRAM_MAX,
+                    "--value-size {} does not fit a memcached request datagram of {} bytes",
+                    self.value_size,
+                    memcache::DATAGRAM_MAX
+                );
+                ensure!(
+                    (1..=UDP_PIPELINE_MAX).contains(&self.pipeline),
+                    "--pipeline must be within 1..={UDP_PIPELINE_MAX} over memcached's UDP"
                 );
             }
             Protocol::Resp => {
@@ -363,6 +383,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
                 let result = match protocol {
                     Protocol::Udp => Worker::new(cfg, tx.clone()).and_then(|mut w| w.run(start_rx)),
                     Protocol::Resp => resp_worker::RespWorker::new(cfg, pipeline, tx.clone())
+                        .and_then(|mut w| w.run(start_rx)),
+                    Protocol::Memcache => memcache_worker::MemcacheWorker::new(cfg, tx.clone())
                         .and_then(|mut w| w.run(start_rx)),
                 };
                 if let Err(e) = &result {

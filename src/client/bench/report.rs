@@ -175,6 +175,7 @@ impl fmt::Display for Report {
                 Protocol::Udp if self.pipeline > 1 => format!("UDP, batch {}", self.pipeline),
                 Protocol::Udp => "UDP".to_string(),
                 Protocol::Resp => format!("RESP, pipeline {}", self.pipeline),
+                Protocol::Memcache => format!("memcached UDP, {} per datagram", self.pipeline),
             }
         )?;
         if let Some(p) = &self.prefill {

@@ -130,7 +130,27 @@ fn argument_validation() {
             pipeline: UDP_PIPELINE_MAX + 1,
             ..BenchArgs::default()
         },
+        BenchArgs {
+            protocol: Protocol::Memcache,
+            value_size: 1400,
+            ..BenchArgs::default()
+        },
+        BenchArgs {
+            protocol: Protocol::Memcache,
+            pipeline: 0,
+            ..BenchArgs::default()
+        },
     ];
+    let memcache = BenchArgs {
+        protocol: Protocol::Memcache,
+        pipeline: 16,
+        value_size: 1000,
+        ..BenchArgs::default()
+    };
+    assert!(
+        memcache.validate().is_ok(),
+        "1000-byte values fit a datagram"
+    );
     let batched = BenchArgs {
         pipeline: 16,
         ..BenchArgs::default()
