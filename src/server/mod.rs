@@ -673,6 +673,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
             window_bytes_hard_max,
             waiting_reads: WaitingReads::default(),
             log_reads: Vec::new(),
+            log_read_keys: Vec::new(),
             turn_started: Instant::now(),
             turn_gets: 0,
         };

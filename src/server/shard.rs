@@ -26,7 +26,7 @@ use crate::net::{Datagram, Receiver, Sender};
 use crate::replica::{ReadDecision, WaitingReads, WriteOutcome, decide_read, window_is_full};
 use crate::storage::command;
 use crate::storage::log::{LogReader, ValueRead};
-use crate::storage::store::Lookup;
+use crate::storage::store::LookupRef;
 use crossbeam_channel::{Receiver as ChannelReceiver, Sender as ChannelSender};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -50,6 +50,8 @@ pub struct Shard {
     pub waiting_reads: WaitingReads<WaitingRead>,
     /// GETs of this receive batch whose values are in the log.
     pub log_reads: Vec<LogRead>,
+    /// Their keys, one after the other (no allocation per GET).
+    pub log_read_keys: Vec<u8>,
     /// When the current turn of the loop began, and the GETs it answered.
     pub turn_started: std::time::Instant,
     pub turn_gets: u64,
@@ -73,9 +75,9 @@ pub struct Dest {
 /// A GET whose value must be read from the log.
 pub struct LogRead {
     offset: u64,
-    /// The key asked for: the SET command at `offset` must be of this key, not of another
-    /// one with the same hash.
-    key: Vec<u8>,
+    /// The key asked for, in `Shard::log_read_keys`: the SET command at `offset` must be
+    /// of this key, not of another one with the same hash.
+    key: std::ops::Range<usize>,
     dest: Dest,
     to: Addressing,
     cookie: u64,
@@ -227,64 +229,71 @@ impl Shard {
         protocol::cookie_for(&self.cookie_secret, addr)
     }
 
-    /// Queues `response` to `dest`, unless the source is unvalidated and the reply would
-    /// be larger than its request: then only the cookie goes back. The reply to a batch
-    /// item joins a BATCH reply to the same address.
+    /// See [`respond`].
     fn respond(&self, sender: &mut Sender, dest: Dest, response: Response<'_>) {
-        let Dest {
-            addr: to,
-            request_len,
-            validated,
-            batched,
-        } = dest;
-        // A value stored over the RESP door may be larger than a datagram.
-        let response = if response.payload.len() > protocol::MAX_PAYLOAD_LEN {
+        respond(sender, dest, response)
+    }
+}
+
+/// Queues `response` to `dest`, unless the source is unvalidated and the reply would be
+/// larger than its request: then only the cookie goes back. The reply to a batch item
+/// joins a BATCH reply to the same address.
+fn respond(sender: &mut Sender, dest: Dest, response: Response<'_>) {
+    let Dest {
+        addr: to,
+        request_len,
+        validated,
+        batched,
+    } = dest;
+    // A value stored over the RESP door may be larger than a datagram.
+    let response = if response.payload.len() > protocol::MAX_PAYLOAD_LEN {
+        Response {
+            status: Status::TooLarge,
+            payload: b"the value is larger than a datagram: read it over the RESP door",
+            ..response
+        }
+    } else {
+        response
+    };
+    if batched {
+        // Only a batch with the valid cookie runs, so its replies may be larger.
+        let cookie = response.cookie;
+        sender.push_coalesced(
+            to,
+            protocol::MAX_BATCH_DATAGRAM_SIZE,
+            protocol::batch::response_item_len(&response),
+            |out| {
+                protocol::batch::begin_batch_response(out, cookie);
+            },
+            |out, start| protocol::batch::push_response_item(out, start, &response),
+        );
+        return;
+    }
+    let response =
+        if validated || protocol::reply_fits_unvalidated(request_len, response.encoded_len()) {
+            response
+        } else if response.status.is_success()
+            || response.status == Status::NotFound
+            || (response.status == Status::NotLeader && !response.payload.is_empty())
+        {
+            let to_addr = Addressing {
+                op: response.op,
+                client_id: response.client_id,
+                request_seq: response.request_seq,
+                cookie: 0,
+            };
+            Response::cookie_required(&to_addr, response.cookie)
+        } else {
+            // An error's message is optional: send the status alone.
             Response {
-                status: Status::TooLarge,
-                payload: b"the value is larger than a datagram: read it over the RESP door",
+                payload: &[],
                 ..response
             }
-        } else {
-            response
         };
-        if batched {
-            // Only a batch with the valid cookie runs, so its replies may be larger.
-            let cookie = response.cookie;
-            sender.push_coalesced(
-                to,
-                protocol::MAX_BATCH_DATAGRAM_SIZE,
-                protocol::batch::response_item_len(&response),
-                |out| {
-                    protocol::batch::begin_batch_response(out, cookie);
-                },
-                |out, start| protocol::batch::push_response_item(out, start, &response),
-            );
-            return;
-        }
-        let response =
-            if validated || protocol::reply_fits_unvalidated(request_len, response.encoded_len()) {
-                response
-            } else if response.status.is_success()
-                || response.status == Status::NotFound
-                || (response.status == Status::NotLeader && !response.payload.is_empty())
-            {
-                let to_addr = Addressing {
-                    op: response.op,
-                    client_id: response.client_id,
-                    request_seq: response.request_seq,
-                    cookie: 0,
-                };
-                Response::cookie_required(&to_addr, response.cookie)
-            } else {
-                // An error's message is optional: send the status alone.
-                Response {
-                    payload: &[],
-                    ..response
-                }
-            };
-        sender.push(to, |out| protocol::encode_response(&response, out));
-    }
+    sender.push(to, |out| protocol::encode_response(&response, out));
+}
 
+impl Shard {
     fn handle(&mut self, d: &Datagram<'_>, batch: &mut Window, sender: &mut Sender) {
         if protocol::batch::is_batch(d.bytes) {
             return self.handle_batch(d, batch, sender);
@@ -537,26 +546,34 @@ impl Shard {
             .fetch_add(1, Ordering::Relaxed);
         self.turn_gets += 1;
         let map = &self.shared.map;
-        let value = match map.get(map.key_hash(key.as_bytes())) {
-            Lookup::Missing => None,
-            Lookup::Inline(v) => Some(v),
-            Lookup::InLog(offset) => {
-                // Answered after the receive batch, with the batch's other log reads.
-                self.log_reads.push(LogRead {
-                    offset,
-                    key: key.as_bytes().to_vec(),
+        // The inline value is copied straight from its page into the reply.
+        let in_log = map.get_with(map.key_hash(key.as_bytes()), |found| match found {
+            LookupRef::Missing => {
+                respond(
+                    sender,
                     dest,
-                    to,
-                    cookie,
-                });
-                return;
+                    Response::reply(&to, Status::NotFound, cookie, b""),
+                );
+                None
             }
-        };
-        let resp = match &value {
-            Some(v) => Response::reply(&to, Status::Ok, cookie, v),
-            None => Response::reply(&to, Status::NotFound, cookie, b""),
-        };
-        self.respond(sender, dest, resp);
+            LookupRef::Inline(v) => {
+                respond(sender, dest, Response::reply(&to, Status::Ok, cookie, v));
+                None
+            }
+            LookupRef::InLog(offset) => Some(offset),
+        });
+        if let Some(offset) = in_log {
+            // Answered after the receive batch, with the batch's other log reads.
+            let start = self.log_read_keys.len();
+            self.log_read_keys.extend_from_slice(key.as_bytes());
+            self.log_reads.push(LogRead {
+                offset,
+                key: start..self.log_read_keys.len(),
+                dest,
+                to,
+                cookie,
+            });
+        }
     }
 
     /// Reads the values of the batch's GETs that live in the log (cache, or one batch of
@@ -566,14 +583,19 @@ impl Shard {
             return;
         }
         let reads = std::mem::take(&mut self.log_reads);
-        let wanted: Vec<(u64, &[u8])> = reads.iter().map(|r| (r.offset, &r.key[..])).collect();
-        let values = self.log_reader.read_values_at(&wanted);
-        for (r, value) in reads.iter().zip(values) {
+        let keys = std::mem::take(&mut self.log_read_keys);
+        let wanted: Vec<(u64, &[u8])> = reads
+            .iter()
+            .map(|r| (r.offset, &keys[r.key.clone()]))
+            .collect();
+        let stats = &self.shared.stats;
+        // Cached values are copied straight from their cache into the replies.
+        self.log_reader.read_values_with(&wanted, |i, value| {
+            let r = &reads[i];
             let resp = match &value {
                 Ok(ValueRead::Value(v)) => Response::reply(&r.to, Status::Ok, r.cookie, v),
                 // The map held this key's hash for another key: this one is absent.
                 Ok(ValueRead::OtherKey) => {
-                    let stats = &self.shared.stats;
                     stats.hash_collisions.fetch_add(1, Ordering::Relaxed);
                     Response::reply(&r.to, Status::NotFound, r.cookie, b"")
                 }
@@ -582,10 +604,13 @@ impl Shard {
                     Response::reply(&r.to, Status::Failed, r.cookie, b"log read failed")
                 }
             };
-            self.respond(sender, r.dest, resp);
-        }
+            respond(sender, r.dest, resp);
+        });
+        drop(wanted);
         self.log_reads = reads;
         self.log_reads.clear();
+        self.log_read_keys = keys;
+        self.log_read_keys.clear();
     }
 
     fn reply_completion(&self, done: &Completion, sender: &mut Sender) {

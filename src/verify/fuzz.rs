@@ -323,6 +323,9 @@ pub fn map_pages(data: &[u8]) {
             if let Err(e) = page::check_loaded(p) {
                 panic!("page {i} is no longer consistent after updates: {e}");
             }
+            if let Err(e) = page::placement_ok(p) {
+                panic!("page {i}: a lookup would miss a key after updates: {e}");
+            }
             // And, independently of that check, its count of used slots is right.
             let occupied = p[..page::OFFSET_KEY_HASHES]
                 .chunks_exact(8)

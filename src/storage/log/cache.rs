@@ -105,6 +105,16 @@ impl EntryCache {
         file_offset: u64,
         key: &[u8],
     ) -> Option<Result<super::ValueRead, crate::storage::command::DecodeError>> {
+        self.value_ref_at(file_offset, key)
+            .map(|found| found.map(super::ValueRead::into_owned))
+    }
+
+    /// [`EntryCache::value_at`], borrowing the value from the cached entry.
+    pub fn value_ref_at(
+        &self,
+        file_offset: u64,
+        key: &[u8],
+    ) -> Option<Result<super::ValueRead<&[u8]>, crate::storage::command::DecodeError>> {
         let (&start, slot) = self.slots.range(..=file_offset).next_back()?;
         if file_offset >= start + slot.len as u64 {
             return None;
@@ -113,7 +123,7 @@ impl EntryCache {
         let relative = (file_offset - start) as usize;
         Some(
             crate::storage::command::decode_at(bytes, relative)
-                .and_then(|cmd| super::reader::value_for_key(&cmd, key)),
+                .and_then(|cmd| super::reader::value_ref_for_key(&cmd, key)),
         )
     }
 }

@@ -23,6 +23,9 @@ pub struct LogReader {
     pub(super) cache: Arc<Mutex<EntryCache>>,
     /// Values read from the disk, kept by access (shared by every reader of a node).
     pub(super) values: Option<Arc<Mutex<ValueCache>>>,
+    /// [`LogReader::read_values_with`]'s list of reads the caches could not answer, kept
+    /// for its capacity.
+    scratch_misses: Vec<usize>,
 }
 
 /// Handles a reader keeps open at most (the oldest are closed past it).
@@ -41,6 +44,7 @@ impl LogReader {
             removals_seen: 0,
             cache,
             values: None,
+            scratch_misses: Vec::new(),
         }
     }
 
@@ -84,6 +88,53 @@ impl LogReader {
         }
         let (file, offset) = self.file_for(address)?;
         read_value(file, address, offset, key)
+    }
+
+    /// Reads the values of the SET commands at several (offset, key) pairs and hands each
+    /// to `answer` with its index in `reads`: the cached ones borrowed from the cache that
+    /// holds them (no copy; `answer` runs under that cache's lock, so it should be quick),
+    /// the rest through [`LogReader::read_values_at`], in any order.
+    pub fn read_values_with(
+        &mut self,
+        reads: &[(u64, &[u8])],
+        mut answer: impl FnMut(usize, Result<ValueRead<&[u8]>, LogError>),
+    ) {
+        let mut misses = std::mem::take(&mut self.scratch_misses);
+        misses.clear();
+        {
+            let cache = self.cache.lock().unwrap();
+            for (i, &(offset, key)) in reads.iter().enumerate() {
+                match cache.value_ref_at(offset, key) {
+                    Some(found) => answer(i, found.map_err(|e| corrupt_at(offset, e))),
+                    None => misses.push(i),
+                }
+            }
+        }
+        if let Some(values) = &self.values
+            && !misses.is_empty()
+        {
+            let mut values = values.lock().unwrap();
+            misses.retain(|&i| {
+                let (offset, key) = reads[i];
+                match values.get_ref(offset, key) {
+                    Some(found) => {
+                        answer(i, Ok(found));
+                        false
+                    }
+                    None => true,
+                }
+            });
+        }
+        if !misses.is_empty() {
+            let rest: Vec<(u64, &[u8])> = misses.iter().map(|&i| reads[i]).collect();
+            for (&i, read) in misses.iter().zip(self.read_values_at(&rest)) {
+                match read {
+                    Ok(value) => answer(i, Ok(value.as_ref())),
+                    Err(e) => answer(i, Err(e)),
+                }
+            }
+        }
+        self.scratch_misses = misses;
     }
 
     /// Reads the values of the SET commands at several (offset, key) pairs, in order:
@@ -202,9 +253,10 @@ fn corrupt_at(offset: u64, e: DecodeError) -> LogError {
 /// carries the whole key: a read compares it, so a different key with the same hash is a
 /// miss rather than that key's value.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ValueRead {
-    /// The command is a SET of the key looked up: its value.
-    Value(Vec<u8>),
+pub enum ValueRead<V = Vec<u8>> {
+    /// The command is a SET of the key looked up: its value (owned, or borrowed from the
+    /// cache that holds it).
+    Value(V),
     /// The command is a SET of another key with the same hash (a hash collision): the key
     /// looked up has no value.
     OtherKey,
@@ -213,6 +265,14 @@ pub enum ValueRead {
 /// The value `cmd` holds for `key`. The map points only at SET commands, so any other op
 /// is corruption.
 pub(super) fn value_for_key(cmd: &CommandRef<'_>, key: &[u8]) -> Result<ValueRead, DecodeError> {
+    value_ref_for_key(cmd, key).map(ValueRead::into_owned)
+}
+
+/// [`value_for_key`], borrowing the value from the command's bytes.
+pub(super) fn value_ref_for_key<'a>(
+    cmd: &CommandRef<'a>,
+    key: &[u8],
+) -> Result<ValueRead<&'a [u8]>, DecodeError> {
     if cmd.op != command::CommandOp::Set {
         return Err(DecodeError {
             offset: cmd.offset,
@@ -220,10 +280,30 @@ pub(super) fn value_for_key(cmd: &CommandRef<'_>, key: &[u8]) -> Result<ValueRea
         });
     }
     Ok(if cmd.key == key {
-        ValueRead::Value(cmd.value.to_vec())
+        ValueRead::Value(cmd.value)
     } else {
         ValueRead::OtherKey
     })
+}
+
+impl ValueRead<&[u8]> {
+    /// The same outcome with the value copied out.
+    pub fn into_owned(self) -> ValueRead {
+        match self {
+            ValueRead::Value(v) => ValueRead::Value(v.to_vec()),
+            ValueRead::OtherKey => ValueRead::OtherKey,
+        }
+    }
+}
+
+impl ValueRead {
+    /// The same outcome borrowing the value.
+    pub fn as_ref(&self) -> ValueRead<&[u8]> {
+        match self {
+            ValueRead::Value(v) => ValueRead::Value(v),
+            ValueRead::OtherKey => ValueRead::OtherKey,
+        }
+    }
 }
 
 /// The value for `key` of the command at byte `file_offset` of `file` (log address

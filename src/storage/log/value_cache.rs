@@ -163,6 +163,11 @@ impl ValueCache {
 
     /// The value of the SET at `address` for `key`, if cached; marks it as read.
     pub fn get(&mut self, address: u64, key: &[u8]) -> Option<ValueRead> {
+        self.get_ref(address, key).map(ValueRead::into_owned)
+    }
+
+    /// [`ValueCache::get`], borrowing the value from the ring.
+    pub fn get_ref(&mut self, address: u64, key: &[u8]) -> Option<ValueRead<&[u8]>> {
         let Some(pos) = self.position(address) else {
             self.misses += 1;
             return None;
@@ -175,7 +180,7 @@ impl ValueCache {
             return Some(ValueRead::OtherKey);
         }
         let start = pos + HEADER_BYTES;
-        Some(ValueRead::Value(self.ring[start..start + len].to_vec()))
+        Some(ValueRead::Value(&self.ring[start..start + len]))
     }
 
     /// Caches the value `key` has in the SET at `address`, making room at the tail.

@@ -180,6 +180,7 @@ impl MapImageBuilder {
                 out[..take].copy_from_slice(&self.pending[..take]);
                 for page in out[..take].chunks_exact_mut(PAGE_SIZE) {
                     page::PagePtr::reset_lock(page);
+                    page::place_loaded(page);
                 }
                 Ok(())
             })?;

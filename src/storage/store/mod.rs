@@ -160,6 +160,24 @@ pub enum Lookup {
     InLog(u64),
 }
 
+/// [`Lookup`] with an inline value borrowed from its page (see [`Map::get_with`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum LookupRef<'a> {
+    Missing,
+    Inline(&'a [u8]),
+    InLog(u64),
+}
+
+impl LookupRef<'_> {
+    pub fn to_owned(&self) -> Lookup {
+        match *self {
+            LookupRef::Missing => Lookup::Missing,
+            LookupRef::Inline(v) => Lookup::Inline(v.to_vec()),
+            LookupRef::InLog(offset) => Lookup::InLog(offset),
+        }
+    }
+}
+
 /// The metadata the map persists alongside its pages.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MapMeta {
@@ -522,13 +540,19 @@ impl Map {
     /// about to look up many keys prefetches them all first.
     pub fn prefetch(&self, hash: u128) {
         if self.bloom.may_contain(hash) {
-            self.layout.read().unwrap().page_for(hash).prefetch();
+            self.layout.read().unwrap().page_for(hash).prefetch(hash);
         }
     }
 
     pub fn get(&self, hash: u128) -> Lookup {
+        self.get_with(hash, |found| found.to_owned())
+    }
+
+    /// Looks a key up by its hash and hands what it found to `f`, an inline value borrowed
+    /// from its page (no copy): `f` runs with the page held shared, so it should be quick.
+    pub fn get_with<R>(&self, hash: u128, f: impl FnOnce(LookupRef<'_>) -> R) -> R {
         if !self.bloom.may_contain(hash) {
-            return Lookup::Missing;
+            return f(LookupRef::Missing);
         }
         let layout = self.layout.read().unwrap();
         let mut guard = layout.page_for(hash).read();
@@ -537,7 +561,9 @@ impl Map {
                 break slot;
             }
             let Some(next) = guard.next_page() else {
-                return Lookup::Missing;
+                drop(guard);
+                drop(layout);
+                return f(LookupRef::Missing);
             };
             // Chains only ever grow, under the directory lock held shared here.
             guard = layout.arena.page(next).read();
@@ -545,9 +571,11 @@ impl Map {
         let word = guard.word(slot);
         let inline = (word & 0xFF) as u8;
         if inline == NOT_INLINE {
-            Lookup::InLog(word >> 8)
+            drop(guard);
+            drop(layout);
+            f(LookupRef::InLog(word >> 8))
         } else {
-            Lookup::Inline(guard.inline_value(inline as usize).to_vec())
+            f(LookupRef::Inline(guard.inline_value(inline as usize)))
         }
     }
 
@@ -1243,6 +1271,7 @@ fn load_pages(file: &mut dyn BlockFile) -> io::Result<(MapMeta, KeyHasher, Bloom
                 page::check_loaded(page).map_err(|e| {
                     io::Error::other(format!("map.dat: page {}: {e}", c * PAGES_PER_CHUNK + p))
                 })?;
+                page::place_loaded(page);
             }
             Ok(())
         })?;
