@@ -45,15 +45,6 @@ fn call(port: u16, command: &[u8], until: &[u8]) -> Vec<u8> {
     }
 }
 
-fn json_field(report: &str, field: &str) -> f64 {
-    report
-        .split(&format!("\"{field}\":"))
-        .nth(1)
-        .and_then(|r| r.split(|c: char| !(c.is_ascii_digit() || c == '.')).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in {report}"))
-}
-
 #[test]
 fn the_load_tool_drives_memcached_over_udp() {
     let present = Command::new("memcached")
@@ -98,11 +89,11 @@ fn the_load_tool_drives_memcached_over_udp() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(report.contains("\"protocol\":\"memcache\""), "{report}");
-    assert!(json_field(&report, "ops") > 100.0, "{report}");
-    assert_eq!(json_field(&report, "errors"), 0.0, "{report}");
-    assert_eq!(json_field(&report, "timeouts"), 0.0, "{report}");
+    assert!(procs::json_field(&report, "ops") > 100.0, "{report}");
+    assert_eq!(procs::json_field(&report, "errors"), 0.0, "{report}");
+    assert_eq!(procs::json_field(&report, "timeouts"), 0.0, "{report}");
     assert_eq!(
-        json_field(&report, "get_miss"),
+        procs::json_field(&report, "get_miss"),
         0.0,
         "every key was prefilled: {report}"
     );

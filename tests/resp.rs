@@ -527,16 +527,6 @@ fn sixteen_mib_values_through_log_cleaner_and_snapshot() {
     check(restored.resp, "restored");
 }
 
-/// A number field of the load tool's JSON report.
-fn json_field(report: &str, field: &str) -> f64 {
-    report
-        .split(&format!("\"{field}\":"))
-        .nth(1)
-        .and_then(|r| r.split(|c: char| !(c.is_ascii_digit() || c == '.')).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in {report}"))
-}
-
 /// `ocean-liner bench --protocol resp` with a mixed load over prefilled keys.
 fn bench_resp(port: u16) -> String {
     let out = Command::new(BIN)
@@ -562,10 +552,10 @@ fn the_load_tool_drives_the_door_and_redis_over_resp() {
     let server = Server::start();
     let report = bench_resp(server.resp);
     assert!(report.contains("\"protocol\":\"resp\""), "{report}");
-    assert!(json_field(&report, "ops") > 100.0, "{report}");
-    assert_eq!(json_field(&report, "errors"), 0.0, "{report}");
+    assert!(procs::json_field(&report, "ops") > 100.0, "{report}");
+    assert_eq!(procs::json_field(&report, "errors"), 0.0, "{report}");
     assert_eq!(
-        json_field(&report, "get_miss"),
+        procs::json_field(&report, "get_miss"),
         0.0,
         "every key was prefilled: {report}"
     );
@@ -600,9 +590,9 @@ fn the_load_tool_drives_the_door_and_redis_over_resp() {
     let report = bench_resp(port);
     let _ = redis.kill();
     let _ = redis.wait();
-    assert!(json_field(&report, "ops") > 100.0, "{report}");
-    assert_eq!(json_field(&report, "errors"), 0.0, "{report}");
-    assert_eq!(json_field(&report, "get_miss"), 0.0, "{report}");
+    assert!(procs::json_field(&report, "ops") > 100.0, "{report}");
+    assert_eq!(procs::json_field(&report, "errors"), 0.0, "{report}");
+    assert_eq!(procs::json_field(&report, "get_miss"), 0.0, "{report}");
 }
 
 /// Bytes that are not RESP get Redis's protocol error, and the connection is closed.

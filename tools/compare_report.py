@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The report of tools/compare.sh: results.csv and results.md in the run's directory,
 from its JSON reports. Usage: compare_report.py DIR MACHINE COMMAND."""
-import glob, json, os, sys
+import glob, json, os, re, sys
 out, machine, command = sys.argv[1], sys.argv[2], sys.argv[3]
 rows = []
 order = ["ocean-liner", "ocean-liner-2ms", "ocean-liner-3node", "redis-always", "redis-none",
@@ -155,6 +155,8 @@ if matrix:
             return f"{o / b:.2f}" if o and b else "–"
         lines.append(f"| {title} | " + " | ".join(cells) + f" | {ratio(redis_best)} | "
                      f"{ratio(got.get('redis-always'))} | {ratio(got.get('memcached'))} |")
+# The main runs by (system, label), for the sections that refer back to them.
+small = {(s_, label): r for s_, label, r in rows}
 # Scale: 10M keys against the 1M-key figures of the same settings.
 scale = load("scale")
 if scale:
@@ -162,7 +164,6 @@ if scale:
            ("ocean-liner", "get"): ("ocean-liner", "get-udp4096-b16"),
            ("redis-none", "set"): ("redis-none", "set-p16"),
            ("redis-none", "get"): ("redis-none", "get-p16")}
-    small = {(s_, label): r for s_, label, r in rows}
     lines += ["", "Scale (`scale/`): prefilled keys, batched settings.", "",
               "| system | op | keys | ops/s | p99 ms | same at 1M keys | 10M / 1M |",
               "|---|---|---|---|---|---|---|"]
@@ -181,7 +182,6 @@ if scale:
             lines.append(f"At {r['keys']:,} keys, Ocean Liner {op.upper()} / Redis no persistence: "
                          f"{o[op] / rd[op]:.2f}×.")
 # etcd through etcdctl check perf.
-import re
 etcd = sorted(glob.glob(f"{out}/etcd/check-perf-l.members*.txt"))
 if etcd:
     lines += ["", "etcd, through its own client: `etcdctl check perf --load l` (60 s; etcdctl "
@@ -228,7 +228,6 @@ if seq or sync or rnd:
         lines.append(f"| O_DIRECT random read, 4 KiB, io_uring qd 32 | {rnd['read']['iops']:,.0f} "
                      f"reads/s |")
     disk = sorted(glob.glob(f"{out}/disk/*.json"))
-    small = {(s_, label): r for s_, label, r in rows}
     if disk and seq_bw:
         lines += ["", "Bytes each durable system wrote to that disk during its SET runs "
                   "(/proc/diskstats, warm-up included), as a fraction of the sequential write "

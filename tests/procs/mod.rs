@@ -21,3 +21,14 @@ pub fn free_port(base: u16) -> u16 {
         }
     }
 }
+
+/// A number field of the load tool's JSON report (panics, naming the field, if absent).
+#[allow(dead_code)] // not every test binary reads reports
+pub fn json_field(report: &str, field: &str) -> f64 {
+    report
+        .split(&format!("\"{field}\":"))
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !(c.is_ascii_digit() || c == '.')).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {report}"))
+}

@@ -18,7 +18,7 @@
 use super::keys::*;
 use super::memcache::{self, McReply, Parsed};
 use super::report::*;
-use super::worker::{KeyShare, Phase, in_window, poll_briefly};
+use super::worker::{Phase, in_window, next_op, poll_until, udp_sockets};
 use super::*;
 use crate::net::{self, BATCH, RawAddr};
 use std::collections::HashMap;
@@ -70,31 +70,16 @@ pub(super) struct MemcacheWorker {
 impl MemcacheWorker {
     pub(super) fn new(cfg: WorkerConfig, tx: Sender<Msg>) -> anyhow::Result<MemcacheWorker> {
         let server = *cfg.servers.first().context("no server address")?;
-        let bind: SocketAddr = match server.ip() {
-            IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-            IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-        };
-        let mut sockets = Vec::with_capacity(cfg.sockets);
-        for _ in 0..cfg.sockets {
-            let s = Socket::new(
-                Domain::for_address(bind),
-                Type::DGRAM,
-                Some(SocketProtocol::UDP),
-            )
-            .context("creating a UDP socket")?;
-            s.set_nonblocking(true)?;
-            crate::net::set_buffer_size(&s, SOCKET_BUFFER_BYTES, true);
-            crate::net::set_buffer_size(&s, SOCKET_BUFFER_BYTES, false);
-            s.bind(&bind.into())
-                .with_context(|| format!("binding a UDP socket to {bind}"))?;
-            sockets.push(McSocket {
+        let sockets = udp_sockets(cfg.sockets, server)?
+            .into_iter()
+            .map(|s| McSocket {
                 fd: s.as_raw_fd(),
                 _socket: s,
                 in_flight: HashMap::new(),
                 next_id: 0,
                 free: 0,
-            });
-        }
+            })
+            .collect();
         Ok(MemcacheWorker {
             cfg,
             tx,
@@ -158,51 +143,13 @@ impl MemcacheWorker {
         Ok(())
     }
 
-    /// The next command of the phase, if it has one.
-    fn next_op(&mut self, phase: &mut Phase, now: Instant) -> Option<Pending> {
-        let (op, key, attempts) = match phase {
-            Phase::Measure { end, .. } => {
-                if now >= *end {
-                    return None;
-                }
-                let key = self.cfg.sampler.sample(&mut self.rng);
-                let op = match self.cfg.workload {
-                    Workload::Set => Op::Set,
-                    Workload::Get => Op::Get,
-                    Workload::Mixed if self.rng.r#gen::<f64>() < self.cfg.read_ratio => Op::Get,
-                    Workload::Mixed => Op::Set,
-                };
-                (op, key, 0)
-            }
-            Phase::Prefill {
-                next, share, retry, ..
-            } => {
-                if let Some((key, attempts)) = retry.pop() {
-                    (Op::Set, key, attempts)
-                } else {
-                    let KeyShare { step, end, .. } = *share;
-                    if *next >= end {
-                        return None;
-                    }
-                    let key = *next;
-                    *next += step;
-                    (Op::Set, key, 0)
-                }
-            }
-        };
-        Some(Pending {
-            op,
-            key,
-            attempts,
-            hit: false,
-        })
-    }
-
     /// Fills every socket's share with new request datagrams and sends them; returns how
     /// many datagrams went out.
     fn send(&mut self, phase: &mut Phase) -> anyhow::Result<usize> {
         let mut total = 0;
         let value_len = self.cfg.value.len();
+        // Room for one more command of either kind.
+        let need = memcache::set_len(KEY_NAME_LEN, value_len).max(memcache::get_len(KEY_NAME_LEN));
         for si in 0..self.sockets.len() {
             while !self.exhausted && self.sockets[si].free > 0 {
                 // Up to BATCH datagrams per system call.
@@ -213,14 +160,20 @@ impl MemcacheWorker {
                     let mut len = memcache::FRAME_HEADER_LEN;
                     self.building.clear();
                     while self.building.len() < self.cfg.pipeline && self.sockets[si].free > 0 {
-                        let need = memcache::set_len(KEY_NAME_LEN, value_len)
-                            .max(memcache::get_len(KEY_NAME_LEN));
                         if !self.building.is_empty() && len + need > memcache::DATAGRAM_MAX {
                             break;
                         }
-                        let Some(p) = self.next_op(phase, now) else {
+                        let Some((op, key, attempts)) =
+                            next_op(&self.cfg, &mut self.rng, phase, now)
+                        else {
                             self.exhausted = true;
                             break;
+                        };
+                        let p = Pending {
+                            op,
+                            key,
+                            attempts,
+                            hit: false,
                         };
                         len += match p.op {
                             Op::Get => memcache::get_len(KEY_NAME_LEN),
@@ -383,18 +336,8 @@ impl MemcacheWorker {
 
     /// Sleeps in `poll` until a socket is readable or `until`; at most 1 ms.
     fn wait_idle(&mut self, until: Instant) {
-        let now = Instant::now();
-        if until <= now {
-            return;
-        }
-        self.pollfds.clear();
-        self.pollfds
-            .extend(self.sockets.iter().map(|s| libc::pollfd {
-                fd: s.fd,
-                events: libc::POLLIN,
-                revents: 0,
-            }));
-        poll_briefly(&mut self.pollfds, until - now);
+        let fds = self.sockets.iter().map(|s| (s.fd, libc::POLLIN));
+        poll_until(&mut self.pollfds, fds, until);
     }
 }
 

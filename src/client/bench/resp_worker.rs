@@ -17,7 +17,7 @@
 
 use super::keys::*;
 use super::report::*;
-use super::worker::{KeyShare, Phase, WorkerConfig, poll_briefly};
+use super::worker::{Phase, WorkerConfig, next_op, poll_until};
 use super::*;
 use crate::resp::{self, Limits, Parsed, Reply};
 use std::io::{ErrorKind, Read, Write};
@@ -155,8 +155,9 @@ impl RespWorker {
         let mut progress = 0;
         let now = Instant::now();
         while !self.exhausted && self.conns[i].in_flight.len() < self.conns[i].depth {
-            match self.next_op(phase, now) {
-                Some((op, key)) => {
+            // Prefill's retry list stays empty here: TCP has no timeouts to retry.
+            match next_op(&self.cfg, &mut self.rng, phase, now) {
+                Some((op, key, _)) => {
                     let mut name = [0u8; KEY_NAME_LEN];
                     let name = key_name(key, &mut name).as_bytes();
                     let c = &mut self.conns[i];
@@ -223,33 +224,6 @@ impl RespWorker {
         Ok(progress)
     }
 
-    /// The next operation of the phase, if it has one.
-    fn next_op(&mut self, phase: &mut Phase, now: Instant) -> Option<(Op, u64)> {
-        match phase {
-            Phase::Measure { end, .. } => {
-                if now >= *end {
-                    return None;
-                }
-                let key = self.cfg.sampler.sample(&mut self.rng);
-                let op = match self.cfg.workload {
-                    Workload::Set => Op::Set,
-                    Workload::Get => Op::Get,
-                    Workload::Mixed if self.rng.r#gen::<f64>() < self.cfg.read_ratio => Op::Get,
-                    Workload::Mixed => Op::Set,
-                };
-                Some((op, key))
-            }
-            Phase::Prefill { next, share, .. } => {
-                let KeyShare { step, end, .. } = *share;
-                (*next < end).then(|| {
-                    let key = *next;
-                    *next += step;
-                    (Op::Set, key)
-                })
-            }
-        }
-    }
-
     fn complete(&mut self, sent: Sent, reply: &Reply, phase: &mut Phase, now: Instant) {
         let status = match (sent.op, reply) {
             (_, Reply::Error(e)) if e.starts_with(b"BUSY") => Status::Busy,
@@ -271,18 +245,11 @@ impl RespWorker {
     /// Sleeps in `poll` until a connection is readable (or writable, with output
     /// pending), or `until`; at most 1 ms.
     fn wait_idle(&mut self, until: Instant, used: usize) {
-        let now = Instant::now();
-        if until <= now {
-            return;
-        }
-        self.pollfds.clear();
-        self.pollfds
-            .extend(self.conns[..used].iter().map(|c| libc::pollfd {
-                fd: c.fd,
-                events: libc::POLLIN | if c.out.is_empty() { 0 } else { libc::POLLOUT },
-                revents: 0,
-            }));
-        poll_briefly(&mut self.pollfds, until - now);
+        let fds = self.conns[..used].iter().map(|c| {
+            let out = if c.out.is_empty() { 0 } else { libc::POLLOUT };
+            (c.fd, libc::POLLIN | out)
+        });
+        poll_until(&mut self.pollfds, fds, until);
     }
 }
 

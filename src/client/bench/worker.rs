@@ -129,27 +129,8 @@ pub(super) struct Worker {
 
 impl Worker {
     pub(super) fn new(cfg: WorkerConfig, tx: Sender<Msg>) -> anyhow::Result<Self> {
-        let first = cfg.servers[0];
-        let bind: SocketAddr = match first.ip() {
-            IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-            IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-        };
-        let mut sockets = Vec::with_capacity(cfg.sockets);
-        for _ in 0..cfg.sockets {
-            let s = Socket::new(
-                Domain::for_address(bind),
-                Type::DGRAM,
-                Some(SocketProtocol::UDP),
-            )
-            .context("creating a UDP socket")?;
-            s.set_nonblocking(true)?;
-            // Above net.core.{r,w}mem_max when allowed (root), else capped by them.
-            crate::net::set_buffer_size(&s, SOCKET_BUFFER_BYTES, true);
-            crate::net::set_buffer_size(&s, SOCKET_BUFFER_BYTES, false);
-            s.bind(&bind.into())
-                .with_context(|| format!("binding a UDP socket to {bind}"))?;
-            sockets.push(s);
-        }
+        let first = *cfg.servers.first().context("no server address")?;
+        let sockets = udp_sockets(cfg.sockets, first)?;
         let fds = sockets.iter().map(AsRawFd::as_raw_fd).collect();
         let mut rng = StdRng::from_entropy();
         let id_base = rng.r#gen::<u64>();
@@ -289,40 +270,7 @@ impl Worker {
 
     /// Gives slot `i` its next operation (or leaves it idle) and queues it.
     pub(super) fn start_next(&mut self, i: usize, phase: &mut Phase, now: Instant) {
-        let next = match phase {
-            Phase::Measure { end, .. } => {
-                if now >= *end {
-                    None
-                } else {
-                    let key = self.cfg.sampler.sample(&mut self.rng);
-                    let op = match self.cfg.workload {
-                        Workload::Set => Op::Set,
-                        Workload::Get => Op::Get,
-                        Workload::Mixed => {
-                            if self.rng.r#gen::<f64>() < self.cfg.read_ratio {
-                                Op::Get
-                            } else {
-                                Op::Set
-                            }
-                        }
-                    };
-                    Some((op, key, 0))
-                }
-            }
-            Phase::Prefill {
-                next, share, retry, ..
-            } => {
-                if let Some((key, attempts)) = retry.pop() {
-                    Some((Op::Set, key, attempts))
-                } else if *next < share.end {
-                    let key = *next;
-                    *next += share.step;
-                    Some((Op::Set, key, 0))
-                } else {
-                    None
-                }
-            }
-        };
+        let next = next_op(&self.cfg, &mut self.rng, phase, now);
         let slot = &mut self.slots[i];
         slot.epoch = slot.epoch.wrapping_add(1);
         slot.first_sent = None;
@@ -718,34 +666,101 @@ impl Worker {
     /// Sleeps in `poll` until a socket is readable (or writable, if sends are pending),
     /// a timer is due, or `until`, whichever is first; at most 1 ms.
     pub(super) fn wait_idle(&mut self, until: Instant) {
-        let now = Instant::now();
         let mut deadline = until;
         if let Some(Reverse((due, _, _))) = self.timers.peek() {
             deadline = deadline.min(*due);
         }
-        if deadline <= now {
-            return;
-        }
-        let pfds = &mut self.pollfds;
-        pfds.clear();
-        pfds.extend(
-            self.fds
-                .iter()
-                .zip(&self.send_queues)
-                .map(|(&fd, q)| libc::pollfd {
-                    fd,
-                    events: libc::POLLIN | if q.is_empty() { 0 } else { libc::POLLOUT },
-                    revents: 0,
-                }),
-        );
-        poll_briefly(pfds, deadline - now);
+        let fds = self.fds.iter().zip(&self.send_queues).map(|(&fd, q)| {
+            let out = if q.is_empty() { 0 } else { libc::POLLOUT };
+            (fd, libc::POLLIN | out)
+        });
+        poll_until(&mut self.pollfds, fds, deadline);
     }
 }
 
-/// Waits in `ppoll` on `pfds` for at most `wait`, capped at 1 ms (load threads poll their
-/// sockets briefly when idle, so timers and reports stay on time).
-pub(super) fn poll_briefly(pfds: &mut [libc::pollfd], wait: Duration) {
-    let wait = wait.min(Duration::from_millis(1));
+/// `count` nonblocking UDP sockets bound to an ephemeral port of `server`'s address
+/// family, with the load tool's socket buffers.
+pub(super) fn udp_sockets(count: usize, server: SocketAddr) -> anyhow::Result<Vec<Socket>> {
+    let bind: SocketAddr = match server.ip() {
+        IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    (0..count)
+        .map(|_| {
+            let s = Socket::new(
+                Domain::for_address(bind),
+                Type::DGRAM,
+                Some(SocketProtocol::UDP),
+            )
+            .context("creating a UDP socket")?;
+            s.set_nonblocking(true)?;
+            // Above net.core.{r,w}mem_max when allowed (root), else capped by them.
+            crate::net::set_buffer_size(&s, SOCKET_BUFFER_BYTES, true);
+            crate::net::set_buffer_size(&s, SOCKET_BUFFER_BYTES, false);
+            s.bind(&bind.into())
+                .with_context(|| format!("binding a UDP socket to {bind}"))?;
+            Ok(s)
+        })
+        .collect()
+}
+
+/// The phase's next operation `(op, key, prefill attempts so far)`, or `None` when it
+/// has no more: the measurement samples a key and picks the op by workload until its end;
+/// the prefill writes its share of keys in order, and keys given back for a retry first.
+pub(super) fn next_op(
+    cfg: &WorkerConfig,
+    rng: &mut StdRng,
+    phase: &mut Phase,
+    now: Instant,
+) -> Option<(Op, u64, u32)> {
+    match phase {
+        Phase::Measure { end, .. } => {
+            if now >= *end {
+                return None;
+            }
+            let key = cfg.sampler.sample(rng);
+            let op = match cfg.workload {
+                Workload::Set => Op::Set,
+                Workload::Get => Op::Get,
+                Workload::Mixed if rng.r#gen::<f64>() < cfg.read_ratio => Op::Get,
+                Workload::Mixed => Op::Set,
+            };
+            Some((op, key, 0))
+        }
+        Phase::Prefill {
+            next, share, retry, ..
+        } => {
+            if let Some((key, attempts)) = retry.pop() {
+                return Some((Op::Set, key, attempts));
+            }
+            (*next < share.end).then(|| {
+                let key = *next;
+                *next += share.step;
+                (Op::Set, key, 0)
+            })
+        }
+    }
+}
+
+/// Waits in `ppoll` for one of `fds` (descriptor, events) to be ready, or `until`,
+/// capped at 1 ms (load threads poll briefly when idle, so timers and reports stay on
+/// time); returns at once if `until` has passed. `pfds` is scratch space.
+pub(super) fn poll_until(
+    pfds: &mut Vec<libc::pollfd>,
+    fds: impl Iterator<Item = (RawFd, libc::c_short)>,
+    until: Instant,
+) {
+    let now = Instant::now();
+    if until <= now {
+        return;
+    }
+    pfds.clear();
+    pfds.extend(fds.map(|(fd, events)| libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }));
+    let wait = (until - now).min(Duration::from_millis(1));
     let ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: wait.as_nanos() as libc::c_long,

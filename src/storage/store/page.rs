@@ -168,16 +168,21 @@ pub fn place_loaded(page: &mut [u8]) {
         return;
     };
     let (words, hashes) = page.split_at_mut(OFFSET_KEY_HASHES);
-    let mut entries: Vec<(u64, [u8; 16])> = Vec::with_capacity(SLOT_COUNT);
+    // On the stack (3 KiB): a load lays out every page of the map.
+    let mut entries = [(EMPTY, [0u8; 16]); SLOT_COUNT];
+    let mut count = 0;
     for (w, h) in words.chunks_exact(8).zip(hashes.chunks_exact(16)) {
         let word = u64::from_le_bytes(w.try_into().unwrap_or([0xFF; 8]));
-        if word != EMPTY {
-            entries.push((word, h.try_into().unwrap_or([0; 16])));
+        if word != EMPTY
+            && let Some(e) = entries.get_mut(count)
+        {
+            *e = (word, h.try_into().unwrap_or([0; 16]));
+            count += 1;
         }
     }
     words.fill(0xFF);
     hashes.fill(0);
-    for (word, hash) in entries {
+    for &(word, hash) in &entries[..count] {
         let mut s = home_slot(u128::from_le_bytes(hash));
         // At most SLOT_COUNT entries (one per slot read above), so a free slot exists.
         while words[s * 8..s * 8 + 8] != [0xFF; 8] {
