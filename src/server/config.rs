@@ -68,10 +68,11 @@ pub struct ServerConfig {
     pub log_cache_mib: usize,
     /// MiB of values kept in memory for GETs: applied SETs put theirs there, GETs that
     /// read one from the disk too; evicted by how often they are read (CLOCK order).
-    /// At most 16383.
-    #[arg(long, default_value_t = 1024,
+    /// At most 16383. Default: a quarter of the memory this process may use (the
+    /// machine's, or its cgroup's limit if lower), at least 64.
+    #[arg(long,
           value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u64).range(0..=16383), |v| v as usize))]
-    pub value_cache_mib: usize,
+    pub value_cache_mib: Option<usize>,
     /// MiB of one log segment file; old segments are deleted once their live values are
     /// copied elsewhere and a checkpoint covers them.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=512))]
@@ -119,6 +120,27 @@ pub struct ServerConfig {
     /// rates differ by less than 20%), or a ReadIndex round per window.
     #[arg(long, value_enum, default_value_t = ReadMode::Lease)]
     pub read_mode: ReadMode,
+}
+
+impl ServerConfig {
+    /// The value cache's budget in MiB: the flag's, or [`default_value_cache_mib`] of the
+    /// memory this process may use.
+    pub(super) fn value_cache_mib(&self) -> usize {
+        self.value_cache_mib
+            .unwrap_or_else(|| default_value_cache_mib(host::memory_limit_bytes()))
+    }
+}
+
+/// The value cache's default budget in MiB for a process that may use `memory` bytes: a
+/// quarter of it (the rest for the map's pages, the entry cache, the kernel's buffers and
+/// other programs), between 64 and the flag's ceiling; 1024 when the limit is unknown. The
+/// ring is backed by memory only as values fill it, so a budget no load reaches costs
+/// nothing.
+pub(super) fn default_value_cache_mib(memory: Option<u64>) -> usize {
+    match memory {
+        Some(bytes) => ((bytes >> 20) / 4).clamp(64, 16383) as usize,
+        None => 1024,
+    }
 }
 
 /// Client socket buffers: a window's burst of requests or replies must fit.
@@ -206,4 +228,54 @@ pub(super) fn cluster_layout(config: &ServerConfig) -> anyhow::Result<Cluster> {
         client_addrs,
         cluster_id,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_value_cache_defaults_to_a_quarter_of_memory_within_bounds() {
+        assert_eq!(default_value_cache_mib(Some(24 << 30)), 6 << 10);
+        assert_eq!(default_value_cache_mib(Some(128 << 20)), 64);
+        assert_eq!(default_value_cache_mib(Some(1 << 40)), 16383);
+        assert_eq!(default_value_cache_mib(None), 1024);
+    }
+
+    #[test]
+    fn the_flag_overrides_the_default_budget() {
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            server: ServerConfig,
+        }
+        let parse = |args: &[&str]| {
+            <Flags as clap::Parser>::try_parse_from(
+                std::iter::once("ocean-liner").chain(args.iter().copied()),
+            )
+            .map(|f| f.server)
+        };
+        assert_eq!(
+            parse(&["--value-cache-mib", "0"])
+                .unwrap()
+                .value_cache_mib(),
+            0
+        );
+        assert_eq!(
+            parse(&["--value-cache-mib", "300"])
+                .unwrap()
+                .value_cache_mib(),
+            300
+        );
+        assert!(parse(&["--value-cache-mib", "16384"]).is_err());
+        let auto = parse(&[]).unwrap();
+        assert_eq!(auto.value_cache_mib, None);
+        // This machine's memory is readable, so the default follows it.
+        let memory = host::memory_limit_bytes().expect("/proc/meminfo is readable");
+        assert!(memory > 0);
+        assert_eq!(
+            auto.value_cache_mib(),
+            default_value_cache_mib(Some(memory))
+        );
+    }
 }

@@ -57,6 +57,45 @@ fn refusal(f: &crate::doctor::Finding, config: &ServerConfig) -> String {
 
 /// Tells systemd how the service is (`Type=notify`): `READY=1` once recovered and
 /// serving, `STOPPING=1` when a stop begins. Nothing without `NOTIFY_SOCKET`.
+/// The memory this process may use: the machine's (`MemTotal`), or its cgroup's limit
+/// (v2 `memory.max`, v1 `memory.limit_in_bytes`) if that is lower; `None` if neither can
+/// be read.
+pub(super) fn memory_limit_bytes() -> Option<u64> {
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let kib = m.lines().find_map(|l| l.strip_prefix("MemTotal:"))?;
+        kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+    });
+    let total = total.map(|kib| kib.saturating_mul(1024));
+    let limit = |file: String| {
+        // "max" (v2) is no limit; v1 writes a huge number for none, which min() ignores.
+        std::fs::read_to_string(file)
+            .ok()?
+            .trim()
+            .parse::<u64>()
+            .ok()
+    };
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                if let Some(path) = l.strip_prefix("0::") {
+                    limit(format!("/sys/fs/cgroup{}/memory.max", path.trim()))
+                } else {
+                    let (_, rest) = l.split_once(':')?;
+                    let path = rest.strip_prefix("memory:")?;
+                    limit(format!(
+                        "/sys/fs/cgroup/memory{}/memory.limit_in_bytes",
+                        path.trim()
+                    ))
+                }
+            })
+        });
+    match (total, cgroup) {
+        (Some(t), Some(c)) => Some(t.min(c)),
+        (t, c) => t.or(c),
+    }
+}
+
 pub(super) fn sd_notify(state: &str) {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::net::UnixDatagram;

@@ -456,7 +456,8 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         completion_rxs.push(rx);
     }
     let data_dir = config.data_dir.clone();
-    let value_cache_bytes = config.value_cache_mib << 20;
+    let value_cache_mib = config.value_cache_mib();
+    let value_cache_bytes = value_cache_mib << 20;
     let cleaner_options = CleanerOptions {
         disk_target_bytes: config.disk_target_mib.map(|m| m << 20),
         ..CleanerOptions::default()
@@ -749,7 +750,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
             .spawn(move || cleaner::run(&mut cleaner, &shared, clean_bytes_per_s))?
     };
     eprintln!(
-        "ocean-liner: node {} serving clients on udp://{} with {shard_count} shard(s) + replication on {cores} core(s){}; {}; data in {}",
+        "ocean-liner: node {} serving clients on udp://{} with {shard_count} shard(s) + replication on {cores} core(s){}; {}; data in {}; value cache {value_cache_mib} MiB",
         cluster.node_index,
         cluster.client_addr,
         if config.no_pin { " (unpinned)" } else { "" },
