@@ -445,6 +445,71 @@ fn retried_writes_apply_once() {
     assert_eq!(c.call(Op::Get, "k", b""), (Status::Ok, b"fourth".to_vec()));
 }
 
+/// SETs of one key in one window: those a later SET of the window overwrites are logged
+/// as NOPs with their sessions (counted in `sets_dropped`), every client is answered,
+/// and a late retry of a dropped one is still a duplicate, after a kill -9 as well.
+/// `--keep-overwritten-sets` logs them all.
+#[test]
+fn overwritten_sets_of_a_window_are_dropped_and_stay_exactly_once() {
+    for keep in [false, true] {
+        let flags: &[&str] = if keep {
+            &["--batch-window-ms", "300", "--keep-overwritten-sets"]
+        } else {
+            &["--batch-window-ms", "300"]
+        };
+        let mut server = Server::start_with(flags);
+        let mut a = Conn::new(server.addr());
+        let mut b = Conn::new(server.addr());
+        assert_eq!(a.call(Op::Set, "k", b"zero").0, Status::Ok);
+        assert_eq!(b.call(Op::Get, "k", b""), (Status::Ok, b"zero".to_vec()));
+        // Three SETs sent at once land in one 300 ms window: a1 before a2 on one socket.
+        let (a1, b1, a2) = (a.seq + 1, b.seq + 1, a.seq + 2);
+        a.send(Op::Set, a1, "k", b"a1");
+        b.send(Op::Set, b1, "k", b"b1");
+        a.send(Op::Set, a2, "k", b"a2");
+        let wait = Duration::from_secs(3);
+        assert_eq!(
+            a.call_seq(Op::Set, a1, "k", b"a1", wait).unwrap().0,
+            Status::Ok
+        );
+        assert_eq!(
+            b.call_seq(Op::Set, b1, "k", b"b1", wait).unwrap().0,
+            Status::Ok
+        );
+        assert_eq!(
+            a.call_seq(Op::Set, a2, "k", b"a2", wait).unwrap().0,
+            Status::Ok
+        );
+        (a.seq, b.seq) = (a2, b1);
+        // One sending thread over loopback: they arrive in the order sent.
+        assert_eq!(a.call(Op::Get, "k", b""), (Status::Ok, b"a2".to_vec()));
+        let stats = String::from_utf8_lossy(&server.cli(&["stats"]).stdout).to_string();
+        if keep {
+            assert_eq!(stat(&stats, "sets_dropped"), 0, "{stats}");
+        } else {
+            assert!(stat(&stats, "sets_dropped") >= 2, "{stats}");
+        }
+        // b1, overwritten in its own window, is b's only write: its session alone says
+        // it was applied, so its retry must change nothing, before and after a restart
+        // that replays the log (and a1's neither).
+        for restart in [false, true] {
+            if restart {
+                server.kill9();
+                server.spawn(flags);
+            }
+            assert_eq!(
+                b.call_seq(Op::Set, b1, "k", b"b1", wait).unwrap().0,
+                Status::Ok
+            );
+            assert_eq!(
+                a.call_seq(Op::Set, a1, "k", b"a1", wait).unwrap().0,
+                Status::Ok
+            );
+            assert_eq!(a.call(Op::Get, "k", b""), (Status::Ok, b"a2".to_vec()));
+        }
+    }
+}
+
 #[test]
 fn kill_9_during_writes_keeps_every_acknowledged_write() {
     let mut server = Server::start();

@@ -47,6 +47,7 @@ fn clusters_survive_faults_with_linearizable_histories() {
                 totals.snapshots_sent += r.snapshots_sent;
                 totals.snapshots_installed += r.snapshots_installed;
                 totals.membership_changes += r.membership_changes;
+                totals.sets_dropped += r.sets_dropped;
                 if SimConfig::new(seed).membership_changes {
                     assert_eq!(
                         r.membership_changes, 3,
@@ -73,6 +74,10 @@ fn clusters_survive_faults_with_linearizable_histories() {
     assert!(
         totals.values_moved > seeds.len() as u64 && totals.segments_deleted > 0,
         "the cleaners moved values and emptied segments were deleted: {totals:?}"
+    );
+    assert!(
+        totals.sets_dropped > 0,
+        "leaders dropped overwritten SETs (the seeds that enable it): {totals:?}"
     );
     assert!(
         totals.snapshots_installed > 0,

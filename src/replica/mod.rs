@@ -22,6 +22,7 @@
 //! the shard maps them to the client protocol.
 
 pub mod conditional;
+pub mod dedup;
 
 use crate::consensus::membership::{Change, Membership};
 use crate::consensus::{ChangeError, Event, FatalError, Output, ProposeError, RaftNode};
@@ -59,6 +60,8 @@ pub struct ReplicaConfig {
     /// A read round still unanswered after this is issued again (raft-rs drops a read
     /// silently, e.g. before a new leader has committed in its term).
     pub read_round_retry: Duration,
+    /// Drop the SETs a later write of the same entry overwrites ([`dedup`]).
+    pub drop_overwritten_sets: bool,
 }
 
 impl ReplicaConfig {
@@ -284,6 +287,10 @@ pub struct Replica<R> {
     pending_changes: std::collections::HashSet<u64>,
     next_tag: u64,
     entry: Vec<u8>,
+    /// Space [`dedup::drop_overwritten_sets`] rewrites an entry into.
+    dedup_scratch: Vec<u8>,
+    /// SETs dropped that way since start.
+    dropped_sets: u64,
     /// The lease round in flight: (context, when it was issued).
     lease_round: Option<(u64, Duration)>,
     /// The index-mode round in flight: (epoch, when it was issued).
@@ -309,6 +316,8 @@ impl<R> Replica<R> {
             pending_changes: Default::default(),
             next_tag: 1,
             entry: Vec::new(),
+            dedup_scratch: Vec::new(),
+            dropped_sets: 0,
             lease_round: None,
             read_round: None,
             transferring: false,
@@ -319,6 +328,11 @@ impl<R> Replica<R> {
             ticks: 0,
             was_leader: false,
         }
+    }
+
+    /// SETs dropped from entries because a later write of the same entry overwrote them.
+    pub fn dropped_sets(&self) -> u64 {
+        self.dropped_sets
     }
 
     /// The Raft node (roles, indexes, statistics).
@@ -482,6 +496,24 @@ impl<R> Replica<R> {
         self.entry.clear();
         for w in &windows {
             self.entry.extend_from_slice(&w.commands);
+        }
+        if self.config.drop_overwritten_sets {
+            // The entries in flight count for the sessions, as for conditional writes.
+            let complete = self.node.unapplied_entries_are_own();
+            let mut tags: Vec<&u64> = self.pending.keys().collect();
+            tags.sort_unstable();
+            let in_flight: Vec<&[u8]> = tags
+                .into_iter()
+                .flat_map(|t| self.pending[t].iter().map(|w| &w.commands[..]))
+                .collect();
+            let engine = self.node.engine();
+            self.dropped_sets += dedup::drop_overwritten_sets(
+                &mut self.entry,
+                &mut self.dedup_scratch,
+                &in_flight,
+                complete,
+                &*engine,
+            ) as u64;
         }
         if self.entry.len() > log::COMMAND_LENGTH_MAX {
             // The shards' size caps keep a window well under this.

@@ -61,6 +61,11 @@ pub struct ServerConfig {
     /// Do not pin threads to cores (for shared hosts, or several nodes on one machine).
     #[arg(long)]
     pub no_pin: bool,
+    /// Log every SET as sent. By default the leader drops a SET that a later SET or
+    /// DELETE of the same key in the same log entry overwrites, keeping only its session
+    /// (for exactly-once answers to retries).
+    #[arg(long)]
+    pub keep_overwritten_sets: bool,
     /// MiB of recent log entries kept in memory: what the leader sends to followers and,
     /// before the value cache has them, values longer than 63 bytes (older entries are
     /// read from the disk with O_DIRECT).

@@ -264,6 +264,12 @@ pub fn render(shared: Option<&Shared>) -> String {
         get(&st.commands_applied),
     );
     m(
+        "ocean_liner_sets_dropped_total",
+        "counter",
+        "SETs this node as leader logged as NOPs because a later SET of the same entry overwrote them.",
+        get(&st.sets_dropped),
+    );
+    m(
         "ocean_liner_last_entry_commands",
         "gauge",
         "Commands in the last applied entry (the window's fill).",

@@ -96,6 +96,9 @@ pub struct Stats {
     pub commit_index: AtomicU64,
     pub entries_written: AtomicU64,
     pub commands_applied: AtomicU64,
+    /// SETs this leader dropped from entries because a later SET of the same entry
+    /// overwrote them (`crate::replica::dedup`).
+    pub sets_dropped: AtomicU64,
     pub last_entry_commands: AtomicU64,
     pub write_errors: AtomicU64,
     pub checkpoints: AtomicU64,
@@ -238,7 +241,7 @@ impl Shared {
              read_mode={:?}\nkeys={}\nmap_pages={}\nindex_bytes={}\nindex_bytes_per_key={:.1}\n\
              value_cache_bytes={}\nvalue_cache_values={}\nvalue_cache_hits={}\n\
              value_cache_misses={}\n\
-             entries_written={}\ncommands_applied={}\nlast_entry_commands={}\nrequests={}\nbatches={}\ngets={}\n\
+             entries_written={}\ncommands_applied={}\nsets_dropped={}\nlast_entry_commands={}\nrequests={}\nbatches={}\ngets={}\n\
              hash_collisions={}\nrejected={}\ndropped={}\nbusy={}\nwrite_errors={}\n\
              checkpoints={}\nlast_checkpoint_us={}\ncheckpoint_copy_peak_bytes={}\n\
              appends_refused_no_space={}\n\
@@ -269,6 +272,7 @@ impl Shared {
             cache_misses,
             get(&s.entries_written),
             get(&s.commands_applied),
+            get(&s.sets_dropped),
             get(&s.last_entry_commands),
             get(&s.requests),
             get(&s.batches),
@@ -487,6 +491,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         lease_fraction: LEASE_FRACTION,
         read_mode: config.read_mode,
         read_round_retry: READ_ROUND_RETRY,
+        drop_overwritten_sets: !config.keep_overwritten_sets,
     };
     let repl_pin = pin.clone();
     let stop_for_transport = Arc::new(AtomicBool::new(false));

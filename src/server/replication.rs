@@ -695,6 +695,9 @@ impl Loop<'_> {
         );
         s.stats.term.store(node.term().get(), Ordering::Relaxed);
         s.stats
+            .sets_dropped
+            .store(self.replica.dropped_sets(), Ordering::Relaxed);
+        s.stats
             .commit_index
             .store(node.commit_index().get(), Ordering::Relaxed);
         s.stats

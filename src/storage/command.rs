@@ -24,6 +24,11 @@
 //! ([`crate::replica::conditional`]). The log holds only ops 0–3, so replay and a fuzzy
 //! checkpoint stay idempotent; [`decode_at`] refuses anything else.
 //!
+//! A NOP with a session (client_id ≠ 0) stands for a SET the leader dropped because the
+//! next write of its key in the same entry sets it again ([`crate::replica::dedup`]):
+//! applying it records the session and changes nothing else. The NOPs of conditional
+//! writes carry no session.
+//!
 //! A CONFIG command changes the cluster's membership: no key, no session, and as its
 //! value a [`crate::consensus::membership::Change`]. It is the only command of its entry
 //! (see [`config_change`]), and no other entry holds one.

@@ -73,7 +73,7 @@ pub enum Outcome {
     Absent,
     /// A retry of a write this session already applied: nothing was changed.
     Duplicate,
-    /// A NOP or GET in the log: nothing to do.
+    /// A GET, or a NOP without a session, in the log: nothing to do.
     Ignored,
 }
 
@@ -497,7 +497,11 @@ impl Engine {
                 offset: entry.offset,
                 reason: e.to_string(),
             })?;
-            if matches!(cmd.op, CommandOp::Nop | CommandOp::Get) {
+            // A NOP with a session stands for a SET the leader dropped because a later
+            // write of this entry overwrites it (`crate::replica::dedup`): it records
+            // the session and changes nothing else.
+            let dropped_set = cmd.op == CommandOp::Nop && cmd.client_id != 0;
+            if cmd.op == CommandOp::Get || (cmd.op == CommandOp::Nop && !dropped_set) {
                 outcomes.push(Outcome::Ignored);
                 continue;
             }
@@ -521,6 +525,10 @@ impl Engine {
                         last_index: index,
                     },
                 );
+            }
+            if dropped_set {
+                outcomes.push(Outcome::Done);
+                continue;
             }
             let hash = self.map.key_hash(cmd.key);
             let outcome = match cmd.op {

@@ -88,6 +88,8 @@ pub struct SimConfig {
     /// Start one more node empty, add it, promote it, remove a first voter (see the
     /// module docs).
     pub membership_changes: bool,
+    /// Leaders drop SETs a later write of the same entry overwrites.
+    pub drop_overwritten_sets: bool,
 }
 
 impl SimConfig {
@@ -115,6 +117,7 @@ impl SimConfig {
             partition_per_mille: 3,
             planted_bug: PlantedBug::None,
             membership_changes: seed % 4 == 3,
+            drop_overwritten_sets: !seed.is_multiple_of(3),
         }
     }
 }
@@ -138,6 +141,9 @@ pub struct SimReport {
     pub snapshots_installed: u64,
     /// Membership changes made (added, promoted, removed).
     pub membership_changes: usize,
+    /// SETs the running nodes' replicas dropped as overwritten in their entry (since
+    /// each last started).
+    pub sets_dropped: u64,
 }
 
 /// Why a run failed; replay with the same seed.
@@ -441,6 +447,7 @@ impl Sim {
                     lease_fraction: LEASE_FRACTION,
                     read_mode: self.config.read_mode,
                     read_round_retry: STEP * 6,
+                    drop_overwritten_sets: self.config.drop_overwritten_sets,
                 };
                 let cleaner = node.engine().cleaner(CleanerOptions::default());
                 let last_index = node.last_index();
@@ -1328,6 +1335,12 @@ impl Sim {
             snapshots_sent: self.snapshots_sent,
             snapshots_installed: self.snapshots_installed,
             membership_changes: self.changes_made,
+            sets_dropped: self
+                .nodes
+                .iter()
+                .filter_map(|n| n.replica.as_ref())
+                .map(Replica::dropped_sets)
+                .sum(),
             leader_changes,
             committed_index: commit,
         })
