@@ -60,7 +60,8 @@ pub struct ReplicaConfig {
     /// A read round still unanswered after this is issued again (raft-rs drops a read
     /// silently, e.g. before a new leader has committed in its term).
     pub read_round_retry: Duration,
-    /// Drop the SETs a later write of the same entry overwrites ([`dedup`]).
+    /// Log a SET that the next write of its key in the same entry sets again as a NOP
+    /// keeping its session ([`dedup`]).
     pub drop_overwritten_sets: bool,
 }
 
@@ -330,7 +331,8 @@ impl<R> Replica<R> {
         }
     }
 
-    /// SETs dropped from entries because a later write of the same entry overwrote them.
+    /// SETs logged as NOPs since start because the next write of their key in the same
+    /// entry set it again.
     pub fn dropped_sets(&self) -> u64 {
         self.dropped_sets
     }

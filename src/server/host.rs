@@ -55,8 +55,6 @@ fn refusal(f: &crate::doctor::Finding, config: &ServerConfig) -> String {
     )
 }
 
-/// Tells systemd how the service is (`Type=notify`): `READY=1` once recovered and
-/// serving, `STOPPING=1` when a stop begins. Nothing without `NOTIFY_SOCKET`.
 /// The memory this process may use: the machine's (`MemTotal`), or its cgroup's limit
 /// (v2 `memory.max`, v1 `memory.limit_in_bytes`) if that is lower; `None` if neither can
 /// be read.
@@ -96,6 +94,8 @@ pub(super) fn memory_limit_bytes() -> Option<u64> {
     }
 }
 
+/// Tells systemd how the service is (`Type=notify`): `READY=1` once recovered and
+/// serving, `STOPPING=1` when a stop begins. Nothing without `NOTIFY_SOCKET`.
 pub(super) fn sd_notify(state: &str) {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::net::UnixDatagram;

@@ -116,7 +116,7 @@ pub struct ValueCache {
     /// Ring bytes of the records the index points at.
     live: usize,
     /// Cached addresses and their records' positions, in units.
-    index: HashMap<IndexKey, u32>,
+    index: HashMap<IndexKey, u32, ahash::RandomState>,
     hits: u64,
     misses: u64,
 }
@@ -132,7 +132,7 @@ impl ValueCache {
             tail: 0,
             used: 0,
             live: 0,
-            index: HashMap::new(),
+            index: HashMap::default(),
             hits: 0,
             misses: 0,
         }
