@@ -9,13 +9,15 @@
 //! both engines must answer each command alike (the dropped SET's NOP as its SET did),
 //! hold the same value for every key and the same last request for every session.
 
+mod common;
+
+use common::small_engine_options as options;
 use ocean_liner::ids::Term;
 use ocean_liner::replica::conditional::AppliedState;
 use ocean_liner::replica::dedup::drop_overwritten_sets;
 use ocean_liner::storage::command::{self, CommandOp};
-use ocean_liner::storage::engine::{Engine, EngineOptions};
+use ocean_liner::storage::engine::Engine;
 use ocean_liner::storage::io::fault::FaultBackend;
-use ocean_liner::storage::log::LogOptions;
 use proptest::prelude::*;
 use std::path::Path;
 use std::sync::Arc;
@@ -25,18 +27,6 @@ const CLIENTS: u64 = 4;
 
 /// (client 0..=CLIENTS (0: no session), request, key, value length or DELETE)
 type Cmd = (u64, u64, usize, Option<u8>);
-
-fn options() -> EngineOptions {
-    EngineOptions {
-        log: LogOptions {
-            prepare_chunk_bytes: 256 << 10,
-            cache_bytes: 1 << 20,
-            segment_bytes: 64 << 10,
-        },
-        raft_log_retain_bytes: 0,
-        bootstrap_membership: None,
-    }
-}
 
 fn encode(entry: &[Cmd]) -> Vec<u8> {
     let mut out = Vec::new();

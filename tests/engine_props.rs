@@ -11,14 +11,14 @@
 
 mod common;
 
+use common::small_engine_options as options;
 use common::*;
 use ocean_liner::ids::{LogIndex, Term};
 use ocean_liner::storage::cleaner::CleanerOptions;
-use ocean_liner::storage::engine::{Engine, EngineOptions};
+use ocean_liner::storage::engine::Engine;
 use ocean_liner::storage::io::Backend;
 use ocean_liner::storage::io::fault::FaultBackend;
 use ocean_liner::storage::io::uring::UringBackend;
-use ocean_liner::storage::log::LogOptions;
 use ocean_liner::storage::log::segments::split_address;
 use proptest::prelude::*;
 use std::collections::{BTreeSet, HashMap};
@@ -42,18 +42,6 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Reopen),
         1 => Just(Step::Clean),
     ]
-}
-
-fn options() -> EngineOptions {
-    EngineOptions {
-        log: LogOptions {
-            prepare_chunk_bytes: 256 << 10,
-            cache_bytes: 1 << 20,
-            segment_bytes: 64 << 10,
-        },
-        raft_log_retain_bytes: 0,
-        bootstrap_membership: None,
-    }
 }
 
 fn run(backend: Arc<dyn Backend>, dir: &Path, steps: &[Step]) {

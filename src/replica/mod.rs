@@ -110,6 +110,16 @@ impl<R> Window<R> {
     }
 }
 
+/// The commands of the entries proposed and not yet applied (`pending`, by proposal tag),
+/// in the order they were proposed.
+fn in_flight_commands<R>(pending: &HashMap<u64, Vec<Window<R>>>) -> Vec<&[u8]> {
+    let mut tags: Vec<&u64> = pending.keys().collect();
+    tags.sort_unstable();
+    tags.into_iter()
+        .flat_map(|t| pending[t].iter().map(|w| &w.commands[..]))
+        .collect()
+}
+
 /// Whether a shard's window of `bytes` has reached the cap and should be sealed now
 /// rather than at the end of the batch window.
 pub fn window_is_full(bytes: usize, bytes_max: usize) -> bool {
@@ -459,12 +469,7 @@ impl<R> Replica<R> {
             // Resolved against the applied state and the entries still in flight, in
             // the order they were proposed.
             let complete = self.node.unapplied_entries_are_own();
-            let mut tags: Vec<&u64> = self.pending.keys().collect();
-            tags.sort_unstable();
-            let in_flight: Vec<&[u8]> = tags
-                .into_iter()
-                .flat_map(|t| self.pending[t].iter().map(|w| &w.commands[..]))
-                .collect();
+            let in_flight = in_flight_commands(&self.pending);
             let mut engine = self.node.engine();
             conditional::resolve(&in_flight, &mut windows, complete, &mut *engine);
         }
@@ -502,12 +507,7 @@ impl<R> Replica<R> {
         if self.config.drop_overwritten_sets {
             // The entries in flight count for the sessions, as for conditional writes.
             let complete = self.node.unapplied_entries_are_own();
-            let mut tags: Vec<&u64> = self.pending.keys().collect();
-            tags.sort_unstable();
-            let in_flight: Vec<&[u8]> = tags
-                .into_iter()
-                .flat_map(|t| self.pending[t].iter().map(|w| &w.commands[..]))
-                .collect();
+            let in_flight = in_flight_commands(&self.pending);
             let engine = self.node.engine();
             self.dropped_sets += dedup::drop_overwritten_sets(
                 &mut self.entry,

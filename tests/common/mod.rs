@@ -109,3 +109,17 @@ pub fn random_batch(rng: &mut Rng, n: usize, key_space: u64, value_max: usize) -
         })
         .collect()
 }
+
+/// Engine options for tests: small log chunks, cache and segments, so that segments roll
+/// over and go within a test's few writes.
+pub fn small_engine_options() -> ocean_liner::storage::engine::EngineOptions {
+    ocean_liner::storage::engine::EngineOptions {
+        log: ocean_liner::storage::log::LogOptions {
+            prepare_chunk_bytes: 256 << 10,
+            cache_bytes: 1 << 20,
+            segment_bytes: 64 << 10,
+        },
+        raft_log_retain_bytes: 0,
+        bootstrap_membership: None,
+    }
+}
