@@ -223,6 +223,12 @@ pub struct BenchArgs {
     /// `--concurrency` the measured phase uses.
     #[arg(long, default_value_t = 8192)]
     pub prefill_concurrency: usize,
+    /// Open loop (UDP only): start this many operations per second on a fixed schedule,
+    /// `--concurrency` being the most in flight, and time each from when it was due, so
+    /// the latency is that of a steady offered load rather than of a saturated closed
+    /// loop. Without it, each answer starts the next operation.
+    #[arg(long)]
+    pub rate: Option<f64>,
 }
 
 impl Default for BenchArgs {
@@ -246,6 +252,7 @@ impl Default for BenchArgs {
             json: false,
             prefill: false,
             prefill_concurrency: 8192,
+            rate: None,
         }
     }
 }
@@ -318,6 +325,16 @@ impl BenchArgs {
             "--warmup must not be negative"
         );
         ensure!(self.timeout_ms >= 1, "--timeout-ms must be at least 1");
+        if let Some(rate) = self.rate {
+            ensure!(
+                rate.is_finite() && rate >= 1.0,
+                "--rate must be at least 1 operation per second"
+            );
+            ensure!(
+                self.protocol == Protocol::Udp,
+                "--rate is supported with --protocol udp only"
+            );
+        }
         Ok(())
     }
 }
@@ -374,6 +391,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
             warmup: Duration::from_secs_f64(args.warmup),
             duration: Duration::from_secs_f64(args.duration),
             pipeline: args.pipeline,
+            rate: args.rate.map(|r| r / threads as f64),
         };
         let tx = msg_tx.clone();
         let (protocol, pipeline) = (args.protocol, args.pipeline);

@@ -34,6 +34,8 @@ pub struct Report {
     /// Commands in flight per RESP connection (1 over UDP).
     pub pipeline: usize,
     pub concurrency: usize,
+    /// Open loop: the offered operations per second (`--rate`).
+    pub rate: Option<f64>,
     pub threads: usize,
     pub duration_s: f64,
     /// Successfully answered operations: `ok + get_miss`.
@@ -88,6 +90,12 @@ impl Report {
         let _ = write!(s, ",\"protocol\":\"{}\"", self.protocol.name());
         let _ = write!(s, ",\"pipeline\":{}", self.pipeline);
         let _ = write!(s, ",\"concurrency\":{}", self.concurrency);
+        match self.rate {
+            Some(r) => {
+                let _ = write!(s, ",\"rate\":{}", json_f64(r));
+            }
+            None => s.push_str(",\"rate\":null"),
+        }
         let _ = write!(s, ",\"threads\":{}", self.threads);
         let _ = write!(s, ",\"duration_s\":{}", json_f64(self.duration_s));
         let _ = write!(s, ",\"ops\":{}", self.ops);
@@ -186,6 +194,12 @@ impl fmt::Display for Report {
                 p.seconds,
                 p.sets_per_sec(),
                 p.failed
+            )?;
+        }
+        if let Some(rate) = self.rate {
+            writeln!(
+                f,
+                "open loop     {rate:.0} ops/s offered, latency from each operation's due time"
             )?;
         }
         writeln!(f, "duration      {:.2} s", self.duration_s)?;
@@ -309,6 +323,7 @@ impl Progress {
             protocol: args.protocol,
             pipeline: args.pipeline,
             concurrency: args.concurrency,
+            rate: args.rate,
             threads,
             duration_s: args.duration,
             ops,

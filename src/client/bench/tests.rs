@@ -127,6 +127,19 @@ fn argument_validation() {
             ..BenchArgs::default()
         },
         BenchArgs {
+            rate: Some(0.5),
+            ..BenchArgs::default()
+        },
+        BenchArgs {
+            rate: Some(f64::NAN),
+            ..BenchArgs::default()
+        },
+        BenchArgs {
+            rate: Some(1000.0),
+            protocol: Protocol::Resp,
+            ..BenchArgs::default()
+        },
+        BenchArgs {
             pipeline: UDP_PIPELINE_MAX + 1,
             ..BenchArgs::default()
         },
@@ -174,6 +187,7 @@ fn sample_report() -> Report {
         protocol: Protocol::Udp,
         pipeline: 1,
         concurrency: 64,
+        rate: None,
         threads: 2,
         duration_s: 2.0,
         ops: 300,
@@ -499,6 +513,101 @@ fn prefill_runs_at_its_own_concurrency() {
     assert_eq!(prefill.keys, 16 * 2);
     assert_eq!(prefill.failed, 0, "{report}");
     assert!(report.ops > 0, "the measured phase ran: {report}");
+}
+
+/// A server that answers each request `delay` after it arrived, one at a time.
+fn slow_server(stop: Arc<AtomicBool>, delay: Duration) -> (SocketAddr, thread::JoinHandle<()>) {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let addr = sock.local_addr().unwrap();
+    let handle = thread::spawn(move || {
+        let secret = [5u8; 16];
+        let mut buf = [0u8; 2048];
+        let mut out = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            let Ok(req) = parse_request(&buf[..n]) else {
+                continue;
+            };
+            let cookie = protocol::cookie_for(&secret, &from);
+            let to = req.addressing();
+            out.clear();
+            if req.cookie != cookie {
+                encode_response(&Response::cookie_required(&to, cookie), &mut out);
+            } else {
+                thread::sleep(delay);
+                encode_response(&Response::reply(&to, Status::Ok, cookie, &[]), &mut out);
+            }
+            let _ = sock.send_to(&out, from);
+        }
+    });
+    (addr, handle)
+}
+
+/// `--rate` starts operations on a schedule, not as answers arrive: against a server that
+/// answers at once, 16 virtual clients that would run tens of thousands of SETs in half a
+/// second run the 2000/s they are asked for.
+#[test]
+fn open_loop_holds_the_offered_rate() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (addr, server) = grouping_server(stop.clone(), 1);
+    let args = BenchArgs {
+        server: addr.to_string(),
+        workload: Workload::Set,
+        keys: 100,
+        concurrency: 16,
+        threads: 2,
+        sockets: 1,
+        duration: 0.5,
+        warmup: 0.1,
+        rate: Some(2000.0),
+        ..BenchArgs::default()
+    };
+    let report = run(&args).unwrap();
+    stop.store(true, Ordering::Relaxed);
+    server.join().unwrap();
+    assert_eq!(report.rate, Some(2000.0));
+    assert!(
+        (900..=1100).contains(&report.ops),
+        "2000/s for 0.5 s: {report}"
+    );
+    assert_eq!(report.errors + report.timeouts, 0, "{report}");
+    assert!(report.to_json().contains("\"rate\":2000.000"));
+}
+
+/// Open-loop latency counts from when each operation was due: with one virtual client
+/// offered 1000/s against a server taking 10 ms per answer, the schedule falls further
+/// behind with every operation, and the latencies say so (a closed loop would report
+/// 10 ms and hide the queue).
+#[test]
+fn open_loop_latency_includes_the_wait_for_a_free_slot() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (addr, server) = slow_server(stop.clone(), Duration::from_millis(10));
+    let args = BenchArgs {
+        server: addr.to_string(),
+        workload: Workload::Set,
+        keys: 100,
+        concurrency: 1,
+        threads: 1,
+        sockets: 1,
+        duration: 0.5,
+        warmup: 0.0,
+        timeout_ms: 2000,
+        rate: Some(1000.0),
+        ..BenchArgs::default()
+    };
+    let report = run(&args).unwrap();
+    stop.store(true, Ordering::Relaxed);
+    server.join().unwrap();
+    assert!(report.ops > 10 && report.ops < 100, "{report}");
+    assert!(
+        report.p50_us > 100_000,
+        "behind by ~9 ms per operation: {report}"
+    );
+    assert!(report.max_us > 300_000, "{report}");
 }
 
 /// `ocean-liner plot` draws every chart from reports as `--json` writes them, naming each

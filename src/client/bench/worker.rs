@@ -32,6 +32,10 @@ pub(super) struct WorkerConfig {
     pub(super) duration: Duration,
     /// Most requests per BATCH datagram (1: no batches).
     pub(super) pipeline: usize,
+    /// Open loop: this thread's share of `--rate`, in operations per second. The measured
+    /// phase then starts operations on a fixed schedule (at most `measure_slots` in
+    /// flight) instead of one as each answer arrives.
+    pub(super) rate: Option<f64>,
 }
 
 /// A BATCH datagram sent recently: its items, for a reply to the whole batch.
@@ -73,6 +77,9 @@ pub(super) struct Slot {
     pub(super) target: usize,
     /// First transmission of the current operation (`None` until sent).
     pub(super) first_sent: Option<Instant>,
+    /// Open loop: when the schedule meant the operation to start. Its latency counts from
+    /// here, so time spent waiting for a free slot is not hidden (no coordinated omission).
+    pub(super) intended: Option<Instant>,
     pub(super) busy_streak: u32,
     /// Prefill: timeouts so far for this slot's key.
     pub(super) attempts: u32,
@@ -125,6 +132,30 @@ pub(super) struct Worker {
     pub(super) batches: VecDeque<BatchRecord>,
     /// Items per datagram of the send being prepared.
     pub(super) batch_counts: Vec<usize>,
+    /// Open loop: the measured phase's schedule, and the slots free to take an operation.
+    pub(super) schedule: Option<Schedule>,
+    pub(super) free: Vec<u32>,
+}
+
+/// An open-loop schedule: operation `n` is due at `start + n / rate`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Schedule {
+    pub(super) start: Instant,
+    pub(super) rate: f64,
+    /// Operations started so far.
+    pub(super) issued: u64,
+}
+
+impl Schedule {
+    /// When operation `n` is due.
+    pub(super) fn due(&self, n: u64) -> Instant {
+        self.start + Duration::from_secs_f64(n as f64 / self.rate)
+    }
+
+    /// Operations due by `now`.
+    pub(super) fn due_by(&self, now: Instant) -> u64 {
+        (now.saturating_duration_since(self.start).as_secs_f64() * self.rate) as u64
+    }
 }
 
 impl Worker {
@@ -160,6 +191,8 @@ impl Worker {
             batch_seq: 0,
             batches: VecDeque::new(),
             batch_counts: Vec::new(),
+            schedule: None,
+            free: Vec::new(),
             rng,
             cfg,
         };
@@ -177,6 +210,7 @@ impl Worker {
                 key: 0,
                 target: 0,
                 first_sent: None,
+                intended: None,
                 busy_streak: 0,
                 attempts: 0,
             };
@@ -228,8 +262,20 @@ impl Worker {
             Phase::Prefill { .. } => self.slots.len(),
             Phase::Measure { .. } => self.cfg.measure_slots,
         };
-        for i in 0..started {
-            self.start_next(i, phase, Instant::now());
+        match (&*phase, self.cfg.rate) {
+            (Phase::Measure { .. }, Some(rate)) => {
+                self.schedule = Some(Schedule {
+                    start: Instant::now(),
+                    rate,
+                    issued: 0,
+                });
+                self.free = (0..started as u32).rev().collect();
+            }
+            _ => {
+                for i in 0..started {
+                    self.start_next(i, phase, Instant::now());
+                }
+            }
         }
         let scan_every =
             (self.cfg.timeout / 20).clamp(Duration::from_millis(1), Duration::from_millis(50));
@@ -243,6 +289,7 @@ impl Worker {
                 _ => {}
             }
             self.fire_timers(now);
+            self.start_due(phase, now);
             if now >= next_scan {
                 self.scan_timeouts(phase, now);
                 next_scan = now + scan_every;
@@ -265,7 +312,45 @@ impl Worker {
         self.active = 0;
         self.send_queues.iter_mut().for_each(VecDeque::clear);
         self.timers.clear();
+        self.schedule = None;
+        self.free.clear();
         Ok(())
+    }
+
+    /// Open loop: starts the operations the schedule has made due, as long as slots are
+    /// free. Those that find none start later, each timed from its due time.
+    fn start_due(&mut self, phase: &mut Phase, now: Instant) {
+        let Some(mut schedule) = self.schedule else {
+            return;
+        };
+        let due = schedule.due_by(now);
+        while schedule.issued < due {
+            let Some(i) = self.free.pop() else {
+                break;
+            };
+            let intended = schedule.due(schedule.issued);
+            schedule.issued += 1;
+            self.start_next(i as usize, phase, now);
+            self.slots[i as usize].intended = Some(intended);
+        }
+        self.schedule = Some(schedule);
+    }
+
+    /// Slot `i` is done with its operation: closed loop, it starts the next one; open
+    /// loop, it waits for the schedule.
+    fn finish(&mut self, i: usize, phase: &mut Phase, now: Instant) {
+        if self.schedule.is_none() {
+            return self.start_next(i, phase, now);
+        }
+        let slot = &mut self.slots[i];
+        slot.epoch = slot.epoch.wrapping_add(1);
+        slot.first_sent = None;
+        slot.intended = None;
+        if slot.state != SlotState::Idle {
+            slot.state = SlotState::Idle;
+            self.active -= 1;
+        }
+        self.free.push(i as u32);
     }
 
     /// Gives slot `i` its next operation (or leaves it idle) and queues it.
@@ -274,6 +359,7 @@ impl Worker {
         let slot = &mut self.slots[i];
         slot.epoch = slot.epoch.wrapping_add(1);
         slot.first_sent = None;
+        slot.intended = None;
         slot.busy_streak = 0;
         let was_idle = slot.state == SlotState::Idle;
         match next {
@@ -346,7 +432,7 @@ impl Worker {
                     *failed += 1;
                 }
             }
-            self.start_next(i, phase, now);
+            self.finish(i, phase, now);
         }
         if self.servers.len() > 1
             && now.duration_since(self.last_rx) >= timeout
@@ -649,12 +735,14 @@ impl Worker {
         phase: &mut Phase,
         now: Instant,
     ) {
-        let latency_us = self.slots[i]
-            .first_sent
-            .map_or(0, |t| now.duration_since(t).as_micros() as u64)
+        let slot = &self.slots[i];
+        let latency_us = slot
+            .intended
+            .or(slot.first_sent)
+            .map_or(0, |t| now.saturating_duration_since(t).as_micros() as u64)
             .max(1);
         self.tally.answer(status, latency_us, phase, now);
-        self.start_next(i, phase, now);
+        self.finish(i, phase, now);
     }
 
     /// Sends interval statistics to the main thread.
@@ -669,6 +757,11 @@ impl Worker {
         let mut deadline = until;
         if let Some(Reverse((due, _, _))) = self.timers.peek() {
             deadline = deadline.min(*due);
+        }
+        if let Some(s) = &self.schedule
+            && !self.free.is_empty()
+        {
+            deadline = deadline.min(s.due(s.issued));
         }
         let fds = self.fds.iter().zip(&self.send_queues).map(|(&fd, q)| {
             let out = if q.is_empty() { 0 } else { libc::POLLOUT };
