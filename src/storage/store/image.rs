@@ -15,7 +15,6 @@ use super::{
 };
 use crate::storage::io::{AlignedBuf, PAGE_SIZE};
 use crate::storage::log::{LogIndex, Term};
-use std::collections::BTreeSet;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -219,7 +218,7 @@ impl MapImageBuilder {
             bloom: self.bloom,
             entry_count: AtomicU64::new(entries),
             writer: Mutex::new(WriterState {
-                dirty: BTreeSet::new(),
+                dirty: super::DirtyPages::default(),
                 meta_dirty: true,
                 meta,
                 spare_chunk: None,

@@ -81,7 +81,6 @@ use crate::storage::log::{LogIndex, Term};
 use bloom::Bloom;
 use page::{INLINE_VALUE_SIZE_MAX, NOT_INLINE, PageFull, PagePtr, PageView, PageWrite, SLOT_COUNT};
 use std::alloc::handle_alloc_error;
-use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
@@ -331,9 +330,63 @@ impl Layout {
     }
 }
 
+/// The pages changed since the last checkpoint: one bit per page, so marking one (every
+/// applied write does) is a store, not a tree insert.
+#[derive(Debug, Default)]
+pub(super) struct DirtyPages {
+    words: Vec<u64>,
+    count: usize,
+}
+
+impl DirtyPages {
+    pub(super) fn insert(&mut self, page_no: u32) {
+        let (word, bit) = (page_no as usize / 64, page_no % 64);
+        if word >= self.words.len() {
+            self.words.resize(word + 1, 0);
+        }
+        let mask = 1u64 << bit;
+        if self.words[word] & mask == 0 {
+            self.words[word] |= mask;
+            self.count += 1;
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.count
+    }
+
+    /// The marked pages in ascending order; the set is left empty.
+    pub(super) fn take(&mut self) -> Vec<u32> {
+        let mut pages = Vec::with_capacity(self.count);
+        for (i, word) in self.words.iter_mut().enumerate() {
+            let mut w = std::mem::take(word);
+            while w != 0 {
+                pages.push(i as u32 * 64 + w.trailing_zeros());
+                w &= w - 1;
+            }
+        }
+        self.count = 0;
+        pages
+    }
+}
+
+impl Extend<u32> for DirtyPages {
+    fn extend<I: IntoIterator<Item = u32>>(&mut self, pages: I) {
+        pages.into_iter().for_each(|p| self.insert(p));
+    }
+}
+
+impl FromIterator<u32> for DirtyPages {
+    fn from_iter<I: IntoIterator<Item = u32>>(pages: I) -> Self {
+        let mut set = DirtyPages::default();
+        set.extend(pages);
+        set
+    }
+}
+
 /// State only the writer touches.
 struct WriterState {
-    dirty: BTreeSet<u32>,
+    dirty: DirtyPages,
     meta_dirty: bool,
     meta: MapMeta,
     /// A zeroed chunk ready for the next arena growth.
@@ -468,7 +521,7 @@ impl Map {
             bloom,
             entry_count: AtomicU64::new(meta.entry_count),
             writer: Mutex::new(WriterState {
-                dirty: BTreeSet::new(),
+                dirty: DirtyPages::default(),
                 meta_dirty: false,
                 meta,
                 spare_chunk: None,
@@ -542,6 +595,13 @@ impl Map {
         if self.bloom.may_contain(hash) {
             self.layout.read().unwrap().page_for(hash).prefetch(hash);
         }
+    }
+
+    /// Starts loading the lines a [`Map::set`] or [`Map::remove`] of `hash` touches first
+    /// (as [`Map::prefetch`], whether or not the key may be present: an insert reads its
+    /// home page too).
+    pub fn prefetch_for_write(&self, hash: u128) {
+        self.layout.read().unwrap().page_for(hash).prefetch(hash);
     }
 
     pub fn get(&self, hash: u128) -> Lookup {
@@ -853,7 +913,7 @@ impl Map {
             global_depth: layout.global_depth,
             checkpoint_sequence: w.meta.checkpoint_sequence + 1,
         };
-        let pages: Vec<u32> = std::mem::take(&mut w.dirty).into_iter().collect();
+        let pages = w.dirty.take();
         let mut pending = vec![0u64; layout.arena.page_count.div_ceil(64)];
         for &p in &pages {
             pending[p as usize / 64] |= 1 << (p % 64);

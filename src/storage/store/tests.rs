@@ -296,3 +296,20 @@ fn a_checkpoint_is_the_map_at_its_index_while_the_writer_goes_on() {
         );
     }
 }
+
+#[test]
+fn dirty_pages_are_a_set_taken_in_order() {
+    let mut dirty = DirtyPages::default();
+    assert_eq!(dirty.len(), 0);
+    for p in [700u32, 3, 64, 63, 3, 0, 700, 128] {
+        dirty.insert(p);
+    }
+    assert_eq!(dirty.len(), 6, "repeats count once");
+    assert_eq!(dirty.take(), vec![0, 3, 63, 64, 128, 700]);
+    assert_eq!(dirty.len(), 0);
+    assert!(dirty.take().is_empty(), "taking empties the set");
+    dirty.extend([5, 1, 5]);
+    assert_eq!(dirty.take(), vec![1, 5]);
+    let all: DirtyPages = (0..130).collect();
+    assert_eq!(all.len(), 130);
+}
