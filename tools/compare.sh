@@ -26,7 +26,8 @@
 # Each: SET then GET (100-byte values over 1M prefilled keys), 50 connections for RESP,
 # SET_CONCURRENCY / GET_CONCURRENCY requests outstanding for UDP; then sweeps: UDP SETs at
 # 2048-8192 outstanding, UDP GETs at 64 and 4096, the same with batches of 16, RESP at
-# pipeline 16 with 10 and 200 connections.
+# pipeline 16 with 10 and 200 connections. For Ocean Liner, SETs offered open loop
+# (`bench --rate`) at 80% and 10% of its SET peak: the latency of a steady load.
 #
 # Writes bench-results/<date>-<time>/: one JSON report per run, results.csv, results.md
 # (the machine, the command, a table with each figure as a ratio of the best Redis figure
@@ -160,6 +161,21 @@ ocean_liner() {
     for c in 2048 4096 8192 "$set_c"; do
         run_disk "$system" "set-udp$c-b16" --server "127.0.0.1:$udp" --workload set --sockets 16 \
             --concurrency "$c" --pipeline 16
+    done
+    # The SET p99 at a steady 80% of the peak just measured (and at 10%, the floor): an
+    # open loop (`--rate`), each SET timed from when it was due, with room for every
+    # SET the rate keeps in flight (a closed loop at 80% would show its own queue).
+    local peak
+    peak=$(python3 - "$dest" "$system" <<'PY'
+import glob, json, sys
+runs = [json.load(open(p)) for p in glob.glob(f"{sys.argv[1]}/{sys.argv[2]}.set-udp*.json")]
+print(max(r["ops_per_sec"] for r in runs))
+PY
+)
+    for pct in 80 10; do
+        run "$system" "set-open$pct" --server "127.0.0.1:$udp" --workload set --sockets 4 \
+            --concurrency 65536 --pipeline 16 \
+            --rate "$(python3 -c "print(round($peak * $pct / 100))")"
     done
     # Batched GETs peak with fewer sockets: 4 against 16 at 4096 outstanding ran
     # 740-840k against 550-565k GET/s (the load generator's receive calls).

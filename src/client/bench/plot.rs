@@ -22,6 +22,9 @@ pub struct Run {
     pub protocol: String,
     pub pipeline: u64,
     pub concurrency: u64,
+    /// Open loop: the offered operations per second (such a run's concurrency is a cap,
+    /// not a point of the sweeps).
+    pub rate: Option<f64>,
     pub ops_per_sec: f64,
     /// (quantile, µs)
     pub latency_cdf: Vec<(f64, u64)>,
@@ -63,6 +66,7 @@ pub fn read_run(path: &Path) -> anyhow::Result<Run> {
             .to_string(),
         pipeline: v.get("pipeline").and_then(|o| o.as_u64()).unwrap_or(1),
         concurrency: v.get("concurrency").and_then(|o| o.as_u64()).unwrap_or(1),
+        rate: v.get("rate").and_then(|o| o.as_f64()),
         ops_per_sec: v.get("ops_per_sec").and_then(|o| o.as_f64()).unwrap_or(0.0),
         latency_cdf: pairs("latency_cdf")
             .into_iter()
@@ -254,7 +258,7 @@ fn timeline_chart(runs: &[&Run], title: &str, path: &Path) -> Fallible {
 /// name, (concurrency, ops/s) by concurrency).
 fn sweeps(runs: &[&Run]) -> Vec<(String, Vec<(f64, f64)>)> {
     let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
-    for run in runs {
+    for run in runs.iter().filter(|r| r.rate.is_none()) {
         let system = run.label.split('.').next().unwrap_or_default();
         let name = if run.protocol == "udp" {
             format!("{system} udp")
