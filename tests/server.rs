@@ -1473,3 +1473,52 @@ fn the_client_library_reads_and_writes_many_keys_in_batches() {
     let stats = c.stats().unwrap();
     assert!(stat(&stats, "batches") >= 300 * 100 / 1400, "{stats}");
 }
+
+/// The slices the kernel gives each of a process's threads, by thread name, from
+/// `/proc/PID/task/*/sched` (`se.slice`, in ns); `None` where the kernel does not show
+/// them (no scheduler debug information, or not EEVDF).
+fn thread_slices(pid: u32) -> Option<Vec<(String, u64)>> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let dir = task.ok()?.path();
+        let name = std::fs::read_to_string(dir.join("comm")).ok()?;
+        let sched = std::fs::read_to_string(dir.join("sched")).ok()?;
+        let slice = sched
+            .lines()
+            .find(|l| l.starts_with("se.slice"))?
+            .split(':')
+            .nth(1)?
+            .trim()
+            .parse()
+            .ok()?;
+        out.push((name.trim().to_string(), slice));
+    }
+    Some(out)
+}
+
+/// The replication thread runs with the `--sched-slice-us` slice (100 µs by default),
+/// so that it preempts a process sharing its core as soon as its durable write is done;
+/// `--sched-slice-us 0` leaves it the kernel's default.
+#[test]
+fn replication_thread_gets_the_short_scheduler_slice() {
+    let mut slices = Vec::new();
+    for flags in [&[][..], &["--sched-slice-us", "0"][..]] {
+        let mut server = Server::start_with(flags);
+        let mut c = Conn::new(server.addr());
+        assert_eq!(c.call(Op::Set, "k", b"v").0, Status::Ok);
+        let pid = server.child.as_ref().unwrap().id();
+        let Some(found) = thread_slices(pid) else {
+            eprintln!("skipped: this kernel shows no se.slice in /proc/PID/task/*/sched");
+            return;
+        };
+        let replication = found
+            .iter()
+            .find(|(name, _)| name == "replication")
+            .map(|(_, s)| *s)
+            .expect("a replication thread");
+        slices.push(replication);
+        server.kill9();
+    }
+    assert_eq!(slices[0], 100_000, "the default slice, in ns");
+    assert_ne!(slices[1], 100_000, "0 keeps the kernel's default");
+}

@@ -61,6 +61,12 @@ pub struct ServerConfig {
     /// Do not pin threads to cores (for shared hosts, or several nodes on one machine).
     #[arg(long)]
     pub no_pin: bool,
+    /// The scheduler slice, in µs, asked for the replication and shard threads (Linux
+    /// 6.12+ EEVDF, `sched_setattr`): a thread with a short slice that wakes (a durable
+    /// write done, a datagram in) preempts another process on its core sooner instead
+    /// of waiting for that process's slice to run out. 0 keeps the kernel's default.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub sched_slice_us: u64,
     /// As leader, log a SET that the next write of its key in the same entry sets again
     /// as a NOP keeping only its session (retries stay exactly-once). Fewer bytes to
     /// disk and followers when a few keys take most writes, for more work on the

@@ -21,6 +21,50 @@ pub(super) fn install_signal_handlers() {
     }
 }
 
+/// Asks the kernel to give the calling thread scheduler slices of `slice` (EEVDF's
+/// per-task slice, `sched_setattr` with `sched_runtime` on a normal-policy thread; the
+/// kernel clamps it to 0.1–100 ms). Kernels before 6.12 take the call and ignore the slice.
+pub(super) fn set_scheduler_slice(slice: Duration) -> std::io::Result<()> {
+    /// `struct sched_attr` of `sched_setattr(2)`, up to `sched_util_max`.
+    #[repr(C)]
+    struct SchedAttr {
+        size: u32,
+        sched_policy: u32,
+        sched_flags: u64,
+        sched_nice: i32,
+        sched_priority: u32,
+        sched_runtime: u64,
+        sched_deadline: u64,
+        sched_period: u64,
+        sched_util_min: u32,
+        sched_util_max: u32,
+    }
+    // The thread's nice value is kept: SCHED_FLAG_KEEP_PARAMS is not for the normal
+    // policy, so read it and pass it back.
+    // SAFETY: getpriority takes no pointers.
+    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    let attr = SchedAttr {
+        size: std::mem::size_of::<SchedAttr>() as u32,
+        sched_policy: libc::SCHED_OTHER as u32,
+        sched_flags: 0,
+        sched_nice: nice,
+        sched_priority: 0,
+        sched_runtime: slice.as_nanos() as u64,
+        sched_deadline: 0,
+        sched_period: 0,
+        sched_util_min: 0,
+        sched_util_max: 0,
+    };
+    // SAFETY: `attr` is a valid sched_attr whose `size` field gives its length, and it
+    // outlives the call; pid 0 is the calling thread.
+    let r = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Checks the host can run the server, with a one-line cause and fix for each failure.
 pub(super) fn preflight(config: &ServerConfig) -> anyhow::Result<()> {
     // What `ocean-liner doctor` calls fatal stops the start: io_uring first (the data

@@ -404,9 +404,21 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
     install_signal_handlers();
     let no_pin = config.no_pin;
     let available = Arc::new(available);
+    let slice = Duration::from_micros(config.sched_slice_us);
+    let slice_warned = Arc::new(AtomicBool::new(false));
     let pin = move |slot: usize| {
         if !no_pin && let Some(core) = available.get(slot % available.len().max(1)) {
             core_affinity::set_for_current(*core);
+        }
+        if !slice.is_zero()
+            && let Err(e) = host::set_scheduler_slice(slice)
+            && !slice_warned.swap(true, Ordering::Relaxed)
+        {
+            eprintln!(
+                "ocean-liner: warning: cannot set a {} µs scheduler slice ({e}); the kernel's \
+                 default stays (--sched-slice-us 0 skips this)",
+                slice.as_micros()
+            );
         }
     };
 
