@@ -499,30 +499,31 @@ impl Engine {
         let mut outcomes = Vec::with_capacity(capacity);
         let mut cached: Vec<u64> = Vec::new();
         let mut replaced: Vec<u64> = Vec::new();
-        // The key hashes of the next few commands, computed (and their pages prefetched)
-        // ahead of their turn, so that the cache misses of a window's writes overlap
-        // instead of each stalling the apply in turn.
-        let mut ahead = entry.iter();
-        let mut hashes = std::collections::VecDeque::with_capacity(APPLY_PREFETCH_AHEAD + 1);
+        // Commands are decoded a few ahead of their turn, with the key hashes of SETs and
+        // DELETEs computed and their pages prefetched, so that the cache misses of a
+        // window's writes overlap instead of each stalling the apply in turn.
+        let mut commands = entry.iter();
+        let mut ahead = std::collections::VecDeque::with_capacity(APPLY_PREFETCH_AHEAD + 1);
         let map = Arc::clone(&self.map);
-        let mut look_ahead = |hashes: &mut std::collections::VecDeque<Option<u128>>| {
-            if let Some(next) = ahead.next() {
-                let hash = next.ok().and_then(|c| {
+        let mut look_ahead = |ahead: &mut std::collections::VecDeque<_>| {
+            if let Some(next) = commands.next() {
+                let hash = next.as_ref().ok().and_then(|c| {
                     matches!(c.op, CommandOp::Set | CommandOp::Delete).then(|| {
                         let hash = map.key_hash(c.key);
                         map.prefetch_for_write(hash);
                         hash
                     })
                 });
-                hashes.push_back(hash);
+                ahead.push_back((next, hash));
             }
         };
         for _ in 0..APPLY_PREFETCH_AHEAD {
-            look_ahead(&mut hashes);
+            look_ahead(&mut ahead);
         }
-        for cmd in entry.iter() {
-            look_ahead(&mut hashes);
-            let hashed = hashes.pop_front().flatten();
+        while let Some((cmd, hashed)) = {
+            look_ahead(&mut ahead);
+            ahead.pop_front()
+        } {
             let cmd = cmd.map_err(|e| LogError::Corrupt {
                 offset: entry.offset,
                 reason: e.to_string(),

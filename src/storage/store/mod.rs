@@ -356,17 +356,25 @@ impl DirtyPages {
     }
 
     /// The marked pages in ascending order; the set is left empty.
+    #[cfg(test)]
     pub(super) fn take(&mut self) -> Vec<u32> {
+        self.take_with_bits().0
+    }
+
+    /// The marked pages in ascending order, and the bitmap they were marked in (bit `p`
+    /// of word `p / 64`, as long as the highest page marked needs); the set is left empty.
+    pub(super) fn take_with_bits(&mut self) -> (Vec<u32>, Vec<u64>) {
+        let words = std::mem::take(&mut self.words);
         let mut pages = Vec::with_capacity(self.count);
-        for (i, word) in self.words.iter_mut().enumerate() {
-            let mut w = std::mem::take(word);
+        for (i, &word) in words.iter().enumerate() {
+            let mut w = word;
             while w != 0 {
                 pages.push(i as u32 * 64 + w.trailing_zeros());
                 w &= w - 1;
             }
         }
         self.count = 0;
-        pages
+        (pages, words)
     }
 }
 
@@ -593,7 +601,7 @@ impl Map {
     /// about to look up many keys prefetches them all first.
     pub fn prefetch(&self, hash: u128) {
         if self.bloom.may_contain(hash) {
-            self.layout.read().unwrap().page_for(hash).prefetch(hash);
+            self.prefetch_for_write(hash);
         }
     }
 
@@ -913,11 +921,8 @@ impl Map {
             global_depth: layout.global_depth,
             checkpoint_sequence: w.meta.checkpoint_sequence + 1,
         };
-        let pages = w.dirty.take();
-        let mut pending = vec![0u64; layout.arena.page_count.div_ceil(64)];
-        for &p in &pages {
-            pending[p as usize / 64] |= 1 << (p % 64);
-        }
+        let (pages, mut pending) = w.dirty.take_with_bits();
+        pending.resize(layout.arena.page_count.div_ceil(64), 0);
         let meta_page = encode_meta(&meta, &layout.hasher, &self.bloom);
         drop(layout);
         let groups = pages
