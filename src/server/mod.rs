@@ -3,7 +3,7 @@
 //! ```text
 //!  clients ──UDP──▶ shard 1..N-1 (SO_REUSEPORT) ──window──▶ replication core (core 0)
 //!                   │ GET: map + log cache                  │ seal every batch_window_ms
-//!                   │                                       │ append (O_DIRECT, RWF_DSYNC)
+//!                   │                                       │ append (O_DIRECT + fdatasync)
 //!  clients ◀──UDP── shard ◀──────── completion ─────────────┘ apply to map
 //! ```
 //!

@@ -19,8 +19,9 @@
 //!
 //! The durability rules are as strict as a POSIX filesystem promises, no stricter:
 //! - `sync` makes every earlier write and size change of that file durable;
-//! - `write_durable_at` (`RWF_DSYNC`) makes that one write durable, not the writes before
-//!   it;
+//! - `write_durable_at` makes that one write durable, not the writes before it (as
+//!   `RWF_DSYNC` would; the real backend syncs the whole file after the write, which
+//!   promises more);
 //! - a created file or directory survives a power loss only once its parent directory has
 //!   been synced with [`Backend::sync_dir`] (and so has every directory above it that was
 //!   created too); a file whose entry is lost is lost with all its data;
@@ -59,7 +60,7 @@ pub enum PowerLoss {
 
 #[derive(Debug, Clone)]
 enum Pending {
-    /// A write not yet synced; `durable` when it was written with `RWF_DSYNC` and so
+    /// A write not yet synced; `durable` when it was written by `write_durable_at` and so
     /// survives a power loss on its own.
     Write {
         offset: u64,
@@ -215,7 +216,7 @@ impl FaultBackend {
         disk.crashed = false;
     }
 
-    /// The bytes of a file that are durable now: synced data plus later `RWF_DSYNC`
+    /// The bytes of a file that are durable now: synced data plus later durable
     /// writes (for tests that inspect or damage the image).
     pub fn durable_image(&self, path: &Path) -> Option<Vec<u8>> {
         let disk = self.disk.lock().unwrap();
@@ -469,7 +470,7 @@ impl FaultFile {
         file.pending.push(Pending::Write {
             offset,
             data: data.to_vec(),
-            // A torn write never completed, so RWF_DSYNC promised nothing for it.
+            // A torn write never completed, so its durability promised nothing.
             durable: durable && !crashed,
         });
         if crashed {

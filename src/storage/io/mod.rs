@@ -4,8 +4,7 @@
 //! [`BlockFile`]. Two implementations exist:
 //!
 //! - [`uring::UringBackend`]: real files opened with `O_DIRECT`, read and written through a
-//!   per-file io_uring. Durable writes use `RWF_DSYNC`, so one submission both writes and
-//!   makes the data durable.
+//!   per-file io_uring. A durable write is the write, then a data sync of the file.
 //! - [`fault::FaultBackend`]: an in-memory disk that keeps a durable image and a list of
 //!   writes not yet synced, and can fail the Nth write with `EIO` or `ENOSPC`, tear a write
 //!   at a sector boundary, and lose every unsynced write at "power loss". Crash tests and the
