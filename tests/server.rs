@@ -1522,3 +1522,64 @@ fn replication_thread_gets_the_short_scheduler_slice() {
     assert_eq!(slices[0], 100_000, "the default slice, in ns");
     assert_ne!(slices[1], 100_000, "0 keeps the kernel's default");
 }
+
+/// `bench --values random` stores a value of its own in every key (over UDP single
+/// requests and BATCH datagrams alike): the values read back have the asked length, are
+/// not the repeated alphabet of the default, and nearly all differ from one another.
+#[test]
+fn the_load_tools_random_values_differ_from_key_to_key() {
+    use ocean_liner::client::{Client, ClientOptions};
+    let server = Server::start();
+    for pipeline in ["1", "16"] {
+        let out = Command::new(BIN)
+            .args([
+                "bench",
+                "--workload",
+                "set",
+                "--values",
+                "random",
+                "--prefill",
+            ])
+            .args([
+                "--keys",
+                "500",
+                "--value-size",
+                "120",
+                "--pipeline",
+                pipeline,
+            ])
+            .args(["--duration", "0.2", "--warmup", "0", "--server"])
+            .arg(server.addr().to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut c = Client::connect(server.addr(), ClientOptions::default()).unwrap();
+        let repeated: Vec<u8> = (0..120).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..500 {
+            let v = c.get(&format!("key:{i:010}")).unwrap().expect("prefilled");
+            assert_eq!(v.len(), 120);
+            assert_ne!(v, repeated, "key {i} holds the repeated value");
+            seen.insert(v);
+        }
+        assert!(seen.len() > 490, "{} distinct values of 500", seen.len());
+    }
+    let refused = Command::new(BIN)
+        .args([
+            "bench",
+            "--protocol",
+            "memcache",
+            "--values",
+            "random",
+            "--server",
+        ])
+        .arg(server.addr().to_string())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--values random"));
+}

@@ -133,6 +133,13 @@ pub struct ServerConfig {
     /// rates differ by less than 20%), or a ReadIndex round per window.
     #[arg(long, value_enum, default_value_t = ReadMode::Lease)]
     pub read_mode: ReadMode,
+    /// When to compress the Raft messages sent to peers (LZ4, on each peer's sender
+    /// thread, only messages of 16 KiB or more that shrink by an eighth): never; for 30 s
+    /// after the link to a peer last lagged (256 KiB sent and not yet acknowledged, or a
+    /// message queued over 20 ms); or always. Turn it on only once every member runs a
+    /// build that reads compressed messages.
+    #[arg(long, value_enum, default_value_t = transport::PeerCompression::Off)]
+    pub peer_compression: transport::PeerCompression,
 }
 
 impl ServerConfig {

@@ -450,6 +450,24 @@ pub fn render(shared: Option<&Shared>) -> String {
         get(&st.snapshots_sent),
     );
     m(
+        "ocean_liner_peer_raft_bytes_total",
+        "counter",
+        "Bytes of Raft messages sent to peers, as encoded.",
+        get(&st.peer_wire.raft_bytes),
+    );
+    m(
+        "ocean_liner_peer_wire_bytes_total",
+        "counter",
+        "Bytes of the same messages as sent (after compression).",
+        get(&st.peer_wire.wire_bytes),
+    );
+    m(
+        "ocean_liner_peer_compressed_frames_total",
+        "counter",
+        "Raft messages sent to peers compressed.",
+        get(&st.peer_wire.compressed_frames),
+    );
+    m(
         "ocean_liner_snapshots_received_total",
         "counter",
         "Snapshots installed from a leader.",

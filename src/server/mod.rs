@@ -117,6 +117,8 @@ pub struct Stats {
     pub snapshot_bytes_sent: AtomicU64,
     pub snapshots_received: AtomicU64,
     pub snapshot_bytes_received: AtomicU64,
+    /// Raft frames sent to peers, before and after compression.
+    pub peer_wire: Arc<transport::WireCounters>,
     /// The first index this node's Raft log still holds.
     pub first_log_index: AtomicU64,
     /// Time per Raft ready cycle spent persisting and applying.
@@ -249,7 +251,8 @@ impl Shared {
              segments_deleted={}\nbytes_deleted={}\nclean_passes={}\nvalues_moved={}\n\
              clean_bytes_read={}\nclean_bytes_written={}\nclean_errors={}\n\
              snapshots_sent={}\nsnapshot_bytes_sent={}\nsnapshots_received={}\n\
-             snapshot_bytes_received={}\nfirst_log_index={}\nbatch_window_ms={}\nshards={}\nuptime_s={}\n\
+             snapshot_bytes_received={}\npeer_raft_bytes={}\npeer_wire_bytes={}\n\
+             peer_compressed_frames={}\nfirst_log_index={}\nbatch_window_ms={}\nshards={}\nuptime_s={}\n\
              latency_bounds_us={}\nset_latency_counts={}\nget_latency_counts={}\n",
             self.node_index,
             get(&s.term),
@@ -302,6 +305,9 @@ impl Shared {
             get(&s.snapshot_bytes_sent),
             get(&s.snapshots_received),
             get(&s.snapshot_bytes_received),
+            get(&s.peer_wire.raft_bytes),
+            get(&s.peer_wire.wire_bytes),
+            get(&s.peer_wire.compressed_frames),
             get(&s.first_log_index),
             self.batch_window_ms,
             self.shard_count,
@@ -480,6 +486,7 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
     };
     let clean_bytes_per_s = config.clean_mib_per_s << 20;
     let last_log_index = Arc::new(AtomicU64::new(0));
+    let peer_wire = Arc::new(transport::WireCounters::default());
     let transport_config = (!cluster.peers.is_empty()).then(|| transport::TransportConfig {
         node_index: cluster.node_index,
         listen_addr: cluster.peers[cluster.node_index],
@@ -490,6 +497,8 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         last_index: last_log_index.clone(),
         snapshot_target: None,
         snapshot_bytes_per_s: config.snapshot_mib_per_s << 20,
+        compression: config.peer_compression,
+        wire: peer_wire.clone(),
     });
     let replication_config = replication::ReplicationConfig {
         batch_window: Duration::from_millis(config.batch_window_ms),
@@ -619,7 +628,10 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
         map: opened.map,
         segments: opened.segments,
         value_cache: opened.value_cache,
-        stats: Stats::default(),
+        stats: Stats {
+            peer_wire,
+            ..Stats::default()
+        },
         stop: AtomicBool::new(false),
         slot_stats: (0..slot_count).map(|_| SlotStats::default()).collect(),
         shards_idle: AtomicUsize::new(0),

@@ -20,7 +20,20 @@
 //!           "member list"; answered by one kind 8 frame, then the connection closes
 //! kind 8    admin reply: UTF-8 text, first word OK, ERR or LEADER (then the leader's
 //!           peer address: ask there)
+//! kind 9    raft message, compressed (`--peer-compression`): u32 length of the kind-2
+//!           payload it stands for (≤ MESSAGE_SIZE_MAX), then that payload as one LZ4
+//!           block
 //! ```
+//!
+//! Compression happens on the sender thread of each peer, never on the replication core,
+//! and only for Raft frames of at least [`COMPRESS_MIN_BYTES`] that shrink by an eighth or
+//! more. With `auto` a sender compresses while its link lags, as it last saw within
+//! [`LAG_HOLD`]: when it is about to write a large frame, the connection still holds
+//! [`UNSENT_LAG_BYTES`] or more that the peer has not acknowledged (the kernel's send
+//! queue, `TIOCOUTQ`), or the frame waited in the sender's queue longer than
+//! [`LINK_LAG`]. A node that
+//! receives kind 9 must know it: turn compression on only once every member runs a build
+//! that has it.
 //!
 //! A snapshot travels on a connection of its own, opened by a thread that streams it: the
 //! hello, every chunk, then the Raft message that names it. The receiving reader stages
@@ -40,8 +53,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use raft::eraftpb::Message;
 use std::io::{self, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Largest frame payload.
@@ -57,6 +71,40 @@ pub(crate) const KIND_SNAPSHOT_CHUNK: u8 = 5;
 const KIND_SNAPSHOT_ACK: u8 = 6;
 pub(crate) const KIND_ADMIN: u8 = 7;
 pub(crate) const KIND_ADMIN_REPLY: u8 = 8;
+pub(crate) const KIND_RAFT_LZ4: u8 = 9;
+/// Raft frames smaller than this go as they are (heartbeats, responses, small appends).
+pub const COMPRESS_MIN_BYTES: usize = 16 << 10;
+/// How long a frame may wait in a peer's queue before `auto` takes the link as lagging.
+pub const LINK_LAG: Duration = Duration::from_millis(20);
+/// Bytes a connection may hold unacknowledged before `auto` takes the link as lagging.
+pub const UNSENT_LAG_BYTES: usize = 256 << 10;
+/// How long `auto` keeps compressing after it last saw the link lag.
+pub const LAG_HOLD: Duration = Duration::from_secs(30);
+/// The most an LZ4 block can expand to per byte of it (a bound on what a claimed length
+/// may ask to allocate before decompressing).
+const LZ4_RATIO_MAX: usize = 255;
+
+/// When a node compresses the Raft messages it sends to its peers (`--peer-compression`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PeerCompression {
+    /// Never.
+    Off,
+    /// Large messages to a peer for 30 s after its link last lagged.
+    Auto,
+    /// Every large message.
+    Always,
+}
+
+/// Bytes of Raft frames sent to peers, before and after compression (all peers).
+#[derive(Debug, Default)]
+pub struct WireCounters {
+    /// Payload bytes of the Raft frames as encoded.
+    pub raft_bytes: AtomicU64,
+    /// Payload bytes of the same frames as sent.
+    pub wire_bytes: AtomicU64,
+    /// Frames sent compressed.
+    pub compressed_frames: AtomicU64,
+}
 /// Longest admin request or reply.
 pub const ADMIN_SIZE_MAX: usize = 64 << 10;
 /// How long an admin connection waits for the replication core's answer (a membership
@@ -108,7 +156,8 @@ pub enum Inbound {
 }
 
 enum Frame {
-    Raft(Vec<u8>),
+    /// An encoded Raft message and when it was queued.
+    Raft(Vec<u8>, Instant),
     Ping(u64),
     Pong(u64),
 }
@@ -131,6 +180,8 @@ pub struct TransportConfig {
     pub snapshot_target: Option<SnapshotTarget>,
     /// The rate snapshots are streamed at, at most.
     pub snapshot_bytes_per_s: u64,
+    pub compression: PeerCompression,
+    pub wire: Arc<WireCounters>,
 }
 
 /// The outbound link to each peer, by node index.
@@ -309,7 +360,7 @@ impl Transport {
         let mut buf =
             Vec::with_capacity(128 + msg.entries.iter().map(|e| e.data.len()).sum::<usize>());
         codec::encode(msg, &mut buf);
-        let _ = tx.try_send(Frame::Raft(buf));
+        let _ = tx.try_send(Frame::Raft(buf, Instant::now()));
     }
 
     /// Sends a ping to every peer.
@@ -483,6 +534,7 @@ fn sender_loop(
     stop: Arc<AtomicBool>,
 ) {
     let mut backoff = BACKOFF_MIN;
+    let mut packer = Packer::new(config.compression, config.wire.clone());
     while !stop.load(Ordering::Relaxed) {
         let stream = match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
             Ok(s) => s,
@@ -520,11 +572,12 @@ fn sender_loop(
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => return,
             };
-            let mut result = write_one(&mut w, &frame);
+            packer.unsent = w.buffer().len() + unsent_bytes(w.get_ref());
+            let mut result = packer.write(&mut w, &frame);
             // Coalesce whatever else is queued into the same flush.
             while result.is_ok() {
                 match rx.try_recv() {
-                    Ok(f) => result = write_one(&mut w, &f),
+                    Ok(f) => result = packer.write(&mut w, &f),
                     Err(_) => break,
                 }
             }
@@ -571,11 +624,118 @@ fn stream_snapshot(
     }
 }
 
-fn write_one(w: &mut impl Write, frame: &Frame) -> io::Result<()> {
-    match frame {
-        Frame::Raft(bytes) => write_frame(w, KIND_RAFT, bytes),
-        Frame::Ping(t) => write_frame(w, KIND_PING, &t.to_le_bytes()),
-        Frame::Pong(t) => write_frame(w, KIND_PONG, &t.to_le_bytes()),
+/// Writes a peer's frames, compressing large Raft frames as `--peer-compression` says.
+struct Packer {
+    mode: PeerCompression,
+    counters: Arc<WireCounters>,
+    /// `auto` compresses until then (the link last lagged `LAG_HOLD` before it).
+    lagging_until: Option<Instant>,
+    /// Bytes the connection held unacknowledged when last looked at.
+    unsent: usize,
+    scratch: Vec<u8>,
+}
+
+impl Packer {
+    fn new(mode: PeerCompression, counters: Arc<WireCounters>) -> Packer {
+        Packer {
+            mode,
+            counters,
+            lagging_until: None,
+            unsent: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    fn write(&mut self, w: &mut impl Write, frame: &Frame) -> io::Result<()> {
+        let (bytes, queued) = match frame {
+            Frame::Raft(bytes, queued) => (bytes, *queued),
+            Frame::Ping(t) => return write_frame(w, KIND_PING, &t.to_le_bytes()),
+            Frame::Pong(t) => return write_frame(w, KIND_PONG, &t.to_le_bytes()),
+        };
+        self.counters
+            .raft_bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        let (kind, payload) = if self.compress(bytes.len(), queued) && self.pack(bytes) {
+            self.counters
+                .compressed_frames
+                .fetch_add(1, Ordering::Relaxed);
+            (KIND_RAFT_LZ4, &self.scratch)
+        } else {
+            (KIND_RAFT, bytes)
+        };
+        self.counters
+            .wire_bytes
+            .fetch_add(payload.len() as u64, Ordering::Relaxed);
+        write_frame(w, kind, payload)
+    }
+
+    /// Whether a Raft frame of `len` bytes queued at `queued` is to be compressed.
+    fn compress(&mut self, len: usize, queued: Instant) -> bool {
+        if len < COMPRESS_MIN_BYTES {
+            return false;
+        }
+        match self.mode {
+            PeerCompression::Off => false,
+            PeerCompression::Always => true,
+            PeerCompression::Auto => {
+                let now = Instant::now();
+                if now.saturating_duration_since(queued) > LINK_LAG
+                    || self.unsent >= UNSENT_LAG_BYTES
+                {
+                    self.lagging_until = Some(now + LAG_HOLD);
+                }
+                self.lagging_until.is_some_and(|until| now < until)
+            }
+        }
+    }
+
+    /// Compresses `bytes` into a kind-9 payload in `scratch`; false (send them as they
+    /// are) unless that saves an eighth.
+    fn pack(&mut self, bytes: &[u8]) -> bool {
+        let bound = lz4_flex::block::get_maximum_output_size(bytes.len());
+        self.scratch.clear();
+        self.scratch.resize(4 + bound, 0);
+        self.scratch[..4].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+        let Ok(n) = lz4_flex::block::compress_into(bytes, &mut self.scratch[4..]) else {
+            return false;
+        };
+        self.scratch.truncate(4 + n);
+        self.scratch.len() <= bytes.len() - bytes.len() / 8
+    }
+}
+
+/// Bytes written to `stream` that its peer has not acknowledged yet (the kernel's send
+/// queue), or 0 where the kernel does not say.
+fn unsent_bytes(stream: &TcpStream) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ stores one c_int through the pointer, which points at `n`; the
+    // descriptor is the stream's own, open while it is borrowed.
+    let r = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    if r == 0 { n.max(0) as usize } else { 0 }
+}
+
+/// The Raft message a kind-9 payload stands for, decompressed into `out`; refused (the
+/// connection closes) if its claimed length is over the limit or more than LZ4 could
+/// expand the block to, or if the block is malformed or decompresses to another length.
+fn unpack<'a>(payload: &[u8], out: &'a mut Vec<u8>) -> io::Result<&'a [u8]> {
+    let Some((len, block)) = payload.split_first_chunk::<4>() else {
+        return Err(invalid("a compressed frame without its length".into()));
+    };
+    let len = u32::from_le_bytes(*len) as usize;
+    if len > codec::MESSAGE_SIZE_MAX || len > block.len().saturating_mul(LZ4_RATIO_MAX) {
+        return Err(invalid(format!(
+            "a compressed frame claims {len} bytes from a block of {}",
+            block.len()
+        )));
+    }
+    out.clear();
+    out.resize(len, 0);
+    match lz4_flex::block::decompress_into(block, out) {
+        Ok(n) if n == len => Ok(&out[..]),
+        Ok(n) => Err(invalid(format!(
+            "a compressed frame claims {len} bytes and holds {n}"
+        ))),
+        Err(e) => Err(invalid(format!("a compressed frame is malformed: {e}"))),
     }
 }
 
@@ -629,11 +789,17 @@ fn reader_loop(
         last_index: LogIndex(hello.last_index),
     });
     r.get_ref().set_read_timeout(None)?;
+    let mut inflated = Vec::new();
     loop {
         let kind = read_frame(&mut r, &mut buf, FRAME_SIZE_MAX)?;
         match kind {
-            KIND_RAFT => {
-                let msg = codec::decode(&buf).map_err(|e| invalid(e.to_string()))?;
+            KIND_RAFT | KIND_RAFT_LZ4 => {
+                let payload = if kind == KIND_RAFT_LZ4 {
+                    unpack(&buf, &mut inflated)?
+                } else {
+                    &buf[..]
+                };
+                let msg = codec::decode(payload).map_err(|e| invalid(e.to_string()))?;
                 let me = NodeId::from_index(config.node_index);
                 if msg.from != peer.raft_id() || msg.to != me.raft_id() {
                     return Err(invalid(format!(
@@ -750,6 +916,149 @@ mod tests {
             client_addr: "127.0.0.1:9002".parse().unwrap(),
             resp_port: 6380,
             peer_addr: Some("127.0.0.1:8002".parse().unwrap()),
+        }
+    }
+
+    /// Writes `frame` through `packer` and reads it back: the frame's kind and the Raft
+    /// payload it stands for.
+    fn through(packer: &mut Packer, frame: &Frame) -> (u8, Vec<u8>) {
+        let mut wire = Vec::new();
+        packer.write(&mut wire, frame).unwrap();
+        let mut buf = Vec::new();
+        let kind = read_frame(&mut &wire[..], &mut buf, FRAME_SIZE_MAX).unwrap();
+        let mut inflated = Vec::new();
+        match kind {
+            KIND_RAFT_LZ4 => (kind, unpack(&buf, &mut inflated).unwrap().to_vec()),
+            _ => (kind, buf),
+        }
+    }
+
+    fn repeating(len: usize) -> Vec<u8> {
+        (0..len).map(|i| b'a' + (i % 26) as u8).collect()
+    }
+
+    fn noise(len: usize) -> Vec<u8> {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// `always` sends a large compressible frame as kind 9 and it decompresses to the same
+    /// bytes; small frames, and large ones that would not shrink by an eighth, go as they
+    /// are; the counters add up what was encoded and what was sent.
+    #[test]
+    fn large_frames_travel_compressed_and_come_back_whole() {
+        let counters = Arc::new(WireCounters::default());
+        let mut packer = Packer::new(PeerCompression::Always, counters.clone());
+        let now = Instant::now();
+        let big = repeating(200 << 10);
+        assert_eq!(
+            through(&mut packer, &Frame::Raft(big.clone(), now)),
+            (KIND_RAFT_LZ4, big.clone())
+        );
+        let small = repeating(COMPRESS_MIN_BYTES - 1);
+        assert_eq!(
+            through(&mut packer, &Frame::Raft(small.clone(), now)),
+            (KIND_RAFT, small.clone())
+        );
+        let random = noise(64 << 10);
+        assert_eq!(
+            through(&mut packer, &Frame::Raft(random.clone(), now)),
+            (KIND_RAFT, random.clone())
+        );
+        let encoded = (big.len() + small.len() + random.len()) as u64;
+        assert_eq!(counters.raft_bytes.load(Ordering::Relaxed), encoded);
+        let sent = counters.wire_bytes.load(Ordering::Relaxed);
+        assert!(sent < encoded - big.len() as u64 / 2, "{sent} of {encoded}");
+        assert_eq!(counters.compressed_frames.load(Ordering::Relaxed), 1);
+        let mut off = Packer::new(PeerCompression::Off, counters);
+        assert_eq!(
+            through(&mut off, &Frame::Raft(big.clone(), now)).0,
+            KIND_RAFT
+        );
+    }
+
+    /// `auto` leaves frames alone while they leave at once, compresses from the first one
+    /// that waited longer than the lag bound, keeps doing so for the hold time, and
+    /// compresses again once the connection holds a megabyte unacknowledged.
+    #[test]
+    fn auto_compresses_while_the_link_lags() {
+        let mut packer = Packer::new(PeerCompression::Auto, Arc::default());
+        let big = repeating(64 << 10);
+        let now = Instant::now();
+        assert_eq!(
+            through(&mut packer, &Frame::Raft(big.clone(), now)).0,
+            KIND_RAFT
+        );
+        let waited = now.checked_sub(LINK_LAG * 2).unwrap();
+        assert_eq!(
+            through(&mut packer, &Frame::Raft(big.clone(), waited)).0,
+            KIND_RAFT_LZ4
+        );
+        let fresh = Instant::now();
+        assert_eq!(
+            through(&mut packer, &Frame::Raft(big.clone(), fresh)).0,
+            KIND_RAFT_LZ4,
+            "still within the hold"
+        );
+        packer.lagging_until = Some(Instant::now());
+        assert_eq!(
+            through(&mut packer, &Frame::Raft(big.clone(), fresh)).0,
+            KIND_RAFT
+        );
+        // A connection holding a megabyte the peer has not taken lags too.
+        packer.unsent = UNSENT_LAG_BYTES;
+        assert_eq!(
+            through(&mut packer, &Frame::Raft(big.clone(), Instant::now())).0,
+            KIND_RAFT_LZ4
+        );
+    }
+
+    /// A compressed frame is refused, never panicking nor allocating what it claims,
+    /// when it has no length, claims more than the message limit or than its block could
+    /// expand to, is truncated or damaged anywhere, or decompresses to another length.
+    #[test]
+    fn hostile_compressed_frames_are_refused() {
+        let mut out = Vec::new();
+        assert!(unpack(&[1, 2, 3], &mut out).is_err());
+        let mut huge = ((codec::MESSAGE_SIZE_MAX + 1) as u32)
+            .to_le_bytes()
+            .to_vec();
+        huge.extend_from_slice(&[0u8; 1 << 20]);
+        assert!(unpack(&huge, &mut out).is_err());
+        let mut bomb = (100u32 << 20).to_le_bytes().to_vec();
+        bomb.extend_from_slice(&[0xF0, 0, 0, 0]);
+        assert!(unpack(&bomb, &mut out).is_err());
+        assert!(out.capacity() < 1 << 20, "allocated {}", out.capacity());
+        let raw = repeating(40 << 10);
+        let mut good = (raw.len() as u32).to_le_bytes().to_vec();
+        good.extend_from_slice(&lz4_flex::block::compress(&raw));
+        assert_eq!(unpack(&good, &mut out).unwrap(), &raw[..]);
+        let mut longer = good.clone();
+        longer[..4].copy_from_slice(&(raw.len() as u32 + 1).to_le_bytes());
+        assert!(unpack(&longer, &mut out).is_err());
+        for cut in 0..good.len() {
+            assert!(unpack(&good[..cut], &mut out).is_err(), "cut at {cut}");
+        }
+        let mut x = 5u64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut b = good.clone();
+            let at = 4 + x as usize % (b.len() - 4);
+            b[at] ^= (x >> 40) as u8 | 1;
+            // A damaged block may still decode to bytes of the right length (a literal
+            // changed); it must never panic, and what it yields has that length.
+            if let Ok(bytes) = unpack(&b, &mut out) {
+                assert_eq!(bytes.len(), raw.len());
+            }
         }
     }
 

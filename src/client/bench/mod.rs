@@ -121,6 +121,41 @@ impl fmt::Display for Workload {
     }
 }
 
+/// What the SET values hold (`--values`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Values {
+    /// The alphabet repeated, the same in every SET: compresses to almost nothing.
+    Repeated,
+    /// A different slice of a 16 MiB random pool in every SET: does not compress.
+    Random,
+}
+
+impl Values {
+    pub fn name(self) -> &'static str {
+        match self {
+            Values::Repeated => "repeated",
+            Values::Random => "random",
+        }
+    }
+}
+
+/// Bytes of random data `--values random` takes its values from.
+const RANDOM_POOL_BYTES: usize = 16 << 20;
+
+/// `len` pseudo-random bytes (xorshift64*, fixed seed: runs are comparable).
+fn random_pool(len: usize) -> Vec<u8> {
+    let mut x = 0x243F_6A88_85A3_08D3u64;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 /// What the load speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Protocol {
@@ -176,6 +211,10 @@ pub struct BenchArgs {
     /// Value size in bytes for SETs.
     #[arg(long, default_value_t = 100)]
     pub value_size: usize,
+    /// What the SET values hold: the same bytes in every SET, or different random bytes
+    /// in each (UDP and RESP).
+    #[arg(long, value_enum, default_value_t = Values::Repeated)]
+    pub values: Values,
     /// Number of distinct keys (`key:0000000000` ...).
     #[arg(long, default_value_t = 1_000_000)]
     pub keys: u64,
@@ -238,6 +277,7 @@ impl Default for BenchArgs {
             workload: Workload::Mixed,
             read_ratio: 0.9,
             value_size: 100,
+            values: Values::Repeated,
             keys: 1_000_000,
             key_dist: KeyDist::Uniform,
             zipf_theta: 0.99,
@@ -280,6 +320,10 @@ impl BenchArgs {
                 );
             }
             Protocol::Memcache => {
+                ensure!(
+                    self.values == Values::Repeated,
+                    "--values random is for --protocol udp and resp"
+                );
                 ensure!(
                     memcache::FRAME_HEADER_LEN + memcache::set_len(KEY_NAME_LEN, self.value_size)
                         <= memcache::DATAGRAM_MAX,
@@ -358,6 +402,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     let value: Vec<u8> = (0..args.value_size)
         .map(|i| b'a' + (i % 26) as u8)
         .collect();
+    let value_pool: Option<std::sync::Arc<[u8]>> = (args.values == Values::Random)
+        .then(|| random_pool(RANDOM_POOL_BYTES + args.value_size).into());
 
     let (msg_tx, msg_rx) = crossbeam_channel::unbounded::<Msg>();
     let mut start_txs = Vec::with_capacity(threads);
@@ -383,6 +429,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
             read_ratio: args.read_ratio,
             sampler: sampler.clone(),
             value: value.clone(),
+            value_pool: value_pool.clone(),
             prefill_keys: args.prefill.then_some(KeyShare {
                 first: t as u64,
                 step: threads as u64,

@@ -28,6 +28,7 @@ pub struct Report {
     pub workload: Workload,
     pub read_ratio: f64,
     pub value_size: usize,
+    pub values: Values,
     pub keys: u64,
     pub key_dist: KeyDist,
     pub protocol: Protocol,
@@ -85,6 +86,7 @@ impl Report {
         let _ = write!(s, "\"workload\":\"{}\"", self.workload.name());
         let _ = write!(s, ",\"read_ratio\":{}", json_f64(self.read_ratio));
         let _ = write!(s, ",\"value_size\":{}", self.value_size);
+        let _ = write!(s, ",\"values\":\"{}\"", self.values.name());
         let _ = write!(s, ",\"keys\":{}", self.keys);
         let _ = write!(s, ",\"key_dist\":\"{}\"", self.key_dist.name());
         let _ = write!(s, ",\"protocol\":\"{}\"", self.protocol.name());
@@ -173,8 +175,12 @@ impl fmt::Display for Report {
         };
         writeln!(
             f,
-            "workload      {mix}, {} B values, {} {} keys, concurrency {} on {} thread(s), {}",
+            "workload      {mix}, {} B {}values, {} {} keys, concurrency {} on {} thread(s), {}",
             self.value_size,
+            match self.values {
+                Values::Repeated => "",
+                Values::Random => "random ",
+            },
             self.keys,
             self.key_dist.name(),
             self.concurrency,
@@ -318,6 +324,7 @@ impl Progress {
             workload: args.workload,
             read_ratio: args.read_ratio,
             value_size: args.value_size,
+            values: args.values,
             keys: args.keys,
             key_dist: args.key_dist,
             protocol: args.protocol,

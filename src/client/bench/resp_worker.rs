@@ -17,7 +17,7 @@
 
 use super::keys::*;
 use super::report::*;
-use super::worker::{Phase, WorkerConfig, next_op, poll_until};
+use super::worker::{Phase, WorkerConfig, next_op, poll_until, set_value};
 use super::*;
 use crate::resp::{self, Limits, Parsed, Reply};
 use std::io::{ErrorKind, Read, Write};
@@ -160,10 +160,14 @@ impl RespWorker {
                 Some((op, key, _)) => {
                     let mut name = [0u8; KEY_NAME_LEN];
                     let name = key_name(key, &mut name).as_bytes();
+                    let nonce = rand::RngCore::next_u64(&mut self.rng);
                     let c = &mut self.conns[i];
                     match op {
                         Op::Get => resp::command(&mut c.out, &[&b"GET"[..], name]),
-                        _ => resp::command(&mut c.out, &[&b"SET"[..], name, &self.cfg.value]),
+                        _ => {
+                            let value = set_value(&self.cfg, key, nonce);
+                            resp::command(&mut c.out, &[&b"SET"[..], name, value])
+                        }
                     }
                     c.in_flight.push_back(Sent { op, at: now });
                     progress += 1;

@@ -182,6 +182,7 @@ fn sample_report() -> Report {
         workload: Workload::Mixed,
         read_ratio: 0.9,
         value_size: 100,
+        values: Values::Repeated,
         keys: 1000,
         key_dist: KeyDist::Zipfian,
         protocol: Protocol::Udp,

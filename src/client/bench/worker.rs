@@ -27,6 +27,8 @@ pub(super) struct WorkerConfig {
     pub(super) read_ratio: f64,
     pub(super) sampler: KeySampler,
     pub(super) value: Vec<u8>,
+    /// With `--values random`: the pool each SET's value is a slice of.
+    pub(super) value_pool: Option<std::sync::Arc<[u8]>>,
     pub(super) prefill_keys: Option<KeyShare>,
     pub(super) warmup: Duration,
     pub(super) duration: Duration,
@@ -36,6 +38,22 @@ pub(super) struct WorkerConfig {
     /// phase then starts operations on a fixed schedule (at most `measure_slots` in
     /// flight) instead of one as each answer arrives.
     pub(super) rate: Option<f64>,
+}
+
+/// The value a SET of `key` carries: the fixed value, or with `--values random` a slice of
+/// the random pool picked by `key` and `nonce` (a request number), different op to op.
+pub(super) fn set_value(cfg: &WorkerConfig, key: u64, nonce: u64) -> &[u8] {
+    let Some(pool) = &cfg.value_pool else {
+        return &cfg.value;
+    };
+    let len = cfg.value.len();
+    let mut x = key.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ nonce.rotate_left(29);
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^= x >> 29;
+    let span = pool.len().saturating_sub(len) as u64 + 1;
+    let at = (x % span) as usize;
+    pool.get(at..at + len).unwrap_or(&cfg.value)
 }
 
 /// A BATCH datagram sent recently: its items, for a reply to the whole batch.
@@ -470,7 +488,7 @@ impl Worker {
                         cookie: self.cookies[target][sock],
                         key: key_name(slot.key, &mut key_buf),
                         value: if slot.op == Op::Set {
-                            &self.cfg.value
+                            set_value(&self.cfg, slot.key, slot.seq)
                         } else {
                             &[]
                         },
@@ -530,7 +548,7 @@ impl Worker {
                             cookie,
                             key: key_name(slot.key, &mut key_buf),
                             value: if slot.op == Op::Set {
-                                &self.cfg.value
+                                set_value(&self.cfg, slot.key, slot.seq)
                             } else {
                                 &[]
                             },
