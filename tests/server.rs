@@ -897,25 +897,13 @@ fn set_all(server: SocketAddr, pairs: &[(String, Vec<u8>)]) {
     }
 }
 
-/// Overwrites from the load tool fill many small segments; the cleaner copies the few
-/// live values out, checkpoints release the emptied segments and their files go, so the
-/// segment directory stays near the live data instead of growing with every write. Every
-/// key then holds the last value written, before and after `kill -9` and a restart.
-#[test]
-fn overwrites_leave_the_disk_bounded_and_every_value_intact() {
-    let mut server = Server::start_with(&["--segment-mib", "1", "--checkpoint-interval-s", "1"]);
+/// Runs `ocean-liner bench ARGS --server` against `server`, which must succeed; returns
+/// its standard output.
+fn bench_ok(server: &Server, args: &[&str]) -> String {
     let out = Command::new(BIN)
-        .args([
-            "bench",
-            "--workload",
-            "set",
-            "--keys",
-            "2000",
-            "--value-size",
-            "500",
-        ])
-        .args(["--concurrency", "4096", "--sockets", "8", "--duration", "5"])
-        .args(["--warmup", "0", "--json", "--server"])
+        .arg("bench")
+        .args(args)
+        .arg("--server")
         .arg(server.addr().to_string())
         .output()
         .unwrap();
@@ -924,7 +912,36 @@ fn overwrites_leave_the_disk_bounded_and_every_value_intact() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Overwrites from the load tool fill many small segments; the cleaner copies the few
+/// live values out, checkpoints release the emptied segments and their files go, so the
+/// segment directory stays near the live data instead of growing with every write. Every
+/// key then holds the last value written, before and after `kill -9` and a restart.
+#[test]
+fn overwrites_leave_the_disk_bounded_and_every_value_intact() {
+    let mut server = Server::start_with(&["--segment-mib", "1", "--checkpoint-interval-s", "1"]);
+    let report = bench_ok(
+        &server,
+        &[
+            "--workload",
+            "set",
+            "--keys",
+            "2000",
+            "--value-size",
+            "500",
+            "--concurrency",
+            "4096",
+            "--sockets",
+            "8",
+            "--duration",
+            "5",
+            "--warmup",
+            "0",
+            "--json",
+        ],
+    );
     let ops: u64 = report
         .split("\"ops\":")
         .nth(1)
@@ -1531,31 +1548,25 @@ fn the_load_tools_random_values_differ_from_key_to_key() {
     use ocean_liner::client::{Client, ClientOptions};
     let server = Server::start();
     for pipeline in ["1", "16"] {
-        let out = Command::new(BIN)
-            .args([
-                "bench",
+        bench_ok(
+            &server,
+            &[
                 "--workload",
                 "set",
                 "--values",
                 "random",
                 "--prefill",
-            ])
-            .args([
                 "--keys",
                 "500",
                 "--value-size",
                 "120",
                 "--pipeline",
                 pipeline,
-            ])
-            .args(["--duration", "0.2", "--warmup", "0", "--server"])
-            .arg(server.addr().to_string())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+                "--duration",
+                "0.2",
+                "--warmup",
+                "0",
+            ],
         );
         let mut c = Client::connect(server.addr(), ClientOptions::default()).unwrap();
         let repeated: Vec<u8> = (0..120).map(|i| b'a' + (i % 26) as u8).collect();

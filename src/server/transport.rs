@@ -937,16 +937,17 @@ mod tests {
         (0..len).map(|i| b'a' + (i % 26) as u8).collect()
     }
 
+    /// The next number of a xorshift generator.
+    fn xorshift(x: &mut u64) -> u64 {
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        *x
+    }
+
     fn noise(len: usize) -> Vec<u8> {
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
+        (0..len).map(|_| (xorshift(&mut x) >> 24) as u8).collect()
     }
 
     /// `always` sends a large compressible frame as kind 9 and it decompresses to the same
@@ -1048,9 +1049,7 @@ mod tests {
         }
         let mut x = 5u64;
         for _ in 0..20_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            let x = xorshift(&mut x);
             let mut b = good.clone();
             let at = 4 + x as usize % (b.len() - 4);
             b[at] ^= (x >> 40) as u8 | 1;
@@ -1121,9 +1120,7 @@ mod tests {
         assert!(Hello::decode(&longer).is_err());
         let mut rng = 7u64;
         for _ in 0..20_000 {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
+            let rng = xorshift(&mut rng);
             let mut b = full.clone();
             let at = rng as usize % b.len();
             b[at] = (rng >> 40) as u8;
