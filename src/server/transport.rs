@@ -31,9 +31,8 @@
 //! [`LAG_HOLD`]: when it is about to write a large frame, the connection still holds
 //! [`UNSENT_LAG_BYTES`] or more that the peer has not acknowledged (the kernel's send
 //! queue, `TIOCOUTQ`), or the frame waited in the sender's queue longer than
-//! [`LINK_LAG`]. A node that
-//! receives kind 9 must know it: turn compression on only once every member runs a build
-//! that has it.
+//! [`LINK_LAG`]. A node that receives kind 9 must know it: turn compression on only once
+//! every member runs a build that has it.
 //!
 //! A snapshot travels on a connection of its own, opened by a thread that streams it: the
 //! hello, every chunk, then the Raft message that names it. The receiving reader stages
@@ -105,6 +104,7 @@ pub struct WireCounters {
     /// Frames sent compressed.
     pub compressed_frames: AtomicU64,
 }
+
 /// Longest admin request or reply.
 pub const ADMIN_SIZE_MAX: usize = 64 << 10;
 /// How long an admin connection waits for the replication core's answer (a membership
