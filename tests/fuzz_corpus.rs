@@ -211,7 +211,8 @@ fn write_seeds() {
     command::encode(&mut delete, CommandOp::Delete, 1, 9, b"key", b"");
     seeds.push(("log_segment", "seed-1".into(), delete));
     let mut page = vec![0u8; 4096];
-    page[..1024].fill(0xFF);
+    // An empty page: its 153 slot words (bytes 0..1224) empty.
+    page[..1224].fill(0xFF);
     seeds.push(("map_pages", "seed-0".into(), page));
     let mut chunks = vec![1u8];
     chunks.extend_from_slice(&[0, 1, 2, 3]);

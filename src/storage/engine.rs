@@ -1186,7 +1186,7 @@ mod tests {
         assert!(e.to_string().contains("single-file format"), "{e}");
     }
 
-    /// A key whose hash the map holds with another key's SET (a 128-bit collision, which
+    /// A key whose hash the map holds with another key's SET (a hash collision, which
     /// no test can find for real) reads as absent, not as the other key's value, and the
     /// collision is counted; the other key still reads back.
     #[test]

@@ -41,9 +41,9 @@
 //!
 //! Addresses are stable: the map only hands out addresses of applied entries, which are
 //! never truncated or rewritten, so a cached value never goes stale. The map tells keys
-//! apart by 128-bit hash; a read from the log compares the whole key, and a hit here
+//! apart by hash (96 bits); a read from the log compares the whole key, and a hit here
 //! compares the key's fingerprint, so a hash collision reads as another key's SET in
-//! both (the chance that a 128-bit collision also agrees on the fingerprint is 2^-32).
+//! both (the chance that a 96-bit collision also agrees on the fingerprint is 2^-32).
 
 use super::ValueRead;
 use std::collections::HashMap;

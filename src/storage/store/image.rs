@@ -10,8 +10,8 @@
 use super::bloom::Bloom;
 use super::page::{self, EMPTY, OFFSET_KEY_HASHES, OFFSET_SLOT_WORDS, PageView, SLOT_COUNT};
 use super::{
-    Arena, Chunk, KeyHasher, Layout, Map, MapMeta, PAGES_PER_CHUNK, WriterState, decode_meta,
-    encode_meta,
+    Arena, Chunk, KeyHasher, Layout, Map, MapMeta, PAGES_PER_CHUNK, PageFormat, WriterState,
+    decode_meta, encode_meta,
 };
 use crate::storage::io::{AlignedBuf, PAGE_SIZE};
 use crate::storage::log::{LogIndex, Term};
@@ -111,6 +111,8 @@ pub struct MapImageBuilder {
     meta: MapMeta,
     hasher: KeyHasher,
     bloom: Bloom,
+    /// The format the image's pages are in (an older node's are upgraded as they come).
+    format: PageFormat,
     arena: Arena,
     /// Pages received but not yet in a chunk.
     pending: Vec<u8>,
@@ -120,7 +122,7 @@ pub struct MapImageBuilder {
 impl MapImageBuilder {
     /// Starts from a metadata page (its checksum and fields verified).
     pub fn new(meta_page: &[u8]) -> io::Result<MapImageBuilder> {
-        let (meta, hasher, bloom) = decode_meta(meta_page)?;
+        let (meta, hasher, bloom, format) = decode_meta(meta_page)?;
         if meta.page_count == 0 {
             return Err(io::Error::other("map image: no pages"));
         }
@@ -128,6 +130,7 @@ impl MapImageBuilder {
             meta,
             hasher,
             bloom,
+            format,
             arena: Arena {
                 chunks: Vec::new(),
                 page_count: 0,
@@ -163,12 +166,21 @@ impl MapImageBuilder {
                 self.meta.page_count
             )));
         }
-        for (i, page) in bytes.chunks_exact(PAGE_SIZE).enumerate() {
-            page::check_loaded(page).map_err(|e| {
-                io::Error::other(format!("map image: page {}: {e}", self.received + i))
-            })?;
-        }
+        let start = self.pending.len();
         self.pending.extend_from_slice(bytes);
+        for (i, page) in self.pending[start..]
+            .chunks_exact_mut(PAGE_SIZE)
+            .enumerate()
+        {
+            self.format.upgrade(page);
+            if let Err(e) = page::check_loaded(page) {
+                self.pending.truncate(start);
+                return Err(io::Error::other(format!(
+                    "map image: page {}: {e}",
+                    self.received + i
+                )));
+            }
+        }
         self.received += count;
         let chunk_bytes = PAGES_PER_CHUNK * PAGE_SIZE;
         while self.pending.len() >= chunk_bytes

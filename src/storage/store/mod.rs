@@ -1,8 +1,8 @@
 //! The hashmap that indexes the log: 4096-byte bucket pages, grown online by extendible
 //! hashing, checkpointed to disk through a double-write journal.
 //!
-//! Keys are identified by their 128-bit hash alone (the design accepts the collision
-//! odds): xxh3-128 keyed with a secret of [`KEY_SECRET_SIZE`] random bytes drawn when the
+//! Keys are identified by their hash alone (the design accepts the collision odds; a page
+//! keeps the low 96 bits, see [`page`]): xxh3-128 keyed with a secret of [`KEY_SECRET_SIZE`] random bytes drawn when the
 //! map is created and stored in its metadata page. Without the secret nobody can choose
 //! keys that share hash bits, so a client cannot flood one page, grow the directory
 //! without bound, or make every replica that replays its writes fail the same way. Each
@@ -17,10 +17,11 @@
 //!
 //! ```text
 //! metadata page
-//!    0   8  magic                  b"OLMAP\0\0\x02"
+//!    0   8  magic                  b"OLMAP\0\0\x03" (format 2, b"OLMAP\0\0\x02",
+//!                                  had 128 slots a page: read and upgraded)
 //!    8   8  last_committed_index   log index the pages reflect
 //!   16   8  last_committed_term
-//!   24   8  slot_count             bucket pages × 128
+//!   24   8  slot_count             bucket pages × 153 (× 128 in format 2)
 //!   32   8  entry_count            live keys
 //!   40   8  page_count             bucket pages
 //!   48   8  global_depth           directory bits
@@ -131,7 +132,10 @@ pub const DIRECTORY_LEN_FLOOR: usize = 1 << 20;
 /// keep it near one entry per page.
 pub const DIRECTORY_PAGES_RATIO_MAX: usize = 8;
 
-pub const META_MAGIC: [u8; 8] = *b"OLMAP\0\0\x02";
+pub const META_MAGIC: [u8; 8] = *b"OLMAP\0\0\x03";
+/// The map file format before pages kept 96-bit hashes in 153 slots (see
+/// [`page::upgrade_from_format_2`]): still read, and written back as format 3.
+const META_MAGIC_FORMAT_2: [u8; 8] = *b"OLMAP\0\0\x02";
 const META_SECRET_OFFSET: usize = 64;
 const META_BLOOM_OFFSET: usize = META_SECRET_OFFSET + KEY_SECRET_SIZE;
 const META_HASH_OFFSET: usize = PAGE_SIZE - 16;
@@ -504,7 +508,7 @@ impl Map {
             report.sessions = checkpoint::read_sessions(journals[slot].as_mut(), &header)?;
             report.journal_replayed = true;
         }
-        let (meta, hasher, bloom, arena) = if file.len()? >= PAGE_SIZE as u64 {
+        let (meta, hasher, bloom, arena, upgraded) = if file.len()? >= PAGE_SIZE as u64 {
             load_pages(file.as_mut())?
         } else {
             let mut secret = [0u8; KEY_SECRET_SIZE];
@@ -517,7 +521,16 @@ impl Map {
                     chunks: Vec::new(),
                     page_count: 0,
                 },
+                false,
             )
+        };
+        // Pages upgraded from an older format are all rewritten by the next checkpoint,
+        // through its journal: until that one is done, the file stays whole in the old
+        // format, and is upgraded again if the node stops first.
+        let dirty = if upgraded {
+            (0..arena.page_count as u32).collect()
+        } else {
+            DirtyPages::default()
         };
         let mut map = Map {
             layout: RwLock::new(Layout {
@@ -529,8 +542,8 @@ impl Map {
             bloom,
             entry_count: AtomicU64::new(meta.entry_count),
             writer: Mutex::new(WriterState {
-                dirty: DirtyPages::default(),
-                meta_dirty: false,
+                dirty,
+                meta_dirty: upgraded,
                 meta,
                 spare_chunk: None,
                 file: Some(file),
@@ -596,7 +609,6 @@ impl Map {
         self.layout.read().unwrap().hasher.hash(key)
     }
 
-    /// Looks a key up by its hash.
     /// Starts loading the page `hash` lives in (see [`PagePtr::prefetch`]): a reader
     /// about to look up many keys prefetches them all first.
     pub fn prefetch(&self, hash: u128) {
@@ -612,6 +624,7 @@ impl Map {
         self.layout.read().unwrap().page_for(hash).prefetch(hash);
     }
 
+    /// Looks a key up by its hash.
     pub fn get(&self, hash: u128) -> Lookup {
         self.get_with(hash, |found| found.to_owned())
     }
@@ -1258,8 +1271,32 @@ fn encode_meta(meta: &MapMeta, hasher: &KeyHasher, bloom: &Bloom) -> AlignedBuf 
     page
 }
 
+/// The page format a metadata page names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PageFormat {
+    /// 128 slots of full 16-byte hashes: upgraded as pages are read.
+    Format2,
+    Current,
+}
+
+impl PageFormat {
+    fn slot_count(self) -> usize {
+        match self {
+            PageFormat::Format2 => 128,
+            PageFormat::Current => SLOT_COUNT,
+        }
+    }
+
+    /// Brings a page read in this format (not yet checked) into the current one.
+    fn upgrade(self, page: &mut [u8]) {
+        if self == PageFormat::Format2 {
+            page::upgrade_from_format_2(page);
+        }
+    }
+}
+
 /// Decodes and verifies the metadata page.
-fn decode_meta(page: &[u8]) -> io::Result<(MapMeta, KeyHasher, Bloom)> {
+fn decode_meta(page: &[u8]) -> io::Result<(MapMeta, KeyHasher, Bloom, PageFormat)> {
     let field = |at: usize, len: usize| page.get(at..at + len).unwrap_or_default();
     if field(0, 8) == b"OLMAP\0\0\x01" {
         return Err(io::Error::other(
@@ -1269,7 +1306,12 @@ fn decode_meta(page: &[u8]) -> io::Result<(MapMeta, KeyHasher, Bloom)> {
         ));
     }
     let stored_hash = field(META_HASH_OFFSET, 16);
-    if field(0, 8) != META_MAGIC
+    let format = if field(0, 8) == META_MAGIC_FORMAT_2 {
+        PageFormat::Format2
+    } else {
+        PageFormat::Current
+    };
+    if (field(0, 8) != META_MAGIC && format != PageFormat::Format2)
         || stored_hash != xxh3_128(field(0, META_HASH_OFFSET)).to_le_bytes()
     {
         return Err(io::Error::other(
@@ -1287,7 +1329,7 @@ fn decode_meta(page: &[u8]) -> io::Result<(MapMeta, KeyHasher, Bloom)> {
     };
     let directory_budget =
         DIRECTORY_LEN_FLOOR.max(DIRECTORY_PAGES_RATIO_MAX.saturating_mul(meta.page_count as usize));
-    if Some(u64_at(2)) != meta.page_count.checked_mul(SLOT_COUNT as u64)
+    if Some(u64_at(2)) != meta.page_count.checked_mul(format.slot_count() as u64)
         || meta.global_depth > GLOBAL_DEPTH_MAX
         || (1usize << meta.global_depth) > directory_budget
         || meta.page_count > u32::MAX as u64
@@ -1302,13 +1344,17 @@ fn decode_meta(page: &[u8]) -> io::Result<(MapMeta, KeyHasher, Bloom)> {
         meta,
         KeyHasher::new(secret),
         Bloom::load(field(META_BLOOM_OFFSET, BLOOM_BYTES)),
+        format,
     ))
 }
 
-fn load_pages(file: &mut dyn BlockFile) -> io::Result<(MapMeta, KeyHasher, Bloom, Arena)> {
+/// Reads the map file: its metadata, hash secret, bloom filter and pages, each page
+/// checked and laid out for lookups (format 2 pages upgraded first: then the last value
+/// is true and every page must be written again).
+fn load_pages(file: &mut dyn BlockFile) -> io::Result<(MapMeta, KeyHasher, Bloom, Arena, bool)> {
     let mut meta_page = AlignedBuf::new(PAGE_SIZE);
     read_exact_at(file, &mut meta_page, 0)?;
-    let (meta, hasher, bloom) = decode_meta(&meta_page)?;
+    let (meta, hasher, bloom, format) = decode_meta(&meta_page)?;
     let needed = (meta.page_count + 1) * PAGE_SIZE as u64;
     let file_len = file.len()?;
     if file_len < needed {
@@ -1333,6 +1379,7 @@ fn load_pages(file: &mut dyn BlockFile) -> io::Result<(MapMeta, KeyHasher, Bloom
             read_exact_at(file, &mut bytes[..pages * PAGE_SIZE], offset)?;
             for (p, page) in bytes.chunks_exact_mut(PAGE_SIZE).take(pages).enumerate() {
                 PagePtr::reset_lock(page);
+                format.upgrade(page);
                 page::check_loaded(page).map_err(|e| {
                     io::Error::other(format!("map.dat: page {}: {e}", c * PAGES_PER_CHUNK + p))
                 })?;
@@ -1343,5 +1390,5 @@ fn load_pages(file: &mut dyn BlockFile) -> io::Result<(MapMeta, KeyHasher, Bloom
         arena.chunks.push(chunk);
     }
     arena.page_count = page_count;
-    Ok((meta, hasher, bloom, arena))
+    Ok((meta, hasher, bloom, arena, format != PageFormat::Current))
 }

@@ -2,9 +2,11 @@
 //!
 //! ```text
 //! offset  size  field
-//!      0  1024  slot words: 128 × u64, `cmd_byte_offset << 8 | inline_slot`,
+//!      0  1224  slot words: 153 × u64, `cmd_byte_offset << 8 | inline_slot`,
 //!               u64::MAX = empty; inline_slot 0..15 or NOT_INLINE (0xFF)
-//!   1024  2048  key hashes: 128 × 16 bytes (xxh3-128 of the key), same order (SoA)
+//!   1224  1836  key hashes: 153 × 12 bytes (the low 96 bits of the key's keyed
+//!               xxh3-128), same order (SoA)
+//!   3060    12  zero
 //!   3072   960  inline values: 15 × 64 bytes, 63 data bytes then 1 length byte
 //!   4032    40  page lock: an AtomicU32 at 4032 (below), rest zero.
 //!               Meaningless on disk: zeroed when a page is written out or loaded.
@@ -17,10 +19,22 @@
 //!   4088     8  next page of this bucket's overflow chain, plus one (0 = none)
 //! ```
 //!
+//! # Which bits of the hash a page keeps
+//!
+//! A page keeps the low 96 bits of each key's hash. The directory and page splits use the
+//! lowest bits, so they are all there; two keys whose 96 bits agree would be one key to the
+//! map, a chance of about 2^-97 per pair (10^-15 over 10M keys). Format 2 pages kept all
+//! 128 bits in 16-byte slots, 128 to a page; 12-byte slots fit 153, so at the same fill a
+//! page holds 20% more keys. Under uniform hashes every page splits at about the same key
+//! count, so the fill of the whole map swings between half and full as keys grow: with 153
+//! slots the index costs at most about 46 bytes per key over that whole cycle (39 at 10M
+//! keys), with 128 it was up to 54 (53 at 10M). Format 2 pages are rewritten as format 3
+//! when they are loaded ([`upgrade_from_format_2`]).
+//!
 //! # Where a key's slot is
 //!
-//! A key's *home* slot is bits 48..55 of its hash (the directory uses the low bits, which
-//! every key of a page shares). Its slot is the first one from home, walking forward and
+//! A key's *home* slot is bits 64..79 of its hash scaled to the slot count (the directory
+//! uses the low bits, which every key of a page shares). Its slot is the first one from home, walking forward and
 //! wrapping, that was free when it was inserted (linear probing), and removals close the
 //! gap they leave by moving later entries back (backward-shift deletion, no tombstones).
 //! So every used slot is reached from its key's home through used slots only: a lookup
@@ -67,7 +81,9 @@ use crate::storage::io::PAGE_SIZE;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Slots per page.
-pub const SLOT_COUNT: usize = 128;
+pub const SLOT_COUNT: usize = 153;
+/// Bytes of a key hash as a page keeps it (its low 96 bits).
+pub const HASH_SIZE: usize = 12;
 /// Inline value slots per page.
 pub const INLINE_SLOT_COUNT: usize = 15;
 /// Bytes of one inline value slot.
@@ -85,7 +101,7 @@ pub const KIND_OVERFLOW: u8 = 1;
 
 pub const OFFSET_SLOT_WORDS: usize = 0;
 pub const OFFSET_KEY_HASHES: usize = OFFSET_SLOT_WORDS + SLOT_COUNT * 8;
-pub const OFFSET_INLINE: usize = OFFSET_KEY_HASHES + SLOT_COUNT * 16;
+pub const OFFSET_INLINE: usize = 3072;
 pub const OFFSET_LOCK: usize = OFFSET_INLINE + INLINE_SLOT_COUNT * INLINE_SLOT_SIZE;
 pub const LOCK_SIZE: usize = 40;
 pub const OFFSET_BITMAP: usize = OFFSET_LOCK + LOCK_SIZE;
@@ -95,8 +111,13 @@ pub const OFFSET_USED: usize = OFFSET_KIND + 1;
 pub const OFFSET_PREFIX: usize = OFFSET_USED + 4;
 pub const OFFSET_NEXT: usize = OFFSET_PREFIX + 8;
 
-const _: () = assert!(OFFSET_KEY_HASHES == 1024);
-const _: () = assert!(OFFSET_INLINE == 3072);
+const _: () = assert!(OFFSET_KEY_HASHES == 1224);
+const _: () = assert!(OFFSET_KEY_HASHES + SLOT_COUNT * HASH_SIZE <= OFFSET_INLINE);
+const _: () = assert!(
+    (SLOT_COUNT + 1) * (8 + HASH_SIZE) > OFFSET_INLINE,
+    "as many slots as fit below the inline values"
+);
+const _: () = assert!(SLOT_COUNT <= 1 << 16, "home_slot scales 16 bits");
 const _: () = assert!(OFFSET_LOCK == 4032);
 const _: () = assert!(OFFSET_BITMAP == 4072);
 const _: () = assert!(OFFSET_NEXT + 8 == PAGE_SIZE);
@@ -149,9 +170,57 @@ pub fn slot_word(cmd_byte_offset: u64, inline_slot: u8) -> u64 {
     cmd_byte_offset << 8 | inline_slot as u64
 }
 
-/// The slot a lookup of `key_hash` starts at.
+/// The slot a lookup of `key_hash` starts at: bits 64..79, which a page keeps, scaled
+/// to the slot count.
 pub fn home_slot(key_hash: u128) -> usize {
-    ((key_hash >> 48) as usize) % SLOT_COUNT
+    ((key_hash >> 64) as u16 as usize * SLOT_COUNT) >> 16
+}
+
+/// The bytes of `key_hash` a page keeps.
+pub fn kept_hash(key_hash: u128) -> [u8; HASH_SIZE] {
+    let mut out = [0; HASH_SIZE];
+    out.copy_from_slice(&key_hash.to_le_bytes()[..HASH_SIZE]);
+    out
+}
+
+/// A key hash as a page keeps it, back as a number (the high 32 bits zero).
+fn hash_from_kept(kept: [u8; HASH_SIZE]) -> u128 {
+    let mut bytes = [0; 16];
+    bytes[..HASH_SIZE].copy_from_slice(&kept);
+    u128::from_le_bytes(bytes)
+}
+
+/// Slots of a format 2 page: 128 slot words at 0, then 128 full 16-byte hashes.
+const FORMAT_2_SLOT_COUNT: usize = 128;
+const FORMAT_2_OFFSET_KEY_HASHES: usize = FORMAT_2_SLOT_COUNT * 8;
+
+/// Rewrites the slot words and key hashes of a format 2 page (as read from disk or from
+/// a snapshot, before [`check_loaded`]) in this format's layout, packed from slot 0 (for
+/// [`place_loaded`] to place); every other field is where both formats keep it. Every
+/// word is carried over, whatever it holds, so `check_loaded` judges the page as read.
+pub fn upgrade_from_format_2(page: &mut [u8]) {
+    let Some(region) = page.get_mut(..OFFSET_INLINE) else {
+        return;
+    };
+    let mut entries = [(EMPTY, [0u8; HASH_SIZE]); FORMAT_2_SLOT_COUNT];
+    let (words, hashes) = region.split_at(FORMAT_2_OFFSET_KEY_HASHES);
+    let mut count = 0;
+    for (w, h) in words.chunks_exact(8).zip(hashes.chunks_exact(16)) {
+        let word = u64::from_le_bytes(w.try_into().unwrap_or([0xFF; 8]));
+        if word != EMPTY
+            && let (Some(e), Some(kept)) = (entries.get_mut(count), h.get(..HASH_SIZE))
+        {
+            *e = (word, kept.try_into().unwrap_or([0; HASH_SIZE]));
+            count += 1;
+        }
+    }
+    let (words, hashes) = region.split_at_mut(OFFSET_KEY_HASHES);
+    words.fill(0xFF);
+    hashes.fill(0);
+    for (s, &(word, kept)) in entries[..count].iter().enumerate() {
+        words[s * 8..s * 8 + 8].copy_from_slice(&word.to_le_bytes());
+        hashes[s * HASH_SIZE..(s + 1) * HASH_SIZE].copy_from_slice(&kept);
+    }
 }
 
 /// Slots from `from` forward to `to`, wrapping.
@@ -169,27 +238,27 @@ pub fn place_loaded(page: &mut [u8]) {
     };
     let (words, hashes) = page.split_at_mut(OFFSET_KEY_HASHES);
     // On the stack (3 KiB): a load lays out every page of the map.
-    let mut entries = [(EMPTY, [0u8; 16]); SLOT_COUNT];
+    let mut entries = [(EMPTY, [0u8; HASH_SIZE]); SLOT_COUNT];
     let mut count = 0;
-    for (w, h) in words.chunks_exact(8).zip(hashes.chunks_exact(16)) {
+    for (w, h) in words.chunks_exact(8).zip(hashes.chunks_exact(HASH_SIZE)) {
         let word = u64::from_le_bytes(w.try_into().unwrap_or([0xFF; 8]));
         if word != EMPTY
             && let Some(e) = entries.get_mut(count)
         {
-            *e = (word, h.try_into().unwrap_or([0; 16]));
+            *e = (word, h.try_into().unwrap_or([0; HASH_SIZE]));
             count += 1;
         }
     }
     words.fill(0xFF);
     hashes.fill(0);
     for &(word, hash) in &entries[..count] {
-        let mut s = home_slot(u128::from_le_bytes(hash));
+        let mut s = home_slot(hash_from_kept(hash));
         // At most SLOT_COUNT entries (one per slot read above), so a free slot exists.
         while words[s * 8..s * 8 + 8] != [0xFF; 8] {
             s = (s + 1) % SLOT_COUNT;
         }
         words[s * 8..s * 8 + 8].copy_from_slice(&word.to_le_bytes());
-        hashes[s * 16..s * 16 + 16].copy_from_slice(&hash);
+        hashes[s * HASH_SIZE..(s + 1) * HASH_SIZE].copy_from_slice(&hash);
     }
 }
 
@@ -200,7 +269,11 @@ pub fn placement_ok(page: &[u8]) -> Result<(), String> {
     let (words, hashes) = region.split_at(OFFSET_KEY_HASHES);
     let used = |s: usize| words[s * 8..s * 8 + 8] != [0xFF; 8];
     for s in (0..SLOT_COUNT).filter(|&s| used(s)) {
-        let hash = u128::from_le_bytes(hashes[s * 16..s * 16 + 16].try_into().unwrap_or([0; 16]));
+        let kept = hashes
+            .get(s * HASH_SIZE..(s + 1) * HASH_SIZE)
+            .and_then(|h| h.try_into().ok())
+            .unwrap_or([0; HASH_SIZE]);
+        let hash = hash_from_kept(kept);
         let home = home_slot(hash);
         if let Some(gap) = (0..distance(home, s)).find(|&d| !used((home + d) % SLOT_COUNT)) {
             return Err(format!(
@@ -241,7 +314,7 @@ impl PagePtr {
             for at in [
                 OFFSET_LOCK,
                 OFFSET_SLOT_WORDS + home * 8,
-                OFFSET_KEY_HASHES + home * 16,
+                OFFSET_KEY_HASHES + home * HASH_SIZE,
             ] {
                 // `wrapping_add` keeps this free of any claim about the pointer; the
                 // offsets lie inside the page anyway.
@@ -395,8 +468,9 @@ pub trait PageView: sealed::Guard {
         u64::from_le_bytes(self.array(OFFSET_SLOT_WORDS + slot * 8))
     }
 
+    /// The hash of the key in `slot` as the page keeps it: its low 96 bits.
     fn key_hash(&self, slot: usize) -> u128 {
-        u128::from_le_bytes(self.array(OFFSET_KEY_HASHES + slot * 16))
+        hash_from_kept(self.array(OFFSET_KEY_HASHES + slot * HASH_SIZE))
     }
 
     fn inline_value(&self, inline_slot: usize) -> &[u8] {
@@ -445,11 +519,11 @@ pub trait PageView: sealed::Guard {
     /// one (see the module docs), bounds checked once for each region.
     fn find(&self, key_hash: u128) -> Option<usize> {
         let words = self.ptr().field(OFFSET_SLOT_WORDS, SLOT_COUNT * 8);
-        let hashes = self.ptr().field(OFFSET_KEY_HASHES, SLOT_COUNT * 16);
-        let target = key_hash.to_le_bytes();
+        let hashes = self.ptr().field(OFFSET_KEY_HASHES, SLOT_COUNT * HASH_SIZE);
+        let target = kept_hash(key_hash);
         let mut s = home_slot(key_hash);
         for _ in 0..SLOT_COUNT {
-            // SAFETY: slot `s`'s 8 and 16 bytes lie inside the regions `field` checked
+            // SAFETY: slot `s`'s 8 and 12 bytes lie inside the regions `field` checked
             // (s < SLOT_COUNT); the guard holds the page lock, so no thread writes them
             // during the reads, and unaligned reads of plain bytes have no invalid value.
             let word = unsafe { std::ptr::read_unaligned(words.add(s * 8).cast::<[u8; 8]>()) };
@@ -457,7 +531,9 @@ pub trait PageView: sealed::Guard {
                 return None;
             }
             // SAFETY: as above.
-            let hash = unsafe { std::ptr::read_unaligned(hashes.add(s * 16).cast::<[u8; 16]>()) };
+            let hash = unsafe {
+                std::ptr::read_unaligned(hashes.add(s * HASH_SIZE).cast::<[u8; HASH_SIZE]>())
+            };
             if hash == target {
                 return Some(s);
             }
@@ -576,7 +652,7 @@ impl PageWrite {
     }
 
     fn set_key_hash(&mut self, slot: usize, key_hash: u128) {
-        self.store(OFFSET_KEY_HASHES + slot * 16, &key_hash.to_le_bytes());
+        self.store(OFFSET_KEY_HASHES + slot * HASH_SIZE, &kept_hash(key_hash));
     }
 
     fn free_inline(&mut self, word: u64) {
@@ -777,9 +853,12 @@ mod tests {
         assert_eq!(page.lock_word().load(Ordering::SeqCst), 0, "all released");
     }
 
-    /// A hash whose home slot is `home`, made distinct by `n` in the other bits.
+    /// A hash whose home slot is `home`, made distinct by `n` in the other kept bits.
     fn hash_at(home: usize, n: u64) -> u128 {
-        ((home as u128) << 48) | ((n as u128) << 64) | n as u128
+        let bits = (home << 16).div_ceil(SLOT_COUNT);
+        let hash = ((bits as u128) << 64) | ((n as u128 & 0xFFFF) << 80) | n as u128;
+        assert_eq!(home_slot(hash), home);
+        hash
     }
 
     proptest::proptest! {
@@ -797,8 +876,8 @@ mod tests {
             w.init(0, 0);
             let mut model = std::collections::HashMap::new();
             for (i, &(n, crowd, insert)) in ops.iter().enumerate() {
-                // Homes 125..=130 wrap past the last slot.
-                let hash = hash_at((125 + crowd) % SLOT_COUNT, n);
+                // Homes from 3 before the last slot wrap past it.
+                let hash = hash_at((SLOT_COUNT - 3 + crowd) % SLOT_COUNT, n);
                 if insert {
                     let offset = i as u64 * 4096;
                     match w.upsert(hash, offset, None) {
@@ -815,7 +894,7 @@ mod tests {
             }
             for n in 0..200 {
                 for crowd in 0..6 {
-                    let hash = hash_at((125 + crowd) % SLOT_COUNT, n);
+                    let hash = hash_at((SLOT_COUNT - 3 + crowd) % SLOT_COUNT, n);
                     let found = w.find(hash).map(|s| w.word(s) >> 8);
                     proptest::prop_assert_eq!(found, model.get(&hash).copied());
                 }
@@ -833,7 +912,7 @@ mod tests {
         w.init(0, 0);
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
         let mut hashes = Vec::new();
-        for _ in 0..96 {
+        for _ in 0..SLOT_COUNT * 3 / 4 {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
@@ -867,7 +946,8 @@ mod tests {
         for (slot, &k) in keys.iter().enumerate() {
             image[OFFSET_SLOT_WORDS + slot * 8..][..8]
                 .copy_from_slice(&slot_word(slot as u64 * 4096, NOT_INLINE).to_le_bytes());
-            image[OFFSET_KEY_HASHES + slot * 16..][..16].copy_from_slice(&k.to_le_bytes());
+            image[OFFSET_KEY_HASHES + slot * HASH_SIZE..][..HASH_SIZE]
+                .copy_from_slice(&kept_hash(k));
         }
         image[OFFSET_USED..OFFSET_USED + 2].copy_from_slice(&40u16.to_le_bytes());
         assert_eq!(check_loaded(&image), Ok(()));

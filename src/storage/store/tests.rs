@@ -313,3 +313,129 @@ fn dirty_pages_are_a_set_taken_in_order() {
     let all: DirtyPages = (0..130).collect();
     assert_eq!(all.len(), 130);
 }
+
+/// The keys of [`format_2_file`]: key, log offset, and the value if it is inline.
+fn format_2_keys() -> Vec<(Vec<u8>, u64, Option<Vec<u8>>)> {
+    (0..180u64)
+        .map(|i| {
+            let inline = i
+                .is_multiple_of(12)
+                .then(|| vec![i as u8; 1 + i as usize % 60]);
+            (format!("old-{i}").into_bytes(), 4096 * (i + 1), inline)
+        })
+        .collect()
+}
+
+/// A `map.dat` as format 2 wrote it (128 slots a page, each key's whole 16-byte hash, keys
+/// packed from slot 0): the keys of [`format_2_keys`] in two pages split on the lowest
+/// hash bit, under the fixed secret of [`map_file_with`].
+fn format_2_file() -> Vec<u8> {
+    let hasher = KeyHasher::new([7; KEY_SECRET_SIZE]);
+    let keys = format_2_keys();
+    let mut pages = vec![0u8; 2 * PAGE_SIZE];
+    for (p, page) in pages.chunks_exact_mut(PAGE_SIZE).enumerate() {
+        page[..1024].fill(0xFF);
+        page[page::OFFSET_LOCAL_DEPTH] = 1;
+        page[page::OFFSET_PREFIX] = p as u8;
+        let (mut used, mut bitmap) = (0usize, 0u16);
+        for (key, offset, inline) in &keys {
+            let hash = hasher.hash(key);
+            if hash as usize & 1 != p {
+                continue;
+            }
+            let inline_slot = match inline {
+                Some(value) => {
+                    let i = bitmap.count_ones() as usize;
+                    let at = page::OFFSET_INLINE + i * page::INLINE_SLOT_SIZE;
+                    page[at..at + value.len()].copy_from_slice(value);
+                    page[at + page::INLINE_VALUE_SIZE_MAX] = value.len() as u8;
+                    bitmap |= 1 << i;
+                    i as u8
+                }
+                None => NOT_INLINE,
+            };
+            page[used * 8..used * 8 + 8]
+                .copy_from_slice(&page::slot_word(*offset, inline_slot).to_le_bytes());
+            page[1024 + used * 16..1024 + used * 16 + 16].copy_from_slice(&hash.to_le_bytes());
+            used += 1;
+        }
+        assert!(used <= 128 && bitmap.count_ones() as usize <= page::INLINE_SLOT_COUNT);
+        page[page::OFFSET_USED..page::OFFSET_USED + 2]
+            .copy_from_slice(&(used as u16).to_le_bytes());
+        page[page::OFFSET_BITMAP..page::OFFSET_BITMAP + 2].copy_from_slice(&bitmap.to_le_bytes());
+    }
+    let mut file = map_file_with(&pages);
+    file[..8].copy_from_slice(&META_MAGIC_FORMAT_2);
+    // Metadata field 2: the slots of all pages, 128 each in format 2.
+    file[24..32].copy_from_slice(&(2 * 128u64).to_le_bytes());
+    let hash = xxh3_128(&file[..META_HASH_OFFSET]);
+    file[META_HASH_OFFSET..PAGE_SIZE].copy_from_slice(&hash.to_le_bytes());
+    file
+}
+
+/// Every key of [`format_2_keys`] reads back from `map` as it was written.
+fn assert_format_2_keys_found(map: &Map) {
+    for (key, offset, inline) in format_2_keys() {
+        let expected = match inline {
+            Some(value) => Lookup::Inline(value),
+            None => Lookup::InLog(offset),
+        };
+        assert_eq!(
+            map.get(map.key_hash(&key)),
+            expected,
+            "{}",
+            String::from_utf8_lossy(&key)
+        );
+    }
+    assert_eq!(map.get(map.key_hash(b"old-180")), Lookup::Missing);
+}
+
+/// A map file of the previous page format opens with every key found, stays in that
+/// format on disk until a checkpoint (so a node stopped before one upgrades it again),
+/// and the checkpoint rewrites every page in the current format.
+#[test]
+fn a_format_2_map_file_is_read_and_rewritten_in_the_current_format() {
+    let disk = FaultBackend::new();
+    let dir = Path::new("/map");
+    let path = dir.join("map.dat");
+    disk.replace_image(&path, format_2_file());
+    {
+        let (map, _) = Map::open(&disk, dir).unwrap();
+        assert_format_2_keys_found(&map);
+    }
+    assert_eq!(
+        disk.durable_image(&path).unwrap()[..8],
+        META_MAGIC_FORMAT_2,
+        "opening alone rewrote the file"
+    );
+    let (map, _) = Map::open(&disk, dir).unwrap();
+    assert_format_2_keys_found(&map);
+    map.set(map.key_hash(b"new"), 1 << 30, b"after the upgrade");
+    map.checkpoint(LogIndex(2), Term(1), &[]).unwrap();
+    drop(map);
+    let file = disk.durable_image(&path).unwrap();
+    assert_eq!(file[..8], META_MAGIC);
+    for (p, page) in file[PAGE_SIZE..].chunks_exact(PAGE_SIZE).enumerate() {
+        assert_eq!(page::check_loaded(page), Ok(()), "page {p}");
+        assert_eq!(page::placement_ok(page), Ok(()), "page {p}");
+    }
+    let (map, _) = Map::open(&disk, dir).unwrap();
+    assert_format_2_keys_found(&map);
+    assert_eq!(
+        map.get(map.key_hash(b"new")),
+        Lookup::Inline(b"after the upgrade".to_vec())
+    );
+}
+
+/// A snapshot's map image from a node of the previous format is upgraded page by page as
+/// it arrives.
+#[test]
+fn a_format_2_map_image_is_upgraded_as_it_arrives() {
+    let file = format_2_file();
+    let mut builder = image::MapImageBuilder::new(&file[..PAGE_SIZE]).unwrap();
+    builder.push_pages(&file[PAGE_SIZE..2 * PAGE_SIZE]).unwrap();
+    builder.push_pages(&file[2 * PAGE_SIZE..]).unwrap();
+    let map = builder.finish().unwrap();
+    assert_format_2_keys_found(&map);
+    assert_eq!(map.entry_count(), 180);
+}
