@@ -27,8 +27,8 @@
 //! 128 bits in 16-byte slots, 128 to a page; 12-byte slots fit 153, so at the same fill a
 //! page holds 20% more keys. Under uniform hashes every page splits at about the same key
 //! count, so the fill of the whole map swings between half and full as keys grow: with 153
-//! slots the index costs at most about 46 bytes per key over that whole cycle (39 at 10M
-//! keys), with 128 it was up to 54 (53 at 10M). Format 2 pages are rewritten as format 3
+//! slots the index costs 32 to 46 bytes per key over that whole cycle (39 at 10M
+//! keys), with 128 it was 38 to 54 (53 at 10M). Format 2 pages are rewritten as format 3
 //! when they are loaded ([`upgrade_from_format_2`]).
 //!
 //! # Where a key's slot is

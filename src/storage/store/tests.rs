@@ -439,3 +439,22 @@ fn a_format_2_map_image_is_upgraded_as_it_arrives() {
     assert_format_2_keys_found(&map);
     assert_eq!(map.entry_count(), 180);
 }
+
+/// The index costs at most about 46 bytes per key wherever the key count falls in the
+/// pages' fill cycle. 312,500 keys (10M / 2^5) sit where 10M do, near the low point of
+/// the cycle for 128-slot pages, which cost 53 bytes per key there.
+#[test]
+fn the_index_takes_under_46_bytes_per_key() {
+    let disk = FaultBackend::new();
+    let (map, _) = Map::open(&disk, Path::new("/map")).unwrap();
+    let keys = 312_500u64;
+    for id in 0..keys {
+        map.set(key_hash_of(&map, id), offset_of(id, 1), &value_of(id, 1));
+    }
+    let per_key = (map.page_count() * PAGE_SIZE) as f64 / keys as f64;
+    assert!(per_key < 46.0, "{per_key:.1} bytes per key");
+    assert!(
+        per_key > 30.0,
+        "{per_key:.1} bytes per key: pages fuller than splits leave them"
+    );
+}
