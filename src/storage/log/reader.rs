@@ -249,9 +249,9 @@ fn corrupt_at(offset: u64, e: DecodeError) -> LogError {
 
 /// What the command at an offset the map handed out holds for the key looked up.
 ///
-/// The map tells keys apart by their hash alone (the 96 bits a page keeps), but the SET command it points at
-/// carries the whole key: a read compares it, so a different key with the same hash is a
-/// miss rather than that key's value.
+/// The map tells keys apart by their hash alone (the 96 bits a page keeps), but the SET
+/// command it points at carries the whole key: a read compares it, so a different key
+/// with the same hash is a miss rather than that key's value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ValueRead<V = Vec<u8>> {
     /// The command is a SET of the key looked up: its value (owned, or borrowed from the

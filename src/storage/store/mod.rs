@@ -2,14 +2,14 @@
 //! hashing, checkpointed to disk through a double-write journal.
 //!
 //! Keys are identified by their hash alone (the design accepts the collision odds; a page
-//! keeps the low 96 bits, see [`page`]): xxh3-128 keyed with a secret of [`KEY_SECRET_SIZE`] random bytes drawn when the
-//! map is created and stored in its metadata page. Without the secret nobody can choose
-//! keys that share hash bits, so a client cannot flood one page, grow the directory
-//! without bound, or make every replica that replays its writes fail the same way. Each
-//! replica draws its own secret: the hash decides only where a key sits in this node's
-//! pages, never anything replicated. Each key maps to the log-file offset of its latest SET command, and
-//! values of at most 63 bytes are copied into one of the page's 15 inline slots so a GET
-//! needs no log read.
+//! keeps the low 96 bits, see [`page`]): xxh3-128 keyed with a secret of
+//! [`KEY_SECRET_SIZE`] random bytes drawn when the map is created and stored in its
+//! metadata page. Without the secret nobody can choose keys that share hash bits, so a
+//! client cannot flood one page, grow the directory without bound, or make every replica
+//! that replays its writes fail the same way. Each replica draws its own secret: the hash
+//! decides only where a key sits in this node's pages, never anything replicated. Each key
+//! maps to the log-file offset of its latest SET command, and values of at most 63 bytes
+//! are copied into one of the page's 15 inline slots so a GET needs no log read.
 //!
 //! # Files
 //!

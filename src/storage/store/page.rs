@@ -34,12 +34,13 @@
 //! # Where a key's slot is
 //!
 //! A key's *home* slot is bits 64..79 of its hash scaled to the slot count (the directory
-//! uses the low bits, which every key of a page shares). Its slot is the first one from home, walking forward and
-//! wrapping, that was free when it was inserted (linear probing), and removals close the
-//! gap they leave by moving later entries back (backward-shift deletion, no tombstones).
-//! So every used slot is reached from its key's home through used slots only: a lookup
-//! starts at home and stops at the first empty slot, reading one or two cache lines of
-//! slot words and key hashes where a scan of all 128 hashes read up to 32. Pages loaded
+//! uses the low bits, which every key of a page shares). Its slot is the first one from
+//! home, walking forward and wrapping, that was free when it was inserted (linear
+//! probing), and removals close the gap they leave by moving later entries back
+//! (backward-shift deletion, no tombstones). So every used slot is reached from its key's
+//! home through used slots only: a lookup starts at home and stops at the first empty
+//! slot, reading one or two cache lines of slot words and key hashes where a scan of all
+//! 153 hashes would read up to 29. Pages loaded
 //! from disk are laid out this way before use ([`place_loaded`]), whatever placement
 //! wrote them.
 //!
