@@ -199,7 +199,7 @@ pub fn render(shared: Option<&Shared>) -> String {
     let space = s.segments.space();
     let (cache_bytes, cache_values, (hits, misses)) = {
         let c = s.value_cache.lock().unwrap_or_else(|e| e.into_inner());
-        (c.used_bytes(), c.len(), c.hits_and_misses())
+        (c.memory_bytes(), c.len(), c.hits_and_misses())
     };
     let is_leader = s.is_leader.load(Ordering::Relaxed);
     let has_leader = NodeId::from_raft_id(s.leader_id.load(Ordering::Relaxed)).is_some();
@@ -362,7 +362,7 @@ pub fn render(shared: Option<&Shared>) -> String {
     m(
         "ocean_liner_value_cache_bytes",
         "gauge",
-        "Bytes the value cache holds.",
+        "Memory the value cache holds: the used part of its ring and its index.",
         cache_bytes as f64,
     );
     m(

@@ -230,7 +230,7 @@ impl Shared {
         let index_bytes = self.map.index_bytes();
         let (cache_bytes, cache_values, (cache_hits, cache_misses)) = {
             let c = self.value_cache.lock().unwrap_or_else(|e| e.into_inner());
-            (c.used_bytes(), c.len(), c.hits_and_misses())
+            (c.memory_bytes(), c.len(), c.hits_and_misses())
         };
         let role = if self.is_leader.load(Ordering::Relaxed) {
             "leader"

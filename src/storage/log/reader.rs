@@ -26,6 +26,9 @@ pub struct LogReader {
     /// [`LogReader::read_values_with`]'s list of reads the caches could not answer, kept
     /// for its capacity.
     scratch_misses: Vec<usize>,
+    /// [`LogReader::read_values_with`]'s record positions in the value cache, kept for its
+    /// capacity.
+    scratch_units: Vec<Option<u32>>,
 }
 
 /// Handles a reader keeps open at most (the oldest are closed past it).
@@ -45,6 +48,7 @@ impl LogReader {
             cache,
             values: None,
             scratch_misses: Vec::new(),
+            scratch_units: Vec::new(),
         }
     }
 
@@ -114,15 +118,8 @@ impl LogReader {
             && !misses.is_empty()
         {
             let mut values = values.lock().unwrap();
-            misses.retain(|&i| {
-                let (offset, key) = reads[i];
-                match values.get_ref(offset, key) {
-                    Some(found) => {
-                        answer(i, Ok(found));
-                        false
-                    }
-                    None => true,
-                }
+            values.get_many_ref(reads, &mut misses, &mut self.scratch_units, |i, found| {
+                answer(i, Ok(found))
             });
         }
         if !misses.is_empty() {

@@ -14,15 +14,19 @@
 //!
 //! ```text
 //! offset  size
-//!      0     8  the SET's log address (low 56 bits); bit 56 = read since it was (re)written
-//!      8     4  value length
-//!     12     4  fingerprint of the key (low 32 bits of its xxh3-64)
-//!     16     n  the value, padded to a multiple of 4
+//!      0     8  bits 0..55: the SET's log address; bit 56: read since it was (re)written;
+//!               bits 57..63: the key's fingerprint, high 7 bits
+//!      8     4  bits 0..24: the value's length; bits 25..31: the fingerprint, low 7 bits
+//!     12     n  the value, padded to a multiple of 4
 //! ```
 //!
-//! and an index maps each cached address to its record (in units of 4 bytes). A record
-//! costs 16 bytes plus its value in the ring and one index entry: about 140 bytes for a
-//! 100-byte value, where a heap allocation per value cost over 200.
+//! The fingerprint is 14 bits of the key's xxh3-64. An index finds each cached address's
+//! record: a hash table of record positions alone (in units of 4 bytes), which compares a
+//! candidate's address in the ring itself, so a bucket costs 5 bytes (the position and
+//! the table's control byte) where one holding the address as well cost 13. A record
+//! costs 12 bytes plus its value in the ring and one bucket: about 120 bytes for a
+//! 100-byte value at the table's lowest fill, where a heap allocation per value cost over
+//! 200.
 //!
 //! # Eviction: FIFO with reinsertion (CLOCK's order)
 //!
@@ -43,13 +47,13 @@
 //! never truncated or rewritten, so a cached value never goes stale. The map tells keys
 //! apart by hash (96 bits); a read from the log compares the whole key, and a hit here
 //! compares the key's fingerprint, so a hash collision reads as another key's SET in
-//! both (the chance that a 96-bit collision also agrees on the fingerprint is 2^-32).
+//! both (the chance that a 96-bit collision also agrees on the fingerprint is 2^-14).
 
 use super::ValueRead;
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 
 /// Bytes of a record's header.
-const HEADER_BYTES: usize = 16;
+const HEADER_BYTES: usize = 12;
 /// Records are aligned to this, and the index counts ring positions in it.
 const UNIT: usize = 4;
 /// The largest budget positions of `u32` units can address.
@@ -58,23 +62,21 @@ pub const BUDGET_BYTES_MAX: usize = (u32::MAX as usize) * UNIT;
 const VALUE_SHARE_MAX: usize = 16;
 /// Records given a second chance per insertion at most.
 const SECOND_CHANCES_MAX: usize = 128;
-/// The address bits of a record's first word.
+/// The address bits of a record's first word. The all-ones address is not cached, so no
+/// record's first word is [`WRAP`].
 const ADDRESS_MASK: u64 = (1 << 56) - 1;
 /// A record's first word: read since it was written.
 const REFERENCED: u64 = 1 << 56;
+/// Where a record's first word keeps the fingerprint's high bits.
+const WORD_FINGERPRINT_SHIFT: u32 = 57;
+/// The length bits of a record's second field; longer values are not cached.
+const LENGTH_MASK: u32 = (1 << 25) - 1;
+/// Where a record's second field keeps the fingerprint's low bits.
+const LENGTH_FINGERPRINT_SHIFT: u32 = 25;
+/// Bits of the key's fingerprint: 7 in each field.
+const FINGERPRINT_BITS: u32 = 14;
 /// The first word of the padding at the ring's end (the next record is at 0).
 const WRAP: u64 = u64::MAX;
-
-/// A cached address as the index stores it: two 32-bit halves, so an index entry takes 12
-/// bytes (a `u64` key would pad it to 16).
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-struct IndexKey([u32; 2]);
-
-impl IndexKey {
-    fn of(address: u64) -> IndexKey {
-        IndexKey([address as u32, (address >> 32) as u32])
-    }
-}
 
 /// A zeroed ring whose whole 2 MiB stretches the kernel is asked to back with
 /// transparent huge pages (a GET reads a random record: with 4 KiB pages, a TLB miss
@@ -97,7 +99,30 @@ fn huge_zeroed(capacity: usize) -> Vec<u8> {
 }
 
 fn fingerprint(key: &[u8]) -> u32 {
-    xxhash_rust::xxh3::xxh3_64(key) as u32
+    xxhash_rust::xxh3::xxh3_64(key) as u32 & ((1 << FINGERPRINT_BITS) - 1)
+}
+
+/// A record's two header fields for a value of `len` bytes (at most [`LENGTH_MASK`]) at
+/// `address` of a key with fingerprint `print`, not yet read.
+fn header_fields(address: u64, len: usize, print: u32) -> (u64, u32) {
+    let half = FINGERPRINT_BITS / 2;
+    let word = address | u64::from(print >> half) << WORD_FINGERPRINT_SHIFT;
+    let second = len as u32 | (print & ((1 << half) - 1)) << LENGTH_FINGERPRINT_SHIFT;
+    (word, second)
+}
+
+/// The fingerprint kept in a record's two header fields.
+fn fingerprint_of(word: u64, second: u32) -> u32 {
+    let half = FINGERPRINT_BITS / 2;
+    ((word >> WORD_FINGERPRINT_SHIFT) as u32) << half | second >> LENGTH_FINGERPRINT_SHIFT
+}
+
+/// The address in the first word of the record at ring unit `unit`.
+fn address_in(ring: &[u8], unit: u32) -> u64 {
+    let pos = unit as usize * UNIT;
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&ring[pos..pos + 8]);
+    u64::from_le_bytes(b) & ADDRESS_MASK
 }
 
 fn record_bytes(value_len: usize) -> usize {
@@ -115,8 +140,10 @@ pub struct ValueCache {
     used: usize,
     /// Ring bytes of the records the index points at.
     live: usize,
-    /// Cached addresses and their records' positions, in units.
-    index: HashMap<IndexKey, u32, ahash::RandomState>,
+    /// The positions (in units) of the records the cache can find, hashed by their
+    /// address with `hasher`; the address is read from the ring.
+    index: hashbrown::HashTable<u32>,
+    hasher: ahash::RandomState,
     hits: u64,
     misses: u64,
 }
@@ -132,7 +159,8 @@ impl ValueCache {
             tail: 0,
             used: 0,
             live: 0,
-            index: HashMap::default(),
+            index: hashbrown::HashTable::new(),
+            hasher: ahash::RandomState::new(),
             hits: 0,
             misses: 0,
         }
@@ -154,11 +182,35 @@ impl ValueCache {
         u32::from_le_bytes(b)
     }
 
+    fn hash(&self, address: u64) -> u64 {
+        self.hasher.hash_one(address)
+    }
+
     /// The ring position of `address`'s record, if cached.
     fn position(&self, address: u64) -> Option<usize> {
+        self.locate(address).map(|unit| unit as usize * UNIT)
+    }
+
+    /// Files the record at ring unit `unit`, whose address is `address`, in the index.
+    fn index_insert(&mut self, address: u64, unit: u32) {
+        let (ring, hasher) = (&self.ring, &self.hasher);
         self.index
-            .get(&IndexKey::of(address))
-            .map(|&unit| unit as usize * UNIT)
+            .insert_unique(hasher.hash_one(address), unit, |&u| {
+                hasher.hash_one(address_in(ring, u))
+            });
+    }
+
+    /// Takes `address`'s record out of the index; returns its unit.
+    fn index_remove(&mut self, address: u64) -> Option<u32> {
+        let hash = self.hash(address);
+        let ring = &self.ring;
+        match self
+            .index
+            .find_entry(hash, |&u| address_in(ring, u) == address)
+        {
+            Ok(entry) => Some(entry.remove().0),
+            Err(_) => None,
+        }
     }
 
     /// The value of the SET at `address` for `key`, if cached; marks it as read.
@@ -168,17 +220,64 @@ impl ValueCache {
 
     /// [`ValueCache::get`], borrowing the value from the ring.
     pub fn get_ref(&mut self, address: u64, key: &[u8]) -> Option<ValueRead<&[u8]>> {
-        let Some(pos) = self.position(address) else {
+        let unit = self.locate(address);
+        self.get_located(unit, key)
+    }
+
+    /// [`ValueCache::get_ref`] of the reads `wanted` names (indexes into `reads`): each
+    /// value found is given to `answer` with its index, and `wanted` keeps the reads not
+    /// cached, in order. Every record is found first, in a loop that does nothing else, so
+    /// the memory loads of neighbouring lookups overlap; then the answers are built.
+    /// `units` is scratch space.
+    pub fn get_many_ref(
+        &mut self,
+        reads: &[(u64, &[u8])],
+        wanted: &mut Vec<usize>,
+        units: &mut Vec<Option<u32>>,
+        mut answer: impl FnMut(usize, ValueRead<&[u8]>),
+    ) {
+        units.clear();
+        units.extend(wanted.iter().map(|&i| self.locate(reads[i].0)));
+        let mut n = 0;
+        wanted.retain(|&i| {
+            let unit = units[n];
+            n += 1;
+            match self.get_located(unit, reads[i].1) {
+                Some(found) => {
+                    answer(i, found);
+                    false
+                }
+                None => true,
+            }
+        });
+    }
+
+    /// Where `address`'s record is, if cached, for [`ValueCache::get_located`].
+    fn locate(&self, address: u64) -> Option<u32> {
+        let ring = &self.ring;
+        self.index
+            .find(self.hash(address), |&unit| {
+                address_in(ring, unit) == address
+            })
+            .copied()
+    }
+
+    /// [`ValueCache::get_ref`] of the record [`ValueCache::locate`] found, with no change
+    /// to the cache between the two.
+    fn get_located(&mut self, unit: Option<u32>, key: &[u8]) -> Option<ValueRead<&[u8]>> {
+        let Some(unit) = unit else {
             self.misses += 1;
             return None;
         };
+        let pos = unit as usize * UNIT;
         self.hits += 1;
         let word = self.word_at(pos);
         self.set_word_at(pos, word | REFERENCED);
-        let len = self.u32_at(pos + 8) as usize;
-        if self.u32_at(pos + 12) != fingerprint(key) {
+        let second = self.u32_at(pos + 8);
+        if fingerprint_of(word, second) != fingerprint(key) {
             return Some(ValueRead::OtherKey);
         }
+        let len = (second & LENGTH_MASK) as usize;
         let start = pos + HEADER_BYTES;
         Some(ValueRead::Value(&self.ring[start..start + len]))
     }
@@ -187,18 +286,18 @@ impl ValueCache {
     pub fn insert(&mut self, address: u64, key: &[u8], value: &[u8]) {
         let bytes = record_bytes(value.len());
         if bytes > self.ring.len() / VALUE_SHARE_MAX
-            || address > ADDRESS_MASK
-            || self.index.contains_key(&IndexKey::of(address))
+            || value.len() > LENGTH_MASK as usize
+            || address >= ADDRESS_MASK
+            || self.position(address).is_some()
         {
             return;
         }
         let pos = self.make_room(bytes);
-        self.set_word_at(pos, address);
-        self.ring[pos + 8..pos + 12].copy_from_slice(&(value.len() as u32).to_le_bytes());
-        self.ring[pos + 12..pos + 16].copy_from_slice(&fingerprint(key).to_le_bytes());
+        let (word, second) = header_fields(address, value.len(), fingerprint(key));
+        self.set_word_at(pos, word);
+        self.ring[pos + 8..pos + 12].copy_from_slice(&second.to_le_bytes());
         self.ring[pos + HEADER_BYTES..pos + HEADER_BYTES + value.len()].copy_from_slice(value);
-        self.index
-            .insert(IndexKey::of(address), (pos / UNIT) as u32);
+        self.index_insert(address, (pos / UNIT) as u32);
         self.live += bytes;
     }
 
@@ -248,8 +347,10 @@ impl ValueCache {
         }
         let word = self.word_at(self.tail);
         let address = word & ADDRESS_MASK;
-        let bytes = record_bytes(self.u32_at(self.tail + 8) as usize);
-        let indexed = self.position(address) == Some(self.tail);
+        let bytes = record_bytes((self.u32_at(self.tail + 8) & LENGTH_MASK) as usize);
+        let tail_unit = (self.tail / UNIT) as u32;
+        let hash = self.hash(address);
+        let indexed = self.index.find(hash, |&u| u == tail_unit).is_some();
         // A value read since it was written gets a second chance; so does any value while
         // most of the ring is values no one can read any more (a store whose keys are set
         // again and again), so those are what goes.
@@ -261,14 +362,18 @@ impl ValueCache {
             let from = self.tail;
             let to = self.head;
             self.ring.copy_within(from..from + bytes, to);
-            self.set_word_at(to, address);
-            self.index.insert(IndexKey::of(address), (to / UNIT) as u32);
+            self.set_word_at(to, word & !REFERENCED);
+            if let Some(unit) = self.index.find_mut(hash, |&u| u == tail_unit) {
+                *unit = (to / UNIT) as u32;
+            }
             self.head += bytes;
             self.tail += bytes;
             return;
         }
         if indexed {
-            self.index.remove(&IndexKey::of(address));
+            if let Ok(entry) = self.index.find_entry(hash, |&u| u == tail_unit) {
+                entry.remove();
+            }
             self.live -= bytes;
         }
         self.used -= bytes;
@@ -278,9 +383,9 @@ impl ValueCache {
     /// Forgets the value cached for the SET at `address` (no map slot points at it any
     /// more: its key was set again or deleted). Its bytes go when the tail reaches them.
     pub fn remove(&mut self, address: u64) {
-        if let Some(unit) = self.index.remove(&IndexKey::of(address)) {
+        if let Some(unit) = self.index_remove(address) {
             let pos = unit as usize * UNIT;
-            self.live -= record_bytes(self.u32_at(pos + 8) as usize);
+            self.live -= record_bytes((self.u32_at(pos + 8) & LENGTH_MASK) as usize);
         }
     }
 
@@ -288,21 +393,26 @@ impl ValueCache {
     /// kept (the cleaner moved that SET: the map now reads it at `to`). Nothing happens if
     /// `from` is not cached or `to` already is.
     pub fn rekey(&mut self, from: u64, to: u64) {
-        if to > ADDRESS_MASK || self.index.contains_key(&IndexKey::of(to)) {
+        if to >= ADDRESS_MASK || self.position(to).is_some() {
             return;
         }
-        let Some(unit) = self.index.remove(&IndexKey::of(from)) else {
+        let Some(unit) = self.index_remove(from) else {
             return;
         };
         let pos = unit as usize * UNIT;
         let word = self.word_at(pos);
         self.set_word_at(pos, (word & !ADDRESS_MASK) | to);
-        self.index.insert(IndexKey::of(to), unit);
+        self.index_insert(to, unit);
     }
 
     /// Ring bytes in use (records, the dropped ones the tail has not reached, padding).
     pub fn used_bytes(&self) -> usize {
         self.used
+    }
+
+    /// Memory the cache holds: the ring bytes in use and the index's table.
+    pub fn memory_bytes(&self) -> usize {
+        self.used + self.index.allocation_size()
     }
 
     /// Ring bytes of the values that can still be found.
@@ -329,6 +439,7 @@ impl ValueCache {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::HashMap;
 
     fn value(v: Option<ValueRead>) -> Option<Vec<u8>> {
         match v {
@@ -390,6 +501,124 @@ mod tests {
         let mut off = ValueCache::new(0);
         off.insert(1, b"k", b"v");
         assert!(off.is_empty());
+    }
+
+    /// The header's two fields give back the address, the length and the fingerprint,
+    /// and no record's first word reads as the ring's wrap padding.
+    #[test]
+    fn a_header_keeps_address_length_and_fingerprint_apart() {
+        for (address, len, print) in [
+            (0, 0, 0),
+            (
+                ADDRESS_MASK - 1,
+                LENGTH_MASK as usize,
+                (1 << FINGERPRINT_BITS) - 1,
+            ),
+            (1 << 40 | 12_345, 100, 0x2a5a),
+            (7, 1, 1),
+            (7, 1, 1 << (FINGERPRINT_BITS - 1)),
+        ] {
+            let (word, second) = header_fields(address, len, print);
+            assert_eq!(word & ADDRESS_MASK, address);
+            assert_eq!(word & REFERENCED, 0);
+            assert_eq!((second & LENGTH_MASK) as usize, len);
+            assert_eq!(fingerprint_of(word, second), print);
+            assert_eq!(fingerprint_of(word | REFERENCED, second), print);
+            assert_ne!(word | REFERENCED, WRAP);
+        }
+        let mut c = ValueCache::new(1 << 20);
+        c.insert(ADDRESS_MASK, b"k", b"v");
+        assert!(c.is_empty(), "the all-ones address is not cached");
+    }
+
+    /// Keys whose fingerprints differ in either half read as another key's SET.
+    #[test]
+    fn a_fingerprint_differing_in_either_half_is_another_key() {
+        let mut c = ValueCache::new(1 << 20);
+        c.insert(5, b"alpha", b"one");
+        let print = fingerprint(b"alpha");
+        let mut seen = [false; 2];
+        for n in 0u32..100_000 {
+            let other = format!("other-{n}");
+            let p = fingerprint(other.as_bytes());
+            if p == print {
+                continue;
+            }
+            let half = (p ^ print) >> (FINGERPRINT_BITS / 2) == 0;
+            seen[usize::from(half)] = true;
+            assert_eq!(
+                c.get(5, other.as_bytes()),
+                Some(ValueRead::OtherKey),
+                "{other}"
+            );
+            if seen == [true, true] {
+                return;
+            }
+        }
+        panic!("no key differing only in the low half of the fingerprint");
+    }
+
+    /// A value longer than the length field holds is not cached.
+    #[test]
+    fn a_value_longer_than_the_length_field_is_not_cached() {
+        let mut c = ValueCache::new(1 << 30);
+        c.insert(1, b"big", &vec![3u8; LENGTH_MASK as usize + 1]);
+        assert!(c.is_empty());
+        c.insert(2, b"big", &vec![3u8; LENGTH_MASK as usize]);
+        assert_eq!(
+            c.get(2, b"big").map(|v| match v {
+                ValueRead::Value(v) => v.len(),
+                _ => 0,
+            }),
+            Some(LENGTH_MASK as usize)
+        );
+    }
+
+    /// A 100-byte value costs its 12-byte header and its share of the index's table of
+    /// 5-byte buckets: under 125 bytes however full the table is (a table from address to
+    /// position and a 16-byte header took 133 at this count).
+    #[test]
+    fn a_cached_100_byte_value_costs_under_125_bytes() {
+        let values = 100_000;
+        let mut c = ValueCache::new(1 << 30);
+        for a in 0..values {
+            c.insert(a * 64, b"k", &[1u8; 100]);
+        }
+        assert_eq!(c.len(), values as usize);
+        let per_value = c.memory_bytes() as f64 / values as f64;
+        assert!(per_value < 125.0, "{per_value:.1} bytes per value");
+    }
+
+    /// Looking up several reads at once answers what one at a time would, keeps the
+    /// misses in order, and counts the same hits and misses.
+    #[test]
+    fn a_batch_of_reads_answers_what_single_reads_do() {
+        let mut c = ValueCache::new(1 << 20);
+        for a in (0..40u64).step_by(3) {
+            c.insert(a, b"k", &[a as u8; 20]);
+        }
+        c.insert(41, b"other", b"x");
+        let reads: Vec<(u64, &[u8])> = (0..42u64).map(|a| (a, &b"k"[..])).collect();
+        let mut wanted: Vec<usize> = (0..reads.len()).rev().collect();
+        let mut units = Vec::new();
+        let mut answers = Vec::new();
+        c.get_many_ref(&reads, &mut wanted, &mut units, |i, v| {
+            answers.push((i, v.into_owned()))
+        });
+        let (hits, misses) = c.hits_and_misses();
+        let mut single = Vec::new();
+        let mut not_cached = Vec::new();
+        for i in (0..reads.len()).rev() {
+            match c.get(reads[i].0, reads[i].1) {
+                Some(v) => single.push((i, v)),
+                None => not_cached.push(i),
+            }
+        }
+        assert_eq!(answers, single);
+        assert_eq!(wanted, not_cached);
+        assert_eq!(answers.len(), 15);
+        assert_eq!(answers[0], (41, ValueRead::OtherKey));
+        assert_eq!(c.hits_and_misses(), (2 * hits, 2 * misses));
     }
 
     /// A removed value is gone at once and its room comes back when the tail passes it.
