@@ -24,9 +24,9 @@
 //! record: a hash table of record positions alone (in units of 4 bytes), which compares a
 //! candidate's address in the ring itself, so a bucket costs 5 bytes (the position and
 //! the table's control byte) where one holding the address as well cost 13. A record
-//! costs 12 bytes plus its value in the ring and one bucket: about 120 bytes for a
-//! 100-byte value at the table's lowest fill, where a heap allocation per value cost over
-//! 200.
+//! costs 12 bytes plus its value in the ring and its share of the buckets: 118 to 124
+//! bytes for a 100-byte value, as the table's fill goes from 7/8 to 7/16, where a heap
+//! allocation per value cost over 200.
 //!
 //! # Eviction: FIFO with reinsertion (CLOCK's order)
 //!
