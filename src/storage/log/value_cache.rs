@@ -117,12 +117,16 @@ fn fingerprint_of(word: u64, second: u32) -> u32 {
     ((word >> WORD_FINGERPRINT_SHIFT) as u32) << half | second >> LENGTH_FINGERPRINT_SHIFT
 }
 
-/// The address in the first word of the record at ring unit `unit`.
-fn address_in(ring: &[u8], unit: u32) -> u64 {
-    let pos = unit as usize * UNIT;
+/// The 8 bytes of the ring at `pos`.
+fn word_in(ring: &[u8], pos: usize) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&ring[pos..pos + 8]);
-    u64::from_le_bytes(b) & ADDRESS_MASK
+    u64::from_le_bytes(b)
+}
+
+/// The address in the first word of the record at ring unit `unit`.
+fn address_in(ring: &[u8], unit: u32) -> u64 {
+    word_in(ring, unit as usize * UNIT) & ADDRESS_MASK
 }
 
 fn record_bytes(value_len: usize) -> usize {
@@ -167,9 +171,7 @@ impl ValueCache {
     }
 
     fn word_at(&self, pos: usize) -> u64 {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&self.ring[pos..pos + 8]);
-        u64::from_le_bytes(b)
+        word_in(&self.ring, pos)
     }
 
     fn set_word_at(&mut self, pos: usize, word: u64) {
@@ -180,6 +182,11 @@ impl ValueCache {
         let mut b = [0u8; 4];
         b.copy_from_slice(&self.ring[pos..pos + 4]);
         u32::from_le_bytes(b)
+    }
+
+    /// Ring bytes of the record at `pos`, header and padding included.
+    fn record_bytes_at(&self, pos: usize) -> usize {
+        record_bytes((self.u32_at(pos + 8) & LENGTH_MASK) as usize)
     }
 
     fn hash(&self, address: u64) -> u64 {
@@ -347,33 +354,28 @@ impl ValueCache {
         }
         let word = self.word_at(self.tail);
         let address = word & ADDRESS_MASK;
-        let bytes = record_bytes((self.u32_at(self.tail + 8) & LENGTH_MASK) as usize);
+        let bytes = self.record_bytes_at(self.tail);
         let tail_unit = (self.tail / UNIT) as u32;
         let hash = self.hash(address);
-        let indexed = self.index.find(hash, |&u| u == tail_unit).is_some();
         // A value read since it was written gets a second chance; so does any value while
         // most of the ring is values no one can read any more (a store whose keys are set
         // again and again), so those are what goes.
         let worth_keeping = word & REFERENCED != 0 || self.live * 2 <= self.ring.len();
-        if indexed && worth_keeping && *second_chances < SECOND_CHANCES_MAX {
-            *second_chances += 1;
-            // The head is before the tail, so the record fits where the head is: the
-            // bytes between them are free, and the record's own follow.
-            let from = self.tail;
-            let to = self.head;
-            self.ring.copy_within(from..from + bytes, to);
-            self.set_word_at(to, word & !REFERENCED);
-            if let Some(unit) = self.index.find_mut(hash, |&u| u == tail_unit) {
-                *unit = (to / UNIT) as u32;
+        if let Ok(mut entry) = self.index.find_entry(hash, |&u| u == tail_unit) {
+            if worth_keeping && *second_chances < SECOND_CHANCES_MAX {
+                *second_chances += 1;
+                // The head is before the tail, so the record fits where the head is: the
+                // bytes between them are free, and the record's own follow.
+                let from = self.tail;
+                let to = self.head;
+                *entry.get_mut() = (to / UNIT) as u32;
+                self.ring.copy_within(from..from + bytes, to);
+                self.ring[to..to + 8].copy_from_slice(&(word & !REFERENCED).to_le_bytes());
+                self.head += bytes;
+                self.tail += bytes;
+                return;
             }
-            self.head += bytes;
-            self.tail += bytes;
-            return;
-        }
-        if indexed {
-            if let Ok(entry) = self.index.find_entry(hash, |&u| u == tail_unit) {
-                entry.remove();
-            }
+            entry.remove();
             self.live -= bytes;
         }
         self.used -= bytes;
@@ -384,8 +386,7 @@ impl ValueCache {
     /// more: its key was set again or deleted). Its bytes go when the tail reaches them.
     pub fn remove(&mut self, address: u64) {
         if let Some(unit) = self.index_remove(address) {
-            let pos = unit as usize * UNIT;
-            self.live -= record_bytes((self.u32_at(pos + 8) & LENGTH_MASK) as usize);
+            self.live -= self.record_bytes_at(unit as usize * UNIT);
         }
     }
 
