@@ -12,7 +12,7 @@ use ocean_liner::ids::{LogIndex, Term};
 use ocean_liner::storage::command::{self, CommandOp};
 use ocean_liner::storage::engine::{Engine, EngineOptions};
 use ocean_liner::storage::io::uring::UringBackend;
-use ocean_liner::storage::io::{Backend, PAGE_SIZE};
+use ocean_liner::storage::io::{Backend, BlockFile, FileReads, PAGE_SIZE};
 use ocean_liner::storage::log::{
     HEADER_SIZE, HEADER_SLOT_SIZE, Log, LogError, LogOptions, LogReader, NewEntry, ValueCache,
     ValueRead, entry_size,
@@ -642,6 +642,166 @@ fn values_read_for_another_key_report_the_collision() {
     let (mut log, _) = Log::open(Arc::new(UringBackend), &path, options()).unwrap();
     let mut reader = log.reader();
     check(&mut log, &mut reader, "from disk");
+}
+
+/// The io_uring backend, recording how each batch of reads spanning files was handed to
+/// it: the number of files, of reads and of pages read in each.
+struct RecordingBackend {
+    real: UringBackend,
+    batches: std::sync::Mutex<Vec<(usize, usize, usize)>>,
+}
+
+impl Backend for RecordingBackend {
+    fn open(&self, path: &Path, create: bool) -> std::io::Result<Box<dyn BlockFile>> {
+        self.real.open(path, create)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        self.real.exists(path)
+    }
+    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        self.real.create_dir_all(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        self.real.sync_dir(dir)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        self.real.remove_file(path)
+    }
+    fn list_dir(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        self.real.list_dir(dir)
+    }
+    fn fill_random(&self, buf: &mut [u8]) -> std::io::Result<()> {
+        self.real.fill_random(buf)
+    }
+    fn read_many(&self, groups: &mut [FileReads<'_>]) -> Vec<std::io::Result<usize>> {
+        let reads = groups.iter().map(|g| g.reads.len()).sum();
+        let pages = groups
+            .iter()
+            .flat_map(|g| g.reads.iter())
+            .map(|(_, buf)| buf.len() / PAGE_SIZE)
+            .sum();
+        self.batches
+            .lock()
+            .unwrap()
+            .push((groups.len(), reads, pages));
+        self.real.read_many(groups)
+    }
+}
+
+/// Cold reads of values spread over many segment files go to the disk as one batch
+/// spanning the files, all in flight together, not one file's reads after another's: one
+/// `read_many` call for the whole batch, naming every file. Each value comes back for its
+/// own read, in the order asked, with a read for another key among them.
+#[test]
+fn cold_reads_across_segments_are_one_batch_spanning_the_files() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("spread");
+    write_entries_with(&path, 30, segmented());
+    let backend = Arc::new(RecordingBackend {
+        real: UringBackend,
+        batches: std::sync::Mutex::new(Vec::new()),
+    });
+    let (mut log, _) = Log::open(backend.clone(), &path, segmented()).unwrap();
+    let segments = log.segment_paths().len();
+    assert!(segments >= 4, "30 entries fill several segments");
+    // One read from every entry, newest first, so that the segments interleave.
+    let mut reads = Vec::new();
+    let mut expected = Vec::new();
+    for i in (1..=30).rev() {
+        let entry = log.read(LogIndex(i)).unwrap();
+        let cmd = entry.iter().last().unwrap().unwrap();
+        reads.push((entry.command_file_offset(cmd.offset), cmd.key.to_vec()));
+        expected.push(ValueRead::Value(cmd.value.to_vec()));
+    }
+    reads.push((reads[3].0, b"another key".to_vec()));
+    expected.push(ValueRead::OtherKey);
+    let wanted: Vec<(u64, &[u8])> = reads.iter().map(|(o, k)| (*o, &k[..])).collect();
+    let mut reader = log.reader();
+    backend.batches.lock().unwrap().clear();
+    let got = reader.read_values_at(&wanted);
+    for ((got, want), (offset, _)) in got.into_iter().zip(&expected).zip(&wanted) {
+        assert_eq!(&got.unwrap(), want, "offset {offset}");
+    }
+    let batches = backend.batches.lock().unwrap().clone();
+    assert_eq!(
+        batches.iter().map(|b| (b.0, b.1)).collect::<Vec<_>>(),
+        vec![(segments, wanted.len())],
+        "one batch naming every segment file"
+    );
+}
+
+/// Cold reads size themselves by the commands read before: once a reader has seen small
+/// values it reads one page for each (a 100-byte value starting early in a page is one
+/// page), and a value that turns out longer than that — a few pages, or behind a key of
+/// the largest size — is read again at the size its lengths give, the longer ones of a
+/// batch together. Every value comes back whole.
+#[test]
+fn cold_reads_of_longer_values_are_read_again_whole() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("sizes");
+    let long_key = vec![b'k'; command::KEY_SIZE_MAX];
+    let mut cmds = Vec::new();
+    let mut wanted_cmds: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for c in 0..60u64 {
+        let (key, value) = match c {
+            20 => (b"pages".to_vec(), vec![b'p'; 3 * PAGE_SIZE + 100]),
+            40 => (long_key.clone(), vec![b'l'; PAGE_SIZE]),
+            _ => (format!("small-{c}").into_bytes(), vec![c as u8; 100]),
+        };
+        command::encode(&mut cmds, CommandOp::Set, 1, c, &key, &value);
+        wanted_cmds.push((key, value));
+    }
+    let backend = Arc::new(RecordingBackend {
+        real: UringBackend,
+        batches: std::sync::Mutex::new(Vec::new()),
+    });
+    let (mut log, _) = Log::open(backend.clone(), &path, options()).unwrap();
+    log.append(&[NewEntry {
+        term: Term(1),
+        log_index: LogIndex(1),
+        num_commands: 60,
+        commands: &cmds,
+    }])
+    .unwrap();
+    let entry = log.read(LogIndex(1)).unwrap();
+    let at: Vec<u64> = entry
+        .iter()
+        .map(|c| entry.command_file_offset(c.unwrap().offset))
+        .collect();
+    drop(entry);
+    let mut reader = log.reader();
+    let read = |reader: &mut LogReader, which: &[usize]| {
+        let wanted: Vec<(u64, &[u8])> = which
+            .iter()
+            .map(|&c| (at[c], &wanted_cmds[c].0[..]))
+            .collect();
+        for (got, &c) in reader.read_values_at(&wanted).into_iter().zip(which) {
+            assert_eq!(
+                got.unwrap(),
+                ValueRead::Value(wanted_cmds[c].1.clone()),
+                "{c}"
+            );
+        }
+    };
+    // Small values teach the reader their size.
+    read(&mut reader, &(0..20).collect::<Vec<_>>());
+    read(&mut reader, &(0..20).rev().collect::<Vec<_>>());
+    backend.batches.lock().unwrap().clear();
+    // A command starting within a page's first half, small: one page read. Then the two
+    // long ones among small ones.
+    let early = (0..20)
+        .find(|&c| at[c] % PAGE_SIZE as u64 <= PAGE_SIZE as u64 / 2)
+        .unwrap();
+    read(&mut reader, &[early]);
+    read(&mut reader, &[21, 20, 22, 40, 41]);
+    let batches = backend.batches.lock().unwrap().clone();
+    assert_eq!(batches[0], (1, 1, 1), "the early small read: {batches:?}");
+    assert_eq!(
+        batches[1..].iter().map(|b| (b.0, b.1)).collect::<Vec<_>>(),
+        [(1, 5), (1, 2)],
+        "a first batch, then the two longer ones together: {batches:?}"
+    );
+    assert!(batches[2].2 >= 4 + 2, "read again whole: {batches:?}");
 }
 
 fn segmented() -> LogOptions {

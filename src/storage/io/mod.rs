@@ -53,6 +53,30 @@ pub trait Backend: Send + Sync {
     /// Fills `buf` with random bytes that nobody outside can predict (the map's hash
     /// secret). Part of the seam so that simulated disks stay deterministic.
     fn fill_random(&self, buf: &mut [u8]) -> io::Result<()>;
+    /// Reads a batch spanning files: each group's `(offset, buffer)` pairs from its file,
+    /// as [`BlockFile::read_batch`] does. Returns the bytes read for each read, group by
+    /// group in order. The real backend puts every read of every file in flight at once;
+    /// by default each file's reads are a batch of their own, one file after another.
+    fn read_many(&self, groups: &mut [FileReads<'_>]) -> Vec<io::Result<usize>> {
+        read_file_by_file(groups)
+    }
+}
+
+/// One file's share of a batch of reads spanning files ([`Backend::read_many`]).
+pub struct FileReads<'a> {
+    /// The file, opened by the backend the batch goes to.
+    pub file: &'a mut dyn BlockFile,
+    /// Its reads: each fills the buffer from the offset.
+    pub reads: &'a mut [(u64, AlignedBuf)],
+}
+
+/// [`Backend::read_many`] as one [`BlockFile::read_batch`] per file, in order.
+fn read_file_by_file(groups: &mut [FileReads<'_>]) -> Vec<io::Result<usize>> {
+    let mut results = Vec::new();
+    for group in groups.iter_mut() {
+        results.extend(group.file.read_batch(group.reads));
+    }
+    results
 }
 
 /// The directory holding `path` (`.` for a bare relative name).
@@ -129,6 +153,11 @@ pub trait BlockFile: Send {
     }
     /// Truncates or extends (with zeros) the file. Durable after [`BlockFile::sync`].
     fn set_len(&mut self, len: u64) -> io::Result<()>;
+    /// The file descriptor behind the file, for a backend that submits requests for
+    /// several of its files together; `None` for a file that has none.
+    fn raw_fd(&self) -> Option<std::os::unix::io::RawFd> {
+        None
+    }
 }
 
 /// Panics unless `offset` and `len` are sector-aligned: a misaligned O_DIRECT request is a

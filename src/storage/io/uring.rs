@@ -1,7 +1,8 @@
 //! Real files: `O_DIRECT` reads and writes submitted through io_uring.
 //!
 //! Each open file owns a small ring, so a file can be driven from whichever thread owns it
-//! without locking. Calls are synchronous from the caller's point of view (submit, then
+//! without locking. Reads spanning files ([`UringBackend::read_many`], a shard's cold
+//! GETs) go on a ring of the calling thread's own, all of them in flight at once. Calls are synchronous from the caller's point of view (submit, then
 //! wait for the completion): the engine above keeps IO batched into large writes, which is
 //! where io_uring's saving lies, and stays free of async runtimes so that the simulator can
 //! drive it step by step.
@@ -26,7 +27,7 @@
 //! with them unseen. If waiting for taken requests fails twice in a row, the process
 //! aborts rather than free memory the kernel may still write.
 
-use super::{Backend, BlockFile, assert_aligned};
+use super::{Backend, BlockFile, FileReads, assert_aligned};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -74,6 +75,43 @@ impl Backend for UringBackend {
         Ok(names)
     }
 
+    /// Every read of every file goes on this thread's read ring at once (a ring's worth
+    /// at a time), so reads of different files are in flight together; files of another
+    /// backend (none in practice) are read file by file.
+    fn read_many(&self, groups: &mut [FileReads<'_>]) -> Vec<io::Result<usize>> {
+        let Some(fds) = groups
+            .iter()
+            .map(|g| g.file.raw_fd())
+            .collect::<Option<Vec<_>>>()
+        else {
+            return super::read_file_by_file(groups);
+        };
+        READ_RING.with_borrow_mut(|slot| {
+            if slot.is_none() {
+                match Ring::new(READ_RING_ENTRIES) {
+                    Ok(ring) => *slot = Some(ring),
+                    Err(e) => {
+                        let count = groups.iter().map(|g| g.reads.len()).sum();
+                        let (kind, text) = (e.kind(), e.to_string());
+                        return (0..count)
+                            .map(|_| Err(io::Error::new(kind, text.clone())))
+                            .collect();
+                    }
+                }
+            }
+            let ring = slot.as_mut().expect("made above");
+            let mut entries = Vec::new();
+            for (group, &fd) in groups.iter_mut().zip(&fds) {
+                for (offset, buf) in group.reads.iter_mut() {
+                    entries.push(read_entry(types::Fd(fd), *offset, buf));
+                }
+            }
+            // The buffers and the files stay borrowed (through `groups`) until
+            // `submit_all` has seen every completion.
+            ring.submit_all(entries)
+        })
+    }
+
     fn fill_random(&self, buf: &mut [u8]) -> io::Result<()> {
         let mut filled = 0;
         while filled < buf.len() {
@@ -96,12 +134,30 @@ impl Backend for UringBackend {
 /// A file opened with `O_DIRECT`, with its own io_uring.
 pub struct UringFile {
     file: File,
+    ring: Ring,
+}
+
+/// An io_uring and the bookkeeping of the calls made on it: the tag of the next request,
+/// and whether it may be entered at all.
+struct Ring {
     ring: IoUring,
     /// The tag of the next request.
     next_tag: u64,
+    /// Entries its submission queue holds: a call submits at most this many at once.
+    entries: usize,
     /// Why the ring may not be entered again (requests the kernel never took are still
     /// in its submission queue), if so.
     broken: Option<String>,
+}
+
+/// Entries in each thread's ring for reads spanning files ([`UringBackend::read_many`]):
+/// a shard's batch of GETs that miss every cache, submitted at once.
+const READ_RING_ENTRIES: u32 = 256;
+
+thread_local! {
+    /// The ring this thread submits reads spanning files on, made on first use. Between
+    /// calls it has nothing in flight, so it can be dropped with the thread at any time.
+    static READ_RING: std::cell::RefCell<Option<Ring>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Keeps the ring's workers (the calling thread's io-wq, which runs the data syncs) on the
@@ -116,6 +172,14 @@ fn keep_workers_on_this_threads_cpus(ring: &IoUring) {
     if got == 0 {
         let _ = ring.submitter().register_iowq_aff(&set);
     }
+}
+
+/// A read filling all of `buf` from `offset` of the file `fd`.
+fn read_entry(fd: types::Fd, offset: u64, buf: &mut super::AlignedBuf) -> squeue::Entry {
+    assert_aligned(offset, buf.len());
+    opcode::Read::new(fd, buf.as_mut_ptr(), buf.len() as u32)
+        .offset(offset)
+        .build()
 }
 
 /// `io_uring_enter` flag: wait for completions.
@@ -186,17 +250,10 @@ impl Batch {
     }
 }
 
-impl UringFile {
-    /// Opens (or creates) `path` with `O_DIRECT`.
-    pub fn open(path: &Path, create: bool) -> io::Result<UringFile> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-            .map_err(|e| annotate(e, path))?;
-        let ring = IoUring::new(RING_ENTRIES).map_err(|e| {
+impl Ring {
+    /// A ring of `entries` submission entries whose workers stay on this thread's CPUs.
+    fn new(entries: u32) -> io::Result<Ring> {
+        let ring = IoUring::new(entries).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!(
@@ -206,10 +263,10 @@ impl UringFile {
             )
         })?;
         keep_workers_on_this_threads_cpus(&ring);
-        Ok(UringFile {
-            file,
+        Ok(Ring {
             ring,
             next_tag: 0,
+            entries: entries as usize,
             broken: None,
         })
     }
@@ -222,13 +279,30 @@ impl UringFile {
             .unwrap_or_else(|| Err(io::Error::other("no result")))
     }
 
-    /// Submits `entries` (at most `RING_ENTRIES`), waits until every one the kernel took
-    /// has completed, and returns their results in order.
+    /// Submits `entries` (any number: more than the ring holds go a ring's worth at a
+    /// time), waits until every one the kernel took has completed, and returns their
+    /// results in order.
     ///
-    /// The caller keeps every buffer the entries point into alive and untouched for the
-    /// whole call; that is what makes pushing them sound.
+    /// The caller keeps every buffer and file the entries point into alive and untouched
+    /// for the whole call; that is what makes pushing them sound.
     fn submit_all(&mut self, entries: Vec<squeue::Entry>) -> Vec<io::Result<usize>> {
-        assert!(entries.len() <= RING_ENTRIES as usize, "one ring's worth");
+        if entries.len() <= self.entries {
+            return self.submit_chunk(entries);
+        }
+        let mut results = Vec::with_capacity(entries.len());
+        let mut entries = entries.into_iter();
+        loop {
+            let chunk: Vec<squeue::Entry> = entries.by_ref().take(self.entries).collect();
+            if chunk.is_empty() {
+                return results;
+            }
+            results.extend(self.submit_chunk(chunk));
+        }
+    }
+
+    /// [`Ring::submit_all`] for at most a ring's worth of entries.
+    fn submit_chunk(&mut self, entries: Vec<squeue::Entry>) -> Vec<io::Result<usize>> {
+        assert!(entries.len() <= self.entries, "one ring's worth");
         let mut batch = Batch::new(self.next_tag, entries.len());
         self.next_tag += entries.len() as u64;
         if let Some(why) = &self.broken {
@@ -312,6 +386,23 @@ impl UringFile {
             self.reap(batch);
         }
     }
+}
+
+impl UringFile {
+    /// Opens (or creates) `path` with `O_DIRECT`.
+    pub fn open(path: &Path, create: bool) -> io::Result<UringFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .map_err(|e| annotate(e, path))?;
+        Ok(UringFile {
+            file,
+            ring: Ring::new(RING_ENTRIES)?,
+        })
+    }
 
     fn write(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
         assert_aligned(offset, buf.len());
@@ -325,7 +416,7 @@ impl UringFile {
             )
             .offset(offset + done as u64)
             .build();
-            let n = self.submit_one(entry)?;
+            let n = self.ring.submit_one(entry)?;
             if n == 0 {
                 return Err(io::Error::new(io::ErrorKind::WriteZero, "write returned 0"));
             }
@@ -348,7 +439,7 @@ impl BlockFile for UringFile {
             )
             .offset(offset + done as u64)
             .build();
-            let n = self.submit_one(entry)?;
+            let n = self.ring.submit_one(entry)?;
             if n == 0 {
                 break;
             }
@@ -359,22 +450,16 @@ impl BlockFile for UringFile {
 
     fn read_batch(&mut self, reads: &mut [(u64, super::AlignedBuf)]) -> Vec<io::Result<usize>> {
         let fd = types::Fd(self.file.as_raw_fd());
-        let mut results = Vec::with_capacity(reads.len());
-        for chunk in reads.chunks_mut(RING_ENTRIES as usize) {
-            let entries = chunk
-                .iter_mut()
-                .map(|(offset, buf)| {
-                    assert_aligned(*offset, buf.len());
-                    opcode::Read::new(fd, buf.as_mut_ptr(), buf.len() as u32)
-                        .offset(*offset)
-                        .build()
-                })
-                .collect();
-            // The chunk's buffers stay borrowed until `submit_all` has seen every
-            // completion.
-            results.extend(self.submit_all(entries));
-        }
-        results
+        let entries = reads
+            .iter_mut()
+            .map(|(offset, buf)| read_entry(fd, *offset, buf))
+            .collect();
+        // The buffers stay borrowed until `submit_all` has seen every completion.
+        self.ring.submit_all(entries)
+    }
+
+    fn raw_fd(&self) -> Option<std::os::unix::io::RawFd> {
+        Some(self.file.as_raw_fd())
     }
 
     fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
@@ -385,7 +470,7 @@ impl BlockFile for UringFile {
         let entry = opcode::Fsync::new(types::Fd(self.file.as_raw_fd()))
             .flags(types::FsyncFlags::DATASYNC)
             .build();
-        self.submit_one(entry).map(|_| ())
+        self.ring.submit_one(entry).map(|_| ())
     }
 
     fn len(&mut self) -> io::Result<u64> {
@@ -466,11 +551,75 @@ mod tests {
         // A no-op from nobody, completed and left unreaped.
         let stale = opcode::Nop::new().build().user_data(u64::MAX - 1);
         // SAFETY: a no-op references no memory.
-        unsafe { file.ring.submission().push(&stale).unwrap() };
-        file.ring.submit_and_wait(1).unwrap();
+        unsafe { file.ring.ring.submission().push(&stale).unwrap() };
+        file.ring.ring.submit_and_wait(1).unwrap();
         let mut buf = super::super::AlignedBuf::new(PAGE);
         assert_eq!(file.read_at(&mut buf, 0).unwrap(), PAGE);
         assert!(buf.iter().all(|&b| b == 7));
+    }
+
+    /// A batch of reads spanning files, more than the thread's read ring holds: every
+    /// read fills its own buffer from its own file and offset, results in the order
+    /// given (a read past a file's end short, one straddling it cut to the sector), and
+    /// one file's reads may come in any order of offsets.
+    #[test]
+    fn reads_spanning_files_land_in_their_own_buffers() {
+        use super::super::{AlignedBuf, FileReads};
+        let dir = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/target")).unwrap();
+        let pages = 200usize;
+        let mut files = Vec::new();
+        for f in 0..2u8 {
+            let mut file = UringFile::open(&dir.path().join(format!("f{f}")), true).unwrap();
+            let mut image = AlignedBuf::new(pages * PAGE);
+            for (p, page) in image.chunks_mut(PAGE).enumerate() {
+                page.fill(f * 100 + (p % 100) as u8);
+            }
+            file.write_durable_at(&image[..pages * PAGE - PAGE / 2], 0)
+                .unwrap();
+            files.push(file);
+        }
+        let plan = |f: usize| -> Vec<(u64, AlignedBuf)> {
+            (0..pages)
+                .rev()
+                .map(|p| ((p * PAGE) as u64, AlignedBuf::new(PAGE)))
+                .chain(std::iter::once((
+                    (pages * PAGE) as u64,
+                    AlignedBuf::new(PAGE),
+                )))
+                .filter(|(offset, _)| f == 0 || offset % (3 * PAGE as u64) == 0)
+                .collect()
+        };
+        let (mut reads0, mut reads1) = (plan(0), plan(1));
+        assert!(reads0.len() + reads1.len() > READ_RING_ENTRIES as usize);
+        let (first, second) = files.split_at_mut(1);
+        let mut groups = [
+            FileReads {
+                file: &mut second[0],
+                reads: &mut reads1,
+            },
+            FileReads {
+                file: &mut first[0],
+                reads: &mut reads0,
+            },
+        ];
+        let results = UringBackend.read_many(&mut groups);
+        assert_eq!(results.len(), reads0.len() + reads1.len());
+        let expected = reads1
+            .iter()
+            .map(|r| (1u8, r))
+            .chain(reads0.iter().map(|r| (0u8, r)));
+        for (result, (f, (offset, buf))) in results.into_iter().zip(expected) {
+            let p = *offset as usize / PAGE;
+            let n = result.unwrap();
+            let want = match p {
+                _ if p == pages => 0,
+                _ if p == pages - 1 => PAGE / 2,
+                _ => PAGE,
+            };
+            assert_eq!(n, want, "file {f} page {p}");
+            let byte = f * 100 + (p % 100) as u8;
+            assert!(buf[..n].iter().all(|&b| b == byte), "file {f} page {p}");
+        }
     }
 
     const PAGE: usize = super::super::PAGE_SIZE;

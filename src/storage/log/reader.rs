@@ -6,8 +6,11 @@
 use super::segments::Segments;
 use super::{EntryCache, LogError, ValueCache};
 use crate::storage::command::{self, CommandRef, DecodeError};
-use crate::storage::io::{AlignedBuf, Backend, BlockFile, PAGE_SIZE, align_up, read_exact_at};
+use crate::storage::io::{
+    AlignedBuf, Backend, BlockFile, FileReads, PAGE_SIZE, align_up, read_exact_at,
+};
 use std::collections::HashMap;
+use std::io;
 use std::sync::Arc;
 use std::sync::Mutex;
 
@@ -29,6 +32,12 @@ pub struct LogReader {
     /// [`LogReader::read_values_with`]'s record positions in the value cache, kept for its
     /// capacity.
     scratch_units: Vec<Option<u32>>,
+    /// A running average of the size of the commands read from the disk: cold reads cover
+    /// the pages a command of this size would span from where it starts.
+    typical_command_bytes: usize,
+    /// One-page buffers of earlier cold reads, kept for the next ones (a buffer read into
+    /// needs no zeroing: only the bytes a read returned are looked at).
+    spare_buffers: Vec<AlignedBuf>,
 }
 
 /// Handles a reader keeps open at most (the oldest are closed past it).
@@ -49,17 +58,31 @@ impl LogReader {
             values: None,
             scratch_misses: Vec::new(),
             scratch_units: Vec::new(),
+            typical_command_bytes: TYPICAL_COMMAND_BYTES_INITIAL,
+            spare_buffers: Vec::new(),
         }
     }
 
     /// The open file of the segment holding `address` and the offset in it.
     fn file_for(&mut self, address: u64) -> Result<(&mut dyn BlockFile, u64), LogError> {
+        self.close_removed();
+        self.open_for(address)
+    }
+
+    /// Closes the files of segments removed since the last look.
+    fn close_removed(&mut self) {
         let removals = self.table.removal_count();
         if removals != self.removals_seen {
             self.removals_seen = removals;
             let table = &self.table;
             self.files.retain(|no, _| table.get(*no).is_some());
         }
+    }
+
+    /// [`LogReader::file_for`] without closing the files of removed segments: every file
+    /// it opened stays open until the next [`LogReader::close_removed`] (or until more than
+    /// `OPEN_FILES_MAX` are open).
+    fn open_for(&mut self, address: u64) -> Result<(&mut dyn BlockFile, u64), LogError> {
         let (no, path, offset) = self
             .table
             .locate(address)
@@ -159,17 +182,29 @@ impl LogReader {
         }
         let misses: Vec<usize> = (0..reads.len()).filter(|&i| results[i].is_none()).collect();
         if !misses.is_empty() {
-            // Grouped by segment file: one batch of reads each. Two pages hold any command
-            // that starts in the first one and is shorter than a page (every command a
-            // client can send); longer ones are read one by one.
+            // Sorted by segment, a bounded number of segment files at a time (the reader
+            // keeps at most OPEN_FILES_MAX open), each pass one batch spanning its files.
             let mut by_segment: Vec<(u64, usize)> = misses
                 .iter()
                 .map(|&i| (super::segments::split_address(reads[i].0).0, i))
                 .collect();
             by_segment.sort_unstable();
-            for group in by_segment.chunk_by(|a, b| a.0 == b.0) {
-                let group: Vec<usize> = group.iter().map(|&(_, i)| i).collect();
-                self.read_group(reads, &group, &mut results);
+            let mut rest = by_segment.as_slice();
+            while !rest.is_empty() {
+                let mut files = 0;
+                let mut end = 0;
+                while end < rest.len() {
+                    if end == 0 || rest[end].0 != rest[end - 1].0 {
+                        if files == FILES_PER_BATCH {
+                            break;
+                        }
+                        files += 1;
+                    }
+                    end += 1;
+                }
+                let (pass, later) = rest.split_at(end);
+                self.read_pass(reads, pass, &mut results);
+                rest = later;
             }
             if let Some(values) = &self.values {
                 let mut values = values.lock().unwrap();
@@ -188,54 +223,193 @@ impl LogReader {
     }
 }
 
+/// Segment files one batch of cold reads spans at most: well under `OPEN_FILES_MAX`, so
+/// that opening a pass's files never closes one of the same pass.
+const FILES_PER_BATCH: usize = OPEN_FILES_MAX / 2;
+
 impl LogReader {
-    /// Reads the misses `group` (all in one segment) with one batch of O_DIRECT reads.
-    fn read_group(
+    /// Reads the misses `pass` (sorted by segment, at most `FILES_PER_BATCH` of them) with
+    /// one batch of O_DIRECT reads spanning their files, all in flight together. Each read
+    /// covers the pages the command would span at this reader's typical command size
+    /// (one page for most small values); those that turn out longer are read again, all
+    /// together, at the size their lengths give.
+    fn read_pass(
         &mut self,
         reads: &[(u64, &[u8])],
-        group: &[usize],
+        pass: &[(u64, usize)],
         results: &mut [Option<Result<ValueRead, LogError>>],
     ) {
-        let (file, first_offset) = match self.file_for(reads[group[0]].0) {
-            Ok(found) => found,
-            Err(e) => {
-                let reason = e.to_string();
-                for &i in group {
-                    results[i] = Some(Err(LogError::Corrupt {
-                        offset: reads[i].0,
-                        reason: reason.clone(),
-                    }));
+        self.close_removed();
+        let wanted: std::collections::HashSet<u64> = pass.iter().map(|&(no, _)| no).collect();
+        if self.files.len() + wanted.len() > OPEN_FILES_MAX {
+            self.files.retain(|no, _| wanted.contains(no));
+        }
+        // Each read's offset in its segment file, or why its file cannot be had. From here
+        // on no file is closed (see `open_for`): each one opened is there to read.
+        let mut located: Vec<Located> = Vec::with_capacity(pass.len());
+        for &(no, i) in pass {
+            match self.open_for(reads[i].0) {
+                Ok((_, offset)) => {
+                    let within = offset as usize % PAGE_SIZE;
+                    let guess =
+                        command::encoded_size(reads[i].1.len(), 0).max(self.typical_command_bytes);
+                    let len = align_up(within + guess, PAGE_SIZE).min(READ_BYTES_MAX);
+                    located.push(Located { no, i, offset, len });
                 }
-                return;
+                Err(e) => results[i] = Some(Err(e)),
             }
-        };
-        // Offsets in the file: every address of the group is in this segment.
-        let base = reads[group[0]].0 - first_offset;
-        let mut buffers: Vec<(u64, AlignedBuf)> = group
-            .iter()
-            .map(|&i| {
-                let offset = reads[i].0 - base;
-                (
-                    offset / PAGE_SIZE as u64 * PAGE_SIZE as u64,
-                    AlignedBuf::new(2 * PAGE_SIZE),
-                )
-            })
-            .collect();
-        let outcomes = file.read_batch(&mut buffers);
-        for ((&i, (page_start, buf)), outcome) in group.iter().zip(&buffers).zip(outcomes) {
-            let (address, key) = reads[i];
-            let offset = address - base;
-            let within = (offset - page_start) as usize;
-            results[i] = Some(match outcome {
-                Err(e) => Err(LogError::Io(e)),
-                Ok(n) => match command::decode_at(&buf[..n], within) {
-                    Ok(cmd) => value_for_key(&cmd, key).map_err(|e| corrupt_at(address, e)),
-                    Err(_) => read_value(file, address, offset, key),
-                },
+        }
+        let mut longer = Vec::new();
+        let read = self.read_spanning(&located);
+        for (at, (buf, outcome)) in located.iter().zip(read) {
+            match self.decode_read(reads, at, &buf, outcome) {
+                Decoded::Done(result) => results[at.i] = Some(result),
+                Decoded::Longer(len) => longer.push(Located { len, ..*at }),
+                Decoded::Unclear => results[at.i] = Some(self.read_alone(reads, at)),
+            }
+            if buf.len() == PAGE_SIZE && self.spare_buffers.len() < SPARE_BUFFERS_MAX {
+                self.spare_buffers.push(buf);
+            }
+        }
+        if longer.is_empty() {
+            return;
+        }
+        let read = self.read_spanning(&longer);
+        for (at, (buf, outcome)) in longer.iter().zip(read) {
+            results[at.i] = Some(match self.decode_read(reads, at, &buf, outcome) {
+                Decoded::Done(result) => result,
+                // A key longer than the first guess: its value's length was not read yet.
+                Decoded::Longer(_) | Decoded::Unclear => self.read_alone(reads, at),
             });
         }
     }
+
+    /// Reads every one of `located` (sorted by segment, each one's file open) with one
+    /// batch spanning their files; returns each read's buffer and outcome, in order.
+    fn read_spanning(&mut self, located: &[Located]) -> Vec<(AlignedBuf, io::Result<usize>)> {
+        let spare = &mut self.spare_buffers;
+        let mut buffers: Vec<(u64, AlignedBuf)> = located
+            .iter()
+            .map(|at| {
+                let buf = match spare.pop() {
+                    Some(buf) if buf.len() == at.len => buf,
+                    other => {
+                        spare.extend(other);
+                        AlignedBuf::new(at.len)
+                    }
+                };
+                (page_start(at.offset), buf)
+            })
+            .collect();
+        let outcomes = {
+            let mut files: HashMap<u64, &mut Box<dyn BlockFile>> = self
+                .files
+                .iter_mut()
+                .filter(|(no, _)| located.iter().any(|at| at.no == **no))
+                .map(|(&no, file)| (no, file))
+                .collect();
+            let mut groups = Vec::new();
+            let mut buffers_left = buffers.as_mut_slice();
+            for run in located.chunk_by(|a, b| a.no == b.no) {
+                let (these, others) = buffers_left.split_at_mut(run.len());
+                buffers_left = others;
+                let file = files
+                    .remove(&run[0].no)
+                    .expect("opened by the caller, one run per segment");
+                groups.push(FileReads {
+                    file: file.as_mut(),
+                    reads: these,
+                });
+            }
+            self.backend.read_many(&mut groups)
+        };
+        buffers
+            .into_iter()
+            .map(|(_, buf)| buf)
+            .zip(outcomes)
+            .collect()
+    }
+
+    /// What the read of `at` into `buf` found.
+    fn decode_read(
+        &mut self,
+        reads: &[(u64, &[u8])],
+        at: &Located,
+        buf: &[u8],
+        outcome: io::Result<usize>,
+    ) -> Decoded {
+        let (address, key) = reads[at.i];
+        let n = match outcome {
+            Ok(n) => n,
+            Err(e) => return Decoded::Done(Err(LogError::Io(e))),
+        };
+        let bytes = &buf[..n.min(buf.len())];
+        let within = (at.offset - page_start(at.offset)) as usize;
+        match command::decode_at(bytes, within) {
+            Ok(cmd) => {
+                let size = command::encoded_size(cmd.key.len(), cmd.value.len());
+                self.typical_command_bytes = (self.typical_command_bytes * 7 + size) / 8;
+                Decoded::Done(value_for_key(&cmd, key).map_err(|e| corrupt_at(address, e)))
+            }
+            Err(_) if n < at.len => Decoded::Unclear,
+            Err(_) => match peek_command_size(bytes, within) {
+                Some(needed) if align_up(within + needed, PAGE_SIZE) > at.len => {
+                    Decoded::Longer(align_up(within + needed, PAGE_SIZE))
+                }
+                _ => Decoded::Unclear,
+            },
+        }
+    }
+
+    /// [`read_value`] for `at`: page by page as the command's lengths say, reporting what
+    /// is wrong with it if anything is.
+    fn read_alone(&mut self, reads: &[(u64, &[u8])], at: &Located) -> Result<ValueRead, LogError> {
+        let (address, key) = reads[at.i];
+        match self.files.get_mut(&at.no) {
+            Some(file) => read_value(file.as_mut(), address, at.offset, key),
+            None => Err(LogError::Corrupt {
+                offset: address,
+                reason: "segment file closed during the read".into(),
+            }),
+        }
+    }
 }
+
+/// One cold read of a batch: its segment, its index in the batch, its offset in the
+/// segment file, and the bytes to read from that offset's page on.
+#[derive(Debug, Clone, Copy)]
+struct Located {
+    no: u64,
+    i: usize,
+    offset: u64,
+    len: usize,
+}
+
+/// What a batched read found.
+enum Decoded {
+    /// The value (or why there is none).
+    Done(Result<ValueRead, LogError>),
+    /// The command runs on past what was read: this many bytes from its page hold it.
+    Longer(usize),
+    /// Nothing conclusive (a short read, or lengths that make no sense): read it alone,
+    /// which reports what is wrong.
+    Unclear,
+}
+
+/// The start of the page holding file offset `offset`.
+fn page_start(offset: u64) -> u64 {
+    offset / PAGE_SIZE as u64 * PAGE_SIZE as u64
+}
+
+/// One-page buffers a reader keeps for its next cold reads, at most.
+const SPARE_BUFFERS_MAX: usize = 512;
+
+/// The most a first batched read of one command covers; longer ones are read again.
+const READ_BYTES_MAX: usize = 16 * PAGE_SIZE;
+
+/// A reader's typical command size before it has read any: reads cover the page a command
+/// starts in and the next, as for a value of up to about a page.
+const TYPICAL_COMMAND_BYTES_INITIAL: usize = PAGE_SIZE;
 
 fn corrupt_at(offset: u64, e: DecodeError) -> LogError {
     LogError::Corrupt {
