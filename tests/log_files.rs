@@ -881,3 +881,86 @@ fn entries_span_segments_and_the_oldest_can_be_deleted() {
     assert!(report.torn_tail_at.is_some());
     assert_eq!(log.last_index(), LogIndex(29));
 }
+
+/// Reads kept in flight across calls: started from several segments, some collected
+/// while more start, each handed over once under its own tag with its own value (and a
+/// read for another key as `OtherKey`), on the real disk and on the simulated one (where a
+/// read is done as it starts). A read of a segment removed while it is in flight still
+/// answers from that segment's file, which the reader keeps open until then.
+#[test]
+fn reads_in_flight_are_handed_over_by_tag_as_they_finish() {
+    use ocean_liner::storage::io::fault::FaultBackend;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let backends: [(&str, Arc<dyn Backend>); 2] = [
+        ("uring", Arc::new(UringBackend)),
+        ("simulated", Arc::new(FaultBackend::new())),
+    ];
+    for (name, backend) in backends {
+        let path = dir.path().join(name);
+        backend.create_dir_all(dir.path()).unwrap();
+        let (mut log, _) = Log::open(backend.clone(), &path, segmented()).unwrap();
+        for i in 1..=30u64 {
+            let count = 1 + (i as usize % 7) * 20;
+            let cmds = commands(i, count, 100 + i as usize * 10);
+            log.append(&[NewEntry {
+                term: Term(1),
+                log_index: LogIndex(i),
+                num_commands: count as u64,
+                commands: &cmds,
+            }])
+            .unwrap();
+        }
+        assert!(log.segment_paths().len() >= 4, "{name}");
+        let mut asked = Vec::new();
+        for i in (1..=30).rev() {
+            let entry = log.read(LogIndex(i)).unwrap();
+            for cmd in entry.iter().step_by(9) {
+                let cmd = cmd.unwrap();
+                let at = entry.command_file_offset(cmd.offset);
+                asked.push((at, cmd.key.to_vec(), ValueRead::Value(cmd.value.to_vec())));
+            }
+        }
+        let first = asked[asked.len() - 1].0;
+        asked.push((first, b"another key".to_vec(), ValueRead::OtherKey));
+        let mut reader = log.reader();
+        let mut got: Vec<Option<ValueRead>> = vec![None; asked.len()];
+        let mut take = |tag: u64, read: Result<ValueRead, LogError>| {
+            let slot = &mut got[tag as usize];
+            assert!(slot.is_none(), "{name}: tag {tag} handed over twice");
+            *slot = Some(read.unwrap());
+        };
+        let half = asked.len() / 2;
+        for (tag, (at, key, _)) in asked[..half].iter().enumerate() {
+            reader.start_read(*at, key, tag as u64);
+        }
+        reader.submit_reads();
+        assert_eq!(reader.reads_in_flight(), half, "{name}");
+        reader.finish_reads(true, &mut take);
+        assert!(
+            reader.reads_in_flight() < half,
+            "{name}: one finished at least"
+        );
+        // The oldest segment goes while reads of it may be in flight.
+        let oldest_no = asked[asked.len() - 1].0 >> 30;
+        let in_oldest = |at: u64| at >> 30 == oldest_no;
+        for (tag, (at, key, _)) in asked.iter().enumerate().skip(half) {
+            if in_oldest(*at) {
+                reader.start_read(*at, key, tag as u64);
+            }
+        }
+        reader.submit_reads();
+        log.remove_first_segment().unwrap();
+        for (tag, (at, key, _)) in asked.iter().enumerate().skip(half) {
+            if !in_oldest(*at) {
+                reader.start_read(*at, key, tag as u64);
+            }
+        }
+        reader.submit_reads();
+        while reader.reads_in_flight() > 0 {
+            reader.finish_reads(true, &mut take);
+        }
+        for (tag, (got, (at, _, want))) in got.iter().zip(&asked).enumerate() {
+            assert_eq!(got.as_ref(), Some(want), "{name}: tag {tag} at {at}");
+        }
+    }
+}

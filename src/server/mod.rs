@@ -704,6 +704,9 @@ pub fn run(config: ServerConfig) -> anyhow::Result<()> {
             waiting_reads: WaitingReads::default(),
             log_reads: Vec::new(),
             log_read_keys: Vec::new(),
+            reading_gets: std::collections::HashMap::new(),
+            next_read_tag: 0,
+            log_read_misses: Vec::new(),
             turn_started: Instant::now(),
             turn_gets: 0,
         };

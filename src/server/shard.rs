@@ -33,6 +33,7 @@ use crate::storage::command;
 use crate::storage::log::{LogReader, ValueRead};
 use crate::storage::store::LookupRef;
 use crossbeam_channel::{Receiver as ChannelReceiver, Sender as ChannelSender};
+use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -60,6 +61,22 @@ pub struct Shard {
     /// When the current turn of the loop began, and the GETs it answered.
     pub turn_started: std::time::Instant,
     pub turn_gets: u64,
+    /// GETs whose values are being read from the disk, by the tag of their read: answered
+    /// as their reads finish, while the shard receives and answers others.
+    pub reading_gets: HashMap<u64, ReadingGet>,
+    /// The tag of the next read started.
+    pub next_read_tag: u64,
+    /// The indexes of a batch's log reads no cache holds, kept for its capacity.
+    pub log_read_misses: Vec<usize>,
+}
+
+/// A GET whose value is being read from the disk.
+pub struct ReadingGet {
+    dest: Dest,
+    to: Addressing,
+    cookie: u64,
+    /// The start of the turn that received it.
+    received: std::time::Instant,
 }
 
 /// Most GETs one shard holds waiting for a ReadIndex round before answering Busy.
@@ -180,7 +197,8 @@ impl ShardLoop {
         s.turn_started = std::time::Instant::now();
         s.turn_gets = 0;
         if !s.shared.stop.load(Ordering::Acquire) {
-            let received = if nonblocking {
+            // With reads in flight the shard waits on the disk, not on the socket.
+            let received = if nonblocking || s.log_reader.reads_in_flight() > 0 {
                 self.receiver.recv_nonblocking(s.socket.as_raw_fd())
             } else {
                 self.receiver.recv(&s.socket)
@@ -221,6 +239,10 @@ impl ShardLoop {
         }
         s.serve_waiting_reads(&mut self.sender);
         s.answer_log_reads(&mut self.sender);
+        // Nothing came in: wait for a read of the disk to finish (a blocking shard only;
+        // one in an executor gets back to it on its next turn).
+        let wait = !worked && !nonblocking;
+        worked |= s.finish_log_reads(wait, &mut self.sender) > 0;
         while let Ok(done) = s.completions.try_recv() {
             worked = true;
             s.reply_completion(&done, &mut self.sender);
@@ -235,6 +257,7 @@ impl ShardLoop {
         if self.idle_reported
             && s.shared.replication_done.load(Ordering::Acquire)
             && s.completions.is_empty()
+            && s.log_reader.reads_in_flight() == 0
         {
             return Turn::Finished;
         }
@@ -251,6 +274,30 @@ impl Shard {
     fn respond(&self, sender: &mut Sender, dest: Dest, response: Response<'_>) {
         respond(sender, dest, response)
     }
+}
+
+/// Answers a GET whose value was looked for in the log with what was found there.
+fn answer_read(
+    stats: &super::Stats,
+    sender: &mut Sender,
+    dest: Dest,
+    to: &Addressing,
+    cookie: u64,
+    value: Result<ValueRead<&[u8]>, &crate::storage::log::LogError>,
+) {
+    let resp = match value {
+        Ok(ValueRead::Value(v)) => Response::reply(to, Status::Ok, cookie, v),
+        // The map held this key's hash for another key: this one is absent.
+        Ok(ValueRead::OtherKey) => {
+            stats.hash_collisions.fetch_add(1, Ordering::Relaxed);
+            Response::reply(to, Status::NotFound, cookie, b"")
+        }
+        Err(e) => {
+            eprintln!("ocean-liner: reading a value from the log failed: {e}");
+            Response::reply(to, Status::Failed, cookie, b"log read failed")
+        }
+    };
+    respond(sender, dest, resp);
 }
 
 /// Queues `response` to `dest`, unless the source is unvalidated and the reply would be
@@ -594,41 +641,75 @@ impl Shard {
         }
     }
 
-    /// Reads the values of the batch's GETs that live in the log (cache, or one batch of
-    /// O_DIRECT reads), and answers them.
+    /// Answers the batch's GETs whose values live in the log from the caches that hold
+    /// them, and starts reading the others from the disk (all handed to it together);
+    /// [`Shard::finish_log_reads`] answers those as their reads finish.
     fn answer_log_reads(&mut self, sender: &mut Sender) {
         if self.log_reads.is_empty() {
             return;
         }
         let reads = std::mem::take(&mut self.log_reads);
         let keys = std::mem::take(&mut self.log_read_keys);
+        let mut misses = std::mem::take(&mut self.log_read_misses);
         let wanted: Vec<(u64, &[u8])> = reads
             .iter()
             .map(|r| (r.offset, &keys[r.key.clone()]))
             .collect();
         let stats = &self.shared.stats;
         // Cached values are copied straight from their cache into the replies.
-        self.log_reader.read_values_with(&wanted, |i, value| {
-            let r = &reads[i];
-            let resp = match &value {
-                Ok(ValueRead::Value(v)) => Response::reply(&r.to, Status::Ok, r.cookie, v),
-                // The map held this key's hash for another key: this one is absent.
-                Ok(ValueRead::OtherKey) => {
-                    stats.hash_collisions.fetch_add(1, Ordering::Relaxed);
-                    Response::reply(&r.to, Status::NotFound, r.cookie, b"")
-                }
-                Err(e) => {
-                    eprintln!("ocean-liner: reading a value from the log failed: {e}");
-                    Response::reply(&r.to, Status::Failed, r.cookie, b"log read failed")
-                }
-            };
-            respond(sender, r.dest, resp);
-        });
+        self.log_reader
+            .read_values_cached(&wanted, &mut misses, |i, value| {
+                let r = &reads[i];
+                answer_read(
+                    stats,
+                    sender,
+                    r.dest,
+                    &r.to,
+                    r.cookie,
+                    value.as_ref().cloned(),
+                );
+            });
+        for &i in &misses {
+            let (r, (offset, key)) = (&reads[i], wanted[i]);
+            let tag = self.next_read_tag;
+            self.next_read_tag += 1;
+            self.log_reader.start_read(offset, key, tag);
+            self.reading_gets.insert(
+                tag,
+                ReadingGet {
+                    dest: r.dest,
+                    to: r.to,
+                    cookie: r.cookie,
+                    received: self.turn_started,
+                },
+            );
+        }
+        // Counted when answered, from the turn that received them.
+        self.turn_gets = self.turn_gets.saturating_sub(misses.len() as u64);
+        self.log_reader.submit_reads();
         drop(wanted);
         self.log_reads = reads;
         self.log_reads.clear();
         self.log_read_keys = keys;
         self.log_read_keys.clear();
+        self.log_read_misses = misses;
+    }
+
+    /// Answers the GETs whose reads of the disk have finished; with `wait`, first waits
+    /// for one if none has and some are in flight. Returns how many were answered.
+    fn finish_log_reads(&mut self, wait: bool, sender: &mut Sender) -> usize {
+        if self.log_reader.reads_in_flight() == 0 {
+            return 0;
+        }
+        let (stats, reading) = (&self.shared.stats, &mut self.reading_gets);
+        self.log_reader.finish_reads(wait, |tag, value| {
+            let Some(r) = reading.remove(&tag) else {
+                return;
+            };
+            let value = value.as_ref().map(ValueRead::as_ref);
+            answer_read(stats, sender, r.dest, &r.to, r.cookie, value);
+            stats.udp_get_seconds.observe_n(r.received.elapsed(), 1);
+        })
     }
 
     fn reply_completion(&self, done: &Completion, sender: &mut Sender) {

@@ -60,6 +60,49 @@ pub trait Backend: Send + Sync {
     fn read_many(&self, groups: &mut [FileReads<'_>]) -> Vec<io::Result<usize>> {
         read_file_by_file(groups)
     }
+    /// A queue of reads kept in flight across calls (see [`ReadQueue`]). The real backend
+    /// gives one on a ring of its own; by default each read is done when it is started.
+    fn read_queue(&self) -> Box<dyn ReadQueue> {
+        Box::new(ImmediateReads::default())
+    }
+}
+
+/// A read a [`ReadQueue`] finished: its tag, its buffer, and the bytes read.
+pub type FinishedRead = (u64, AlignedBuf, io::Result<usize>);
+
+/// Reads started now and collected later, so that the disk works while the caller does
+/// something else (a shard receiving more GETs). A read owns its buffer until it is
+/// collected; its file must stay open until then.
+pub trait ReadQueue: Send {
+    /// Starts reading `buf.len()` bytes at `offset` of `file` into `buf`, to be collected
+    /// under `tag`. Handed to the device at the next [`ReadQueue::submit`] (or sooner,
+    /// when the queue is full and waits for a read to finish first).
+    fn start(&mut self, file: &mut dyn BlockFile, offset: u64, buf: AlignedBuf, tag: u64);
+    /// Hands every started read to the device.
+    fn submit(&mut self);
+    /// Moves the reads that have finished into `out`; with `wait`, first waits for one to
+    /// finish if none has and some are in flight.
+    fn collect(&mut self, wait: bool, out: &mut Vec<FinishedRead>);
+}
+
+/// [`ReadQueue`] reading each file as its read starts (backends with no queue of their
+/// own, such as the simulated disk).
+#[derive(Default)]
+pub struct ImmediateReads {
+    done: Vec<FinishedRead>,
+}
+
+impl ReadQueue for ImmediateReads {
+    fn start(&mut self, file: &mut dyn BlockFile, offset: u64, mut buf: AlignedBuf, tag: u64) {
+        let result = file.read_at(&mut buf, offset);
+        self.done.push((tag, buf, result));
+    }
+
+    fn submit(&mut self) {}
+
+    fn collect(&mut self, _wait: bool, out: &mut Vec<FinishedRead>) {
+        out.append(&mut self.done);
+    }
 }
 
 /// One file's share of a batch of reads spanning files ([`Backend::read_many`]).

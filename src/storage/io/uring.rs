@@ -27,7 +27,7 @@
 //! with them unseen. If waiting for taken requests fails twice in a row, the process
 //! aborts rather than free memory the kernel may still write.
 
-use super::{Backend, BlockFile, FileReads, assert_aligned};
+use super::{AlignedBuf, Backend, BlockFile, FileReads, FinishedRead, ReadQueue, assert_aligned};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -110,6 +110,14 @@ impl Backend for UringBackend {
             // `submit_all` has seen every completion.
             ring.submit_all(entries)
         })
+    }
+
+    fn read_queue(&self) -> Box<dyn ReadQueue> {
+        match UringReadQueue::new() {
+            Ok(queue) => Box::new(queue),
+            // Files cannot be opened either then: whatever reads start fail there.
+            Err(_) => Box::new(super::ImmediateReads::default()),
+        }
     }
 
     fn fill_random(&self, buf: &mut [u8]) -> io::Result<()> {
@@ -482,6 +490,173 @@ impl BlockFile for UringFile {
     }
 }
 
+/// Reads in flight at once in a [`UringReadQueue`]: its slots, and its ring's entries.
+const READ_QUEUE_SLOTS: usize = 256;
+
+/// A [`ReadQueue`] on a ring of its own: a read is pushed when it starts, handed to the
+/// kernel at `submit`, and collected when its completion arrives, by the slot its
+/// `user_data` names.
+///
+/// Each slot owns the buffer of one read the kernel may be filling: it is handed back
+/// only with that read's completion, and dropping the queue first waits for every read
+/// the kernel took. If `io_uring_enter` fails lastingly, the reads it never took fail
+/// and keep their slots (the ring is never entered again, so the kernel never sees
+/// them); if waiting for completions fails twice in a row, the process aborts rather
+/// than free a buffer the kernel may still write.
+pub struct UringReadQueue {
+    ring: IoUring,
+    /// The tag and buffer of each read in a slot (pushed, or taken by the kernel).
+    slots: Vec<Option<(u64, AlignedBuf)>>,
+    free: Vec<usize>,
+    /// Slots pushed since the last submit, in order: the kernel takes them in this order.
+    pushed: std::collections::VecDeque<usize>,
+    /// Reads the kernel took that have not completed.
+    in_flight: usize,
+    done: Vec<FinishedRead>,
+    broken: Option<String>,
+}
+
+impl UringReadQueue {
+    /// A queue with its own ring, its workers on this thread's CPUs.
+    pub fn new() -> io::Result<UringReadQueue> {
+        let ring = Ring::new(READ_QUEUE_SLOTS as u32)?.ring;
+        Ok(UringReadQueue {
+            ring,
+            slots: (0..READ_QUEUE_SLOTS).map(|_| None).collect(),
+            free: (0..READ_QUEUE_SLOTS).rev().collect(),
+            pushed: std::collections::VecDeque::new(),
+            in_flight: 0,
+            done: Vec::new(),
+            broken: None,
+        })
+    }
+
+    /// Takes every completion available; with `wait`, first waits for one if none is
+    /// there and a read is in flight.
+    fn reap(&mut self, wait: bool) {
+        if wait && self.in_flight > 0 && self.ring.completion().is_empty() {
+            let mut failed_before = false;
+            loop {
+                // SAFETY: io_uring_enter with nothing to submit only waits for completions;
+                // no argument is passed.
+                let waited = unsafe {
+                    self.ring
+                        .submitter()
+                        .enter::<libc::sigset_t>(0, 1, ENTER_GETEVENTS, None)
+                };
+                match waited {
+                    Ok(_) => break,
+                    Err(e) if is_transient(&e) => {}
+                    Err(e) => {
+                        if failed_before {
+                            eprintln!("ocean-liner: cannot wait for io_uring completions: {e}");
+                            std::process::abort();
+                        }
+                        failed_before = true;
+                    }
+                }
+            }
+        }
+        let slots = &mut self.slots;
+        for cqe in self.ring.completion() {
+            let cqe: cqueue::Entry = cqe;
+            let slot = cqe.user_data() as usize;
+            // A completion names a slot whose read the kernel took; anything else would be
+            // a bug, and is dropped.
+            let Some((tag, buf)) = slots.get_mut(slot).and_then(Option::take) else {
+                continue;
+            };
+            let result = if cqe.result() < 0 {
+                Err(io::Error::from_raw_os_error(-cqe.result()))
+            } else {
+                Ok(cqe.result() as usize)
+            };
+            self.done.push((tag, buf, result));
+            self.free.push(slot);
+            self.in_flight -= 1;
+        }
+    }
+}
+
+impl ReadQueue for UringReadQueue {
+    fn start(&mut self, file: &mut dyn BlockFile, offset: u64, mut buf: AlignedBuf, tag: u64) {
+        let fd = match (&self.broken, file.raw_fd()) {
+            (Some(why), _) => {
+                let error = io::Error::other(why.clone());
+                self.done.push((tag, buf, Err(error)));
+                return;
+            }
+            (None, Some(fd)) => fd,
+            (None, None) => {
+                let result = file.read_at(&mut buf, offset);
+                self.done.push((tag, buf, result));
+                return;
+            }
+        };
+        while self.free.is_empty() {
+            self.submit();
+            if self.broken.is_some() {
+                return self.start(file, offset, buf, tag);
+            }
+            self.reap(true);
+        }
+        let slot = self.free.pop().expect("a slot is free");
+        let entry = read_entry(types::Fd(fd), offset, &mut buf).user_data(slot as u64);
+        self.slots[slot] = Some((tag, buf));
+        // SAFETY: the entry points into the buffer now owned by `slots[slot]`, whose heap
+        // memory does not move; the slot is emptied only by this read's completion (or,
+        // for a read the kernel never took, never), and dropping the queue waits for every
+        // read the kernel took. The caller keeps the file open until the read is collected.
+        unsafe { self.ring.submission().push(&entry) }
+            .expect("the queue holds at most one entry per slot");
+        self.pushed.push_back(slot);
+    }
+
+    fn submit(&mut self) {
+        while !self.pushed.is_empty() && self.broken.is_none() {
+            match self.ring.submit() {
+                Ok(taken) => {
+                    let taken = taken.min(self.pushed.len());
+                    self.pushed.drain(..taken);
+                    self.in_flight += taken;
+                    if taken == 0 {
+                        break;
+                    }
+                }
+                Err(e) if is_transient(&e) => {}
+                Err(e) => {
+                    let why = format!("io_uring_enter failed ({e}); this read queue is unusable");
+                    // The reads never taken fail; their slots keep their buffers.
+                    for slot in self.pushed.drain(..) {
+                        if let Some((tag, _)) = &self.slots[slot] {
+                            let error = io::Error::other(why.clone());
+                            self.done.push((*tag, AlignedBuf::new(0), Err(error)));
+                        }
+                    }
+                    self.broken = Some(why);
+                }
+            }
+        }
+    }
+
+    fn collect(&mut self, wait: bool, out: &mut Vec<FinishedRead>) {
+        if self.done.is_empty() {
+            self.reap(wait);
+        } else {
+            self.reap(false);
+        }
+        out.append(&mut self.done);
+    }
+}
+
+impl Drop for UringReadQueue {
+    fn drop(&mut self) {
+        while self.in_flight > 0 {
+            self.reap(true);
+        }
+    }
+}
+
 /// fsyncs a directory so that entries created in it survive a crash.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     let dir = if dir.as_os_str().is_empty() {
@@ -620,6 +795,66 @@ mod tests {
             let byte = f * 100 + (p % 100) as u8;
             assert!(buf[..n].iter().all(|&b| b == byte), "file {f} page {p}");
         }
+    }
+
+    /// A read queue with more reads started than it has slots, over two files: starting
+    /// one when every slot is taken waits for one to finish; each read is collected once,
+    /// under its tag, with its own file's bytes at its own offset; a queue dropped with
+    /// reads in flight waits for them first.
+    #[test]
+    fn a_read_queue_hands_each_read_back_once_under_its_tag() {
+        use super::super::{AlignedBuf, ReadQueue};
+        let dir = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/target")).unwrap();
+        let pages = 64usize;
+        let mut files = Vec::new();
+        for f in 0..2u8 {
+            let mut file = UringFile::open(&dir.path().join(format!("q{f}")), true).unwrap();
+            let mut image = AlignedBuf::new(pages * PAGE);
+            for (p, page) in image.chunks_mut(PAGE).enumerate() {
+                page.fill(f * 100 + p as u8);
+            }
+            file.write_durable_at(&image, 0).unwrap();
+            files.push(file);
+        }
+        let mut queue = UringReadQueue::new().unwrap();
+        let reads = READ_QUEUE_SLOTS * 2 + 7;
+        let mut seen = vec![false; reads];
+        let mut out = Vec::new();
+        let check = |out: &mut Vec<FinishedRead>, seen: &mut Vec<bool>| {
+            for (tag, buf, result) in out.drain(..) {
+                let tag = tag as usize;
+                assert!(!seen[tag], "tag {tag} twice");
+                seen[tag] = true;
+                assert_eq!(result.unwrap(), PAGE, "tag {tag}");
+                let byte = (tag % 2) as u8 * 100 + (tag * 7 % pages) as u8;
+                assert!(buf.iter().all(|&b| b == byte), "tag {tag}");
+            }
+        };
+        for tag in 0..reads {
+            let offset = (tag * 7 % pages * PAGE) as u64;
+            queue.start(
+                &mut files[tag % 2],
+                offset,
+                AlignedBuf::new(PAGE),
+                tag as u64,
+            );
+            if tag % 50 == 0 {
+                queue.submit();
+                queue.collect(false, &mut out);
+                check(&mut out, &mut seen);
+            }
+        }
+        queue.submit();
+        while seen.iter().any(|s| !s) {
+            queue.collect(true, &mut out);
+            check(&mut out, &mut seen);
+        }
+        assert_eq!(queue.in_flight, 0);
+        for tag in 0..20u64 {
+            queue.start(&mut files[0], 0, AlignedBuf::new(PAGE), tag);
+        }
+        queue.submit();
+        drop(queue);
     }
 
     const PAGE: usize = super::super::PAGE_SIZE;

@@ -7,7 +7,8 @@ use super::segments::Segments;
 use super::{EntryCache, LogError, ValueCache};
 use crate::storage::command::{self, CommandRef, DecodeError};
 use crate::storage::io::{
-    AlignedBuf, Backend, BlockFile, FileReads, PAGE_SIZE, align_up, read_exact_at,
+    AlignedBuf, Backend, BlockFile, FileReads, FinishedRead, PAGE_SIZE, ReadQueue, align_up,
+    read_exact_at,
 };
 use std::collections::HashMap;
 use std::io;
@@ -38,6 +39,30 @@ pub struct LogReader {
     /// One-page buffers of earlier cold reads, kept for the next ones (a buffer read into
     /// needs no zeroing: only the bytes a read returned are looked at).
     spare_buffers: Vec<AlignedBuf>,
+    /// Reads kept in flight across calls ([`LogReader::start_read`]), made on first use.
+    queue: Option<Box<dyn ReadQueue>>,
+    /// Each read in flight, by its caller's tag: what was asked and where it is read.
+    started: HashMap<u64, Started>,
+    /// Reads in flight per segment: those segments' files stay open.
+    reading: HashMap<u64, usize>,
+    /// Reads that failed as they started (their file could not be had), by tag.
+    failed: Vec<(u64, LogError)>,
+    /// [`LogReader::finish_reads`]'s finished reads, kept for its capacity.
+    finished: Vec<FinishedRead>,
+}
+
+/// A read in flight in a [`LogReader`]'s queue.
+struct Started {
+    address: u64,
+    key: Vec<u8>,
+    at: Located,
+}
+
+impl Drop for LogReader {
+    fn drop(&mut self) {
+        // Every read in flight finishes before the files it reads are closed.
+        self.queue.take();
+    }
 }
 
 /// Handles a reader keeps open at most (the oldest are closed past it).
@@ -60,6 +85,11 @@ impl LogReader {
             scratch_units: Vec::new(),
             typical_command_bytes: TYPICAL_COMMAND_BYTES_INITIAL,
             spare_buffers: Vec::new(),
+            queue: None,
+            started: HashMap::new(),
+            reading: HashMap::new(),
+            failed: Vec::new(),
+            finished: Vec::new(),
         }
     }
 
@@ -70,12 +100,22 @@ impl LogReader {
     }
 
     /// Closes the files of segments removed since the last look.
+    ///
+    /// A file with a read in flight stays open until the read is collected (and is closed
+    /// at a later look).
     fn close_removed(&mut self) {
         let removals = self.table.removal_count();
         if removals != self.removals_seen {
-            self.removals_seen = removals;
-            let table = &self.table;
-            self.files.retain(|no, _| table.get(*no).is_some());
+            let (table, reading) = (&self.table, &self.reading);
+            let mut busy = false;
+            self.files.retain(|no, _| {
+                let live = table.get(*no).is_some();
+                busy |= !live && reading.contains_key(no);
+                live || reading.contains_key(no)
+            });
+            if !busy {
+                self.removals_seen = removals;
+            }
         }
     }
 
@@ -92,7 +132,8 @@ impl LogReader {
             })?;
         if !self.files.contains_key(&no) {
             if self.files.len() >= OPEN_FILES_MAX {
-                self.files.clear();
+                let reading = &self.reading;
+                self.files.retain(|no, _| reading.contains_key(no));
             }
             let file = self.backend.open(&path, false)?;
             self.files.insert(no, file);
@@ -127,6 +168,28 @@ impl LogReader {
         mut answer: impl FnMut(usize, Result<ValueRead<&[u8]>, LogError>),
     ) {
         let mut misses = std::mem::take(&mut self.scratch_misses);
+        self.read_values_cached(reads, &mut misses, &mut answer);
+        if !misses.is_empty() {
+            let rest: Vec<(u64, &[u8])> = misses.iter().map(|&i| reads[i]).collect();
+            for (&i, read) in misses.iter().zip(self.read_values_at(&rest)) {
+                match read {
+                    Ok(value) => answer(i, Ok(value.as_ref())),
+                    Err(e) => answer(i, Err(e)),
+                }
+            }
+        }
+        self.scratch_misses = misses;
+    }
+
+    /// The part of [`LogReader::read_values_with`] that needs no disk: hands `answer`
+    /// each read a cache holds (borrowed from it, under its lock), and leaves the indexes
+    /// of the others, in order, in `misses`.
+    pub fn read_values_cached(
+        &mut self,
+        reads: &[(u64, &[u8])],
+        misses: &mut Vec<usize>,
+        mut answer: impl FnMut(usize, Result<ValueRead<&[u8]>, LogError>),
+    ) {
         misses.clear();
         {
             let cache = self.cache.lock().unwrap();
@@ -141,20 +204,136 @@ impl LogReader {
             && !misses.is_empty()
         {
             let mut values = values.lock().unwrap();
-            values.get_many_ref(reads, &mut misses, &mut self.scratch_units, |i, found| {
+            values.get_many_ref(reads, misses, &mut self.scratch_units, |i, found| {
                 answer(i, Ok(found))
             });
         }
-        if !misses.is_empty() {
-            let rest: Vec<(u64, &[u8])> = misses.iter().map(|&i| reads[i]).collect();
-            for (&i, read) in misses.iter().zip(self.read_values_at(&rest)) {
-                match read {
-                    Ok(value) => answer(i, Ok(value.as_ref())),
-                    Err(e) => answer(i, Err(e)),
+    }
+
+    /// Starts reading from the disk the value for `key` of the SET at `address` (one no
+    /// cache holds: see [`LogReader::read_values_cached`]); [`LogReader::finish_reads`]
+    /// hands it over under `tag`, which no other read in flight may carry. The read is
+    /// handed to the disk at the next [`LogReader::submit_reads`], and runs while the
+    /// caller goes on.
+    pub fn start_read(&mut self, address: u64, key: &[u8], tag: u64) {
+        self.close_removed();
+        let offset = match self.open_for(address) {
+            Ok((_, offset)) => offset,
+            Err(e) => {
+                self.failed.push((tag, e));
+                return;
+            }
+        };
+        let no = super::segments::split_address(address).0;
+        let len = self.first_read_len(key.len(), offset);
+        let buf = self.take_buffer(len);
+        let backend = &self.backend;
+        let queue = self.queue.get_or_insert_with(|| backend.read_queue());
+        let file = self.files.get_mut(&no).expect("opened above");
+        queue.start(file.as_mut(), page_start(offset), buf, tag);
+        *self.reading.entry(no).or_default() += 1;
+        let at = Located {
+            no,
+            i: 0,
+            offset,
+            len,
+        };
+        let key = key.to_vec();
+        self.started.insert(tag, Started { address, key, at });
+    }
+
+    /// Hands every read started since the last call to the disk.
+    pub fn submit_reads(&mut self) {
+        if let Some(queue) = &mut self.queue {
+            queue.submit();
+        }
+    }
+
+    /// Reads started and not yet handed over by [`LogReader::finish_reads`].
+    pub fn reads_in_flight(&self) -> usize {
+        self.started.len() + self.failed.len()
+    }
+
+    /// Hands each started read that has finished to `answer`, with its tag; with `wait`,
+    /// first waits for one to finish if none has and some are in flight. A command longer
+    /// than its first read is read again at once. Returns how many were handed over.
+    pub fn finish_reads(
+        &mut self,
+        wait: bool,
+        mut answer: impl FnMut(u64, Result<ValueRead, LogError>),
+    ) -> usize {
+        let mut handed = 0;
+        for (tag, e) in std::mem::take(&mut self.failed) {
+            answer(tag, Err(e));
+            handed += 1;
+        }
+        if self.started.is_empty() {
+            return handed;
+        }
+        let mut finished = std::mem::take(&mut self.finished);
+        if let Some(queue) = &mut self.queue {
+            queue.collect(wait && handed == 0, &mut finished);
+        }
+        let mut outcomes = Vec::with_capacity(finished.len());
+        for (tag, buf, outcome) in finished.drain(..) {
+            let Some(started) = self.started.remove(&tag) else {
+                continue;
+            };
+            let no = started.at.no;
+            if let Some(count) = self.reading.get_mut(&no) {
+                *count -= 1;
+                if *count == 0 {
+                    self.reading.remove(&no);
+                }
+            }
+            let asked = (started.address, &started.key[..]);
+            let result = match self.decode_read(asked, &started.at, &buf, outcome) {
+                Decoded::Done(result) => result,
+                Decoded::Longer(_) | Decoded::Unclear => self.read_alone(asked, &started.at),
+            };
+            self.give_back(buf);
+            outcomes.push((tag, started, result));
+        }
+        self.finished = finished;
+        if let Some(values) = &self.values {
+            let mut values = values.lock().unwrap();
+            for (_, started, result) in &outcomes {
+                if let Ok(ValueRead::Value(value)) = result {
+                    values.insert(started.address, &started.key, value);
                 }
             }
         }
-        self.scratch_misses = misses;
+        handed += outcomes.len();
+        for (tag, _, result) in outcomes {
+            answer(tag, result);
+        }
+        handed
+    }
+
+    /// Bytes a first read of a command starting at file offset `offset` covers from its
+    /// page: what the key and this reader's typical command size say it spans.
+    fn first_read_len(&self, key_len: usize, offset: u64) -> usize {
+        let within = offset as usize % PAGE_SIZE;
+        let guess = command::encoded_size(key_len, 0).max(self.typical_command_bytes);
+        align_up(within + guess, PAGE_SIZE).min(READ_BYTES_MAX)
+    }
+
+    /// A buffer of `len` bytes for a read: a spare one if it fits.
+    fn take_buffer(&mut self, len: usize) -> AlignedBuf {
+        match self.spare_buffers.pop() {
+            Some(buf) if buf.len() == len => buf,
+            other => {
+                self.spare_buffers.extend(other);
+                AlignedBuf::new(len)
+            }
+        }
+    }
+
+    /// Keeps a one-page buffer a read is done with for the next.
+    fn give_back(&mut self, buf: AlignedBuf) {
+        if buf.len() == PAGE_SIZE && self.spare_buffers.len() < SPARE_BUFFERS_MAX {
+            self.spare_buffers.push(buf);
+        }
     }
 
     /// Reads the values of the SET commands at several (offset, key) pairs, in order:
@@ -242,7 +421,9 @@ impl LogReader {
         self.close_removed();
         let wanted: std::collections::HashSet<u64> = pass.iter().map(|&(no, _)| no).collect();
         if self.files.len() + wanted.len() > OPEN_FILES_MAX {
-            self.files.retain(|no, _| wanted.contains(no));
+            let reading = &self.reading;
+            self.files
+                .retain(|no, _| wanted.contains(no) || reading.contains_key(no));
         }
         // Each read's offset in its segment file, or why its file cannot be had. From here
         // on no file is closed (see `open_for`): each one opened is there to read.
@@ -250,10 +431,7 @@ impl LogReader {
         for &(no, i) in pass {
             match self.open_for(reads[i].0) {
                 Ok((_, offset)) => {
-                    let within = offset as usize % PAGE_SIZE;
-                    let guess =
-                        command::encoded_size(reads[i].1.len(), 0).max(self.typical_command_bytes);
-                    let len = align_up(within + guess, PAGE_SIZE).min(READ_BYTES_MAX);
+                    let len = self.first_read_len(reads[i].1.len(), offset);
                     located.push(Located { no, i, offset, len });
                 }
                 Err(e) => results[i] = Some(Err(e)),
@@ -262,24 +440,22 @@ impl LogReader {
         let mut longer = Vec::new();
         let read = self.read_spanning(&located);
         for (at, (buf, outcome)) in located.iter().zip(read) {
-            match self.decode_read(reads, at, &buf, outcome) {
+            match self.decode_read(reads[at.i], at, &buf, outcome) {
                 Decoded::Done(result) => results[at.i] = Some(result),
                 Decoded::Longer(len) => longer.push(Located { len, ..*at }),
-                Decoded::Unclear => results[at.i] = Some(self.read_alone(reads, at)),
+                Decoded::Unclear => results[at.i] = Some(self.read_alone(reads[at.i], at)),
             }
-            if buf.len() == PAGE_SIZE && self.spare_buffers.len() < SPARE_BUFFERS_MAX {
-                self.spare_buffers.push(buf);
-            }
+            self.give_back(buf);
         }
         if longer.is_empty() {
             return;
         }
         let read = self.read_spanning(&longer);
         for (at, (buf, outcome)) in longer.iter().zip(read) {
-            results[at.i] = Some(match self.decode_read(reads, at, &buf, outcome) {
+            results[at.i] = Some(match self.decode_read(reads[at.i], at, &buf, outcome) {
                 Decoded::Done(result) => result,
                 // A key longer than the first guess: its value's length was not read yet.
-                Decoded::Longer(_) | Decoded::Unclear => self.read_alone(reads, at),
+                Decoded::Longer(_) | Decoded::Unclear => self.read_alone(reads[at.i], at),
             });
         }
     }
@@ -287,19 +463,9 @@ impl LogReader {
     /// Reads every one of `located` (sorted by segment, each one's file open) with one
     /// batch spanning their files; returns each read's buffer and outcome, in order.
     fn read_spanning(&mut self, located: &[Located]) -> Vec<(AlignedBuf, io::Result<usize>)> {
-        let spare = &mut self.spare_buffers;
         let mut buffers: Vec<(u64, AlignedBuf)> = located
             .iter()
-            .map(|at| {
-                let buf = match spare.pop() {
-                    Some(buf) if buf.len() == at.len => buf,
-                    other => {
-                        spare.extend(other);
-                        AlignedBuf::new(at.len)
-                    }
-                };
-                (page_start(at.offset), buf)
-            })
+            .map(|at| (page_start(at.offset), self.take_buffer(at.len)))
             .collect();
         let outcomes = {
             let mut files: HashMap<u64, &mut Box<dyn BlockFile>> = self
@@ -333,12 +499,11 @@ impl LogReader {
     /// What the read of `at` into `buf` found.
     fn decode_read(
         &mut self,
-        reads: &[(u64, &[u8])],
+        (address, key): (u64, &[u8]),
         at: &Located,
         buf: &[u8],
         outcome: io::Result<usize>,
     ) -> Decoded {
-        let (address, key) = reads[at.i];
         let n = match outcome {
             Ok(n) => n,
             Err(e) => return Decoded::Done(Err(LogError::Io(e))),
@@ -363,8 +528,11 @@ impl LogReader {
 
     /// [`read_value`] for `at`: page by page as the command's lengths say, reporting what
     /// is wrong with it if anything is.
-    fn read_alone(&mut self, reads: &[(u64, &[u8])], at: &Located) -> Result<ValueRead, LogError> {
-        let (address, key) = reads[at.i];
+    fn read_alone(
+        &mut self,
+        (address, key): (u64, &[u8]),
+        at: &Located,
+    ) -> Result<ValueRead, LogError> {
         match self.files.get_mut(&at.no) {
             Some(file) => read_value(file.as_mut(), address, at.offset, key),
             None => Err(LogError::Corrupt {
