@@ -2,11 +2,12 @@
 # GETs when no value is in memory: one node with the value cache off and a 16 MiB log
 # cache, KEYS keys of 100-byte values prefilled, then GETs over all of them at each
 # outstanding count in CONCURRENCIES (every GET is an O_DIRECT read of the log); then fio's
-# 4 KiB O_DIRECT random reads (io_uring, queue depth 1 and 32) on a 2 GiB file in the same
-# directory, the disk's own rate to hold them against.
+# 4 KiB O_DIRECT random reads (io_uring, at each queue depth in FIO_DEPTHS) on a 2 GiB file
+# in the same directory, the disk's own rate to hold them against.
 #
-#   tools/disk_gets.sh      (env: KEYS=10000000 CONCURRENCIES="32 512" SECONDS_RUN=10
-#                            PORT=9750 DATA=/var/tmp/ol-disk-gets OCEAN_LINER=binary)
+#   tools/disk_gets.sh      (env: KEYS=10000000 CONCURRENCIES="32 128 512"
+#                            FIO_DEPTHS="1 32 128" SECONDS_RUN=10 PORT=9750
+#                            DATA=/var/tmp/ol-disk-gets OCEAN_LINER=binary)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin=${OCEAN_LINER:-$here/target/release/ocean-liner}
@@ -26,7 +27,7 @@ sleep 1
 common=(--server "127.0.0.1:$port" --value-size 100 --sockets 16 --json)
 "$bin" bench "${common[@]}" --keys "$keys" --workload set --prefill --concurrency 16384 \
     --duration 1 --warmup 0 >/dev/null 2>"$data/prefill.log"
-for conc in ${CONCURRENCIES:-32 512}; do
+for conc in ${CONCURRENCIES:-32 128 512}; do
     "$bin" bench "${common[@]}" --keys "$keys" --workload get --concurrency "$conc" \
         --duration "$seconds" --warmup 2 >"$data/get.json" 2>/dev/null
     python3 - "$data/get.json" "$conc" <<'PY'
@@ -42,7 +43,7 @@ wait "$server" 2>/dev/null || true
 file=$data/fio-2g
 fio --name=fill --filename="$file" --size=2g --rw=write --bs=1m --direct=1 \
     --ioengine=io_uring --iodepth=8 --output=/dev/null
-for qd in 1 32; do
+for qd in ${FIO_DEPTHS:-1 32 128}; do
     fio --name=randread --filename="$file" --size=2g --rw=randread --bs=4k --direct=1 \
         --ioengine=io_uring --iodepth="$qd" --runtime="$seconds" --time_based --ramp_time=1 \
         --output-format=json --output="$data/fio.json"
