@@ -60,6 +60,8 @@ const UNIT: usize = 4;
 pub const BUDGET_BYTES_MAX: usize = (u32::MAX as usize) * UNIT;
 /// A single value may take at most this fraction of the budget.
 const VALUE_SHARE_MAX: usize = 16;
+/// Lines of a record's value a batch read prefetches at most.
+const PREFETCH_LINES_MAX: usize = 4;
 /// Records given a second chance per insertion at most.
 const SECOND_CHANCES_MAX: usize = 128;
 /// The address bits of a record's first word. The all-ones address is not cached, so no
@@ -185,6 +187,24 @@ impl ValueCache {
     }
 
     /// Ring bytes of the record at `pos`, header and padding included.
+    /// Starts loading the lines of the record at `pos` past its first (at most
+    /// `PREFETCH_LINES_MAX`): a hint, with no effect on what is read.
+    fn prefetch_record(&self, pos: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            let end = (pos + self.record_bytes_at(pos)).min(self.ring.len());
+            let first_line = pos / 64 * 64;
+            for line in (first_line + 64..end).step_by(64).take(PREFETCH_LINES_MAX) {
+                // SAFETY: SSE is part of the x86_64 baseline; `line` lies inside the ring,
+                // and a prefetch never faults or changes memory anyway.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(self.ring.as_ptr().add(line).cast()) };
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = pos;
+    }
+
     fn record_bytes_at(&self, pos: usize) -> usize {
         record_bytes((self.u32_at(pos + 8) & LENGTH_MASK) as usize)
     }
@@ -245,6 +265,11 @@ impl ValueCache {
     ) {
         units.clear();
         units.extend(wanted.iter().map(|&i| self.locate(reads[i].0)));
+        // Locating a record loaded its header's line; the lines of its value start loading
+        // for every record of the batch before the first is copied.
+        for &unit in units.iter().flatten() {
+            self.prefetch_record(unit as usize * UNIT);
+        }
         let mut n = 0;
         wanted.retain(|&i| {
             let unit = units[n];
